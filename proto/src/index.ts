@@ -1,0 +1,17 @@
+/**
+ * The wire contract of factsweep: every message between processes, generated from `proto/*.proto`
+ * by ts-proto (`npm run gen`; `npm run gen:check` fails when the generated code is stale).
+ *
+ * @example
+ * import { engine, agent } from "@factsweep/proto";
+ * const req = engine.EngineRequest.encode({ requestId: 1, body: { $case: "hello", hello: { protocolVersion: ENGINE_PROTOCOL_VERSION } } }).finish();
+ */
+export * as engine from "./generated/engine.js";
+export * as sweep from "./generated/sweep.js";
+export * as agent from "./generated/agent.js";
+export * as control from "./generated/control.js";
+
+/** Version of the agent <-> engine worker protocol (engine.proto); the worker refuses others. */
+export const ENGINE_PROTOCOL_VERSION = 1;
+/** Version of the coordinator <-> agent protocol (agent.proto); the coordinator refuses others. */
+export const AGENT_PROTOCOL_VERSION = 1;

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: generated code current, engine (pytest + golden check),
+# TypeScript unit tests, cross-process end-to-end tests against a real nats-server.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bash scripts/setup.sh
+golden=${GOLDEN_DIR:-$root/../shared/golden}
+step() { echo; echo "=== $*"; }
+step "generated code is current"
+npm run -s gen:check
+step "engine: pytest"
+bash scripts/engine-python.sh -m pytest -q -p no:cacheprovider engine/tests
+if [ -d "$golden" ]; then
+  step "engine: golden check against $golden"
+  bash scripts/engine-python.sh -m engine.golden_check --golden "$golden"
+else
+  echo "golden folder $golden not found; set GOLDEN_DIR to run the golden check" >&2
+fi
+step "TypeScript unit tests"
+units=$(find shared/dist coordinator/dist node-agent/dist -name '*.test.js' 2>/dev/null | sort)
+[ -z "$units" ] || node --test $units
+step "end-to-end tests"
+e2e=$(find test/dist -name '*.test.js' 2>/dev/null | sort)
+[ -z "$e2e" ] || node --test --test-concurrency=1 $e2e

@@ -1,0 +1,6 @@
+/**
+ * Library shared by the coordinator and the node agents: names, spec schema, grid and sharding,
+ * token groups, effect maths, tokenizer, engine framing, metrics helpers.
+ */
+export * from "./nats-names.js";
+export * from "./metric-names.js";

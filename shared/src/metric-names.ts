@@ -1,0 +1,29 @@
+/**
+ * Prometheus metric names (prom-client). Dashboards and alert rules in `dashboards/` use exactly
+ * these; no per-prompt, per-layer or per-token labels (cardinality stays bounded).
+ */
+export const METRICS = {
+  // coordinator
+  cellsTotal: "factsweep_cells_total", // counter {status="done"|"failed"}
+  cellsPlanned: "factsweep_cells_planned", // gauge {sweep}
+  shardsTotal: "factsweep_shards_total", // counter {status="done"|"failed"|"retried"}
+  shardsInFlight: "factsweep_shards_in_flight", // gauge
+  queueDepth: "factsweep_queue_depth", // gauge: shards waiting for a lease
+  leaseExpirations: "factsweep_lease_expirations_total", // counter
+  retries: "factsweep_shard_retries_total", // counter
+  agentsConnected: "factsweep_agents_connected", // gauge
+  sweepsActive: "factsweep_sweeps_active", // gauge
+  sweepProgress: "factsweep_sweep_progress_ratio", // gauge {sweep}: done / planned cells
+  resultsConsumed: "factsweep_results_consumed_total", // counter {duplicate="true"|"false"}
+  // agent
+  shardDuration: "factsweep_shard_duration_seconds", // histogram
+  engineBatch: "factsweep_engine_batch_seconds", // histogram
+  cacheHits: "factsweep_cache_hits_total", // counter
+  cacheMisses: "factsweep_cache_misses_total", // counter
+  cacheBytes: "factsweep_cache_bytes", // gauge {worker}
+  publishLatency: "factsweep_publish_seconds", // histogram: JetStream publish round trip
+  workerRestarts: "factsweep_worker_restarts_total", // counter
+  workersReady: "factsweep_workers_ready", // gauge
+  gpuMemoryBytes: "factsweep_gpu_memory_used_bytes", // gauge {worker}
+  agentCellsTotal: "factsweep_agent_cells_total", // counter: cells computed by this agent
+} as const;

@@ -1,0 +1,18 @@
+/** Names of everything factsweep keeps in NATS. One place, so coordinator and agents agree. */
+
+/** JetStream stream holding every ShardResult; subjects `factsweep.results.<sweep_id>`. */
+export const RESULTS_STREAM = "FACTSWEEP_RESULTS";
+export const RESULTS_SUBJECT_PREFIX = "factsweep.results";
+export const resultsSubject = (sweepId: string): string => `${RESULTS_SUBJECT_PREFIX}.${sweepId}`;
+
+/** Durable consumer the coordinator reads results with (survives coordinator restarts). */
+export const RESULTS_CONSUMER = "coordinator-aggregator";
+
+/** Progress events (core NATS, best effort): `factsweep.events.<sweep_id>`. */
+export const EVENTS_SUBJECT_PREFIX = "factsweep.events";
+
+/** JetStream KV buckets: sweep records (spec, state, prompts) and shard records (state, attempts, lease). */
+export const SWEEPS_BUCKET = "factsweep-sweeps";
+export const SHARDS_BUCKET = "factsweep-shards";
+/** Aggregated per-sweep results (incremental sums), so a restarted coordinator does not re-read. */
+export const AGGREGATES_BUCKET = "factsweep-aggregates";
