@@ -4,3 +4,5 @@
  */
 export * from "./nats-names.js";
 export * from "./metric-names.js";
+export * from "./errors.js";
+export * from "./nats-server.js";
