@@ -8,3 +8,6 @@ export * from "./errors.js";
 export * from "./nats-server.js";
 export * from "./engine-framing.js";
 export * from "./engine-client.js";
+export * from "./sites.js";
+export * from "./token-groups.js";
+export * from "./spec.js";
