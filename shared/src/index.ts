@@ -11,3 +11,5 @@ export * from "./engine-client.js";
 export * from "./sites.js";
 export * from "./token-groups.js";
 export * from "./spec.js";
+export * from "./model-config.js";
+export * from "./tokenizer.js";
