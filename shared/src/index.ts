@@ -15,3 +15,4 @@ export * from "./model-config.js";
 export * from "./tokenizer.js";
 export * from "./datasets.js";
 export * from "./prompts.js";
+export * from "./grid.js";
