@@ -13,3 +13,6 @@ export * from "./token-groups.js";
 export * from "./spec.js";
 export * from "./model-config.js";
 export * from "./tokenizer.js";
+export * from "./datasets.js";
+export * from "./prompts.js";
+export * from "./grid.js";
