@@ -171,7 +171,7 @@ export class Coordinator extends EventEmitter {
       }
       const prompts = rec.prompts.map((p) => sweep.PromptSpec.fromJSON(p));
       const snap = await this.store.loadAggregate(rec.sweepId);
-      const agg = snap === undefined ? newAggregator(spec, prompts) : aggregatorFromJSON(snap);
+      const agg = snap === undefined ? newAggregator(spec, rec.sweepId, prompts) : aggregatorFromJSON(snap);
       this.sweeps.set(rec.sweepId, { rec, spec, agg, prompts, samples: [], unpersisted: new Set() });
       this.table.setSweep(rec.sweepId, rec.state === "running", rec.maxAttempts);
     }
@@ -255,22 +255,23 @@ export class Coordinator extends EventEmitter {
     if (spec.model.tokenizer && !isInsideRoots(spec.model.tokenizer, this.roots)) throw new ModelPathDeniedError(spec.model.tokenizer, this.roots);
     let p;
     try {
-      p = await plan(spec, sweepId);
+      p = plan(spec, sweepId);
     } catch (err) {
       const e = err as Error;
       if (e.name === "ModelConfigError") throw new ModelNotFoundError(spec.model.path, e.message, { cause: err });
-      if (e.name === "DatasetError" || e.name === "TokenizerError" || e.name === "SpecError") throw new InvalidSpecError("dataset", e.message, { cause: err });
+      if (e.name === "DatasetError" || e.name === "TokenizerError") throw new InvalidSpecError("dataset", e.message, { cause: err });
       throw err;
     }
     const now = Date.now();
     const rec: SweepRecord = {
-      sweepId, name: spec.name, kind: spec.kind, spec: req.spec, specDir, model: p.shards[0]?.model ? sweep.ModelRef.toJSON(p.shards[0].model) : { modelId: spec.model.id, path: spec.model.path },
+      sweepId, name: spec.name, kind: spec.kind, spec: req.spec, specDir, model: sweep.ModelRef.toJSON(p.model),
       prompts: p.prompts.map((x) => sweep.PromptSpec.toJSON(x)), promptErrors: p.promptErrors,
       state: p.shards.length === 0 ? "failed" : "running", plannedCells: p.plannedCells, shardCount: p.shards.length,
       maxAttempts: spec.max_attempts, doneCells: 0, retries: 0, createdMs: now, finishedMs: p.shards.length === 0 ? now : 0,
     };
+    const agg = newAggregator(spec, sweepId, p.prompts); // before anything is persisted
     await this.store.createSweep(rec);
-    const live: LiveSweep = { rec, spec, agg: newAggregator(spec, p.prompts), prompts: p.prompts, samples: [{ t: now, cells: 0 }], unpersisted: new Set() };
+    const live: LiveSweep = { rec, spec, agg, prompts: p.prompts, samples: [{ t: now, cells: 0 }], unpersisted: new Set() };
     this.sweeps.set(sweepId, live);
     this.table.setSweep(sweepId, rec.state === "running", rec.maxAttempts);
     this.scheduler.addShards(
