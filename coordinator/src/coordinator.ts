@@ -184,7 +184,14 @@ export class Coordinator extends EventEmitter {
   private addResult(r: sweep.ShardResult): "added" | "duplicate" | "unknown" {
     const s = this.sweeps.get(r.sweepId);
     if (!s) return "unknown";
-    const added = s.agg.add(r);
+    let added: boolean;
+    try {
+      added = s.agg.add(r);
+    } catch (err) {
+      // A result that does not fit its sweep (unknown prompt, token outside it): reported, never aggregated.
+      this.log(`result of shard ${r.shardId} rejected: ${(err as Error).message}`);
+      return "unknown";
+    }
     s.unpersisted.add(r.shardId);
     if (added) {
       const cells = r.cells.length;
@@ -360,8 +367,7 @@ export class Coordinator extends EventEmitter {
   /** Every aggregated cell of the sweep as result rows. */
   results(sweepId: string): control.ResultRow[] {
     const s = this.live(sweepId);
-    const corruption = s.spec.corruption.kind;
-    return resultRows(s.agg, sweepId, s.spec.model.id, corruption);
+    return resultRows(s.agg);
   }
 
   /** The aggregator's summary (IE/AIE by token group) as JSON. */
