@@ -17,3 +17,5 @@ export * from "./datasets.js";
 export * from "./prompts.js";
 export * from "./grid.js";
 export * from "./effects.js";
+export * from "./metrics.js";
+export * from "./http.js";
