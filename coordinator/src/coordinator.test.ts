@@ -4,7 +4,7 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import type { control } from "@factsweep/proto";
 import { RESULTS_CONSUMER, RESULTS_STREAM, siteToEnum, type SiteName } from "@factsweep/shared";
-import { goldenSpec, GOLDEN_DIR, startHarness, type Harness } from "./test-helpers.js";
+import { goldenSpec, GOLDEN_DIR, metricValue, startHarness, type Harness } from "./test-helpers.js";
 import { fakeEngine, fakeP, TestAgent, until } from "./test-agent.js";
 
 let h: Harness | undefined;
@@ -45,9 +45,10 @@ test("a sweep run by two agents completes with every planned cell aggregated exa
   assertExactlyOnce(h.coord.results("full"), 3, 4, 6);
   assert.ok(agents.every((a) => a.done.length > 0), "both agents got work");
   const metrics = await (await fetch(`http://127.0.0.1:${h.coord.httpPort}/metrics`)).text();
-  assert.match(metrics, /factsweep_cells_total\{status="done"\} 72/);
-  assert.match(metrics, /factsweep_cells_planned\{sweep="full"\} 72/);
-  assert.match(metrics, /factsweep_agents_connected 2/);
+  assert.equal(metricValue(metrics, "factsweep_cells_total", { status: "done" }), 72);
+  assert.equal(metricValue(metrics, "factsweep_cells_planned", { sweep: "full" }), 72);
+  assert.equal(metricValue(metrics, "factsweep_agents_connected"), 2);
+  assert.equal(metricValue(metrics, "factsweep_sweep_progress_ratio", { sweep: "full" }), 1);
 });
 
 test("a result published twice, and again after the dedup window, is aggregated once", async () => {
@@ -58,9 +59,9 @@ test("a result published twice, and again after the dedup window, is aggregated 
   // A retry published under another message id (as after the stream's duplicate window) reaches the consumer.
   const shard = a.leases[0]!.shard!;
   assert.equal((await a.publishRaw(fakeEngine(shard, "late"), `${shard.shardId}-late`)).duplicate, false);
-  await until(async () => /factsweep_results_consumed_total\{duplicate="true"\} 1/.test(await h!.coord.registry.metrics()), "the late duplicate to be consumed");
+  await until(async () => metricValue(await h!.coord.registry.metrics(), "factsweep_results_consumed_total", { duplicate: "true" }) === 1, "the late duplicate to be consumed");
   const metrics = await h.coord.registry.metrics();
-  assert.match(metrics, /factsweep_results_consumed_total\{duplicate="false"\} 2/, "the same-id republish was dropped by JetStream");
+  assert.equal(metricValue(metrics, "factsweep_results_consumed_total", { duplicate: "false" }), 2, "the same-id republish was dropped by JetStream");
   assertExactlyOnce(h.coord.results("dedup"), 2, 4, 6);
   assert.equal(h.coord.get("dedup").counts?.doneCells, 48);
 });
@@ -125,7 +126,7 @@ test("a lease never renewed expires and is retried with backoff; after max_attem
   assert.equal(info.state, "failed");
   assert.equal(silent.leases.length, 2, "leased max_attempts times");
   assert.match(info.failedShards[0] ?? "", /expired.*gave up after 2 attempt/);
-  assert.match(await h.coord.registry.metrics(), /factsweep_lease_expirations_total 2/);
+  assert.equal(metricValue(await h.coord.registry.metrics(), "factsweep_lease_expirations_total"), 2);
   await silent.kill();
   agents.splice(0);
   await agentOf({ agentId: "worker" });
