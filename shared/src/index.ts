@@ -4,3 +4,7 @@
  */
 export * from "./nats-names.js";
 export * from "./metric-names.js";
+export * from "./errors.js";
+export * from "./nats-server.js";
+export * from "./engine-framing.js";
+export * from "./engine-client.js";
