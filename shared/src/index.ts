@@ -8,3 +8,8 @@ export * from "./errors.js";
 export * from "./nats-server.js";
 export * from "./engine-framing.js";
 export * from "./engine-client.js";
+export * from "./sites.js";
+export * from "./token-groups.js";
+export * from "./spec.js";
+export * from "./model-config.js";
+export * from "./tokenizer.js";
