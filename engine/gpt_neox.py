@@ -33,7 +33,7 @@ from .sites import BLOCK, INPUT, OUTPUT, BlockHook, ModelHook, Site, bind, call,
 #: The intervention sites of GPT-NeoX (design vocabulary). Width names a Config attribute.
 SITES = site_table(
     Site("embed", INPUT, "hidden_size", "token embeddings (embed_in), the input of layer 0"),
-    Site("residual", OUTPUT, "hidden_size", "h: residual stream after block l"),
+    Site("residual", OUTPUT, "hidden_size", "h: residual stream after block l", dtype="residual"),
     Site("attn", BLOCK, "hidden_size", "attention output (after dense), added to the residual"),
     Site("mlp", BLOCK, "hidden_size", "MLP output (after dense_4h_to_h), added to the residual"),
 )
@@ -199,9 +199,9 @@ class Layer(nn.Module):
         m = call(hook, "mlp", self.mlp(self.post_attention_layernorm(h)))
         return m + h, kept
 
-    def resume_state(self, kept, t: int):
-        """Keys and values of tokens < t from this layer's kept per-token (k, v) (rows already gathered)."""
-        return (kept[0][:, :t], kept[1][:, :t]) if t > 0 else None
+    def resume_state(self, kept, t: int, rows: torch.Tensor):
+        """Keys and values of tokens < t of the given rows, from this layer's kept per-token (k, v) (S, T, H, e)."""
+        return (kept[0][rows, :t], kept[1][rows, :t]) if t > 0 else None
 
 
 class GPTNeoXModel(nn.Module):
@@ -252,6 +252,11 @@ class LM(nn.Module):
             kept.append(k)
             stream.append(h)
         return self.head(h), ((kept, stream) if keep else None)
+
+
+def residual_bytes(c: Config, dtype_bytes: int) -> int:
+    """Bytes per element of the residual stream (the run dtype)."""
+    return dtype_bytes
 
 
 def kept_state_bytes_per_token(c: Config, dtype_bytes: int) -> int:

@@ -40,7 +40,7 @@ from .sites import BLOCK, INPUT, OUTPUT, BlockHook, ModelHook, Site, bind, call,
 #: The intervention sites of Mamba (design vocabulary). Width names a Config attribute.
 SITES = site_table(
     Site("embed", INPUT, "d_model", "token embeddings, the input of layer 0"),
-    Site("residual", OUTPUT, "d_model", "h: residual stream after block l"),
+    Site("residual", OUTPUT, "d_model", "h: residual stream after block l", dtype="residual"),
     Site("in_ssm", BLOCK, "d_inner", "a = W_a·norm(h), the SSM branch of in_proj, before the conv"),
     Site("gate", BLOCK, "d_inner", "g = SiLU(W_g·norm(h)), the gate branch"),
     Site("conv", BLOCK, "d_inner", "c = SiLU(causal depthwise conv1d(a))"),
@@ -194,13 +194,14 @@ class MambaMixer(nn.Module):
         return y.to(c.dtype), states
 
     @staticmethod
-    def resume_state(kept, t: int, d_conv: int):
-        """State before token t from the kept per-token (a, H) of rows: (conv_past (b, k-1, d_in), H (b, d_in, n))."""
+    def resume_state(kept, t: int, rows: torch.Tensor, d_conv: int):
+        """State entering token t for the given rows of kept per-token (a (S, T, d_in), H (S, T, d_in, n)):
+        (conv_past (b, k-1, d_in), H (b, d_in, n)), zeros before the first token."""
         a, H = kept
-        past = a[:, max(0, t - d_conv + 1):t]  # (b, <=k-1, d_in)
+        past = a[rows, max(0, t - d_conv + 1):t]  # (b, <=k-1, d_in)
         if past.shape[1] < d_conv - 1:
             past = torch.cat([past.new_zeros(past.shape[0], d_conv - 1 - past.shape[1], past.shape[2]), past], 1)
-        h = H[:, t - 1] if t > 0 else H.new_zeros(H.shape[0], H.shape[2], H.shape[3])  # (b, d_in, n)
+        h = H[rows, t - 1] if t > 0 else H.new_zeros(rows.shape[0], H.shape[2], H.shape[3])  # (b, d_in, n)
         return past, h
 
 
@@ -238,9 +239,9 @@ class MambaBlock(nn.Module):
         o, kept = self.mixer(self.norm(x), hook, state, keep)  # (b, l, d)
         return residual + o.to(residual.dtype), kept
 
-    def resume_state(self, kept, t: int):
-        """The state entering token t, from this layer's kept per-token states (rows already gathered)."""
-        return MambaMixer.resume_state(kept, t, self.c.d_conv)
+    def resume_state(self, kept, t: int, rows: torch.Tensor):
+        """The state entering token t of the given rows, from this layer's kept per-token states."""
+        return MambaMixer.resume_state(kept, t, rows, self.c.d_conv)
 
 
 class MambaBackbone(nn.Module):
@@ -294,6 +295,11 @@ class LM(nn.Module):
             kept.append(k)
             stream.append(h)
         return self.head(h), ((kept, stream) if keep else None)
+
+
+def residual_bytes(c: Config, dtype_bytes: int) -> int:
+    """Bytes per element of the residual stream (float32 under ``residual_in_fp32``)."""
+    return 4 if c.residual_in_fp32 else dtype_bytes
 
 
 def kept_state_bytes_per_token(c: Config, dtype_bytes: int) -> int:

@@ -34,6 +34,7 @@ class Site:
     where: str  # INPUT | OUTPUT | BLOCK
     width: str  # name of the config attribute that gives the value's last dimension
     doc: str
+    dtype: str = "model"  # "model": the run dtype; "residual": the residual stream's (Mamba: float32)
 
 
 def site_table(*rows: Site) -> dict[str, Site]:

@@ -92,6 +92,15 @@ def error_response(request_id: int, exc: BaseException) -> "pb.EngineResponse":
     )
 
 
+def _is_repeated(field) -> bool:
+    # protobuf 7 (GPU machine) removed FieldDescriptor.label for the is_repeated property;
+    # Debian's 3.21/4.21 only have label.
+    flag = getattr(field, "is_repeated", None)
+    if flag is not None:
+        return bool(flag() if callable(flag) else flag)
+    return field.label == field.LABEL_REPEATED
+
+
 def _to_pb(message_type, source, **overrides):
     """Copies the attributes of an engine result object named like ``message_type``'s fields,
     coercing numbers (engine values may be numpy/torch scalars)."""
@@ -101,7 +110,7 @@ def _to_pb(message_type, source, **overrides):
             values[field.name] = overrides[field.name]
             continue
         value = getattr(source, field.name)
-        if field.label == field.LABEL_REPEATED:
+        if _is_repeated(field):
             values[field.name] = list(value)
         elif field.type in (field.TYPE_DOUBLE, field.TYPE_FLOAT):
             values[field.name] = float(value)
@@ -255,19 +264,13 @@ class Worker:
         )
 
     def _load_model(self, req):
-        if req.cache_budget_bytes:
-            raise errors.InvalidArgument(
-                f"cache_budget_bytes={req.cache_budget_bytes} in LoadModel is not supported: the "
-                "cache is shared by all models of a worker and its budget is set when the worker "
-                "starts; pass --cache-budget-bytes to the worker and leave this field 0",
-                field="cache_budget_bytes",
-            )
         info = self._engine.load_model(
             req.model_id,
             req.path,
             dtype=req.dtype or "float32",
             device=req.device or self.options.device,
             allow_pickle=req.allow_pickle,
+            cache_budget_bytes=req.cache_budget_bytes or None,  # 0: keep the worker's budget
         )
         self._hidden_size[req.model_id] = int(info.hidden_size)
         return "model", _to_pb(pb.ModelInfo, info, sites=[site_value(s) for s in info.sites])
