@@ -84,7 +84,8 @@ export class EngineWorker extends EventEmitter {
 
   /** Resolves with the client once the worker is ready (now, or after a restart). */
   whenReady(signal?: AbortSignal): Promise<EngineClient> {
-    if (this.state === "ready" && this.client) return Promise.resolve(this.client);
+    // A client already closed means the process is dying: wait for its successor.
+    if (this.state === "ready" && this.client && !this.client.closed) return Promise.resolve(this.client);
     if (this.state === "stopped" || this.state === "fatal") {
       return Promise.reject(new WorkerLostError(this.name, `worker ${this.name} is ${this.state}`));
     }
