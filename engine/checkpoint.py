@@ -23,7 +23,7 @@ import re
 import struct
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -144,6 +144,29 @@ def read_safetensors(path: str) -> dict[str, torch.Tensor]:
         else:
             out[name] = torch.frombuffer(mm, dtype=dt, count=count, offset=base + start).view(shape)
     return out
+
+
+def save_safetensors(path: str, tensors: dict, metadata: Optional[dict] = None) -> None:
+    """Write tensors in the safetensors format (the inverse of :func:`read_safetensors`; used to make
+    test checkpoints and to convert pickles)."""
+    tags = {v: k for k, v in _ST_DTYPES.items()}
+    header: dict = {"__metadata__": metadata or {"format": "pt"}}
+    blobs, offset = [], 0
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        if t.dtype not in tags:
+            raise InvalidArgument(f"tensor {name}: dtype {t.dtype} cannot be saved; supported: {sorted(tags.values())}", field=name)
+        raw = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
+        header[name] = {"dtype": tags[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the format aligns the data start to 8 bytes
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        for raw in blobs:
+            f.write(raw)
 
 
 def read_weights(path: str, allow_pickle: bool = False) -> dict[str, torch.Tensor]:

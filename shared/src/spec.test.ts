@@ -45,7 +45,7 @@ test("JSON specs parse too, and noise corruption gets ROME's defaults", () => {
   );
   assert.deepEqual(spec.corruption, { kind: "noise", scale: 3, std: "auto", samples: 10, seed: 1 });
   assert.equal(spec.dataset.known, "/d/k.json");
-  assert.equal(spec.dataset.per_relation, 150);
+  assert.equal(spec.dataset.per_relation, undefined);
 });
 
 test("a misspelt site names the field path, the allowed sites and the received value", () => {

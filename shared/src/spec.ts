@@ -51,7 +51,7 @@ const dataset = z
     prompts: z.array(promptInput).min(1).optional(),
     template_index: nonNegInt.default(0),
     limit: posInt.optional(),
-    per_relation: posInt.default(150),
+    per_relation: posInt.optional(), // relations: default 150 (the paper's n_trial); known: no cap unless given
     answer: z.enum(["argmax", "object"]).default("argmax"),
   })
   .superRefine((d, ctx) => {
