@@ -75,13 +75,17 @@ test("the agent says hello, grants credit, runs a leased shard, reports it done 
     assert.equal(hb.leases.length, 0);
 
     const metrics = await (await fetch(`http://127.0.0.1:${a.httpPort}/metrics`)).text();
-    assert.match(metrics, /^factsweep_agent_cells_total 28$/m);
-    assert.match(metrics, /^factsweep_workers_ready 1$/m);
-    assert.match(metrics, /^factsweep_cache_misses_total 1$/m);
-    assert.match(metrics, /^factsweep_publish_seconds_count 1$/m);
-    assert.match(metrics, /^factsweep_shard_duration_seconds_count\{outcome="done"\} 1$/m);
+    const sample = (name: string, labels = "") => new RegExp(`^${name}\\{[^}]*${labels}[^}]*\\} (\\S+)$`, "m").exec(metrics)?.[1];
+    assert.equal(sample("factsweep_agent_cells_total"), "28");
+    assert.equal(sample("factsweep_workers_ready"), "1");
+    assert.equal(sample("factsweep_cache_misses_total"), "1");
+    assert.equal(sample("factsweep_publish_seconds_count"), "1");
+    assert.equal(sample("factsweep_shard_duration_seconds_count", 'outcome="done"'), "1");
+    assert.equal(sample("factsweep_worker_restarts_total"), undefined, "no restart happened (counter has no sample yet)");
+    assert.ok(Number(sample("factsweep_engine_batch_seconds_count")) >= 1);
     assert.equal((await fetch(`http://127.0.0.1:${a.httpPort}/readyz`)).status, 200);
-    assert.equal((await fetch(`http://127.0.0.1:${a.httpPort}/healthz`)).status, 200);
+    const health = (await (await fetch(`http://127.0.0.1:${a.httpPort}/healthz`)).json()) as { status: string; workersReady: number; coordinatorConnected: boolean };
+    assert.deepEqual([health.status, health.workersReady, health.coordinatorConnected], ["ok", 1, true]);
 
     // The coordinator asks it to drain: it leaves cleanly with exit code 0.
     s.send({ $case: "drain", drain: { reason: "test over" } });
