@@ -21,8 +21,8 @@ import { confineModelPath, isInsideRoots, normalizeRoots } from "./model-roots.j
 import { ResultsConsumer } from "./results-consumer.js";
 import { Scheduler } from "./scheduler.js";
 import { StateStore, type SweepRecord, type SweepState } from "./state-store.js";
-import { aggregatorFromJSON, newAggregator, plan, resultRows, type Aggregator } from "./sweep-runtime.js";
-import { CoordinatorError, InvalidSpecError, ModelNotFoundError, ModelPathDeniedError, SweepExistsError, SweepNotFoundError, UnavailableError } from "./errors.js";
+import { newAggregator, plan, resultRows, type Aggregator } from "./sweep-runtime.js";
+import { CoordinatorError, InvalidSpecError, ModelNotFoundError, ModelPathDeniedError, StaleCoordinatorError, SweepExistsError, SweepNotFoundError, UnavailableError } from "./errors.js";
 
 /** TLS files for the gRPC server; with `ca`, clients must present a certificate it signed (mTLS). */
 export interface TlsFiles {
@@ -63,8 +63,8 @@ interface LiveSweep {
   prompts: sweep.PromptSpec[];
   /** (time, done cells) samples for cells/s and ETA. */
   samples: { t: number; cells: number }[];
-  /** Shards aggregated since the last durable snapshot. */
-  unpersisted: Set<string>;
+  /** Results aggregated in memory, not yet durable (first adds, to store) and every shard id seen since the last persist. */
+  unpersisted: Map<string, sweep.ShardResult | undefined>;
 }
 
 const SWEEP_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
@@ -86,6 +86,7 @@ export class Coordinator extends EventEmitter {
   private http: HttpServerHandle | undefined;
   private ready = false;
   private stopping = false;
+  private fenced = false;
   readonly leaseTtlMs: number;
   readonly heartbeatMs: number;
   private table: LeaseTable;
@@ -120,7 +121,13 @@ export class Coordinator extends EventEmitter {
     if (o.natsUser) Object.assign(natsOpts, { user: o.natsUser, pass: o.natsPass ?? "" });
     if (o.natsToken) natsOpts.token = o.natsToken;
     this.nc = await connect(natsOpts);
-    this.store = await StateStore.open(this.nc, { onWriteError: (k, e) => this.log(`state write of ${k} failed: ${(e as Error).message}`) });
+    this.store = await StateStore.open(this.nc, {
+      onWriteError: (k, e) => {
+        this.log(`state write of ${k} failed: ${(e as Error).message}`);
+        // Fenced off by a newer coordinator: stop claiming readiness so traffic goes to the new one.
+        if (e instanceof StaleCoordinatorError) this.fenced = true;
+      },
+    });
     this.scheduler = new Scheduler({ store: this.store, table: this.table, metrics: this.metrics, log: this.log });
     this.scheduler.on("shards", (id: string) => this.onShardsChanged(id));
 
@@ -160,7 +167,7 @@ export class Coordinator extends EventEmitter {
 
   /** Ready: state loaded, NATS connected, not shutting down. */
   isReady(): boolean {
-    return this.ready && !this.stopping && !this.nc.isClosed();
+    return this.ready && !this.stopping && !this.fenced && !this.nc.isClosed();
   }
 
   private async loadState(): Promise<void> {
@@ -174,9 +181,10 @@ export class Coordinator extends EventEmitter {
         continue;
       }
       const prompts = rec.prompts.map((p) => sweep.PromptSpec.fromJSON(p));
-      const snap = await this.store.loadAggregate(rec.sweepId);
-      const agg = snap === undefined ? newAggregator(spec, rec.sweepId, prompts) : aggregatorFromJSON(snap);
-      this.sweeps.set(rec.sweepId, { rec, spec, agg, prompts, samples: [], unpersisted: new Set() });
+      // The aggregate is the fold of the stored results: rebuild it.
+      const agg = newAggregator(spec, rec.sweepId, prompts);
+      for (const bytes of await this.store.loadResults(rec.sweepId)) agg.add(sweep.ShardResult.decode(bytes));
+      this.sweeps.set(rec.sweepId, { rec, spec, agg, prompts, samples: [], unpersisted: new Map() });
       this.table.setSweep(rec.sweepId, rec.state === "running", rec.maxAttempts);
     }
     this.scheduler.addShards(shards.filter((s) => this.sweeps.has(s.sweepId)), false);
@@ -196,7 +204,8 @@ export class Coordinator extends EventEmitter {
       this.log(`result of shard ${r.shardId} rejected: ${(err as Error).message}`);
       return "unknown";
     }
-    s.unpersisted.add(r.shardId);
+    if (added) s.unpersisted.set(r.shardId, r);
+    else if (!s.unpersisted.has(r.shardId)) s.unpersisted.set(r.shardId, undefined);
     if (added) {
       const cells = r.cells.length;
       this.metrics.cells.inc({ status: "done" }, cells);
@@ -205,16 +214,16 @@ export class Coordinator extends EventEmitter {
     return added ? "added" : "duplicate";
   }
 
-  /** Snapshot first, then mark the shards consumed: a shard record never claims a result the snapshot lacks. */
+  /** Stores first, then marks the shards consumed: a shard record never claims a result the KV lacks. */
   private async persistAggregates(ids: Set<string>): Promise<void> {
     for (const id of ids) {
       const s = this.sweeps.get(id);
       if (!s) continue;
-      const shards = [...s.unpersisted];
-      await this.store.saveAggregate(id, s.agg.toJSON());
-      for (const sh of shards) {
-        s.unpersisted.delete(sh);
-        this.scheduler.resultConsumed(sh);
+      const batch = [...s.unpersisted];
+      await Promise.all(batch.map(([shardId, r]) => (r ? this.store.saveResult(shardId, sweep.ShardResult.encode(r).finish()) : undefined)));
+      for (const [shardId, r] of batch) {
+        if (s.unpersisted.get(shardId) === r) s.unpersisted.delete(shardId);
+        this.scheduler.resultConsumed(shardId);
       }
     }
   }
@@ -282,7 +291,7 @@ export class Coordinator extends EventEmitter {
     };
     const agg = newAggregator(spec, sweepId, p.prompts); // before anything is persisted
     await this.store.createSweep(rec);
-    const live: LiveSweep = { rec, spec, agg, prompts: p.prompts, samples: [{ t: now, cells: 0 }], unpersisted: new Set() };
+    const live: LiveSweep = { rec, spec, agg, prompts: p.prompts, samples: [{ t: now, cells: 0 }], unpersisted: new Map() };
     this.sweeps.set(sweepId, live);
     this.table.setSweep(sweepId, rec.state === "running", rec.maxAttempts);
     this.scheduler.addShards(

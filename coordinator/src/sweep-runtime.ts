@@ -3,7 +3,7 @@
  * `planSweep` and `ResultAggregator`, so a change of their shapes is adapted here alone.
  */
 import type { control, sweep } from "@factsweep/proto";
-import { planSweep, ResultAggregator, type AggregatorState, type SweepSpec } from "@factsweep/shared";
+import { planSweep, ResultAggregator, type SweepSpec } from "@factsweep/shared";
 
 /** A planned sweep: prompts (with per-prompt errors) and shards. */
 export interface Plan {
@@ -26,11 +26,6 @@ export type Aggregator = ResultAggregator;
 /** A new, empty aggregator for a sweep's prompts. */
 export function newAggregator(spec: SweepSpec, sweepId: string, prompts: sweep.PromptSpec[]): Aggregator {
   return new ResultAggregator({ sweepId, prompts, scheme: spec.token_groups, model: spec.model.id, corruption: spec.corruption.kind });
-}
-
-/** Restores an aggregator from its snapshot. */
-export function aggregatorFromJSON(json: unknown): Aggregator {
-  return ResultAggregator.fromJSON(json as AggregatorState);
 }
 
 /** The aggregator's per-cell rows as ResultRows of the Results RPC. */
