@@ -44,7 +44,7 @@ test("a sweep run by two agents completes with every planned cell aggregated exa
   assert.equal(end.state, "done");
   assert.equal(end.counts?.doneCells, 72);
   assert.equal(end.counts?.shardsDone, end.counts?.shardsTotal);
-  assertExactlyOnce(h.coord.results("full"), 3, 4, 6);
+  assertExactlyOnce([...h.coord.results("full")], 3, 4, 6);
   assert.ok(agents.every((a) => a.done.length > 0), "both agents got work");
   const metrics = await (await fetch(`http://127.0.0.1:${h.coord.httpPort}/metrics`)).text();
   assert.equal(metricValue(metrics, "factsweep_cells_total", { status: "done" }), 72);
@@ -64,7 +64,7 @@ test("a result published twice, and again after the dedup window, is aggregated 
   await until(async () => metricValue(await h!.coord.registry.metrics(), "factsweep_results_consumed_total", { duplicate: "true" }) === 1, "the late duplicate to be consumed");
   const metrics = await h.coord.registry.metrics();
   assert.equal(metricValue(metrics, "factsweep_results_consumed_total", { duplicate: "false" }), 2, "the same-id republish was dropped by JetStream");
-  assertExactlyOnce(h.coord.results("dedup"), 2, 4, 6);
+  assertExactlyOnce([...h.coord.results("dedup")], 2, 4, 6);
   assert.equal(h.coord.get("dedup").counts?.doneCells, 48);
 });
 
@@ -77,7 +77,7 @@ test("results consumed before a coordinator crash are neither lost nor doubled b
   const b = await agentOf({ agentId: "a", slots: 2 }); // the same agent reconnects to the new coordinator
   await until(() => ["done", "failed"].includes(h!.coord.get("crash").state), "sweep to end after restart");
   assert.equal(h.coord.get("crash").state, "done", JSON.stringify(h.coord.get("crash")));
-  assertExactlyOnce(h.coord.results("crash"), 4, 4, 6);
+  assertExactlyOnce([...h.coord.results("crash")], 4, 4, 6);
   assert.ok(b.done.length + a.done.length >= 4);
   // every result message was acked once the snapshot holding it was durable
   const nc = await connect({ servers: h.nats.url });
@@ -95,14 +95,14 @@ test("a restarted coordinator loads identical sweep state from KV and finishes t
   agents.splice(agents.indexOf(a), 1);
   await until(() => h!.coord.get("reload").counts!.shardsLeased === 0, "the stopped agent's leases released");
   const before = h.coord.get("reload");
-  const rowsBefore = h.coord.results("reload");
+  const rowsBefore = [...h.coord.results("reload")];
   await h.restart("graceful");
   const after = h.coord.get("reload");
   assert.deepEqual({ ...after, cellsPerSecond: 0, etaSeconds: 0 }, { ...before, cellsPerSecond: 0, etaSeconds: 0 });
-  assert.deepEqual(h.coord.results("reload"), rowsBefore);
+  assert.deepEqual([...h.coord.results("reload")], rowsBefore);
   await agentOf({ agentId: "b" });
   await finished("reload");
-  assertExactlyOnce(h.coord.results("reload"), 3, 4, 6);
+  assertExactlyOnce([...h.coord.results("reload")], 3, 4, 6);
 });
 
 test("a shard held by an agent that vanishes is re-leased to another agent and completes once", async () => {
@@ -116,7 +116,7 @@ test("a shard held by an agent that vanishes is re-leased to another agent and c
   const info = h.coord.get("vanish");
   assert.equal(info.state, "done");
   assert.equal(info.counts?.retries, 2, "each shard took a second attempt");
-  assertExactlyOnce(h.coord.results("vanish"), 2, 4, 6);
+  assertExactlyOnce([...h.coord.results("vanish")], 2, 4, 6);
 });
 
 test("a lease never renewed expires and is retried with backoff; after max_attempts the shard fails, and resume completes it", async () => {
@@ -136,7 +136,7 @@ test("a lease never renewed expires and is retried with backoff; after max_attem
   assert.equal(resumed.state, "running");
   await finished("expire");
   assert.equal(h.coord.get("expire").state, "done");
-  assertExactlyOnce(h.coord.results("expire"), 1, 4, 6);
+  assertExactlyOnce([...h.coord.results("expire")], 1, 4, 6);
 });
 
 test("a non-retryable failure fails the shard at once with the agent's error", async () => {
@@ -165,7 +165,7 @@ test("cancel stops a sweep and revokes its leases; resume finishes it", async ()
   h.coord.resume("cancel");
   await finished("cancel");
   assert.equal(h.coord.get("cancel").state, "done");
-  assertExactlyOnce(h.coord.results("cancel"), 2, 4, 6);
+  assertExactlyOnce([...h.coord.results("cancel")], 2, 4, 6);
 });
 
 test("a nats-server killed and restarted mid-sweep: the sweep completes with every cell exactly once", async () => {
@@ -178,7 +178,7 @@ test("a nats-server killed and restarted mid-sweep: the sweep completes with eve
   await h.nats.restart();
   await finished("natsfault");
   assert.equal(h.coord.get("natsfault").state, "done");
-  assertExactlyOnce(h.coord.results("natsfault"), 4, 4, 6);
+  assertExactlyOnce([...h.coord.results("natsfault")], 4, 4, 6);
 });
 
 test("gRPC health reports SERVING once the coordinator is ready and NOT_FOUND for unknown services", async () => {

@@ -377,8 +377,8 @@ export class Coordinator extends EventEmitter {
     return this.info(sweepId);
   }
 
-  /** Every aggregated cell of the sweep as result rows. */
-  results(sweepId: string): control.ResultRow[] {
+  /** Every aggregated cell of the sweep as result rows, produced lazily. */
+  results(sweepId: string): Iterable<control.ResultRow> {
     const s = this.live(sweepId);
     return resultRows(s.agg);
   }

@@ -28,7 +28,7 @@ export function newAggregator(spec: SweepSpec, sweepId: string, prompts: sweep.P
   return new ResultAggregator({ sweepId, prompts, scheme: spec.token_groups, model: spec.model.id, corruption: spec.corruption.kind });
 }
 
-/** The aggregator's per-cell rows as ResultRows of the Results RPC. */
-export function resultRows(agg: Aggregator): control.ResultRow[] {
-  return [...agg.rows()];
+/** The aggregator's per-cell rows as ResultRows of the Results RPC (lazily: a sweep may have millions). */
+export function resultRows(agg: Aggregator): Iterable<control.ResultRow> {
+  return agg.rows();
 }
