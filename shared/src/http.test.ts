@@ -39,3 +39,15 @@ test("/metrics serves the registry with the component label and default metrics;
     await http.close();
   }
 });
+
+test("a boolean health callback maps to 200 and 503", async () => {
+  let alive = true;
+  const http = await startHttpServer({ registry: createRegistry("x", { defaultMetrics: false }), health: () => alive });
+  try {
+    assert.equal((await fetch(`${http.url}/healthz`)).status, 200);
+    alive = false;
+    assert.equal((await fetch(`${http.url}/healthz`)).status, 503);
+  } finally {
+    await http.close();
+  }
+});
