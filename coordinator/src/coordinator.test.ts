@@ -1,11 +1,13 @@
 import { test, afterEach } from "node:test";
 import assert from "node:assert/strict";
+import * as grpc from "@grpc/grpc-js";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import type { control } from "@factsweep/proto";
 import { RESULTS_CONSUMER, RESULTS_STREAM, siteToEnum, type SiteName } from "@factsweep/shared";
 import { goldenSpec, GOLDEN_DIR, metricValue, startHarness, type Harness } from "./test-helpers.js";
 import { fakeEngine, fakeP, TestAgent, until } from "./test-agent.js";
+import { HealthService, ServingStatus } from "./health-service.js";
 
 let h: Harness | undefined;
 const agents: TestAgent[] = [];
@@ -164,4 +166,28 @@ test("cancel stops a sweep and revokes its leases; resume finishes it", async ()
   await finished("cancel");
   assert.equal(h.coord.get("cancel").state, "done");
   assertExactlyOnce(h.coord.results("cancel"), 2, 4, 6);
+});
+
+test("a nats-server killed and restarted mid-sweep: the sweep completes with every cell exactly once", async () => {
+  h = await startHarness();
+  const a = await agentOf({ agentId: "a", slots: 1 });
+  await launch(goldenSpec({ prompts: 4, shardCells: 12 }), "natsfault");
+  await until(() => a.done.length >= 2, "two shards done");
+  h.nats.kill("SIGKILL");
+  await new Promise((r) => setTimeout(r, 200));
+  await h.nats.restart();
+  await finished("natsfault");
+  assert.equal(h.coord.get("natsfault").state, "done");
+  assertExactlyOnce(h.coord.results("natsfault"), 4, 4, 6);
+});
+
+test("gRPC health reports SERVING once the coordinator is ready and NOT_FOUND for unknown services", async () => {
+  h = await startHarness();
+  const Client = grpc.makeGenericClientConstructor(HealthService, "grpc.health.v1.Health");
+  const c = new Client(h.addr, grpc.credentials.createInsecure()) as unknown as grpc.Client & Record<string, (req: unknown, cb: (e: grpc.ServiceError | null, r: { status: number }) => void) => void>;
+  const check = (service: string) => new Promise<{ status: number }>((res, rej) => c.check!({ service }, (e, r) => (e ? rej(e) : res(r))));
+  assert.equal((await check("")).status, ServingStatus.SERVING);
+  assert.equal((await check("factsweep.control.v1.SweepService")).status, ServingStatus.SERVING);
+  await assert.rejects(check("nope"), (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND);
+  c.close();
 });

@@ -136,7 +136,9 @@ export class TestAgent {
       this.send({ $case: "done", done: { leaseId: l.leaseId, shardId: shard.shardId, publishedSeq: ack.seq } });
       this.send({ $case: "credit", credit: { slots: 1 } });
     } catch (err) {
-      if (!this.closed) this.send({ $case: "failed", failed: { leaseId: l.leaseId, shardId: shard.shardId, error: (err as Error).message, retryable: true } });
+      this.held.delete(l.leaseId);
+      this.send({ $case: "failed", failed: { leaseId: l.leaseId, shardId: shard.shardId, error: (err as Error).message, retryable: true } });
+      this.send({ $case: "credit", credit: { slots: 1 } });
     }
   }
 
