@@ -51,6 +51,7 @@ test("a sweep run by two agents completes with every planned cell aggregated exa
   assert.equal(metricValue(metrics, "factsweep_cells_planned", { sweep: "full" }), 72);
   assert.equal(metricValue(metrics, "factsweep_agents_connected"), 2);
   assert.equal(metricValue(metrics, "factsweep_sweep_progress_ratio", { sweep: "full" }), 1);
+  assert.ok(metricValue(metrics, "factsweep_coordinator_process_resident_memory_bytes")! > 0, "process metrics carry the prefix the dashboards use");
 });
 
 test("a result published twice, and again after the dedup window, is aggregated once", async () => {

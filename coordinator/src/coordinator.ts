@@ -9,7 +9,7 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import { connect, credsAuthenticator, type NatsConnection, type ConnectionOptions } from "@nats-io/transport-node";
-import type { Registry } from "prom-client";
+import { collectDefaultMetrics, type Registry } from "prom-client";
 import { agent, control, sweep } from "@factsweep/proto";
 import { createRegistry, parseSweepSpec, startHttpServer, type HttpServerHandle, type SweepSpec } from "@factsweep/shared";
 import { createAgentService } from "./agent-service.js";
@@ -73,7 +73,7 @@ const SWEEP_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 export class Coordinator extends EventEmitter {
   grpcPort = 0;
   httpPort = 0;
-  readonly registry: Registry = createRegistry("coordinator");
+  readonly registry: Registry = createRegistry("coordinator", { defaultMetrics: false });
   readonly metrics: CoordinatorMetrics;
   private readonly sweeps = new Map<string, LiveSweep>();
   private readonly roots: string[];
@@ -99,6 +99,8 @@ export class Coordinator extends EventEmitter {
     this.leaseTtlMs = opts.leaseTtlMs ?? 15_000;
     this.heartbeatMs = opts.heartbeatMs ?? Math.max(100, Math.floor(this.leaseTtlMs / 3));
     this.table = new LeaseTable({ leaseTtlMs: this.leaseTtlMs, backoffBaseMs: opts.retryBackoffMs ?? 1000 });
+    // Process metrics prefixed, as the Grafana dashboards read them (factsweep_coordinator_process_*, _nodejs_*).
+    collectDefaultMetrics({ register: this.registry, prefix: "factsweep_coordinator_" });
     this.metrics = new CoordinatorMetrics(this.registry, {
       shardsInFlight: () => this.table.inFlight(),
       queueDepth: () => this.table.queueDepth(),
