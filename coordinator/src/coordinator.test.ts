@@ -4,7 +4,8 @@ import * as grpc from "@grpc/grpc-js";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import type { control } from "@factsweep/proto";
-import { RESULTS_CONSUMER, RESULTS_STREAM, siteToEnum, type SiteName } from "@factsweep/shared";
+import { Kvm } from "@nats-io/kv";
+import { RESULTS_CONSUMER, RESULTS_STREAM, SHARDS_BUCKET, siteToEnum, type SiteName } from "@factsweep/shared";
 import { goldenSpec, GOLDEN_DIR, metricValue, startHarness, type Harness } from "./test-helpers.js";
 import { fakeEngine, fakeP, TestAgent, until } from "./test-agent.js";
 import { HealthService, ServingStatus } from "./health-service.js";
@@ -191,4 +192,22 @@ test("gRPC health reports SERVING once the coordinator is ready and NOT_FOUND fo
   assert.equal((await check("factsweep.control.v1.SweepService")).status, ServingStatus.SERVING);
   await assert.rejects(check("nope"), (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND);
   c.close();
+});
+
+test("shard records lost to a crash during launch are re-planned by the restarted coordinator and the sweep completes once", async () => {
+  h = await startHarness();
+  await launch(goldenSpec({ prompts: 3, shardCells: 12 }), "cut");
+  await h.restart("crash");
+  // What a coordinator killed in the middle of writing the shards leaves behind: some records missing.
+  const nc = await connect({ servers: h.nats.url });
+  const kv = await new Kvm(nc).open(SHARDS_BUCKET);
+  await kv.purge("cut.1.0");
+  await kv.purge("cut.2.1");
+  await nc.close();
+  await h.restart("crash");
+  assert.equal(h.coord.get("cut").counts?.shardsTotal, 6);
+  await agentOf({ agentId: "a" });
+  await finished("cut");
+  assert.equal(h.coord.get("cut").state, "done");
+  assertExactlyOnce([...h.coord.results("cut")], 3, 4, 6);
 });

@@ -20,7 +20,7 @@ import { CoordinatorMetrics } from "./metrics.js";
 import { confineModelPath, isInsideRoots, normalizeRoots } from "./model-roots.js";
 import { ResultsConsumer } from "./results-consumer.js";
 import { Scheduler } from "./scheduler.js";
-import { StateStore, type SweepRecord, type SweepState } from "./state-store.js";
+import { StateStore, type ShardRecord, type SweepRecord } from "./state-store.js";
 import { newAggregator, plan, resultRows, type Aggregator } from "./sweep-runtime.js";
 import { CoordinatorError, InvalidSpecError, ModelNotFoundError, ModelPathDeniedError, StaleCoordinatorError, SweepExistsError, SweepNotFoundError, UnavailableError } from "./errors.js";
 
@@ -189,7 +189,21 @@ export class Coordinator extends EventEmitter {
       this.sweeps.set(rec.sweepId, { rec, spec, agg, prompts, samples: [], unpersisted: new Map() });
       this.table.setSweep(rec.sweepId, rec.state === "running", rec.maxAttempts);
     }
-    this.scheduler.addShards(shards.filter((s) => this.sweeps.has(s.sweepId)), false);
+    const known = shards.filter((s) => this.sweeps.has(s.sweepId));
+    this.scheduler.addShards(known, false);
+    // A coordinator that died during a launch may have persisted fewer shards than planned:
+    // planning is deterministic, so re-plan and add the missing ones.
+    for (const s of this.sweeps.values()) {
+      const have = new Set(known.filter((r) => r.sweepId === s.rec.sweepId).map((r) => r.shardId));
+      if (have.size >= s.rec.shardCount) continue;
+      try {
+        const missing = plan(s.spec, s.rec.sweepId).shards.filter((sh) => !have.has(sh.shardId));
+        this.log(`sweep ${s.rec.sweepId}: ${have.size}/${s.rec.shardCount} shards were persisted before a crash; re-planned ${missing.length}`);
+        this.scheduler.addShards(missing.map((sh) => this.shardRecord(s.rec.sweepId, sh)), true);
+      } catch (err) {
+        this.log(`sweep ${s.rec.sweepId}: cannot re-plan its missing shards: ${(err as Error).message}`);
+      }
+    }
     for (const id of this.sweeps.keys()) this.onShardsChanged(id);
   }
 
@@ -296,16 +310,18 @@ export class Coordinator extends EventEmitter {
     const live: LiveSweep = { rec, spec, agg, prompts: p.prompts, samples: [{ t: now, cells: 0 }], unpersisted: new Map() };
     this.sweeps.set(sweepId, live);
     this.table.setSweep(sweepId, rec.state === "running", rec.maxAttempts);
-    this.scheduler.addShards(
-      p.shards.map((sh) => ({
-        ...LeaseTable.pending(sh.shardId, sweepId, sh.prompt?.promptKey ?? `${sweepId}/${sh.prompt?.index ?? 0}`, sh.cells.length),
-        shard: Buffer.from(sweep.Shard.encode(sh).finish()).toString("base64"),
-      })),
-      true,
-    );
+    this.scheduler.addShards(p.shards.map((sh) => this.shardRecord(sweepId, sh)), true);
+    await this.store.flush(); // the sweep is durable before the caller learns its id
     this.log(`sweep ${sweepId} launched: ${p.prompts.length} prompts (${p.promptErrors.length} with errors), ${p.shards.length} shards, ${p.plannedCells} cells`);
     this.emit("sweep", sweepId);
     return this.info(sweepId);
+  }
+
+  private shardRecord(sweepId: string, sh: sweep.Shard): ShardRecord {
+    return {
+      ...LeaseTable.pending(sh.shardId, sweepId, sh.prompt?.promptKey ?? `${sweepId}/${sh.prompt?.index ?? 0}`, sh.cells.length),
+      shard: Buffer.from(sweep.Shard.encode(sh).finish()).toString("base64"),
+    };
   }
 
   /** The sweep's current SweepInfo. */

@@ -63,6 +63,8 @@ export interface StateStoreOptions {
   onWriteError?: (key: string, err: unknown) => void;
   /** Retry delay for failed background writes; default 250 ms (doubling to 5 s). */
   retryMs?: number;
+  /** Background writes in flight at most; default 128. */
+  maxInFlight?: number;
 }
 
 /** One key's coalescing writer: the newest pending value and whether a write is running. */
@@ -78,6 +80,10 @@ export class StateStore {
   private readonly writers = new Map<string, KeyWriter>();
   private fenced: StaleCoordinatorError | undefined;
   private closed = false;
+  /** Writes in flight and waiters for a slot: a launch of thousands of shards must not flood NATS with requests that then time out. */
+  private inFlight = 0;
+  private readonly slotWaiters: (() => void)[] = [];
+  private readonly maxInFlight: number;
 
   private constructor(
     private readonly sweeps: KV,
@@ -87,6 +93,21 @@ export class StateStore {
     private readonly opts: StateStoreOptions,
   ) {
     this.epoch = epoch;
+    this.maxInFlight = opts.maxInFlight ?? 128;
+  }
+
+  private async slot(): Promise<void> {
+    if (this.inFlight < this.maxInFlight) {
+      this.inFlight++;
+      return;
+    }
+    await new Promise<void>((res) => this.slotWaiters.push(res));
+  }
+
+  private release(): void {
+    const next = this.slotWaiters.shift();
+    if (next) next(); // the slot passes to the waiter
+    else this.inFlight--;
   }
 
   /** Opens (creating if absent) the three buckets and claims the next coordinator epoch. */
@@ -233,14 +254,22 @@ export class StateStore {
   private async drain(kv: KV, revKey: string, key: string, w: KeyWriter): Promise<void> {
     let delay = this.opts.retryMs ?? 250;
     while (w.pending && !this.closed && !this.fenced) {
+      await this.slot();
+      // Take the newest value only now: updates queued while waiting for a slot coalesce.
       const value = w.pending;
       w.pending = undefined;
+      if (!value) {
+        this.release();
+        break;
+      }
       try {
         const rev = this.revisions.get(revKey);
         const next = rev ? await this.casUpdate(kv, revKey, key, value, rev) : await this.createOrAdopt(kv, revKey, key, value);
         this.revisions.set(revKey, next);
         delay = this.opts.retryMs ?? 250;
+        this.release();
       } catch (err) {
+        this.release();
         if (err instanceof StaleCoordinatorError) {
           this.fenced = err;
           this.opts.onWriteError?.(key, err);
