@@ -38,6 +38,10 @@ test("a sweep run by two agents completes with every planned cell aggregated exa
   h = await startHarness();
   await agentOf({ agentId: "a" });
   await agentOf({ agentId: "b" });
+  const events = await connect({ servers: h.nats.url });
+  const states: string[] = [];
+  events.subscribe("factsweep.events.full", { callback: (_e, m) => void states.push((m.json() as { state: string }).state) });
+  await events.flush();
   const info = await launch(goldenSpec({ prompts: 3, shardCells: 8 }), "full");
   assert.equal(info.counts?.plannedCells, 3 * 4 * 6);
   await finished("full");
@@ -46,6 +50,8 @@ test("a sweep run by two agents completes with every planned cell aggregated exa
   assert.equal(end.counts?.doneCells, 72);
   assert.equal(end.counts?.shardsDone, end.counts?.shardsTotal);
   assertExactlyOnce([...h.coord.results("full")], 3, 4, 6);
+  await until(() => states.includes("done"), "the progress event of the end on factsweep.events.full");
+  await events.close();
   assert.ok(agents.every((a) => a.done.length > 0), "both agents got work");
   const metrics = await (await fetch(`http://127.0.0.1:${h.coord.httpPort}/metrics`)).text();
   assert.equal(metricValue(metrics, "factsweep_cells_total", { status: "done" }), 72);

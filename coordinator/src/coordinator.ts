@@ -11,7 +11,7 @@ import * as grpc from "@grpc/grpc-js";
 import { connect, credsAuthenticator, type NatsConnection, type ConnectionOptions } from "@nats-io/transport-node";
 import { collectDefaultMetrics, type Registry } from "prom-client";
 import { agent, control, sweep } from "@factsweep/proto";
-import { createRegistry, parseSweepSpec, startHttpServer, type HttpServerHandle, type SweepSpec } from "@factsweep/shared";
+import { createRegistry, EVENTS_SUBJECT_PREFIX, parseSweepSpec, startHttpServer, type HttpServerHandle, type SweepSpec } from "@factsweep/shared";
 import { createAgentService } from "./agent-service.js";
 import { createSweepService } from "./sweep-service.js";
 import { createHealthService, HealthService } from "./health-service.js";
@@ -63,6 +63,8 @@ interface LiveSweep {
   prompts: sweep.PromptSpec[];
   /** (time, done cells) samples for cells/s and ETA. */
   samples: { t: number; cells: number }[];
+  lastEventMs: number;
+  lastEventState: string;
   /** Results aggregated in memory, not yet durable (first adds, to store) and every shard id seen since the last persist. */
   unpersisted: Map<string, sweep.ShardResult | undefined>;
 }
@@ -186,7 +188,7 @@ export class Coordinator extends EventEmitter {
       // The aggregate is the fold of the stored results: rebuild it.
       const agg = newAggregator(spec, rec.sweepId, prompts);
       for (const bytes of await this.store.loadResults(rec.sweepId)) agg.add(sweep.ShardResult.decode(bytes));
-      this.sweeps.set(rec.sweepId, { rec, spec, agg, prompts, samples: [], unpersisted: new Map() });
+      this.sweeps.set(rec.sweepId, { rec, spec, agg, prompts, samples: [], unpersisted: new Map(), lastEventMs: 0, lastEventState: "" });
       this.table.setSweep(rec.sweepId, rec.state === "running", rec.maxAttempts);
     }
     const known = shards.filter((s) => this.sweeps.has(s.sweepId));
@@ -261,6 +263,22 @@ export class Coordinator extends EventEmitter {
     }
     this.store.saveSweep(rec);
     this.emit("sweep", sweepId);
+    this.publishProgress(s);
+  }
+
+  /** Best-effort progress on core NATS (`factsweep.events.<sweep>`, SweepInfo JSON), at most once a second per sweep and on every end. */
+  private publishProgress(s: LiveSweep): void {
+    const now = Date.now();
+    const terminal = s.rec.state !== "running";
+    if (!terminal && now - s.lastEventMs < 1000) return;
+    if (terminal && s.lastEventState === s.rec.state) return;
+    s.lastEventMs = now;
+    s.lastEventState = s.rec.state;
+    try {
+      this.nc.publish(`${EVENTS_SUBJECT_PREFIX}.${s.rec.sweepId}`, JSON.stringify(control.SweepInfo.toJSON(this.info(s.rec.sweepId))));
+    } catch {
+      // best effort: a closed or reconnecting connection drops the event
+    }
   }
 
   // ---- the sweep API (used by SweepService) -------------------------------------------
@@ -307,7 +325,7 @@ export class Coordinator extends EventEmitter {
     };
     const agg = newAggregator(spec, sweepId, p.prompts); // before anything is persisted
     await this.store.createSweep(rec);
-    const live: LiveSweep = { rec, spec, agg, prompts: p.prompts, samples: [{ t: now, cells: 0 }], unpersisted: new Map() };
+    const live: LiveSweep = { rec, spec, agg, prompts: p.prompts, samples: [{ t: now, cells: 0 }], unpersisted: new Map(), lastEventMs: 0, lastEventState: "" };
     this.sweeps.set(sweepId, live);
     this.table.setSweep(sweepId, rec.state === "running", rec.maxAttempts);
     this.scheduler.addShards(p.shards.map((sh) => this.shardRecord(sweepId, sh)), true);
