@@ -22,7 +22,7 @@ import { ResultsConsumer } from "./results-consumer.js";
 import { Scheduler } from "./scheduler.js";
 import { StateStore, type ShardRecord, type SweepRecord } from "./state-store.js";
 import { newAggregator, plan, resultRows, type Aggregator } from "./sweep-runtime.js";
-import { CoordinatorError, InvalidSpecError, ModelNotFoundError, ModelPathDeniedError, StaleCoordinatorError, SweepExistsError, SweepNotFoundError, UnavailableError } from "./errors.js";
+import { InvalidSpecError, ModelNotFoundError, ModelPathDeniedError, StaleCoordinatorError, SweepExistsError, SweepNotFoundError, UnavailableError } from "./errors.js";
 
 /** TLS files for the gRPC server; with `ca`, clients must present a certificate it signed (mTLS). */
 export interface TlsFiles {
@@ -475,4 +475,3 @@ export class Coordinator extends EventEmitter {
   }
 }
 
-export { CoordinatorError };
