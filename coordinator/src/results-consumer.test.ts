@@ -18,13 +18,9 @@ after(async () => {
   await nats.stop();
 });
 
-const prompt: sweep.PromptSpec = {
-  index: 0, promptKey: "rc/0", text: "", subject: "s", object: "", relation: "", inputIds: [1, 2, 3, 4], subjectStart: 1, subjectEnd: 2, corruption: undefined,
-};
-const shard = (part: number): sweep.Shard => ({
-  sweepId: "rc", shardId: `rc.0.${part}`, kind: "trace", model: undefined, prompt, attempt: 1,
-  cells: [0, 1, 2, 3].map((token) => ({ site: 2, layer: part, token, window: 1 })),
-});
+const prompt = sweep.PromptSpec.fromPartial({ index: 0, promptKey: "rc/0", subject: "s", inputIds: [1, 2, 3, 4], subjectStart: 1, subjectEnd: 2 });
+const shard = (part: number): sweep.Shard =>
+  sweep.Shard.fromPartial({ sweepId: "rc", shardId: `rc.0.${part}`, kind: "trace", prompt, attempt: 1, cells: [0, 1, 2, 3].map((token) => ({ site: 2, layer: part, token, window: 1 })) });
 
 test("a result redelivered while its persistence is failing is aggregated once and acked once durable", async () => {
   const agg = new ResultAggregator({ sweepId: "rc", prompts: [prompt] });
