@@ -4,3 +4,15 @@
  */
 export * from "./nats-names.js";
 export * from "./metric-names.js";
+export * from "./errors.js";
+export * from "./nats-server.js";
+export * from "./engine-framing.js";
+export * from "./engine-client.js";
+export * from "./sites.js";
+export * from "./token-groups.js";
+export * from "./spec.js";
+export * from "./model-config.js";
+export * from "./tokenizer.js";
+export * from "./datasets.js";
+export * from "./prompts.js";
+export * from "./grid.js";
