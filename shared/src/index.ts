@@ -16,3 +16,4 @@ export * from "./tokenizer.js";
 export * from "./datasets.js";
 export * from "./prompts.js";
 export * from "./grid.js";
+export * from "./effects.js";
