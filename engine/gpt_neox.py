@@ -1,0 +1,264 @@
+"""GPT-NeoX (Pythia) language model with named intervention sites, in plain PyTorch.
+
+The maths is that of Hugging Face ``GPTNeoXForCausalLM`` (eager attention); module and parameter names
+match the checkpoint keys, so loading is a strict load. See ``shared/reference/paper-methods.md`` §8.2.
+
+References:
+    Black et al., "GPT-NeoX-20B" (2022): parallel attention + MLP residual, partial rotary embeddings.
+    Biderman et al., "Pythia" (2023). Su et al., "RoFormer" (2021) for rotary position embeddings.
+
+Glossary of dimension letters:
+    b: batch rows;  l: tokens in this call (a suffix t..T-1 of the prompt when resuming);
+    p: tokens attended to (cached past + this call);  d: hidden_size;  H: attention heads;
+    e: head size d / H;  r: rotary dims (rotary_pct * e);  f: intermediate_size;  V: vocab_size.
+
+Residual form (``use_parallel_residual``):
+    parallel:   h ← h + attn(LN1 h) + mlp(LN2 h)          (Pythia)
+    sequential: h ← h + attn(LN1 h);  h ← h + mlp(LN2 h)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import CheckpointError
+from .sites import BLOCK, INPUT, OUTPUT, BlockHook, ModelHook, Site, bind, call, site_table
+
+#: The intervention sites of GPT-NeoX (design vocabulary). Width names a Config attribute.
+SITES = site_table(
+    Site("embed", INPUT, "hidden_size", "token embeddings (embed_in), the input of layer 0"),
+    Site("residual", OUTPUT, "hidden_size", "h: residual stream after block l", dtype="residual"),
+    Site("attn", BLOCK, "hidden_size", "attention output (after dense), added to the residual"),
+    Site("mlp", BLOCK, "hidden_size", "MLP output (after dense_4h_to_h), added to the residual"),
+)
+
+#: hidden_act → activation. "gelu" is the exact (erf) GELU of Pythia.
+ACTIVATIONS = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+@dataclass
+class Config:
+    """GPT-NeoX hyperparameters from an HF ``config.json``."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    vocab_size: int
+    max_positions: int = 2048
+    rotary_pct: float = 0.25
+    rotary_base: float = 10000.0
+    eps: float = 1e-5
+    parallel_residual: bool = True
+    attention_bias: bool = True
+    hidden_act: str = "gelu"
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def rotary_dims(self) -> int:
+        return int(self.head_size * self.rotary_pct)
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> "Config":
+        """Parse HF ``GPTNeoXConfig``: rotary from ``rotary_pct``/``rotary_emb_base`` (transformers 4.x) or
+        ``rope_parameters`` / ``rope_scaling`` (5.x); only unscaled ("default") rotary is supported."""
+        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise CheckpointError(
+                f"config.json rope_parameters.rope_type: expected 'default' (unscaled rotary), got {rope_type!r}",
+                field="rope_parameters",
+            )
+        act = cfg.get("hidden_act", "gelu")
+        if act not in ACTIVATIONS:
+            raise CheckpointError(f"config.json hidden_act: expected one of {sorted(ACTIVATIONS)}, got {act!r}", field="hidden_act")
+        d, heads = _req(cfg, "hidden_size"), _req(cfg, "num_attention_heads")
+        if d % heads:
+            raise CheckpointError(f"config.json: hidden_size {d} is not a multiple of num_attention_heads {heads}", field="num_attention_heads")
+        return cls(
+            hidden_size=d, num_layers=_req(cfg, "num_hidden_layers"), num_heads=heads,
+            intermediate_size=cfg.get("intermediate_size") or 4 * d, vocab_size=_req(cfg, "vocab_size"),
+            max_positions=cfg.get("max_position_embeddings", 2048),
+            rotary_pct=rope.get("partial_rotary_factor", cfg.get("rotary_pct", cfg.get("partial_rotary_factor", 0.25))),
+            rotary_base=rope.get("rope_theta", cfg.get("rotary_emb_base", cfg.get("rope_theta", 10000.0))),
+            eps=cfg.get("layer_norm_eps", 1e-5), parallel_residual=cfg.get("use_parallel_residual", True),
+            attention_bias=cfg.get("attention_bias", True), hidden_act=act,
+        )
+
+
+def _req(cfg: dict, key: str):
+    if key not in cfg:
+        raise CheckpointError(f"config.json lacks {key!r}, which a GPT-NeoX config needs", field=key)
+    return cfg[key]
+
+
+def rename_keys(tensors: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
+    return tensors
+
+
+# Buffers that older transformers saved into Pythia checkpoints and recompute on load.
+_BUFFER_SUFFIXES = (".attention.bias", ".attention.masked_bias", ".attention.rotary_emb.inv_freq")
+
+
+def ignorable_key(key: str, config: Config) -> bool:
+    return key.endswith(_BUFFER_SUFFIXES)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention with rotary embeddings on the first r dims of q and k."""
+
+    def __init__(self, c: Config):
+        super().__init__()
+        self.c = c
+        self.query_key_value = nn.Linear(c.hidden_size, 3 * c.hidden_size, bias=c.attention_bias)
+        self.dense = nn.Linear(c.hidden_size, c.hidden_size, bias=c.attention_bias)
+
+    def rotary(self, x: torch.Tensor, pos0: int) -> torch.Tensor:
+        """Rotate the first r dims of x (b, l, H, e) by positions pos0..pos0+l-1 (cos/sin in float32)."""
+        r, l = self.c.rotary_dims, x.shape[1]
+        inv_freq = 1.0 / (self.c.rotary_base ** (torch.arange(0, r, 2, device=x.device, dtype=torch.float32) / r))  # (r/2,)
+        pos = torch.arange(pos0, pos0 + l, device=x.device, dtype=torch.float32)  # (l,)
+        freqs = torch.outer(pos, inv_freq)  # (l, r/2)
+        emb = torch.cat([freqs, freqs], dim=-1)[None, :, None, :]  # (1, l, 1, r)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        x_rot, x_pass = x[..., :r], x[..., r:]
+        return torch.cat([x_rot * cos + rotate_half(x_rot) * sin, x_pass], dim=-1)  # (b, l, H, e)
+
+    def forward(self, x: torch.Tensor, past=None, pos0: int = 0, keep: bool = False):
+        """x: (b, l, d) normed input for tokens pos0.. ; past: (k, v) (b, pos0, H, e) of earlier tokens.
+        Returns (b, l, d) and, if keep, this call's rotated keys and values (b, l, H, e)."""
+        b, l, _ = x.shape
+        H, e = self.c.num_heads, self.c.head_size
+        qkv = self.query_key_value(x).view(b, l, H, 3 * e)  # (b, l, H, 3e)
+        q, k, v = qkv.split(e, dim=-1)  # (b, l, H, e) each
+        q, k = self.rotary(q, pos0), self.rotary(k, pos0)
+        kept = (k, v) if keep else None
+        if past is not None:
+            k = torch.cat([past[0].to(k.dtype), k], dim=1)  # (b, p, H, e)
+            v = torch.cat([past[1].to(v.dtype), v], dim=1)
+        p = k.shape[1]
+        scores = torch.einsum("blhe,bphe->bhlp", q, k) / math.sqrt(e)  # (b, H, l, p)
+        # query i (position pos0+i) sees keys at positions <= pos0+i
+        mask = torch.ones(l, p, dtype=torch.bool, device=x.device).tril(diagonal=p - l)  # (l, p)
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)  # (b, H, l, p)
+        out = torch.einsum("bhlp,bphe->blhe", probs, v).reshape(b, l, H * e)  # (b, l, d)
+        return self.dense(out), kept
+
+
+class MLP(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(c.hidden_size, c.intermediate_size)
+        self.dense_4h_to_h = nn.Linear(c.intermediate_size, c.hidden_size)
+        self.act = ACTIVATIONS[c.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense_4h_to_h(self.act(self.dense_h_to_4h(x)))  # (b, l, f) → (b, l, d)
+
+
+class Layer(nn.Module):
+    """One GPT-NeoX block, parallel or sequential residual."""
+
+    def __init__(self, c: Config):
+        super().__init__()
+        self.c = c
+        self.input_layernorm = nn.LayerNorm(c.hidden_size, eps=c.eps)
+        self.post_attention_layernorm = nn.LayerNorm(c.hidden_size, eps=c.eps)
+        self.attention = Attention(c)
+        self.mlp = MLP(c)
+
+    def forward(self, x: torch.Tensor, hook: Optional[BlockHook] = None, state=None, pos0: int = 0, keep: bool = False):
+        """x: (b, l, d) residual stream entering the block at tokens pos0..; state: cached (k, v) of
+        tokens < pos0 or None. Returns (b, l, d) and, if keep, this call's (k, v)."""
+        a, kept = self.attention(self.input_layernorm(x), state, pos0, keep)
+        a = call(hook, "attn", a)  # (b, l, d)
+        if self.c.parallel_residual:
+            m = call(hook, "mlp", self.mlp(self.post_attention_layernorm(x)))
+            return m + a + x, kept  # HF's order of additions
+        h = a + x
+        m = call(hook, "mlp", self.mlp(self.post_attention_layernorm(h)))
+        return m + h, kept
+
+    def resume_state(self, kept, t: int, rows: torch.Tensor):
+        """Keys and values of tokens < t of the given rows, from this layer's kept per-token (k, v) (S, T, H, e)."""
+        return (kept[0][rows, :t], kept[1][rows, :t]) if t > 0 else None
+
+
+class GPTNeoXModel(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        self.embed_in = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.layers = nn.ModuleList([Layer(c) for _ in range(c.num_layers)])
+        self.final_layer_norm = nn.LayerNorm(c.hidden_size, eps=c.eps)
+
+
+class LM(nn.Module):
+    """``GPTNeoXForCausalLM``: embed_in → layers → final LayerNorm → untied embed_out."""
+
+    SITES = SITES
+
+    def __init__(self, c: Config):
+        super().__init__()
+        self.config = c
+        self.gpt_neox = GPTNeoXModel(c)
+        self.embed_out = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.gpt_neox.layers
+
+    def residual_dtype(self) -> torch.dtype:
+        return self.gpt_neox.embed_in.weight.dtype
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.gpt_neox.embed_in(input_ids)  # (b, l, d)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Final LayerNorm and unembedding: (..., d) → (..., V) float32 logits."""
+        return self.embed_out(self.gpt_neox.final_layer_norm(h)).float()
+
+    def forward(self, input_ids: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
+                hook: Optional[ModelHook] = None, keep: bool = False):
+        """Full forward. Returns logits (b, l, V) and, if keep, per layer the kept (k, v) plus the
+        residual stream entering every layer and the final norm: (L+1) × (b, l, d)."""
+        h = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (b, l, d)
+        if hook is not None:
+            h = hook("embed", 0, h)
+        kept, stream = [], [h]
+        for i, layer in enumerate(self.layers):
+            h, k = layer(h, bind(hook, i), keep=keep)
+            if hook is not None:
+                h = hook("residual", i, h)
+            kept.append(k)
+            stream.append(h)
+        return self.head(h), ((kept, stream) if keep else None)
+
+
+def residual_bytes(c: Config, dtype_bytes: int) -> int:
+    """Bytes per element of the residual stream (the run dtype)."""
+    return dtype_bytes
+
+
+def kept_state_bytes_per_token(c: Config, dtype_bytes: int) -> int:
+    """Bytes per layer, token and row of the kept corrupted-run state (rotated key + value)."""
+    return 2 * c.hidden_size * dtype_bytes

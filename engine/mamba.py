@@ -1,0 +1,307 @@
+"""Mamba (S6) language model with named intervention sites, in plain PyTorch.
+
+The maths is that of Hugging Face ``MambaForCausalLM`` (its slow reference path) and of mamba-minimal
+(johnma2006/mamba-minimal, the implementation the paper's code uses); module and parameter names match
+the checkpoint keys, so loading is a rename of the original state-spaces embedding name plus a strict
+load. See ``shared/reference/paper-methods.md`` §1 and §8.1.
+
+References:
+    Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces" (2023), Algorithm 2.
+    Sen Sharma, Atkinson & Bau, "Locating and Editing Factual Associations in Mamba" (2024): the
+    names a (W_a·norm(h)), g (SiLU(W_g·norm(h))), s (after the scan, with the D skip) and o.
+
+Glossary of dimension letters:
+    b: batch rows (prompt copies: clean, noise samples, or cells being restored)
+    l: tokens in this call (may be a suffix t..T-1 of the prompt when resuming from a cached state)
+    d: hidden_size (d_model)
+    d_in: intermediate_size = expand * d (the "2d" of the paper)
+    n: state_size (N, 16)
+    r: time_step_rank (dt_rank)
+    k: conv_kernel (4)
+    V: vocab_size
+
+Precision follows HF's ``residual_in_fp32``: the residual stream and the RMSNorm are float32 whatever
+the run dtype; the selective scan runs in float32 too (its state is a long product of decays).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import CheckpointError
+from .sites import BLOCK, INPUT, OUTPUT, BlockHook, ModelHook, Site, bind, call, site_table
+
+#: The intervention sites of Mamba (design vocabulary). Width names a Config attribute.
+SITES = site_table(
+    Site("embed", INPUT, "d_model", "token embeddings, the input of layer 0"),
+    Site("residual", OUTPUT, "d_model", "h: residual stream after block l", dtype="residual"),
+    Site("in_ssm", BLOCK, "d_inner", "a = W_a·norm(h), the SSM branch of in_proj, before the conv"),
+    Site("gate", BLOCK, "d_inner", "g = SiLU(W_g·norm(h)), the gate branch"),
+    Site("conv", BLOCK, "d_inner", "c = SiLU(causal depthwise conv1d(a))"),
+    Site("ssm", BLOCK, "d_inner", "s: selective-scan output incl. the D skip, before gating"),
+    Site("mixer", BLOCK, "d_model", "o = out_proj(s * g), the block output added to the residual"),
+)
+
+
+@dataclass
+class Config:
+    """Mamba hyperparameters, read from an HF ``config.json`` or an original state-spaces one."""
+
+    d_model: int
+    n_layer: int
+    vocab_size: int
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int = 0
+    d_inner: int = 0
+    eps: float = 1e-5
+    residual_in_fp32: bool = True
+    bias: bool = False
+    conv_bias: bool = True
+    tie_embeddings: bool = True
+    max_positions: int = 0  # Mamba has no position limit
+
+    def __post_init__(self):
+        if not self.d_inner:
+            self.d_inner = self.expand * self.d_model
+        if not self.dt_rank:
+            self.dt_rank = math.ceil(self.d_model / 16)
+
+    @property
+    def num_layers(self) -> int:
+        return self.n_layer
+
+    @property
+    def hidden_size(self) -> int:
+        return self.d_model
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> "Config":
+        """Parse ``config.json``: HF ``MambaConfig`` names, or state-spaces' ``d_model``/``n_layer``/``ssm_cfg``."""
+        if "d_model" in cfg and "hidden_size" not in cfg:  # original state-spaces config
+            ssm = cfg.get("ssm_cfg") or {}
+            vocab = _req(cfg, "vocab_size")
+            mult = cfg.get("pad_vocab_size_multiple", 8)
+            if vocab % mult:
+                vocab += mult - vocab % mult  # state-spaces pads the embedding rows
+            return cls(
+                d_model=_req(cfg, "d_model"), n_layer=_req(cfg, "n_layer"), vocab_size=vocab,
+                d_state=ssm.get("d_state", 16), d_conv=ssm.get("d_conv", 4), expand=ssm.get("expand", 2),
+                dt_rank=_rank(ssm.get("dt_rank", "auto"), cfg["d_model"]),
+                residual_in_fp32=cfg.get("residual_in_fp32", True), bias=ssm.get("bias", False),
+                conv_bias=ssm.get("conv_bias", True), tie_embeddings=cfg.get("tie_embeddings", True),
+            )
+        act = cfg.get("hidden_act", "silu")
+        if act not in ("silu", "swish"):
+            raise CheckpointError(f"config.json hidden_act: expected 'silu' for Mamba, got {act!r}", field="hidden_act")
+        d = _req(cfg, "hidden_size")
+        return cls(
+            d_model=d, n_layer=_req(cfg, "num_hidden_layers"), vocab_size=_req(cfg, "vocab_size"),
+            d_state=cfg.get("state_size", 16), d_conv=cfg.get("conv_kernel", 4), expand=cfg.get("expand", 2),
+            dt_rank=_rank(cfg.get("time_step_rank", "auto"), d), d_inner=cfg.get("intermediate_size") or 0,
+            eps=cfg.get("layer_norm_epsilon", 1e-5), residual_in_fp32=cfg.get("residual_in_fp32", True),
+            bias=cfg.get("use_bias", False), conv_bias=cfg.get("use_conv_bias", True),
+            tie_embeddings=cfg.get("tie_word_embeddings", True),
+        )
+
+
+def _req(cfg: dict, key: str):
+    if key not in cfg:
+        raise CheckpointError(f"config.json lacks {key!r}, which a Mamba config needs", field=key)
+    return cfg[key]
+
+
+def _rank(value, d_model: int) -> int:
+    return math.ceil(d_model / 16) if value in (None, "auto") else int(value)
+
+
+def rename_keys(tensors: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
+    """Accept the original state-spaces name ``backbone.embedding.weight`` (HF: ``embeddings``)."""
+    return {("backbone.embeddings.weight" if k == "backbone.embedding.weight" else k): v for k, v in tensors.items()}
+
+
+def ignorable_key(key: str, config: Config) -> bool:
+    """``lm_head.weight`` is a copy of the embeddings when they are tied."""
+    return key == "lm_head.weight" and config.tie_embeddings
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise in float32 (HF ``MambaRMSNorm``), return the weight's dtype."""
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * y.to(self.weight.dtype)
+
+
+class MambaMixer(nn.Module):
+    """in_proj → (a: causal conv → SiLU → selective scan (+D skip)) ⊙ SiLU(z) → out_proj."""
+
+    def __init__(self, c: Config):
+        super().__init__()
+        self.c = c
+        self.in_proj = nn.Linear(c.d_model, 2 * c.d_inner, bias=c.bias)
+        # Kept as a Conv1d for the checkpoint names; forward pads by hand to resume from a cached window.
+        self.conv1d = nn.Conv1d(c.d_inner, c.d_inner, c.d_conv, groups=c.d_inner, bias=c.conv_bias, padding=c.d_conv - 1)
+        self.x_proj = nn.Linear(c.d_inner, c.dt_rank + 2 * c.d_state, bias=False)
+        self.dt_proj = nn.Linear(c.dt_rank, c.d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.zeros(c.d_inner, c.d_state))
+        self.D = nn.Parameter(torch.ones(c.d_inner))
+        self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=c.bias)
+
+    def forward(self, u: torch.Tensor, hook: Optional[BlockHook] = None, state=None, keep: bool = False):
+        """u: (b, l, d) normed block input. state: (conv_past (b, k-1, d_in), H (b, d_in, n)) of the token
+        before u's first, or None at token 0. Returns o (b, l, d) and, if keep, (a (b, l, d_in),
+        H (b, l, d_in, n)): every token's conv input and SSM state, from which any later call resumes."""
+        b, l, _ = u.shape
+        xz = self.in_proj(u)  # (b, l, 2*d_in)
+        a, z = xz.chunk(2, dim=-1)  # (b, l, d_in) each
+        a = call(hook, "in_ssm", a)
+        g = call(hook, "gate", F.silu(z))  # (b, l, d_in)
+
+        k = self.c.d_conv
+        past = state[0] if state is not None else a.new_zeros(b, k - 1, self.c.d_inner)
+        window = torch.cat([past.to(a.dtype), a], dim=1)  # (b, k-1+l, d_in)
+        c = F.conv1d(window.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, groups=self.c.d_inner)  # (b, d_in, l)
+        c = call(hook, "conv", F.silu(c.transpose(1, 2)))  # (b, l, d_in)
+
+        h0 = state[1] if state is not None else None
+        s, states = self.ssm(c, h0, keep)  # (b, l, d_in), (b, l, d_in, n) or None
+        s = call(hook, "ssm", s)
+        o = call(hook, "mixer", self.out_proj(s * g))  # (b, l, d)
+        return o, ((a, states) if keep else None)
+
+    def ssm(self, c: torch.Tensor, h0: Optional[torch.Tensor], keep: bool):
+        """Input-dependent Δ, B, C (the "selective" part), then the scan. c: (b, l, d_in)."""
+        r, n = self.c.dt_rank, self.c.d_state
+        A = -torch.exp(self.A_log.float())  # (d_in, n)
+        x_dbl = self.x_proj(c)  # (b, l, r + 2n)
+        delta, B, C = x_dbl.split([r, n, n], dim=-1)  # (b, l, r), (b, l, n), (b, l, n)
+        delta = F.softplus(self.dt_proj(delta))  # (b, l, d_in)
+        y, states = selective_scan(c.float(), delta.float(), A, B.float(), C.float(), h0, keep)  # (b, l, d_in)
+        y = y + c.float() * self.D.float()  # D skip
+        return y.to(c.dtype), states
+
+    @staticmethod
+    def resume_state(kept, t: int, rows: torch.Tensor, d_conv: int):
+        """State entering token t for the given rows of kept per-token (a (S, T, d_in), H (S, T, d_in, n)):
+        (conv_past (b, k-1, d_in), H (b, d_in, n)), zeros before the first token."""
+        a, H = kept
+        past = a[rows, max(0, t - d_conv + 1):t]  # (b, <=k-1, d_in)
+        if past.shape[1] < d_conv - 1:
+            past = torch.cat([past.new_zeros(past.shape[0], d_conv - 1 - past.shape[1], past.shape[2]), past], 1)
+        h = H[rows, t - 1] if t > 0 else H.new_zeros(rows.shape[0], H.shape[2], H.shape[3])  # (b, d_in, n)
+        return past, h
+
+
+def selective_scan(u, delta, A, B, C, h0=None, keep=False):
+    """h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t (ZOH for A, Euler for B);  y_t = h_t · C_t.
+
+    u, delta: (b, l, d_in); A: (d_in, n); B, C: (b, l, n); h0: (b, d_in, n) or None (zeros).
+    Returns y (b, l, d_in) and, if keep, every h_t (b, l, d_in, n)."""
+    b, l, d_in = u.shape
+    dA = torch.exp(delta.unsqueeze(-1) * A)  # (b, l, d_in, n)
+    dBu = delta.unsqueeze(-1) * B.unsqueeze(2) * u.unsqueeze(-1)  # (b, l, d_in, n)
+    h = h0 if h0 is not None else u.new_zeros(b, d_in, A.shape[1])  # (b, d_in, n)
+    ys, hs = [], []
+    for i in range(l):
+        h = dA[:, i] * h + dBu[:, i]  # (b, d_in, n)
+        ys.append(torch.matmul(h, C[:, i].unsqueeze(-1)).squeeze(-1))  # (b, d_in)
+        if keep:
+            hs.append(h)
+    y = torch.stack(ys, dim=1)  # (b, l, d_in)
+    return y, (torch.stack(hs, dim=1) if keep else None)
+
+
+class MambaBlock(nn.Module):
+    """h ← h + mixer(RMSNorm(h)), the residual kept in float32 (HF ``residual_in_fp32``)."""
+
+    def __init__(self, c: Config):
+        super().__init__()
+        self.c = c
+        self.norm = RMSNorm(c.d_model, c.eps)
+        self.mixer = MambaMixer(c)
+
+    def forward(self, x: torch.Tensor, hook: Optional[BlockHook] = None, state=None, pos0: int = 0, keep: bool = False):
+        """x: (b, l, d) residual stream entering the block (tokens pos0..pos0+l-1). Returns (b, l, d), kept."""
+        residual = x.float() if self.c.residual_in_fp32 else x
+        o, kept = self.mixer(self.norm(x), hook, state, keep)  # (b, l, d)
+        return residual + o.to(residual.dtype), kept
+
+    def resume_state(self, kept, t: int, rows: torch.Tensor):
+        """The state entering token t of the given rows, from this layer's kept per-token states."""
+        return MambaMixer.resume_state(kept, t, rows, self.c.d_conv)
+
+
+class MambaBackbone(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        self.embeddings = nn.Embedding(c.vocab_size, c.d_model)
+        self.layers = nn.ModuleList([MambaBlock(c) for _ in range(c.n_layer)])
+        self.norm_f = RMSNorm(c.d_model, c.eps)
+
+
+class LM(nn.Module):
+    """``MambaForCausalLM``: embeddings → n_layer blocks → RMSNorm → tied unembedding."""
+
+    SITES = SITES
+
+    def __init__(self, c: Config):
+        super().__init__()
+        self.config = c
+        self.backbone = MambaBackbone(c)
+        self.lm_head = None if c.tie_embeddings else nn.Linear(c.d_model, c.vocab_size, bias=False)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.backbone.layers
+
+    def residual_dtype(self) -> torch.dtype:
+        """dtype of the residual stream (the block inputs and outputs)."""
+        return torch.float32 if self.config.residual_in_fp32 else self.backbone.embeddings.weight.dtype
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.backbone.embeddings(input_ids)  # (b, l, d)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Final RMSNorm and unembedding: (..., d) residual → (..., V) float32 logits."""
+        w = self.backbone.embeddings.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(self.backbone.norm_f(h), w).float()  # (..., V)
+
+    def forward(self, input_ids: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
+                hook: Optional[ModelHook] = None, keep: bool = False):
+        """Full forward. Returns logits (b, l, V) and, if keep, per layer the kept states
+        plus the residual stream entering every layer and the final norm: (L+1) × (b, l, d)."""
+        h = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (b, l, d)
+        if hook is not None:
+            h = hook("embed", 0, h)
+        h = h.to(self.residual_dtype())
+        kept, stream = [], [h]
+        for i, layer in enumerate(self.layers):
+            h, k = layer(h, bind(hook, i), keep=keep)  # (b, l, d)
+            if hook is not None:
+                h = hook("residual", i, h)
+            kept.append(k)
+            stream.append(h)
+        return self.head(h), ((kept, stream) if keep else None)
+
+
+def residual_bytes(c: Config, dtype_bytes: int) -> int:
+    """Bytes per element of the residual stream (float32 under ``residual_in_fp32``)."""
+    return 4 if c.residual_in_fp32 else dtype_bytes
+
+
+def kept_state_bytes_per_token(c: Config, dtype_bytes: int) -> int:
+    """Bytes per layer, token and row of the kept corrupted-run state (conv input a + fp32 SSM state)."""
+    return c.d_inner * dtype_bytes + c.d_inner * c.d_state * 4

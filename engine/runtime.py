@@ -1,0 +1,268 @@
+"""The engine API that the worker (``engine/worker.py``) drives; see ``engine/API.md``.
+
+    eng = Engine(cache_budget_bytes=2 << 30)
+    eng.load_model("m", "/ckpt/mamba-2.8b", dtype="float32", device="cuda:0")
+    info = eng.prepare_prompt("m", "fact-17/swap", ids, (3, 6), SwapSpec(corrupted_ids))
+    eng.run_cells("m", "fact-17/swap", [CellSpec("residual", l, t) for l in range(64) for t in range(16)])
+
+A prepared prompt is remembered (its ids, subject, corruption) until evicted explicitly; its cached
+runs may be dropped by the LRU budget at any time and are then rebuilt on the next ``run_cells``
+(a cache miss), so the cache's budget never turns into an error for the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import torch
+
+from . import trace
+from .cache import PromptCache, PromptRuns, prompt_cache_bytes
+from .checkpoint import Checkpoint, load_checkpoint
+from .corruption import NoiseSpec, SwapSpec, corrupted_embeddings, validate_ids
+from .errors import InvalidArgument, NotFound, NumericError
+from .trace import CellSpec
+
+__all__ = ["Engine", "ModelInfo", "PromptInfo", "EngineStats", "NoiseSpec", "SwapSpec", "CellSpec"]
+
+DEFAULT_CPU_BUDGET = 2 << 30
+
+
+@dataclass
+class ModelInfo:
+    model_id: str
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    max_positions: int  # 0: no limit (Mamba)
+    sites: list
+    dtype: str
+    device: str
+
+
+@dataclass
+class PromptInfo:
+    prompt_key: str
+    num_tokens: int
+    answer_id: int
+    p_clean: float
+    p_corrupt: float
+    logit_clean: float
+    logit_corrupt: float
+    cache_bytes: int
+    cache_hit: bool
+    clean_argmax: int
+
+
+@dataclass
+class EngineStats:
+    cache_bytes: int
+    cache_budget_bytes: int
+    cached_prompt_keys: list
+    cache_hits: int
+    cache_misses: int
+    cache_evictions: int
+    cells_run: int
+    device_memory_used_bytes: int
+
+
+@dataclass
+class _PromptSpec:
+    """What a prepared prompt was made from: enough to rebuild its runs after an eviction."""
+
+    ids: list
+    subject: tuple
+    corruption: Union[NoiseSpec, SwapSpec]
+    answer_id: Optional[int]
+    fingerprint: str
+
+
+def _fingerprint(ids, subject, corruption, answer_id) -> str:
+    h = hashlib.sha256(repr((list(ids), tuple(subject), answer_id, type(corruption).__name__)).encode())
+    if isinstance(corruption, NoiseSpec):
+        h.update(repr((corruption.scale, corruption.std, corruption.samples, corruption.seed)).encode())
+        if corruption.explicit is not None:
+            h.update(torch.as_tensor(corruption.explicit).float().cpu().numpy().tobytes())
+    else:
+        h.update(repr(list(corruption.corrupted_ids)).encode())
+    return h.hexdigest()
+
+
+class Engine:
+    """Loaded models, prepared prompts and their cache; all calls raise ``engine.errors`` types."""
+
+    def __init__(self, cache_budget_bytes: Optional[int] = None, max_batch_rows: int = 256):
+        self._budget_given = bool(cache_budget_bytes)
+        self.cache = PromptCache(cache_budget_bytes or DEFAULT_CPU_BUDGET)
+        self.max_batch_rows = max_batch_rows
+        self.models: dict = {}
+        self.specs: dict = {}
+        self.cells_run = 0
+
+    # -- models ---------------------------------------------------------------------------
+    def load_model(self, model_id: str, path: str, dtype: str = "float32", device: str = "cpu",
+                   allow_pickle: bool = False, cache_budget_bytes: Optional[int] = None) -> ModelInfo:
+        """Load a checkpoint folder under ``model_id`` (replacing, and dropping the prompts of, a model
+        already loaded under that id). ``cache_budget_bytes`` (0/None: keep) sets the engine's budget."""
+        if not model_id:
+            raise InvalidArgument("model_id: expected a non-empty name for the model", field="model_id")
+        ck = load_checkpoint(path, dtype=dtype, device=device, allow_pickle=allow_pickle)
+        if ck.device.type == "cuda":
+            # float32 must mean float32 (the goldens hold to 1e-5): no TF32 in matmuls or cuDNN convs.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        if model_id in self.models:
+            self._forget(model_id, None)
+        self.models[model_id] = ck
+        if cache_budget_bytes:
+            self.cache.set_budget(cache_budget_bytes)
+            self._budget_given = True
+        elif not self._budget_given and ck.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(ck.device)
+            self.cache.set_budget(int(free * 0.5))  # leave the rest for activations of cell batches
+        return self.model_info(model_id)
+
+    def model_info(self, model_id: str) -> ModelInfo:
+        ck = self._model(model_id)
+        c = ck.config
+        return ModelInfo(
+            model_id=model_id, model_type=ck.model_type, num_layers=c.num_layers, hidden_size=c.hidden_size,
+            vocab_size=c.vocab_size, max_positions=c.max_positions, sites=list(ck.model.SITES),
+            dtype=str(ck.dtype).replace("torch.", ""), device=str(ck.device),
+        )
+
+    def _model(self, model_id: str) -> Checkpoint:
+        ck = self.models.get(model_id)
+        if ck is None:
+            raise NotFound(f"model_id {model_id!r} is not loaded; loaded: {sorted(self.models)}", field="model_id")
+        return ck
+
+    # -- prompts --------------------------------------------------------------------------
+    def prepare_prompt(self, model_id: str, prompt_key: str, input_ids: list, subject: tuple,
+                       corruption: Union[NoiseSpec, SwapSpec], answer_id: Optional[int] = None) -> PromptInfo:
+        """Validate a prompt and run (or find cached) its clean and corrupted runs."""
+        ck = self._model(model_id)
+        c = ck.config
+        if not prompt_key:
+            raise InvalidArgument("prompt_key: expected a non-empty cache key", field="prompt_key")
+        ids = validate_ids(input_ids, c.vocab_size, "input_ids", c.max_positions)
+        T = len(ids)
+        try:
+            b, e = (int(subject[0]), int(subject[1]))
+        except (TypeError, ValueError, IndexError) as err:
+            raise InvalidArgument(f"subject: expected a (start, end) token span, got {subject!r}", field="subject") from err
+        if not 0 <= b < e <= T:
+            raise InvalidArgument(
+                f"subject: token span [{b}, {e}) is outside the prompt of {T} tokens or empty; expected "
+                f"0 <= start < end <= {T}",
+                field="subject",
+            )
+        if answer_id is not None and not 0 <= int(answer_id) < c.vocab_size:
+            raise InvalidArgument(f"answer_id: {answer_id} is outside the vocabulary [0, {c.vocab_size})", field="answer_id")
+        if not isinstance(corruption, (NoiseSpec, SwapSpec)):
+            raise InvalidArgument(f"corruption: expected noise or swap, got {type(corruption).__name__}", field="corruption")
+        fp = _fingerprint(ids, (b, e), corruption, answer_id)
+        key = (model_id, prompt_key)
+        old = self.specs.get(key)
+        if old is not None and old.fingerprint != fp:
+            raise InvalidArgument(
+                f"prompt_key {prompt_key!r} is already prepared with other inputs; evict it first or use a "
+                "key unique per (model, prompt, corruption)",
+                field="prompt_key",
+            )
+        spec = _PromptSpec(ids, (b, e), corruption, None if answer_id is None else int(answer_id), fp)
+        runs = self.cache.get(key)
+        hit = runs is not None
+        if runs is None:
+            runs = self._build(ck, spec)
+            self.specs[key] = spec
+            self.cache.put(key, runs)
+        return PromptInfo(
+            prompt_key=prompt_key, num_tokens=T, answer_id=runs.answer_id, p_clean=runs.p_clean,
+            p_corrupt=runs.p_corrupt, logit_clean=runs.logit_clean, logit_corrupt=runs.logit_corrupt,
+            cache_bytes=runs.nbytes, cache_hit=hit, clean_argmax=runs.clean_argmax,
+        )
+
+    def _inputs(self, ck: Checkpoint, spec: _PromptSpec):
+        ids = torch.tensor(spec.ids, dtype=torch.long, device=ck.device)
+        return ids, corrupted_embeddings(ck.model, ids, spec.subject, spec.corruption)
+
+    def _build(self, ck: Checkpoint, spec: _PromptSpec) -> PromptRuns:
+        with torch.no_grad():
+            ids, corrupted = self._inputs(ck, spec)
+            return trace.build_runs(ck.model, ids, corrupted, spec.answer_id)
+
+    # -- cells ----------------------------------------------------------------------------
+    def run_cells(self, model_id: str, prompt_key: str, cells: list, slow_path: bool = False) -> list:
+        """(p(answer), answer logit) per cell, in order. ``slow_path``: full recompute, no cache."""
+        ck = self._model(model_id)
+        key = (model_id, prompt_key)
+        spec = self.specs.get(key)
+        if spec is None:
+            raise NotFound(f"prompt_key {prompt_key!r} was not prepared for model {model_id!r}; call prepare_prompt first", field="prompt_key")
+        cells = [CellSpec(c.site, int(c.layer), int(c.token), int(c.window) or 1) for c in cells]
+        with torch.no_grad():
+            if slow_path:
+                ids, corrupted = self._inputs(ck, spec)
+                out = trace.run_cells_slow(ck.model, ids, corrupted, spec.answer_id, cells)
+            else:
+                runs = self.cache.get(key)
+                if runs is None:  # dropped by the LRU budget: rebuild
+                    runs = self._build(ck, spec)
+                    self.cache.put(key, runs)
+                out = trace.run_cells_fast(ck.model, runs, cells, self.max_batch_rows)
+        values = out.cpu().tolist()
+        bad = [i for i, (p, lg) in enumerate(values) if not (math.isfinite(p) and math.isfinite(lg))]
+        if bad:
+            raise NumericError(
+                f"NaN or inf in the outputs of {len(bad)} cell(s) of prompt {prompt_key!r} (first: cells[{bad[0]}] "
+                f"= {cells[bad[0]]}); the model overflows the run dtype",
+                field="cells",
+            )
+        self.cells_run += len(cells)
+        return [(p, lg) for p, lg in values]
+
+    # -- cache ----------------------------------------------------------------------------
+    def evict(self, model_id: str, prompt_keys: Optional[list] = None, all: bool = False) -> tuple:
+        """Forget prompts (their specs and cached runs): the given keys, or all of ``model_id`` (all models
+        if ``model_id`` is empty) when ``all``. Returns (prompts forgotten, cache bytes now)."""
+        if all:
+            n = self._forget(model_id or None, None)
+        else:
+            if model_id not in self.models:
+                self._model(model_id)
+            n = self._forget(model_id, list(prompt_keys or []))
+        return n, self.cache.nbytes
+
+    def _forget(self, model_id: Optional[str], prompt_keys: Optional[list]) -> int:
+        keys = [k for k in list(self.specs) if (model_id is None or k[0] == model_id)
+                and (prompt_keys is None or k[1] in prompt_keys)]
+        for k in keys:
+            self.specs.pop(k, None)
+            self.cache.remove(k)
+        return len(keys)
+
+    def stats(self) -> EngineStats:
+        used = 0
+        devices = {ck.device for ck in self.models.values() if ck.device.type == "cuda"}
+        for d in devices:
+            used += torch.cuda.memory_allocated(d)
+        if not devices:
+            used = self.cache.nbytes + sum(
+                p.numel() * p.element_size() for ck in self.models.values() for p in ck.model.parameters())
+        s = self.cache.stats
+        return EngineStats(
+            cache_bytes=self.cache.nbytes, cache_budget_bytes=self.cache.budget_bytes,
+            cached_prompt_keys=[k[1] for k in self.cache.keys()], cache_hits=s.hits, cache_misses=s.misses,
+            cache_evictions=s.evictions, cells_run=self.cells_run, device_memory_used_bytes=used,
+        )
+
+    def prompt_cache_bytes(self, model_id: str, num_tokens: int, samples: int = 1) -> int:
+        """Cache bytes one prompt of ``num_tokens`` tokens would take for this model, without running it."""
+        ck = self._model(model_id)
+        return prompt_cache_bytes(ck.model_type, ck.config, num_tokens, samples, ck.dtype)

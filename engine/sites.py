@@ -1,0 +1,54 @@
+"""Intervention sites: the named states a cell can read and restore (the design vocabulary).
+
+Each architecture declares its sites in ONE table (``mamba.SITES``, ``gpt_neox.SITES``) of
+:class:`Site` rows; the model code calls ``hook(name, value)`` at the point where each value is made,
+so reading and overwriting are the same mechanism for every site. ``where`` says where restoring the
+site enters the computation, which is all the fast path needs to know:
+
+* ``input``: the input of layer 0 (``embed``; the cell's layer and window are ignored).
+* ``output``: the output of block l, i.e. the input of block l + 1 (``residual``).
+* ``block``: a value made inside block l (Mamba ``mixer``, ``ssm``, ...; NeoX ``attn``, ``mlp``).
+
+A hook is ``hook(site, layer, value) -> value`` at model level and ``hook(site, value) -> value``
+inside a block (the block's layer is bound by the caller). ``value`` is ``(b, l, width)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+INPUT, OUTPUT, BLOCK = "input", "output", "block"
+
+ModelHook = Callable[[str, int, torch.Tensor], torch.Tensor]
+BlockHook = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Site:
+    """One row of an architecture's site table."""
+
+    name: str
+    where: str  # INPUT | OUTPUT | BLOCK
+    width: str  # name of the config attribute that gives the value's last dimension
+    doc: str
+    dtype: str = "model"  # "model": the run dtype; "residual": the residual stream's (Mamba: float32)
+
+
+def site_table(*rows: Site) -> dict[str, Site]:
+    """An ordered ``{name: Site}`` table."""
+    return {r.name: r for r in rows}
+
+
+def bind(hook: Optional[ModelHook], layer: int) -> Optional[BlockHook]:
+    """The block-level hook of ``layer`` (None stays None, so unhooked forwards cost nothing)."""
+    if hook is None:
+        return None
+    return lambda site, value: hook(site, layer, value)
+
+
+def call(hook: Optional[BlockHook], site: str, value: torch.Tensor) -> torch.Tensor:
+    """``hook(site, value)`` or ``value`` when there is no hook."""
+    return value if hook is None else hook(site, value)

@@ -1,0 +1,475 @@
+"""Engine worker: serves the engine protocol of ``proto/engine.proto`` on stdin/stdout.
+
+The node agent starts one worker per GPU (``python3 -m engine --device cuda:0``) and talks
+length-prefixed frames (``engine.framing``): ``EngineRequest`` in, exactly one ``EngineResponse``
+out per request, echoing its ``request_id``. The worker only translates frames to calls of
+``engine.runtime.Engine`` (contract: ``engine/API.md``) and ``engine.errors`` to ``EngineError``
+frames; see ``engine/README.md`` ("Worker protocol") for the session rules and exit codes.
+
+Why the stdio juggling in ``_claim_stdio``: frames own the real stdout. A stray ``print`` or a C
+library writing to fd 1 would corrupt the stream, so the worker keeps a private duplicate of fd 1
+for frames and points fd 1 and ``sys.stdout`` at stderr.
+
+torch is imported lazily (at the first successful Hello), so the process is ready to read frames
+without paying torch's import time, and a misconfigured caller gets a version error fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from typing import BinaryIO, Callable, Dict, Optional, Tuple
+
+import engine as engine_pkg
+from engine import errors
+from engine.framing import (
+    DEFAULT_MAX_FRAME_BYTES,
+    FrameTooLarge,
+    TruncatedFrame,
+    read_frame,
+    write_message,
+)
+from engine.proto import engine_pb2 as pb
+from google.protobuf.message import DecodeError
+
+log = logging.getLogger("engine.worker")
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1  # a bug in the worker loop itself (logged with its traceback)
+EXIT_USAGE = 2  # bad command line (argparse)
+EXIT_STREAM = 3  # the input stream cannot be resynchronised: oversized length prefix, truncated frame
+EXIT_PEER_GONE = 4  # stdout closed: responses can no longer be delivered
+
+SITE_NAMES: Dict[int, str] = {
+    number: name[len("SITE_"):].lower() for name, number in pb.Site.items() if number != pb.SITE_UNSPECIFIED
+}
+"""Site enum value -> design vocabulary name ("residual", "mixer", ...); derived from the proto so
+the two cannot drift."""
+SITE_VALUES: Dict[str, int] = {name: number for number, name in SITE_NAMES.items()}
+
+# Bodies accepted before a successful Hello: the handshake itself, and Shutdown so a supervisor
+# can always stop a worker cleanly.
+_BEFORE_HELLO = ("hello", "shutdown")
+
+_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+class _Terminate(BaseException):
+    """Raised by the signal handler, only while the worker waits for a request."""
+
+
+def site_value(name: str) -> int:
+    """Vocabulary name -> ``Site`` enum value."""
+    try:
+        return SITE_VALUES[name]
+    except KeyError:
+        raise errors.EngineError(
+            f"engine reported site {name!r}, which proto/engine.proto's Site enum does not name "
+            f"(known: {', '.join(SITE_VALUES)})"
+        ) from None
+
+
+def error_response(request_id: int, exc: BaseException) -> "pb.EngineResponse":
+    """Builds the ``EngineError`` frame for an exception: engine errors keep their code and field,
+    memory exhaustion becomes RESOURCE_EXHAUSTED, anything else INTERNAL with the exception text."""
+    if isinstance(exc, errors.EngineError):
+        try:
+            code = pb.ErrorCode.Value("ERROR_CODE_" + exc.code)
+        except ValueError:
+            code = pb.ERROR_CODE_INTERNAL
+        message, field = str(exc), exc.field
+    elif isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        code, message, field = pb.ERROR_CODE_RESOURCE_EXHAUSTED, f"{type(exc).__name__}: {exc}", ""
+    else:
+        code, message, field = pb.ERROR_CODE_INTERNAL, f"{type(exc).__name__}: {exc}", ""
+    return pb.EngineResponse(
+        request_id=request_id, error=pb.EngineError(code=code, message=message, field=field)
+    )
+
+
+def _is_repeated(field) -> bool:
+    # protobuf 7 (GPU machine) removed FieldDescriptor.label for the is_repeated property;
+    # Debian's 3.21/4.21 only have label.
+    flag = getattr(field, "is_repeated", None)
+    if flag is not None:
+        return bool(flag() if callable(flag) else flag)
+    return field.label == field.LABEL_REPEATED
+
+
+def _to_pb(message_type, source, **overrides):
+    """Copies the attributes of an engine result object named like ``message_type``'s fields,
+    coercing numbers (engine values may be numpy/torch scalars)."""
+    values = {}
+    for field in message_type.DESCRIPTOR.fields:
+        if field.name in overrides:
+            values[field.name] = overrides[field.name]
+            continue
+        value = getattr(source, field.name)
+        if _is_repeated(field):
+            values[field.name] = list(value)
+        elif field.type in (field.TYPE_DOUBLE, field.TYPE_FLOAT):
+            values[field.name] = float(value)
+        elif field.type == field.TYPE_BOOL:
+            values[field.name] = bool(value)
+        elif field.type == field.TYPE_STRING:
+            values[field.name] = str(value)
+        else:
+            values[field.name] = int(value)
+    return message_type(**values)
+
+
+class Worker:
+    """One protocol session over a pair of binary streams. ``serve()`` returns the exit code."""
+
+    def __init__(self, options: argparse.Namespace, frames_in: BinaryIO, frames_out: BinaryIO):
+        self.options = options
+        self._in = frames_in
+        self._out = frames_out
+        self._engine = None
+        self._greeted = False
+        self._hidden_size: Dict[str, int] = {}  # model_id -> d, to shape explicit noise
+        self._idle = False
+        self._stop_requested = False
+        self._handlers: Dict[str, Callable] = {
+            "hello": self._hello,
+            "load_model": self._load_model,
+            "prepare_prompt": self._prepare_prompt,
+            "run_cells": self._run_cells,
+            "evict": self._evict,
+            "stats": self._stats,
+            "shutdown": self._shutdown,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def on_signal(self, signum, _frame) -> None:
+        """SIGTERM/SIGINT: finish the request in progress, then exit 0; if idle, exit now."""
+        self._stop_requested = True
+        if self._idle:
+            raise _Terminate(signum)
+
+    def serve(self) -> int:
+        """Reads and answers requests until EOF, Shutdown, a signal or an unrecoverable stream."""
+        while True:
+            try:
+                self._idle = True
+                if self._stop_requested:  # checked after _idle is set, so no signal is missed
+                    log.info("stopping on signal after the last request")
+                    return EXIT_OK
+                payload = read_frame(self._in, self.options.max_frame_bytes)
+                self._idle = False
+            except _Terminate:
+                log.info("stopping on signal while idle")
+                return EXIT_OK
+            except FrameTooLarge as exc:
+                self._idle = False
+                log.error("%s; exiting: the stream cannot be resynchronised", exc)
+                self._try_send(error_response(0, exc))
+                return EXIT_STREAM
+            except TruncatedFrame as exc:
+                self._idle = False
+                log.error("%s; exiting: the client closed stdin mid-frame", exc)
+                self._try_send(error_response(0, exc))
+                return EXIT_STREAM
+            if payload is None:
+                log.info("stdin closed; exiting")
+                return EXIT_OK
+            response, stop = self.handle_payload(payload)
+            try:
+                write_message(self._out, response)
+            except OSError as exc:  # BrokenPipeError included
+                log.error("cannot write the response to request %d (%s); exiting", response.request_id, exc)
+                return EXIT_PEER_GONE
+            if stop:
+                log.info("shutdown requested; exiting")
+                return EXIT_OK
+
+    def _try_send(self, response) -> None:
+        try:
+            write_message(self._out, response)
+        except OSError as exc:
+            log.error("could not send the error frame either: %s", exc)
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def handle_payload(self, payload: bytes) -> Tuple["pb.EngineResponse", bool]:
+        """Decodes one request and answers it. Returns the response and whether to stop after it.
+        Never raises for a bad request: every failure becomes an error response."""
+        try:
+            request = pb.EngineRequest.FromString(payload)
+        except DecodeError as exc:
+            return error_response(0, errors.ProtocolError(
+                f"frame of {len(payload)} bytes is not a valid EngineRequest ({exc}); expected a "
+                "serialized factsweep.engine.v1.EngineRequest after each 4-byte length prefix",
+                field="frame",
+            )), False
+        request_id = request.request_id
+        kind = request.WhichOneof("body")
+        if kind is None:
+            return error_response(request_id, errors.ProtocolError(
+                f"request {request_id} has no body, or a body this worker (protocol version "
+                f"{engine_pkg.PROTOCOL_VERSION}) does not know; expected one of "
+                f"{', '.join(self._handlers)}",
+                field="body",
+            )), False
+        if not self._greeted and kind not in _BEFORE_HELLO:
+            return error_response(request_id, errors.ProtocolError(
+                f"request {request_id} is {kind} before a successful Hello; send "
+                f"Hello(protocol_version={engine_pkg.PROTOCOL_VERSION}) first",
+                field="body",
+            )), False
+        started = time.perf_counter()
+        log.debug("request %d %s started", request_id, kind)
+        try:
+            field, body = self._handlers[kind](getattr(request, kind))
+        except errors.EngineError as exc:
+            log.warning("request %d %s failed: %s: %s (field %r)", request_id, kind,
+                        type(exc).__name__, exc, exc.field)
+            return error_response(request_id, exc), False
+        except Exception as exc:  # the worker must survive any engine failure
+            log.exception("request %d %s failed with an unexpected error", request_id, kind)
+            return error_response(request_id, exc), False
+        log.debug("request %d %s done in %.3f s", request_id, kind, time.perf_counter() - started)
+        return pb.EngineResponse(request_id=request_id, **{field: body}), kind == "shutdown"
+
+    # -- handlers: each returns (response body field, message) --------------------------------
+
+    def _hello(self, req):
+        if req.protocol_version != engine_pkg.PROTOCOL_VERSION:
+            raise errors.VersionMismatch(
+                f"protocol version mismatch: the client speaks version {req.protocol_version}, this "
+                f"worker (engine {engine_pkg.__version__}) speaks version "
+                f"{engine_pkg.PROTOCOL_VERSION}; run a node agent and an engine of the same release",
+                field="protocol_version",
+            )
+        import torch  # deferred: see the module docstring
+
+        device, memory = _describe_device(torch, self.options.device)
+        if self._engine is None:
+            from engine.runtime import Engine
+
+            self._engine = Engine(cache_budget_bytes=self.options.cache_budget_bytes)
+        self._greeted = True
+        return "hello", pb.HelloReply(
+            protocol_version=engine_pkg.PROTOCOL_VERSION,
+            engine_version=engine_pkg.__version__,
+            torch_version=str(torch.__version__),
+            device=device,
+            device_memory_bytes=memory,
+        )
+
+    def _load_model(self, req):
+        info = self._engine.load_model(
+            req.model_id,
+            req.path,
+            dtype=req.dtype or "float32",
+            device=req.device or self.options.device,
+            allow_pickle=req.allow_pickle,
+            cache_budget_bytes=req.cache_budget_bytes or None,  # 0: keep the worker's budget
+        )
+        self._hidden_size[req.model_id] = int(info.hidden_size)
+        return "model", _to_pb(pb.ModelInfo, info, sites=[site_value(s) for s in info.sites])
+
+    def _prepare_prompt(self, req):
+        from engine.runtime import NoiseSpec, SwapSpec
+
+        kind = req.corruption.WhichOneof("kind")
+        if kind == "swap":
+            corruption = SwapSpec(corrupted_ids=list(req.corruption.swap.corrupted_ids))
+        elif kind == "noise":
+            noise = req.corruption.noise
+            explicit = self._explicit_noise(req) if noise.explicit_noise else None
+            corruption = NoiseSpec(
+                scale=noise.scale or 3.0,  # proto3 cannot tell unset from 0; 0 noise is meaningless
+                std=noise.std or None,  # 0: computed over the subject tokens' embeddings (ROME)
+                samples=explicit.shape[0] if explicit is not None else (noise.samples or 10),
+                seed=noise.seed,
+                explicit=explicit,
+            )
+        else:
+            raise errors.InvalidArgument(
+                "corruption is missing: set corruption.noise or corruption.swap", field="corruption"
+            )
+        info = self._engine.prepare_prompt(
+            req.model_id,
+            req.prompt_key,
+            list(req.input_ids),
+            (req.subject_start, req.subject_end),
+            corruption,
+            answer_id=req.answer_id if req.HasField("answer_id") else None,
+        )
+        return "prompt", _to_pb(pb.PromptInfo, info)
+
+    def _explicit_noise(self, req):
+        """Decodes ``explicit_noise`` (float32 little-endian, (samples, T, d)) into a tensor."""
+        import numpy as np
+        import torch
+
+        field = "corruption.noise.explicit_noise"
+        data = req.corruption.noise.explicit_noise
+        if req.model_id not in self._hidden_size:
+            raise errors.NotFound(
+                f"model_id {req.model_id!r} is not loaded (loaded: {sorted(self._hidden_size) or 'none'}); "
+                "send LoadModel first",
+                field="model_id",
+            )
+        d = self._hidden_size[req.model_id]
+        t = len(req.input_ids)
+        samples = req.corruption.noise.samples
+        if t == 0:
+            raise errors.InvalidArgument("input_ids is empty; expected the prompt's token ids", field="input_ids")
+        values, rest = divmod(len(data), 4)
+        row = t * d
+        if rest or values % row or values == 0 or (samples and values != samples * row):
+            expected = f"{samples} × {t} × {d} = {samples * row}" if samples else f"S × {t} × {d} (a multiple of {row})"
+            raise errors.InvalidArgument(
+                f"{field} holds {len(data)} bytes; expected float32 little-endian values of shape "
+                f"(samples, T, d) = {expected} values, with T = len(input_ids) and d = the model's "
+                "hidden size",
+                field=field,
+            )
+        array = np.frombuffer(data, dtype="<f4").reshape(values // row, t, d)
+        return torch.from_numpy(array.astype(np.float32))  # native order, writable copy
+
+    def _run_cells(self, req):
+        from engine.runtime import CellSpec
+
+        cells = []
+        for i, cell in enumerate(req.cells):
+            name = SITE_NAMES.get(cell.site)
+            if name is None:
+                raise errors.InvalidArgument(
+                    f"cells[{i}].site is {cell.site} ({'unset' if cell.site == 0 else 'unknown'}); "
+                    f"expected one of {', '.join(f'SITE_{n.upper()}' for n in SITE_VALUES)}",
+                    field=f"cells[{i}].site",
+                )
+            cells.append(CellSpec(site=name, layer=cell.layer, token=cell.token, window=cell.window or 1))
+        started = time.perf_counter()
+        results = self._engine.run_cells(req.model_id, req.prompt_key, cells, slow_path=req.slow_path)
+        seconds = time.perf_counter() - started
+        if len(results) != len(cells):
+            raise errors.EngineError(f"engine returned {len(results)} results for {len(cells)} cells")
+        return "cells", pb.CellResults(
+            prompt_key=req.prompt_key,
+            results=[pb.CellResult(p=float(p), logit=float(logit)) for p, logit in results],
+            seconds=seconds,
+        )
+
+    def _evict(self, req):
+        if not req.prompt_keys and not req.all:
+            raise errors.InvalidArgument(
+                "Evict names no prompt_keys and all is false; list prompt_keys or set all=true",
+                field="prompt_keys",
+            )
+        count, cache_bytes = self._engine.evict(req.model_id, list(req.prompt_keys) or None, all=req.all)
+        return "evicted", pb.Evicted(count=int(count), cache_bytes=int(cache_bytes))
+
+    def _stats(self, _req):
+        return "stats", _to_pb(pb.Stats, self._engine.stats())
+
+    def _shutdown(self, _req):
+        return "shutdown", pb.ShutdownAck()
+
+
+def _describe_device(torch, device: str) -> Tuple[str, int]:
+    """The worker's device as reported in HelloReply, and its total memory (0 for cpu)."""
+    if device == "cpu":
+        return "cpu", 0
+    if not torch.cuda.is_available():
+        raise errors.InvalidArgument(
+            f"this worker was started with --device {device}, but torch {torch.__version__} sees no "
+            "CUDA device; start it with --device cpu or on a GPU host",
+            field="--device",
+        )
+    index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise errors.InvalidArgument(
+            f"--device {device} names GPU {index}, but only {count} CUDA device(s) are visible "
+            f"(cuda:0 .. cuda:{count - 1})",
+            field="--device",
+        )
+    return f"cuda:{index}", int(torch.cuda.get_device_properties(index).total_memory)
+
+
+def _claim_stdio() -> Tuple[BinaryIO, BinaryIO]:
+    """Takes private duplicates of fds 0 and 1 for frames, then points fd 1 / ``sys.stdout`` at
+    stderr and fd 0 / ``sys.stdin`` at /dev/null, so no other code can touch the protocol stream."""
+    sys.stdout.flush()
+    frames_in = os.fdopen(os.dup(0), "rb")
+    frames_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    sys.stdout = sys.stderr
+    sys.stdin = open(os.devnull, "r")
+    return frames_in, frames_out
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _device(text: str) -> str:
+    if not _DEVICE_RE.match(text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command line of ``python3 -m engine``."""
+    parser = argparse.ArgumentParser(
+        prog="python3 -m engine",
+        description="factsweep engine worker: length-prefixed protobuf (proto/engine.proto) on "
+        "stdin/stdout, logs on stderr.",
+    )
+    parser.add_argument("--device", type=_device, default="cpu",
+                        help="device reported in HelloReply and used by LoadModel when it names none (default cpu)")
+    parser.add_argument("--cache-budget-bytes", type=_non_negative_int, default=None,
+                        help="byte budget of the prompt cache, shared by all models (default: the engine's)")
+    parser.add_argument("--max-frame-bytes", type=_positive_int, default=DEFAULT_MAX_FRAME_BYTES,
+                        help=f"largest request frame accepted; a longer length prefix ends the worker "
+                        f"(default {DEFAULT_MAX_FRAME_BYTES})")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="stderr log level (default info)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    """Entry point: returns the process exit code (see the EXIT_* constants)."""
+    options = parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=options.log_level.upper(),
+        format="%(asctime)s engine-worker[%(process)d] %(levelname)s %(message)s",
+    )
+    logging.captureWarnings(True)
+    frames_in, frames_out = _claim_stdio()
+    worker = Worker(options, frames_in, frames_out)
+    signal.signal(signal.SIGTERM, worker.on_signal)
+    signal.signal(signal.SIGINT, worker.on_signal)
+    log.info("engine worker %s (protocol %d) ready on %s", engine_pkg.__version__,
+             engine_pkg.PROTOCOL_VERSION, options.device)
+    try:
+        code = worker.serve()
+    except Exception:
+        log.exception("engine worker failed")
+        code = EXIT_INTERNAL
+    log.info("exit %d", code)
+    return code
