@@ -41,6 +41,6 @@ ENV PYTHONPATH=/app PYTHONUNBUFFERED=1 NODE_ENV=production
 RUN useradd --create-home --uid 1000 factsweep && mkdir -p /models && chown factsweep /models
 USER factsweep
 # HTTP: /metrics and health
-EXPOSE 9465
+EXPOSE 9470
 ENTRYPOINT ["node", "/app/node-agent/dist/main.js"]
-CMD ["--coordinator", "coordinator:7070", "--nats-url", "nats://nats:4222", "--http-port", "9465"]
+CMD ["--coordinator", "coordinator:7070", "--nats-url", "nats://nats:4222", "--http-port", "9470"]
