@@ -162,7 +162,7 @@ const agentsGpus = build(
       ]),
       panel("stat", "Agents up", "Agent /metrics endpoints Prometheus reaches.", "none", [[`sum(up{${AGENT}, instance=~"$instance"})`, "up"]], 4),
       panel("stat", "Workers ready", "Engine workers ready to take batches.", "none", [[`sum(factsweep_workers_ready{${AGENT}, instance=~"$instance"})`, "ready"]], 4),
-      panel("stat", "Worker restarts (1h)", "Engine workers restarted after dying.", "short", [[`sum(increase(factsweep_worker_restarts_total{${AGENT}, instance=~"$instance"}[1h]))`, "restarts"]], 4),
+      panel("stat", "Worker restarts (1h)", "Engine workers restarted after dying.", "short", [[orZero(`sum(increase(factsweep_worker_restarts_total{${AGENT}, instance=~"$instance"}[1h]))`), "restarts"]], 4),
     ],
     [
       panel("timeseries", "Engine batch latency", "Quantiles of the time a worker takes for one batch of cells.", "s", quantiles("factsweep_engine_batch_seconds", `${AGENT}, instance=~"$instance"`)),
@@ -179,8 +179,12 @@ const agentsGpus = build(
       panel("timeseries", "GPU memory used", "Device memory in use by each worker.", "bytes", [[`sum by (instance, worker) (factsweep_gpu_memory_used_bytes{${AGENT}, instance=~"$instance"})`, "{{instance}} w{{worker}}"]], 8),
     ],
     [
-      panel("timeseries", "Agent resident memory", "Resident memory of the agent process (Node).", "bytes", [[`process_resident_memory_bytes{${AGENT}, instance=~"$instance"}`, "{{instance}}"]]),
-      panel("timeseries", "Agent CPU", "CPU seconds per second used by the agent process (Node).", "percentunit", [[`${rate("process_cpu_seconds_total", `${AGENT}, instance=~"$instance"`)}`, "{{instance}}"]]),
+      panel("timeseries", "Shards per second per agent", "Shards each agent finished, by outcome.", "ops", [
+        [`sum by (instance, outcome) (${rate("factsweep_shard_duration_seconds_count", `${AGENT}, instance=~"$instance"`)})`, "{{instance}} {{outcome}}"],
+      ]),
+      panel("timeseries", "JetStream publish latency per agent", "p99 of the publish round trip of each agent's shard results.", "s", [
+        [`histogram_quantile(0.99, sum by (le, instance) (${rate("factsweep_publish_seconds_bucket", `${AGENT}, instance=~"$instance"`)}))`, "{{instance}}"],
+      ]),
     ],
   ],
 );
@@ -210,10 +214,10 @@ const coordinator = build(
         [`sum(${rate("factsweep_lease_expirations_total", COORD)})`, "lease expirations"],
         [`sum(${rate("factsweep_shard_retries_total", COORD)})`, "retries"],
       ], 8),
-      panel("timeseries", "Event loop lag", "p99 lag of the coordinator's Node event loop; high values delay heartbeats and leases.", "s", [[`nodejs_eventloop_lag_p99_seconds{${COORD}}`, "p99"]], 8),
-      panel("timeseries", "Coordinator memory", "Resident memory and V8 heap used.", "bytes", [
-        [`process_resident_memory_bytes{${COORD}}`, "resident"],
-        [`nodejs_heap_size_used_bytes{${COORD}}`, "heap used"],
+      panel("timeseries", "Event loop lag", "p99 lag of the coordinator's Node event loop; high values delay heartbeats and leases.", "s", [[`factsweep_coordinator_nodejs_eventloop_lag_p99_seconds{${COORD}}`, "p99"]], 8),
+      panel("timeseries", "Coordinator memory", "Resident memory and V8 heap used (prom-client defaults, prefixed factsweep_coordinator_).", "bytes", [
+        [`factsweep_coordinator_process_resident_memory_bytes{${COORD}}`, "resident"],
+        [`factsweep_coordinator_nodejs_heap_size_used_bytes{${COORD}}`, "heap used"],
       ], 8),
     ],
   ],

@@ -90,14 +90,14 @@ export const PROJECT_METRICS: ReadonlySet<string> = new Set(Object.values(METRIC
 
 /**
  * Metrics the expressions may use besides the project's: prom-client's default process and Node
- * metrics (exported by the coordinator and the agent) and Prometheus' own per-target `up`.
+ * metrics, which the coordinator exports with the prefix `factsweep_coordinator_` (the agent
+ * exports none), and Prometheus' own per-target `up`.
  */
 export const DEFAULT_METRICS: ReadonlySet<string> = new Set([
   "up",
-  "process_cpu_seconds_total",
-  "process_resident_memory_bytes",
-  "nodejs_eventloop_lag_p99_seconds",
-  "nodejs_heap_size_used_bytes",
+  "factsweep_coordinator_process_resident_memory_bytes",
+  "factsweep_coordinator_nodejs_eventloop_lag_p99_seconds",
+  "factsweep_coordinator_nodejs_heap_size_used_bytes",
 ]);
 
 /** Metrics that Prometheus itself attaches to every target, so no /metrics page lists them. */
