@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 WORLD=${WORLD:-models/world}
 MODELS_DIR=${MODELS_DIR:-models}
-STEPS=${STEPS:-6000}
+MAMBA_STEPS=${MAMBA_STEPS:-${STEPS:-2000}}
+NEOX_STEPS=${NEOX_STEPS:-${STEPS:-4000}}
 BATCH=${BATCH:-1024}
 SEED=${SEED:-0}
 EVAL_EVERY=${EVAL_EVERY:-500}
@@ -18,16 +19,16 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 [ -f "$WORLD/world.json" ] || "$PY" training/world.py --out "$WORLD"
 "$PY" training/tokenizer.py --world "$WORLD" --out "$WORLD/tokenizer.json" --cases "$WORLD/tokenizer-cases.json"
 
-common=(--world "$WORLD" --tokenizer "$WORLD/tokenizer.json" --steps "$STEPS" --batch "$BATCH"
+common=(--world "$WORLD" --tokenizer "$WORLD/tokenizer.json" --batch "$BATCH"
         --seed "$SEED" --eval-every "$EVAL_EVERY" ${MAX_MINUTES:+--max-minutes "$MAX_MINUTES"})
 if [ "$PARALLEL" = 1 ]; then
-  "$PY" training/train.py --arch mamba --out "$MODELS_DIR/mamba-facts" "${common[@]}" & m=$!
-  "$PY" training/train.py --arch neox --out "$MODELS_DIR/neox-facts" "${common[@]}" & n=$!
+  "$PY" training/train.py --arch mamba --steps "$MAMBA_STEPS" --out "$MODELS_DIR/mamba-facts" "${common[@]}" & m=$!
+  "$PY" training/train.py --arch neox --steps "$NEOX_STEPS" --out "$MODELS_DIR/neox-facts" "${common[@]}" & n=$!
   rc=0
   wait "$m" || rc=$?
   wait "$n" || rc=$?
   exit "$rc"
 else
-  "$PY" training/train.py --arch mamba --out "$MODELS_DIR/mamba-facts" "${common[@]}"
-  "$PY" training/train.py --arch neox --out "$MODELS_DIR/neox-facts" "${common[@]}"
+  "$PY" training/train.py --arch mamba --steps "$MAMBA_STEPS" --out "$MODELS_DIR/mamba-facts" "${common[@]}"
+  "$PY" training/train.py --arch neox --steps "$NEOX_STEPS" --out "$MODELS_DIR/neox-facts" "${common[@]}"
 fi
