@@ -12,7 +12,7 @@ over every fact, prints both, and saves a float32 safetensors checkpoint with th
 Runs on a GPU or, slowly, on a CPU (needs ``torch``, ``transformers`` ≥ 4.40 and ``tokenizers``)::
 
     python3 training/train.py --arch mamba --world models/world --tokenizer models/world/tokenizer.json \
-        --out models/mamba-facts --steps 6000
+        --out models/mamba-facts --steps 2000
 
 Seeded (model init, data order); on a GPU, kernels with atomics can make reruns differ in the
 last digits.
@@ -43,8 +43,8 @@ PAD_ID = 0  # <|endoftext|>: also the end-of-sentence token
 # blocks) against pythia-2.8b (32 layers): a Mamba block holds about half a transformer layer's
 # weights.
 ARCH_DEFAULTS = {
-    "mamba": {"layers": 8, "d_model": 128, "lr": 3e-3},
-    "neox": {"layers": 6, "d_model": 128, "lr": 2e-3},
+    "mamba": {"layers": 8, "d_model": 128, "lr": 3e-3, "steps": 2000},
+    "neox": {"layers": 6, "d_model": 128, "lr": 2e-3, "steps": 4000},
 }
 
 
@@ -223,7 +223,7 @@ def main() -> None:
     ap.add_argument("--world", type=Path, default=Path("models/world"))
     ap.add_argument("--tokenizer", type=Path, default=Path("models/world/tokenizer.json"))
     ap.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default per arch: the shipped run's)")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default per arch)")
     ap.add_argument("--warmup", type=int, default=200)
@@ -239,6 +239,7 @@ def main() -> None:
     args.layers = args.layers or d["layers"]
     args.d_model = args.d_model or d["d_model"]
     args.lr = args.lr or d["lr"]
+    args.steps = args.steps or d["steps"]
     tag = f"[{args.arch}]"
 
     import transformers
