@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { Cluster, engineReference, goldenMambaSpec, GOLDEN } from "./cluster.js";
+import { Cluster, engineReference, goldenMambaSpec, GOLDEN, REPO } from "./cluster.js";
 import { assertCompleteAndEqual } from "./assertions.js";
 import { join } from "node:path";
-import { copyFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 
 let cluster: Cluster;
 before(async () => {
-  cluster = await new Cluster({ agents: 3 }).start();
+  cluster = await new Cluster({ agents: 3, modelRoots: [GOLDEN, join(REPO, "models")] }).start();
 });
 after(async () => {
   await cluster?.stop();
@@ -37,7 +37,9 @@ test("noise corruption sweeps also match the engine run alone", async () => {
 });
 
 test("bad input gets a clear error, loses nothing, and the coordinator keeps serving", async () => {
-  const before = await cluster.results("e2e-happy");
+  const first = cluster.writeSpec("first.yaml", goldenMambaSpec({ prompts: 1 }));
+  assert.equal((await cluster.sweepctl("launch", first, "--id", "e2e-first", "--quiet")).exitCode, 0);
+  const before = await cluster.results("e2e-first");
 
   const malformed = cluster.writeSpec("bad.yaml", "name: bad\nkind: trace\nmodel: { id: m, path: x }\ngrid: [{ site: residual, window: -1 }]\n");
   let r = await cluster.sweepctl("launch", malformed);
@@ -55,21 +57,22 @@ test("bad input gets a clear error, loses nothing, and the coordinator keeps ser
   assert.match(r.stderr, /model root/i);
 
   const dup = cluster.writeSpec("dup.yaml", goldenMambaSpec({ prompts: 1 }));
-  r = await cluster.sweepctl("launch", dup, "--id", "e2e-happy");
+  r = await cluster.sweepctl("launch", dup, "--id", "e2e-first");
   assert.equal(r.exitCode, 2, r.stderr);
-  assert.match(r.stderr, /e2e-happy/);
+  assert.match(r.stderr, /e2e-first/);
   assert.match(r.stderr, /exist/i);
 
   // A prompt whose subject is not in the text is reported and skipped; the others run.
-  const tok = join(cluster.dir, "tokenizer.json");
-  copyFileSync(join(GOLDEN, "..", "data", "tokenizers", "gpt-neox-20b", "tokenizer.json"), tok);
+  const rel = JSON.parse(readFileSync(join(REPO, "models/world/relations/person_occupation.json"), "utf8")) as { prompt_templates: string[]; samples: { subject: string }[] };
+  const subject = rel.samples[0]!.subject;
+  const fact = { subject, text: rel.prompt_templates[0]!.replace("{}", subject) };
   const textSpec = cluster.writeSpec("subject.yaml", `name: subj
 kind: trace
-model: { id: mamba-tiny, path: ${join(GOLDEN, "mamba-tiny")}, tokenizer: ${tok} }
+model: { id: mamba-facts, path: ${join(REPO, "models", "mamba-facts")} }
 dataset:
   prompts:
-    - { text: "The Eiffel Tower is in", subject: "Eiffel Tower", object: Paris }
-    - { text: "The Colosseum is in", subject: "Big Ben", object: Rome }
+    - { text: "${fact.text}", subject: "${fact.subject}" }
+    - { text: "${fact.text}", subject: "Big Ben" }
 corruption: { kind: noise, samples: 2, seed: 1 }
 grid: [{ site: residual, window: 1 }]
 layers: all
@@ -83,6 +86,6 @@ tokens: [subject_last, last]
   assert.ok(subj.counts.doneCells > 0);
 
   // Nothing computed before was lost and the coordinator still answers.
-  assert.deepEqual(await cluster.results("e2e-happy"), before);
+  assert.deepEqual(await cluster.results("e2e-first"), before);
   assert.equal((await cluster.sweepctl("list")).exitCode, 0);
 });
