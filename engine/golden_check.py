@@ -29,7 +29,6 @@ import torch
 from .checkpoint import read_safetensors
 from .errors import EngineError
 from .runtime import CellSpec, Engine, NoiseSpec, SwapSpec
-from .trace import record_clean
 
 REL_TOL = 1e-4
 ABS_TOL = 1e-5
