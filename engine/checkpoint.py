@@ -278,7 +278,8 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], ignora
                 f"tensor {name}: expected shape {list(param.shape)} (from config.json), found {list(src.shape)}",
                 field=name,
             )
-        value = src.to(device=device, dtype=dtype if param.dtype.is_floating_point else param.dtype)
+        # copy=True: never keep a view of the memory-mapped file as a weight
+        value = src.to(device=device, dtype=dtype if param.dtype.is_floating_point else param.dtype, copy=True)
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
             raise NumericError(
