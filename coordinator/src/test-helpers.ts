@@ -60,7 +60,7 @@ export async function startHarness(over: Partial<CoordinatorOptions> = {}): Prom
   const nats = await startNatsServer();
   const opts: CoordinatorOptions = {
     natsUrl: nats.url, grpcHost: "127.0.0.1", grpcPort: 0, httpHost: "127.0.0.1", httpPort: 0, modelRoots: [GOLDEN_DIR],
-    leaseTtlMs: 2000, heartbeatMs: 300, retryBackoffMs: 50, log: () => undefined, ...over,
+    leaseTtlMs: 2000, heartbeatMs: 300, retryBackoffMs: 50, log: process.env.FACTSWEEP_TEST_LOG ? (m) => console.error(`[coordinator] ${m}`) : () => undefined, ...over,
   };
   let coord = await Coordinator.start(opts);
   const h: Harness = {
@@ -103,4 +103,15 @@ export function agentStream(addr: string): grpc.ClientDuplexStream<agent.AgentMe
   const s = client.connect() as grpc.ClientDuplexStream<agent.AgentMessage, agent.CoordinatorMessage> & { client: agent.AgentServiceClient };
   s.client = client;
   return s;
+}
+
+/** The value of a metric sample in Prometheus text whose labels include `labels`; undefined if absent. */
+export function metricValue(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  for (const line of text.split("\n")) {
+    const m = /^([a-zA-Z_:][\w:]*)(\{([^}]*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = Object.fromEntries([...(m[3] ?? "").matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[4]);
+  }
+  return undefined;
 }

@@ -4,12 +4,15 @@
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { status } from "@grpc/grpc-js";
 import { execa, type ResultPromise } from "execa";
 import { AGENT_PROTOCOL_VERSION } from "@factsweep/proto";
 import { ScriptedCoordinator } from "./scripted-coordinator.js";
+import { startNatsServer } from "@factsweep/shared";
 import { goldenSwapShard, REPO_ROOT, skipWithoutGolden, startResultsNats, storedResults } from "./test-support.js";
 
 const skip = skipWithoutGolden();
@@ -43,10 +46,10 @@ async function startAgent(coordinatorPort: number, extra: string[] = []): Promis
   return { proc, agentId: m[1]!, httpPort: Number(m[2]), logs };
 }
 
-test("the agent says hello, grants credit, runs a leased shard, reports it done with the JetStream sequence, and serves metrics", { skip }, async () => {
+test("the agent says hello, grants credit, runs a leased shard, reports it done with the JetStream sequence, abandons a cancelled lease, and serves metrics", { skip }, async () => {
   const coord = new ScriptedCoordinator();
   const port = await coord.start();
-  const a = await startAgent(port, ["--agent-id", "agent-hello", "--token", "s3cret"]);
+  const a = await startAgent(port, ["--agent-id", "agent-hello", "--token", "s3cret", "--batch-size", "4"]);
   try {
     const s = await coord.nextStream(0);
     const hello = (await s.next("hello")).hello;
@@ -86,6 +89,17 @@ test("the agent says hello, grants credit, runs a leased shard, reports it done 
     assert.equal((await fetch(`http://127.0.0.1:${a.httpPort}/readyz`)).status, 200);
     const health = (await (await fetch(`http://127.0.0.1:${a.httpPort}/healthz`)).json()) as { status: string; workersReady: number; coordinatorConnected: boolean };
     assert.deepEqual([health.status, health.workersReady, health.coordinatorConnected], ["ok", 1, true]);
+
+    // A lease the coordinator cancels is abandoned: no done, no failed, nothing published, the slot comes back.
+    const { shard: long } = goldenSwapShard("sw-agent", "sw-agent.1.0");
+    long.cells = [1, 3, 5].flatMap((w) => long.cells.map((c) => ({ ...c, window: w })));
+    const before = s.received.length;
+    s.send({ $case: "lease", lease: { leaseId: "L2", shard: long, ttlMs: 30_000 } });
+    s.send({ $case: "cancel", cancel: { leaseId: "L2", reason: "sweep cancelled" } });
+    await s.next("credit", () => true, { fromIndex: before });
+    await s.next("heartbeat", (b) => b.heartbeat.leases.length === 0, { fromIndex: s.received.length });
+    assert.ok(!s.received.slice(before).some((m) => m.body?.$case === "done" || m.body?.$case === "failed"), "nothing reported for a cancelled lease");
+    assert.deepEqual((await storedResults(nats.jsm, "sw-agent")).map((x) => x.result.shardId), [shard.shardId]);
 
     // The coordinator asks it to drain: it leaves cleanly with exit code 0.
     s.send({ $case: "drain", drain: { reason: "test over" } });
@@ -176,6 +190,35 @@ test("SIGTERM drains: the running shard finishes and is reported done, a lease g
   }
 });
 
+test("a second SIGTERM hands the running shard back as retryable without publishing it, and the agent exits 0", { skip }, async () => {
+  const coord = new ScriptedCoordinator();
+  const port = await coord.start();
+  const a = await startAgent(port, ["--agent-id", "agent-term2", "--batch-size", "1"]);
+  try {
+    const s = await coord.nextStream(0);
+    await s.next("hello");
+    s.send({ $case: "welcome", welcome: { sessionId: "s1", leaseTtlMs: 30_000, heartbeatIntervalMs: 50, natsResultsSubjectPrefix: "" } });
+    await s.next("credit");
+    const { shard } = goldenSwapShard("sw-term2");
+    shard.cells = [1, 3, 5, 7, 9].flatMap((w) => shard.cells.map((c) => ({ ...c, window: w })));
+    s.send({ $case: "lease", lease: { leaseId: "L1", shard, ttlMs: 30_000 } });
+    await s.next("heartbeat", (b) => b.heartbeat.leases.some((l) => l.leaseId === "L1" && l.cellsDone > 0 && l.cellsDone < shard.cells.length));
+    a.proc.kill("SIGTERM");
+    await waitFor(async () => (a.logs.some((l) => /draining \(SIGTERM\)/.test(l)) ? true : undefined));
+    a.proc.kill("SIGTERM");
+    const failed = (await s.next("failed")).failed;
+    assert.deepEqual([failed.leaseId, failed.shardId, failed.retryable], ["L1", shard.shardId, true]);
+    assert.match(failed.error, /handed back by agent agent-term2/);
+    const r = await a.proc;
+    assert.equal(r.exitCode, 0, a.logs.join("\n"));
+    assert.ok(!s.received.some((m) => m.body?.$case === "done"));
+    assert.equal((await storedResults(nats.jsm, "sw-term2")).length, 0);
+  } finally {
+    a.proc.kill("SIGKILL");
+    coord.kill();
+  }
+});
+
 test("an agent refused for its protocol version stops with a clear error instead of reconnecting", { skip }, async () => {
   const coord = new ScriptedCoordinator();
   const port = await coord.start();
@@ -191,6 +234,53 @@ test("an agent refused for its protocol version stops with a clear error instead
   } finally {
     a.proc.kill("SIGKILL");
     coord.kill();
+  }
+});
+
+test("an agent whose NATS connection is refused (bad credentials) exits 1 naming the flags to check", { skip }, async () => {
+  const guarded = await startNatsServer({ args: ["--user", "u", "--pass", "p"] });
+  const coord = new ScriptedCoordinator();
+  const port = await coord.start();
+  try {
+    const proc = execa(
+      process.execPath,
+      [join(REPO_ROOT, "node-agent", "dist", "main.js"), "--coordinator", `127.0.0.1:${port}`, "--nats-url", guarded.url, "--cpu", "--http-port", "0", "--http-host", "127.0.0.1"],
+      { reject: false, env: { FACTSWEEP_TOKEN: "" } },
+    );
+    const r = await proc;
+    assert.equal(r.exitCode, 1);
+    assert.match(String(r.stderr), /fatal: cannot connect to NATS nats:\/\/127\.0\.0\.1:\d+: Authorization Violation; check --nats-url and --nats-creds/);
+  } finally {
+    coord.kill();
+    await guarded.stop();
+  }
+});
+
+test("with --tls-ca/--tls-cert/--tls-key the agent reaches an mTLS coordinator and presents its client certificate", { skip }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), "factsweep-tls-"));
+  const coord = new ScriptedCoordinator();
+  let a: Awaited<ReturnType<typeof startAgent>> | undefined;
+  try {
+    const ossl = (...args: string[]) => execa("openssl", args, { cwd: dir });
+    const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    await ossl("req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=factsweep test CA");
+    await writeFile(join(dir, "san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
+    for (const [name, cn, ext] of [["server", "localhost", ["-extfile", "san.ext"]], ["client", "agent-tls", []]] as const) {
+      await ossl("req", ...ec, "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${cn}`);
+      await ossl("x509", "-req", "-in", `${name}.csr`, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", `${name}.pem`, "-days", "1", ...ext);
+    }
+    const file = (f: string) => readFile(join(dir, f));
+    const port = await coord.start(0, { ca: await file("ca.pem"), cert: await file("server.pem"), key: await file("server.key") });
+    a = await startAgent(port, ["--agent-id", "agent-tls", "--tls-ca", join(dir, "ca.pem"), "--tls-cert", join(dir, "client.pem"), "--tls-key", join(dir, "client.key")]);
+    const s = await coord.nextStream(0);
+    assert.equal((await s.next("hello")).hello.agentId, "agent-tls");
+    const auth = s.call.getAuthContext();
+    assert.equal(auth?.transportSecurityType, "ssl");
+    assert.equal(auth?.sslPeerCertificate?.subject.CN, "agent-tls", "the agent presented its client certificate");
+  } finally {
+    a?.proc.kill("SIGKILL");
+    coord.kill();
+    await rm(dir, { recursive: true, force: true });
   }
 });
 

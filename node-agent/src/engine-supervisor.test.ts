@@ -1,7 +1,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { EngineSupervisor } from "./engine-supervisor.js";
-import { WorkerStartError } from "./errors.js";
+import { EngineVersionMismatchError, WorkerStartError } from "./errors.js";
 import { cpuSlots } from "./gpu-discovery.js";
 import { createAgentMetrics } from "./metrics.js";
 import { ResultPublisher } from "./result-publisher.js";
@@ -74,13 +74,36 @@ test("an engine command that cannot start is a clear startup error naming the co
   await sup.stop();
 });
 
-test("stop() asks workers to shut down and they exit", { skip }, async () => {
+test("CPU workers start with --device cpu and no visible GPU, and stop() shuts them down", { skip }, async () => {
   const metrics = createAgentMetrics();
   const sup = new EngineSupervisor({ slots: cpuSlots(2), command: await engineCommand(), metrics, log: memoryLogger() });
   await sup.start();
   assert.equal((await metrics.workersReady.get()).values[0]!.value, 2);
   const pids = sup.workers.map((w) => w.pid!);
+  // A CPU worker is told its device and sees no GPU.
+  for (const pid of pids) {
+    const { readFileSync } = await import("node:fs");
+    assert.ok(readFileSync(`/proc/${pid}/environ`, "utf8").split("\0").includes("CUDA_VISIBLE_DEVICES="));
+    assert.match(readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" "), /-m engine --device cpu/);
+  }
   await sup.stop();
   for (const pid of pids) assert.throws(() => process.kill(pid, 0), /ESRCH/, `worker ${pid} exited`);
   assert.equal((await metrics.workersReady.get()).values[0]!.value, 0);
+});
+
+test("an engine worker of another protocol version is a fatal error naming both versions", { skip }, async () => {
+  const fatal: Error[] = [];
+  const sup = new EngineSupervisor({
+    slots: cpuSlots(1),
+    command: await engineCommand(),
+    metrics: createAgentMetrics(),
+    log: memoryLogger(),
+    protocolVersion: 99, // the real worker (version 1) must refuse this agent
+    onFatal: (e) => fatal.push(e),
+    restartInitialMs: 50,
+  });
+  await assert.rejects(sup.start(), (e: unknown) => e instanceof EngineVersionMismatchError && /expects 99/.test(e.message) && /worker said: .*VERSION_MISMATCH/.test(e.message));
+  assert.equal(fatal.length, 1, "the agent is told to stop");
+  assert.equal(sup.workers[0]!.state, "fatal", "no restart loop");
+  await sup.stop();
 });

@@ -15,8 +15,8 @@ export interface HttpServerOptions {
   /** Bind address; default 127.0.0.1 (use 0.0.0.0 in containers). */
   host?: string;
   registry: Registry;
-  /** Liveness details; throwing (or rejecting) makes /healthz answer 503 with the message. */
-  health?: () => Record<string, unknown> | Promise<Record<string, unknown>>;
+  /** Liveness: details to report (200), or false / a throw (503, with the message). */
+  health?: () => Record<string, unknown> | boolean | Promise<Record<string, unknown> | boolean>;
   /** Readiness; false makes /readyz answer 503. */
   ready?: () => boolean | Promise<boolean>;
   /** Extra routes by path ("/results") or method and path ("POST /drain"). */
@@ -59,7 +59,8 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
           case "/healthz": {
             try {
               const details = opts.health ? await opts.health() : {};
-              return send(res, 200, JSON.stringify({ status: "ok", ...details }), "application/json");
+              if (details === false) return send(res, 503, JSON.stringify({ status: "unhealthy" }), "application/json");
+              return send(res, 200, JSON.stringify({ status: "ok", ...(details === true ? {} : details) }), "application/json");
             } catch (err) {
               return send(res, 503, JSON.stringify({ status: "unhealthy", error: (err as Error).message }), "application/json");
             }
