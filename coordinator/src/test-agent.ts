@@ -22,7 +22,7 @@ export type Compute = (shard: sweep.Shard, agentId: string) => Promise<sweep.Sha
 export const fakeEngine = (shard: sweep.Shard, agentId: string): sweep.ShardResult => {
   const pi = shard.prompt?.index ?? 0;
   return {
-    sweepId: shard.sweepId, shardId: shard.shardId, promptIndex: pi, agentId, attempt: shard.attempt, answerId: 7,
+    resultJson: "", sweepId: shard.sweepId, shardId: shard.shardId, promptIndex: pi, agentId, attempt: shard.attempt, answerId: 7,
     pClean: 0.9, pCorrupt: 0.1, engineSeconds: 0, worker: "fake:0",
     cells: shard.cells.map((c) => ({ cell: c, p: fakeP(pi, c.site, c.layer, c.token, c.window), logit: 0 })),
   };
