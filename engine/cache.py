@@ -17,7 +17,7 @@ What one prompt holds (``PromptRuns``), and why:
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch

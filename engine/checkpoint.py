@@ -294,12 +294,23 @@ def load_checkpoint(path: str, dtype: str = "float32", device: str = "cpu", allo
     """Load a Hugging Face checkpoint folder (``mamba`` or ``gpt_neox``) as one of our models, in eval mode."""
     tdtype = parse_dtype(dtype)
     tdevice = parse_device(device)
-    _check_dtype_runs(tdtype, tdevice)
+    _check_dtype_runs(tdtype, tdevice)  # before reading gigabytes of weights
     cfg = read_config(path)
+    model_type_of(cfg)
+    return build_checkpoint(cfg, read_weights(path, allow_pickle), dtype=dtype, device=device, path=path)
+
+
+def build_checkpoint(cfg: dict, tensors: dict, dtype: str = "float32", device: str = "cpu", path: str = "<memory>") -> Checkpoint:
+    """One of our models from a parsed ``config.json`` and its tensors (checkpoint key names), with the
+    same strict checks as a folder load. Benchmarks use it to run the weights of a ``transformers``
+    model without writing them to disk."""
+    tdtype = parse_dtype(dtype)
+    tdevice = parse_device(device)
+    _check_dtype_runs(tdtype, tdevice)
     mt = model_type_of(cfg)
     arch = ARCHITECTURES[mt]
     config = arch.Config.from_hf(cfg)
-    tensors = arch.rename_keys(read_weights(path, allow_pickle), config)
+    tensors = arch.rename_keys(tensors, config)
     # PyTorch >= 2.0 builds the module on the meta device (no random init of billions of weights);
     # 1.13 (CI, tiny models) builds it on the CPU.
     with torch.device("meta") if hasattr(torch, "get_default_device") else _NoContext():

@@ -29,7 +29,6 @@ import torch
 from .checkpoint import read_safetensors
 from .errors import EngineError
 from .runtime import CellSpec, Engine, NoiseSpec, SwapSpec
-from .trace import record_clean
 
 REL_TOL = 1e-4
 ABS_TOL = 1e-5
@@ -51,7 +50,8 @@ class Table:
     def ok(self) -> bool:
         return all(err <= tol for err, tol, _, _ in self.rows.values())
 
-    def print(self, out=sys.stdout):
+    def print(self, out=None):
+        out = out or sys.stdout
         print(f"{'model':<14} {'quantity':<26} {'max error':>11} {'tolerance':>10}  {'kind':<9} {'worst at':<22} ok", file=out)
         for (model, q), (err, tol, kind, where) in self.rows.items():
             print(f"{model:<14} {q:<26} {err:>11.3e} {tol:>10.0e}  {kind:<9} {where:<22} {'yes' if err <= tol else 'NO'}", file=out)

@@ -28,7 +28,7 @@ import torch
 
 from .cache import PromptRuns
 from .errors import InvalidArgument, NumericError
-from .sites import BLOCK, INPUT, OUTPUT
+from .sites import INPUT, OUTPUT
 
 
 @dataclass

@@ -22,6 +22,7 @@ import os
 import re
 import signal
 import sys
+import json
 import time
 from typing import BinaryIO, Callable, Dict, Tuple
 
@@ -143,6 +144,7 @@ class Worker:
             "evict": self._evict,
             "stats": self._stats,
             "shutdown": self._shutdown,
+            "run_experiment": self._run_experiment,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -374,6 +376,20 @@ class Worker:
 
     def _shutdown(self, _req):
         return "shutdown", pb.ShutdownAck()
+
+    def _run_experiment(self, req):
+        from engine import experiments
+
+        try:
+            params = json.loads(req.params_json) if req.params_json else {}
+        except ValueError as exc:
+            raise errors.InvalidArgument(f"params_json is not valid JSON ({exc})", field="params_json") from exc
+        if not isinstance(params, dict):
+            raise errors.InvalidArgument(f"params_json must be a JSON object, got {type(params).__name__}", field="params_json")
+        started = time.perf_counter()
+        result = experiments.run(self._engine, req.model_id, req.kind, req.prompt_key, params)
+        return "experiment", pb.ExperimentResult(kind=req.kind, result_json=json.dumps(result),
+                                                 seconds=time.perf_counter() - started)
 
 
 def _describe_device(torch, device: str) -> Tuple[str, int]:

@@ -2,7 +2,6 @@
 eviction, and an evicted prompt still runs (rebuilt) with the same results."""
 
 import pytest
-import torch
 
 from engine.cache import prompt_cache_bytes
 from engine.errors import ResourceExhausted

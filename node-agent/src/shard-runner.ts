@@ -149,6 +149,7 @@ export async function runShard(opts: ShardRunOptions): Promise<ShardOutcome> {
 
   const info = prepared!.info;
   const result: sweep.ShardResult = {
+    resultJson: "",
     sweepId: shard.sweepId,
     shardId: shard.shardId,
     promptIndex: prompt.index,

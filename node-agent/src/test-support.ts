@@ -98,6 +98,7 @@ export function goldenSwapShard(sweepId: string, shardId = `${sweepId}.0.0`): { 
     for (let tok = 0; tok < T; tok++) cells.push({ site: engine.Site.SITE_RESIDUAL, layer: l, token: tok, window: 1 });
   }
   const shard: sweep.Shard = {
+    paramsJson: "",
     sweepId,
     shardId,
     kind: "trace",

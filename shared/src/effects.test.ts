@@ -24,6 +24,7 @@ const prompts = [
 
 function result(shardId: string, promptIndex: number, pClean: number, pCorrupt: number, cells: [engine.Site, number, number, number, number][]): sweep.ShardResult {
   return {
+    resultJson: "",
     sweepId: "sw",
     shardId,
     promptIndex,

@@ -99,6 +99,7 @@ export function shardPrompt(
   const shards: sweep.Shard[] = [];
   for (let at = 0, part = 0; at < cells.length; at += opts.shardCells, part++) {
     shards.push({
+      paramsJson: "",
       sweepId: opts.sweepId,
       shardId: shardId(opts.sweepId, prompt.index, part),
       kind: opts.kind ?? "trace",

@@ -195,6 +195,7 @@ export interface EngineRequest {
     | { $case: "evict"; evict: Evict }
     | { $case: "stats"; stats: StatsRequest }
     | { $case: "shutdown"; shutdown: Shutdown }
+    | { $case: "runExperiment"; runExperiment: RunExperiment }
     | undefined;
 }
 
@@ -208,6 +209,7 @@ export interface EngineResponse {
     | { $case: "evicted"; evicted: Evicted }
     | { $case: "stats"; stats: Stats }
     | { $case: "shutdown"; shutdown: ShutdownAck }
+    | { $case: "experiment"; experiment: ExperimentResult }
     | { $case: "error"; error: EngineError }
     | undefined;
 }
@@ -364,6 +366,26 @@ export interface Stats {
   deviceMemoryUsedBytes: number;
 }
 
+/**
+ * An experiment beyond causal tracing (sweep kinds knockout, sever, lre, edit). Parameters and
+ * results are JSON objects whose fields each kind documents in engine/experiments/<kind>.py; JSON
+ * keeps the kinds independent of one another while the frame and its errors stay typed.
+ */
+export interface RunExperiment {
+  modelId: string;
+  /** "knockout" | "sever" | "lre" | "edit" */
+  kind: string;
+  /** a prepared prompt, for kinds that work on one (knockout, sever) */
+  promptKey: string;
+  paramsJson: string;
+}
+
+export interface ExperimentResult {
+  kind: string;
+  resultJson: string;
+  seconds: number;
+}
+
 export interface Shutdown {
 }
 
@@ -406,6 +428,9 @@ export const EngineRequest: MessageFns<EngineRequest> = {
         break;
       case "shutdown":
         Shutdown.encode(message.body.shutdown, writer.uint32(130).fork()).join();
+        break;
+      case "runExperiment":
+        RunExperiment.encode(message.body.runExperiment, writer.uint32(138).fork()).join();
         break;
     }
     return writer;
@@ -488,6 +513,14 @@ export const EngineRequest: MessageFns<EngineRequest> = {
             message.body = { $case: "shutdown", shutdown: Shutdown.decode(reader, reader.uint32()) };
             continue;
           }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.body = { $case: "runExperiment", runExperiment: RunExperiment.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -527,6 +560,10 @@ export const EngineRequest: MessageFns<EngineRequest> = {
         ? { $case: "stats", stats: StatsRequest.fromJSON(object.stats) }
         : isSet(object.shutdown)
         ? { $case: "shutdown", shutdown: Shutdown.fromJSON(object.shutdown) }
+        : isSet(object.runExperiment)
+        ? { $case: "runExperiment", runExperiment: RunExperiment.fromJSON(object.runExperiment) }
+        : isSet(object.run_experiment)
+        ? { $case: "runExperiment", runExperiment: RunExperiment.fromJSON(object.run_experiment) }
         : undefined,
     };
   },
@@ -550,6 +587,8 @@ export const EngineRequest: MessageFns<EngineRequest> = {
       obj.stats = StatsRequest.toJSON(message.body.stats);
     } else if (message.body?.$case === "shutdown") {
       obj.shutdown = Shutdown.toJSON(message.body.shutdown);
+    } else if (message.body?.$case === "runExperiment") {
+      obj.runExperiment = RunExperiment.toJSON(message.body.runExperiment);
     }
     return obj;
   },
@@ -606,6 +645,15 @@ export const EngineRequest: MessageFns<EngineRequest> = {
         }
         break;
       }
+      case "runExperiment": {
+        if (object.body?.runExperiment !== undefined && object.body?.runExperiment !== null) {
+          message.body = {
+            $case: "runExperiment",
+            runExperiment: RunExperiment.fromPartial(object.body.runExperiment),
+          };
+        }
+        break;
+      }
     }
     return message;
   },
@@ -641,6 +689,9 @@ export const EngineResponse: MessageFns<EngineResponse> = {
         break;
       case "shutdown":
         ShutdownAck.encode(message.body.shutdown, writer.uint32(130).fork()).join();
+        break;
+      case "experiment":
+        ExperimentResult.encode(message.body.experiment, writer.uint32(138).fork()).join();
         break;
       case "error":
         EngineError.encode(message.body.error, writer.uint32(162).fork()).join();
@@ -726,6 +777,14 @@ export const EngineResponse: MessageFns<EngineResponse> = {
             message.body = { $case: "shutdown", shutdown: ShutdownAck.decode(reader, reader.uint32()) };
             continue;
           }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.body = { $case: "experiment", experiment: ExperimentResult.decode(reader, reader.uint32()) };
+            continue;
+          }
           case 20: {
             if (tag !== 162) {
               break;
@@ -767,6 +826,8 @@ export const EngineResponse: MessageFns<EngineResponse> = {
         ? { $case: "stats", stats: Stats.fromJSON(object.stats) }
         : isSet(object.shutdown)
         ? { $case: "shutdown", shutdown: ShutdownAck.fromJSON(object.shutdown) }
+        : isSet(object.experiment)
+        ? { $case: "experiment", experiment: ExperimentResult.fromJSON(object.experiment) }
         : isSet(object.error)
         ? { $case: "error", error: EngineError.fromJSON(object.error) }
         : undefined,
@@ -792,6 +853,8 @@ export const EngineResponse: MessageFns<EngineResponse> = {
       obj.stats = Stats.toJSON(message.body.stats);
     } else if (message.body?.$case === "shutdown") {
       obj.shutdown = ShutdownAck.toJSON(message.body.shutdown);
+    } else if (message.body?.$case === "experiment") {
+      obj.experiment = ExperimentResult.toJSON(message.body.experiment);
     } else if (message.body?.$case === "error") {
       obj.error = EngineError.toJSON(message.body.error);
     }
@@ -844,6 +907,12 @@ export const EngineResponse: MessageFns<EngineResponse> = {
       case "shutdown": {
         if (object.body?.shutdown !== undefined && object.body?.shutdown !== null) {
           message.body = { $case: "shutdown", shutdown: ShutdownAck.fromPartial(object.body.shutdown) };
+        }
+        break;
+      }
+      case "experiment": {
+        if (object.body?.experiment !== undefined && object.body?.experiment !== null) {
+          message.body = { $case: "experiment", experiment: ExperimentResult.fromPartial(object.body.experiment) };
         }
         break;
       }
@@ -3194,6 +3263,240 @@ export const Stats: MessageFns<Stats> = {
     message.cacheEvictions = object.cacheEvictions ?? 0;
     message.cellsRun = object.cellsRun ?? 0;
     message.deviceMemoryUsedBytes = object.deviceMemoryUsedBytes ?? 0;
+    return message;
+  },
+};
+
+function createBaseRunExperiment(): RunExperiment {
+  return { modelId: "", kind: "", promptKey: "", paramsJson: "" };
+}
+
+export const RunExperiment: MessageFns<RunExperiment> = {
+  encode(message: RunExperiment, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.modelId !== "") {
+      writer.uint32(10).string(message.modelId);
+    }
+    if (message.kind !== "") {
+      writer.uint32(18).string(message.kind);
+    }
+    if (message.promptKey !== "") {
+      writer.uint32(26).string(message.promptKey);
+    }
+    if (message.paramsJson !== "") {
+      writer.uint32(34).string(message.paramsJson);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RunExperiment {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRunExperiment();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.modelId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.promptKey = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.paramsJson = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RunExperiment {
+    return {
+      modelId: isSet(object.modelId)
+        ? globalThis.String(object.modelId)
+        : isSet(object.model_id)
+        ? globalThis.String(object.model_id)
+        : "",
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      promptKey: isSet(object.promptKey)
+        ? globalThis.String(object.promptKey)
+        : isSet(object.prompt_key)
+        ? globalThis.String(object.prompt_key)
+        : "",
+      paramsJson: isSet(object.paramsJson)
+        ? globalThis.String(object.paramsJson)
+        : isSet(object.params_json)
+        ? globalThis.String(object.params_json)
+        : "",
+    };
+  },
+
+  toJSON(message: RunExperiment): unknown {
+    const obj: any = {};
+    if (message.modelId !== "") {
+      obj.modelId = message.modelId;
+    }
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.promptKey !== "") {
+      obj.promptKey = message.promptKey;
+    }
+    if (message.paramsJson !== "") {
+      obj.paramsJson = message.paramsJson;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RunExperiment>): RunExperiment {
+    return RunExperiment.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RunExperiment>): RunExperiment {
+    const message = createBaseRunExperiment();
+    message.modelId = object.modelId ?? "";
+    message.kind = object.kind ?? "";
+    message.promptKey = object.promptKey ?? "";
+    message.paramsJson = object.paramsJson ?? "";
+    return message;
+  },
+};
+
+function createBaseExperimentResult(): ExperimentResult {
+  return { kind: "", resultJson: "", seconds: 0 };
+}
+
+export const ExperimentResult: MessageFns<ExperimentResult> = {
+  encode(message: ExperimentResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== "") {
+      writer.uint32(10).string(message.kind);
+    }
+    if (message.resultJson !== "") {
+      writer.uint32(18).string(message.resultJson);
+    }
+    if (message.seconds !== 0) {
+      writer.uint32(25).double(message.seconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExperimentResult {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExperimentResult();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.resultJson = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.seconds = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExperimentResult {
+    return {
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      resultJson: isSet(object.resultJson)
+        ? globalThis.String(object.resultJson)
+        : isSet(object.result_json)
+        ? globalThis.String(object.result_json)
+        : "",
+      seconds: isSet(object.seconds) ? globalThis.Number(object.seconds) : 0,
+    };
+  },
+
+  toJSON(message: ExperimentResult): unknown {
+    const obj: any = {};
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.resultJson !== "") {
+      obj.resultJson = message.resultJson;
+    }
+    if (message.seconds !== 0) {
+      obj.seconds = floatToJson(message.seconds);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ExperimentResult>): ExperimentResult {
+    return ExperimentResult.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExperimentResult>): ExperimentResult {
+    const message = createBaseExperimentResult();
+    message.kind = object.kind ?? "";
+    message.resultJson = object.resultJson ?? "";
+    message.seconds = object.seconds ?? 0;
     return message;
   },
 };

@@ -58,6 +58,8 @@ export interface Shard {
   prompt: PromptSpec | undefined;
   cells: Cell[];
   attempt: number;
+  /** kinds other than trace: the shard's experiment parameters (JSON) */
+  paramsJson: string;
 }
 
 export interface CellOutcome {
@@ -80,6 +82,8 @@ export interface ShardResult {
   engineSeconds: number;
   /** device the worker ran on */
   worker: string;
+  /** kinds other than trace: the experiment's result (JSON) */
+  resultJson: string;
 }
 
 function createBasePromptSpec(): PromptSpec {
@@ -505,7 +509,16 @@ export const ModelRef: MessageFns<ModelRef> = {
 };
 
 function createBaseShard(): Shard {
-  return { sweepId: "", shardId: "", kind: "", model: undefined, prompt: undefined, cells: [], attempt: 0 };
+  return {
+    sweepId: "",
+    shardId: "",
+    kind: "",
+    model: undefined,
+    prompt: undefined,
+    cells: [],
+    attempt: 0,
+    paramsJson: "",
+  };
 }
 
 export const Shard: MessageFns<Shard> = {
@@ -530,6 +543,9 @@ export const Shard: MessageFns<Shard> = {
     }
     if (message.attempt !== 0) {
       writer.uint32(56).uint32(message.attempt);
+    }
+    if (message.paramsJson !== "") {
+      writer.uint32(66).string(message.paramsJson);
     }
     return writer;
   },
@@ -603,6 +619,14 @@ export const Shard: MessageFns<Shard> = {
             message.attempt = reader.uint32();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.paramsJson = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -632,6 +656,11 @@ export const Shard: MessageFns<Shard> = {
       prompt: isSet(object.prompt) ? PromptSpec.fromJSON(object.prompt) : undefined,
       cells: globalThis.Array.isArray(object?.cells) ? object.cells.map((e: any) => Cell.fromJSON(e)) : [],
       attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+      paramsJson: isSet(object.paramsJson)
+        ? globalThis.String(object.paramsJson)
+        : isSet(object.params_json)
+        ? globalThis.String(object.params_json)
+        : "",
     };
   },
 
@@ -658,6 +687,9 @@ export const Shard: MessageFns<Shard> = {
     if (message.attempt !== 0) {
       obj.attempt = Math.round(message.attempt);
     }
+    if (message.paramsJson !== "") {
+      obj.paramsJson = message.paramsJson;
+    }
     return obj;
   },
 
@@ -677,6 +709,7 @@ export const Shard: MessageFns<Shard> = {
       : undefined;
     message.cells = object.cells?.map((e) => Cell.fromPartial(e)) || [];
     message.attempt = object.attempt ?? 0;
+    message.paramsJson = object.paramsJson ?? "";
     return message;
   },
 };
@@ -795,6 +828,7 @@ function createBaseShardResult(): ShardResult {
     cells: [],
     engineSeconds: 0,
     worker: "",
+    resultJson: "",
   };
 }
 
@@ -832,6 +866,9 @@ export const ShardResult: MessageFns<ShardResult> = {
     }
     if (message.worker !== "") {
       writer.uint32(90).string(message.worker);
+    }
+    if (message.resultJson !== "") {
+      writer.uint32(98).string(message.resultJson);
     }
     return writer;
   },
@@ -937,6 +974,14 @@ export const ShardResult: MessageFns<ShardResult> = {
             message.worker = reader.string();
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.resultJson = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -996,6 +1041,11 @@ export const ShardResult: MessageFns<ShardResult> = {
         ? globalThis.Number(object.engine_seconds)
         : 0,
       worker: isSet(object.worker) ? globalThis.String(object.worker) : "",
+      resultJson: isSet(object.resultJson)
+        ? globalThis.String(object.resultJson)
+        : isSet(object.result_json)
+        ? globalThis.String(object.result_json)
+        : "",
     };
   },
 
@@ -1034,6 +1084,9 @@ export const ShardResult: MessageFns<ShardResult> = {
     if (message.worker !== "") {
       obj.worker = message.worker;
     }
+    if (message.resultJson !== "") {
+      obj.resultJson = message.resultJson;
+    }
     return obj;
   },
 
@@ -1053,6 +1106,7 @@ export const ShardResult: MessageFns<ShardResult> = {
     message.cells = object.cells?.map((e) => CellOutcome.fromPartial(e)) || [];
     message.engineSeconds = object.engineSeconds ?? 0;
     message.worker = object.worker ?? "";
+    message.resultJson = object.resultJson ?? "";
     return message;
   },
 };

@@ -1,0 +1,271 @@
+"""Engine benchmark: a causal-trace grid on one GPU, against the two ways researchers trace today.
+
+Runs on the GPU machine (PyTorch 2.x, transformers 5.x):
+
+    python3 -m bench.engine --out $OUT                 # the issue's configurations
+    python3 -m bench.engine --quick --device cpu       # tiny shapes, a smoke test anywhere
+
+For each configuration it builds a random-weight ``transformers`` model of the real shape (seeded),
+loads the same weights into the engine, and times one prompt's full grid: the engine's cached,
+batched fast path; the batched-hooks baseline (bench/hf_baselines.py, 256 rows a forward); and the
+naive baseline (one forward per cell) on a sample of cells, extrapolated to the grid. It reports
+seconds a grid, cells/s, ratios to both baselines, the fraction of the arithmetic floor (from a
+matrix-product rate measured in the same run), peak GPU memory and the largest difference of the
+engine's probabilities from the baselines'. Prints a table last; writes JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+
+from engine.checkpoint import build_checkpoint
+from engine.corruption import NoiseSpec, SwapSpec, corrupted_embeddings
+from engine.runtime import Engine
+from engine.trace import CellSpec, window_layers
+
+from .hf_baselines import Cell, batched_hooks, clean_values, naive
+
+SHAPES = {
+    "mamba-2.8b": dict(model_type="mamba", hidden_size=2560, num_hidden_layers=64, state_size=16, conv_kernel=4, expand=2,
+                       time_step_rank=160, vocab_size=50280),
+    "pythia-2.8b": dict(model_type="gpt_neox", hidden_size=2560, num_hidden_layers=32, num_attention_heads=32,
+                        intermediate_size=10240, rotary_pct=0.25, use_parallel_residual=True, vocab_size=50304,
+                        max_position_embeddings=2048),
+    # --quick: same code paths, tiny sizes
+    "mamba-tiny": dict(model_type="mamba", hidden_size=64, num_hidden_layers=4, state_size=16, conv_kernel=4, expand=2,
+                       time_step_rank=4, vocab_size=1000),
+    "pythia-tiny": dict(model_type="gpt_neox", hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=256, rotary_pct=0.25, use_parallel_residual=True, vocab_size=1000,
+                        max_position_embeddings=128),
+}
+GRIDS = {"mamba": [("residual", 1), ("mixer", 10), ("ssm", 10), ("gate", 10)],
+         "gpt_neox": [("residual", 1), ("attn", 10), ("mlp", 10)]}
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeats: int):
+    """Median wall time of `repeats` runs after one warm-up; returns (seconds, last result)."""
+    out = fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def matmul_rate(device, dtype) -> float:
+    """FLOP/s of a large matrix product on this device and dtype (the floor's denominator)."""
+    n = 8192 if device.type == "cuda" else 512
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sec, _ = timed(lambda: a @ b, device, 5)
+    return 2 * n ** 3 / sec
+
+
+def flops_per_token_layer(cfg: dict) -> float:
+    d = cfg["hidden_size"]
+    if cfg["model_type"] == "mamba":
+        di = cfg["expand"] * d
+        r, n = cfg["time_step_rank"], cfg["state_size"]
+        return 2 * (d * 2 * di + di * (r + 2 * n) + r * di + di * d) + 10 * di * n  # projections + scan
+    ff = cfg["intermediate_size"]
+    return 2 * (d * 3 * d + d * d + 2 * d * ff)  # qkv, dense, mlp (attention scores are small at T <= 32)
+
+
+def floor_flops(cfg: dict, cells: list, T: int, rows_per_cell: int) -> float:
+    """Arithmetic of recomputing only layers >= a cell's first restored layer and tokens >= its token."""
+    L = cfg["num_hidden_layers"]
+    per = flops_per_token_layer(cfg)
+    unembed = 2 * cfg["hidden_size"] * cfg["vocab_size"]
+    total = 0.0
+    for c in cells:
+        l0 = window_layers(c.layer, c.window, L)[0]
+        total += (L - l0) * (T - c.token) * per + unembed
+    return total * rows_per_cell
+
+
+def hf_model(name: str, dtype, device, seed: int):
+    import transformers
+
+    cfg = dict(SHAPES[name])
+    mt = cfg.pop("model_type")
+    torch.manual_seed(seed)
+    if mt == "mamba":
+        config = transformers.MambaConfig(**cfg, residual_in_fp32=True, use_bias=False, use_conv_bias=True, tie_word_embeddings=True)
+        cls = transformers.MambaForCausalLM
+    else:
+        config = transformers.GPTNeoXConfig(**cfg, tie_word_embeddings=False, hidden_act="gelu")
+        cls = transformers.GPTNeoXForCausalLM
+    with torch.device(device):
+        model = cls(config).to(dtype).eval()
+    # Random init gives near-uniform outputs; scale the embeddings as the golden files do so the
+    # clean answer has a probability worth restoring.
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(8.0)
+    return model, config.to_dict()
+
+
+def run_config(name: str, dtype_name: str, T: int, corruption: str, device, args) -> dict:
+    dtype = DTYPES[dtype_name]
+    cfg = SHAPES[name]
+    L = cfg["num_hidden_layers"]
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(100, cfg["vocab_size"], (T,), generator=gen).tolist()
+    subject = (2, 6)
+    result = {"model": name, "dtype": dtype_name, "tokens": T, "corruption": corruption}
+
+    if args.no_hf:  # engine only (no transformers here): random weights from the engine's test helpers
+        from engine.testing import random_state
+
+        model, hf_cfg = None, {k: v for k, v in cfg.items()}
+        hf_cfg.update(rope_parameters={"partial_rotary_factor": cfg.get("rotary_pct", 0.25), "rope_theta": 10000.0, "rope_type": "default"})
+        state = random_state(hf_cfg)
+    else:
+        model, hf_cfg = hf_model(name, dtype, device, seed=0)
+        state = dict(model.state_dict())
+    hf_cfg["model_type"] = cfg["model_type"]
+    engine = Engine(max_batch_rows=args.rows)
+    t0 = time.perf_counter()
+    engine.models["m"] = build_checkpoint(hf_cfg, state, dtype="bfloat16" if dtype_name == "bf16" else "float32",
+                                          device=str(device))
+    result["engine_load_s"] = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+    sites = GRIDS[cfg["model_type"]] if not args.residual_only else GRIDS[cfg["model_type"]][:1]
+    cells = [CellSpec(s, l, t, w) for s, w in sites for l in range(L) for t in range(T)]
+    base_cells = [Cell(c.site, c.layer, c.token, c.window) for c in cells]
+    if corruption == "swap":
+        corrupted_ids = list(ids)
+        for t in range(*subject):
+            corrupted_ids[t] = (ids[t] + 7919) % cfg["vocab_size"]
+        spec = SwapSpec(corrupted_ids)
+        S = 1
+    else:
+        spec = NoiseSpec(scale=3.0, samples=args.samples, seed=1)
+        S = args.samples
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    info = engine.prepare_prompt("m", "p", ids, subject, spec)
+    sync(device)
+    result["prepare_s"] = time.perf_counter() - t0
+    result["p_clean"], result["p_corrupt"] = info.p_clean, info.p_corrupt
+    sec, out = timed(lambda: engine.run_cells("m", "p", cells), device, args.repeats)
+    ours = torch.tensor([p for p, _ in out], dtype=torch.float64)
+    result.update(cells=len(cells), engine_s=sec, engine_cells_per_s=len(cells) / sec)
+    if device.type == "cuda":
+        result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
+    rate = matmul_rate(device, dtype)
+    fl = floor_flops(cfg, cells, T, S)
+    result.update(matmul_flops_per_s=rate, floor_flops=fl, floor_s=fl / rate, fraction_of_floor=(fl / rate) / sec)
+
+    if not args.no_hf:
+        x_ids = torch.tensor(ids, device=device)
+        if corruption == "swap":
+            corrupted = torch.tensor([spec.corrupted_ids], device=device)
+        else:
+            # The engine's own corrupted embeddings (seeded numpy draw), so both sides run the same input.
+            corrupted = corrupted_embeddings(engine.models["m"].model, x_ids, subject, spec).to(dtype)
+        try:
+            clean = clean_values(model, x_ids, sorted({s for s, _ in sites}))
+            bsec, bout = timed(lambda: batched_hooks(model, corrupted, clean, base_cells, info.answer_id, batch=args.rows), device, 1)
+            diff = (ours - bout.double().cpu()).abs()
+            result.update(batched_s=bsec, speedup_vs_batched=bsec / sec, max_abs_diff_vs_batched=float(diff.max()),
+                          max_abs_diff_at=str(cells[int(diff.argmax())]))
+        except Exception as exc:  # report and go on: one failing baseline must not lose the rest
+            result["batched_error"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+        try:
+            idx = torch.linspace(0, len(cells) - 1, args.naive_sample).round().long().tolist()
+            sample = [base_cells[i] for i in idx]
+            noise_rows = None
+            if corruption == "noise":
+                emb_noise = corrupted - model.get_input_embeddings()(x_ids)[None]
+                noise_rows = torch.cat([torch.zeros_like(emb_noise[:1]), emb_noise])
+                corrupted_rows = torch.tensor([ids] * S, device=device)
+            else:
+                corrupted_rows = corrupted
+            t0 = time.perf_counter()
+            nout = naive(model, x_ids, corrupted_rows, sample, info.answer_id, embed_noise=noise_rows)
+            sync(device)
+            per_cell = (time.perf_counter() - t0) / len(sample)
+            ndiff = (ours[idx] - nout.double().cpu()).abs()
+            result.update(naive_s_per_cell=per_cell, naive_grid_s=per_cell * len(cells), speedup_vs_naive=per_cell * len(cells) / sec,
+                          max_abs_diff_vs_naive=float(ndiff.max()))
+        except Exception as exc:
+            result["naive_error"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+    del engine, model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")
+    ap.add_argument("--configs", default="mamba-2.8b:bf16:16:swap,mamba-2.8b:bf16:16:noise,pythia-2.8b:bf16:16:swap,mamba-2.8b:fp32:16:swap",
+                    help="comma-separated model:dtype:tokens:corruption")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--rows", type=int, default=256, help="rows a forward (engine and batched hooks)")
+    ap.add_argument("--samples", type=int, default=10, help="noise samples")
+    ap.add_argument("--naive-sample", type=int, default=8, help="cells timed with the naive baseline")
+    ap.add_argument("--residual-only", action="store_true")
+    ap.add_argument("--no-hf", action="store_true", help="skip the transformers baselines")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    configs = [c.split(":") for c in args.configs.split(",")]
+    if args.quick:
+        configs = [[m.replace("2.8b", "tiny"), d, t, c] for m, d, t, c in configs]
+    env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    results = []
+    for m, d, t, c in configs:
+        print(f"--- {m} {d} T={t} {c}", flush=True)
+        try:
+            r = run_config(m, d, int(t), c, device, args)
+        except Exception as exc:
+            traceback.print_exc()
+            r = {"model": m, "dtype": d, "tokens": int(t), "corruption": c, "error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(r), flush=True)
+        results.append(r)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench-engine.json"), "w") as f:
+        json.dump({"env": env, "args": vars(args), "results": results}, f, indent=1)
+    print(f"\n{env}")
+    print(f"{'config':36} {'cells':>6} {'engine s':>9} {'cells/s':>9} {'batched s':>9} {'x batched':>9} {'naive s':>9} {'x naive':>8} {'floor':>6} {'peak GiB':>8} {'max|dp|':>8}")
+    for r in results:
+        name = f"{r['model']} {r['dtype']} T{r['tokens']} {r['corruption']}"
+        if "error" in r:
+            print(f"{name:36} error: {r['error']}")
+            continue
+        g = lambda k, f="{:.3f}": f.format(r[k]) if k in r else "-"  # noqa: E731
+        print(f"{name:36} {r['cells']:>6} {g('engine_s'):>9} {g('engine_cells_per_s', '{:.0f}'):>9} {g('batched_s'):>9} "
+              f"{g('speedup_vs_batched', '{:.1f}'):>9} {g('naive_grid_s', '{:.1f}'):>9} {g('speedup_vs_naive', '{:.0f}'):>8} "
+              f"{g('fraction_of_floor', '{:.1%}'):>6} {r.get('peak_gpu_bytes', 0) / 2**30:>8.1f} "
+              f"{max(r.get('max_abs_diff_vs_batched', 0), r.get('max_abs_diff_vs_naive', 0)):>8.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
