@@ -102,6 +102,13 @@ test(
       t.diagnostic(`${evaluated} expressions evaluated over ${expressions.length} shipped ones`);
       assert.deepEqual(failures, [], `expressions without data\n${logs()}`);
 
+      // Prometheus loaded every alert rule of the project and evaluates each without error.
+      const rules = (await (await fetch(`${prom}/api/v1/rules`)).json()) as { data: { groups: Array<{ rules: Array<{ name: string; health: string; lastError?: string }> }> } };
+      const loaded = rules.data.groups.flatMap((g) => g.rules);
+      const shippedAlerts = expressions.filter((e) => e.kind === "alert").map((e) => e.origin.split(" › ")[1]);
+      assert.deepEqual(loaded.map((r) => r.name).sort(), [...shippedAlerts].sort());
+      assert.deepEqual(loaded.filter((r) => r.health !== "ok").map((r) => `${r.name}: ${r.health} ${r.lastError ?? ""}`), []);
+
       // An agent that dies is reported by the FactsweepAgentDown expression, for that agent only.
       const victim = cluster.agents[1]!;
       victim.child.kill("SIGKILL");
