@@ -174,7 +174,9 @@ export class EngineClient {
     }
     const entry = this.pending.get(msg.requestId);
     if (!entry) {
-      this.onStray?.({ requestId: msg.requestId, reason: "no pending request with this id (timed out?)" });
+      // request_id 0 is the worker's own complaint about a frame it could not read.
+      const err = msg.body?.$case === "error" ? `: ${engine.errorCodeToJSON(msg.body.error.code)} ${msg.body.error.field} ${msg.body.error.message}` : "";
+      this.onStray?.({ requestId: msg.requestId, reason: (msg.requestId === 0 ? "worker error not tied to a request" : "no pending request with this id (timed out?)") + err });
       return;
     }
     this.pending.delete(msg.requestId);

@@ -175,7 +175,7 @@ export function planSweep(spec: SweepSpec, sweepId: string, deps: SweepDeps = {}
       cells = expandCells(p, spec, modelConfig.numLayers);
     } catch (err) {
       if (err instanceof PromptError) {
-        promptErrors.push({ index: p.index, message: `prompt ${p.index}: ${err.message}` });
+        promptErrors.push({ index: p.index, message: err.message });
         continue;
       }
       throw err;

@@ -3,7 +3,10 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { connect } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
-import { startNatsServer } from "./nats-server.js";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { freePort, startNatsServer } from "./nats-server.js";
 import { NatsServerError } from "./errors.js";
 
 test("a started nats-server accepts clients and JetStream data survives a restart on the same port", async () => {
@@ -59,4 +62,33 @@ test("a missing nats-server executable is a NatsServerError naming the Debian pa
     assert.match(err.message, /apt-get install -y nats-server/);
     return true;
   });
+});
+
+test("a given store dir is kept by stop() and a new server on it finds the streams; the monitoring port answers", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "fs-nats-store-"));
+  try {
+    const httpPort = await freePort();
+    const first = await startNatsServer({ storeDir: dir, httpPort });
+    try {
+      const nc = await connect({ servers: first.url });
+      await (await jetstreamManager(nc)).streams.add({ name: "KEEP", subjects: ["keep"] });
+      await jetstream(nc).publish("keep", new Uint8Array([7]));
+      await nc.close();
+      const jsz = await (await fetch(`http://127.0.0.1:${httpPort}/jsz`)).json() as { streams: number };
+      assert.equal(jsz.streams, 1);
+    } finally {
+      await first.stop();
+    }
+    assert.equal(existsSync(dir), true, "a caller's store dir is never removed");
+    const second = await startNatsServer({ storeDir: dir });
+    try {
+      const nc = await connect({ servers: second.url });
+      assert.equal((await (await jetstreamManager(nc)).streams.info("KEEP")).state.messages, 1);
+      await nc.close();
+    } finally {
+      await second.stop();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

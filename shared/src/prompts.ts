@@ -166,8 +166,9 @@ export function planPrompts(spec: SweepSpec, tokenizer: PromptTokenizer | null, 
       }
       prompts.push({ ...p, index, promptKey: `${sweepId}/${index}` });
     } catch (err) {
-      const source = item.kind === "fact" ? ` (${item.fact.source})` : "";
-      errors.push({ index, message: `prompt ${index}${source}: ${(err as Error).message}` });
+      // The index is reported beside the message; the source names the dataset entry.
+      const source = item.kind === "fact" ? `${item.fact.source}: ` : "";
+      errors.push({ index, message: `${source}${(err as Error).message}` });
     }
   });
   return { prompts, errors };
