@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import CheckpointError, InvalidArgument, NotFound, NumericError
@@ -92,6 +93,19 @@ def parse_device(device: str) -> torch.device:
             field="device",
         )
     return torch.device("cuda", index)
+
+
+def _check_dtype_runs(dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse a dtype this PyTorch cannot multiply on this device (1.13 has no float16 matmul on CPU)."""
+    try:
+        a = torch.ones(2, 2, dtype=dtype, device=device)
+        F.linear(a, a)
+    except RuntimeError as e:
+        raise InvalidArgument(
+            f"dtype: {dtype} matrix products are not implemented on {device} by PyTorch {torch.__version__} "
+            f"({e}); use float32 or bfloat16 there",
+            field="dtype",
+        ) from e
 
 
 def read_safetensors(path: str) -> dict[str, torch.Tensor]:
@@ -264,7 +278,8 @@ def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], ignora
                 f"tensor {name}: expected shape {list(param.shape)} (from config.json), found {list(src.shape)}",
                 field=name,
             )
-        value = src.to(device=device, dtype=dtype if param.dtype.is_floating_point else param.dtype)
+        # copy=True: never keep a view of the memory-mapped file as a weight
+        value = src.to(device=device, dtype=dtype if param.dtype.is_floating_point else param.dtype, copy=True)
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
             raise NumericError(
@@ -279,6 +294,7 @@ def load_checkpoint(path: str, dtype: str = "float32", device: str = "cpu", allo
     """Load a Hugging Face checkpoint folder (``mamba`` or ``gpt_neox``) as one of our models, in eval mode."""
     tdtype = parse_dtype(dtype)
     tdevice = parse_device(device)
+    _check_dtype_runs(tdtype, tdevice)
     cfg = read_config(path)
     mt = model_type_of(cfg)
     arch = ARCHITECTURES[mt]

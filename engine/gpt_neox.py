@@ -123,6 +123,14 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 and returned in the input's dtype (CUDA kernels accumulate in
+    float32 for half inputs anyway; PyTorch 1.13's CPU kernel has no float16 at all)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
 class Attention(nn.Module):
     """Causal multi-head self-attention with rotary embeddings on the first r dims of q and k."""
 
@@ -182,8 +190,8 @@ class Layer(nn.Module):
     def __init__(self, c: Config):
         super().__init__()
         self.c = c
-        self.input_layernorm = nn.LayerNorm(c.hidden_size, eps=c.eps)
-        self.post_attention_layernorm = nn.LayerNorm(c.hidden_size, eps=c.eps)
+        self.input_layernorm = LayerNorm(c.hidden_size, eps=c.eps)
+        self.post_attention_layernorm = LayerNorm(c.hidden_size, eps=c.eps)
         self.attention = Attention(c)
         self.mlp = MLP(c)
 
@@ -209,7 +217,7 @@ class GPTNeoXModel(nn.Module):
         super().__init__()
         self.embed_in = nn.Embedding(c.vocab_size, c.hidden_size)
         self.layers = nn.ModuleList([Layer(c) for _ in range(c.num_layers)])
-        self.final_layer_norm = nn.LayerNorm(c.hidden_size, eps=c.eps)
+        self.final_layer_norm = LayerNorm(c.hidden_size, eps=c.eps)
 
 
 class LM(nn.Module):

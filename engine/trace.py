@@ -159,46 +159,66 @@ def run_cells_slow(model, ids: torch.Tensor, corrupted: torch.Tensor, answer_id:
 
 
 def run_cells_fast(model, runs: PromptRuns, cells: list, max_rows: int = 256) -> torch.Tensor:
-    """Cached path (see the module docstring). Returns (cells, 2): p(answer), answer logit."""
+    """Cached path (see the module docstring). Returns (cells, 2): p(answer), answer logit.
+
+    All index and mask tensors of the call are built on the host and sent to the device in one
+    transfer before any compute is queued, so the only host synchronisation is reading the results."""
     plans = plan_cells(model, cells, runs.num_tokens)
     device = runs.stream.device
-    out = torch.empty(len(cells), 2, device=device)
+    if not plans:
+        return torch.zeros(0, 2, device=device)
+    S = runs.num_samples
+    per_chunk = max(1, max_rows // S)
     by_token: dict = {}
     for i, p in enumerate(plans):
         by_token.setdefault(p.token, []).append(i)
-    S = runs.num_samples
-    per_chunk = max(1, max_rows // S)
+    chunks = []  # (token, cell indices sorted by start layer)
     for t, idx in sorted(by_token.items()):
         idx.sort(key=lambda i: plans[i].start)
-        for k in range(0, len(idx), per_chunk):
-            chunk = idx[k:k + per_chunk]
-            m = _run_group(model, runs, t, [plans[i] for i in chunk])  # (cells, 2)
-            out[torch.tensor(chunk, device=device)] = m
+        chunks += [(t, idx[k:k + per_chunk]) for k in range(0, len(idx), per_chunk)]
+
+    # Patch masks of every chunk: one bool row per (chunk, kind, layer), rows = cells × samples.
+    width = max(len(c) for _, c in chunks) * S
+    mask_rows, chunk_keys = [], []
+    for _, idx in chunks:
+        keys: dict = {}
+        for c, i in enumerate(idx):
+            for j in plans[i].input_patches:
+                keys.setdefault(("input", j), []).append(c)
+            for site, j in plans[i].block_patches:
+                keys.setdefault((site, j), []).append(c)
+        row_of = {}
+        for key, cs in keys.items():
+            m = np.zeros(width, dtype=bool)
+            for c in cs:
+                m[c * S:(c + 1) * S] = True
+            row_of[key] = len(mask_rows)
+            mask_rows.append(m)
+        chunk_keys.append(row_of)
+    order = np.concatenate([np.asarray(idx, dtype=np.int64) for _, idx in chunks])
+    masks_host = np.stack(mask_rows).view(np.uint8).reshape(-1) if mask_rows else np.zeros(0, np.uint8)
+    host = np.concatenate([order.view(np.uint8), masks_host])  # int64 first: keeps its view aligned
+    dev = torch.from_numpy(host).to(device)  # the one host→device transfer
+    dev_order = dev[: order.size * 8].view(torch.int64)
+    dev_masks = dev[order.size * 8:].view(len(mask_rows), width).bool() if mask_rows else None
+
+    results = []
+    for (t, idx), row_of in zip(chunks, chunk_keys):
+        masks = {key: dev_masks[r] for key, r in row_of.items()}
+        results.append(_run_group(model, runs, t, [plans[i] for i in idx], masks))  # (cells, 2)
+    out = torch.empty(len(plans), 2, device=device)
+    out[dev_order] = torch.cat(results)
     return out
 
 
-def _run_group(model, runs: PromptRuns, t: int, plans: list) -> torch.Tensor:
-    """One batched forward of cells of token t, sorted by start layer. Rows: cell-major, sample-minor."""
+def _run_group(model, runs: PromptRuns, t: int, plans: list, masks: dict) -> torch.Tensor:
+    """One batched forward of cells of token t, sorted by start layer. Rows: cell-major, sample-minor.
+    ``masks[(site or "input", layer)]``: (≥ rows,) bool device tensor of the rows patched there."""
     L, S, n_cells = model.config.num_layers, runs.num_samples, len(plans)
     R = n_cells * S
     device = runs.stream.device
     starts = [p.start for p in plans for _ in range(S)]  # sorted, one per row
     rows = torch.arange(S, device=device).repeat(n_cells)  # (R,) sample of each row
-
-    # Patch masks, built on the host and sent in one transfer: one bool row per (kind, layer).
-    keys: dict = {}
-    for c, p in enumerate(plans):
-        for j in p.input_patches:
-            keys.setdefault(("input", j), []).append(c)
-        for site, j in p.block_patches:
-            keys.setdefault((site, j), []).append(c)
-    masks = {}
-    if keys:
-        host = np.zeros((len(keys), n_cells), dtype=bool)
-        for r, cs in enumerate(keys.values()):
-            host[r, cs] = True
-        dev = torch.from_numpy(np.repeat(host, S, axis=1)).to(device)  # (keys, R)
-        masks = {key: dev[r] for r, key in enumerate(keys)}
 
     clean_in = [runs.clean["embed"][0, t]] + [runs.clean["residual"][j, t] for j in range(L)]  # input of layer j
 

@@ -23,7 +23,7 @@ import re
 import signal
 import sys
 import time
-from typing import BinaryIO, Callable, Dict, Optional, Tuple
+from typing import BinaryIO, Callable, Dict, Tuple
 
 import engine as engine_pkg
 from engine import errors

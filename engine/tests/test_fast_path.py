@@ -67,7 +67,7 @@ def test_restoring_the_last_layer_at_the_last_token_recovers_p_clean(engine, nam
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_restoring_every_subject_embedding_in_one_batch_matches_cells_run_one_by_one(engine, name):
+def test_cells_batched_with_others_give_the_numbers_they_give_alone(engine, name):
     # The same cells batched with many others (grouped by token, different start layers) or alone.
     info = engine.model_info(name)
     pinfo, key = prepare(engine, name, "noise")

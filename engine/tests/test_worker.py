@@ -27,7 +27,7 @@ from engine.proto import engine_pb2 as pb
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GOLDEN_DIR = Path(os.environ.get("GOLDEN_DIR", REPO_ROOT.parent / "shared" / "golden"))
-HANG_GUARD_S = 120  # only to turn a hang into a failure; never a speed assertion
+HANG_GUARD_S = 60  # only to turn a hang into a failure; never a speed assertion
 
 # A prompt of 7 tokens with the subject at [1, 3); the swap replaces the subject tokens.
 INPUT_IDS = [5, 17, 230, 99, 411, 8, 73]
@@ -87,7 +87,8 @@ class WorkerProcess:
 
     def __init__(self, *args: str, script: str | None = None, env: dict | None = None):
         command = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "engine", *args]
-        full_env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **(env or {}))
+        pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        full_env = dict(os.environ, PYTHONPATH=pythonpath, **(env or {}))
         self.proc = subprocess.Popen(
             command, cwd=REPO_ROOT, env=full_env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
