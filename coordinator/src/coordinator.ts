@@ -9,13 +9,12 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import { connect, credsAuthenticator, type NatsConnection, type ConnectionOptions } from "@nats-io/transport-node";
-import { Registry, collectDefaultMetrics } from "prom-client";
+import type { Registry } from "prom-client";
 import { agent, control, sweep } from "@factsweep/proto";
-import { parseSweepSpec, type SweepSpec } from "@factsweep/shared";
+import { createRegistry, parseSweepSpec, startHttpServer, type HttpServerHandle, type SweepSpec } from "@factsweep/shared";
 import { createAgentService } from "./agent-service.js";
 import { createSweepService } from "./sweep-service.js";
 import { createHealthService, HealthService } from "./health-service.js";
-import { startHttp, type HttpHandle } from "./http-server.js";
 import { LeaseTable } from "./lease-table.js";
 import { CoordinatorMetrics } from "./metrics.js";
 import { confineModelPath, isInsideRoots, normalizeRoots } from "./model-roots.js";
@@ -74,7 +73,7 @@ const SWEEP_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 export class Coordinator extends EventEmitter {
   grpcPort = 0;
   httpPort = 0;
-  readonly registry = new Registry();
+  readonly registry: Registry = createRegistry("coordinator");
   readonly metrics: CoordinatorMetrics;
   private readonly sweeps = new Map<string, LiveSweep>();
   private readonly roots: string[];
@@ -84,7 +83,7 @@ export class Coordinator extends EventEmitter {
   private scheduler!: Scheduler;
   private consumer!: ResultsConsumer;
   private server!: grpc.Server;
-  private http: HttpHandle | undefined;
+  private http: HttpServerHandle | undefined;
   private ready = false;
   private stopping = false;
   readonly leaseTtlMs: number;
@@ -99,7 +98,6 @@ export class Coordinator extends EventEmitter {
     this.leaseTtlMs = opts.leaseTtlMs ?? 15_000;
     this.heartbeatMs = opts.heartbeatMs ?? Math.max(100, Math.floor(this.leaseTtlMs / 3));
     this.table = new LeaseTable({ leaseTtlMs: this.leaseTtlMs, backoffBaseMs: opts.retryBackoffMs ?? 1000 });
-    collectDefaultMetrics({ register: this.registry, prefix: "factsweep_coordinator_" });
     this.metrics = new CoordinatorMetrics(this.registry, {
       shardsInFlight: () => this.table.inFlight(),
       queueDepth: () => this.table.queueDepth(),
@@ -138,7 +136,13 @@ export class Coordinator extends EventEmitter {
       : grpc.ServerCredentials.createInsecure();
     this.grpcPort = await new Promise<number>((res, rej) => this.server.bindAsync(`${o.grpcHost ?? "0.0.0.0"}:${o.grpcPort ?? 7070}`, creds, (err, port) => (err ? rej(err) : res(port))));
     if ((o.httpPort ?? 9464) >= 0) {
-      this.http = await startHttp({ host: o.httpHost ?? "0.0.0.0", port: o.httpPort ?? 9464, registry: this.registry, health: () => !this.nc.isClosed(), ready: () => this.isReady() });
+      this.http = await startHttpServer({
+        host: o.httpHost ?? "0.0.0.0", port: o.httpPort ?? 9464, registry: this.registry, ready: () => this.isReady(),
+        health: () => {
+          if (this.nc.isClosed()) throw new Error("NATS connection closed");
+          return { epoch: this.store?.epoch, sweeps: this.sweeps.size, agents: this.scheduler?.agents().length ?? 0, pendingStateWrites: this.store?.pendingWrites() ?? 0 };
+        },
+      });
       this.httpPort = this.http.port;
     }
 
@@ -184,7 +188,14 @@ export class Coordinator extends EventEmitter {
   private addResult(r: sweep.ShardResult): "added" | "duplicate" | "unknown" {
     const s = this.sweeps.get(r.sweepId);
     if (!s) return "unknown";
-    const added = s.agg.add(r);
+    let added: boolean;
+    try {
+      added = s.agg.add(r);
+    } catch (err) {
+      // A result that does not fit its sweep (unknown prompt, token outside it): reported, never aggregated.
+      this.log(`result of shard ${r.shardId} rejected: ${(err as Error).message}`);
+      return "unknown";
+    }
     s.unpersisted.add(r.shardId);
     if (added) {
       const cells = r.cells.length;
@@ -360,8 +371,7 @@ export class Coordinator extends EventEmitter {
   /** Every aggregated cell of the sweep as result rows. */
   results(sweepId: string): control.ResultRow[] {
     const s = this.live(sweepId);
-    const corruption = s.spec.corruption.kind;
-    return resultRows(s.agg, sweepId, s.spec.model.id, corruption);
+    return resultRows(s.agg);
   }
 
   /** The aggregator's summary (IE/AIE by token group) as JSON. */

@@ -129,7 +129,6 @@ export class LeaseTable {
       this.byLease.set(e.leaseId, e);
       this.promptHome.set(e.promptKey, e.agentId);
     }
-    if (e.state === "done" && !e.resultConsumed) e.leaseExpiresMs = this.clock() + 4 * this.leaseTtlMs;
     this.shards.set(e.shardId, e);
   }
 
@@ -301,10 +300,6 @@ export class LeaseTable {
       out.expirations++;
       this.retryOrFail(s, `lease ${s.leaseId} of agent ${s.agentId} expired (no heartbeat for ${this.leaseTtlMs} ms)`, out);
     }
-    for (const s of this.shards.values()) {
-      if (s.state !== "done" || s.resultConsumed || s.leaseExpiresMs > now) continue;
-      this.retryOrFail(s, `agent ${s.agentId} reported shard done but its result never arrived on the results stream`, out);
-    }
     return out;
   }
 
@@ -321,8 +316,8 @@ export class LeaseTable {
     this.byLease.delete(leaseId);
     s.state = "done";
     s.lastError = "";
-    // Deadline for the result to reach the consumer; past it the shard is re-run (the duplicate is deduplicated).
-    s.leaseExpiresMs = this.clock() + 4 * this.leaseTtlMs;
+    // The agent reports done only after JetStream acked the publication, so the result is durable
+    // in the stream and the consumer will deliver it; a re-run would be dropped as a duplicate anyway.
     out.changed.push(s);
     return out;
   }

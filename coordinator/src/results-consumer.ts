@@ -83,16 +83,26 @@ export class ResultsConsumer {
   async start(): Promise<void> {
     const jsm = await jetstreamManager(this.nc);
     await ensureResultsStream(jsm);
+    const config = {
+      durable_name: RESULTS_CONSUMER,
+      ack_policy: AckPolicy.Explicit,
+      ack_wait: nanos(this.opts.ackWaitMs ?? 30_000),
+      max_ack_pending: Math.max(1000, this.batch * 4),
+    };
+    let info;
     try {
-      await jsm.consumers.info(RESULTS_STREAM, RESULTS_CONSUMER);
+      info = await jsm.consumers.info(RESULTS_STREAM, RESULTS_CONSUMER);
     } catch {
-      await jsm.consumers.add(RESULTS_STREAM, {
-        durable_name: RESULTS_CONSUMER,
-        ack_policy: AckPolicy.Explicit,
-        deliver_policy: DeliverPolicy.All,
-        ack_wait: nanos(this.opts.ackWaitMs ?? 30_000),
-        max_ack_pending: Math.max(1000, this.batch * 4),
-      });
+      await jsm.consumers.add(RESULTS_STREAM, { ...config, deliver_policy: DeliverPolicy.All });
+    }
+    if (info && info.num_ack_pending > 0) {
+      // Messages a previous coordinator received but never acked (it died before their snapshot
+      // was durable) would wait out ack_wait; re-create the durable at the ack floor instead, so
+      // they come at once. Acked messages above the floor come again too and are duplicates.
+      const from = info.ack_floor.stream_seq + 1;
+      this.log(`results consumer: ${info.num_ack_pending} unacked result(s) from a previous run; redelivering from stream sequence ${from}`);
+      await jsm.consumers.delete(RESULTS_STREAM, RESULTS_CONSUMER);
+      await jsm.consumers.add(RESULTS_STREAM, { ...config, deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: from });
     }
     this.timer = setInterval(() => void this.flush(), this.flushMs);
     this.loop = this.run();

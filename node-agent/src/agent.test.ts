@@ -43,10 +43,10 @@ async function startAgent(coordinatorPort: number, extra: string[] = []): Promis
   return { proc, agentId: m[1]!, httpPort: Number(m[2]), logs };
 }
 
-test("the agent says hello, grants credit, runs a leased shard, reports it done with the JetStream sequence, and serves metrics", { skip }, async () => {
+test("the agent says hello, grants credit, runs a leased shard, reports it done with the JetStream sequence, abandons a cancelled lease, and serves metrics", { skip }, async () => {
   const coord = new ScriptedCoordinator();
   const port = await coord.start();
-  const a = await startAgent(port, ["--agent-id", "agent-hello", "--token", "s3cret"]);
+  const a = await startAgent(port, ["--agent-id", "agent-hello", "--token", "s3cret", "--batch-size", "4"]);
   try {
     const s = await coord.nextStream(0);
     const hello = (await s.next("hello")).hello;
@@ -75,13 +75,28 @@ test("the agent says hello, grants credit, runs a leased shard, reports it done 
     assert.equal(hb.leases.length, 0);
 
     const metrics = await (await fetch(`http://127.0.0.1:${a.httpPort}/metrics`)).text();
-    assert.match(metrics, /^factsweep_agent_cells_total 28$/m);
-    assert.match(metrics, /^factsweep_workers_ready 1$/m);
-    assert.match(metrics, /^factsweep_cache_misses_total 1$/m);
-    assert.match(metrics, /^factsweep_publish_seconds_count 1$/m);
-    assert.match(metrics, /^factsweep_shard_duration_seconds_count\{outcome="done"\} 1$/m);
+    const sample = (name: string, labels = "") => new RegExp(`^${name}\\{[^}]*${labels}[^}]*\\} (\\S+)$`, "m").exec(metrics)?.[1];
+    assert.equal(sample("factsweep_agent_cells_total"), "28");
+    assert.equal(sample("factsweep_workers_ready"), "1");
+    assert.equal(sample("factsweep_cache_misses_total"), "1");
+    assert.equal(sample("factsweep_publish_seconds_count"), "1");
+    assert.equal(sample("factsweep_shard_duration_seconds_count", 'outcome="done"'), "1");
+    assert.equal(sample("factsweep_worker_restarts_total"), undefined, "no restart happened (counter has no sample yet)");
+    assert.ok(Number(sample("factsweep_engine_batch_seconds_count")) >= 1);
     assert.equal((await fetch(`http://127.0.0.1:${a.httpPort}/readyz`)).status, 200);
-    assert.equal((await fetch(`http://127.0.0.1:${a.httpPort}/healthz`)).status, 200);
+    const health = (await (await fetch(`http://127.0.0.1:${a.httpPort}/healthz`)).json()) as { status: string; workersReady: number; coordinatorConnected: boolean };
+    assert.deepEqual([health.status, health.workersReady, health.coordinatorConnected], ["ok", 1, true]);
+
+    // A lease the coordinator cancels is abandoned: no done, no failed, nothing published, the slot comes back.
+    const { shard: long } = goldenSwapShard("sw-agent", "sw-agent.1.0");
+    long.cells = [1, 3, 5].flatMap((w) => long.cells.map((c) => ({ ...c, window: w })));
+    const before = s.received.length;
+    s.send({ $case: "lease", lease: { leaseId: "L2", shard: long, ttlMs: 30_000 } });
+    s.send({ $case: "cancel", cancel: { leaseId: "L2", reason: "sweep cancelled" } });
+    await s.next("credit", () => true, { fromIndex: before });
+    await s.next("heartbeat", (b) => b.heartbeat.leases.length === 0, { fromIndex: s.received.length });
+    assert.ok(!s.received.slice(before).some((m) => m.body?.$case === "done" || m.body?.$case === "failed"), "nothing reported for a cancelled lease");
+    assert.deepEqual((await storedResults(nats.jsm, "sw-agent")).map((x) => x.result.shardId), [shard.shardId]);
 
     // The coordinator asks it to drain: it leaves cleanly with exit code 0.
     s.send({ $case: "drain", drain: { reason: "test over" } });

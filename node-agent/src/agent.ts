@@ -12,10 +12,10 @@ import { hostname } from "node:os";
 import { credentials, Metadata, status as grpcStatus, type ClientDuplexStream, type ServiceError } from "@grpc/grpc-js";
 import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
 import { agent, AGENT_PROTOCOL_VERSION, type sweep } from "@factsweep/proto";
+import { createRegistry, startHttpServer, type HttpServerHandle } from "@factsweep/shared";
 import { EngineSupervisor, type EngineCommand, type EngineWorker } from "./engine-supervisor.js";
 import { CoordinatorRefusedError, ShardCancelledError, ShardError } from "./errors.js";
 import type { WorkerSlot } from "./gpu-discovery.js";
-import { startAgentHttp, type AgentHttp } from "./http.js";
 import type { Logger } from "./log.js";
 import { createAgentMetrics, type AgentMetrics } from "./metrics.js";
 import { ResultPublisher, sleep } from "./result-publisher.js";
@@ -97,13 +97,13 @@ export class Agent {
   private nc: Promise<NatsConnection> | undefined;
   private natsConnected = false;
   private publisher!: ResultPublisher;
-  private http: AgentHttp | undefined;
+  private http: HttpServerHandle | undefined;
   private fatalError: Error | undefined;
   private client: agent.AgentServiceClient | undefined;
 
   constructor(private readonly opts: AgentOptions) {
     this.log = opts.log;
-    this.metrics = opts.metrics ?? createAgentMetrics();
+    this.metrics = opts.metrics ?? createAgentMetrics(createRegistry("node-agent"));
     this.supervisor = new EngineSupervisor({
       slots: opts.slots,
       command: opts.engineCommand,
@@ -124,11 +124,22 @@ export class Agent {
 
   /** Starts workers (throws if they cannot start), HTTP, NATS (in the background) and the coordinator link. */
   async start(): Promise<{ httpPort: number }> {
-    this.http = await startAgentHttp({
+    this.http = await startHttpServer({
       port: this.opts.httpPort,
-      host: this.opts.httpHost,
+      host: this.opts.httpHost ?? "0.0.0.0",
       registry: this.metrics.registry,
-      health: () => !this.fatalError,
+      health: () => {
+        if (this.fatalError) throw this.fatalError;
+        return {
+          agentId: this.opts.agentId,
+          workersReady: this.supervisor.readyCount,
+          workers: this.supervisor.workers.map((w) => ({ name: w.name, state: w.state, pid: w.pid ?? null, busy: w.busy })),
+          natsConnected: this.natsConnected,
+          coordinatorConnected: this.welcomed,
+          leases: this.leases.size,
+          draining: this.draining,
+        };
+      },
       ready: () => this.ready,
     });
     try {

@@ -1,7 +1,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { EngineSupervisor } from "./engine-supervisor.js";
-import { WorkerStartError } from "./errors.js";
+import { EngineVersionMismatchError, WorkerStartError } from "./errors.js";
 import { cpuSlots } from "./gpu-discovery.js";
 import { createAgentMetrics } from "./metrics.js";
 import { ResultPublisher } from "./result-publisher.js";
@@ -83,4 +83,21 @@ test("stop() asks workers to shut down and they exit", { skip }, async () => {
   await sup.stop();
   for (const pid of pids) assert.throws(() => process.kill(pid, 0), /ESRCH/, `worker ${pid} exited`);
   assert.equal((await metrics.workersReady.get()).values[0]!.value, 0);
+});
+
+test("an engine worker of another protocol version is a fatal error naming both versions", { skip }, async () => {
+  const fatal: Error[] = [];
+  const sup = new EngineSupervisor({
+    slots: cpuSlots(1),
+    command: await engineCommand(),
+    metrics: createAgentMetrics(),
+    log: memoryLogger(),
+    protocolVersion: 99, // the real worker (version 1) must refuse this agent
+    onFatal: (e) => fatal.push(e),
+    restartInitialMs: 50,
+  });
+  await assert.rejects(sup.start(), (e: unknown) => e instanceof EngineVersionMismatchError && /expects 99/.test(e.message) && /worker said: .*VERSION_MISMATCH/.test(e.message));
+  assert.equal(fatal.length, 1, "the agent is told to stop");
+  assert.equal(sup.workers[0]!.state, "fatal", "no restart loop");
+  await sup.stop();
 });

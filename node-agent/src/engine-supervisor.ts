@@ -39,6 +39,8 @@ export interface SupervisorOptions {
   stableAfterMs?: number;
   /** Hello must be answered within this. Default 120 s (torch import is slow on a loaded host). */
   handshakeTimeoutMs?: number;
+  /** Engine protocol version sent in Hello; default ENGINE_PROTOCOL_VERSION (tests use another to see the refusal). */
+  protocolVersion?: number;
   /** A fatal condition (engine of another protocol version): the agent must stop. */
   onFatal?: (err: Error) => void;
 }
@@ -265,9 +267,12 @@ export class EngineSupervisor {
 
     // Handshake: the worker must speak our protocol version.
     try {
-      const hello = await client.hello({ timeoutMs: this.opts.handshakeTimeoutMs ?? 120_000 });
-      if (hello.protocolVersion !== ENGINE_PROTOCOL_VERSION) {
-        throw new EngineVersionMismatchError(w.name, ENGINE_PROTOCOL_VERSION, hello.protocolVersion);
+      const version = this.opts.protocolVersion ?? ENGINE_PROTOCOL_VERSION;
+      const body = await client.request({ $case: "hello", hello: { protocolVersion: version } }, { timeoutMs: this.opts.handshakeTimeoutMs ?? 120_000 });
+      if (body.$case !== "hello") throw new Error(`worker answered Hello with ${body.$case}`);
+      const hello = body.hello;
+      if (hello.protocolVersion !== version) {
+        throw new EngineVersionMismatchError(w.name, version, hello.protocolVersion);
       }
       w.hello = hello;
     } catch (err) {
@@ -275,7 +280,7 @@ export class EngineSupervisor {
       if (err instanceof EngineVersionMismatchError) {
         fatal = err;
       } else if (err instanceof EngineRequestError && err.code === "ERROR_CODE_VERSION_MISMATCH") {
-        fatal = new EngineVersionMismatchError(w.name, ENGINE_PROTOCOL_VERSION, undefined, { cause: err });
+        fatal = new EngineVersionMismatchError(w.name, this.opts.protocolVersion ?? ENGINE_PROTOCOL_VERSION, undefined, { cause: err });
         fatal.message += ` (worker said: ${err.message})`;
       } else {
         child.kill("SIGKILL");

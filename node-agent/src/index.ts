@@ -16,5 +16,4 @@ export * from "./shard-runner.js";
 export * from "./result-publisher.js";
 export * from "./metrics.js";
 export * from "./log.js";
-export * from "./http.js";
 export * from "./agent.js";
