@@ -10,6 +10,7 @@ import { status } from "@grpc/grpc-js";
 import { execa, type ResultPromise } from "execa";
 import { AGENT_PROTOCOL_VERSION } from "@factsweep/proto";
 import { ScriptedCoordinator } from "./scripted-coordinator.js";
+import { startNatsServer } from "@factsweep/shared";
 import { goldenSwapShard, REPO_ROOT, skipWithoutGolden, startResultsNats, storedResults } from "./test-support.js";
 
 const skip = skipWithoutGolden();
@@ -202,6 +203,25 @@ test("an agent refused for its protocol version stops with a clear error instead
   } finally {
     a.proc.kill("SIGKILL");
     coord.kill();
+  }
+});
+
+test("an agent whose NATS connection is refused (bad credentials) exits 1 naming the flags to check", { skip }, async () => {
+  const guarded = await startNatsServer({ args: ["--user", "u", "--pass", "p"] });
+  const coord = new ScriptedCoordinator();
+  const port = await coord.start();
+  try {
+    const proc = execa(
+      process.execPath,
+      [join(REPO_ROOT, "node-agent", "dist", "main.js"), "--coordinator", `127.0.0.1:${port}`, "--nats-url", guarded.url, "--cpu", "--http-port", "0", "--http-host", "127.0.0.1"],
+      { reject: false, env: { FACTSWEEP_TOKEN: "" } },
+    );
+    const r = await proc;
+    assert.equal(r.exitCode, 1);
+    assert.match(String(r.stderr), /fatal: cannot connect to NATS nats:\/\/127\.0\.0\.1:\d+: Authorization Violation; check --nats-url and --nats-creds/);
+  } finally {
+    coord.kill();
+    await guarded.stop();
   }
 });
 

@@ -149,6 +149,14 @@ export class Agent {
       throw err;
     }
     this.nc = this.connectNats();
+    // An unreachable server is retried forever; a refusal (bad credentials) ends the connect: fatal.
+    this.nc.then(
+      (nc) =>
+        void nc.closed().then((err) => {
+          if (!this.stopped) this.fail(new Error(`NATS connection to ${this.opts.natsUrl} closed for good${err ? `: ${err.message}` : ""}`, { cause: err }));
+        }),
+      (err: Error) => this.fail(new Error(`cannot connect to NATS ${this.opts.natsUrl}: ${err.message}; check --nats-url and --nats-creds`, { cause: err })),
+    );
     this.publisher = new ResultPublisher(this.nc, { metrics: this.metrics, log: this.log });
     void this.connectLoop();
     return { httpPort: this.http.port };
@@ -341,6 +349,8 @@ export class Agent {
       // Re-granted after a reconnect while still running here: keep running under the new lease.
       this.log.info(`shard ${shard.shardId} re-leased as ${grant.leaseId} while running; continuing under the new lease`);
       existing.leaseId = grant.leaseId;
+      // The coordinator spent a credit on it, but no new slot is taken: give that credit back.
+      if (!this.draining) this.send({ body: { $case: "credit", credit: { slots: 1 } } });
       return;
     }
     if (this.draining) {
@@ -477,7 +487,7 @@ export class Agent {
     this.client?.close();
     await this.supervisor.stop();
     if (this.nc) {
-      const nc = await Promise.race([this.nc, sleep(0).then(() => undefined)]);
+      const nc = await Promise.race([this.nc.catch(() => undefined), sleep(0).then(() => undefined)]);
       if (nc) await nc.drain().catch(() => nc.close());
       else void this.nc.then((c) => c.close()).catch(() => undefined);
     }

@@ -24,6 +24,8 @@ export interface ShardRunOptions {
   batchSize?: number;
   /** Worker deaths tolerated during one shard before it is handed back (retryable). Default 2. */
   maxWorkerLosses?: number;
+  /** How long to wait for a dead worker to come back before handing the shard back. Default 5 min. */
+  workerReadyTimeoutMs?: number;
   /** Per engine request; a worker that does not answer in time is killed and restarted. Default 10 min. */
   requestTimeoutMs?: number;
   /** Aborting stops after the current engine request; nothing is published. */
@@ -70,10 +72,12 @@ export async function runShard(opts: ShardRunOptions): Promise<ShardOutcome> {
     if (signal?.aborted) throw cancelled();
     let client: EngineClient;
     try {
-      client = await worker.whenReady(signal);
+      const waitMs = opts.workerReadyTimeoutMs ?? 300_000;
+      client = await worker.whenReady(signal ? AbortSignal.any([signal, AbortSignal.timeout(waitMs)]) : AbortSignal.timeout(waitMs));
     } catch (err) {
       if (signal?.aborted) throw cancelled();
-      throw new ShardError(shard.shardId, true, `worker ${worker.name} unavailable: ${(err as Error).message}`, { cause: err });
+      const why = (err as Error).name === "TimeoutError" ? `did not become ready within ${opts.workerReadyTimeoutMs ?? 300_000} ms` : (err as Error).message;
+      throw new ShardError(shard.shardId, true, `worker ${worker.name} unavailable (${why}); handing shard ${shard.shardId} back`, { cause: err });
     }
     const generation = worker.generation;
     try {
