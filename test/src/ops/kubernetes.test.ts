@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { parse } from "yaml";
+import { parseSweepSpec } from "@factsweep/shared";
 import { kustomizations, objectKey, parseRendered, renderKustomization, validateObjects, type K8sObject } from "./kustomize.js";
 import { kubernetesDir } from "./paths.js";
 import { run, which } from "./tools.js";
@@ -116,5 +117,19 @@ test("the NATS Helm values run 3 JetStream servers on persistent volumes, and th
     const c = podSpecOf(o).containers[0];
     const mountPath = c.volumeMounts.find((m: any) => m.name === "nats-credentials").mountPath;
     assert.ok(c.args.includes(`--nats-creds=${mountPath}/nats.creds`), `${objectKey(o)} passes the mounted credentials file`);
+  }
+});
+
+test("the sweep specs shipped in the factsweep-sweeps ConfigMap are valid and read checkpoints from the model root", () => {
+  const objs = renderKustomization(join(kubernetesDir, "base"));
+  const config = (find(objs, "ConfigMap", "factsweep-config") as any).data;
+  const sweeps = (find(objs, "ConfigMap", "factsweep-sweeps") as any).data as Record<string, string>;
+  const coord = podSpecOf(find(objs, "Deployment", "factsweep-coordinator"));
+  const sweepsVolume = coord.volumes.find((v: any) => v.configMap?.name === "factsweep-sweeps").name;
+  assert.equal(coord.containers[0].volumeMounts.find((m: any) => m.name === sweepsVolume).mountPath, config.SWEEP_ROOT);
+  assert.ok(Object.keys(sweeps).length > 0);
+  for (const [file, text] of Object.entries(sweeps)) {
+    const spec = parseSweepSpec(text, { baseDir: config.SWEEP_ROOT });
+    assert.ok(spec.model.path.startsWith(`${config.MODEL_ROOT}/`), `${file}: model.path ${spec.model.path} is under ${config.MODEL_ROOT}`);
   }
 });
