@@ -34,18 +34,32 @@ function decodeRequest(buf: Buffer): CheckRequest {
   return { service };
 }
 
+const encodeRequest = (r: CheckRequest): Buffer => {
+  const s = Buffer.from(r.service ?? "", "utf8");
+  if (s.length === 0) return Buffer.alloc(0);
+  const len: number[] = [];
+  for (let n = s.length; ; n >>>= 7) {
+    if (n < 0x80) {
+      len.push(n);
+      break;
+    }
+    len.push((n & 0x7f) | 0x80);
+  }
+  return Buffer.concat([Buffer.from([0x0a, ...len]), s]);
+};
+
 const encodeResponse = (r: CheckResponse): Buffer => (r.status === 0 ? Buffer.alloc(0) : Buffer.from([0x08, r.status]));
 
 /** grpc.health.v1.Health service definition for `server.addService`. */
 export const HealthService: ServiceDefinition = {
   check: {
     path: "/grpc.health.v1.Health/Check", requestStream: false, responseStream: false,
-    requestSerialize: () => Buffer.alloc(0), requestDeserialize: decodeRequest,
+    requestSerialize: encodeRequest, requestDeserialize: decodeRequest,
     responseSerialize: encodeResponse, responseDeserialize: (b: Buffer) => ({ status: b.length >= 2 ? b[1]! : 0 }),
   },
   watch: {
     path: "/grpc.health.v1.Health/Watch", requestStream: false, responseStream: true,
-    requestSerialize: () => Buffer.alloc(0), requestDeserialize: decodeRequest,
+    requestSerialize: encodeRequest, requestDeserialize: decodeRequest,
     responseSerialize: encodeResponse, responseDeserialize: (b: Buffer) => ({ status: b.length >= 2 ? b[1]! : 0 }),
   },
 };

@@ -46,7 +46,10 @@ const program = new Command("factsweep-coordinator")
       if (stopping) return;
       stopping = true;
       console.error(`[coordinator] ${sig}: stopping (flushing results and state)`);
-      coord.stop().then(() => process.exit(0), (err) => {
+      coord.stop().then(() => {
+        console.error("[coordinator] stopped");
+        process.exit(0);
+      }, (err) => {
         console.error(`[coordinator] stop failed: ${(err as Error).message}`);
         process.exit(1);
       });

@@ -28,6 +28,10 @@ export class CoordinatorMetrics {
     this.leaseExpirations = new Counter({ name: METRICS.leaseExpirations, help: "Leases that expired without a heartbeat", registers });
     this.retries = new Counter({ name: METRICS.retries, help: "Shards re-queued for another attempt (expiry, retryable failure, agent loss)", registers });
     this.resultsConsumed = new Counter({ name: METRICS.resultsConsumed, help: "ShardResults read from the results stream; duplicate=true ones were ignored", labelNames: ["duplicate"], registers });
+    // Start every labelled counter at 0 so dashboards and rate() see the series from the start.
+    for (const status of ["done", "failed"]) this.cells.inc({ status }, 0);
+    for (const status of ["done", "failed", "retried"]) this.shards.inc({ status }, 0);
+    for (const duplicate of ["true", "false"]) this.resultsConsumed.inc({ duplicate }, 0);
     new Gauge({ name: METRICS.shardsInFlight, help: "Shards leased to agents", registers, collect() { this.set(source.shardsInFlight()); } });
     new Gauge({ name: METRICS.queueDepth, help: "Shards of active sweeps waiting for a lease", registers, collect() { this.set(source.queueDepth()); } });
     new Gauge({ name: METRICS.agentsConnected, help: "Agents with a live stream", registers, collect() { this.set(source.agentsConnected()); } });

@@ -21,11 +21,11 @@ export type Compute = (shard: sweep.Shard, agentId: string) => Promise<sweep.Sha
  */
 export const fakeEngine = (shard: sweep.Shard, agentId: string): sweep.ShardResult => {
   const pi = shard.prompt?.index ?? 0;
-  return {
+  return sweep.ShardResult.fromPartial({
     sweepId: shard.sweepId, shardId: shard.shardId, promptIndex: pi, agentId, attempt: shard.attempt, answerId: 7,
     pClean: 0.9, pCorrupt: 0.1, engineSeconds: 0, worker: "fake:0",
     cells: shard.cells.map((c) => ({ cell: c, p: fakeP(pi, c.site, c.layer, c.token, c.window), logit: 0 })),
-  };
+  });
 };
 
 /** The p `fakeEngine` reports for a cell. */
@@ -136,7 +136,9 @@ export class TestAgent {
       this.send({ $case: "done", done: { leaseId: l.leaseId, shardId: shard.shardId, publishedSeq: ack.seq } });
       this.send({ $case: "credit", credit: { slots: 1 } });
     } catch (err) {
-      if (!this.closed) this.send({ $case: "failed", failed: { leaseId: l.leaseId, shardId: shard.shardId, error: (err as Error).message, retryable: true } });
+      this.held.delete(l.leaseId);
+      this.send({ $case: "failed", failed: { leaseId: l.leaseId, shardId: shard.shardId, error: (err as Error).message, retryable: true } });
+      this.send({ $case: "credit", credit: { slots: 1 } });
     }
   }
 

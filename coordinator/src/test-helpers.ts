@@ -60,7 +60,7 @@ export async function startHarness(over: Partial<CoordinatorOptions> = {}): Prom
   const nats = await startNatsServer();
   const opts: CoordinatorOptions = {
     natsUrl: nats.url, grpcHost: "127.0.0.1", grpcPort: 0, httpHost: "127.0.0.1", httpPort: 0, modelRoots: [GOLDEN_DIR],
-    leaseTtlMs: 2000, heartbeatMs: 300, retryBackoffMs: 50, log: () => undefined, ...over,
+    leaseTtlMs: 2000, heartbeatMs: 300, retryBackoffMs: 50, log: process.env.FACTSWEEP_TEST_LOG ? (m) => console.error(`[coordinator] ${m}`) : () => undefined, ...over,
   };
   let coord = await Coordinator.start(opts);
   const h: Harness = {

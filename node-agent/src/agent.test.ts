@@ -4,6 +4,8 @@
  */
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { status } from "@grpc/grpc-js";
@@ -222,6 +224,34 @@ test("an agent whose NATS connection is refused (bad credentials) exits 1 naming
   } finally {
     coord.kill();
     await guarded.stop();
+  }
+});
+
+test("with --tls-ca/--tls-cert/--tls-key the agent reaches an mTLS coordinator and presents its client certificate", { skip }, async () => {
+  const dir = await mkdtemp(join(tmpdir(), "factsweep-tls-"));
+  const coord = new ScriptedCoordinator();
+  let a: Awaited<ReturnType<typeof startAgent>> | undefined;
+  try {
+    const ossl = (...args: string[]) => execa("openssl", args, { cwd: dir });
+    const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    await ossl("req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=factsweep test CA");
+    await writeFile(join(dir, "san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
+    for (const [name, cn, ext] of [["server", "localhost", ["-extfile", "san.ext"]], ["client", "agent-tls", []]] as const) {
+      await ossl("req", ...ec, "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${cn}`);
+      await ossl("x509", "-req", "-in", `${name}.csr`, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", `${name}.pem`, "-days", "1", ...ext);
+    }
+    const file = (f: string) => readFile(join(dir, f));
+    const port = await coord.start(0, { ca: await file("ca.pem"), cert: await file("server.pem"), key: await file("server.key") });
+    a = await startAgent(port, ["--agent-id", "agent-tls", "--tls-ca", join(dir, "ca.pem"), "--tls-cert", join(dir, "client.pem"), "--tls-key", join(dir, "client.key")]);
+    const s = await coord.nextStream(0);
+    assert.equal((await s.next("hello")).hello.agentId, "agent-tls");
+    const auth = s.call.getAuthContext();
+    assert.equal(auth?.transportSecurityType, "ssl");
+    assert.equal(auth?.sslPeerCertificate?.subject.CN, "agent-tls", "the agent presented its client certificate");
+  } finally {
+    a?.proc.kill("SIGKILL");
+    coord.kill();
+    await rm(dir, { recursive: true, force: true });
   }
 });
 

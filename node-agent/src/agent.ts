@@ -267,9 +267,13 @@ export class Agent {
             break;
         }
       });
+      // grpc-js reports a non-OK status as 'error' (then 'status'); 'status' is the one sure end.
       call.on("error", (err: ServiceError) => end(err));
-      call.on("end", () => end());
-      call.on("status", () => undefined);
+      call.on("status", (st: { code: number; details: string }) => {
+        if (st.code === grpcStatus.OK) end();
+        else end(Object.assign(new Error(st.details), { code: st.code, details: st.details, metadata: new Metadata() }) as ServiceError);
+      });
+      call.on("end", () => undefined);
       call.write({
         body: {
           $case: "hello",

@@ -66,8 +66,8 @@ export class ScriptedCoordinator {
   private waiters: ((s: ScriptedStream) => void)[] = [];
   port = 0;
 
-  /** Binds on 127.0.0.1 (`port` 0: a free one). */
-  async start(port = 0): Promise<number> {
+  /** Binds on 127.0.0.1 (`port` 0: a free one); with `tls`, requires client certificates signed by `tls.ca` (mTLS). */
+  async start(port = 0, tls?: { ca: Buffer; cert: Buffer; key: Buffer }): Promise<number> {
     const server = new Server();
     server.addService(agent.AgentServiceService, {
       connect: (call: Call) => {
@@ -79,7 +79,9 @@ export class ScriptedCoordinator {
       },
     } satisfies agent.AgentServiceServer);
     this.port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(`127.0.0.1:${port}`, ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+      server.bindAsync(
+        `127.0.0.1:${port}`,
+        tls ? ServerCredentials.createSsl(tls.ca, [{ private_key: tls.key, cert_chain: tls.cert }], true) : ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
     );
     this.server = server;
     return this.port;
