@@ -190,6 +190,35 @@ test("SIGTERM drains: the running shard finishes and is reported done, a lease g
   }
 });
 
+test("a second SIGTERM hands the running shard back as retryable without publishing it, and the agent exits 0", { skip }, async () => {
+  const coord = new ScriptedCoordinator();
+  const port = await coord.start();
+  const a = await startAgent(port, ["--agent-id", "agent-term2", "--batch-size", "1"]);
+  try {
+    const s = await coord.nextStream(0);
+    await s.next("hello");
+    s.send({ $case: "welcome", welcome: { sessionId: "s1", leaseTtlMs: 30_000, heartbeatIntervalMs: 50, natsResultsSubjectPrefix: "" } });
+    await s.next("credit");
+    const { shard } = goldenSwapShard("sw-term2");
+    shard.cells = [1, 3, 5, 7, 9].flatMap((w) => shard.cells.map((c) => ({ ...c, window: w })));
+    s.send({ $case: "lease", lease: { leaseId: "L1", shard, ttlMs: 30_000 } });
+    await s.next("heartbeat", (b) => b.heartbeat.leases.some((l) => l.leaseId === "L1" && l.cellsDone > 0 && l.cellsDone < shard.cells.length));
+    a.proc.kill("SIGTERM");
+    await waitFor(async () => (a.logs.some((l) => /draining \(SIGTERM\)/.test(l)) ? true : undefined));
+    a.proc.kill("SIGTERM");
+    const failed = (await s.next("failed")).failed;
+    assert.deepEqual([failed.leaseId, failed.shardId, failed.retryable], ["L1", shard.shardId, true]);
+    assert.match(failed.error, /handed back by agent agent-term2/);
+    const r = await a.proc;
+    assert.equal(r.exitCode, 0, a.logs.join("\n"));
+    assert.ok(!s.received.some((m) => m.body?.$case === "done"));
+    assert.equal((await storedResults(nats.jsm, "sw-term2")).length, 0);
+  } finally {
+    a.proc.kill("SIGKILL");
+    coord.kill();
+  }
+});
+
 test("an agent refused for its protocol version stops with a clear error instead of reconnecting", { skip }, async () => {
   const coord = new ScriptedCoordinator();
   const port = await coord.start();

@@ -74,12 +74,18 @@ test("an engine command that cannot start is a clear startup error naming the co
   await sup.stop();
 });
 
-test("stop() asks workers to shut down and they exit", { skip }, async () => {
+test("CPU workers start with --device cpu and no visible GPU, and stop() shuts them down", { skip }, async () => {
   const metrics = createAgentMetrics();
   const sup = new EngineSupervisor({ slots: cpuSlots(2), command: await engineCommand(), metrics, log: memoryLogger() });
   await sup.start();
   assert.equal((await metrics.workersReady.get()).values[0]!.value, 2);
   const pids = sup.workers.map((w) => w.pid!);
+  // A CPU worker is told its device and sees no GPU.
+  for (const pid of pids) {
+    const { readFileSync } = await import("node:fs");
+    assert.ok(readFileSync(`/proc/${pid}/environ`, "utf8").split("\0").includes("CUDA_VISIBLE_DEVICES="));
+    assert.match(readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" "), /-m engine --device cpu/);
+  }
   await sup.stop();
   for (const pid of pids) assert.throws(() => process.kill(pid, 0), /ESRCH/, `worker ${pid} exited`);
   assert.equal((await metrics.workersReady.get()).values[0]!.value, 0);
