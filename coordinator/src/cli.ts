@@ -327,13 +327,12 @@ async function runLocal(file: string, o: LocalOpts): Promise<number> {
       });
     });
     view?.stop();
-    const rows = coord.results(last.sweepId);
-    await writeResults(rows, "csv", join(out, "results.csv"));
-    await writeResults(rows, "jsonl", join(out, "results.jsonl"));
+    const n = await writeResults(coord.results(last.sweepId), "csv", join(out, "results.csv"));
+    await writeResults(coord.results(last.sweepId), "jsonl", join(out, "results.jsonl"));
     writeFileSync(join(out, "summary.json"), JSON.stringify(coord.summary(last.sweepId), null, 2));
     writeFileSync(join(out, "sweep.json"), JSON.stringify(control.SweepInfo.toJSON(last), null, 2));
     console.error(describeSweep(last));
-    console.error(`${rows.length} rows written to ${join(out, "results.csv")} and results.jsonl; summary.json has IE/AIE by token group`);
+    console.error(`${n} rows written to ${join(out, "results.csv")} and results.jsonl; summary.json has IE/AIE by token group`);
     code = exitCodeOfState(last.state);
   } finally {
     view?.stop();

@@ -9,9 +9,9 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import { connect, credsAuthenticator, type NatsConnection, type ConnectionOptions } from "@nats-io/transport-node";
-import type { Registry } from "prom-client";
+import { collectDefaultMetrics, type Registry } from "prom-client";
 import { agent, control, sweep } from "@factsweep/proto";
-import { createRegistry, parseSweepSpec, startHttpServer, type HttpServerHandle, type SweepSpec } from "@factsweep/shared";
+import { createRegistry, EVENTS_SUBJECT_PREFIX, parseSweepSpec, startHttpServer, type HttpServerHandle, type SweepSpec } from "@factsweep/shared";
 import { createAgentService } from "./agent-service.js";
 import { createSweepService } from "./sweep-service.js";
 import { createHealthService, HealthService } from "./health-service.js";
@@ -20,9 +20,9 @@ import { CoordinatorMetrics } from "./metrics.js";
 import { confineModelPath, isInsideRoots, normalizeRoots } from "./model-roots.js";
 import { ResultsConsumer } from "./results-consumer.js";
 import { Scheduler } from "./scheduler.js";
-import { StateStore, type SweepRecord, type SweepState } from "./state-store.js";
-import { aggregatorFromJSON, newAggregator, plan, resultRows, type Aggregator } from "./sweep-runtime.js";
-import { CoordinatorError, InvalidSpecError, ModelNotFoundError, ModelPathDeniedError, SweepExistsError, SweepNotFoundError, UnavailableError } from "./errors.js";
+import { StateStore, type ShardRecord, type SweepRecord } from "./state-store.js";
+import { newAggregator, plan, resultRows, type Aggregator } from "./sweep-runtime.js";
+import { InvalidSpecError, ModelNotFoundError, ModelPathDeniedError, StaleCoordinatorError, SweepExistsError, SweepNotFoundError, UnavailableError } from "./errors.js";
 
 /** TLS files for the gRPC server; with `ca`, clients must present a certificate it signed (mTLS). */
 export interface TlsFiles {
@@ -63,8 +63,10 @@ interface LiveSweep {
   prompts: sweep.PromptSpec[];
   /** (time, done cells) samples for cells/s and ETA. */
   samples: { t: number; cells: number }[];
-  /** Shards aggregated since the last durable snapshot. */
-  unpersisted: Set<string>;
+  lastEventMs: number;
+  lastEventState: string;
+  /** Results aggregated in memory, not yet durable (first adds, to store) and every shard id seen since the last persist. */
+  unpersisted: Map<string, sweep.ShardResult | undefined>;
 }
 
 const SWEEP_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
@@ -73,7 +75,7 @@ const SWEEP_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 export class Coordinator extends EventEmitter {
   grpcPort = 0;
   httpPort = 0;
-  readonly registry: Registry = createRegistry("coordinator");
+  readonly registry: Registry = createRegistry("coordinator", { defaultMetrics: false });
   readonly metrics: CoordinatorMetrics;
   private readonly sweeps = new Map<string, LiveSweep>();
   private readonly roots: string[];
@@ -86,6 +88,7 @@ export class Coordinator extends EventEmitter {
   private http: HttpServerHandle | undefined;
   private ready = false;
   private stopping = false;
+  private fenced = false;
   readonly leaseTtlMs: number;
   readonly heartbeatMs: number;
   private table: LeaseTable;
@@ -98,6 +101,8 @@ export class Coordinator extends EventEmitter {
     this.leaseTtlMs = opts.leaseTtlMs ?? 15_000;
     this.heartbeatMs = opts.heartbeatMs ?? Math.max(100, Math.floor(this.leaseTtlMs / 3));
     this.table = new LeaseTable({ leaseTtlMs: this.leaseTtlMs, backoffBaseMs: opts.retryBackoffMs ?? 1000 });
+    // Process metrics prefixed, as the Grafana dashboards read them (factsweep_coordinator_process_*, _nodejs_*).
+    collectDefaultMetrics({ register: this.registry, prefix: "factsweep_coordinator_" });
     this.metrics = new CoordinatorMetrics(this.registry, {
       shardsInFlight: () => this.table.inFlight(),
       queueDepth: () => this.table.queueDepth(),
@@ -120,7 +125,13 @@ export class Coordinator extends EventEmitter {
     if (o.natsUser) Object.assign(natsOpts, { user: o.natsUser, pass: o.natsPass ?? "" });
     if (o.natsToken) natsOpts.token = o.natsToken;
     this.nc = await connect(natsOpts);
-    this.store = await StateStore.open(this.nc, { onWriteError: (k, e) => this.log(`state write of ${k} failed: ${(e as Error).message}`) });
+    this.store = await StateStore.open(this.nc, {
+      onWriteError: (k, e) => {
+        this.log(`state write of ${k} failed: ${(e as Error).message}`);
+        // Fenced off by a newer coordinator: stop claiming readiness so traffic goes to the new one.
+        if (e instanceof StaleCoordinatorError) this.fenced = true;
+      },
+    });
     this.scheduler = new Scheduler({ store: this.store, table: this.table, metrics: this.metrics, log: this.log });
     this.scheduler.on("shards", (id: string) => this.onShardsChanged(id));
 
@@ -160,7 +171,7 @@ export class Coordinator extends EventEmitter {
 
   /** Ready: state loaded, NATS connected, not shutting down. */
   isReady(): boolean {
-    return this.ready && !this.stopping && !this.nc.isClosed();
+    return this.ready && !this.stopping && !this.fenced && !this.nc.isClosed();
   }
 
   private async loadState(): Promise<void> {
@@ -174,12 +185,27 @@ export class Coordinator extends EventEmitter {
         continue;
       }
       const prompts = rec.prompts.map((p) => sweep.PromptSpec.fromJSON(p));
-      const snap = await this.store.loadAggregate(rec.sweepId);
-      const agg = snap === undefined ? newAggregator(spec, rec.sweepId, prompts) : aggregatorFromJSON(snap);
-      this.sweeps.set(rec.sweepId, { rec, spec, agg, prompts, samples: [], unpersisted: new Set() });
+      // The aggregate is the fold of the stored results: rebuild it.
+      const agg = newAggregator(spec, rec.sweepId, prompts);
+      for (const bytes of await this.store.loadResults(rec.sweepId)) agg.add(sweep.ShardResult.decode(bytes));
+      this.sweeps.set(rec.sweepId, { rec, spec, agg, prompts, samples: [], unpersisted: new Map(), lastEventMs: 0, lastEventState: "" });
       this.table.setSweep(rec.sweepId, rec.state === "running", rec.maxAttempts);
     }
-    this.scheduler.addShards(shards.filter((s) => this.sweeps.has(s.sweepId)), false);
+    const known = shards.filter((s) => this.sweeps.has(s.sweepId));
+    this.scheduler.addShards(known, false);
+    // A coordinator that died during a launch may have persisted fewer shards than planned:
+    // planning is deterministic, so re-plan and add the missing ones.
+    for (const s of this.sweeps.values()) {
+      const have = new Set(known.filter((r) => r.sweepId === s.rec.sweepId).map((r) => r.shardId));
+      if (have.size >= s.rec.shardCount) continue;
+      try {
+        const missing = plan(s.spec, s.rec.sweepId).shards.filter((sh) => !have.has(sh.shardId));
+        this.log(`sweep ${s.rec.sweepId}: ${have.size}/${s.rec.shardCount} shards were persisted before a crash; re-planned ${missing.length}`);
+        this.scheduler.addShards(missing.map((sh) => this.shardRecord(s.rec.sweepId, sh)), true);
+      } catch (err) {
+        this.log(`sweep ${s.rec.sweepId}: cannot re-plan its missing shards: ${(err as Error).message}`);
+      }
+    }
     for (const id of this.sweeps.keys()) this.onShardsChanged(id);
   }
 
@@ -196,7 +222,8 @@ export class Coordinator extends EventEmitter {
       this.log(`result of shard ${r.shardId} rejected: ${(err as Error).message}`);
       return "unknown";
     }
-    s.unpersisted.add(r.shardId);
+    if (added) s.unpersisted.set(r.shardId, r);
+    else if (!s.unpersisted.has(r.shardId)) s.unpersisted.set(r.shardId, undefined);
     if (added) {
       const cells = r.cells.length;
       this.metrics.cells.inc({ status: "done" }, cells);
@@ -205,16 +232,16 @@ export class Coordinator extends EventEmitter {
     return added ? "added" : "duplicate";
   }
 
-  /** Snapshot first, then mark the shards consumed: a shard record never claims a result the snapshot lacks. */
+  /** Stores first, then marks the shards consumed: a shard record never claims a result the KV lacks. */
   private async persistAggregates(ids: Set<string>): Promise<void> {
     for (const id of ids) {
       const s = this.sweeps.get(id);
       if (!s) continue;
-      const shards = [...s.unpersisted];
-      await this.store.saveAggregate(id, s.agg.toJSON());
-      for (const sh of shards) {
-        s.unpersisted.delete(sh);
-        this.scheduler.resultConsumed(sh);
+      const batch = [...s.unpersisted];
+      await Promise.all(batch.map(([shardId, r]) => (r ? this.store.saveResult(shardId, sweep.ShardResult.encode(r).finish()) : undefined)));
+      for (const [shardId, r] of batch) {
+        if (s.unpersisted.get(shardId) === r) s.unpersisted.delete(shardId);
+        this.scheduler.resultConsumed(shardId);
       }
     }
   }
@@ -236,6 +263,22 @@ export class Coordinator extends EventEmitter {
     }
     this.store.saveSweep(rec);
     this.emit("sweep", sweepId);
+    this.publishProgress(s);
+  }
+
+  /** Best-effort progress on core NATS (`factsweep.events.<sweep>`, SweepInfo JSON), at most once a second per sweep and on every end. */
+  private publishProgress(s: LiveSweep): void {
+    const now = Date.now();
+    const terminal = s.rec.state !== "running";
+    if (!terminal && now - s.lastEventMs < 1000) return;
+    if (terminal && s.lastEventState === s.rec.state) return;
+    s.lastEventMs = now;
+    s.lastEventState = s.rec.state;
+    try {
+      this.nc.publish(`${EVENTS_SUBJECT_PREFIX}.${s.rec.sweepId}`, JSON.stringify(control.SweepInfo.toJSON(this.info(s.rec.sweepId))));
+    } catch {
+      // best effort: a closed or reconnecting connection drops the event
+    }
   }
 
   // ---- the sweep API (used by SweepService) -------------------------------------------
@@ -282,19 +325,21 @@ export class Coordinator extends EventEmitter {
     };
     const agg = newAggregator(spec, sweepId, p.prompts); // before anything is persisted
     await this.store.createSweep(rec);
-    const live: LiveSweep = { rec, spec, agg, prompts: p.prompts, samples: [{ t: now, cells: 0 }], unpersisted: new Set() };
+    const live: LiveSweep = { rec, spec, agg, prompts: p.prompts, samples: [{ t: now, cells: 0 }], unpersisted: new Map(), lastEventMs: 0, lastEventState: "" };
     this.sweeps.set(sweepId, live);
     this.table.setSweep(sweepId, rec.state === "running", rec.maxAttempts);
-    this.scheduler.addShards(
-      p.shards.map((sh) => ({
-        ...LeaseTable.pending(sh.shardId, sweepId, sh.prompt?.promptKey ?? `${sweepId}/${sh.prompt?.index ?? 0}`, sh.cells.length),
-        shard: Buffer.from(sweep.Shard.encode(sh).finish()).toString("base64"),
-      })),
-      true,
-    );
+    this.scheduler.addShards(p.shards.map((sh) => this.shardRecord(sweepId, sh)), true);
+    await this.store.flush(); // the sweep is durable before the caller learns its id
     this.log(`sweep ${sweepId} launched: ${p.prompts.length} prompts (${p.promptErrors.length} with errors), ${p.shards.length} shards, ${p.plannedCells} cells`);
     this.emit("sweep", sweepId);
     return this.info(sweepId);
+  }
+
+  private shardRecord(sweepId: string, sh: sweep.Shard): ShardRecord {
+    return {
+      ...LeaseTable.pending(sh.shardId, sweepId, sh.prompt?.promptKey ?? `${sweepId}/${sh.prompt?.index ?? 0}`, sh.cells.length),
+      shard: Buffer.from(sweep.Shard.encode(sh).finish()).toString("base64"),
+    };
   }
 
   /** The sweep's current SweepInfo. */
@@ -368,8 +413,8 @@ export class Coordinator extends EventEmitter {
     return this.info(sweepId);
   }
 
-  /** Every aggregated cell of the sweep as result rows. */
-  results(sweepId: string): control.ResultRow[] {
+  /** Every aggregated cell of the sweep as result rows, produced lazily. */
+  results(sweepId: string): Iterable<control.ResultRow> {
     const s = this.live(sweepId);
     return resultRows(s.agg);
   }
@@ -430,4 +475,3 @@ export class Coordinator extends EventEmitter {
   }
 }
 
-export { CoordinatorError };

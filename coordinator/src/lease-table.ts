@@ -92,6 +92,8 @@ export class LeaseTable {
   private readonly backoffMaxMs: number;
   private readonly newLeaseId: () => string;
   private readonly shards = new Map<string, ShardEntry>();
+  /** Shards by sweep, so per-sweep counts do not scan every sweep's shards. */
+  private readonly bySweep = new Map<string, Map<string, ShardEntry>>();
   private readonly byLease = new Map<string, ShardEntry>();
   private readonly agents = new Map<string, AgentSlot>();
   private readonly sweeps = new Map<string, SweepSlot>();
@@ -129,7 +131,12 @@ export class LeaseTable {
       this.byLease.set(e.leaseId, e);
       this.promptHome.set(e.promptKey, e.agentId);
     }
+    const prev = this.shards.get(e.shardId);
+    if (prev?.leaseId) this.byLease.delete(prev.leaseId);
     this.shards.set(e.shardId, e);
+    let m = this.bySweep.get(e.sweepId);
+    if (!m) this.bySweep.set(e.sweepId, (m = new Map()));
+    m.set(e.shardId, e);
   }
 
   /** A new pending shard entry. */
@@ -146,7 +153,7 @@ export class LeaseTable {
 
   /** Shards of one sweep, in insertion (plan) order. */
   shardsOf(sweepId: string): ShardEntry[] {
-    return [...this.shards.values()].filter((s) => s.sweepId === sweepId);
+    return [...(this.bySweep.get(sweepId)?.values() ?? [])];
   }
 
   /** Drops a sweep's shards from memory (they stay in the state store). */
@@ -155,6 +162,7 @@ export class LeaseTable {
       this.shards.delete(s.shardId);
       if (s.leaseId) this.byLease.delete(s.leaseId);
     }
+    this.bySweep.delete(sweepId);
     this.sweeps.delete(sweepId);
   }
 

@@ -5,8 +5,8 @@
  * Exactly once: JetStream drops a republished result with the same Nats-Msg-Id (the shard id)
  * inside the stream's duplicate window; the aggregator refuses a shard it already holds (a retry
  * published after the window, or a redelivery); and a message is acked only after the aggregator
- * snapshot that contains it is durable in KV. A coordinator killed before that gets the message
- * again and the restored snapshot either has it (duplicate, ignored) or not (added now).
+ * result is durable in KV. A coordinator killed before that gets the message again, and the
+ * aggregate it rebuilt from KV either has it (duplicate, ignored) or not (added now).
  */
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, StorageType, type JsMsg, type JetStreamManager } from "@nats-io/jetstream";
 import { nanos, type NatsConnection } from "@nats-io/transport-node";
@@ -23,7 +23,7 @@ export interface ResultSink {
    * (no such sweep here: acked and dropped).
    */
   add(result: sweep.ShardResult): "added" | "duplicate" | "unknown";
-  /** Makes the listed sweeps' aggregates (and shard states) durable; acks wait for it. */
+  /** Makes the listed sweeps' new results durable; acks wait for it. */
   persist(sweepIds: Set<string>): Promise<void>;
 }
 
@@ -96,8 +96,8 @@ export class ResultsConsumer {
       await jsm.consumers.add(RESULTS_STREAM, { ...config, deliver_policy: DeliverPolicy.All });
     }
     if (info && info.num_ack_pending > 0) {
-      // Messages a previous coordinator received but never acked (it died before their snapshot
-      // was durable) would wait out ack_wait; re-create the durable at the ack floor instead, so
+      // Messages a previous coordinator received but never acked (it died before they were
+      // durable) would wait out ack_wait; re-create the durable at the ack floor instead, so
       // they come at once. Acked messages above the floor come again too and are duplicates.
       const from = info.ack_floor.stream_seq + 1;
       this.log(`results consumer: ${info.num_ack_pending} unacked result(s) from a previous run; redelivering from stream sequence ${from}`);
@@ -145,10 +145,10 @@ export class ResultsConsumer {
     }
     this.opts.onConsumed?.(outcome === "duplicate");
     this.dirty.add(result.sweepId);
-    this.pending.push(m); // acked once the snapshot holding it is durable, duplicates too
+    this.pending.push(m); // acked once it is durable in KV, duplicates too
   }
 
-  /** Persists the aggregates touched since the last flush, then acks their messages. */
+  /** Persists the results received since the last flush, then acks their messages. */
   async flush(): Promise<void> {
     if (this.flushing) return await this.flushing;
     if (this.pending.length === 0) return;

@@ -28,7 +28,7 @@ const sweepRec = (id: string): SweepRecord => ({
 });
 const shardRec = (sweepId: string, i: number): ShardRecord => ({ ...LeaseTable.pending(`${sweepId}.${i}.0`, sweepId, `${sweepId}/${i}`, 4), shard: "AAEC" });
 
-test("a new coordinator over the same KV loads identical sweep, shard and aggregate state", async () => {
+test("a new coordinator over the same KV loads identical sweep, shard and result state", async () => {
   const a = await StateStore.open(await conn());
   await a.createSweep(sweepRec("sw1"));
   const s0 = shardRec("sw1", 0);
@@ -40,8 +40,11 @@ test("a new coordinator over the same KV loads identical sweep, shard and aggreg
   a.saveShard({ ...s0, state: "done", attempts: 1, leaseId: "L1", agentId: "ag", resultConsumed: true });
   a.saveShard({ ...s1, state: "failed", attempts: 3, lastError: "boom" });
   a.saveSweep({ ...sweepRec("sw1"), doneCells: 4, retries: 2 });
-  const agg = { shards: ["sw1.0.0"], grid: Array.from({ length: 50_000 }, (_, i) => i / 7) };
-  await a.saveAggregate("sw1", agg);
+  const r0 = new Uint8Array([1, 2, 3]);
+  const r1 = new Uint8Array(200_000).fill(7);
+  await a.saveResult("sw1.0.0", r0);
+  await a.saveResult("sw1.1.0", r1);
+  await a.saveResult("sw10.0.0", new Uint8Array([9])); // another sweep whose id starts alike
   await a.flush();
 
   const b = await StateStore.open(await conn());
@@ -52,7 +55,7 @@ test("a new coordinator over the same KV loads identical sweep, shard and aggreg
     { ...s0, state: "done", attempts: 1, leaseId: "L1", agentId: "ag", resultConsumed: true },
     { ...s1, state: "failed", attempts: 3, lastError: "boom" },
   ]);
-  assert.deepEqual(await b.loadAggregate("sw1"), agg);
+  assert.deepEqual((await b.loadResults("sw1")).map((x) => Buffer.from(x)), [Buffer.from(r0), Buffer.from(r1)]);
   // the new coordinator writes over the old one's revisions
   b.saveShard({ ...s1, state: "pending", attempts: 0 });
   await b.flush();

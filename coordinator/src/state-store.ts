@@ -56,7 +56,6 @@ interface Envelope<T> {
 /** Bucket key of a shard: shard ids are `<sweep>.<prompt>.<part>`, valid KV keys already. */
 const EPOCH_KEY = "_coordinator_epoch";
 const ENC = new TextEncoder();
-const DEC = new TextDecoder();
 
 /** Options of {@link StateStore.open}. */
 export interface StateStoreOptions {
@@ -64,6 +63,8 @@ export interface StateStoreOptions {
   onWriteError?: (key: string, err: unknown) => void;
   /** Retry delay for failed background writes; default 250 ms (doubling to 5 s). */
   retryMs?: number;
+  /** Background writes in flight at most; default 128. */
+  maxInFlight?: number;
 }
 
 /** One key's coalescing writer: the newest pending value and whether a write is running. */
@@ -72,23 +73,41 @@ interface KeyWriter {
   running: Promise<void> | undefined;
 }
 
-/** Sweep, shard and aggregate records in JetStream KV with CAS updates. */
+/** Sweep and shard records (CAS updates) and aggregated results in JetStream KV. */
 export class StateStore {
   readonly epoch: number;
   private readonly revisions = new Map<string, number>();
   private readonly writers = new Map<string, KeyWriter>();
   private fenced: StaleCoordinatorError | undefined;
   private closed = false;
+  /** Writes in flight and waiters for a slot: a launch of thousands of shards must not flood NATS with requests that then time out. */
+  private inFlight = 0;
+  private readonly slotWaiters: (() => void)[] = [];
+  private readonly maxInFlight: number;
 
   private constructor(
     private readonly sweeps: KV,
     private readonly shards: KV,
     private readonly aggregates: KV,
     epoch: number,
-    private readonly maxValueBytes: number,
     private readonly opts: StateStoreOptions,
   ) {
     this.epoch = epoch;
+    this.maxInFlight = opts.maxInFlight ?? 128;
+  }
+
+  private async slot(): Promise<void> {
+    if (this.inFlight < this.maxInFlight) {
+      this.inFlight++;
+      return;
+    }
+    await new Promise<void>((res) => this.slotWaiters.push(res));
+  }
+
+  private release(): void {
+    const next = this.slotWaiters.shift();
+    if (next) next(); // the slot passes to the waiter
+    else this.inFlight--;
   }
 
   /** Opens (creating if absent) the three buckets and claims the next coordinator epoch. */
@@ -113,8 +132,7 @@ export class StateStore {
         if (!isWrongSequence(err)) throw err;
       }
     }
-    const maxPayload = nc.info?.max_payload ?? 1024 * 1024;
-    return new StateStore(sweeps, shards, aggregates, epoch, Math.max(64 * 1024, maxPayload - 16 * 1024), opts);
+    return new StateStore(sweeps, shards, aggregates, epoch, opts);
   }
 
   /** Creates a new sweep record; a sweep with this id already existing is refused. */
@@ -146,42 +164,27 @@ export class StateStore {
   }
 
   /**
-   * Writes a sweep's aggregator snapshot and resolves once it is durable. Snapshots larger than
-   * one NATS message are split into chunks under a new generation, then the manifest (the key
-   * `<sweep>`) is switched with CAS, so a reader always sees one complete generation.
+   * Stores an aggregated ShardResult (protobuf) under its shard id and resolves once it is
+   * durable. The aggregate of a sweep is the fold of its stored results, so each result is written
+   * once (O(1) per result, however large the sweep) instead of rewriting a growing snapshot.
    */
-  async saveAggregate(sweepId: string, snapshot: unknown): Promise<void> {
+  async saveResult(shardId: string, result: Uint8Array): Promise<void> {
     this.checkFence();
-    const body = ENC.encode(JSON.stringify(snapshot));
-    const chunkBytes = this.maxValueBytes;
-    const prevKey = `a:${sweepId}`;
-    const prev = await this.aggregates.get(sweepId);
-    const prevManifest = prev && prev.operation === "PUT" ? (JSON.parse(prev.string()) as Envelope<Manifest>).data : undefined;
-    const gen = (prevManifest?.gen ?? 0) + 1;
-    const chunks = Math.max(1, Math.ceil(body.length / chunkBytes));
-    for (let i = 0; i < chunks; i++) {
-      await this.aggregates.put(`${sweepId}.g${gen}.${i}`, body.subarray(i * chunkBytes, (i + 1) * chunkBytes));
-    }
-    const manifest = this.encode<Manifest>({ gen, chunks, bytes: body.length });
-    const rev = prev && prev.operation === "PUT" ? await this.casUpdate(this.aggregates, prevKey, sweepId, manifest, prev.revision) : await this.aggregates.create(sweepId, manifest);
-    this.revisions.set(prevKey, rev);
-    if (prevManifest) {
-      for (let i = 0; i < prevManifest.chunks; i++) await this.aggregates.purge(`${sweepId}.g${prevManifest.gen}.${i}`).catch(() => undefined);
-    }
+    await this.aggregates.put(shardId, result);
   }
 
-  /** The sweep's last aggregator snapshot, or undefined when none was written. */
-  async loadAggregate(sweepId: string): Promise<unknown> {
-    const m = await this.aggregates.get(sweepId);
-    if (!m || m.operation !== "PUT") return undefined;
-    const { data } = JSON.parse(m.string()) as Envelope<Manifest>;
-    const parts: Uint8Array[] = [];
-    for (let i = 0; i < data.chunks; i++) {
-      const c = await this.aggregates.get(`${sweepId}.g${data.gen}.${i}`);
-      if (!c || c.operation !== "PUT") throw new Error(`aggregate snapshot of sweep ${sweepId} misses chunk ${i} of generation ${data.gen}`);
-      parts.push(c.value);
+  /** Every stored ShardResult of a sweep, in shard-id order. */
+  async loadResults(sweepId: string): Promise<Uint8Array[]> {
+    const keys: string[] = [];
+    for await (const k of await this.aggregates.keys(`${sweepId}.>`)) keys.push(k);
+    keys.sort();
+    const out: Uint8Array[] = [];
+    // Parallel gets in slices: a restart with thousands of shards should not take minutes.
+    for (let i = 0; i < keys.length; i += 64) {
+      const got = await Promise.all(keys.slice(i, i + 64).map((k) => this.aggregates.get(k)));
+      for (const e of got) if (e && e.operation === "PUT") out.push(e.value);
     }
-    return JSON.parse(DEC.decode(Buffer.concat(parts)));
+    return out;
   }
 
   /** Every sweep and shard record, for a (re)starting coordinator. */
@@ -251,14 +254,22 @@ export class StateStore {
   private async drain(kv: KV, revKey: string, key: string, w: KeyWriter): Promise<void> {
     let delay = this.opts.retryMs ?? 250;
     while (w.pending && !this.closed && !this.fenced) {
+      await this.slot();
+      // Take the newest value only now: updates queued while waiting for a slot coalesce.
       const value = w.pending;
       w.pending = undefined;
+      if (!value) {
+        this.release();
+        break;
+      }
       try {
         const rev = this.revisions.get(revKey);
         const next = rev ? await this.casUpdate(kv, revKey, key, value, rev) : await this.createOrAdopt(kv, revKey, key, value);
         this.revisions.set(revKey, next);
         delay = this.opts.retryMs ?? 250;
+        this.release();
       } catch (err) {
+        this.release();
         if (err instanceof StaleCoordinatorError) {
           this.fenced = err;
           this.opts.onWriteError?.(key, err);
@@ -300,12 +311,6 @@ export class StateStore {
       return await kv.update(key, value, cur.revision);
     }
   }
-}
-
-interface Manifest {
-  gen: number;
-  chunks: number;
-  bytes: number;
 }
 
 function isWrongSequence(err: unknown): boolean {

@@ -3,7 +3,7 @@
  * `planSweep` and `ResultAggregator`, so a change of their shapes is adapted here alone.
  */
 import type { control, sweep } from "@factsweep/proto";
-import { planSweep, ResultAggregator, type AggregatorState, type SweepSpec } from "@factsweep/shared";
+import { planSweep, ResultAggregator, type SweepSpec } from "@factsweep/shared";
 
 /** A planned sweep: prompts (with per-prompt errors) and shards. */
 export interface Plan {
@@ -28,12 +28,7 @@ export function newAggregator(spec: SweepSpec, sweepId: string, prompts: sweep.P
   return new ResultAggregator({ sweepId, prompts, scheme: spec.token_groups, model: spec.model.id, corruption: spec.corruption.kind });
 }
 
-/** Restores an aggregator from its snapshot. */
-export function aggregatorFromJSON(json: unknown): Aggregator {
-  return ResultAggregator.fromJSON(json as AggregatorState);
-}
-
-/** The aggregator's per-cell rows as ResultRows of the Results RPC. */
-export function resultRows(agg: Aggregator): control.ResultRow[] {
-  return [...agg.rows()];
+/** The aggregator's per-cell rows as ResultRows of the Results RPC (lazily: a sweep may have millions). */
+export function resultRows(agg: Aggregator): Iterable<control.ResultRow> {
+  return agg.rows();
 }

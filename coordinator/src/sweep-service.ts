@@ -85,12 +85,11 @@ export function createSweepService(coord: Coordinator, opts: SweepServiceOptions
     results(call: ServerWritableStream<control.SweepRef, control.ResultRow>): void {
       try {
         checkToken(call.metadata, opts.token);
-        const rows = coord.results(call.request.sweepId);
-        let i = 0;
+        const rows = coord.results(call.request.sweepId)[Symbol.iterator]();
         // Respect back-pressure: write until the buffer is full, continue on drain.
         const pump = () => {
-          while (i < rows.length) {
-            if (!call.write(rows[i++]!)) {
+          for (let r = rows.next(); !r.done; r = rows.next()) {
+            if (!call.write(r.value)) {
               call.once("drain", pump);
               return;
             }

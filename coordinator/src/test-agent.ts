@@ -21,11 +21,11 @@ export type Compute = (shard: sweep.Shard, agentId: string) => Promise<sweep.Sha
  */
 export const fakeEngine = (shard: sweep.Shard, agentId: string): sweep.ShardResult => {
   const pi = shard.prompt?.index ?? 0;
-  return {
-    resultJson: "", sweepId: shard.sweepId, shardId: shard.shardId, promptIndex: pi, agentId, attempt: shard.attempt, answerId: 7,
+  return sweep.ShardResult.fromPartial({
+    sweepId: shard.sweepId, shardId: shard.shardId, promptIndex: pi, agentId, attempt: shard.attempt, answerId: 7,
     pClean: 0.9, pCorrupt: 0.1, engineSeconds: 0, worker: "fake:0",
     cells: shard.cells.map((c) => ({ cell: c, p: fakeP(pi, c.site, c.layer, c.token, c.window), logit: 0 })),
-  };
+  });
 };
 
 /** The p `fakeEngine` reports for a cell. */
