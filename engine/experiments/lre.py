@@ -20,7 +20,9 @@ Params (JSON object)::
     betas: [float], default [1.0]
     train: [{ ids: [int], subject_last: int (position in ids), object_id?: int }]   non-empty
     test:  [{ ids: [int], subject_last: int, object_id: int }]   (may be empty)
-    jacobian_rows: int ≥ 1, output coordinates per backward batch (default: the engine's max batch rows)
+    jacobian_rows: int ≥ 1, output coordinates per backward batch (default min(64, the engine's max
+                   batch rows); each row keeps the autograd graph of the blocks after ℓ on the tokens
+                   from the subject's last on, so lower it for large models and long prompts)
 
 Result (JSON object)::
 
@@ -74,7 +76,7 @@ def _parse(params: dict, engine, model):
         raise bad("train", "a non-empty array of {ids, subject_last, object_id?}", None)
     train = _facts(params["train"], "train", model, need_object=False, nonempty=True)
     test = _facts(params.get("test", []), "test", model, need_object=True, nonempty=False)
-    rows = as_int(params.get("jacobian_rows", engine.max_batch_rows), "jacobian_rows", 1)
+    rows = as_int(params.get("jacobian_rows", min(64, engine.max_batch_rows)), "jacobian_rows", 1)
     return layer, betas, train, test, rows
 
 

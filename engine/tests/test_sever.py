@@ -43,14 +43,14 @@ def engine(tmp_path_factory):
     return eng
 
 
-def grid(name, paths):
+def grid(paths):
     L = 4
     return [{"token": t, "layer": l, "path": p} for p in paths for l in range(L) for t in range(len(IDS))]
 
 
 @pytest.mark.parametrize("name,corruption", CASES)
 def test_severing_no_path_equals_plain_restoration_of_the_residual(engine, name, corruption):
-    cells = grid(name, ["none"])
+    cells = grid(["none"])
     res = experiments.run(engine, name, "sever", corruption, {"cells": cells})
     ref = engine.run_cells(name, corruption, [CellSpec("residual", c["layer"], c["token"], 1) for c in cells])
     assert res["p"] == pytest.approx([p for p, _ in ref], abs=1e-6)
@@ -64,7 +64,7 @@ def test_freezing_a_path_equals_a_full_forward_that_writes_the_corrupted_values_
     """Reference: per cell, a full forward of the corrupted rows whose hook writes the clean residual
     at (token, layer) and, at every later layer, each row's own corrupted value of the path at that token."""
     paths = MODELS[name][2]
-    cells = grid(name, paths)
+    cells = grid(paths)
     res = experiments.run(engine, name, "sever", corruption, {"cells": cells})
     ck = engine._model(name)
     model = ck.model

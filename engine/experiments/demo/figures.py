@@ -3,7 +3,7 @@ behind the paper's plots, for models/mamba-facts and models/neox-facts). Uses th
 through ``engine.experiments.run``: the same call the worker makes for RunExperiment.
 
     node engine/experiments/demo/tokenize_world.mjs --per 40 > /tmp/facts.json
-    bash scripts/engine-python.sh -m engine.experiments.demo.figures /tmp/facts.json [--per 5] [--window 3]
+    bash scripts/engine-python.sh -m engine.experiments.demo.figures /tmp/facts.json [--per 5] [--window 3] [--device cuda]
 
 Prompts: each relation's first template, facts the model recalls (top-1 = the object's first token).
 Knockout and sever use the subject swap of romba (another fact of the relation, same token layout,
@@ -29,11 +29,11 @@ PATHS = {"mamba": ["none", "ssm", "gate", "mixer"], "neox": ["none", "attn", "ml
 
 
 def known(eng, name, facts):
-    model = eng._model(name).model
+    ck = eng._model(name)
     out = []
     with torch.no_grad():
         for f in facts:
-            if int(model(torch.tensor([f["ids"]]))[0][0, -1].argmax()) == f["object_id"]:
+            if int(ck.model(torch.tensor([f["ids"]], device=ck.device))[0][0, -1].argmax()) == f["object_id"]:
                 out.append(f)
     return out
 
@@ -57,11 +57,12 @@ def main():
     ap.add_argument("--per", type=int, default=5, help="prompts per relation for knockout and sever")
     ap.add_argument("--window", type=int, default=3, help="knockout window (layers)")
     ap.add_argument("--lre-test", type=int, default=30)
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     data = json.load(open(a.facts))
     eng = Engine()
     for name, path in MODELS.items():
-        info = eng.load_model(name, os.path.join(ROOT, path))
+        info = eng.load_model(name, os.path.join(ROOT, path), device=a.device)
         L = info.num_layers
         print(f"\n=== {name} ({path}): {L} layers, d {info.hidden_size} ===")
         prompts = []
