@@ -80,6 +80,10 @@ def test_neox_knockout_of_every_earlier_position_in_every_layer_is_the_model_on_
     assert row["p_knocked"] == pytest.approx(alone, abs=1e-5)
     assert abs(res["p"] - alone) > 1e-3  # the context mattered before the knockout
 
+    # blocking every key, the last token's own included, reads nothing: a finite answer, not NaN
+    res = run(engine, name, layer=L // 2, window=2 * L, token_sets=[{"name": "all", "positions": list(range(T))}])
+    assert 0.0 <= res["rows"][0]["p_knocked"] <= 1.0
+
 
 def test_mamba_knockout_of_every_earlier_position_in_every_layer_leaves_p_depending_on_the_last_token_only(engine):
     """Mamba mean-ablation is not the one-token run (the ablated positions still feed the conv and
