@@ -186,6 +186,14 @@ const agentsGpus = build(
         [`histogram_quantile(0.99, sum by (le, instance) (${rate("factsweep_publish_seconds_bucket", `${AGENT}, instance=~"$instance"`)}))`, "{{instance}}"],
       ]),
     ],
+    [
+      panel("timeseries", "Agent resident memory", "Resident memory of each agent's Node process (engine workers are separate processes).", "bytes", [
+        [`factsweep_node_agent_process_resident_memory_bytes{${AGENT}, instance=~"$instance"}`, "{{instance}}"],
+      ]),
+      panel("timeseries", "Agent CPU", "CPU seconds per second used by each agent's Node process.", "percentunit", [
+        [rate("factsweep_node_agent_process_cpu_seconds_total", `${AGENT}, instance=~"$instance"`), "{{instance}}"],
+      ]),
+    ],
   ],
 );
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-pkgs=(nats-server protobuf-compiler python3-torch python3-protobuf python3-numpy python3-pytest python3-yaml chromium)
+pkgs=(nats-server protobuf-compiler python3-torch python3-protobuf python3-numpy python3-pytest chromium prometheus docker-compose systemd)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

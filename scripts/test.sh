@@ -5,12 +5,12 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash scripts/setup.sh
-golden=${GOLDEN_DIR:-$root/../shared/golden}
+golden=$(cd "${GOLDEN_DIR:-$root/../shared/golden}" 2>/dev/null && pwd || echo "${GOLDEN_DIR:-$root/../shared/golden}")
 step() { echo; echo "=== $*"; }
 step "generated code is current"
 npm run -s gen:check
 step "engine: pytest"
-bash scripts/engine-python.sh -m pytest -q -p no:cacheprovider engine/tests
+GOLDEN_DIR="$golden" bash scripts/engine-python.sh -m pytest -q -p no:cacheprovider engine/tests training/tests
 if [ -d "$golden" ]; then
   step "engine: golden check against $golden"
   bash scripts/engine-python.sh -m engine.golden_check --golden "$golden"

@@ -37,7 +37,8 @@ COPY --from=build /src/shared/dist shared/dist
 COPY --from=build /src/node-agent/package.json node-agent/
 COPY --from=build /src/node-agent/dist node-agent/dist
 COPY engine engine
-ENV PYTHONPATH=/app PYTHONUNBUFFERED=1 NODE_ENV=production
+# The agent starts engine workers with this interpreter (the image's PyTorch).
+ENV PYTHONPATH=/app PYTHONUNBUFFERED=1 NODE_ENV=production FACTSWEEP_PYTHON=/opt/conda/bin/python
 RUN useradd --create-home --uid 1000 factsweep && mkdir -p /models && chown factsweep /models
 USER factsweep
 # HTTP: /metrics and health

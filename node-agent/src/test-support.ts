@@ -70,7 +70,17 @@ export async function startResultsNats(): Promise<{ server: NatsServerHandle; nc
 
 /** Every ShardResult stored for a sweep, in stream order. */
 export async function storedResults(jsm: JetStreamManager, sweepId: string): Promise<{ seq: number; msgId: string | undefined; result: sweep.ShardResult }[]> {
-  const info = await jsm.streams.info(RESULTS_STREAM);
+  // Right after a nats-server restart JetStream may still be recovering its streams (seconds on a
+  // loaded machine): retry the read for a bounded while instead of failing on the first timeout.
+  let info: Awaited<ReturnType<JetStreamManager["streams"]["info"]>> | undefined;
+  for (let attempt = 0; !info; attempt++) {
+    try {
+      info = await jsm.streams.info(RESULTS_STREAM);
+    } catch (err) {
+      if (attempt >= 10) throw err;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
   const out: { seq: number; msgId: string | undefined; result: sweep.ShardResult }[] = [];
   for (let seq = info.state.first_seq; seq <= info.state.last_seq && info.state.messages > 0; seq++) {
     const m = await jsm.streams.getMessage(RESULTS_STREAM, { seq }).catch(() => null);

@@ -90,14 +90,16 @@ export const PROJECT_METRICS: ReadonlySet<string> = new Set(Object.values(METRIC
 
 /**
  * Metrics the expressions may use besides the project's: prom-client's default process and Node
- * metrics, which the coordinator exports with the prefix `factsweep_coordinator_` (the agent
- * exports none), and Prometheus' own per-target `up`.
+ * metrics, exported with the prefix `factsweep_<component>_` (shared's createRegistry:
+ * `factsweep_coordinator_`, `factsweep_node_agent_`), and Prometheus' own per-target `up`.
  */
 export const DEFAULT_METRICS: ReadonlySet<string> = new Set([
   "up",
   "factsweep_coordinator_process_resident_memory_bytes",
   "factsweep_coordinator_nodejs_eventloop_lag_p99_seconds",
   "factsweep_coordinator_nodejs_heap_size_used_bytes",
+  "factsweep_node_agent_process_resident_memory_bytes",
+  "factsweep_node_agent_process_cpu_seconds_total",
 ]);
 
 /** Metrics that Prometheus itself attaches to every target, so no /metrics page lists them. */

@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { parse } from "yaml";
+import { parseSweepSpec } from "@factsweep/shared";
 import { kustomizations, objectKey, parseRendered, renderKustomization, validateObjects, type K8sObject } from "./kustomize.js";
 import { kubernetesDir } from "./paths.js";
 import { run, which } from "./tools.js";
@@ -98,16 +99,37 @@ test("every ConfigMap, Secret and volume claim a pod uses is in each overlay's r
   }
 });
 
-test("the NATS Helm values run 3 JetStream servers on persistent volumes with the overlays' credentials Secret", () => {
+test("the NATS Helm values run 3 JetStream servers on persistent volumes, and the production overlay holds the credentials file clients use", () => {
   const values = parse(readFileSync(join(kubernetesDir, "nats", "values.yaml"), "utf8")) as any;
   assert.equal(values.config.cluster.enabled, true);
   assert.equal(values.config.cluster.replicas, 3);
   assert.equal(values.config.jetstream.enabled, true);
   assert.equal(values.config.jetstream.fileStore.enabled, true);
   assert.equal(values.config.jetstream.fileStore.pvc.enabled, true);
-  const secretNames = new Set(Object.values(values.container.env as Record<string, any>).map((e) => e.valueFrom.secretKeyRef.name));
-  for (const dir of overlays) {
-    const names = new Set(renderKustomization(dir).filter((o) => o.kind === "Secret").map((o) => o.metadata.name));
-    for (const s of [...secretNames, values.config.nats.tls.secretName]) assert.ok(names.has(s), `${dir} creates Secret ${s}`);
+  // The included resolver config is mounted where the include points (relative to /etc/nats-config).
+  const mount = values.container.patch[0].value.mountPath as string;
+  assert.equal(join("/etc/nats-config", values.config.merge.$include), join(mount, "resolver.conf"));
+  const objs = renderKustomization(join(kubernetesDir, "overlays", "production"));
+  const creds = find(objs, "Secret", "factsweep-nats-credentials") as any;
+  assert.deepEqual(Object.keys(creds.data), ["nats.creds"]);
+  for (const kind of ["Deployment", "DaemonSet"]) {
+    const o = objs.find((x) => x.kind === kind)!;
+    const c = podSpecOf(o).containers[0];
+    const mountPath = c.volumeMounts.find((m: any) => m.name === "nats-credentials").mountPath;
+    assert.ok(c.args.includes(`--nats-creds=${mountPath}/nats.creds`), `${objectKey(o)} passes the mounted credentials file`);
+  }
+});
+
+test("the sweep specs shipped in the factsweep-sweeps ConfigMap are valid and read checkpoints from the model root", () => {
+  const objs = renderKustomization(join(kubernetesDir, "base"));
+  const config = (find(objs, "ConfigMap", "factsweep-config") as any).data;
+  const sweeps = (find(objs, "ConfigMap", "factsweep-sweeps") as any).data as Record<string, string>;
+  const coord = podSpecOf(find(objs, "Deployment", "factsweep-coordinator"));
+  const sweepsVolume = coord.volumes.find((v: any) => v.configMap?.name === "factsweep-sweeps").name;
+  assert.equal(coord.containers[0].volumeMounts.find((m: any) => m.name === sweepsVolume).mountPath, config.SWEEP_ROOT);
+  assert.ok(Object.keys(sweeps).length > 0);
+  for (const [file, text] of Object.entries(sweeps)) {
+    const spec = parseSweepSpec(text, { baseDir: config.SWEEP_ROOT });
+    assert.ok(spec.model.path.startsWith(`${config.MODEL_ROOT}/`), `${file}: model.path ${spec.model.path} is under ${config.MODEL_ROOT}`);
   }
 });

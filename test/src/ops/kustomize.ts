@@ -96,12 +96,12 @@ function generate(file: string, dir: string, kind: "ConfigMap" | "Secret", g: an
 }
 
 interface JsonPatchOp {
-  op: "add" | "replace" | "remove";
+  op: "add" | "replace" | "remove" | "test";
   path: string;
   value?: unknown;
 }
 
-/** RFC 6902 add/replace/remove, in place. */
+/** RFC 6902 add/replace/remove/test, in place; a failed `test` throws (the patch would misapply). */
 export function applyJsonPatch(target: unknown, ops: JsonPatchOp[], where: string): void {
   for (const { op, path, value } of ops) {
     const keys = path.split("/").slice(1).map((s) => s.replace(/~1/g, "/").replace(/~0/g, "~"));
@@ -111,6 +111,11 @@ export function applyJsonPatch(target: unknown, ops: JsonPatchOp[], where: strin
     for (const key of keys) {
       parent = parent?.[Array.isArray(parent) ? Number(key) : key];
       if (parent === undefined) throw new Error(`${where}: ${op} ${path}: ${key} does not exist`);
+    }
+    if (op === "test") {
+      const actual = parent?.[Array.isArray(parent) ? Number(last) : last];
+      if (JSON.stringify(actual) !== JSON.stringify(value)) throw new Error(`${where}: test ${path}: expected ${JSON.stringify(value)}, found ${JSON.stringify(actual)}`);
+      continue;
     }
     if (Array.isArray(parent)) {
       const i = last === "-" ? parent.length : Number(last);
