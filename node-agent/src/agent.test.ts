@@ -59,7 +59,7 @@ test("the agent says hello, grants credit, runs a leased shard, reports it done 
     assert.equal(s.call.metadata.get("authorization")[0], "Bearer s3cret");
     assert.deepEqual(hello.workers.map((w) => [w.device, w.ready]), [["cpu:0", true]]);
     s.send({ $case: "welcome", welcome: { sessionId: "s1", leaseTtlMs: 30_000, heartbeatIntervalMs: 100, natsResultsSubjectPrefix: "factsweep.results" } });
-    assert.equal((await s.next("credit")).credit.slots, 1, "credit equals the free worker slots");
+    assert.equal((await s.next("credit")).credit.slots, 2, "credit is one running and one prefetched lease per free worker (--prefetch 1)");
 
     const { shard } = goldenSwapShard("sw-agent");
     s.send({ $case: "lease", lease: { leaseId: "L1", shard, ttlMs: 30_000 } });
@@ -141,7 +141,7 @@ test("when the coordinator dies mid-shard the agent finishes the shard, publishe
       s2.send({ $case: "welcome", welcome: { sessionId: "s2", leaseTtlMs: 30_000, heartbeatIntervalMs: 50, natsResultsSubjectPrefix: "" } });
       const done = (await s2.next("done")).done;
       assert.deepEqual([done.leaseId, done.shardId, done.publishedSeq], ["L1", shard.shardId, stored[0]!.seq]);
-      assert.equal((await s2.next("credit")).credit.slots, 1);
+      assert.equal((await s2.next("credit")).credit.slots, 2, "after the shard ended, one running and one prefetched lease again");
       assert.ok(a.logs.some((l) => /reconnecting to coordinator/.test(l)), "the reconnect is logged");
     } finally {
       a.proc.kill("SIGTERM");

@@ -40,6 +40,8 @@ export interface AgentOptions {
   httpHost?: string;
   /** Cells per RunCells. Default 64. */
   batchSize?: number;
+  /** Leases queued per worker beyond the running one (default 1): the next shard is already here when one ends. */
+  prefetch?: number;
   cacheBudgetBytes?: number;
   /** On drain, running shards get this long to finish before they are handed back. Default 10 min. */
   drainTimeoutMs?: number;
@@ -307,7 +309,7 @@ export class Agent {
     const outbox = this.outbox;
     this.outbox = [];
     for (const m of outbox) call.write(m);
-    const free = this.opts.slots.length - this.leases.size;
+    const free = this.capacity() - this.leases.size;
     if (!this.draining && free > 0) this.send({ body: { $case: "credit", credit: { slots: free } } });
   }
 
@@ -332,6 +334,11 @@ export class Agent {
         },
       },
     });
+  }
+
+  /** Leases this agent holds at most: one running per worker plus `prefetch` queued per worker. */
+  private capacity(): number {
+    return this.opts.slots.length * (1 + Math.max(0, this.opts.prefetch ?? 1));
   }
 
   private cachedPromptKeys(): string[] {

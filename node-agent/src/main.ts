@@ -48,6 +48,7 @@ interface Flags {
   natsCreds?: string;
   maxSlots?: number;
   batchSize: number;
+  prefetch: number;
   cacheBudgetBytes?: number;
   drainTimeout: number;
   enginePython?: string;
@@ -72,7 +73,8 @@ export function program(): Command {
     .option("--tls-cert <file>", "PEM client certificate of this agent (mTLS; needs --tls-key)")
     .option("--tls-key <file>", "PEM private key of --tls-cert")
     .option("--nats-creds <file>", "NATS credentials file (.creds)")
-    .option("--batch-size <n>", "cells per engine RunCells request", int("--batch-size", 1), 64)
+    .option("--batch-size <n>", "cells per engine RunCells request (0: the whole shard; the engine batches cells of one token itself)", int("--batch-size", 0), 0)
+    .option("--prefetch <n>", "leases queued per worker beyond the one running, so a worker never waits for the next grant", int("--prefetch", 0), 1)
     .option("--cache-budget-bytes <n>", "engine prompt-cache budget per worker (default: the engine's)", int("--cache-budget-bytes", 0))
     .option("--drain-timeout <seconds>", "on drain, how long running shards may finish before they are handed back", int("--drain-timeout", 0), 600)
     .option("--engine-python <path>", "Python with torch for the engine workers (default: env FACTSWEEP_PYTHON or scripts/find-python.sh)")
@@ -132,6 +134,7 @@ async function main(argv: string[]): Promise<number> {
     httpPort: flags.httpPort,
     httpHost: flags.httpHost,
     batchSize: flags.batchSize,
+    prefetch: flags.prefetch,
     cacheBudgetBytes: flags.cacheBudgetBytes,
     drainTimeoutMs: flags.drainTimeout * 1000,
     log,
