@@ -122,7 +122,7 @@ def hf_model(name: str, dtype, device, seed: int):
     return model, config.to_dict()
 
 
-def run_config(name: str, dtype_name: str, T: int, corruption: str, device, args) -> dict:
+def run_config(name: str, dtype_name: str, T: int, corruption: str, device, args, residual_only: bool = False) -> dict:
     dtype = DTYPES[dtype_name]
     cfg = SHAPES[name]
     L = cfg["num_hidden_layers"]
@@ -150,7 +150,8 @@ def run_config(name: str, dtype_name: str, T: int, corruption: str, device, args
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
 
-    sites = GRIDS[cfg["model_type"]] if not args.residual_only else GRIDS[cfg["model_type"]][:1]
+    sites = GRIDS[cfg["model_type"]] if not (args.residual_only or residual_only) else GRIDS[cfg["model_type"]][:1]
+    result["sites"] = [s for s, _ in sites]
     cells = [CellSpec(s, l, t, w) for s, w in sites for l in range(L) for t in range(T)]
     base_cells = [Cell(c.site, c.layer, c.token, c.window) for c in cells]
     if corruption == "swap":
@@ -224,8 +225,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")
-    ap.add_argument("--configs", default="mamba-2.8b:bf16:16:swap,mamba-2.8b:bf16:16:noise,pythia-2.8b:bf16:16:swap,mamba-2.8b:fp32:16:swap",
-                    help="comma-separated model:dtype:tokens:corruption")
+    ap.add_argument("--configs", default="mamba-2.8b:bf16:16:swap,pythia-2.8b:bf16:16:swap,mamba-2.8b:fp32:16:swap,mamba-2.8b:bf16:16:noise:residual",
+                    help="comma-separated model:dtype:tokens:corruption[:residual] (':residual' times the residual grid only)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rows", type=int, default=256, help="rows a forward (engine and batched hooks)")
     ap.add_argument("--samples", type=int, default=10, help="noise samples")
@@ -235,15 +236,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    configs = [c.split(":") for c in args.configs.split(",")]
+    configs = [(c.split(":") + [""])[:5] for c in args.configs.split(",")]
     if args.quick:
-        configs = [[m.replace("2.8b", "tiny"), d, t, c] for m, d, t, c in configs]
+        configs = [[m.replace("2.8b", "tiny"), d, t, c, r] for m, d, t, c, r in configs]
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     results = []
-    for m, d, t, c in configs:
-        print(f"--- {m} {d} T={t} {c}", flush=True)
+    for m, d, t, c, only in configs:
+        print(f"--- {m} {d} T={t} {c} {only}", flush=True)
         try:
-            r = run_config(m, d, int(t), c, device, args)
+            r = run_config(m, d, int(t), c, device, args, residual_only=only == "residual")
         except Exception as exc:
             traceback.print_exc()
             r = {"model": m, "dtype": d, "tokens": int(t), "corruption": c, "error": f"{type(exc).__name__}: {exc}"}
@@ -255,7 +256,7 @@ def main(argv=None) -> int:
     print(f"\n{env}")
     print(f"{'config':36} {'cells':>6} {'engine s':>9} {'cells/s':>9} {'batched s':>9} {'x batched':>9} {'naive s':>9} {'x naive':>8} {'floor':>6} {'peak GiB':>8} {'max|dp|':>8}")
     for r in results:
-        name = f"{r['model']} {r['dtype']} T{r['tokens']} {r['corruption']}"
+        name = f"{r['model']} {r['dtype']} T{r['tokens']} {r['corruption']}{' (residual)' if r.get('sites') == ['residual'] else ''}"
         if "error" in r:
             print(f"{name:36} error: {r['error']}")
             continue
