@@ -1,0 +1,110 @@
+/**
+ * gRPC AgentService: one long-lived bidi stream per node agent. The first message must be a
+ * hello with the agent protocol version (a mismatch is refused with FAILED_PRECONDITION naming
+ * both versions) and, when the coordinator has one, the API token; the coordinator answers with
+ * a welcome (lease TTL, heartbeat interval). Then credit, heartbeats, done and failed flow in,
+ * lease grants, cancels and drains flow out. When the stream ends the agent's leases are re-queued.
+ */
+import { randomUUID } from "node:crypto";
+import { status, type ServerDuplexStream } from "@grpc/grpc-js";
+import { agent, AGENT_PROTOCOL_VERSION } from "@factsweep/proto";
+import { RESULTS_SUBJECT_PREFIX } from "@factsweep/shared";
+import { ProtocolVersionError, UnauthenticatedError } from "./errors.js";
+import type { AgentSession, Scheduler } from "./scheduler.js";
+import { tokenFromMetadata } from "./auth.js";
+
+/** Options of {@link createAgentService}. */
+export interface AgentServiceOptions {
+  scheduler: Scheduler;
+  leaseTtlMs: number;
+  heartbeatMs: number;
+  /** When set, agents must present it (hello.token or `authorization: Bearer`). */
+  token?: string;
+  /** Protocol version this coordinator speaks; default AGENT_PROTOCOL_VERSION (tests override). */
+  protocolVersion?: number;
+  /** False while the coordinator loads its state: agents are told to come back later. */
+  isReady?: () => boolean;
+  log?: (msg: string) => void;
+}
+
+type Call = ServerDuplexStream<agent.AgentMessage, agent.CoordinatorMessage>;
+
+/** The AgentService implementation for `server.addService(agent.AgentServiceService, ...)`. */
+export function createAgentService(opts: AgentServiceOptions): agent.AgentServiceServer {
+  const version = opts.protocolVersion ?? AGENT_PROTOCOL_VERSION;
+  const log = opts.log ?? (() => undefined);
+  return {
+    connect(call: Call): void {
+      let session: (AgentSession & { ended: boolean }) | undefined;
+      const fail = (code: status, details: string): void => {
+        call.emit("error", { code, details });
+      };
+      const end = (reason: string): void => {
+        if (session && !session.ended) {
+          session.ended = true;
+          opts.scheduler.detach(session, reason);
+        }
+      };
+      call.on("data", (msg: agent.AgentMessage) => {
+        const body = msg.body;
+        if (!body) return;
+        if (!session) {
+          if (body.$case !== "hello") {
+            fail(status.FAILED_PRECONDITION, `AgentService/Connect: the first message must be a hello, got ${body.$case}`);
+            return;
+          }
+          const h = body.hello;
+          if (h.protocolVersion !== version) {
+            const err = new ProtocolVersionError(h.agentId || "(no id)", h.protocolVersion, version);
+            log(err.message);
+            fail(err.code, err.message);
+            return;
+          }
+          if (opts.token && h.token !== opts.token && tokenFromMetadata(call.metadata) !== opts.token) {
+            const err = new UnauthenticatedError(`agent "${h.agentId}" refused: missing or wrong token; start the agent with the coordinator's --token`);
+            fail(err.code, err.message);
+            return;
+          }
+          if (!h.agentId) {
+            fail(status.INVALID_ARGUMENT, "AgentService/Connect: hello.agent_id is empty; give every agent a unique id (--agent-id)");
+            return;
+          }
+          if (opts.isReady && !opts.isReady()) {
+            fail(status.UNAVAILABLE, "coordinator is starting (loading state); retry shortly");
+            return;
+          }
+          const sessionId = randomUUID();
+          session = {
+            agentId: h.agentId, sessionId, hostname: h.hostname, workers: h.workers.length, lastSeenMs: Date.now(), ended: false,
+            send: (m) => {
+              if (!session?.ended && !call.writableEnded) call.write(m);
+            },
+            close: (reason) => {
+              if (session) session.ended = true;
+              fail(status.ABORTED, reason);
+            },
+          };
+          call.write({
+            body: { $case: "welcome", welcome: { sessionId, leaseTtlMs: opts.leaseTtlMs, heartbeatIntervalMs: opts.heartbeatMs, natsResultsSubjectPrefix: RESULTS_SUBJECT_PREFIX } },
+          });
+          opts.scheduler.attach(session, h.cachedPromptKeys);
+          return;
+        }
+        switch (body.$case) {
+          case "credit": opts.scheduler.credit(session, body.credit.slots); break;
+          case "heartbeat": opts.scheduler.heartbeat(session, body.heartbeat); break;
+          case "done": opts.scheduler.done(session, body.done); break;
+          case "failed": opts.scheduler.failed(session, body.failed); break;
+          case "hello": break; // a repeated hello changes nothing
+        }
+      });
+      call.on("end", () => {
+        end("stream closed by the agent");
+        if (!call.writableEnded) call.end();
+      });
+      call.on("cancelled", () => end("stream cancelled"));
+      call.on("error", () => end("stream error"));
+      call.on("close", () => end("stream closed"));
+    },
+  };
+}

@@ -1,0 +1,203 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { LeaseTable } from "./lease-table.js";
+
+/** A table over a hand-driven clock, with predictable lease ids. */
+function setup(opts: { maxAttempts?: number; ttl?: number } = {}) {
+  let now = 1_000_000;
+  let n = 0;
+  const t = new LeaseTable({ clock: () => now, leaseTtlMs: opts.ttl ?? 1000, backoffBaseMs: 100, backoffMaxMs: 1000, newLeaseId: () => `L${++n}` });
+  t.setSweep("s1", true, opts.maxAttempts ?? 3);
+  return { t, advance: (ms: number) => (now += ms) };
+}
+
+test("a lease not renewed within its TTL expires and the shard is re-leased after the backoff", () => {
+  const { t, advance } = setup();
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "s1/0", 4));
+  t.connectAgent("a");
+  t.addCredit("a", 1);
+  const [g] = t.schedule();
+  assert.equal(g?.shardId, "s1.0.0");
+  advance(999);
+  assert.equal(t.expire().expirations, 0, "still within TTL");
+  advance(1);
+  const ch = t.expire();
+  assert.equal(ch.expirations, 1);
+  assert.equal(ch.retries, 1);
+  assert.equal(t.get("s1.0.0")?.state, "pending");
+  t.addCredit("a", 1);
+  assert.deepEqual(t.schedule(), [], "backoff of 100 ms not over yet");
+  advance(100);
+  const [g2] = t.schedule();
+  assert.equal(g2?.attempt, 2);
+  assert.notEqual(g2?.leaseId, g?.leaseId);
+});
+
+test("heartbeats renew only the leases the agent holds", () => {
+  const { t, advance } = setup();
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "s1/0", 4));
+  t.connectAgent("a");
+  t.connectAgent("b");
+  t.addCredit("a", 1);
+  const [g] = t.schedule();
+  advance(800);
+  assert.equal(t.renew("b", [g!.leaseId]), 0, "another agent cannot renew it");
+  assert.equal(t.renew("a", [g!.leaseId]), 1);
+  advance(800);
+  assert.equal(t.expire().expirations, 0);
+  advance(201);
+  assert.equal(t.expire().expirations, 1);
+});
+
+test("backoff doubles per attempt up to its cap", () => {
+  const { t } = setup();
+  assert.deepEqual([1, 2, 3, 4, 5, 6].map((a) => t.backoffMs(a)), [100, 200, 400, 800, 1000, 1000]);
+});
+
+test("a shard whose leases keep expiring fails after max_attempts with its last error, and resume re-queues it", () => {
+  const { t, advance } = setup({ maxAttempts: 2 });
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "s1/0", 4));
+  t.connectAgent("a");
+  let failed = 0;
+  for (let i = 0; i < 2; i++) {
+    t.addCredit("a", 1);
+    assert.equal(t.schedule().length, 1);
+    advance(1000);
+    failed += t.expire().newlyFailed;
+    advance(1000);
+  }
+  assert.equal(failed, 1);
+  const s = t.get("s1.0.0")!;
+  assert.equal(s.state, "failed");
+  assert.match(s.lastError, /expired.*gave up after 2 attempt/);
+  t.addCredit("a", 1);
+  assert.equal(t.schedule().length, 0, "a failed shard is not leased again");
+  assert.deepEqual(t.counts("s1").failedShards, ["s1.0.0"]);
+  t.resumeSweep("s1");
+  assert.equal(t.schedule()[0]?.attempt, 1);
+});
+
+test("a non-retryable failure fails the shard at once; a retryable one re-queues it", () => {
+  const { t } = setup();
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "s1/0", 4));
+  t.restore(LeaseTable.pending("s1.1.0", "s1", "s1/1", 4));
+  t.connectAgent("a");
+  t.addCredit("a", 2);
+  const [g0, g1] = t.schedule();
+  const c0 = t.fail("a", g0!.leaseId, g0!.shardId, "prompt too long", false);
+  assert.equal(c0.newlyFailed, 1);
+  assert.equal(t.get("s1.0.0")?.lastError, "prompt too long");
+  const c1 = t.fail("a", g1!.leaseId, g1!.shardId, "worker died", true);
+  assert.equal(c1.retries, 1);
+  assert.equal(t.get("s1.1.0")?.state, "pending");
+});
+
+test("a shard goes to the agent that holds its prompt's cached runs", () => {
+  const { t } = setup();
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "p0", 4));
+  t.restore(LeaseTable.pending("s1.1.0", "s1", "p1", 4));
+  t.connectAgent("a", ["p1"]);
+  t.connectAgent("b", ["p0"]);
+  t.addCredit("a", 1);
+  t.addCredit("b", 1);
+  const grants = Object.fromEntries(t.schedule().map((g) => [g.shardId, g.agentId]));
+  assert.deepEqual(grants, { "s1.0.0": "b", "s1.1.0": "a" });
+});
+
+test("the second shard of a prompt follows the first to the same agent; other work is spread by load", () => {
+  const { t } = setup();
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "p0", 4));
+  t.restore(LeaseTable.pending("s1.0.1", "s1", "p0", 4));
+  t.restore(LeaseTable.pending("s1.1.0", "s1", "p1", 4));
+  t.connectAgent("a");
+  t.connectAgent("b");
+  t.addCredit("a", 2);
+  t.addCredit("b", 2);
+  const grants = Object.fromEntries(t.schedule().map((g) => [g.shardId, g.agentId]));
+  assert.equal(grants["s1.0.0"], grants["s1.0.1"]);
+  assert.notEqual(grants["s1.1.0"], grants["s1.0.0"]);
+});
+
+test("a disconnected agent's leases are re-queued and its credit is gone", () => {
+  const { t, advance } = setup();
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "p0", 4));
+  t.connectAgent("a");
+  t.connectAgent("b");
+  t.addCredit("a", 5);
+  t.schedule();
+  const ch = t.disconnectAgent("a");
+  assert.equal(ch.changed.length, 1);
+  assert.equal(t.get("s1.0.0")?.state, "pending");
+  advance(100);
+  t.addCredit("b", 1);
+  assert.equal(t.schedule()[0]?.agentId, "b");
+});
+
+test("a shard counts as done only once its result is aggregated, and a late second holder is revoked", () => {
+  const { t, advance } = setup();
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "p0", 4));
+  t.connectAgent("a");
+  t.connectAgent("b");
+  t.addCredit("a", 1);
+  const [g] = t.schedule();
+  advance(1000);
+  t.expire();
+  advance(100);
+  t.addCredit("b", 1);
+  const [g2] = t.schedule();
+  assert.equal(g2?.agentId, "b");
+  // agent a finished after all: its stale completion changes nothing, its result arrives
+  assert.equal(t.complete("a", g!.leaseId, "s1.0.0").changed.length, 0);
+  const ch = t.resultConsumed("s1.0.0");
+  assert.deepEqual(ch.revoked.map((r) => r.agentId), ["b"]);
+  assert.equal(t.counts("s1").done, 1);
+  assert.equal(t.counts("s1").doneCells, 4);
+  assert.equal(t.inFlight(), 0);
+});
+
+test("a completion whose result never arrives is re-run", () => {
+  const { t, advance } = setup();
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "p0", 4));
+  t.connectAgent("a");
+  t.addCredit("a", 1);
+  const [g] = t.schedule();
+  t.complete("a", g!.leaseId, "s1.0.0");
+  assert.equal(t.counts("s1").done, 0);
+  advance(4000);
+  assert.equal(t.expire().retries, 1);
+  assert.equal(t.get("s1.0.0")?.state, "pending");
+});
+
+test("cancel revokes leases and stops grants without spending attempts", () => {
+  const { t } = setup();
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "p0", 4));
+  t.connectAgent("a");
+  t.addCredit("a", 2);
+  t.schedule();
+  const ch = t.cancelSweep("s1");
+  assert.equal(ch.revoked.length, 1);
+  assert.equal(t.get("s1.0.0")?.attempts, 0);
+  assert.equal(t.schedule().length, 0);
+});
+
+test("a draining agent gets no new leases", () => {
+  const { t } = setup();
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "p0", 4));
+  t.connectAgent("a");
+  t.addCredit("a", 2);
+  t.drainAgent("a");
+  assert.equal(t.schedule().length, 0);
+});
+
+test("a lease restored after a coordinator restart gets a fresh TTL for its agent to reconnect", () => {
+  const { t, advance } = setup();
+  const e = { ...LeaseTable.pending("s1.0.0", "s1", "p0", 4), state: "leased" as const, attempts: 1, leaseId: "old", agentId: "a", leaseExpiresMs: 0 };
+  t.restore(e);
+  t.connectAgent("a");
+  advance(900);
+  assert.equal(t.renew("a", ["old"]), 1, "the reconnected agent keeps its lease");
+  advance(900);
+  assert.equal(t.expire().expirations, 0);
+  advance(200);
+  assert.equal(t.expire().expirations, 1);
+});

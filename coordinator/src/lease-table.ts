@@ -1,0 +1,438 @@
+/**
+ * The lease table: which shard is pending, leased (to which agent, until when), done or failed,
+ * and which agent gets the next shard. Pure logic over an injected clock, so expiry, backoff,
+ * attempt limits and cache affinity are unit-tested without timers; the coordinator persists
+ * every entry this table reports as changed.
+ */
+import { randomUUID } from "node:crypto";
+
+/** Lifecycle of a shard: pending → leased → done, or back to pending (retry) or failed. */
+export type ShardState = "pending" | "leased" | "done" | "failed";
+
+/** The scheduling state of one shard (the shard's cells live in the state store, not here). */
+export interface ShardEntry {
+  shardId: string;
+  sweepId: string;
+  /** Engine cache key of the shard's prompt: the unit of cache affinity. */
+  promptKey: string;
+  cells: number;
+  state: ShardState;
+  /** Leases granted so far (a grant counts as an attempt). */
+  attempts: number;
+  leaseId: string;
+  agentId: string;
+  leaseExpiresMs: number;
+  /** Backoff: not granted again before this time. */
+  notBeforeMs: number;
+  lastError: string;
+  /** The shard's ShardResult was aggregated (only then does it count as done for the sweep). */
+  resultConsumed: boolean;
+}
+
+/** A lease handed to an agent by `schedule`. */
+export interface Grant {
+  agentId: string;
+  shardId: string;
+  leaseId: string;
+  attempt: number;
+  ttlMs: number;
+}
+
+/** A lease the coordinator must tell an agent to drop (CancelLease). */
+export interface Revocation {
+  agentId: string;
+  leaseId: string;
+  shardId: string;
+  reason: string;
+}
+
+/** What a table operation changed: entries to persist, leases to revoke, counters to bump. */
+export interface Changes {
+  changed: ShardEntry[];
+  revoked: Revocation[];
+  expirations: number;
+  retries: number;
+  newlyFailed: number;
+}
+
+/** Tunables of the lease table; `clock` is injected so tests control time. */
+export interface LeaseTableOptions {
+  clock?: () => number;
+  leaseTtlMs: number;
+  /** First retry waits this long; each further attempt doubles it. */
+  backoffBaseMs?: number;
+  backoffMaxMs?: number;
+  newLeaseId?: () => string;
+}
+
+interface AgentSlot {
+  agentId: string;
+  connected: boolean;
+  credit: number;
+  draining: boolean;
+  cachedPromptKeys: Set<string>;
+  /** Order of connection, the round-robin tie-break among equally loaded agents. */
+  seq: number;
+  lastGrantSeq: number;
+  shardsDone: number;
+}
+
+interface SweepSlot {
+  active: boolean;
+  maxAttempts: number;
+}
+
+const emptyChanges = (): Changes => ({ changed: [], revoked: [], expirations: 0, retries: 0, newlyFailed: 0 });
+
+/** Shard and agent scheduling state of the coordinator. Not thread-safe by design: one owner. */
+export class LeaseTable {
+  readonly leaseTtlMs: number;
+  private readonly clock: () => number;
+  private readonly backoffBaseMs: number;
+  private readonly backoffMaxMs: number;
+  private readonly newLeaseId: () => string;
+  private readonly shards = new Map<string, ShardEntry>();
+  private readonly byLease = new Map<string, ShardEntry>();
+  private readonly agents = new Map<string, AgentSlot>();
+  private readonly sweeps = new Map<string, SweepSlot>();
+  /** Last agent a prompt was leased to: it is preparing or holds that prompt's runs. */
+  private readonly promptHome = new Map<string, string>();
+  private agentSeq = 0;
+  private grantSeq = 0;
+
+  constructor(opts: LeaseTableOptions) {
+    this.clock = opts.clock ?? Date.now;
+    this.leaseTtlMs = opts.leaseTtlMs;
+    this.backoffBaseMs = opts.backoffBaseMs ?? 1000;
+    this.backoffMaxMs = opts.backoffMaxMs ?? 60_000;
+    this.newLeaseId = opts.newLeaseId ?? randomUUID;
+  }
+
+  /** Registers a sweep's scheduling policy; inactive sweeps (cancelled, finished) get no grants. */
+  setSweep(sweepId: string, active: boolean, maxAttempts: number): void {
+    this.sweeps.set(sweepId, { active, maxAttempts: Math.max(1, maxAttempts) });
+  }
+
+  /** Whether the sweep is registered and active. */
+  sweepActive(sweepId: string): boolean {
+    return this.sweeps.get(sweepId)?.active ?? false;
+  }
+
+  /**
+   * Adds a shard (new, or loaded from the state store after a restart). A restored lease gets a
+   * fresh TTL: its agent has that long to reconnect and heartbeat it before it is re-leased.
+   */
+  restore(entry: ShardEntry): void {
+    const e = { ...entry };
+    if (e.state === "leased") {
+      e.leaseExpiresMs = this.clock() + this.leaseTtlMs;
+      this.byLease.set(e.leaseId, e);
+      this.promptHome.set(e.promptKey, e.agentId);
+    }
+    if (e.state === "done" && !e.resultConsumed) e.leaseExpiresMs = this.clock() + 4 * this.leaseTtlMs;
+    this.shards.set(e.shardId, e);
+  }
+
+  /** A new pending shard entry. */
+  static pending(shardId: string, sweepId: string, promptKey: string, cells: number): ShardEntry {
+    return {
+      shardId, sweepId, promptKey, cells, state: "pending", attempts: 0, leaseId: "", agentId: "",
+      leaseExpiresMs: 0, notBeforeMs: 0, lastError: "", resultConsumed: false,
+    };
+  }
+
+  get(shardId: string): ShardEntry | undefined {
+    return this.shards.get(shardId);
+  }
+
+  /** Shards of one sweep, in insertion (plan) order. */
+  shardsOf(sweepId: string): ShardEntry[] {
+    return [...this.shards.values()].filter((s) => s.sweepId === sweepId);
+  }
+
+  /** Drops a sweep's shards from memory (they stay in the state store). */
+  forgetSweep(sweepId: string): void {
+    for (const s of this.shardsOf(sweepId)) {
+      this.shards.delete(s.shardId);
+      if (s.leaseId) this.byLease.delete(s.leaseId);
+    }
+    this.sweeps.delete(sweepId);
+  }
+
+  /** Shards waiting for a lease in active sweeps (the queue depth). */
+  queueDepth(): number {
+    let n = 0;
+    for (const s of this.shards.values()) if (s.state === "pending" && this.sweepActive(s.sweepId)) n++;
+    return n;
+  }
+
+  /** Leased shards (in flight). */
+  inFlight(): number {
+    return this.byLease.size;
+  }
+
+  // ---- agents ---------------------------------------------------------------------------
+
+  /** An agent said hello (or reconnected): its credit starts at zero until it sends Credit. */
+  connectAgent(agentId: string, cachedPromptKeys: Iterable<string> = []): void {
+    const prev = this.agents.get(agentId);
+    this.agents.set(agentId, {
+      agentId, connected: true, credit: 0, draining: false,
+      cachedPromptKeys: new Set(cachedPromptKeys), seq: this.agentSeq++,
+      lastGrantSeq: prev?.lastGrantSeq ?? -1, shardsDone: prev?.shardsDone ?? 0,
+    });
+  }
+
+  /** Adds Credit.slots to the agent's credit. */
+  addCredit(agentId: string, slots: number): void {
+    const a = this.agents.get(agentId);
+    if (a?.connected) a.credit += slots;
+  }
+
+  /** Replaces the agent's cached prompt keys (from a heartbeat). */
+  setCache(agentId: string, keys: Iterable<string>): void {
+    const a = this.agents.get(agentId);
+    if (a) a.cachedPromptKeys = new Set(keys);
+  }
+
+  /** The agent gets no new leases; it finishes the ones it holds. */
+  drainAgent(agentId: string): void {
+    const a = this.agents.get(agentId);
+    if (a) a.draining = true;
+  }
+
+  /** Connected agents with their lease counts, for the Agents RPC and metrics. */
+  agentList(): { agentId: string; credit: number; leases: number; cachedPrompts: number; draining: boolean; shardsDone: number }[] {
+    return [...this.agents.values()].filter((a) => a.connected).map((a) => ({
+      agentId: a.agentId, credit: a.credit, leases: this.leasesOf(a.agentId).length,
+      cachedPrompts: a.cachedPromptKeys.size, draining: a.draining, shardsDone: a.shardsDone,
+    }));
+  }
+
+  /** Shards currently leased to the agent. */
+  leasesOf(agentId: string): ShardEntry[] {
+    return [...this.byLease.values()].filter((s) => s.agentId === agentId);
+  }
+
+  /**
+   * The agent's stream ended: its leases go back to the queue (with backoff, and to `failed`
+   * once attempts are spent), since whatever it was computing is lost with it.
+   */
+  disconnectAgent(agentId: string, reason = "agent disconnected"): Changes {
+    const out = emptyChanges();
+    const a = this.agents.get(agentId);
+    if (a) {
+      a.connected = false;
+      a.credit = 0;
+    }
+    for (const s of this.leasesOf(agentId)) this.retryOrFail(s, `${reason} (agent ${agentId}) while holding the lease`, out);
+    return out;
+  }
+
+  // ---- leases ---------------------------------------------------------------------------
+
+  /**
+   * Grants pending shards to agents with credit. A shard goes to an agent that holds (or is
+   * preparing) its prompt's runs when one has credit; otherwise to the least-loaded agent, ties
+   * broken round-robin.
+   */
+  schedule(): Grant[] {
+    const now = this.clock();
+    const grants: Grant[] = [];
+    const ready = () => [...this.agents.values()].filter((a) => a.connected && !a.draining && a.credit > 0);
+    let avail = ready();
+    if (avail.length === 0) return grants;
+    for (const s of this.shards.values()) {
+      if (avail.length === 0) break;
+      if (s.state !== "pending" || s.notBeforeMs > now || !this.sweepActive(s.sweepId)) continue;
+      const home = this.promptHome.get(s.promptKey);
+      const affine = avail.filter((a) => a.cachedPromptKeys.has(s.promptKey) || a.agentId === home);
+      const agent = this.leastLoaded(affine.length > 0 ? affine : avail);
+      const leaseId = this.newLeaseId();
+      s.state = "leased";
+      s.attempts += 1;
+      s.leaseId = leaseId;
+      s.agentId = agent.agentId;
+      s.leaseExpiresMs = now + this.leaseTtlMs;
+      this.byLease.set(leaseId, s);
+      this.promptHome.set(s.promptKey, agent.agentId);
+      agent.credit -= 1;
+      agent.lastGrantSeq = this.grantSeq++;
+      grants.push({ agentId: agent.agentId, shardId: s.shardId, leaseId, attempt: s.attempts, ttlMs: this.leaseTtlMs });
+      if (agent.credit <= 0) avail = avail.filter((a) => a !== agent);
+    }
+    return grants;
+  }
+
+  private leastLoaded(cands: AgentSlot[]): AgentSlot {
+    const load = (a: AgentSlot) => this.leasesOf(a.agentId).length;
+    // Fewest leases first; among equals the one granted to longest ago (round-robin).
+    return cands.reduce((best, a) => {
+      const d = load(a) - load(best);
+      return d < 0 || (d === 0 && a.lastGrantSeq < best.lastGrantSeq) ? a : best;
+    });
+  }
+
+  /** Entries changed by `schedule` (call after it to persist the grants). */
+  entriesOf(grants: Grant[]): ShardEntry[] {
+    return grants.map((g) => this.shards.get(g.shardId)!).filter(Boolean);
+  }
+
+  /** A heartbeat renews the listed leases the agent holds; others are ignored. */
+  renew(agentId: string, leaseIds: Iterable<string>): number {
+    const now = this.clock();
+    let n = 0;
+    for (const id of leaseIds) {
+      const s = this.byLease.get(id);
+      if (s && s.agentId === agentId) {
+        s.leaseExpiresMs = now + this.leaseTtlMs;
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** Leases past their TTL: re-queued with exponential backoff, or failed after max attempts. */
+  expire(): Changes {
+    const now = this.clock();
+    const out = emptyChanges();
+    for (const s of [...this.byLease.values()]) {
+      if (s.leaseExpiresMs > now) continue;
+      out.expirations++;
+      this.retryOrFail(s, `lease ${s.leaseId} of agent ${s.agentId} expired (no heartbeat for ${this.leaseTtlMs} ms)`, out);
+    }
+    for (const s of this.shards.values()) {
+      if (s.state !== "done" || s.resultConsumed || s.leaseExpiresMs > now) continue;
+      this.retryOrFail(s, `agent ${s.agentId} reported shard done but its result never arrived on the results stream`, out);
+    }
+    return out;
+  }
+
+  /**
+   * The agent reports the shard done (its result is published). The lease ends; the shard counts
+   * as done for the sweep once the results consumer has aggregated it (`resultConsumed`).
+   */
+  complete(agentId: string, leaseId: string, shardId: string): Changes {
+    const out = emptyChanges();
+    const s = this.shards.get(shardId);
+    const a = this.agents.get(agentId);
+    if (a) a.shardsDone++;
+    if (!s || s.leaseId !== leaseId || s.state !== "leased") return out; // stale: the result is deduplicated anyway
+    this.byLease.delete(leaseId);
+    s.state = "done";
+    s.lastError = "";
+    // Deadline for the result to reach the consumer; past it the shard is re-run (the duplicate is deduplicated).
+    s.leaseExpiresMs = this.clock() + 4 * this.leaseTtlMs;
+    out.changed.push(s);
+    return out;
+  }
+
+  /**
+   * The results consumer aggregated the shard's result: it is done, whoever computed it. Another
+   * agent still holding a lease on it (after a re-lease) is told to drop it.
+   */
+  resultConsumed(shardId: string): Changes {
+    const out = emptyChanges();
+    const s = this.shards.get(shardId);
+    if (!s) return out;
+    if (s.state === "leased") {
+      out.revoked.push({ agentId: s.agentId, leaseId: s.leaseId, shardId, reason: "result already received from another attempt" });
+      this.byLease.delete(s.leaseId);
+    }
+    if (s.state !== "done" || !s.resultConsumed) {
+      s.state = "done";
+      s.resultConsumed = true;
+      s.lastError = "";
+      out.changed.push(s);
+    }
+    return out;
+  }
+
+  /**
+   * The agent reports the shard failed. Retryable failures are re-queued with backoff (up to the
+   * sweep's max attempts); a non-retryable one (bad input) fails the shard at once with its error.
+   */
+  fail(agentId: string, leaseId: string, shardId: string, error: string, retryable: boolean): Changes {
+    const out = emptyChanges();
+    const s = this.shards.get(shardId);
+    if (!s || s.leaseId !== leaseId || s.state !== "leased" || s.agentId !== agentId) return out;
+    if (retryable) this.retryOrFail(s, error, out);
+    else {
+      this.byLease.delete(s.leaseId);
+      s.state = "failed";
+      s.lastError = error;
+      out.newlyFailed++;
+      out.changed.push(s);
+    }
+    return out;
+  }
+
+  private retryOrFail(s: ShardEntry, error: string, out: Changes): void {
+    this.byLease.delete(s.leaseId);
+    s.lastError = error;
+    const max = this.sweeps.get(s.sweepId)?.maxAttempts ?? 3;
+    if (s.attempts >= max) {
+      s.state = "failed";
+      s.lastError = `${error}; gave up after ${s.attempts} attempt(s) (max_attempts ${max})`;
+      out.newlyFailed++;
+    } else {
+      s.state = "pending";
+      s.notBeforeMs = this.clock() + this.backoffMs(s.attempts);
+      out.retries++;
+    }
+    out.changed.push(s);
+  }
+
+  /** Backoff before the next attempt after `attempts` failed ones: base · 2^(attempts−1), capped. */
+  backoffMs(attempts: number): number {
+    return Math.min(this.backoffMaxMs, this.backoffBaseMs * 2 ** Math.max(0, attempts - 1));
+  }
+
+  /** Cancels a sweep: no more grants, its leases are revoked and go back to pending (attempt not counted). */
+  cancelSweep(sweepId: string): Changes {
+    const out = emptyChanges();
+    const slot = this.sweeps.get(sweepId);
+    if (slot) slot.active = false;
+    for (const s of this.shardsOf(sweepId)) {
+      if (s.state !== "leased") continue;
+      out.revoked.push({ agentId: s.agentId, leaseId: s.leaseId, shardId: s.shardId, reason: "sweep cancelled" });
+      this.byLease.delete(s.leaseId);
+      s.state = "pending";
+      s.attempts = Math.max(0, s.attempts - 1);
+      out.changed.push(s);
+    }
+    return out;
+  }
+
+  /** Resumes a sweep: active again, failed shards re-queued with a fresh attempt budget. */
+  resumeSweep(sweepId: string): Changes {
+    const out = emptyChanges();
+    const slot = this.sweeps.get(sweepId);
+    if (slot) slot.active = true;
+    for (const s of this.shardsOf(sweepId)) {
+      if (s.state !== "failed") continue;
+      s.state = "pending";
+      s.attempts = 0;
+      s.notBeforeMs = 0;
+      out.changed.push(s);
+    }
+    return out;
+  }
+
+  /** Counts of a sweep's shards by state, and its cells aggregated. */
+  counts(sweepId: string): { total: number; pending: number; leased: number; done: number; failed: number; doneCells: number; failedShards: string[] } {
+    const c = { total: 0, pending: 0, leased: 0, done: 0, failed: 0, doneCells: 0, failedShards: [] as string[] };
+    for (const s of this.shardsOf(sweepId)) {
+      c.total++;
+      if (s.state === "done" && s.resultConsumed) {
+        c.done++;
+        c.doneCells += s.cells;
+      } else if (s.state === "failed") {
+        c.failed++;
+        c.failedShards.push(s.shardId);
+      } else if (s.state === "leased") c.leased++;
+      else c.pending++; // pending, or done by the agent but its result not yet aggregated
+    }
+    return c;
+  }
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env node
+/**
+ * `factsweep-coordinator`: the coordinator process. SIGTERM/SIGINT stop it gracefully (results
+ * and state flushed; agents keep their leases for the next coordinator to pick up).
+ */
+import { Command, InvalidArgumentError, Option } from "commander";
+import { Coordinator } from "./coordinator.js";
+
+const int = (name: string, min: number) => (v: string): number => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`expected ${name} to be an integer >= ${min}, got "${v}"`);
+  return n;
+};
+const collect = (v: string, prev: string[]): string[] => [...prev, v];
+
+const program = new Command("factsweep-coordinator")
+  .description("factsweep coordinator: plans sweeps, leases shards to node agents, aggregates results from NATS JetStream")
+  .option("--grpc-host <host>", "gRPC listen address", "0.0.0.0")
+  .option("--grpc-port <port>", "gRPC port (SweepService for sweepctl, AgentService for agents, grpc.health.v1)", int("--grpc-port", 0), 7070)
+  .option("--http-host <host>", "HTTP listen address", "0.0.0.0")
+  .option("--http-port <port>", "HTTP port for /metrics, /healthz, /readyz (-1: none)", int("--http-port", -1), 9464)
+  .addOption(new Option("--nats-url <url>", "NATS server with JetStream").default("nats://127.0.0.1:4222").env("FACTSWEEP_NATS_URL"))
+  .option("--nats-creds <file>", "NATS credentials file (.creds)")
+  .option("--nats-user <user>", "NATS user")
+  .addOption(new Option("--nats-pass <pass>", "NATS password").env("FACTSWEEP_NATS_PASS"))
+  .option("--model-root <dir>", "folder model checkpoints must lie in (repeatable)", collect, [] as string[])
+  .option("--lease-ttl-ms <ms>", "lease TTL; a lease not renewed by a heartbeat within it is re-leased", int("--lease-ttl-ms", 100), 15_000)
+  .option("--heartbeat-ms <ms>", "heartbeat interval told to agents (default TTL/3)", int("--heartbeat-ms", 50))
+  .option("--retry-backoff-ms <ms>", "first retry backoff (doubles per attempt)", int("--retry-backoff-ms", 0), 1000)
+  .addOption(new Option("--token <token>", "API token required of sweepctl and agents").env("FACTSWEEP_TOKEN"))
+  .option("--tls-cert <file>", "server certificate (PEM) for gRPC TLS")
+  .option("--tls-key <file>", "server private key (PEM)")
+  .option("--tls-ca <file>", "CA (PEM) that signs client certificates: enables mTLS (clients must present one)")
+  .action(async (o) => {
+    if ((o.tlsCert && !o.tlsKey) || (!o.tlsCert && o.tlsKey)) program.error("--tls-cert and --tls-key go together; give both or neither", { exitCode: 2 });
+    if (o.tlsCa && !o.tlsCert) program.error("--tls-ca (mTLS) needs --tls-cert and --tls-key", { exitCode: 2 });
+    if (o.modelRoot.length === 0) console.error("[coordinator] warning: no --model-root given: every launch will be refused until one is configured");
+    const coord = await Coordinator.start({
+      natsUrl: o.natsUrl, natsCreds: o.natsCreds, natsUser: o.natsUser, natsPass: o.natsPass,
+      grpcHost: o.grpcHost, grpcPort: o.grpcPort, httpHost: o.httpHost, httpPort: o.httpPort,
+      modelRoots: o.modelRoot, leaseTtlMs: o.leaseTtlMs, heartbeatMs: o.heartbeatMs, retryBackoffMs: o.retryBackoffMs,
+      token: o.token, tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa } : undefined,
+    });
+    let stopping = false;
+    const stop = (sig: string) => {
+      if (stopping) return;
+      stopping = true;
+      console.error(`[coordinator] ${sig}: stopping (flushing results and state)`);
+      coord.stop().then(() => process.exit(0), (err) => {
+        console.error(`[coordinator] stop failed: ${(err as Error).message}`);
+        process.exit(1);
+      });
+    };
+    process.on("SIGTERM", () => stop("SIGTERM"));
+    process.on("SIGINT", () => stop("SIGINT"));
+  });
+
+program.parseAsync().catch((err: Error) => {
+  console.error(`factsweep-coordinator: ${err.message}`);
+  process.exit(4);
+});

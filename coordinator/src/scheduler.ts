@@ -1,0 +1,199 @@
+/**
+ * The scheduler drives the lease table: it knows the agents' live streams, sends them lease
+ * grants and revocations, expires leases on a timer, and persists every shard the table changes.
+ * Decisions (who gets what, when a shard is retried or failed) are the lease table's; this class
+ * is the wiring between it, the agents and the state store.
+ */
+import { EventEmitter } from "node:events";
+import { agent, sweep } from "@factsweep/proto";
+import { LeaseTable, type Changes, type ShardEntry } from "./lease-table.js";
+import type { ShardRecord, StateStore } from "./state-store.js";
+import type { CoordinatorMetrics } from "./metrics.js";
+
+/** What the scheduler needs of an agent's stream. */
+export interface AgentSession {
+  readonly agentId: string;
+  readonly sessionId: string;
+  readonly hostname: string;
+  readonly workers: number;
+  lastSeenMs: number;
+  send(msg: agent.CoordinatorMessage): void;
+  /** Ends the stream (e.g. a newer session of the same agent replaced it). */
+  close(reason: string): void;
+}
+
+/** Options of {@link Scheduler}. */
+export interface SchedulerOptions {
+  store: StateStore;
+  table: LeaseTable;
+  metrics?: CoordinatorMetrics;
+  /** How often leases are checked for expiry and pending shards granted; default 200 ms. */
+  tickMs?: number;
+  log?: (msg: string) => void;
+}
+
+/**
+ * Events: `shards` (sweepId) after a sweep's shards changed state.
+ */
+export class Scheduler extends EventEmitter {
+  readonly table: LeaseTable;
+  private readonly store: StateStore;
+  private readonly metrics: CoordinatorMetrics | undefined;
+  private readonly sessions = new Map<string, AgentSession>();
+  /** Each shard's protobuf (base64), sent in its lease grants. */
+  private readonly bodies = new Map<string, string>();
+  private timer: NodeJS.Timeout | undefined;
+  private readonly tickMs: number;
+  private readonly log: (msg: string) => void;
+  private scheduled = false;
+
+  constructor(opts: SchedulerOptions) {
+    super();
+    this.store = opts.store;
+    this.table = opts.table;
+    this.metrics = opts.metrics;
+    this.tickMs = opts.tickMs ?? 200;
+    this.log = opts.log ?? (() => undefined);
+  }
+
+  /** Starts the expiry/grant timer. */
+  start(): void {
+    this.timer ??= setInterval(() => this.tick(), this.tickMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** Adds shards (new or loaded) to the table; `persist` writes new ones to the store. */
+  addShards(records: ShardRecord[], persist: boolean): void {
+    for (const r of records) {
+      const { shard, ...entry } = r;
+      this.bodies.set(r.shardId, shard);
+      this.table.restore(entry);
+      if (persist) this.store.saveShard(r);
+    }
+    this.kick();
+  }
+
+  /** Connected agent sessions. */
+  agents(): AgentSession[] {
+    return [...this.sessions.values()];
+  }
+
+  // ---- agent stream events --------------------------------------------------------------
+
+  /** A (re)connected agent: a previous stream of the same agent id is closed, its leases kept. */
+  attach(session: AgentSession, cachedPromptKeys: string[]): void {
+    const prev = this.sessions.get(session.agentId);
+    if (prev && prev !== session) prev.close(`replaced by a newer session ${session.sessionId} of agent ${session.agentId}`);
+    this.sessions.set(session.agentId, session);
+    this.table.connectAgent(session.agentId, cachedPromptKeys);
+    this.log(`agent ${session.agentId} connected (session ${session.sessionId}, ${session.workers} workers)`);
+  }
+
+  /** The agent's stream ended: its leases are re-queued (or failed when attempts are spent). */
+  detach(session: AgentSession, reason: string): void {
+    if (this.sessions.get(session.agentId) !== session) return; // an older, replaced stream
+    this.sessions.delete(session.agentId);
+    this.apply(this.table.disconnectAgent(session.agentId, reason));
+    this.log(`agent ${session.agentId} disconnected: ${reason}`);
+  }
+
+  credit(session: AgentSession, slots: number): void {
+    session.lastSeenMs = Date.now();
+    this.table.addCredit(session.agentId, slots);
+    this.kick();
+  }
+
+  heartbeat(session: AgentSession, hb: agent.Heartbeat): void {
+    session.lastSeenMs = Date.now();
+    this.table.renew(session.agentId, hb.leases.map((l) => l.leaseId));
+    this.table.setCache(session.agentId, hb.cachedPromptKeys);
+  }
+
+  done(session: AgentSession, d: agent.ShardDone): void {
+    session.lastSeenMs = Date.now();
+    this.apply(this.table.complete(session.agentId, d.leaseId, d.shardId));
+    this.kick();
+  }
+
+  failed(session: AgentSession, f: agent.ShardFailed): void {
+    session.lastSeenMs = Date.now();
+    this.log(`shard ${f.shardId} failed on agent ${session.agentId} (${f.retryable ? "retryable" : "not retryable"}): ${f.error}`);
+    this.apply(this.table.fail(session.agentId, f.leaseId, f.shardId, f.error, f.retryable));
+    this.kick();
+  }
+
+  /** Stop granting to the agent and ask it to finish its leases and leave. */
+  drain(agentId: string, reason: string): void {
+    this.table.drainAgent(agentId);
+    this.sessions.get(agentId)?.send({ body: { $case: "drain", drain: { reason } } });
+  }
+
+  // ---- sweep-level ----------------------------------------------------------------------
+
+  /** The results consumer aggregated a shard's result. */
+  resultConsumed(shardId: string): void {
+    this.apply(this.table.resultConsumed(shardId));
+  }
+
+  cancelSweep(sweepId: string): void {
+    this.apply(this.table.cancelSweep(sweepId));
+  }
+
+  resumeSweep(sweepId: string, maxAttempts: number): void {
+    this.table.setSweep(sweepId, true, maxAttempts);
+    this.apply(this.table.resumeSweep(sweepId));
+    this.kick();
+  }
+
+  /** Runs a tick soon (coalesced), e.g. after credit arrived. */
+  kick(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.tick();
+    });
+  }
+
+  /** Expires leases, grants pending shards, sends the grants, persists the changes. */
+  tick(): void {
+    this.apply(this.table.expire());
+    const grants = this.table.schedule();
+    for (const g of grants) {
+      const session = this.sessions.get(g.agentId);
+      const body = this.bodies.get(g.shardId);
+      if (!session || !body) continue; // cannot happen: only connected agents get credit
+      const shard = sweep.Shard.decode(Buffer.from(body, "base64"));
+      shard.attempt = g.attempt;
+      session.send({ body: { $case: "lease", lease: { leaseId: g.leaseId, shard, ttlMs: g.ttlMs } } });
+    }
+    const entries = this.table.entriesOf(grants);
+    this.persist(entries);
+    for (const id of new Set(entries.map((e) => e.sweepId))) this.emit("shards", id);
+  }
+
+  private apply(ch: Changes): void {
+    for (const r of ch.revoked) {
+      this.sessions.get(r.agentId)?.send({ body: { $case: "cancel", cancel: { leaseId: r.leaseId, reason: r.reason } } });
+    }
+    if (this.metrics) {
+      this.metrics.leaseExpirations.inc(ch.expirations);
+      this.metrics.retries.inc(ch.retries);
+      this.metrics.shards.inc({ status: "retried" }, ch.retries);
+      this.metrics.shards.inc({ status: "failed" }, ch.newlyFailed);
+      const failedCells = ch.changed.filter((e) => e.state === "failed").reduce((n, e) => n + e.cells, 0);
+      if (ch.newlyFailed > 0) this.metrics.cells.inc({ status: "failed" }, failedCells);
+    }
+    this.persist(ch.changed);
+    for (const id of new Set(ch.changed.map((e) => e.sweepId))) this.emit("shards", id);
+  }
+
+  private persist(entries: ShardEntry[]): void {
+    for (const e of entries) this.store.saveShard({ ...e, shard: this.bodies.get(e.shardId) ?? "" });
+  }
+}

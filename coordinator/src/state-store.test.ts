@@ -1,0 +1,98 @@
+import { test, after, before } from "node:test";
+import assert from "node:assert/strict";
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { startNatsServer, type NatsServerHandle } from "@factsweep/shared";
+import { StateStore, type SweepRecord, type ShardRecord } from "./state-store.js";
+import { LeaseTable } from "./lease-table.js";
+import { StaleCoordinatorError, SweepExistsError } from "./errors.js";
+
+let nats: NatsServerHandle;
+const conns: NatsConnection[] = [];
+const conn = async () => {
+  const nc = await connect({ servers: nats.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+  conns.push(nc);
+  return nc;
+};
+before(async () => {
+  nats = await startNatsServer();
+});
+after(async () => {
+  for (const c of conns) await c.close().catch(() => undefined);
+  await nats.stop();
+});
+
+const sweepRec = (id: string): SweepRecord => ({
+  sweepId: id, name: "n", kind: "trace", spec: "model: x", specDir: "/tmp", model: { modelId: "m" }, prompts: [{ index: 0 }],
+  promptErrors: [{ index: 1, message: "subject not found" }], state: "running", plannedCells: 8, shardCount: 2, maxAttempts: 3,
+  doneCells: 0, retries: 0, createdMs: 1, finishedMs: 0,
+});
+const shardRec = (sweepId: string, i: number): ShardRecord => ({ ...LeaseTable.pending(`${sweepId}.${i}.0`, sweepId, `${sweepId}/${i}`, 4), shard: "AAEC" });
+
+test("a new coordinator over the same KV loads identical sweep, shard and aggregate state", async () => {
+  const a = await StateStore.open(await conn());
+  await a.createSweep(sweepRec("sw1"));
+  const s0 = shardRec("sw1", 0);
+  const s1 = shardRec("sw1", 1);
+  a.saveShard(s0);
+  a.saveShard(s1);
+  // several updates of one key in a row: coalesced, the newest wins
+  a.saveShard({ ...s0, state: "leased", attempts: 1, leaseId: "L1", agentId: "ag" });
+  a.saveShard({ ...s0, state: "done", attempts: 1, leaseId: "L1", agentId: "ag", resultConsumed: true });
+  a.saveShard({ ...s1, state: "failed", attempts: 3, lastError: "boom" });
+  a.saveSweep({ ...sweepRec("sw1"), doneCells: 4, retries: 2 });
+  const agg = { shards: ["sw1.0.0"], grid: Array.from({ length: 50_000 }, (_, i) => i / 7) };
+  await a.saveAggregate("sw1", agg);
+  await a.flush();
+
+  const b = await StateStore.open(await conn());
+  assert.ok(b.epoch > a.epoch, "each coordinator claims a newer epoch");
+  const { sweeps, shards } = await b.loadAll();
+  assert.deepEqual(sweeps, [{ ...sweepRec("sw1"), doneCells: 4, retries: 2 }]);
+  assert.deepEqual(shards, [
+    { ...s0, state: "done", attempts: 1, leaseId: "L1", agentId: "ag", resultConsumed: true },
+    { ...s1, state: "failed", attempts: 3, lastError: "boom" },
+  ]);
+  assert.deepEqual(await b.loadAggregate("sw1"), agg);
+  // the new coordinator writes over the old one's revisions
+  b.saveShard({ ...s1, state: "pending", attempts: 0 });
+  await b.flush();
+  assert.equal((await b.loadAll()).shards[1]?.state, "pending");
+});
+
+test("launching a sweep id that exists is refused", async () => {
+  const a = await StateStore.open(await conn());
+  await a.createSweep(sweepRec("dup"));
+  await assert.rejects(a.createSweep(sweepRec("dup")), SweepExistsError);
+});
+
+test("an older coordinator is fenced off once a newer one wrote the same record", async () => {
+  const errors: unknown[] = [];
+  const old = await StateStore.open(await conn(), { onWriteError: (_k, e) => errors.push(e) });
+  await old.createSweep(sweepRec("fence"));
+  old.saveShard(shardRec("fence", 0));
+  await old.flush();
+  const fresh = await StateStore.open(await conn());
+  await fresh.loadAll();
+  fresh.saveShard({ ...shardRec("fence", 0), state: "leased", agentId: "new" });
+  await fresh.flush();
+  old.saveShard({ ...shardRec("fence", 0), state: "failed", agentId: "old" });
+  await old.flush();
+  assert.ok(errors.some((e) => e instanceof StaleCoordinatorError), "the stale coordinator learns it lost");
+  const { shards } = await fresh.loadAll();
+  assert.equal(shards.find((s) => s.shardId === "fence.0.0")?.agentId, "new", "the newer coordinator's write stands");
+});
+
+test("writes queued while nats-server restarts reach the KV once it is back", async () => {
+  const a = await StateStore.open(await conn(), { retryMs: 50 });
+  await a.createSweep(sweepRec("rs"));
+  a.saveShard(shardRec("rs", 0));
+  await a.flush();
+  nats.kill("SIGKILL");
+  a.saveShard({ ...shardRec("rs", 0), state: "done", resultConsumed: true });
+  await new Promise((r) => setTimeout(r, 300));
+  await nats.restart();
+  await a.flush();
+  const b = await StateStore.open(await conn());
+  const { shards } = await b.loadAll();
+  assert.equal(shards.find((s) => s.shardId === "rs.0.0")?.state, "done");
+});

@@ -1,0 +1,39 @@
+/**
+ * Bridges to the planning and aggregation of @factsweep/shared: the only file that calls
+ * `planSweep` and `ResultAggregator`, so a change of their shapes is adapted here alone.
+ */
+import type { control, sweep } from "@factsweep/proto";
+import { planSweep, ResultAggregator, type AggregatorState, type SweepSpec } from "@factsweep/shared";
+
+/** A planned sweep: prompts (with per-prompt errors) and shards. */
+export interface Plan {
+  model: sweep.ModelRef;
+  prompts: sweep.PromptSpec[];
+  promptErrors: { index: number; message: string }[];
+  shards: sweep.Shard[];
+  plannedCells: number;
+}
+
+/** Plans the sweep (tokenization, subject spans, swap partners, grid, shards). */
+export function plan(spec: SweepSpec, sweepId: string): Plan {
+  const p = planSweep(spec, sweepId);
+  return { model: p.model, prompts: p.prompts, promptErrors: p.promptErrors, shards: p.shards, plannedCells: p.plannedCells };
+}
+
+/** The aggregator of one sweep (idempotent by shard id). */
+export type Aggregator = ResultAggregator;
+
+/** A new, empty aggregator for a sweep's prompts. */
+export function newAggregator(spec: SweepSpec, sweepId: string, prompts: sweep.PromptSpec[]): Aggregator {
+  return new ResultAggregator({ sweepId, prompts, scheme: spec.token_groups, model: spec.model.id, corruption: spec.corruption.kind });
+}
+
+/** Restores an aggregator from its snapshot. */
+export function aggregatorFromJSON(json: unknown): Aggregator {
+  return ResultAggregator.fromJSON(json as AggregatorState);
+}
+
+/** The aggregator's per-cell rows as ResultRows of the Results RPC. */
+export function resultRows(agg: Aggregator): control.ResultRow[] {
+  return [...agg.rows()];
+}

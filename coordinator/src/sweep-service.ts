@@ -1,0 +1,106 @@
+/**
+ * gRPC SweepService for sweepctl. Every error becomes a status code a script can rely on:
+ * INVALID_ARGUMENT (malformed spec, with the field), NOT_FOUND (unknown sweep or model folder),
+ * ALREADY_EXISTS (duplicate sweep id), PERMISSION_DENIED (model outside the model roots),
+ * UNAUTHENTICATED (token), UNAVAILABLE (not ready). A failed call never disturbs other sweeps.
+ */
+import type { sendUnaryData, ServerUnaryCall, ServerWritableStream } from "@grpc/grpc-js";
+import type { control } from "@factsweep/proto";
+import { checkToken } from "./auth.js";
+import { grpcStatusOf } from "./errors.js";
+import type { Coordinator } from "./coordinator.js";
+
+/** Options of {@link createSweepService}. */
+export interface SweepServiceOptions {
+  token?: string;
+  /** Minimum interval between two Watch updates; default 200 ms. */
+  watchIntervalMs?: number;
+}
+
+const TERMINAL = new Set(["done", "failed", "cancelled"]);
+
+/** The SweepService implementation over a coordinator. */
+export function createSweepService(coord: Coordinator, opts: SweepServiceOptions = {}): control.SweepServiceServer {
+  const unary = <Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>) =>
+    (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>): void => {
+      (async () => {
+        checkToken(call.metadata, opts.token);
+        return await fn(call.request);
+      })().then(
+        (res) => cb(null, res),
+        (err: unknown) => cb(grpcStatusOf(err, `SweepService/${method}`)),
+      );
+    };
+  const interval = opts.watchIntervalMs ?? 200;
+
+  return {
+    launch: unary("Launch", (r: control.LaunchRequest) => coord.launch(r)),
+    get: unary("Get", (r: control.SweepRef) => coord.get(r.sweepId)),
+    list: unary("List", () => ({ sweeps: coord.list() })),
+    cancel: unary("Cancel", (r: control.SweepRef) => coord.cancel(r.sweepId)),
+    resume: unary("Resume", (r: control.SweepRef) => coord.resume(r.sweepId)),
+    agents: unary("Agents", () => ({ agents: coord.agents() })),
+
+    watch(call: ServerWritableStream<control.SweepRef, control.SweepInfo>): void {
+      let unsubscribe: (() => void) | undefined;
+      let timer: NodeJS.Timeout | undefined;
+      let lastSent = 0;
+      let latest: control.SweepInfo | undefined;
+      let ended = false;
+      const finish = () => {
+        if (ended) return;
+        ended = true;
+        unsubscribe?.();
+        if (timer) clearTimeout(timer);
+      };
+      const flush = () => {
+        timer = undefined;
+        if (ended || !latest) return;
+        lastSent = Date.now();
+        call.write(latest);
+        if (TERMINAL.has(latest.state)) {
+          finish();
+          call.end();
+        }
+      };
+      try {
+        checkToken(call.metadata, opts.token);
+        unsubscribe = coord.watch(call.request.sweepId, (info) => {
+          latest = info;
+          // Throttled, but a terminal state is sent at once and ends the stream.
+          if (TERMINAL.has(info.state) || Date.now() - lastSent >= interval) {
+            if (timer) clearTimeout(timer);
+            flush();
+          } else timer ??= setTimeout(flush, interval - (Date.now() - lastSent));
+        });
+      } catch (err) {
+        finish();
+        call.emit("error", grpcStatusOf(err, "SweepService/Watch"));
+        return;
+      }
+      call.on("cancelled", finish);
+      call.on("close", finish);
+    },
+
+    results(call: ServerWritableStream<control.SweepRef, control.ResultRow>): void {
+      try {
+        checkToken(call.metadata, opts.token);
+        const rows = coord.results(call.request.sweepId);
+        let i = 0;
+        // Respect back-pressure: write until the buffer is full, continue on drain.
+        const pump = () => {
+          while (i < rows.length) {
+            if (!call.write(rows[i++]!)) {
+              call.once("drain", pump);
+              return;
+            }
+          }
+          call.end();
+        };
+        pump();
+      } catch (err) {
+        call.emit("error", grpcStatusOf(err, "SweepService/Results"));
+      }
+    },
+  };
+}

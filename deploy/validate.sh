@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Validates the operations files with the tools that run without a cluster or a Docker engine:
+# dashboards regenerate unchanged, promtool (config, rules, rule unit tests), docker-compose's
+# schema, the kustomizations rendered and checked against Kubernetes schemas (kubernetes-models),
+# kubectl kustomize where installed, and systemd-analyze verify.
+# Needs Debian packages prometheus, docker-compose, systemd, and `npm ci && npx tsc -b` done.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+failures=0
+check() {
+  local what=$1; shift
+  local out
+  if out=$("$@" 2>&1); then
+    echo "ok    $what"
+  else
+    echo "FAIL  $what"; echo "$out" | sed 's/^/      /'
+    failures=$((failures + 1))
+  fi
+}
+need() {
+  command -v "$1" >/dev/null || { echo "FAIL  $1 not installed (apt-get install -y $2)"; failures=$((failures + 1)); return 1; }
+}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+check "dashboards are generated from dashboards/generate.mjs" node dashboards/generate.mjs --check
+
+if need promtool prometheus; then
+  check "promtool check rules" promtool check rules dashboards/prometheus/rules/*.yml
+  check "promtool test rules (alert unit tests)" promtool test rules dashboards/prometheus/tests/*.yml
+  check "promtool check config prometheus.yml" promtool check config dashboards/prometheus/prometheus.yml
+  # Debian's Prometheus is built without Kubernetes discovery: check everything else of the
+  # Kubernetes config with its pod discovery swapped for a static target.
+  cp -r dashboards/prometheus/rules "$tmp/rules"
+  perl -0pe 's/kubernetes_sd_configs:\n(\s+)- role: pod/static_configs:\n$1- targets: ["pod:9464"]/' \
+    dashboards/prometheus/prometheus-kubernetes.yml > "$tmp/prometheus-kubernetes.yml"
+  check "promtool check config prometheus-kubernetes.yml (pod discovery as static)" promtool check config "$tmp/prometheus-kubernetes.yml"
+fi
+
+if need docker-compose docker-compose; then
+  check "docker-compose config (deploy/docker-compose.yml)" docker-compose -f deploy/docker-compose.yml config -q
+fi
+
+check "kustomizations render and match Kubernetes schemas" node test/dist/ops/validate-kubernetes.js
+if command -v kubectl >/dev/null; then
+  for k in deploy/kubernetes/base deploy/kubernetes/overlays/*/; do
+    check "kubectl kustomize $k" kubectl kustomize "$k"
+  done
+fi
+
+if need systemd-analyze systemd; then
+  # verify exits 0 on unknown keys and bad values; its warnings on stderr are the failures.
+  verify_units() { local out; out=$(systemd-analyze verify deploy/systemd/*.service 2>&1); [ -z "$out" ] || { echo "$out"; return 1; }; }
+  check "systemd-analyze verify deploy/systemd/*.service" verify_units
+fi
+
+if [ "$failures" -gt 0 ]; then echo "$failures check(s) failed"; exit 1; fi
+echo "all checks passed"

@@ -1,0 +1,207 @@
+/**
+ * The agent process (node dist/main.js) against a real nats-server, real engine workers and the
+ * "scripted-coordinator" test double on the gRPC side.
+ */
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { status } from "@grpc/grpc-js";
+import { execa, type ResultPromise } from "execa";
+import { AGENT_PROTOCOL_VERSION } from "@factsweep/proto";
+import { ScriptedCoordinator } from "./scripted-coordinator.js";
+import { goldenSwapShard, REPO_ROOT, skipWithoutGolden, startResultsNats, storedResults } from "./test-support.js";
+
+const skip = skipWithoutGolden();
+let nats: Awaited<ReturnType<typeof startResultsNats>>;
+
+before(async () => {
+  if (!skip) nats = await startResultsNats();
+});
+after(async () => {
+  await nats?.stop();
+});
+
+type AgentProc = ResultPromise<{ stdout: "pipe"; stderr: "pipe"; reject: false; buffer: false }>;
+
+/** Starts `factsweep-agent` and waits for its ready line. */
+async function startAgent(coordinatorPort: number, extra: string[] = []): Promise<{ proc: AgentProc; httpPort: number; agentId: string; logs: string[] }> {
+  const proc = execa(
+    process.execPath,
+    [join(REPO_ROOT, "node-agent", "dist", "main.js"), "--coordinator", `127.0.0.1:${coordinatorPort}`, "--nats-url", nats.server.url, "--cpu", "--workers", "1", "--http-port", "0", "--http-host", "127.0.0.1", ...extra],
+    { stdout: "pipe", stderr: "pipe", reject: false, buffer: false, env: { FACTSWEEP_TOKEN: "" } },
+  ) as AgentProc;
+  const logs: string[] = [];
+  createInterface({ input: proc.stderr }).on("line", (l) => logs.push(l));
+  const line = await new Promise<string>((resolve, reject) => {
+    const rl = createInterface({ input: proc.stdout });
+    rl.on("line", (l) => l.startsWith("factsweep-agent ready") && resolve(l));
+    void proc.then((r) => reject(new Error(`agent exited (${r.exitCode}) before ready:\n${logs.join("\n")}`)));
+  });
+  const m = /agent_id=(\S+) http_port=(\d+) workers=1 mode=cpu/.exec(line);
+  assert.ok(m, `ready line: ${line}`);
+  return { proc, agentId: m[1]!, httpPort: Number(m[2]), logs };
+}
+
+test("the agent says hello, grants credit, runs a leased shard, reports it done with the JetStream sequence, and serves metrics", { skip }, async () => {
+  const coord = new ScriptedCoordinator();
+  const port = await coord.start();
+  const a = await startAgent(port, ["--agent-id", "agent-hello", "--token", "s3cret"]);
+  try {
+    const s = await coord.nextStream(0);
+    const hello = (await s.next("hello")).hello;
+    assert.equal(hello.protocolVersion, AGENT_PROTOCOL_VERSION);
+    assert.equal(hello.agentId, "agent-hello");
+    assert.equal(hello.token, "s3cret");
+    assert.equal(s.call.metadata.get("authorization")[0], "Bearer s3cret");
+    assert.deepEqual(hello.workers.map((w) => [w.device, w.ready]), [["cpu:0", true]]);
+    s.send({ $case: "welcome", welcome: { sessionId: "s1", leaseTtlMs: 30_000, heartbeatIntervalMs: 100, natsResultsSubjectPrefix: "factsweep.results" } });
+    assert.equal((await s.next("credit")).credit.slots, 1, "credit equals the free worker slots");
+
+    const { shard } = goldenSwapShard("sw-agent");
+    s.send({ $case: "lease", lease: { leaseId: "L1", shard, ttlMs: 30_000 } });
+    const done = (await s.next("done")).done;
+    assert.equal(done.leaseId, "L1");
+    assert.equal(done.shardId, shard.shardId);
+    const stored = await storedResults(nats.jsm, "sw-agent");
+    assert.equal(stored.length, 1);
+    assert.equal(done.publishedSeq, stored[0]!.seq);
+    assert.equal(stored[0]!.result.agentId, "agent-hello");
+
+    // Credit comes back when the slot frees, and heartbeats now list the cached prompt.
+    const doneAt = s.received.findIndex((m) => m.body?.$case === "done");
+    await s.next("credit", () => true, { fromIndex: doneAt });
+    const hb = (await s.next("heartbeat", (b) => b.heartbeat.cachedPromptKeys.includes(shard.prompt!.promptKey), { fromIndex: doneAt })).heartbeat;
+    assert.equal(hb.leases.length, 0);
+
+    const metrics = await (await fetch(`http://127.0.0.1:${a.httpPort}/metrics`)).text();
+    const sample = (name: string, labels = "") => new RegExp(`^${name}\\{[^}]*${labels}[^}]*\\} (\\S+)$`, "m").exec(metrics)?.[1];
+    assert.equal(sample("factsweep_agent_cells_total"), "28");
+    assert.equal(sample("factsweep_workers_ready"), "1");
+    assert.equal(sample("factsweep_cache_misses_total"), "1");
+    assert.equal(sample("factsweep_publish_seconds_count"), "1");
+    assert.equal(sample("factsweep_shard_duration_seconds_count", 'outcome="done"'), "1");
+    assert.equal(sample("factsweep_worker_restarts_total"), undefined, "no restart happened (counter has no sample yet)");
+    assert.ok(Number(sample("factsweep_engine_batch_seconds_count")) >= 1);
+    assert.equal((await fetch(`http://127.0.0.1:${a.httpPort}/readyz`)).status, 200);
+    const health = (await (await fetch(`http://127.0.0.1:${a.httpPort}/healthz`)).json()) as { status: string; workersReady: number; coordinatorConnected: boolean };
+    assert.deepEqual([health.status, health.workersReady, health.coordinatorConnected], ["ok", 1, true]);
+
+    // The coordinator asks it to drain: it leaves cleanly with exit code 0.
+    s.send({ $case: "drain", drain: { reason: "test over" } });
+    const r = await a.proc;
+    assert.equal(r.exitCode, 0, a.logs.join("\n"));
+  } finally {
+    a.proc.kill("SIGKILL");
+    coord.kill();
+  }
+});
+
+test("when the coordinator dies mid-shard the agent finishes the shard, publishes it, reconnects with backoff and reports it done on the new stream", { skip }, async () => {
+  const coord = new ScriptedCoordinator();
+  const port = await coord.start();
+  const a = await startAgent(port, ["--agent-id", "agent-reconnect", "--batch-size", "1"]);
+  try {
+    const s = await coord.nextStream(0);
+    await s.next("hello");
+    s.send({ $case: "welcome", welcome: { sessionId: "s1", leaseTtlMs: 30_000, heartbeatIntervalMs: 50, natsResultsSubjectPrefix: "" } });
+    await s.next("credit");
+    const { shard } = goldenSwapShard("sw-reconnect");
+    shard.cells = [1, 3, 5].flatMap((w) => shard.cells.map((c) => ({ ...c, window: w })));
+    s.send({ $case: "lease", lease: { leaseId: "L1", shard, ttlMs: 30_000 } });
+    const hb = await s.next("heartbeat", (b) => b.heartbeat.leases.some((l) => l.leaseId === "L1" && l.cellsDone > 0));
+    coord.kill(); // the coordinator vanishes while the shard runs
+    assert.ok(hb.heartbeat.leases[0]!.cellsDone < shard.cells.length, "killed mid-shard");
+
+    const stored = await waitFor(async () => {
+      const st = await storedResults(nats.jsm, "sw-reconnect");
+      return st.length > 0 ? st : undefined;
+    });
+    assert.equal(stored.length, 1, "the result reached JetStream without the coordinator");
+
+    const coord2 = new ScriptedCoordinator();
+    await coord2.start(port); // the coordinator comes back on the same address
+    try {
+      const s2 = await coord2.nextStream(0);
+      assert.equal((await s2.next("hello")).hello.agentId, "agent-reconnect");
+      s2.send({ $case: "welcome", welcome: { sessionId: "s2", leaseTtlMs: 30_000, heartbeatIntervalMs: 50, natsResultsSubjectPrefix: "" } });
+      const done = (await s2.next("done")).done;
+      assert.deepEqual([done.leaseId, done.shardId, done.publishedSeq], ["L1", shard.shardId, stored[0]!.seq]);
+      assert.equal((await s2.next("credit")).credit.slots, 1);
+      assert.ok(a.logs.some((l) => /reconnecting to coordinator/.test(l)), "the reconnect is logged");
+    } finally {
+      a.proc.kill("SIGTERM");
+      await a.proc;
+      coord2.kill();
+    }
+  } finally {
+    a.proc.kill("SIGKILL");
+    coord.kill();
+  }
+});
+
+test("SIGTERM drains: the running shard finishes and is reported done, a lease granted after it is handed back, workers shut down, exit 0", { skip }, async () => {
+  const coord = new ScriptedCoordinator();
+  const port = await coord.start();
+  const a = await startAgent(port, ["--agent-id", "agent-term", "--batch-size", "1"]);
+  try {
+    const s = await coord.nextStream(0);
+    await s.next("hello");
+    s.send({ $case: "welcome", welcome: { sessionId: "s1", leaseTtlMs: 30_000, heartbeatIntervalMs: 50, natsResultsSubjectPrefix: "" } });
+    await s.next("credit");
+    const { shard } = goldenSwapShard("sw-term");
+    // Three windows make the shard long enough (84 single-cell batches) to be mid-run at SIGTERM.
+    shard.cells = [1, 3, 5].flatMap((w) => shard.cells.map((c) => ({ ...c, window: w })));
+    s.send({ $case: "lease", lease: { leaseId: "L1", shard, ttlMs: 30_000 } });
+    await s.next("heartbeat", (b) => b.heartbeat.leases.some((l) => l.leaseId === "L1" && l.cellsDone > 0 && l.cellsDone < shard.cells.length));
+    a.proc.kill("SIGTERM");
+    await waitFor(async () => (a.logs.some((l) => /draining \(SIGTERM\)/.test(l)) ? true : undefined));
+    const { shard: other } = goldenSwapShard("sw-term", "sw-term.1.0");
+    s.send({ $case: "lease", lease: { leaseId: "L2", shard: other, ttlMs: 30_000 } });
+
+    const failed = (await s.next("failed")).failed;
+    assert.deepEqual([failed.leaseId, failed.retryable], ["L2", true]);
+    assert.match(failed.error, /draining/);
+    const done = (await s.next("done")).done;
+    assert.equal(done.leaseId, "L1");
+    const r = await a.proc;
+    assert.equal(r.exitCode, 0, a.logs.join("\n"));
+    const stored = await storedResults(nats.jsm, "sw-term");
+    assert.deepEqual(stored.map((x) => x.result.shardId), [shard.shardId]);
+    assert.equal(stored[0]!.result.cells.length, 84);
+    assert.ok(a.logs.some((l) => /\[worker cpu:0\].*exit 0/.test(l)), "the worker exited after Shutdown");
+  } finally {
+    a.proc.kill("SIGKILL");
+    coord.kill();
+  }
+});
+
+test("an agent refused for its protocol version stops with a clear error instead of reconnecting", { skip }, async () => {
+  const coord = new ScriptedCoordinator();
+  const port = await coord.start();
+  const a = await startAgent(port, ["--agent-id", "agent-old"]);
+  try {
+    const s = await coord.nextStream(0);
+    await s.next("hello");
+    s.refuse(status.FAILED_PRECONDITION, `agent "agent-old" speaks agent protocol version ${AGENT_PROTOCOL_VERSION}, this coordinator speaks version 99`);
+    const r = await a.proc;
+    assert.equal(r.exitCode, 1);
+    assert.ok(a.logs.some((l) => /fatal: coordinator .* refused agent agent-old: .*version 99/.test(l)), a.logs.join("\n"));
+    assert.equal(coord.streams.length, 1, "no reconnect attempt");
+  } finally {
+    a.proc.kill("SIGKILL");
+    coord.kill();
+  }
+});
+
+async function waitFor<T>(probe: () => Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+
