@@ -310,3 +310,27 @@ def test_the_worker_runs_an_edit_and_answers_a_bad_one_with_an_error_frame_then_
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- the case fixture -------------------------------------------------------------------------
+
+def test_the_committed_fixture_is_what_make_edit_cases_writes_from_the_world(tmp_path, fixture):
+    out = tmp_path / "cases.json"
+    proc = subprocess.run(["node", "engine/experiments/make_edit_cases.mjs", "--out", str(out)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    with open(out) as f:
+        made = json.load(f)
+    assert made["cases"] == fixture["cases"] and made["corpus"] == fixture["corpus"]
+
+
+@pytest.mark.parametrize("model_id", ["mamba", "neox"])
+def test_every_fixture_case_is_a_valid_edit_request_whose_model_knows_the_true_object(eng, fixture, model_id):
+    ck = eng._model(model_id)
+    for c in fixture["cases"]:
+        case = rome.parse_params(ck.model_type, ck.config, dict(c["params"], matrix=rome.MATRICES[ck.model_type][0],
+                                                                  layer=0, corpus=fixture["corpus"][:1]))
+        assert case.target_new[0] != case.target_true[0]
+    _, top1 = rome.target_nlls(ck.model, [c["params"]["rewrite"]["ids"] for c in fixture["cases"]], [[1]])
+    known = [int(t) == c["params"]["target_true_ids"][0] for t, c in zip(top1, fixture["cases"])]
+    assert all(known), [c["rewrite_text"] for k, c in zip(known, fixture["cases"]) if not k]
