@@ -124,7 +124,8 @@ def hf_model(name: str, dtype, device, seed: int):
         # never separate values a hook can reach; the reference slow path computes them (the
         # configuration the baseline figures were measured in).
         for layer in model.backbone.layers:
-            layer.mixer.forward = layer.mixer.slow_forward
+            mixer = layer.mixer
+            mixer.forward = getattr(mixer, "slow_forward", None) or mixer._slow_forward
     return model, config.to_dict()
 
 
@@ -148,7 +149,8 @@ def run_config(name: str, dtype_name: str, T: int, corruption: str, device, args
         state = dict(model.state_dict())
         out_emb = model.get_output_embeddings()
         if cfg["model_type"] == "gpt_neox" and "embed_out.weight" not in state:
-            state["embed_out.weight"] = out_emb.weight  # dropped from state_dict when transformers ties it
+            state.pop("lm_head.weight", None)  # transformers 5 names the NeoX head lm_head; checkpoints say embed_out
+            state["embed_out.weight"] = out_emb.weight
     hf_cfg["model_type"] = cfg["model_type"]
     engine = Engine(max_batch_rows=args.rows)
     t0 = time.perf_counter()
