@@ -101,7 +101,7 @@ def floor_flops(cfg: dict, cells: list, T: int, rows_per_cell: int) -> float:
     return total * rows_per_cell
 
 
-def hf_model(name: str, dtype, device, seed: int):
+def hf_model(name: str, dtype, device, seed: int, need_slow: bool = False):
     import transformers
 
     cfg = dict(SHAPES[name])
@@ -119,13 +119,14 @@ def hf_model(name: str, dtype, device, seed: int):
     # clean answer has a probability worth restoring.
     with torch.no_grad():
         model.get_input_embeddings().weight.mul_(8.0)
-    if mt == "mamba":
-        # transformers 5.x runs a fused CUDA path that applies the gate inside the scan, so s and g are
-        # never separate values a hook can reach; the reference slow path computes them (the
-        # configuration the baseline figures were measured in).
+    if mt == "mamba" and need_slow:
+        # On CUDA transformers 5.x applies the gate inside its fused scan, so s and g are never
+        # separate values a hook can reach; only a release with a `slow_forward` exposes them.
+        # (`_slow_forward` is PyTorch's tracing helper, which calls forward: not a substitute.)
         for layer in model.backbone.layers:
-            mixer = layer.mixer
-            mixer.forward = getattr(mixer, "slow_forward", None) or mixer._slow_forward
+            if not hasattr(layer.mixer, "slow_forward"):
+                raise RuntimeError(f"transformers {transformers.__version__} has no MambaMixer.slow_forward: the ssm and gate sites cannot be hooked on its CUDA path; run the baselines with ':residual'")
+            layer.mixer.forward = layer.mixer.slow_forward
     return model, config.to_dict()
 
 
@@ -145,7 +146,8 @@ def run_config(name: str, dtype_name: str, T: int, corruption: str, device, args
         hf_cfg.update(rope_parameters={"partial_rotary_factor": cfg.get("rotary_pct", 0.25), "rope_theta": 10000.0, "rope_type": "default"})
         state = random_state(hf_cfg)
     else:
-        model, hf_cfg = hf_model(name, dtype, device, seed=0)
+        need_slow = any(site in ("ssm", "gate") for site, _ in (GRIDS[cfg["model_type"]] if not (args.residual_only or residual_only) else GRIDS[cfg["model_type"]][:1]))
+        model, hf_cfg = hf_model(name, dtype, device, seed=0, need_slow=need_slow)
         state = dict(model.state_dict())
         out_emb = model.get_output_embeddings()
         if cfg["model_type"] == "gpt_neox" and "embed_out.weight" not in state:
