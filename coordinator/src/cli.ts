@@ -260,6 +260,26 @@ program
     exitCode = await runLocal(file, opts);
   });
 
+program
+  .command("report")
+  .description("write report.html (heatmaps of mean IE by token group × layer, the paper's findings checked) and report.csv from finished `local` runs")
+  .requiredOption("--from <dirs...>", "output folders of `sweepctl local` runs (each holds trace.json)")
+  .option("--out <dir>", "folder for report.html and report.csv", ".")
+  .option("--title <title>", "report title", "Causal tracing report")
+  .action(async (opts: { from: string[]; out: string; title: string }) => {
+    const { readTraces, writeReport } = await import("./report/index.js"); // vega loads only for this command
+    let traces;
+    try {
+      traces = readTraces(opts.from.map((d) => resolve(d)));
+    } catch (err) {
+      throw new CliExit(EXIT.notFound, (err as Error).message);
+    }
+    const r = await writeReport(traces, resolve(opts.out), opts.title);
+    for (const f of r.findings) console.error(`${f.reproduced === null ? "not checked" : f.reproduced ? "reproduced" : "NOT reproduced"}: ${f.model}: ${f.claim} (${f.measured})`);
+    console.log(r.html);
+    console.error(`report written: ${r.html} and ${r.csv}`);
+  });
+
 interface LocalOpts {
   agents: number;
   workers: number;
@@ -330,9 +350,11 @@ async function runLocal(file: string, o: LocalOpts): Promise<number> {
     const n = await writeResults(coord.results(last.sweepId), "csv", join(out, "results.csv"));
     await writeResults(coord.results(last.sweepId), "jsonl", join(out, "results.jsonl"));
     writeFileSync(join(out, "summary.json"), JSON.stringify(coord.summary(last.sweepId), null, 2));
+    const { TRACE_FILE } = await import("./report/index.js");
+    writeFileSync(join(out, TRACE_FILE), JSON.stringify(coord.traceView(last.sweepId)));
     writeFileSync(join(out, "sweep.json"), JSON.stringify(control.SweepInfo.toJSON(last), null, 2));
     console.error(describeSweep(last));
-    console.error(`${n} rows written to ${join(out, "results.csv")} and results.jsonl; summary.json has IE/AIE by token group`);
+    console.error(`${n} rows written to ${join(out, "results.csv")} and results.jsonl; summary.json has IE/AIE by token group; \`sweepctl report --from ${out}\` draws the heatmaps`);
     code = exitCodeOfState(last.state);
   } finally {
     view?.stop();

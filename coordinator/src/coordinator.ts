@@ -22,6 +22,7 @@ import { ResultsConsumer } from "./results-consumer.js";
 import { Scheduler } from "./scheduler.js";
 import { StateStore, type ShardRecord, type SweepRecord } from "./state-store.js";
 import { newAggregator, plan, resultRows, type Aggregator } from "./sweep-runtime.js";
+import { modelTrace, type ModelTrace } from "./report/index.js";
 import { InvalidSpecError, ModelNotFoundError, ModelPathDeniedError, StaleCoordinatorError, SweepExistsError, SweepNotFoundError, UnavailableError } from "./errors.js";
 
 /** TLS files for the gRPC server; with `ca`, clients must present a certificate it signed (mTLS). */
@@ -417,6 +418,16 @@ export class Coordinator extends EventEmitter {
   results(sweepId: string): Iterable<control.ResultRow> {
     const s = this.live(sweepId);
     return resultRows(s.agg);
+  }
+
+  /** The tracing report's view of a sweep (heatmaps of mean IE/AIE by token group × layer). */
+  traceView(sweepId: string): ModelTrace {
+    const s = this.live(sweepId);
+    const model = sweep.ModelRef.fromJSON(s.rec.model);
+    return modelTrace(s.agg, {
+      label: `${s.spec.model.id} (${s.spec.corruption.kind})`, modelType: model.modelType, sweepId, corruption: s.spec.corruption.kind,
+      promptErrors: s.rec.promptErrors,
+    });
   }
 
   /** The aggregator's summary (IE/AIE by token group) as JSON. */
