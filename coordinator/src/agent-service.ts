@@ -11,7 +11,7 @@ import { agent, AGENT_PROTOCOL_VERSION } from "@factsweep/proto";
 import { RESULTS_SUBJECT_PREFIX } from "@factsweep/shared";
 import { ProtocolVersionError, UnauthenticatedError } from "./errors.js";
 import type { AgentSession, Scheduler } from "./scheduler.js";
-import { tokenFromMetadata } from "./auth.js";
+import { tokenFromMetadata, tokenMatches } from "./auth.js";
 
 /** Options of {@link createAgentService}. */
 export interface AgentServiceOptions {
@@ -60,7 +60,7 @@ export function createAgentService(opts: AgentServiceOptions): agent.AgentServic
             fail(err.code, err.message);
             return;
           }
-          if (opts.token && h.token !== opts.token && tokenFromMetadata(call.metadata) !== opts.token) {
+          if (opts.token && !tokenMatches(h.token, opts.token) && !tokenMatches(tokenFromMetadata(call.metadata), opts.token)) {
             const err = new UnauthenticatedError(`agent "${h.agentId}" refused: missing or wrong token; start the agent with the coordinator's --token`);
             fail(err.code, err.message);
             return;

@@ -11,12 +11,18 @@ export function tokenFromMetadata(md: Metadata): string | undefined {
   return m?.[1];
 }
 
+/** Constant-time comparison of a presented token with the expected one. */
+export function tokenMatches(got: string | undefined, expected: string): boolean {
+  if (got === undefined) return false;
+  const a = Buffer.from(got);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
 /** Throws UnauthenticatedError unless the call carries the expected token (no-op when none is configured). */
 export function checkToken(md: Metadata, expected: string | undefined): void {
   if (!expected) return;
   const got = tokenFromMetadata(md);
   if (got === undefined) throw new UnauthenticatedError("missing API token: this coordinator requires `authorization: Bearer <token>` (sweepctl --token or FACTSWEEP_TOKEN)");
-  const a = Buffer.from(got);
-  const b = Buffer.from(expected);
-  if (a.length !== b.length || !timingSafeEqual(a, b)) throw new UnauthenticatedError("wrong API token (sweepctl --token or FACTSWEEP_TOKEN)");
+  if (!tokenMatches(got, expected)) throw new UnauthenticatedError("wrong API token (sweepctl --token or FACTSWEEP_TOKEN)");
 }

@@ -36,6 +36,7 @@ export function exitCodeOf(code: status | undefined): number {
       return EXIT.notFound;
     case status.UNAVAILABLE:
     case status.DEADLINE_EXCEEDED:
+    case status.CANCELLED: // the coordinator went away mid-call
       return EXIT.unavailable;
     default:
       return EXIT.internal;

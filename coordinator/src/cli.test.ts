@@ -83,6 +83,21 @@ test("an unreachable coordinator exits 4; a usage error or a missing token exits
   assert.match(noTok.stderr, /token/);
 });
 
+test("launch keeps following its sweep across a coordinator restart and exits 0 when it is done", async () => {
+  await worker.kill();
+  worker = await new TestAgent({ addr: h.addr, natsUrl: h.nats.url, agentId: "cli-worker", token: "tok", hold: true }).start();
+  const launching = sweepctl("launch", tempSpec(goldenSpec({ prompts: 2, shardCells: 24 })), "--id", "cli-restart", "--quiet");
+  let printed = "";
+  launching.stdout?.on("data", (d: Buffer) => (printed += d.toString()));
+  await until(() => worker.heldLeases().length > 0 && printed.includes("cli-restart"), "the launch to return and a lease of the new sweep");
+  await h.restart("crash", true);
+  await worker.kill();
+  worker = await new TestAgent({ addr: h.addr, natsUrl: h.nats.url, agentId: "cli-worker", token: "tok" }).start();
+  const r = await launching;
+  assert.equal(r.exitCode, 0, r.stderr);
+  assert.match(r.stderr, /state\s+done/);
+});
+
 test("a sweep whose shards fail exits 1 from watch and status", async () => {
   await worker.kill();
   worker = await new TestAgent({ addr: h.addr, natsUrl: h.nats.url, agentId: "cli-worker", token: "tok", failWith: { error: "bad prompt", retryable: false } }).start();

@@ -64,29 +64,47 @@ function unary<Req, Res>(o: GlobalOpts, method: (c: control.SweepServiceClient) 
   });
 }
 
-/** Follows Watch until the sweep ends, with a progress bar; resolves with the last SweepInfo. */
-function watchRemote(o: GlobalOpts, sweepId: string, quiet: boolean): Promise<control.SweepInfo> {
-  const { c, md } = client(o);
+/**
+ * Follows Watch until the sweep ends, with a progress bar; resolves with the last SweepInfo. A
+ * coordinator that restarts meanwhile (stream broken, or ended before the sweep did) is watched
+ * again once it is back, for up to `--timeout-ms` of unavailability.
+ */
+async function watchRemote(o: GlobalOpts, sweepId: string, quiet: boolean, initial?: control.SweepInfo): Promise<control.SweepInfo> {
   const view = quiet ? undefined : new ProgressView();
-  return new Promise((res, rej) => {
-    let last: control.SweepInfo | undefined;
-    const stream = c.watch({ sweepId }, md());
-    stream.on("data", (info: control.SweepInfo) => {
-      last = info;
-      view?.update(info);
-    });
-    stream.on("error", (e: grpc.ServiceError) => {
-      view?.stop();
-      c.close();
-      rej(fromGrpc(e, o));
-    });
-    stream.on("end", () => {
-      view?.stop();
-      c.close();
-      if (last) res(last);
-      else rej(new CliExit(EXIT.unavailable, `watch of ${sweepId} ended without any update`));
-    });
-  });
+  let last: control.SweepInfo | undefined = initial;
+  let downSince: number | undefined;
+  try {
+    for (;;) {
+      const outcome = await new Promise<{ err?: grpc.ServiceError }>((res) => {
+        const { c, md } = client(o);
+        const stream = c.watch({ sweepId }, md());
+        stream.on("data", (info: control.SweepInfo) => {
+          last = info;
+          downSince = undefined;
+          view?.update(info);
+        });
+        stream.on("error", (e: grpc.ServiceError) => {
+          c.close();
+          res({ err: e });
+        });
+        stream.on("end", () => {
+          c.close();
+          res({});
+        });
+      });
+      if (last && isTerminal(last.state)) return last;
+      // Only a coordinator that answered before is waited for; one never reached fails fast (exit 4).
+      const transient = last !== undefined && (!outcome.err || outcome.err.code === grpc.status.UNAVAILABLE || outcome.err.code === grpc.status.CANCELLED);
+      if (!transient) throw outcome.err ? fromGrpc(outcome.err, o) : new CliExit(EXIT.unavailable, `watch of ${sweepId} ended without any update`);
+      downSince ??= Date.now();
+      if (Date.now() - downSince > o.timeoutMs) {
+        throw outcome.err ? fromGrpc(outcome.err, o) : new CliExit(EXIT.unavailable, `watch of ${sweepId} ended before the sweep did`);
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  } finally {
+    view?.stop();
+  }
 }
 
 async function writeResults(rows: AsyncIterable<control.ResultRow> | Iterable<control.ResultRow>, format: "csv" | "jsonl", out?: string): Promise<number> {
@@ -157,11 +175,12 @@ program
       console.error(`${info.promptErrors.length} prompt(s) skipped:`);
       for (const e of info.promptErrors.slice(0, 20)) console.error(`  prompt ${e.promptIndex}: ${e.message}`);
     }
+    if (isTerminal(info.state)) console.error(describeSweep(info));
     if (opts.detach || isTerminal(info.state)) {
       exitCode = exitCodeOfState(info.state);
       return;
     }
-    const last = await watchRemote(g(), info.sweepId, opts.quiet === true);
+    const last = await watchRemote(g(), info.sweepId, opts.quiet === true, info);
     console.error(describeSweep(last));
     exitCode = exitCodeOfState(last.state);
   });

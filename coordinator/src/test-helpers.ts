@@ -51,7 +51,7 @@ export interface Harness {
   sweeps: control.SweepServiceClient;
   opts: CoordinatorOptions;
   /** Restart the coordinator over the same NATS (graceful, or `crash` without flushing). */
-  restart(how?: "graceful" | "crash"): Promise<void>;
+  restart(how?: "graceful" | "crash", samePort?: boolean): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -66,11 +66,12 @@ export async function startHarness(over: Partial<CoordinatorOptions> = {}): Prom
   const h: Harness = {
     nats, coord, opts, addr: `127.0.0.1:${coord.grpcPort}`,
     sweeps: new control.SweepServiceClient(`127.0.0.1:${coord.grpcPort}`, grpc.credentials.createInsecure()),
-    async restart(how = "graceful") {
+    async restart(how = "graceful", samePort = false) {
+      const port = coord.grpcPort;
       if (how === "crash") await coord.crash();
       else await coord.stop();
       h.sweeps.close();
-      coord = await Coordinator.start({ ...opts, grpcPort: 0 });
+      coord = await Coordinator.start({ ...opts, grpcPort: samePort ? port : 0 });
       h.coord = coord;
       h.addr = `127.0.0.1:${coord.grpcPort}`;
       h.sweeps = new control.SweepServiceClient(h.addr, grpc.credentials.createInsecure());
