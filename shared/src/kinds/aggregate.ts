@@ -190,7 +190,7 @@ export class KindAggregator {
         this.sums.add(`${key}|entropy`, post.generation?.entropy ?? null);
         this.sums.add(`${key}|cases`, 1);
         return [{
-          ...base, case: prompt.index, matrix: String(r.matrix), layer: Number(r.layer), ES: post.ES ?? null, PS: post.PS ?? null, NS: post.NS ?? null, S: post.S ?? null,
+          case: prompt.index, relation: prompt.relation, subject: prompt.subject, matrix: String(r.matrix), layer: Number(r.layer), ES: post.ES ?? null, PS: post.PS ?? null, NS: post.NS ?? null, S: post.S ?? null,
           EM: post.EM ?? null, PM: post.PM ?? null, NM: post.NM ?? null, pre_ES: pre.ES ?? null, pre_PS: pre.PS ?? null, pre_NS: pre.NS ?? null,
           entropy: post.generation?.entropy ?? null, restored: r.restored === true,
         }];
@@ -280,7 +280,7 @@ export class KindAggregator {
     for (const id of ids) {
       for (const row of this.shardRows.get(id)!) {
         yield {
-          sweepId: o.sweepId, model: o.spec.model.id, promptIndex: Number(row.prompt_index ?? 0), subject: String(row.subject ?? ""), site: "", layer: Math.max(0, Number(row.layer ?? 0)),
+          sweepId: o.sweepId, model: o.spec.model.id, promptIndex: Number(row.prompt_index ?? row.case ?? 0), subject: String(row.subject ?? ""), site: "", layer: Math.max(0, Number(row.layer ?? 0)),
           token: Number(row.token ?? 0), window: 0, tokenGroup: "", p: 0, pClean: 0, pCorrupt: 0, ie: 0, corruption: "", kind: this.kind, fieldsJson: JSON.stringify({ shard_id: id, ...row }),
         };
       }
