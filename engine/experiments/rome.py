@@ -545,12 +545,12 @@ def covariance(model, target: Target, corpus: List[List[int]], corpus_hash: str,
 
 
 def _trim_cov_cache() -> None:
-    sizes = [(m, k, v[0].numel() * 4) for m, od in _COV.items() for k, v in od.items()]
-    total = sum(s for *_, s in sizes)
-    for model, od in list(_COV.items()):
+    """Drop least recently used covariances (keeping each model's newest) above COV_CACHE_BYTES."""
+    total = sum(C.numel() * C.element_size() for od in _COV.values() for C, _ in od.values())
+    for od in list(_COV.values()):
         while total > COV_CACHE_BYTES and len(od) > 1:
             _, (C, _) = od.popitem(last=False)
-            total -= C.numel() * 4
+            total -= C.numel() * C.element_size()
 
 
 def sample(model, prompts: List[List[int]], new_tokens: int, top_k: int, gen: torch.Generator) -> List[List[int]]:
