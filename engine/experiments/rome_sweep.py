@@ -74,13 +74,19 @@ def main(argv=None) -> int:
                                  "cases": [{k: r[k] for k in ("case_id", "v_star", "key", "update")}
                                            | {"post": {k: r["post"][k] for k in ("ES", "PS", "NS", "EM", "PM", "NM")},
                                               "pre": {k: r["pre"][k] for k in ("ES", "PS", "NS")}} for r in results]})
-    out["seconds"] = time.perf_counter() - started
+            out["seconds"] = time.perf_counter() - started
+            if a.out:  # after every (matrix, layer): a stopped sweep keeps what it finished
+                write(a.out, out)
     if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            json.dump(out, f, indent=1)
         print(f"\nwrote {a.out}")
     return 0
+
+
+def write(path: str, out: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(out, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":
