@@ -27,7 +27,7 @@ function lines(title: string, values: object[], y: { field: string; title: strin
     encoding: {
       x: { field: "layer", type: "quantitative", title: opts.x ?? "layer", axis: { tickMinStep: 1 } },
       y: { field: y.field, type: "quantitative", title: y.title, ...(y.domain ? { scale: { domain: y.domain } } : {}) },
-      color: { field: color, type: "nominal", title: color.replace("_", " ") },
+      color: { field: color, type: "nominal", title: color.replace("_", " "), legend: { labelLimit: 300 } },
     },
   };
   const base = { $schema: SCHEMA, title: { text: title, fontSize: 13 }, data: { values } };
@@ -79,7 +79,7 @@ async function lreSection(aggs: KindAggregate[]): Promise<string> {
         y: { field: "relation", type: "nominal", title: null, sort: "-x" },
         yOffset: { field: "at" },
         x: { field: "faithfulness", type: "quantitative", scale: { domain: [0, 1] } },
-        color: { field: "at", type: "nominal", title: null, legend: { orient: "bottom", direction: "vertical" } },
+        color: { field: "at", type: "nominal", title: null, legend: { orient: "bottom", direction: "vertical", labelLimit: 400 } },
       },
     } as TopLevelSpec;
   });
