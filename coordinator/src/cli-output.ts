@@ -5,6 +5,7 @@
 import { SingleBar, Presets } from "cli-progress";
 import { status } from "@grpc/grpc-js";
 import type { control } from "@factsweep/proto";
+import { kindCsvColumns, kindRowRecord } from "@factsweep/shared";
 
 /** sweepctl exit codes (documented in coordinator/README.md). */
 export const EXIT = {
@@ -151,17 +152,23 @@ export function rowRecord(r: control.ResultRow): Record<(typeof RESULT_COLUMNS)[
   };
 }
 
-const csvCell = (v: string | number): string => {
-  const s = String(v);
+const csvCell = (v: string | number | boolean | null): string => {
+  const s = v === null ? "" : String(v);
   return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 };
 
-/** CSV header line. */
-export const csvHeader = (): string => RESULT_COLUMNS.join(",");
+const isKindRow = (r: Pick<control.ResultRow, "kind">): boolean => Boolean(r.kind) && r.kind !== "trace";
+
+/** CSV header line; a row of an experiment kind (knockout, sever, lre, edit) has that kind's columns. */
+export const csvHeader = (first?: Pick<control.ResultRow, "kind">): string => (first && isKindRow(first) ? kindCsvColumns(first.kind) : RESULT_COLUMNS).join(",");
 /** One CSV line. */
 export const csvLine = (r: control.ResultRow): string => {
+  if (isKindRow(r)) {
+    const rec = kindRowRecord(r);
+    return kindCsvColumns(r.kind).map((k) => csvCell(rec[k] ?? "")).join(",");
+  }
   const rec = rowRecord(r);
   return RESULT_COLUMNS.map((k) => csvCell(rec[k])).join(",");
 };
 /** One JSON line. */
-export const jsonLine = (r: control.ResultRow): string => JSON.stringify(rowRecord(r));
+export const jsonLine = (r: control.ResultRow): string => JSON.stringify(isKindRow(r) ? kindRowRecord(r) : rowRecord(r));

@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import * as grpc from "@grpc/grpc-js";
 import { control } from "@factsweep/proto";
-import { parseSweepSpec, startNatsServer } from "@factsweep/shared";
+import { KIND_AGGREGATE_FILE, parseSweepSpec, startNatsServer } from "@factsweep/shared";
 import { EXIT, ProgressView, agentTable, csvHeader, csvLine, describeSweep, exitCodeOf, exitCodeOfState, isTerminal, jsonLine, sweepTable } from "./cli-output.js";
 
 /** An error that ends sweepctl with a given exit code and message. */
@@ -111,11 +111,12 @@ async function writeResults(rows: AsyncIterable<control.ResultRow> | Iterable<co
   const sink = out ? createWriteStream(out) : process.stdout;
   const write = (s: string) => new Promise<void>((res) => (sink.write(s) ? res() : sink.once("drain", () => res())));
   let n = 0;
-  if (format === "csv") await write(csvHeader() + "\n");
   for await (const r of rows) {
+    if (format === "csv" && n === 0) await write(csvHeader(r) + "\n"); // the columns depend on the sweep's kind
     await write((format === "csv" ? csvLine(r) : jsonLine(r)) + "\n");
     n++;
   }
+  if (format === "csv" && n === 0) await write(csvHeader() + "\n");
   if (out) await new Promise<void>((res) => (sink as ReturnType<typeof createWriteStream>).end(() => res()));
   return n;
 }
@@ -369,8 +370,12 @@ async function runLocal(file: string, o: LocalOpts): Promise<number> {
     const n = await writeResults(coord.results(last.sweepId), "csv", join(out, "results.csv"));
     await writeResults(coord.results(last.sweepId), "jsonl", join(out, "results.jsonl"));
     writeFileSync(join(out, "summary.json"), JSON.stringify(coord.summary(last.sweepId), null, 2));
-    const { TRACE_FILE } = await import("./report/index.js");
-    writeFileSync(join(out, TRACE_FILE), JSON.stringify(coord.traceView(last.sweepId)));
+    if (spec.kind === "trace") {
+      const { TRACE_FILE } = await import("./report/index.js");
+      writeFileSync(join(out, TRACE_FILE), JSON.stringify(coord.traceView(last.sweepId)));
+    } else {
+      writeFileSync(join(out, KIND_AGGREGATE_FILE), JSON.stringify(coord.summary(last.sweepId))); // the kind's aggregate, read by `sweepctl report`
+    }
     writeFileSync(join(out, "sweep.json"), JSON.stringify(control.SweepInfo.toJSON(last), null, 2));
     console.error(describeSweep(last));
     console.error(`${n} rows written to ${join(out, "results.csv")} and results.jsonl; summary.json has IE/AIE by token group; \`sweepctl report --from ${out}\` draws the heatmaps`);

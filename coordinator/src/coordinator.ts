@@ -11,7 +11,7 @@ import * as grpc from "@grpc/grpc-js";
 import { connect, credsAuthenticator, type NatsConnection, type ConnectionOptions } from "@nats-io/transport-node";
 import { collectDefaultMetrics, type Registry } from "prom-client";
 import { agent, control, sweep } from "@factsweep/proto";
-import { createRegistry, EVENTS_SUBJECT_PREFIX, parseSweepSpec, startHttpServer, type HttpServerHandle, type SweepSpec } from "@factsweep/shared";
+import { createRegistry, EVENTS_SUBJECT_PREFIX, KindAggregator, parseSweepSpec, shardUnits, startHttpServer, type HttpServerHandle, type SweepSpec } from "@factsweep/shared";
 import { createAgentService } from "./agent-service.js";
 import { createSweepService } from "./sweep-service.js";
 import { createHealthService, HealthService } from "./health-service.js";
@@ -338,7 +338,7 @@ export class Coordinator extends EventEmitter {
 
   private shardRecord(sweepId: string, sh: sweep.Shard): ShardRecord {
     return {
-      ...LeaseTable.pending(sh.shardId, sweepId, sh.prompt?.promptKey ?? `${sweepId}/${sh.prompt?.index ?? 0}`, sh.cells.length),
+      ...LeaseTable.pending(sh.shardId, sweepId, sh.prompt?.promptKey ?? `${sweepId}/${sh.prompt?.index ?? 0}`, shardUnits(sh)),
       shard: Buffer.from(sweep.Shard.encode(sh).finish()).toString("base64"),
     };
   }
@@ -424,6 +424,7 @@ export class Coordinator extends EventEmitter {
   traceView(sweepId: string): ModelTrace {
     const s = this.live(sweepId);
     const model = sweep.ModelRef.fromJSON(s.rec.model);
+    if (s.agg instanceof KindAggregator) throw new InvalidSpecError("kind", `sweep ${sweepId} is kind ${s.spec.kind}, not trace; its aggregate is summary()`);
     return modelTrace(s.agg, {
       label: `${s.spec.model.id} (${s.spec.corruption.kind})`, modelType: model.modelType, sweepId, corruption: s.spec.corruption.kind,
       promptErrors: s.rec.promptErrors,

@@ -3,7 +3,7 @@
  * `planSweep` and `ResultAggregator`, so a change of their shapes is adapted here alone.
  */
 import type { control, sweep } from "@factsweep/proto";
-import { planSweep, ResultAggregator, type SweepSpec } from "@factsweep/shared";
+import { KindAggregator, planSweep, readModelConfig, ResultAggregator, type SweepSpec } from "@factsweep/shared";
 
 /** A planned sweep: prompts (with per-prompt errors) and shards. */
 export interface Plan {
@@ -20,11 +20,15 @@ export function plan(spec: SweepSpec, sweepId: string): Plan {
   return { model: p.model, prompts: p.prompts, promptErrors: p.promptErrors, shards: p.shards, plannedCells: p.plannedCells };
 }
 
-/** The aggregator of one sweep (idempotent by shard id). */
-export type Aggregator = ResultAggregator;
+/** The aggregator of one sweep (idempotent by shard id): tracing's, or the experiment kinds'. */
+export type Aggregator = ResultAggregator | KindAggregator;
 
 /** A new, empty aggregator for a sweep's prompts. */
 export function newAggregator(spec: SweepSpec, sweepId: string, prompts: sweep.PromptSpec[]): Aggregator {
+  if (spec.kind !== "trace") {
+    const cfg = readModelConfig(spec.model.path); // sever re-derives each shard's cells from the model's layers
+    return new KindAggregator({ sweepId, spec, prompts, modelType: cfg.modelType, numLayers: cfg.numLayers });
+  }
   return new ResultAggregator({ sweepId, prompts, scheme: spec.token_groups, model: spec.model.id, corruption: spec.corruption.kind });
 }
 

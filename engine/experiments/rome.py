@@ -79,7 +79,8 @@ Result (JSON object)::
     {
       "kind": "edit", "prompt_key", "model_type", "matrix", "layer",
       "module": "backbone.layers.3.mixer.out_proj", "rows": [0, 128],
-      "covariance": {"tokens", "sequences", "dim", "corpus_hash", "trace", "cached"},
+      "covariance": {"tokens", "sequences", "dim", "corpus_hash", "trace", "cached", "seconds"}
+                    | null,                      # null when mom2_adjustment is false
       "key": {"contexts": 21, "k_norm", "kbar_norm", "u_dot_k", "cosine_k_kbar"},
       "v_star": {"steps", "loss", "nll", "kl", "weight_decay", "avg_prob", "v_init_norm",
                  "delta_norm", "clamped", "stopped": "loss"|"prob"|"steps"},
@@ -96,7 +97,12 @@ Result (JSON object)::
 
 With ``cov_only`` the result is ``{"kind", "cov_only": true, "matrix", "layer", "module",
 "covariance": {...}, "moment_b64"?, "seconds"}``. Bad params raise ``InvalidArgument`` naming
-``params.<field>``; a singular C or a non-finite v* raises ``NumericError``.
+``params.<field>`` (what was expected, what came); a singular C or a non-finite v* raises
+``NumericError``; all are raised before the weights change, and an error while they are changed
+restores them first.
+
+The weights are edited in place for the duration of one request (the worker runs one request at a
+time); cached causal-tracing runs stay valid because the restore is exact.
 """
 
 from __future__ import annotations
@@ -109,7 +115,7 @@ import time
 import weakref
 from collections import Counter, OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch

@@ -7,6 +7,7 @@
 import { engine, sweep } from "@factsweep/proto";
 import { EngineClosedError, EngineRequestError, EngineTimeoutError, type EngineClient } from "@factsweep/shared";
 import type { EngineWorker } from "./engine-supervisor.js";
+import { runExperimentShard } from "./experiment-runner.js";
 import { ShardCancelledError, ShardError, WorkerLostError } from "./errors.js";
 import type { Logger } from "./log.js";
 import type { AgentMetrics } from "./metrics.js";
@@ -54,6 +55,11 @@ export async function runShard(opts: ShardRunOptions): Promise<ShardOutcome> {
   const model = shard.model;
   if (!prompt || !model) {
     throw new ShardError(shard.shardId, false, `shard ${shard.shardId} has no ${!prompt ? "prompt" : "model"}; the coordinator must send Shard.${!prompt ? "prompt" : "model"}`);
+  }
+  if (shard.kind && shard.kind !== "trace") {
+    const outcome = await runExperimentShard(opts); // knockout, sever, lre, edit: one RunExperiment
+    void refreshWorkerStats(worker, metrics);
+    return outcome;
   }
   const promptKey = prompt.promptKey || `${shard.sweepId}.${prompt.index}`;
   // One request per shard by default: the engine groups the cells by token and fills its batches

@@ -315,6 +315,8 @@ export class ResultAggregator {
           pCorrupt: sh.pCorrupt,
           ie: indirectEffect(p, sh.pCorrupt, sh.pClean) ?? NaN,
           corruption: this.corruption,
+          kind: "trace",
+          fieldsJson: "",
         };
       }
     }

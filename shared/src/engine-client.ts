@@ -136,6 +136,11 @@ export class EngineClient {
     return this.expect(await this.request({ $case: "runCells", runCells: engine.RunCells.fromPartial(req) }, opts), "cells");
   }
 
+  /** Run one experiment of a kind other than tracing (knockout, sever, lre, edit); params and result are JSON. */
+  async runExperiment(req: Partial<engine.RunExperiment> & { modelId: string; kind: string; paramsJson: string }, opts?: { timeoutMs?: number }): Promise<engine.ExperimentResult> {
+    return this.expect(await this.request({ $case: "runExperiment", runExperiment: engine.RunExperiment.fromPartial(req) }, opts), "experiment");
+  }
+
   /** Drop prompts from the worker's cache. */
   async evict(req: Partial<engine.Evict> & { modelId: string }, opts?: { timeoutMs?: number }): Promise<engine.Evicted> {
     return this.expect(await this.request({ $case: "evict", evict: engine.Evict.fromPartial(req) }, opts), "evicted");

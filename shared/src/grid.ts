@@ -13,6 +13,7 @@ import { SITES_BY_MODEL_TYPE, siteToEnum, type SiteName } from "./sites.js";
 import { resolveLayers, type SweepSpec } from "./spec.js";
 import { GROUPS_BY_SCHEME, tokenGroups } from "./token-groups.js";
 import { loadTokenizer, type PromptTokenizer } from "./tokenizer.js";
+import { planKind } from "./kinds/plan.js";
 
 /** Sweep ids appear in NATS subjects and shard ids (`<sweep>.<prompt>.<part>`): no dots or spaces. */
 export const SWEEP_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
@@ -158,7 +159,6 @@ export function planSweep(spec: SweepSpec, sweepId: string, deps: SweepDeps = {}
   });
   resolveLayers(spec.layers, modelConfig.numLayers); // fail on the spec before any prompt work
   const tokenizer = deps.tokenizer !== undefined ? deps.tokenizer : loadSpecTokenizer(spec);
-  const plan = planPrompts(spec, tokenizer, { sweepId, maxPositions: modelConfig.maxPositions, vocabSize: modelConfig.vocabSize });
   const model: sweep.ModelRef = {
     modelId: spec.model.id,
     path: spec.model.path,
@@ -166,6 +166,8 @@ export function planSweep(spec: SweepSpec, sweepId: string, deps: SweepDeps = {}
     modelType: modelConfig.modelType,
     numLayers: modelConfig.numLayers,
   };
+  if (spec.kind !== "trace") return { sweepId, model, modelConfig, ...planKind({ spec, sweepId, modelConfig, model, tokenizer }) };
+  const plan = planPrompts(spec, tokenizer, { sweepId, maxPositions: modelConfig.maxPositions, vocabSize: modelConfig.vocabSize });
   const prompts: sweep.PromptSpec[] = [];
   const promptErrors = [...plan.errors];
   const shards: sweep.Shard[] = [];

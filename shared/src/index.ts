@@ -39,5 +39,6 @@ export * from "./datasets.js";
 export * from "./prompts.js";
 export * from "./grid.js";
 export * from "./effects.js";
+export * from "./kinds/index.js";
 export * from "./metrics.js";
 export * from "./http.js";

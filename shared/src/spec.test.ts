@@ -68,10 +68,10 @@ test("an unknown field is named with a hint to check its spelling", () => {
   assert.match(err.message, /unknown field `shard_cell`/);
 });
 
-test("a planned experiment kind is refused as not implemented yet", () => {
-  const err = specError(`name: x\nkind: lre\nmodel: {id: m, path: /m}\ndataset: { known: a.json }\n`);
+test("an unknown kind is refused with the list of kinds", () => {
+  const err = specError(`name: x\nkind: patch\nmodel: {id: m, path: /m}\ndataset: { known: a.json }\n`);
   assert.equal(err.path, "kind");
-  assert.match(err.message, /planned but not implemented yet; supported: trace/);
+  assert.match(err.message, /expected one of trace, knockout, sever, lre, edit/);
 });
 
 test("several problems are all listed, the first one carried as path/expected/received", () => {

@@ -9,11 +9,12 @@ import { z } from "zod";
 import { describeValue, SpecError } from "./errors.js";
 import { SITE_NAMES } from "./sites.js";
 import { TOKEN_GROUP_SCHEMES, TOKEN_GROUPS } from "./token-groups.js";
+import { ALL_SWEEP_KINDS, applyKindDefaults, checkKindSections, kindSectionsShape } from "./kinds/spec.js";
 
-/** Kinds of experiment a sweep can be. Only `trace` runs today; the others are planned. */
-export const SWEEP_KINDS = ["trace"] as const;
-/** Kinds reserved for the paper's other experiments (refused with a clear message for now). */
-export const PLANNED_SWEEP_KINDS = ["edit", "lre", "knockout", "sever"] as const;
+/** Kinds of experiment a sweep can be (shared/src/kinds/ plans the experiment kinds). */
+export const SWEEP_KINDS = ALL_SWEEP_KINDS;
+/** Kinds not implemented yet (none now; kept so callers that list them keep compiling). */
+export const PLANNED_SWEEP_KINDS = [] as const;
 
 const DTYPES = ["float32", "bfloat16", "float16"] as const;
 
@@ -99,16 +100,7 @@ const tokens = z.union([z.literal("all"), z.array(tokenSelector).min(1)], {
   error: `expected "all" or a list of token groups / indices`,
 });
 
-const kind = z.string().superRefine((k, ctx) => {
-  if ((SWEEP_KINDS as readonly string[]).includes(k)) return;
-  const planned = (PLANNED_SWEEP_KINDS as readonly string[]).includes(k);
-  ctx.addIssue({
-    code: "custom",
-    message: planned
-      ? `kind "${k}" is planned but not implemented yet; supported: ${SWEEP_KINDS.join(", ")}`
-      : `expected one of ${SWEEP_KINDS.join(", ")} (planned: ${PLANNED_SWEEP_KINDS.join(", ")})`,
-  });
-});
+const kind = z.enum(SWEEP_KINDS, { error: `expected one of ${SWEEP_KINDS.join(", ")}` });
 
 /** The zod schema of a sweep spec (snake_case, as written by users). */
 export const sweepSpecSchema = z.strictObject({
@@ -128,10 +120,11 @@ export const sweepSpecSchema = z.strictObject({
   token_groups: z.enum(TOKEN_GROUP_SCHEMES).default("rome"),
   shard_cells: posInt.max(1_000_000).default(512),
   max_attempts: posInt.max(100).default(3),
-});
+  ...kindSectionsShape,
+}).superRefine(checkKindSections);
 
 /** A validated sweep spec; relative paths are resolved against the spec's folder (`baseDir`). */
-export type SweepSpec = z.infer<typeof sweepSpecSchema> & { kind: (typeof SWEEP_KINDS)[number] };
+export type SweepSpec = z.infer<typeof sweepSpecSchema>;
 /** A prompt given inline in the spec. */
 export type PromptInput = z.infer<typeof promptInput>;
 export type TextPromptInput = z.infer<typeof textPrompt>;
@@ -231,8 +224,11 @@ export function validateSweepSpec(raw: unknown, opts: { baseDir?: string } = {})
       issues: issues.map((i) => ({ path: i.path, message: i.message })),
     });
   }
-  const spec = res.data as SweepSpec;
+  const spec = applyKindDefaults(res.data as SweepSpec);
   const baseDir = opts.baseDir ?? process.cwd();
+  for (const section of [spec.knockout, spec.edit]) {
+    if (section && section.corpus !== "dataset") section.corpus = resolvePath(section.corpus, baseDir);
+  }
   spec.model.path = resolvePath(spec.model.path, baseDir);
   if (spec.model.tokenizer) spec.model.tokenizer = resolvePath(spec.model.tokenizer, baseDir);
   if (spec.dataset.known) spec.dataset.known = resolvePath(spec.dataset.known, baseDir);

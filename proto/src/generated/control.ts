@@ -94,6 +94,10 @@ export interface ResultRow {
   pCorrupt: number;
   ie: number;
   corruption: string;
+  /** "" or "trace": the fields above; other kinds: fields_json */
+  kind: string;
+  /** kinds other than trace: one per-shard row as a flat JSON object (snake_case) */
+  fieldsJson: string;
 }
 
 export interface AgentsRequest {
@@ -1010,6 +1014,8 @@ function createBaseResultRow(): ResultRow {
     pCorrupt: 0,
     ie: 0,
     corruption: "",
+    kind: "",
+    fieldsJson: "",
   };
 }
 
@@ -1056,6 +1062,12 @@ export const ResultRow: MessageFns<ResultRow> = {
     }
     if (message.corruption !== "") {
       writer.uint32(114).string(message.corruption);
+    }
+    if (message.kind !== "") {
+      writer.uint32(122).string(message.kind);
+    }
+    if (message.fieldsJson !== "") {
+      writer.uint32(130).string(message.fieldsJson);
     }
     return writer;
   },
@@ -1185,6 +1197,22 @@ export const ResultRow: MessageFns<ResultRow> = {
             message.corruption = reader.string();
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.fieldsJson = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1233,6 +1261,12 @@ export const ResultRow: MessageFns<ResultRow> = {
         : 0,
       ie: isSet(object.ie) ? globalThis.Number(object.ie) : 0,
       corruption: isSet(object.corruption) ? globalThis.String(object.corruption) : "",
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      fieldsJson: isSet(object.fieldsJson)
+        ? globalThis.String(object.fieldsJson)
+        : isSet(object.fields_json)
+        ? globalThis.String(object.fields_json)
+        : "",
     };
   },
 
@@ -1280,6 +1314,12 @@ export const ResultRow: MessageFns<ResultRow> = {
     if (message.corruption !== "") {
       obj.corruption = message.corruption;
     }
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.fieldsJson !== "") {
+      obj.fieldsJson = message.fieldsJson;
+    }
     return obj;
   },
 
@@ -1302,6 +1342,8 @@ export const ResultRow: MessageFns<ResultRow> = {
     message.pCorrupt = object.pCorrupt ?? 0;
     message.ie = object.ie ?? 0;
     message.corruption = object.corruption ?? "";
+    message.kind = object.kind ?? "";
+    message.fieldsJson = object.fieldsJson ?? "";
     return message;
   },
 };

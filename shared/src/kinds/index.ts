@@ -1,0 +1,4 @@
+/** The experiment kinds (knockout, sever, lre, edit): spec sections, planning, aggregation. */
+export * from "./spec.js";
+export * from "./plan.js";
+export * from "./aggregate.js";
