@@ -282,19 +282,26 @@ program
 
 program
   .command("report")
-  .description("write report.html (heatmaps of mean IE by token group × layer, the paper's findings checked) and report.csv from finished `local` runs")
-  .requiredOption("--from <dirs...>", "output folders of `sweepctl local` runs (each holds trace.json)")
+  .description("write report.html (tracing: heatmaps of mean IE by token group × layer and the paper's findings checked; other kinds: their curves) and report.csv, for finished sweeps on the coordinator and/or `local` output folders")
+  .argument("[sweeps...]", "ids of finished sweeps on the coordinator (--coordinator)")
+  .option("--from <dirs...>", "output folders of `sweepctl local` runs (holding trace.json or kind.json)", [] as string[])
   .option("--out <dir>", "folder for report.html and report.csv", ".")
   .option("--title <title>", "report title", "Causal tracing report")
-  .action(async (opts: { from: string[]; out: string; title: string }) => {
-    const { readTraces, writeReport } = await import("./report/index.js"); // vega loads only for this command
-    let traces;
-    try {
-      traces = readTraces(opts.from.map((d) => resolve(d)));
-    } catch (err) {
-      throw new CliExit(EXIT.notFound, (err as Error).message);
+  .action(async (sweeps: string[], opts: { from: string[]; out: string; title: string }) => {
+    if (sweeps.length === 0 && opts.from.length === 0) throw new CliExit(EXIT.usage, "report: name finished sweeps (sweepctl report <id>...) or local output folders (--from <dir>...)");
+    const { readTraces, writeReport, TRACE_FILE } = await import("./report/index.js"); // vega loads only for this command
+    const { readKindAggregates, kindSections } = await import("./report/kinds.js");
+    const dirs = opts.from.map((d) => resolve(d));
+    const missing = dirs.filter((d) => !existsSync(join(d, TRACE_FILE)) && !existsSync(join(d, KIND_AGGREGATE_FILE)));
+    if (missing.length) throw new CliExit(EXIT.notFound, `${missing.join(", ")}: no ${TRACE_FILE} or ${KIND_AGGREGATE_FILE}; expected the output folder of a finished \`sweepctl local\` run`);
+    const traces = readTraces(dirs.filter((d) => existsSync(join(d, TRACE_FILE))));
+    const kinds = readKindAggregates(dirs);
+    for (const id of sweeps) {
+      const data = await unary(g(), (c) => c.report, { sweepId: id });
+      if (data.traceJson) traces.push(JSON.parse(data.traceJson));
+      else kinds.push(JSON.parse(data.aggregateJson));
     }
-    const r = await writeReport(traces, resolve(opts.out), opts.title);
+    const r = await writeReport(traces, resolve(opts.out), opts.title, kinds.length ? await kindSections(kinds) : []);
     for (const f of r.findings) console.error(`${f.reproduced === null ? "not checked" : f.reproduced ? "reproduced" : "NOT reproduced"}: ${f.model}: ${f.claim} (${f.measured})`);
     console.log(r.html);
     console.error(`report written: ${r.html} and ${r.csv}`);

@@ -431,6 +431,14 @@ export class Coordinator extends EventEmitter {
     });
   }
 
+  /** What `sweepctl report` draws for a sweep: the trace view, or a kind's aggregate summary. */
+  report(sweepId: string): control.ReportData {
+    const s = this.live(sweepId);
+    return s.agg instanceof KindAggregator
+      ? { sweepId, kind: s.spec.kind, traceJson: "", aggregateJson: JSON.stringify(s.agg.summary()) }
+      : { sweepId, kind: "trace", traceJson: JSON.stringify(this.traceView(sweepId)), aggregateJson: "" };
+  }
+
   /** The aggregator's summary (IE/AIE by token group) as JSON. */
   summary(sweepId: string): unknown {
     return this.live(sweepId).agg.summary();

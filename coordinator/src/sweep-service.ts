@@ -40,6 +40,7 @@ export function createSweepService(coord: Coordinator, opts: SweepServiceOptions
     cancel: unary("Cancel", (r: control.SweepRef) => coord.cancel(r.sweepId)),
     resume: unary("Resume", (r: control.SweepRef) => coord.resume(r.sweepId)),
     agents: unary("Agents", () => ({ agents: coord.agents() })),
+    report: unary("Report", (r: control.SweepRef) => coord.report(r.sweepId)),
 
     watch(call: ServerWritableStream<control.SweepRef, control.SweepInfo>): void {
       let unsubscribe: (() => void) | undefined;

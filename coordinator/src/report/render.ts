@@ -52,7 +52,7 @@ export function reportCsv(report: TraceReport): string {
  * each site, models side by side; line plots of the last-subject-token and last-token rows; fact
  * counts; and which of the paper's findings the traced models reproduce.
  */
-export async function renderReport(report: TraceReport): Promise<string> {
+export async function renderReport(report: TraceReport, extraSections: string[] = []): Promise<string> {
   const vmax = Math.max(
     0.1,
     ...report.models.flatMap((m) => m.heatmaps.flatMap((h) => h.ie.flat().filter((v): v is number => v !== null && Number.isFinite(v)))),
@@ -103,11 +103,12 @@ small{color:#666;font-weight:normal}
 </style></head><body>
 <h1>${esc(report.title)}</h1>
 <p>Created ${esc(report.created)}. Indirect effect IE = (p[restored] − p[corrupt]) / (p[clean] − p[corrupt]) of the clean answer, averaged per token group and layer (Meng et al. 2022; Sen Sharma et al. 2024). Colour scale 0–${Math.min(1, vmax).toFixed(2)}, shared by all heatmaps.</p>
-<h2>Findings of the paper, checked</h2>
+${report.models.length ? `<h2>Findings of the paper, checked</h2>
 ${table}
 <div class="models">
 ${columns.join("\n")}
-</div>
+</div>` : ""}
+${extraSections.join("\n")}
 </body></html>
 `;
 }

@@ -117,6 +117,15 @@ export interface AgentsReply {
   agents: AgentStatus[];
 }
 
+export interface ReportData {
+  sweepId: string;
+  kind: string;
+  /** kind "trace": the report's ModelTrace (heatmaps by token group × layer) */
+  traceJson: string;
+  /** other kinds: the kind's aggregate summary */
+  aggregateJson: string;
+}
+
 function createBaseLaunchRequest(): LaunchRequest {
   return { spec: "", sweepId: "", specDir: "" };
 }
@@ -1650,6 +1659,135 @@ export const AgentsReply: MessageFns<AgentsReply> = {
   },
 };
 
+function createBaseReportData(): ReportData {
+  return { sweepId: "", kind: "", traceJson: "", aggregateJson: "" };
+}
+
+export const ReportData: MessageFns<ReportData> = {
+  encode(message: ReportData, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sweepId !== "") {
+      writer.uint32(10).string(message.sweepId);
+    }
+    if (message.kind !== "") {
+      writer.uint32(18).string(message.kind);
+    }
+    if (message.traceJson !== "") {
+      writer.uint32(26).string(message.traceJson);
+    }
+    if (message.aggregateJson !== "") {
+      writer.uint32(34).string(message.aggregateJson);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReportData {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReportData();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sweepId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.traceJson = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.aggregateJson = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReportData {
+    return {
+      sweepId: isSet(object.sweepId)
+        ? globalThis.String(object.sweepId)
+        : isSet(object.sweep_id)
+        ? globalThis.String(object.sweep_id)
+        : "",
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      traceJson: isSet(object.traceJson)
+        ? globalThis.String(object.traceJson)
+        : isSet(object.trace_json)
+        ? globalThis.String(object.trace_json)
+        : "",
+      aggregateJson: isSet(object.aggregateJson)
+        ? globalThis.String(object.aggregateJson)
+        : isSet(object.aggregate_json)
+        ? globalThis.String(object.aggregate_json)
+        : "",
+    };
+  },
+
+  toJSON(message: ReportData): unknown {
+    const obj: any = {};
+    if (message.sweepId !== "") {
+      obj.sweepId = message.sweepId;
+    }
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.traceJson !== "") {
+      obj.traceJson = message.traceJson;
+    }
+    if (message.aggregateJson !== "") {
+      obj.aggregateJson = message.aggregateJson;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ReportData>): ReportData {
+    return ReportData.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ReportData>): ReportData {
+    const message = createBaseReportData();
+    message.sweepId = object.sweepId ?? "";
+    message.kind = object.kind ?? "";
+    message.traceJson = object.traceJson ?? "";
+    message.aggregateJson = object.aggregateJson ?? "";
+    return message;
+  },
+};
+
 export type SweepServiceService = typeof SweepServiceService;
 export const SweepServiceService = {
   launch: {
@@ -1724,6 +1862,16 @@ export const SweepServiceService = {
     responseSerialize: (value: AgentsReply): Buffer => Buffer.from(AgentsReply.encode(value).finish()),
     responseDeserialize: (value: Buffer): AgentsReply => AgentsReply.decode(value),
   },
+  /** What `sweepctl report` draws: a trace sweep's heatmaps (ModelTrace JSON) or a kind's aggregate. */
+  report: {
+    path: "/factsweep.control.v1.SweepService/Report" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SweepRef): Buffer => Buffer.from(SweepRef.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SweepRef => SweepRef.decode(value),
+    responseSerialize: (value: ReportData): Buffer => Buffer.from(ReportData.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReportData => ReportData.decode(value),
+  },
 } as const;
 
 export interface SweepServiceServer extends UntypedServiceImplementation {
@@ -1735,6 +1883,8 @@ export interface SweepServiceServer extends UntypedServiceImplementation {
   resume: handleUnaryCall<SweepRef, SweepInfo>;
   results: handleServerStreamingCall<SweepRef, ResultRow>;
   agents: handleUnaryCall<AgentsRequest, AgentsReply>;
+  /** What `sweepctl report` draws: a trace sweep's heatmaps (ModelTrace JSON) or a kind's aggregate. */
+  report: handleUnaryCall<SweepRef, ReportData>;
 }
 
 export interface SweepServiceClient extends Client {
@@ -1816,6 +1966,19 @@ export interface SweepServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: AgentsReply) => void,
+  ): ClientUnaryCall;
+  /** What `sweepctl report` draws: a trace sweep's heatmaps (ModelTrace JSON) or a kind's aggregate. */
+  report(request: SweepRef, callback: (error: ServiceError | null, response: ReportData) => void): ClientUnaryCall;
+  report(
+    request: SweepRef,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReportData) => void,
+  ): ClientUnaryCall;
+  report(
+    request: SweepRef,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReportData) => void,
   ): ClientUnaryCall;
 }
 

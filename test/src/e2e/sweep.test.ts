@@ -28,6 +28,20 @@ test("coordinator and three agents, as separate processes over a real nats-serve
   assert.ok(busy.length >= 2, `only ${busy.length} agent(s) got work`);
 });
 
+test("sweepctl report draws a finished sweep from the coordinator: one heatmap per site with every layer", async () => {
+  const out = join(cluster.dir, "report");
+  const r = await cluster.sweepctl("report", "e2e-happy", "--out", out);
+  assert.equal(r.exitCode, 0, r.stderr);
+  const html = readFileSync(join(out, "report.html"), "utf8");
+  const figures = [...html.matchAll(/<figure class="heatmap" data-model="[^"]*" data-site="([a-z_]+)" data-window="(\d+)" data-groups="(\d+)" data-layers="(\d+)"/g)];
+  assert.deepEqual(figures.map((f) => f[1]).sort(), ["gate", "mixer", "residual", "ssm"]);
+  for (const f of figures) assert.equal(Number(f[4]), 4, `site ${f[1]}: every layer of mamba-tiny`);
+  const csv = readFileSync(join(out, "report.csv"), "utf8").trim().split("\n");
+  assert.ok(csv.length > 1 && csv[0]!.startsWith("model,model_type,sweep_id"));
+  const unknown = await cluster.sweepctl("report", "no-such-sweep", "--out", out);
+  assert.equal(unknown.exitCode, 3, unknown.stderr);
+});
+
 test("noise corruption sweeps also match the engine run alone", async () => {
   const spec = cluster.writeSpec("noise.yaml", goldenMambaSpec({ prompts: 2, corruption: "{ kind: noise, scale: 3, samples: 4, seed: 7 }" }));
   const launched = await cluster.sweepctl("launch", spec, "--id", "e2e-noise", "--quiet");
