@@ -6,6 +6,7 @@
 import type { engine, sweep } from "@factsweep/proto";
 import { knownFactsToFacts, loadKnownFacts, loadRelations, relationToFacts, type Fact } from "./datasets.js";
 import { FactsweepError } from "./errors.js";
+import { seededRandom } from "./random.js";
 import type { SweepSpec, TokenizedPromptInput } from "./spec.js";
 import type { PromptTokenizer, TokenSpan } from "./tokenizer.js";
 
@@ -75,17 +76,7 @@ export function selectDataset(spec: SweepSpec): { items: DatasetItem[]; pools: M
   return { items, pools };
 }
 
-/** Deterministic PRNG (mulberry32): same seed, same swap partners on every machine. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = seededRandom;
 
 /** Mix the spec seed with the prompt index so each prompt draws its own partner order. */
 function promptSeed(seed: number, index: number): number {

@@ -12,6 +12,7 @@ import { loadRelations, type Fact, type Relation } from "../datasets.js";
 import { describeValue, FactsweepError, PromptError, SpecError } from "../errors.js";
 import type { ModelConfig } from "../model-config.js";
 import { planPrompts, type PlanError } from "../prompts.js";
+import { seededRandom } from "../random.js";
 import { resolveLayers, type SweepSpec } from "../spec.js";
 import type { PromptTokenizer } from "../tokenizer.js";
 import { GROUPS_BY_SCHEME, tokenGroups, type TokenGroup } from "../token-groups.js";
@@ -37,16 +38,7 @@ export interface KindPlan {
   plannedCells: number;
 }
 
-const seeded = (seed: number): (() => number) => {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-};
+const seeded = seededRandom;
 const mix = (...xs: number[]): number => xs.reduce((h, x) => Math.imul(h ^ (x + 0x9e3779b9), 0x85ebca6b) >>> 0, 0x2545f491);
 function shuffle<T>(xs: readonly T[], seed: number): T[] {
   const a = [...xs];
