@@ -226,7 +226,8 @@ export class Coordinator extends EventEmitter {
     if (added) s.unpersisted.set(r.shardId, r);
     else if (!s.unpersisted.has(r.shardId)) s.unpersisted.set(r.shardId, undefined);
     if (added) {
-      const cells = r.cells.length;
+      // Experiment kinds publish no cells; count the shard's planned units as its progress does.
+      const cells = r.cells.length || (this.table.get(r.shardId)?.cells ?? 0);
       this.metrics.cells.inc({ status: "done" }, cells);
       this.metrics.shards.inc({ status: "done" });
     }
