@@ -6,13 +6,13 @@
  * re-run on it; an INVALID_ARGUMENT from the engine fails the shard as not retryable.
  */
 import type { engine, sweep } from "@factsweep/proto";
-import { EngineClosedError, EngineRequestError, EngineTimeoutError, shardUnits, type EngineClient } from "@factsweep/shared";
-import { ShardCancelledError, ShardError, WorkerLostError } from "./errors.js";
+import { shardUnits, type EngineClient } from "@factsweep/shared";
+import { ShardCancelledError, ShardError } from "./errors.js";
+import { ensureModel, shardFailure, workerLost } from "./worker-session.js";
 import type { ShardOutcome, ShardRunOptions } from "./shard-runner.js";
 
 /** Kinds whose experiment reads a prepared prompt's cached runs. */
 const NEEDS_PROMPT = new Set(["knockout", "sever"]);
-const INPUT_FAULTS = new Set(["ERROR_CODE_INVALID_ARGUMENT"]);
 
 /**
  * Runs an experiment shard to completion and publishes its result.
@@ -44,12 +44,7 @@ export async function runExperimentShard(opts: ShardRunOptions): Promise<ShardOu
     }
     const generation = worker.generation;
     try {
-      const have = worker.models.get(model.modelId);
-      const dtype = model.dtype || "float32";
-      if (!have || have.path !== model.path || have.dtype !== dtype) {
-        const mi = await client.loadModel({ modelId: model.modelId, path: model.path, dtype, device: worker.slot.device }, { timeoutMs });
-        worker.models.set(model.modelId, { path: model.path, dtype, info: mi });
-      }
+      await ensureModel(worker, client, model, timeoutMs);
       if (NEEDS_PROMPT.has(shard.kind)) {
         info = await client.preparePrompt(
           { modelId: model.modelId, promptKey, inputIds: prompt.inputIds, subjectStart: prompt.subjectStart, subjectEnd: prompt.subjectEnd, corruption: prompt.corruption, answerId: prompt.answerId },
@@ -66,20 +61,14 @@ export async function runExperimentShard(opts: ShardRunOptions): Promise<ShardOu
     } catch (err) {
       if (err instanceof ShardError || err instanceof ShardCancelledError) throw err;
       if (signal?.aborted) throw cancelled();
-      if (err instanceof EngineClosedError || err instanceof EngineTimeoutError || worker.generation !== generation) {
-        if (err instanceof EngineTimeoutError) {
-          log.error(`${err.message}; killing worker ${worker.name} so it restarts`);
-          worker.kill();
-        }
+      if (workerLost(err, worker, generation, log)) {
         if (++losses > maxLosses) {
           throw new ShardError(shard.shardId, true, `worker ${worker.name} was lost ${losses} times while running ${shard.kind} shard ${shard.shardId}; handing it back`, { cause: err });
         }
         log.warn(`worker ${worker.name} lost (${(err as Error).message}); re-running the ${shard.kind} shard after it restarts`);
         continue;
       }
-      if (err instanceof EngineRequestError) throw new ShardError(shard.shardId, !INPUT_FAULTS.has(err.code), err.message, { cause: err });
-      if (err instanceof WorkerLostError) throw new ShardError(shard.shardId, true, err.message, { cause: err });
-      throw err;
+      throw shardFailure(shard.shardId, err);
     }
   }
 

@@ -5,10 +5,11 @@
  * the restart only the remaining cells run (after re-preparing the prompt the new process lacks).
  */
 import { engine, sweep } from "@factsweep/proto";
-import { EngineClosedError, EngineRequestError, EngineTimeoutError, type EngineClient } from "@factsweep/shared";
+import { EngineRequestError, type EngineClient } from "@factsweep/shared";
 import type { EngineWorker } from "./engine-supervisor.js";
 import { runExperimentShard } from "./experiment-runner.js";
-import { ShardCancelledError, ShardError, WorkerLostError } from "./errors.js";
+import { ShardCancelledError, ShardError } from "./errors.js";
+import { ensureModel, shardFailure, workerLost } from "./worker-session.js";
 import type { Logger } from "./log.js";
 import type { AgentMetrics } from "./metrics.js";
 import type { Published, ResultPublisher } from "./result-publisher.js";
@@ -42,7 +43,6 @@ export interface ShardOutcome {
 }
 
 /** Engine error codes that mean the shard's input is at fault: another attempt fails the same way. */
-const INPUT_FAULTS = new Set(["ERROR_CODE_INVALID_ARGUMENT"]);
 
 /**
  * Runs `shard` to completion and publishes its result.
@@ -124,11 +124,7 @@ export async function runShard(opts: ShardRunOptions): Promise<ShardOutcome> {
     } catch (err) {
       if (err instanceof ShardError || err instanceof ShardCancelledError) throw err;
       if (signal?.aborted) throw cancelled();
-      if (err instanceof EngineClosedError || err instanceof EngineTimeoutError || worker.generation !== generation) {
-        if (err instanceof EngineTimeoutError) {
-          log.error(`${err.message}; killing worker ${worker.name} so it restarts`);
-          worker.kill();
-        }
+      if (workerLost(err, worker, generation, log)) {
         losses++;
         if (losses > maxLosses) {
           throw new ShardError(
@@ -141,17 +137,13 @@ export async function runShard(opts: ShardRunOptions): Promise<ShardOutcome> {
         log.warn(`worker ${worker.name} lost (${(err as Error).message}); re-running the remaining ${cells.length - results.length} of ${cells.length} cells after it restarts`);
         continue;
       }
-      if (err instanceof EngineRequestError) {
-        // The engine evicted the prompt between batches (LRU under its budget): prepare it again.
-        if (err.code === "ERROR_CODE_NOT_FOUND" && err.request === "runCells" && reprepares < 3) {
-          reprepares++;
-          prepared = undefined;
-          continue;
-        }
-        throw new ShardError(shard.shardId, !INPUT_FAULTS.has(err.code), err.message, { cause: err });
+      // The engine evicted the prompt between batches (LRU under its budget): prepare it again.
+      if (err instanceof EngineRequestError && err.code === "ERROR_CODE_NOT_FOUND" && err.request === "runCells" && reprepares < 3) {
+        reprepares++;
+        prepared = undefined;
+        continue;
       }
-      if (err instanceof WorkerLostError) throw new ShardError(shard.shardId, true, err.message, { cause: err });
-      throw err;
+      throw shardFailure(shard.shardId, err);
     }
   }
 
@@ -174,14 +166,6 @@ export async function runShard(opts: ShardRunOptions): Promise<ShardOutcome> {
   if (published.duplicate) log.info(`result was already in JetStream (seq ${published.seq}); deduplicated by shard id`);
   void refreshWorkerStats(worker, metrics);
   return { result, published };
-}
-
-async function ensureModel(worker: EngineWorker, client: EngineClient, model: sweep.ModelRef, timeoutMs: number): Promise<void> {
-  const dtype = model.dtype || "float32";
-  const have = worker.models.get(model.modelId);
-  if (have && have.path === model.path && have.dtype === dtype) return;
-  const info = await client.loadModel({ modelId: model.modelId, path: model.path, dtype, device: worker.slot.device }, { timeoutMs });
-  worker.models.set(model.modelId, { path: model.path, dtype, info });
 }
 
 /** After a shard, while the worker is idle: what it really caches (the engine evicts by LRU). */
