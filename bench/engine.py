@@ -8,7 +8,9 @@ Runs on the GPU machine (PyTorch 2.x, transformers 5.x):
 For each configuration it builds a random-weight ``transformers`` model of the real shape (seeded),
 loads the same weights into the engine, and times one prompt's full grid: the engine's cached,
 batched fast path; the batched-hooks baseline (bench/hf_baselines.py, 256 rows a forward); and the
-naive baseline (one forward per cell) on a sample of cells, extrapolated to the grid. It reports
+naive baseline (one forward per cell) on a sample of cells, extrapolated to the grid. Both baselines
+also run on the engine's own model (its site hooks; "hooks" and "percell"), which is valid for every
+site: transformers' CUDA Mamba path cannot be hooked at s or g. It reports
 seconds a grid, cells/s, ratios to both baselines, the fraction of the arithmetic floor (from a
 matrix-product rate measured in the same run), peak GPU memory and the largest difference of the
 engine's probabilities from the baselines'. Prints a table last; writes JSON to --out.
@@ -30,7 +32,7 @@ import torch
 from engine.checkpoint import build_checkpoint
 from engine.corruption import NoiseSpec, SwapSpec, corrupted_embeddings
 from engine.runtime import Engine
-from engine.trace import CellSpec, window_layers
+from engine.trace import CellSpec, record_clean, window_layers
 
 from .hf_baselines import Cell, batched_hooks, clean_values, naive
 
@@ -125,9 +127,54 @@ def hf_model(name: str, dtype, device, seed: int, need_slow: bool = False):
         # (`_slow_forward` is PyTorch's tracing helper, which calls forward: not a substitute.)
         for layer in model.backbone.layers:
             if not hasattr(layer.mixer, "slow_forward"):
-                raise RuntimeError(f"transformers {transformers.__version__} has no MambaMixer.slow_forward: the ssm and gate sites cannot be hooked on its CUDA path; run the baselines with ':residual'")
+                return model, config.to_dict(), (f"transformers {transformers.__version__} has no MambaMixer.slow_forward: "
+                                                 "the ssm and gate sites cannot be hooked on its CUDA path")
             layer.mixer.forward = layer.mixer.slow_forward
-    return model, config.to_dict()
+    return model, config.to_dict(), None
+
+
+@torch.no_grad()
+def engine_batched_hooks(model, corrupted: torch.Tensor, clean: dict, cells: list, answer: int, batch: int) -> torch.Tensor:
+    """The batched-hooks baseline on the engine's model: ``batch`` rows a full forward, each row's
+    clean values written at its own (site, layers, token) by the model's site hook.
+    corrupted: (S, T, d) input embeddings; a cell's S rows are averaged."""
+    L = model.config.num_layers
+    S = corrupted.shape[0]
+    per = max(1, batch // S)
+    out = []
+    for start in range(0, len(cells), per):
+        chunk = cells[start:start + per]
+        plan: dict = {}
+        for i, c in enumerate(chunk):
+            for j in ([0] if c.site == "embed" else window_layers(c.layer, c.window, L)):
+                rows, toks = plan.setdefault((c.site, j), ([], []))
+                rows += range(i * S, (i + 1) * S)
+                toks += [c.token] * S
+        plan = {k: (torch.tensor(r, device=corrupted.device), torch.tensor(t, device=corrupted.device)) for k, (r, t) in plan.items()}
+
+        def hook(site, layer, value, plan=plan):
+            p = plan.get((site, layer))
+            if p is None:
+                return value
+            value = value.clone()
+            value[p[0], p[1]] = clean[site][layer, p[1]].to(value.dtype)
+            return value
+
+        logits, _ = model(inputs_embeds=corrupted.repeat(len(chunk), 1, 1), hook=hook)
+        out.append(torch.softmax(logits[:, -1].float(), -1)[:, answer].view(len(chunk), S).mean(1))
+    return torch.cat(out)
+
+
+def profile_table(fn, device, rows: int = 25) -> str:
+    """The device kernels of one call of fn, by total time (what the next optimisation should target)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        fn()
+        sync(device)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
 
 
 def run_config(name: str, dtype_name: str, T: int, corruption: str, device, args, residual_only: bool = False) -> dict:
@@ -142,19 +189,19 @@ def run_config(name: str, dtype_name: str, T: int, corruption: str, device, args
     if args.no_hf:  # engine only (no transformers here): random weights from the engine's test helpers
         from engine.testing import random_state
 
-        model, hf_cfg = None, {k: v for k, v in cfg.items()}
+        model, hf_cfg, hf_unhookable = None, {k: v for k, v in cfg.items()}, "--no-hf"
         hf_cfg.update(rope_parameters={"partial_rotary_factor": cfg.get("rotary_pct", 0.25), "rope_theta": 10000.0, "rope_type": "default"})
         state = random_state(hf_cfg)
     else:
         need_slow = any(site in ("ssm", "gate") for site, _ in (GRIDS[cfg["model_type"]] if not (args.residual_only or residual_only) else GRIDS[cfg["model_type"]][:1]))
-        model, hf_cfg = hf_model(name, dtype, device, seed=0, need_slow=need_slow)
+        model, hf_cfg, hf_unhookable = hf_model(name, dtype, device, seed=0, need_slow=need_slow)
         state = dict(model.state_dict())
         out_emb = model.get_output_embeddings()
         if cfg["model_type"] == "gpt_neox" and "embed_out.weight" not in state:
             state.pop("lm_head.weight", None)  # transformers 5 names the NeoX head lm_head; checkpoints say embed_out
             state["embed_out.weight"] = out_emb.weight
     hf_cfg["model_type"] = cfg["model_type"]
-    engine = Engine(max_batch_rows=args.rows)
+    engine = Engine(trace_rows=args.trace_rows)
     t0 = time.perf_counter()
     engine.models["m"] = build_checkpoint(hf_cfg, state, dtype="bfloat16" if dtype_name == "bf16" else "float32",
                                           device=str(device))
@@ -194,8 +241,36 @@ def run_config(name: str, dtype_name: str, T: int, corruption: str, device, args
     fl = floor_flops(cfg, cells, T, S)
     result.update(matmul_flops_per_s=rate, floor_flops=fl, floor_s=fl / rate, fraction_of_floor=(fl / rate) / sec)
 
-    if not args.no_hf:
-        x_ids = torch.tensor(ids, device=device)
+    if args.profile:
+        result["profile"] = profile_table(lambda: engine.run_cells("m", "p", cells), device)
+        print(result["profile"], flush=True)
+
+    # Baselines on the engine's own model (the reference maths, golden-checked against transformers):
+    # valid for every site, where transformers' CUDA Mamba path cannot be hooked.
+    em = engine.models["m"].model
+    x_ids = torch.tensor(ids, device=device)
+    with torch.no_grad():
+        corrupted_e = corrupted_embeddings(em, x_ids, subject, spec)  # (S, T, d): swap ids or noise, as prepared
+        _, clean_e = record_clean(em, x_ids)
+    try:
+        esec, eout = timed(lambda: engine_batched_hooks(em, corrupted_e, clean_e, cells, info.answer_id, args.rows), device, 1)
+        ediff = (ours - eout.double().cpu()).abs()
+        result.update(hooks_s=esec, speedup_vs_hooks=esec / sec, max_abs_diff_vs_hooks=float(ediff.max()),
+                      max_abs_diff_vs_hooks_at=str(cells[int(ediff.argmax())]))
+    except Exception as exc:
+        result["hooks_error"] = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    idx = torch.linspace(0, len(cells) - 1, args.naive_sample).round().long().tolist()
+    t0 = time.perf_counter()
+    slow = engine.run_cells("m", "p", [cells[i] for i in idx], slow_path=True)  # one full forward a cell
+    per_cell = (time.perf_counter() - t0) / len(idx)
+    sdiff = (ours[idx] - torch.tensor([p for p, _ in slow], dtype=torch.float64)).abs()
+    result.update(percell_s_per_cell=per_cell, percell_grid_s=per_cell * len(cells),
+                  speedup_vs_percell=per_cell * len(cells) / sec, max_abs_diff_vs_percell=float(sdiff.max()))
+
+    if hf_unhookable:
+        result["hf_note"] = hf_unhookable
+    if not args.no_hf and not hf_unhookable:
         if corruption == "swap":
             corrupted = torch.tensor([spec.corrupted_ids], device=device)
         else:
@@ -243,7 +318,9 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", default="mamba-2.8b:bf16:16:swap,pythia-2.8b:bf16:16:swap,mamba-2.8b:fp32:16:swap,mamba-2.8b:bf16:16:noise:residual",
                     help="comma-separated model:dtype:tokens:corruption[:residual] (':residual' times the residual grid only)")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--rows", type=int, default=256, help="rows a forward (engine and batched hooks)")
+    ap.add_argument("--rows", type=int, default=256, help="rows a forward of the batched-hooks baselines")
+    ap.add_argument("--trace-rows", type=int, default=None, help="rows a micro-batch of the engine (default: from free memory)")
+    ap.add_argument("--profile", action="store_true", help="print the engine's device kernels by time")
     ap.add_argument("--samples", type=int, default=10, help="noise samples")
     ap.add_argument("--naive-sample", type=int, default=8, help="cells timed with the naive baseline")
     ap.add_argument("--residual-only", action="store_true")
@@ -269,17 +346,19 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "bench-engine.json"), "w") as f:
         json.dump({"env": env, "args": vars(args), "results": results}, f, indent=1)
     print(f"\n{env}")
-    print(f"{'config':36} {'cells':>6} {'engine s':>9} {'cells/s':>9} {'batched s':>9} {'x batched':>9} {'naive s':>9} {'x naive':>8} {'floor':>6} {'peak GiB':>8} {'max|dp|':>8}")
+    print(f"{'config':36} {'cells':>6} {'engine s':>9} {'cells/s':>8} {'hooks s':>8} {'x hooks':>7} {'percell s':>9} "
+          f"{'x percell':>9} {'HF hooks s':>10} {'x HF':>6} {'floor':>6} {'peak GiB':>8} {'dp hooks':>8} {'dp HF':>8}")
     for r in results:
         name = f"{r['model']} {r['dtype']} T{r['tokens']} {r['corruption']}{' (residual)' if r.get('sites') == ['residual'] else ''}"
         if "error" in r:
             print(f"{name:36} error: {r['error']}")
             continue
         g = lambda k, f="{:.3f}": f.format(r[k]) if k in r else "-"  # noqa: E731
-        print(f"{name:36} {r['cells']:>6} {g('engine_s'):>9} {g('engine_cells_per_s', '{:.0f}'):>9} {g('batched_s'):>9} "
-              f"{g('speedup_vs_batched', '{:.1f}'):>9} {g('naive_grid_s', '{:.1f}'):>9} {g('speedup_vs_naive', '{:.0f}'):>8} "
-              f"{g('fraction_of_floor', '{:.1%}'):>6} {r.get('peak_gpu_bytes', 0) / 2**30:>8.1f} "
-              f"{max(r.get('max_abs_diff_vs_batched', 0), r.get('max_abs_diff_vs_naive', 0)):>8.1e}")
+        print(f"{name:36} {r['cells']:>6} {g('engine_s'):>9} {g('engine_cells_per_s', '{:.0f}'):>8} {g('hooks_s'):>8} "
+              f"{g('speedup_vs_hooks', '{:.1f}'):>7} {g('percell_grid_s', '{:.1f}'):>9} {g('speedup_vs_percell', '{:.0f}'):>9} "
+              f"{g('batched_s'):>10} {g('speedup_vs_batched', '{:.1f}'):>6} {g('fraction_of_floor', '{:.1%}'):>6} "
+              f"{r.get('peak_gpu_bytes', 0) / 2**30:>8.1f} {g('max_abs_diff_vs_hooks', '{:.1e}'):>8} "
+              f"{g('max_abs_diff_vs_batched', '{:.1e}'):>8}")
     return 0
 
 

@@ -151,6 +151,40 @@ class Attention(nn.Module):
         x_rot, x_pass = x[..., :r], x[..., r:]
         return torch.cat([x_rot * cos + rotate_half(x_rot) * sin, x_pass], dim=-1)  # (b, l, H, e)
 
+    def forward_packed(self, x: torch.Tensor, j: int, pk) -> torch.Tensor:
+        """Attention of packed rows (``trace.Pack``): x (n, d) normed input at the started positions of
+        layer j. Each row's queries attend to the cached corrupted keys/values of its earlier tokens and
+        to its own new ones, laid out in rows padded to T tokens by absolute position. Returns (n, d)."""
+        n = x.shape[0]
+        H, e, r = self.c.num_heads, self.c.head_size, self.c.rotary_dims
+        R, T = pk.rows_at[j], pk.runs.num_tokens
+        qkv = self.query_key_value(x).view(n, H, 3 * e)
+        q, k, v = qkv.split(e, dim=-1)  # (n, H, e) each
+        if "rotary" not in pk.memo:  # cos/sin of every packed position's absolute token, as rotary() makes them
+            inv_freq = 1.0 / (self.c.rotary_base ** (torch.arange(0, r, 2, device=x.device, dtype=torch.float32) / r))
+            freqs = torch.outer(torch.arange(T, device=x.device, dtype=torch.float32), inv_freq)  # (T, r/2)
+            emb = torch.cat([freqs, freqs], dim=-1)[pk.pos_token][:, None, :]  # (N, 1, r)
+            pk.memo["rotary"] = (emb.cos().to(x.dtype), emb.sin().to(x.dtype))
+        cos, sin = (t[:n] for t in pk.memo["rotary"])
+
+        def rot(y):
+            y_rot, y_pass = y[..., :r], y[..., r:]
+            return torch.cat([y_rot * cos + rotate_half(y_rot) * sin, y_pass], dim=-1)
+
+        q, k = rot(q), rot(k)
+        kc, vc = pk.runs.kept[j]  # (S, T, H, e)
+        pad = pk.pad_pos[:n]
+        rows = pk.row_sample[:R]
+        kp = kc[rows].reshape(R * T, H, e).index_copy_(0, pad, k.to(kc.dtype))  # (R·T, H, e)
+        vp = vc[rows].reshape(R * T, H, e).index_copy_(0, pad, v.to(vc.dtype))
+        qp = q.new_zeros(R * T, H, e).index_copy_(0, pad, q)
+        scores = torch.einsum("blhe,bphe->bhlp", qp.view(R, T, H, e), kp.view(R, T, H, e)) / math.sqrt(e)  # (R, H, T, T)
+        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores.float(), dim=-1).to(vp.dtype)
+        out = torch.einsum("bhlp,bphe->blhe", probs, vp.view(R, T, H, e)).reshape(R * T, H * e)[pad]  # (n, d)
+        return self.dense(out)
+
     def forward(self, x: torch.Tensor, past=None, pos0: int = 0, keep: bool = False):
         """x: (b, l, d) normed input for tokens pos0.. ; past: (k, v) (b, pos0, H, e) of earlier tokens.
         Returns (b, l, d) and, if keep, this call's rotated keys and values (b, l, H, e)."""
@@ -211,6 +245,16 @@ class Layer(nn.Module):
         """Keys and values of tokens < t of the given rows, from this layer's kept per-token (k, v) (S, T, H, e)."""
         return (kept[0][rows, :t], kept[1][rows, :t]) if t > 0 else None
 
+    def forward_packed(self, x: torch.Tensor, j: int, pk) -> torch.Tensor:
+        """The block on packed rows (``trace.Pack``): x (n, d) residual entering block j, updated in place."""
+        a = pk.patch("attn", j, self.attention.forward_packed(self.input_layernorm(x), j, pk))  # (n, d)
+        if self.c.parallel_residual:
+            m = pk.patch("mlp", j, self.mlp(self.post_attention_layernorm(x)))
+            return x.copy_(m + a + x)  # HF's order of additions
+        h = a + x
+        m = pk.patch("mlp", j, self.mlp(self.post_attention_layernorm(h)))
+        return x.copy_(m + h)
+
 
 class GPTNeoXModel(nn.Module):
     def __init__(self, c: Config):
@@ -237,6 +281,17 @@ class LM(nn.Module):
 
     def residual_dtype(self) -> torch.dtype:
         return self.gpt_neox.embed_in.weight.dtype
+
+    def packed_bytes_per_position(self, dtype: torch.dtype, fused: bool, num_tokens: int) -> int:
+        """Device bytes one packed position takes in the fast path (to size micro-batches): the residual,
+        one block's temporaries, and its row's share of the keys/values/queries padded to T tokens
+        and the attention scores (rows hold ≥ 1 position; counted for 3 padded tokens a position)."""
+        c = self.config
+        b = torch.finfo(dtype).bits // 8
+        d, f = c.hidden_size, c.intermediate_size
+        per = b * (d + 2 * d + 3 * d + 2 * d + 2 * f + 3 * d) + 4 * 2 * d  # x, norms, qkv, rotary, mlp, outputs
+        per += 3 * (3 * d * b + c.num_heads * num_tokens * 4 * 2)  # padded q/k/v, scores and probs
+        return per
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.gpt_neox.embed_in(input_ids)  # (b, l, d)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .errors import CheckpointError
 from .sites import BLOCK, INPUT, OUTPUT, BlockHook, ModelHook, Site, bind, call, site_table
 
@@ -243,6 +244,29 @@ class MambaBlock(nn.Module):
         """The state entering token t of the given rows, from this layer's kept per-token states."""
         return MambaMixer.resume_state(kept, t, rows, self.c.d_conv)
 
+    def forward_packed(self, x: torch.Tensor, j: int, pk) -> torch.Tensor:
+        """The block on packed rows (``trace.Pack``): x (n, d) is the residual entering block j at the
+        started positions, updated in place. The past of each row (conv window, SSM state) comes from
+        the corrupted run's cache of layer j; restores come from ``pk``."""
+        m, c = self.mixer, self.c
+        n, d_in = x.shape[0], c.d_inner
+        R = pk.rows_at[j]
+        cache_a, H = pk.runs.kept[j]
+        xz = m.in_proj(self.norm(x))  # (n, 2 d_in)
+        a, z = xz[:, :d_in], xz[:, d_in:]
+        a = pk.patch("in_ssm", j, a)
+        cv = kernels.conv_packed(a, cache_a, m.conv1d.weight, m.conv1d.bias, pk.pos_first, pk.pos_cache, pk.pos_token)
+        cv = pk.patch("conv", j, cv)
+        delta, B, C = m.x_proj(cv).split([c.dt_rank, c.d_state, c.d_state], dim=-1)
+        dt = m.dt_proj(delta)  # (n, d_in), softplus inside the scan
+        ssm_src, gate_src = pk.row_src("ssm", j, R), pk.row_src("gate", j, R)
+        sg = kernels.scan_packed(
+            cv, dt, B, C, z, -torch.exp(m.A_log.float()), m.D, H.reshape(-1, d_in, c.d_state), pk.h0_idx[:R],
+            pk.row_off[:R], pk.row_len[:R], ssm_src, None if ssm_src is None else pk.clean_rows("ssm"),
+            gate_src, None if gate_src is None else pk.clean_rows("gate"))
+        o = pk.patch("mixer", j, m.out_proj(sg))  # (n, d)
+        return x.add_(o.to(x.dtype))
+
 
 class MambaBackbone(nn.Module):
     def __init__(self, c: Config):
@@ -270,6 +294,19 @@ class LM(nn.Module):
     def residual_dtype(self) -> torch.dtype:
         """dtype of the residual stream (the block inputs and outputs)."""
         return torch.float32 if self.config.residual_in_fp32 else self.backbone.embeddings.weight.dtype
+
+    def packed_bytes_per_position(self, dtype: torch.dtype, fused: bool, num_tokens: int) -> int:
+        """Device bytes one packed position takes in the fast path (to size micro-batches): the residual
+        row plus one block's temporaries; without the fused kernels the PyTorch scan also holds
+        exp(ΔA) and ΔBu (float32) and its per-step copies, and the conv its windows."""
+        c = self.config
+        b = torch.finfo(dtype).bits // 8
+        per = residual_bytes(c, b) * c.d_model + 4 * c.d_model * 2  # residual + RMSNorm temporaries
+        per += b * (2 * c.d_inner + 3 * c.d_inner + c.dt_rank + 2 * c.d_state + c.d_model)  # xz, c, dt, s·g, x_dbl, o
+        if not fused:
+            per += 4 * c.d_inner * c.d_state * 4 + 6 * c.d_inner * 4  # scan
+            per += c.d_conv * c.d_inner * 4  # conv windows
+        return per
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.backbone.embeddings(input_ids)  # (b, l, d)

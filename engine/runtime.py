@@ -95,10 +95,14 @@ def _fingerprint(ids, subject, corruption, answer_id) -> str:
 class Engine:
     """Loaded models, prepared prompts and their cache; all calls raise ``engine.errors`` types."""
 
-    def __init__(self, cache_budget_bytes: Optional[int] = None, max_batch_rows: int = 256):
+    def __init__(self, cache_budget_bytes: Optional[int] = None, max_batch_rows: int = 256,
+                 trace_rows: Optional[int] = None):
+        """``max_batch_rows``: rows a forward in the experiment kinds; ``trace_rows``: rows a micro-batch
+        of the tracing fast path (None: as many as half the free GPU memory holds; CPU: 1 GiB)."""
         self._budget_given = bool(cache_budget_bytes)
         self.cache = PromptCache(cache_budget_bytes or DEFAULT_CPU_BUDGET)
         self.max_batch_rows = max_batch_rows
+        self.trace_rows = trace_rows
         self.models: dict = {}
         self.specs: dict = {}
         self.cells_run = 0
@@ -214,7 +218,7 @@ class Engine:
                 if runs is None:  # dropped by the LRU budget: rebuild
                     runs = self._build(ck, spec)
                     self.cache.put(key, runs)
-                out = trace.run_cells_fast(ck.model, runs, cells, self.max_batch_rows)
+                out = trace.run_cells_fast(ck.model, runs, cells, self.trace_rows)
         values = out.cpu().tolist()
         bad = [i for i, (p, lg) in enumerate(values) if not (math.isfinite(p) and math.isfinite(lg))]
         if bad:

@@ -4,7 +4,9 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-pkgs=(nats-server protobuf-compiler python3-torch python3-protobuf python3-numpy python3-pytest chromium prometheus docker-compose systemd)
+# libopenblas0-pthread: Debian's python3-torch calls the system BLAS, which is the netlib reference
+# (about 4 GFLOP/s on 2 cores) unless OpenBLAS is installed (about 50-60 GFLOP/s; see bench/RESULTS.md).
+pkgs=(nats-server protobuf-compiler python3-torch libopenblas0-pthread python3-protobuf python3-numpy python3-pytest chromium prometheus docker-compose systemd)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

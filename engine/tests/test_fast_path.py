@@ -1,6 +1,8 @@
 """The cached fast path gives the numbers of the plain slow path, for every site of both
 architectures, both corruptions, windows 1, 3 and 10, every layer and token (edges included)."""
 
+import os
+
 import pytest
 import torch
 
@@ -22,13 +24,24 @@ GOLDEN = [n for n in ("mamba-tiny", "neox-tiny") if golden_model(n)]
 MODELS = [m[0] for m in RANDOM_MODELS] + GOLDEN
 
 
+# FACTSWEEP_TEST_DEVICE=cuda:0 runs the fast path's Triton kernels against the slow path on a GPU
+# (float32, TF32 off). Tolerance: the golden check's for trace grids. Both paths are float32, but a
+# BLAS picks its kernel (and summation order) by matrix shape, and the two paths multiply different
+# shapes: with OpenBLAS the golden Mamba differs by up to ~5e-6 in p where its activations are large.
+DEVICE = os.environ.get("FACTSWEEP_TEST_DEVICE", "cpu")
+P_TOL = 1e-5
+
+
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    eng = Engine(max_batch_rows=64)  # small batches: exercises the chunking of cell groups too
+    if DEVICE != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    eng = Engine(trace_rows=64)  # small micro-batches: exercises splitting a call's cells too
     for name, mt, over in RANDOM_MODELS:
-        eng.load_model(name, write_random_checkpoint(tmp_path_factory.mktemp(name), mt, seed=3, **over))
+        eng.load_model(name, write_random_checkpoint(tmp_path_factory.mktemp(name), mt, seed=3, **over), device=DEVICE)
     for name in GOLDEN:
-        eng.load_model(name, golden_model(name))
+        eng.load_model(name, golden_model(name), device=DEVICE)
     return eng
 
 
@@ -51,7 +64,8 @@ def test_fast_path_equals_slow_path_for_every_site_window_layer_and_token(engine
         fast = torch.tensor(engine.run_cells(name, key, cells))
         slow = torch.tensor(engine.run_cells(name, key, cells, slow_path=True))
         err = (fast - slow).abs().max(dim=0).values
-        assert err[0] <= 1e-6, f"{site}: p differs by {err[0]:.2e}"
+        print(f"{name} {corruption} {site}: max |dp| {err[0]:.2e}")
+        assert err[0] <= P_TOL, f"{site}: p differs by {err[0]:.2e}"
         assert err[1] <= 1e-4 * max(1.0, slow[:, 1].abs().max().item()), f"{site}: logit differs by {err[1]:.2e}"
         # the grid is not trivial: restoring moves the answer somewhere (else fast == slow would prove little)
         assert (fast[:, 1] - pinfo.logit_corrupt).abs().max() > 1e-2, f"{site}: no cell moves the answer logit"
@@ -73,8 +87,10 @@ def test_cells_batched_with_others_give_the_numbers_they_give_alone(engine, name
     pinfo, key = prepare(engine, name, "noise")
     cells = [CellSpec(s, l, t, 3) for s in info.sites for l in range(info.num_layers) for t in range(pinfo.num_tokens)]
     together = engine.run_cells(name, key, cells)
-    alone = [engine.run_cells(name, key, [c])[0] for c in cells[::7]]
-    assert torch.allclose(torch.tensor(together[::7]), torch.tensor(alone), atol=1e-6, rtol=1e-6)
+    alone = torch.tensor([engine.run_cells(name, key, [c])[0] for c in cells[::7]])
+    err = (torch.tensor(together[::7]) - alone).abs().max(dim=0).values
+    assert err[0] <= P_TOL, f"p differs by {err[0]:.2e}"
+    assert err[1] <= 1e-4 * max(1.0, alone[:, 1].abs().max().item()), f"logit differs by {err[1]:.2e}"
 
 
 def test_window_is_romes_range_of_layers_around_the_centre():
@@ -97,7 +113,7 @@ def test_a_window_restores_the_same_as_the_slow_path_patching_each_of_its_layers
     assert all(abs(p3 - s) > 1e-7 for s in singles)
     model = engine.models[name].model
     from engine.trace import record_clean
-    ids = torch.tensor(IDS)
+    ids = torch.tensor(IDS, device=DEVICE)
     with torch.no_grad():
         _, clean = record_clean(model, ids)
 
@@ -107,7 +123,7 @@ def test_a_window_restores_the_same_as_the_slow_path_patching_each_of_its_layers
                 value[:, 2] = clean["mixer"][layer, 2]
             return value
 
-        logits, _ = model(torch.tensor(SWAP)[None], hook=hook)
+        logits, _ = model(torch.tensor(SWAP, device=DEVICE)[None], hook=hook)
     p = torch.softmax(logits[0, -1], -1)[engine.prepare_prompt(name, key, IDS, SUBJECT, SwapSpec(SWAP)).answer_id]
     assert p.item() == pytest.approx(p3, abs=1e-7)
 

@@ -108,7 +108,7 @@ def test_noise_is_seeded_and_scaled_by_the_subject_embedding_std(eng):
     c = eng.prepare_prompt("mamba", "n2", IDS, (1, 3), NoiseSpec(seed=2, samples=4))
     zero = eng.prepare_prompt("mamba", "n0", IDS, (1, 3), NoiseSpec(scale=0.0, samples=4))
     assert a.p_corrupt == b.p_corrupt != c.p_corrupt
-    assert zero.p_corrupt == pytest.approx(zero.p_clean, abs=1e-7)
+    assert zero.p_corrupt == pytest.approx(zero.p_clean, abs=1e-6)  # 4 rows vs 1: BLAS kernels differ by shape
     # ROME: std over the subject tokens' embeddings, noise = scale * std * RandomState(seed).randn
     model = eng.models["mamba"].model
     emb = model.embed(torch.tensor(IDS))

@@ -1,0 +1,222 @@
+"""Kernels of the packed fast path: Mamba's causal conv and selective scan over packed rows.
+
+The fast path (``engine/trace.py``) lays a prompt's cells out as *packed rows*: row r is one
+(cell, corrupted sample) and holds only the tokens it recomputes, ``t_r .. T-1``, at positions
+``off_r .. off_r + len_r - 1`` of one ``(positions, width)`` matrix. Matrix products run on that
+matrix directly (no padding, no wasted rows). The two steps of a Mamba block that look along the
+tokens need each row's past, which lives in the corrupted run's cache:
+
+* ``conv_packed``: the causal depthwise conv reads the k−1 inputs before each position; before the
+  row's first position they come from the cached conv input ``a`` of the row's sample.
+* ``scan_packed``: the selective scan starts from the cached SSM state at ``t_r − 1``; it also
+  applies the D skip, the ``ssm`` and ``gate`` restores at the row's first token, and the gating
+  ``s ⊙ SiLU(z)``, so the block's whole middle is one kernel.
+
+Each has a Triton kernel (CUDA, one program per (row, channel block): ≤ T sequential steps in
+registers, no host synchronisation) and a PyTorch path (CPU, or no Triton) that runs the model's
+own maths (``F.conv1d``; ``mamba.selective_scan``'s update, step k of every row at once). Rounding follows the reference: values the model holds in its run dtype (conv output,
+Δ after softplus, s, g, s ⊙ g) are rounded to it; the state and the scan stay float32.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+try:  # Triton ships with PyTorch 2.x CUDA wheels; Debian's CPU PyTorch 1.13 has none.
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover - depends on the install
+    triton = None
+
+
+def use_triton(t: torch.Tensor, d_state: int = 16) -> bool:
+    """Triton kernels for CUDA tensors when Triton imports and the state size is a power of two
+    (``FACTSWEEP_NO_TRITON=1`` turns them off)."""
+    return (triton is not None and t.is_cuda and d_state & (d_state - 1) == 0
+            and os.environ.get("FACTSWEEP_NO_TRITON", "") in ("", "0"))
+
+
+# ----------------------------------------------------------------------------- causal conv
+def conv_packed(a: torch.Tensor, cache_a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                pos_first: torch.Tensor, pos_cache: torch.Tensor, pos_token: torch.Tensor) -> torch.Tensor:
+    """SiLU(causal depthwise conv1d) of packed ``a`` (n, d_in) (a row-strided view is fine).
+
+    cache_a: (S, T, d_in) the corrupted run's conv input; weight (d_in, 1, k); per position p < n:
+    ``pos_first`` its row's first position, ``pos_cache`` = sample·T + token, ``pos_token``.
+    Returns c (n, d_in) in a's dtype."""
+    if use_triton(a):
+        return _conv_triton(a, cache_a, weight, bias, pos_first, pos_cache, pos_token)
+    return _conv_torch(a, cache_a, weight, bias, pos_first, pos_cache, pos_token)
+
+
+def _conv_triton(a, cache_a, weight, bias, pos_first, pos_cache, pos_token):
+    n, d_in = a.shape
+    k = weight.shape[-1]
+    out = torch.empty(n, d_in, device=a.device, dtype=a.dtype)
+    cache = cache_a.reshape(-1, d_in)
+    if cache.stride(1) != 1:
+        cache = cache.contiguous()
+    grid = (triton.cdiv(n, 16), triton.cdiv(d_in, 256))
+    _conv_kernel[grid](
+        a, a.stride(0), cache, cache.stride(0), weight.reshape(d_in, k), bias if bias is not None else weight,
+        out, out.stride(0), pos_first, pos_cache, pos_token, n, d_in,
+        K=k, HAS_BIAS=bias is not None, BLOCK_P=16, BLOCK_D=256, num_warps=4,
+    )
+    return out
+
+
+def _conv_torch(a, cache_a, weight, bias, pos_first, pos_cache, pos_token):
+    """The PyTorch path: gather each position's window from [zero row; cache rows; packed rows]."""
+    n, d_in = a.shape
+    k = weight.shape[-1]
+    cache = cache_a.reshape(-1, d_in).to(a.dtype)
+    src = torch.cat([a.new_zeros(1, d_in), cache, a], dim=0)
+    back = torch.arange(k - 1, -1, -1, device=a.device)  # how far back each tap looks: k-1 .. 0
+    p = torch.arange(n, device=a.device)[:, None] - back  # (n, k) packed index of each tap
+    in_row = p >= pos_first[:n, None]
+    from_cache = 1 + pos_cache[:n, None] - back
+    idx = torch.where(in_row, 1 + cache.shape[0] + p, torch.where(pos_token[:n, None] >= back, from_cache, torch.zeros_like(p)))
+    window = src[idx]  # (n, k, d_in)
+    c = F.conv1d(window.transpose(1, 2), weight, bias, groups=d_in)  # (n, d_in, 1): the model's own call
+    return F.silu(c.view(n, d_in))
+
+
+# ----------------------------------------------------------------------------- selective scan
+def scan_packed(c, dt, B, C, z, A, D, H, h0_idx, off, length, ssm_src=None, clean_ssm=None,
+                gate_src=None, clean_gate=None):
+    """s ⊙ g for packed rows, where s is the selective scan of c plus the D skip, g = SiLU(z).
+
+    c, z: (n, d_in) run dtype; dt: (n, d_in) dt_proj output *before* softplus; B, C: (n, N) views;
+    A: (d_in, N) float32 (= −exp(A_log)); D: (d_in,); H: (S·T, d_in, N) float32 cached states;
+    per row r < R: ``h0_idx`` (index into H of the state before its first token, −1: zeros), ``off``,
+    ``length``. Restores at a row's first token: ``ssm_src`` / ``gate_src`` (R,) index a row of
+    ``clean_ssm`` / ``clean_gate`` (−1: none). Returns (n, d_in) in c's dtype."""
+    args = (c, dt, B, C, z, A, D, H, h0_idx, off, length, ssm_src, clean_ssm, gate_src, clean_gate)
+    return _scan_triton(*args) if use_triton(c, A.shape[1]) else _scan_torch(*args)
+
+
+def _scan_triton(c, dt, B, C, z, A, D, H, h0_idx, off, length, ssm_src, clean_ssm, gate_src, clean_gate):
+    n, d_in = c.shape
+    R = off.shape[0]
+    out = torch.empty(n, d_in, device=c.device, dtype=c.dtype)
+    NS = A.shape[1]
+    block = 64
+    grid = (R, triton.cdiv(d_in, block))
+    _scan_kernel[grid](
+        c, c.stride(0), dt, dt.stride(0), B, B.stride(0), C, C.stride(0), z, z.stride(0),
+        A, D, H, h0_idx, off, length,
+        ssm_src if ssm_src is not None else off, clean_ssm if clean_ssm is not None else c,
+        gate_src if gate_src is not None else off, clean_gate if clean_gate is not None else c,
+        out, out.stride(0), d_in,
+        NS=NS, BLOCK_D=block, HAS_SSM=ssm_src is not None, HAS_GATE=gate_src is not None, num_warps=4,
+    )
+    return out
+
+
+def _scan_torch(c, dt, B, C, z, A, D, H, h0_idx, off, length, ssm_src, clean_ssm, gate_src, clean_gate):
+    n, d_in = c.shape
+    # PyTorch path: the reference's per-step maths on the positions of step k of every row at once
+    # (computed per step, so the (rows, d_in, N) temporaries stay small).
+    delta = F.softplus(dt).float()
+    cf, Bf, Cf = c.float(), B.float(), C.float()
+    h = torch.where((h0_idx >= 0)[:, None, None], H[h0_idx.clamp(min=0)], H.new_zeros(()))  # (R, d_in, N)
+    y = cf.new_empty(n, d_in)
+    for k in range(int(length.max())):
+        rows = (length > k).nonzero().squeeze(1)
+        p = off[rows] + k
+        dtk = delta[p].unsqueeze(-1)  # (r, d_in, 1)
+        dBu = (dtk * Bf[p].unsqueeze(1)) * cf[p].unsqueeze(-1)  # (r, d_in, N)
+        hk = torch.exp(dtk * A) * h[rows] + dBu
+        h[rows] = hk
+        y[p] = torch.matmul(hk, Cf[p].unsqueeze(-1)).squeeze(-1)
+    s = (y + cf * D.float()).to(c.dtype)
+    g = F.silu(z)
+    first = off  # (R,) the first position of each row: where its restores go
+    if ssm_src is not None:
+        s = _restore_rows(s, first, ssm_src, clean_ssm)
+    if gate_src is not None:
+        g = _restore_rows(g, first, gate_src, clean_gate)
+    return s * g
+
+
+def _restore_rows(x: torch.Tensor, first: torch.Tensor, src: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """x with row r's first position set to clean[src[r]] where src[r] >= 0."""
+    keep = src >= 0
+    pos, rows = first[keep], src[keep]
+    x = x.clone()
+    x[pos] = clean[rows].to(x.dtype)
+    return x
+
+
+if triton is not None:
+
+    @triton.jit
+    def _conv_kernel(a_ptr, sa, cache_ptr, sc, w_ptr, b_ptr, out_ptr, so, first_ptr, cpos_ptr, tok_ptr, n, DI,
+                     K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+        pp = (tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+        dd = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        pm = pp < n
+        dm = dd < DI
+        first = tl.load(first_ptr + pp, mask=pm, other=0)
+        cpos = tl.load(cpos_ptr + pp, mask=pm, other=0)
+        tok = tl.load(tok_ptr + pp, mask=pm, other=0)
+        acc = tl.zeros((BLOCK_P, BLOCK_D), dtype=tl.float32)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + dd, mask=dm, other=0.0).to(tl.float32)[None, :]
+        for k in tl.static_range(K):
+            back = K - 1 - k
+            q = pp - back
+            in_row = q >= first
+            before = q < first  # the tap reads the row's past: the cached conv input
+            w = tl.load(w_ptr + dd * K + k, mask=dm, other=0.0).to(tl.float32)
+            va = tl.load(a_ptr + q[:, None] * sa + dd[None, :], mask=(pm & in_row)[:, None] & dm[None, :], other=0.0)
+            vc = tl.load(cache_ptr + (cpos - back)[:, None] * sc + dd[None, :],
+                         mask=(pm & before & (tok >= back))[:, None] & dm[None, :], other=0.0)
+            acc += (va.to(tl.float32) + vc.to(tl.float32)) * w[None, :]
+        x = acc.to(out_ptr.dtype.element_ty).to(tl.float32)  # conv1d's output in the run dtype
+        y = x * tl.sigmoid(x)
+        tl.store(out_ptr + pp[:, None] * so + dd[None, :], y.to(out_ptr.dtype.element_ty), mask=pm[:, None] & dm[None, :])
+
+    @triton.jit
+    def _scan_kernel(c_ptr, sc, dt_ptr, sdt, b_ptr, sb, cc_ptr, scc, z_ptr, sz, A_ptr, D_ptr, H_ptr, h0i_ptr, off_ptr,
+                     len_ptr, ssrc_ptr, cssm_ptr, gsrc_ptr, cgate_ptr, out_ptr, so, DI,
+                     NS: tl.constexpr, BLOCK_D: tl.constexpr, HAS_SSM: tl.constexpr, HAS_GATE: tl.constexpr):
+        r = tl.program_id(0)
+        dd = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        dm = dd < DI
+        nn = tl.arange(0, NS)
+        dt_ty = out_ptr.dtype.element_ty
+        A = tl.load(A_ptr + dd[:, None] * NS + nn[None, :], mask=dm[:, None], other=0.0)  # (BD, NS) float32
+        Dv = tl.load(D_ptr + dd, mask=dm, other=0.0).to(tl.float32)
+        hi = tl.load(h0i_ptr + r).to(tl.int64)
+        h = tl.load(H_ptr + hi * DI * NS + dd[:, None] * NS + nn[None, :], mask=dm[:, None] & (hi >= 0), other=0.0)
+        off = tl.load(off_ptr + r).to(tl.int64)
+        ln = tl.load(len_ptr + r)
+        if HAS_SSM:
+            ssrc = tl.load(ssrc_ptr + r).to(tl.int64)
+        if HAS_GATE:
+            gsrc = tl.load(gsrc_ptr + r).to(tl.int64)
+        for k in range(0, ln):
+            p = off + k
+            cv = tl.load(c_ptr + p * sc + dd, mask=dm, other=0.0).to(tl.float32)
+            dt = tl.load(dt_ptr + p * sdt + dd, mask=dm, other=0.0).to(tl.float32)
+            dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # softplus (PyTorch's threshold 20)
+            dt = dt.to(dt_ty).to(tl.float32)
+            Bv = tl.load(b_ptr + p * sb + nn).to(tl.float32)
+            Cv = tl.load(cc_ptr + p * scc + nn).to(tl.float32)
+            h = tl.exp(dt[:, None] * A) * h + (dt[:, None] * Bv[None, :]) * cv[:, None]
+            y = tl.sum(h * Cv[None, :], axis=1) + cv * Dv
+            s = y.to(dt_ty).to(tl.float32)
+            zv = tl.load(z_ptr + p * sz + dd, mask=dm, other=0.0).to(tl.float32)
+            g = (zv * tl.sigmoid(zv)).to(dt_ty).to(tl.float32)
+            if HAS_SSM:
+                take = (k == 0) & (ssrc >= 0)
+                s = tl.where(take, tl.load(cssm_ptr + ssrc * DI + dd, mask=dm & take, other=0.0).to(tl.float32), s)
+            if HAS_GATE:
+                take = (k == 0) & (gsrc >= 0)
+                g = tl.where(take, tl.load(cgate_ptr + gsrc * DI + dd, mask=dm & take, other=0.0).to(tl.float32), g)
+            tl.store(out_ptr + p * so + dd, (s * g).to(dt_ty), mask=dm)

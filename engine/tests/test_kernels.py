@@ -1,0 +1,75 @@
+"""The Triton kernels of the packed fast path equal its PyTorch path (CUDA only; skipped elsewhere).
+
+On a GPU machine: ``FACTSWEEP_TEST_DEVICE=cuda:0 python3 -m pytest engine/tests/test_kernels.py
+engine/tests/test_fast_path.py`` also runs the whole fast path (Triton) against the slow path."""
+
+import pytest
+import torch
+
+from engine import kernels
+
+pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.triton is not None),
+                                reason="needs CUDA and Triton")
+
+
+def packed_rows(S=3, T=16, seed=0):
+    """Rows (sample, first token) packed as the fast path packs them, with their index tensors."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [(s, t) for s in range(S) for t in range(T)]
+    rows = [rows[i] for i in torch.randperm(len(rows), generator=g)]
+    off, first, cache, token, h0 = [], [], [], [], []
+    n = 0
+    for s, t in rows:
+        off.append(n)
+        h0.append(s * T + t - 1 if t > 0 else -1)
+        for u in range(t, T):
+            first.append(n)
+            cache.append(s * T + u)
+            token.append(u)
+        n += T - t
+    dev = "cuda"
+    L = lambda x: torch.tensor(x, dtype=torch.int64, device=dev)  # noqa: E731
+    return dict(n=n, off=L(off), length=L([T - t for _, t in rows]), h0=L(h0), first=L(first), cache=L(cache), token=L(token))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv_kernel_equals_pytorch_path(dtype):
+    S, T, d_in, k = 3, 16, 320, 4
+    p = packed_rows(S, T)
+    torch.manual_seed(1)
+    xz = torch.randn(p["n"], 2 * d_in, device="cuda", dtype=dtype)
+    a = xz[:, :d_in]  # a row-strided view, as in the model
+    cache_a = torch.randn(S, T, d_in, device="cuda", dtype=dtype)
+    w = torch.randn(d_in, 1, k, device="cuda", dtype=dtype)
+    b = torch.randn(d_in, device="cuda", dtype=dtype)
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        ref = kernels._conv_torch(a, cache_a, w, b, p["first"], p["cache"], p["token"]).float()
+    out = kernels._conv_triton(a, cache_a, w, b, p["first"], p["cache"], p["token"]).float()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert (out - ref).abs().max() <= tol * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("restores", [False, True])
+def test_scan_kernel_equals_pytorch_path(dtype, restores):
+    S, T, d_in, N = 2, 16, 192, 16
+    p = packed_rows(S, T, seed=2)
+    n, R = p["n"], p["off"].shape[0]
+    torch.manual_seed(3)
+    mk = lambda *s: torch.randn(*s, device="cuda").to(dtype)  # noqa: E731
+    c, z = mk(n, d_in), mk(n, 2 * d_in)[:, d_in:]
+    dt = (mk(n, d_in).float() - 2).to(dtype)
+    x_dbl = mk(n, 2 * N + 8)
+    B, C = x_dbl[:, 8:8 + N], x_dbl[:, 8 + N:]
+    A = -torch.exp(torch.rand(d_in, N, device="cuda") * 2)
+    D = mk(d_in)
+    H = torch.randn(S * T, d_in, N, device="cuda")
+    src = clean = None
+    if restores:
+        src = torch.where(torch.rand(R, device="cuda") < 0.5, torch.randint(0, 40, (R,), device="cuda"), -1)
+        clean = mk(40, d_in)
+    args = (c, dt, B, C, z, A, D, H, p["h0"], p["off"], p["length"], src, clean, src, clean)
+    ref = kernels._scan_torch(*args).float()
+    out = kernels._scan_triton(*args).float()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert (out - ref).abs().max() <= tol * max(1.0, ref.abs().max().item())
