@@ -268,6 +268,21 @@ def run_config(name: str, dtype_name: str, T: int, corruption: str, device, args
     result.update(percell_s_per_cell=per_cell, percell_grid_s=per_cell * len(cells),
                   speedup_vs_percell=per_cell * len(cells) / sec, max_abs_diff_vs_percell=float(sdiff.max()))
 
+    if args.reference and dtype_name != "fp32":
+        # bf16 rounding, measured: the same cells on the same weights in float32 (the fast path, which
+        # the tests hold equal to the slow path in float32), against which both bf16 results are judged.
+        engine.models["ref"] = build_checkpoint(hf_cfg, {k: v.float() for k, v in state.items()}, dtype="float32", device=str(device))
+        engine.prepare_prompt("ref", "p", ids, subject, spec)
+        ref = torch.tensor([p for p, _ in engine.run_cells("ref", "p", cells)], dtype=torch.float64)
+        for label, vals in (("engine", ours), ("hooks", eout.double().cpu() if "hooks_s" in result else None)):
+            if vals is None:
+                continue
+            err = (vals - ref).abs()
+            result[f"{label}_vs_fp32"] = {"max": float(err.max()), "p99": float(err.quantile(0.99)), "mean": float(err.mean()),
+                                          "over_0.01": int((err > 0.01).sum()), "worst": str(cells[int(err.argmax())])}
+        del engine.models["ref"]
+        engine.evict("ref", all=True)
+
     if hf_unhookable:
         result["hf_note"] = hf_unhookable
     if not args.no_hf and not hf_unhookable:
@@ -321,6 +336,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=256, help="rows a forward of the batched-hooks baselines")
     ap.add_argument("--trace-rows", type=int, default=None, help="rows a micro-batch of the engine (default: from free memory)")
     ap.add_argument("--profile", action="store_true", help="print the engine's device kernels by time")
+    ap.add_argument("--reference", action="store_true", help="judge bf16 results against the same cells in float32")
     ap.add_argument("--samples", type=int, default=10, help="noise samples")
     ap.add_argument("--naive-sample", type=int, default=8, help="cells timed with the naive baseline")
     ap.add_argument("--residual-only", action="store_true")
@@ -346,6 +362,10 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "bench-engine.json"), "w") as f:
         json.dump({"env": env, "args": vars(args), "results": results}, f, indent=1)
     print(f"\n{env}")
+    for r in results:
+        for label in ("engine", "hooks"):
+            if f"{label}_vs_fp32" in r:
+                print(f"{r['model']} {r['dtype']} T{r['tokens']} {r['corruption']}: {label} vs float32 {r[f'{label}_vs_fp32']}")
     print(f"{'config':36} {'cells':>6} {'engine s':>9} {'cells/s':>8} {'hooks s':>8} {'x hooks':>7} {'percell s':>9} "
           f"{'x percell':>9} {'HF hooks s':>10} {'x HF':>6} {'floor':>6} {'peak GiB':>8} {'dp hooks':>8} {'dp HF':>8}")
     for r in results:

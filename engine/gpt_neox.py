@@ -128,7 +128,24 @@ class LayerNorm(nn.LayerNorm):
     float32 for half inputs anyway; PyTorch 1.13's CPU kernel has no float16 at all)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:  # the CUDA kernel already accumulates half inputs in float32: one pass, not three
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of rows padded to T tokens by absolute position: (R, T, H, e) each → (R, T, H, e).
+    On CUDA PyTorch's fused kernel; elsewhere the maths of ``Attention.forward`` (scores in the run
+    dtype, softmax in float32)."""
+    if q.is_cuda and hasattr(F, "scaled_dot_product_attention"):
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        return out.transpose(1, 2)
+    T, e = q.shape[1], q.shape[-1]
+    scores = torch.einsum("blhe,bphe->bhlp", q, k) / math.sqrt(e)  # (R, H, T, T)
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    return torch.einsum("bhlp,bphe->blhe", probs, v)
 
 
 class Attention(nn.Module):
@@ -158,32 +175,24 @@ class Attention(nn.Module):
         n = x.shape[0]
         H, e, r = self.c.num_heads, self.c.head_size, self.c.rotary_dims
         R, T = pk.rows_at[j], pk.runs.num_tokens
-        qkv = self.query_key_value(x).view(n, H, 3 * e)
-        q, k, v = qkv.split(e, dim=-1)  # (n, H, e) each
+        qkv = self.query_key_value(x).view(n, H, 3, e)  # per head [q | k | v]
         if "rotary" not in pk.memo:  # cos/sin of every packed position's absolute token, as rotary() makes them
             inv_freq = 1.0 / (self.c.rotary_base ** (torch.arange(0, r, 2, device=x.device, dtype=torch.float32) / r))
             freqs = torch.outer(torch.arange(T, device=x.device, dtype=torch.float32), inv_freq)  # (T, r/2)
-            emb = torch.cat([freqs, freqs], dim=-1)[pk.pos_token][:, None, :]  # (N, 1, r)
+            emb = torch.cat([freqs, freqs], dim=-1)[pk.pos_token][:, None, None, :]  # (N, 1, 1, r)
             pk.memo["rotary"] = (emb.cos().to(x.dtype), emb.sin().to(x.dtype))
         cos, sin = (t[:n] for t in pk.memo["rotary"])
-
-        def rot(y):
-            y_rot, y_pass = y[..., :r], y[..., r:]
-            return torch.cat([y_rot * cos + rotate_half(y_rot) * sin, y_pass], dim=-1)
-
-        q, k = rot(q), rot(k)
+        qk = qkv[:, :, :2]  # (n, H, 2, e): q and k rotated together
+        rot = qk[..., :r]
+        qk = torch.cat([rot * cos + rotate_half(rot) * sin, qk[..., r:]], dim=-1)
         kc, vc = pk.runs.kept[j]  # (S, T, H, e)
         pad = pk.pad_pos[:n]
         rows = pk.row_sample[:R]
-        kp = kc[rows].reshape(R * T, H, e).index_copy_(0, pad, k.to(kc.dtype))  # (R·T, H, e)
-        vp = vc[rows].reshape(R * T, H, e).index_copy_(0, pad, v.to(vc.dtype))
-        qp = q.new_zeros(R * T, H, e).index_copy_(0, pad, q)
-        scores = torch.einsum("blhe,bphe->bhlp", qp.view(R, T, H, e), kp.view(R, T, H, e)) / math.sqrt(e)  # (R, H, T, T)
-        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores.float(), dim=-1).to(vp.dtype)
-        out = torch.einsum("bhlp,bphe->blhe", probs, vp.view(R, T, H, e)).reshape(R * T, H * e)[pad]  # (n, d)
-        return self.dense(out)
+        kp = kc[rows].view(R * T, H, e).index_copy_(0, pad, qk[:, :, 1].to(kc.dtype))  # (R·T, H, e)
+        vp = vc[rows].view(R * T, H, e).index_copy_(0, pad, qkv[:, :, 2].to(vc.dtype))
+        qp = qk.new_zeros(R * T, H, e).index_copy_(0, pad, qk[:, :, 0])
+        out = _attend(qp.view(R, T, H, e), kp.view(R, T, H, e), vp.view(R, T, H, e))  # (R, T, H, e)
+        return self.dense(out.reshape(R * T, H * e)[pad])  # (n, d)
 
     def forward(self, x: torch.Tensor, past=None, pos0: int = 0, keep: bool = False):
         """x: (b, l, d) normed input for tokens pos0.. ; past: (k, v) (b, pos0, H, e) of earlier tokens.
@@ -250,7 +259,7 @@ class Layer(nn.Module):
         a = pk.patch("attn", j, self.attention.forward_packed(self.input_layernorm(x), j, pk))  # (n, d)
         if self.c.parallel_residual:
             m = pk.patch("mlp", j, self.mlp(self.post_attention_layernorm(x)))
-            return x.copy_(m + a + x)  # HF's order of additions
+            return x.copy_(m.add_(a).add_(x))  # HF's order of additions: (m + a) + x
         h = a + x
         m = pk.patch("mlp", j, self.mlp(self.post_attention_layernorm(h)))
         return x.copy_(m + h)

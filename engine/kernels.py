@@ -40,6 +40,26 @@ def use_triton(t: torch.Tensor, d_state: int = 16) -> bool:
             and os.environ.get("FACTSWEEP_NO_TRITON", "") in ("", "0"))
 
 
+#: (channels a program, warps) of the scan kernel; bench/kernels.py times the alternatives.
+SCAN_CONFIG = (128, 4)
+
+
+# ----------------------------------------------------------------------------- RMSNorm
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight · (x / rms(x)), computed in float32 and rounded to the weight's dtype before the product
+    (HF ``MambaRMSNorm``). One Triton pass on CUDA instead of six elementwise kernels."""
+    d = x.shape[-1]
+    if use_triton(x) and x.is_contiguous():
+        x2 = x.view(-1, d)
+        out = torch.empty(x2.shape, device=x.device, dtype=weight.dtype)
+        _rms_norm_kernel[(x2.shape[0],)](x2, x2.stride(0), weight, out, out.stride(0), d, eps,
+                                         BLOCK=triton.next_power_of_2(d), num_warps=8)
+        return out.view(*x.shape[:-1], d)
+    x32 = x.float()
+    y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * y.to(weight.dtype)
+
+
 # ----------------------------------------------------------------------------- causal conv
 def conv_packed(a: torch.Tensor, cache_a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                 pos_first: torch.Tensor, pos_cache: torch.Tensor, pos_token: torch.Tensor) -> torch.Tensor:
@@ -104,7 +124,7 @@ def _scan_triton(c, dt, B, C, z, A, D, H, h0_idx, off, length, ssm_src, clean_ss
     R = off.shape[0]
     out = torch.empty(n, d_in, device=c.device, dtype=c.dtype)
     NS = A.shape[1]
-    block = 64
+    block, warps = SCAN_CONFIG
     grid = (R, triton.cdiv(d_in, block))
     _scan_kernel[grid](
         c, c.stride(0), dt, dt.stride(0), B, B.stride(0), C, C.stride(0), z, z.stride(0),
@@ -112,7 +132,7 @@ def _scan_triton(c, dt, B, C, z, A, D, H, h0_idx, off, length, ssm_src, clean_ss
         ssm_src if ssm_src is not None else off, clean_ssm if clean_ssm is not None else c,
         gate_src if gate_src is not None else off, clean_gate if clean_gate is not None else c,
         out, out.stride(0), d_in,
-        NS=NS, BLOCK_D=block, HAS_SSM=ssm_src is not None, HAS_GATE=gate_src is not None, num_warps=4,
+        NS=NS, BLOCK_D=block, HAS_SSM=ssm_src is not None, HAS_GATE=gate_src is not None, num_warps=warps,
     )
     return out
 
@@ -190,29 +210,42 @@ if triton is not None:
         dm = dd < DI
         nn = tl.arange(0, NS)
         dt_ty = out_ptr.dtype.element_ty
-        A = tl.load(A_ptr + dd[:, None] * NS + nn[None, :], mask=dm[:, None], other=0.0)  # (BD, NS) float32
+        # exp(ΔA) as exp2(Δ · A·log2 e): the special-function unit computes 2^x
+        A2 = tl.load(A_ptr + dd[:, None] * NS + nn[None, :], mask=dm[:, None], other=0.0) * 1.4426950408889634
         Dv = tl.load(D_ptr + dd, mask=dm, other=0.0).to(tl.float32)
         hi = tl.load(h0i_ptr + r).to(tl.int64)
         h = tl.load(H_ptr + hi * DI * NS + dd[:, None] * NS + nn[None, :], mask=dm[:, None] & (hi >= 0), other=0.0)
-        off = tl.load(off_ptr + r).to(tl.int64)
+        p = tl.load(off_ptr + r).to(tl.int64)
         ln = tl.load(len_ptr + r)
         if HAS_SSM:
             ssrc = tl.load(ssrc_ptr + r).to(tl.int64)
         if HAS_GATE:
             gsrc = tl.load(gsrc_ptr + r).to(tl.int64)
+        # The loads of step k+1 are issued before step k's arithmetic (they do not depend on the state),
+        # so each step waits on memory once per two steps' worth of work in flight.
+        cv = tl.load(c_ptr + p * sc + dd, mask=dm, other=0.0)
+        dt = tl.load(dt_ptr + p * sdt + dd, mask=dm, other=0.0)
+        zv = tl.load(z_ptr + p * sz + dd, mask=dm, other=0.0)
+        Bv = tl.load(b_ptr + p * sb + nn)
+        Cv = tl.load(cc_ptr + p * scc + nn)
         for k in range(0, ln):
-            p = off + k
-            cv = tl.load(c_ptr + p * sc + dd, mask=dm, other=0.0).to(tl.float32)
-            dt = tl.load(dt_ptr + p * sdt + dd, mask=dm, other=0.0).to(tl.float32)
-            dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # softplus (PyTorch's threshold 20)
-            dt = dt.to(dt_ty).to(tl.float32)
-            Bv = tl.load(b_ptr + p * sb + nn).to(tl.float32)
-            Cv = tl.load(cc_ptr + p * scc + nn).to(tl.float32)
-            h = tl.exp(dt[:, None] * A) * h + (dt[:, None] * Bv[None, :]) * cv[:, None]
-            y = tl.sum(h * Cv[None, :], axis=1) + cv * Dv
+            more = k + 1 < ln
+            q = p + 1
+            cv_n = tl.load(c_ptr + q * sc + dd, mask=dm & more, other=0.0)
+            dt_n = tl.load(dt_ptr + q * sdt + dd, mask=dm & more, other=0.0)
+            zv_n = tl.load(z_ptr + q * sz + dd, mask=dm & more, other=0.0)
+            Bv_n = tl.load(b_ptr + q * sb + nn, mask=(nn < NS) & more, other=0.0)
+            Cv_n = tl.load(cc_ptr + q * scc + nn, mask=(nn < NS) & more, other=0.0)
+
+            c32 = cv.to(tl.float32)
+            d32 = dt.to(tl.float32)
+            d32 = tl.where(d32 > 20.0, d32, tl.log(1.0 + tl.exp(d32)))  # softplus (PyTorch's threshold 20)
+            d32 = d32.to(dt_ty).to(tl.float32)  # Δ in the run dtype, as the model holds it
+            h = tl.exp2(d32[:, None] * A2) * h + (d32[:, None] * Bv.to(tl.float32)[None, :]) * c32[:, None]
+            y = tl.sum(h * Cv.to(tl.float32)[None, :], axis=1) + c32 * Dv
             s = y.to(dt_ty).to(tl.float32)
-            zv = tl.load(z_ptr + p * sz + dd, mask=dm, other=0.0).to(tl.float32)
-            g = (zv * tl.sigmoid(zv)).to(dt_ty).to(tl.float32)
+            z32 = zv.to(tl.float32)
+            g = (z32 * tl.sigmoid(z32)).to(dt_ty).to(tl.float32)
             if HAS_SSM:
                 take = (k == 0) & (ssrc >= 0)
                 s = tl.where(take, tl.load(cssm_ptr + ssrc * DI + dd, mask=dm & take, other=0.0).to(tl.float32), s)
@@ -220,3 +253,16 @@ if triton is not None:
                 take = (k == 0) & (gsrc >= 0)
                 g = tl.where(take, tl.load(cgate_ptr + gsrc * DI + dd, mask=dm & take, other=0.0).to(tl.float32), g)
             tl.store(out_ptr + p * so + dd, (s * g).to(dt_ty), mask=dm)
+            cv, dt, zv, Bv, Cv, p = cv_n, dt_n, zv_n, Bv_n, Cv_n, q
+
+    @triton.jit
+    def _rms_norm_kernel(x_ptr, sx, w_ptr, out_ptr, so, D, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        m = cols < D
+        x = tl.load(x_ptr + row * sx + cols, mask=m, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
+        ty = out_ptr.dtype.element_ty
+        y = (x * rstd).to(ty).to(tl.float32)  # normalised value in the weight's dtype, then times the weight
+        w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row * so + cols, (w * y).to(ty), mask=m)

@@ -141,9 +141,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise in float32 (HF ``MambaRMSNorm``), return the weight's dtype."""
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * y.to(self.weight.dtype)
+        return kernels.rms_norm(x, self.weight, self.eps)
 
 
 class MambaMixer(nn.Module):
@@ -265,7 +263,7 @@ class MambaBlock(nn.Module):
             pk.row_off[:R], pk.row_len[:R], ssm_src, None if ssm_src is None else pk.clean_rows("ssm"),
             gate_src, None if gate_src is None else pk.clean_rows("gate"))
         o = pk.patch("mixer", j, m.out_proj(sg))  # (n, d)
-        return x.add_(o.to(x.dtype))
+        return x.add_(o)  # float32 residual += o, promoted in the add
 
 
 class MambaBackbone(nn.Module):
