@@ -20,6 +20,7 @@ Residual form (``use_parallel_residual``):
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .errors import CheckpointError
 from .sites import BLOCK, INPUT, OUTPUT, BlockHook, ModelHook, Site, bind, call, site_table
 
@@ -133,12 +135,23 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
 
+#: SDPA backend of the packed attention on CUDA ("flash", "efficient", "cudnn", or "math": the einsum
+#: path below); FACTSWEEP_ATTENTION overrides it (bench/engine.py compares them).
+ATTENTION = os.environ.get("FACTSWEEP_ATTENTION", "flash")
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Causal attention of rows padded to T tokens by absolute position: (R, T, H, e) each → (R, T, H, e).
     On CUDA PyTorch's fused kernel; elsewhere the maths of ``Attention.forward`` (scores in the run
     dtype, softmax in float32)."""
-    if q.is_cuda and hasattr(F, "scaled_dot_product_attention"):
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+    backend = ATTENTION if q.is_cuda and hasattr(F, "scaled_dot_product_attention") else "math"
+    if backend != "math":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        order = {"flash": [SDPBackend.FLASH_ATTENTION], "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+                 "cudnn": [SDPBackend.CUDNN_ATTENTION]}[backend] + [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]  # float32: no flash
+        with sdpa_kernel(order):
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return out.transpose(1, 2)
     T, e = q.shape[1], q.shape[-1]
     scores = torch.einsum("blhe,bphe->bhlp", q, k) / math.sqrt(e)  # (R, H, T, T)
@@ -176,23 +189,18 @@ class Attention(nn.Module):
         H, e, r = self.c.num_heads, self.c.head_size, self.c.rotary_dims
         R, T = pk.rows_at[j], pk.runs.num_tokens
         qkv = self.query_key_value(x).view(n, H, 3, e)  # per head [q | k | v]
-        if "rotary" not in pk.memo:  # cos/sin of every packed position's absolute token, as rotary() makes them
+        if "rotary" not in pk.memo:  # cos/sin tables of tokens 0..T-1, as rotary() makes them
             inv_freq = 1.0 / (self.c.rotary_base ** (torch.arange(0, r, 2, device=x.device, dtype=torch.float32) / r))
             freqs = torch.outer(torch.arange(T, device=x.device, dtype=torch.float32), inv_freq)  # (T, r/2)
-            emb = torch.cat([freqs, freqs], dim=-1)[pk.pos_token][:, None, None, :]  # (N, 1, 1, r)
-            pk.memo["rotary"] = (emb.cos().to(x.dtype), emb.sin().to(x.dtype))
-        cos, sin = (t[:n] for t in pk.memo["rotary"])
-        qk = qkv[:, :, :2]  # (n, H, 2, e): q and k rotated together
-        rot = qk[..., :r]
-        qk = torch.cat([rot * cos + rotate_half(rot) * sin, qk[..., r:]], dim=-1)
+            emb = torch.cat([freqs, freqs], dim=-1)  # (T, r)
+            pk.memo["rotary"] = (emb.cos().to(x.dtype).contiguous(), emb.sin().to(x.dtype).contiguous())
         kc, vc = pk.runs.kept[j]  # (S, T, H, e)
-        pad = pk.pad_pos[:n]
         rows = pk.row_sample[:R]
-        kp = kc[rows].view(R * T, H, e).index_copy_(0, pad, qk[:, :, 1].to(kc.dtype))  # (R·T, H, e)
-        vp = vc[rows].view(R * T, H, e).index_copy_(0, pad, qkv[:, :, 2].to(vc.dtype))
-        qp = qk.new_zeros(R * T, H, e).index_copy_(0, pad, qk[:, :, 0])
+        kp, vp = kc[rows].view(R * T, H, e), vc[rows].view(R * T, H, e)  # each row's cached past (copies)
+        qp = x.new_zeros(R * T, H, e)
+        kernels.rotary_scatter(qkv, *pk.memo["rotary"], pk.pos_token, pk.pad_pos, qp, kp, vp, r)
         out = _attend(qp.view(R, T, H, e), kp.view(R, T, H, e), vp.view(R, T, H, e))  # (R, T, H, e)
-        return self.dense(out.reshape(R * T, H * e)[pad])  # (n, d)
+        return self.dense(out.reshape(R * T, H * e)[pk.pad_pos[:n]])  # (n, d)
 
     def forward(self, x: torch.Tensor, past=None, pos0: int = 0, keep: bool = False):
         """x: (b, l, d) normed input for tokens pos0.. ; past: (k, v) (b, pos0, H, e) of earlier tokens.

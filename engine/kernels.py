@@ -41,7 +41,7 @@ def use_triton(t: torch.Tensor, d_state: int = 16) -> bool:
 
 
 #: (channels a program, warps) of the scan kernel; bench/kernels.py times the alternatives.
-SCAN_CONFIG = (128, 4)
+SCAN_CONFIG = (256, 4)
 
 
 # ----------------------------------------------------------------------------- RMSNorm
@@ -58,6 +58,30 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x32 = x.float()
     y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * y.to(weight.dtype)
+
+
+# ----------------------------------------------------------------------------- NeoX: rotary + padding
+def rotary_scatter(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos_token: torch.Tensor,
+                   pad_pos: torch.Tensor, qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, r: int) -> None:
+    """Rotate the first r dims of q and k of packed ``qkv`` (n, H, 3, e) by each position's token and
+    write q, k, v into rows padded to T tokens: ``qp``/``kp``/``vp`` (R·T, H, e) at ``pad_pos``.
+    cos/sin: (T, r) tables in the run dtype. Rounds as ``Attention.rotary`` does in the run dtype."""
+    n, H, _, e = qkv.shape
+    if use_triton(qkv) and qkv.is_contiguous() and all(t.is_contiguous() for t in (qp, kp, vp, cos, sin)):
+        grid = (n, triton.cdiv(H, 4))
+        _rotary_scatter_kernel[grid](qkv, cos, sin, pos_token, pad_pos, qp, kp, vp, H, e, r,
+                                     BLOCK_H=4, BLOCK_E=triton.next_power_of_2(e), num_warps=4)
+        return
+    from .gpt_neox import rotate_half
+
+    c, s_ = cos[pos_token[:n]][:, None, None, :], sin[pos_token[:n]][:, None, None, :]  # (n, 1, 1, r)
+    qk = qkv[:, :, :2]
+    rot = qk[..., :r]
+    qk = torch.cat([rot * c + rotate_half(rot) * s_, qk[..., r:]], dim=-1)
+    pad = pad_pos[:n]
+    qp.index_copy_(0, pad, qk[:, :, 0])
+    kp.index_copy_(0, pad, qk[:, :, 1].to(kp.dtype))
+    vp.index_copy_(0, pad, qkv[:, :, 2].to(vp.dtype))
 
 
 # ----------------------------------------------------------------------------- causal conv
@@ -266,3 +290,34 @@ if triton is not None:
         y = (x * rstd).to(ty).to(tl.float32)  # normalised value in the weight's dtype, then times the weight
         w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
         tl.store(out_ptr + row * so + cols, (w * y).to(ty), mask=m)
+
+    @triton.jit
+    def _rotary_scatter_kernel(qkv_ptr, cos_ptr, sin_ptr, tok_ptr, pad_ptr, qp_ptr, kp_ptr, vp_ptr, H, E, R,
+                               BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr):
+        p = tl.program_id(0).to(tl.int64)
+        hh = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+        ee = tl.arange(0, BLOCK_E)
+        m = (hh < H)[:, None] & (ee < E)[None, :]
+        tok = tl.load(tok_ptr + p)
+        dst = tl.load(pad_ptr + p)
+        half = R // 2
+        is_rot = ee < R
+        partner = tl.where(ee < half, ee + half, ee - half)  # rotate_half: [-x2, x1]
+        sign = tl.where(ee < half, -1.0, 1.0)
+        cs = tl.load(cos_ptr + tok * R + ee, mask=is_rot, other=1.0).to(tl.float32)
+        sn = tl.load(sin_ptr + tok * R + ee, mask=is_rot, other=0.0).to(tl.float32)
+        ty = qp_ptr.dtype.element_ty
+        src = qkv_ptr + p * H * 3 * E + hh[:, None] * 3 * E
+        out = dst * H * E + hh[:, None] * E + ee[None, :]
+        for which in tl.static_range(2):  # q, then k
+            x = tl.load(src + which * E + ee[None, :], mask=m, other=0.0).to(tl.float32)
+            xp = tl.load(src + which * E + partner[None, :], mask=m & is_rot[None, :], other=0.0).to(tl.float32)
+            a = (x * cs[None, :]).to(ty).to(tl.float32)  # x·cos in the run dtype
+            b = ((sign[None, :] * xp).to(ty).to(tl.float32) * sn[None, :]).to(ty).to(tl.float32)  # rotate_half(x)·sin
+            y = tl.where(is_rot[None, :], a + b, x)
+            if which == 0:
+                tl.store(qp_ptr + out, y.to(ty), mask=m)
+            else:
+                tl.store(kp_ptr + out, y.to(kp_ptr.dtype.element_ty), mask=m)
+        v = tl.load(src + 2 * E + ee[None, :], mask=m, other=0.0)
+        tl.store(vp_ptr + out, v.to(vp_ptr.dtype.element_ty), mask=m)
