@@ -21,6 +21,6 @@ step "ROME edit of W_o at the mamba-2.8b shape"
 timeout ${ROME_TIMEOUT:-120} $py -m bench.rome_gpu --device cuda:0 2>&1 | tee "$OUT/rome-gpu.txt"
 step "experiment tests (torch 2.x, cpu)"
 GOLDEN_DIR=.device/golden timeout ${PYTEST_TIMEOUT:-80} $py -m pytest -q -p no:cacheprovider -n 8 engine/tests/test_knockout.py engine/tests/test_sever.py engine/tests/test_lre.py engine/tests/test_rome.py 2>&1 | tail -4 | tee "$OUT/pytest-experiments.txt"
-step "engine benchmark"
-timeout ${BENCH_TIMEOUT:-270} $py -m bench.engine --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench-engine.txt"
+step "engine: kernel and fast-path tests on cuda, kernel and grid benchmarks"
+bash bench/gpu-engine.sh
 step "done"

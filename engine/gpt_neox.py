@@ -200,7 +200,7 @@ class Attention(nn.Module):
         qp = x.new_zeros(R * T, H, e)
         kernels.rotary_scatter(qkv, *pk.memo["rotary"], pk.pos_token, pk.pad_pos, qp, kp, vp, r)
         out = _attend(qp.view(R, T, H, e), kp.view(R, T, H, e), vp.view(R, T, H, e))  # (R, T, H, e)
-        return self.dense(out.reshape(R * T, H * e)[pk.pad_pos[:n]])  # (n, d)
+        return self.dense(out[pk.pos_row[:n], pk.pos_token[:n]].view(n, H * e))  # (n, d): one gather
 
     def forward(self, x: torch.Tensor, past=None, pos0: int = 0, keep: bool = False):
         """x: (b, l, d) normed input for tokens pos0.. ; past: (k, v) (b, pos0, H, e) of earlier tokens.

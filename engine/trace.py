@@ -49,42 +49,65 @@ def window_layers(layer: int, window: int, num_layers: int) -> range:
     return range(max(0, layer - w // 2), min(num_layers, layer - (-w // 2)))
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """Where a cell enters the computation: residual inputs it overwrites (input of layer j, j = L is
-    the final norm), block sites it overwrites, and the first layer that has to be recomputed."""
+@dataclass
+class Plans:
+    """Where each cell enters the computation, as arrays over the cells of a call: its ``token``; the
+    first layer that has to be recomputed (``start``); and the ``nj`` consecutive layers from ``j0``
+    where it restores ``kinds[kind]``: ``"input"``, the residual stream entering layer j (j = 0: the
+    embedding; j = L: the final norm's input), or a block site written inside layer j."""
 
-    token: int
-    start: int
-    input_patches: tuple  # layers j whose input (token t) becomes the clean residual / embedding
-    block_patches: tuple  # (site, layer) written inside block `layer`
+    token: np.ndarray
+    start: np.ndarray
+    kind: np.ndarray
+    j0: np.ndarray
+    nj: np.ndarray
+    kinds: list
+
+    def __len__(self) -> int:
+        return len(self.token)
+
+    def patched(self, i: int) -> set:
+        """The (site, layer) hooks cell i writes at its token (the slow path's view of the plan)."""
+        kind, js = self.kinds[self.kind[i]], range(int(self.j0[i]), int(self.j0[i] + self.nj[i]))
+        if kind != "input":
+            return {(kind, j) for j in js}
+        return {("embed", 0) if j == 0 else ("residual", j - 1) for j in js}
 
 
-def plan_cells(model, cells: list, num_tokens: int) -> list:
-    """Validate cells against the model and prompt and plan each one (errors name the cell index)."""
+def plan_cells(model, cells: list, num_tokens: int) -> Plans:
+    """Validate cells against the model and prompt and plan them (errors name the first bad cell)."""
     sites, L = model.SITES, model.config.num_layers
-    plans = []
-    for i, c in enumerate(cells):
-        site = sites.get(c.site)
-        if site is None:
-            raise InvalidArgument(
-                f"cells[{i}].site: unknown site {c.site!r} for {type(model).__module__.split('.')[-1]}; valid: {list(sites)}",
-                field="site",
-            )
-        if not 0 <= c.layer < L:
-            raise InvalidArgument(f"cells[{i}].layer: expected 0..{L - 1}, got {c.layer}", field="layer")
-        if not 0 <= c.token < num_tokens:
-            raise InvalidArgument(f"cells[{i}].token: expected 0..{num_tokens - 1} (prompt tokens), got {c.token}", field="token")
-        if c.window < 0:
-            raise InvalidArgument(f"cells[{i}].window: expected ≥ 1 (0 means 1), got {c.window}", field="window")
-        layers = window_layers(c.layer, c.window, L)
-        if site.where == INPUT:
-            plans.append(_Plan(c.token, 0, (0,), ()))
-        elif site.where == OUTPUT:
-            plans.append(_Plan(c.token, layers[0] + 1, tuple(j + 1 for j in layers), ()))
-        else:
-            plans.append(_Plan(c.token, layers[0], (), tuple((c.site, j) for j in layers)))
-    return plans
+    kinds = ["input"] + [n for n, site in sites.items() if site.where not in (INPUT, OUTPUT)]
+    code = {n: (0 if site.where in (INPUT, OUTPUT) else kinds.index(n)) for n, site in sites.items()}
+    where = {n: site.where for n, site in sites.items()}
+    n = len(cells)
+    names = [c.site for c in cells]
+    bad = next((i for i, name in enumerate(names) if name not in code), None)
+    if bad is not None:
+        raise InvalidArgument(
+            f"cells[{bad}].site: unknown site {names[bad]!r} for {type(model).__module__.split('.')[-1]}; valid: {list(sites)}",
+            field="site",
+        )
+    layer = np.fromiter((c.layer for c in cells), dtype=np.int64, count=n)
+    token = np.fromiter((c.token for c in cells), dtype=np.int64, count=n)
+    window = np.fromiter((c.window for c in cells), dtype=np.int64, count=n)
+    for field_, ok, msg in (
+        ("layer", (layer >= 0) & (layer < L), f"expected 0..{L - 1}, got {{}}"),
+        ("token", (token >= 0) & (token < num_tokens), f"expected 0..{num_tokens - 1} (prompt tokens), got {{}}"),
+        ("window", window >= 0, "expected ≥ 1 (0 means 1), got {}"),
+    ):
+        if not ok.all():
+            i = int(np.argmin(ok))
+            raise InvalidArgument(f"cells[{i}].{field_}: " + msg.format(getattr(cells[i], field_)), field=field_)
+    w = np.maximum(window, 1)
+    lo, hi = np.maximum(0, layer - w // 2), np.minimum(L, layer - (-w // 2))  # window_layers, vectorised
+    kind = np.fromiter((code[name] for name in names), dtype=np.int64, count=n)
+    w_in = np.fromiter((where[name] == INPUT for name in names), dtype=bool, count=n)
+    w_out = np.fromiter((where[name] == OUTPUT for name in names), dtype=bool, count=n)
+    start = np.where(w_in, 0, np.where(w_out, lo + 1, lo))
+    j0 = start.copy()
+    nj = np.where(w_in, 1, hi - lo)
+    return Plans(token=token, start=start, kind=kind, j0=j0, nj=nj, kinds=kinds)
 
 
 def _answer_measures(logits: torch.Tensor, answer_id: int) -> torch.Tensor:
@@ -142,11 +165,9 @@ def run_cells_slow(model, ids: torch.Tensor, corrupted: torch.Tensor, answer_id:
     if answer_id is None:
         answer_id = int(last.argmax())
     out = []
-    for plan in plans:
-        t = plan.token
-        patched = set(plan.block_patches)
-        patched |= {("residual", j - 1) for j in plan.input_patches if j > 0}
-        patched |= {("embed", 0) for j in plan.input_patches if j == 0}
+    for i in range(len(plans)):
+        t = int(plans.token[i])
+        patched = plans.patched(i)
 
         def hook(site, layer, value, t=t, patched=patched):
             if (site, layer) not in patched:
@@ -181,13 +202,25 @@ class Pack:
     pos_token: torch.Tensor  # (N,) absolute token
     pos_cache: torch.Tensor  # (N,) sample·T + token: the position's entry in a cached (S, T, ...) tensor
     pad_pos: torch.Tensor  # (N,) r·T + token: the position in rows padded to T tokens
+    pos_row: torch.Tensor  # (N,) its row
     init_idx: torch.Tensor  # (N,) its input: entry of the cached stream (L+1, S, T, d) at the row's start layer
-    patches: dict  # (site or "input", layer) -> (rows, positions, clean source rows j·T + t)
+    patch_rows: torch.Tensor  # (P,) every restore: its row, grouped by (site or "input", layer)
+    patch_pos: torch.Tensor  # (P,) its position (the row's first)
+    patch_src: torch.Tensor  # (P,) its clean source row j·T + t
+    patch_at: dict  # (site or "input", layer) -> (begin, end) of its group
     memo: dict = field(default_factory=dict)  # per-pack tensors a model computes once (NeoX: rotary tables)
+
+    def patches(self, site: str, j: int):
+        """(rows, positions, clean source rows) restoring ``site`` (or "input") at layer j, or None."""
+        at = self.patch_at.get((site, j))
+        if at is None:
+            return None
+        a, b = at
+        return self.patch_rows[a:b], self.patch_pos[a:b], self.patch_src[a:b]
 
     def patch(self, site: str, j: int, value: torch.Tensor) -> torch.Tensor:
         """Restore ``site`` of layer j: its clean value at each patched row's first position (in place)."""
-        p = self.patches.get((site, j))
+        p = self.patches(site, j)
         if p is None:
             return value
         clean = self.runs.clean[site]
@@ -196,7 +229,7 @@ class Pack:
 
     def row_src(self, site: str, j: int, R: int) -> Optional[torch.Tensor]:
         """(R,) clean source row of each of the first R rows restoring ``site`` at layer j (−1: none)."""
-        p = self.patches.get((site, j))
+        p = self.patches(site, j)
         if p is None:
             return None
         return torch.full((R,), -1, dtype=torch.int64, device=p[0].device).index_copy_(0, p[0], p[2])
@@ -215,15 +248,14 @@ def run_cells_fast(model, runs: PromptRuns, cells: list, max_rows: Optional[int]
     one transfer before any compute is queued, so reading the results is the only synchronisation."""
     plans = plan_cells(model, cells, runs.num_tokens)
     device = runs.stream.device
-    if not plans:
+    if not len(plans):
         return torch.zeros(0, 2, device=device)
-    order = sorted(range(len(plans)), key=lambda i: (plans[i].start, plans[i].token))
-    chunks = _micro_batches(model, runs, [plans[i] for i in order], max_rows)
+    order = np.lexsort((plans.token, plans.start))  # by start layer, then token
     hosts, k = [], 0
-    for size in chunks:
-        hosts.append(_pack_host(model, runs, [plans[i] for i in order[k:k + size]]))
+    for size in _micro_batches(model, runs, plans.token[order], max_rows):
+        hosts.append(_pack_host(model, runs, plans, order[k:k + size]))
         k += size
-    flat = np.concatenate([np.asarray(order, dtype=np.int64)] + [a for h in hosts for a in h[1].values()])
+    flat = np.concatenate([order.astype(np.int64)] + [a for h in hosts for a in h[1].values()])
     dev = torch.from_numpy(flat).to(device)  # the one host→device transfer
     dev_order, at = dev[: len(order)], len(order)
     results = []
@@ -238,9 +270,10 @@ def run_cells_fast(model, runs: PromptRuns, cells: list, max_rows: Optional[int]
     return out
 
 
-def _micro_batches(model, runs: PromptRuns, plans: list, max_rows: Optional[int]) -> list:
-    """Sizes of consecutive micro-batches of the sorted plans: at most ``max_rows`` rows and at most
-    what half the free GPU memory holds (CPU: 1 GiB) at the model's bytes per packed position."""
+def _micro_batches(model, runs: PromptRuns, tokens: np.ndarray, max_rows: Optional[int]) -> list:
+    """Sizes of consecutive micro-batches of the sorted cells (their tokens given): at most ``max_rows``
+    rows and at most what half the free GPU memory holds (CPU: 256 MiB) at the model's bytes per
+    packed position."""
     S, T = runs.num_samples, runs.num_tokens
     device = runs.stream.device
     dtype = next(model.parameters()).dtype
@@ -253,23 +286,25 @@ def _micro_batches(model, runs: PromptRuns, plans: list, max_rows: Optional[int]
     else:
         budget = 1 << 28
     max_pos = max(T * S, budget // per_pos)
-    sizes, rows, pos, n = [], 0, 0, 0
-    for p in plans:
-        r, q = S, S * (T - p.token)
-        if n and ((max_rows and rows + r > max_rows) or pos + q > max_pos):
+    pos = S * (T - tokens)
+    if (not max_rows or len(tokens) * S <= max_rows) and pos.sum() <= max_pos:
+        return [len(tokens)]
+    sizes, rows, npos, n = [], 0, 0, 0
+    for q in pos.tolist():
+        if n and ((max_rows and rows + S > max_rows) or npos + q > max_pos):
             sizes.append(n)
-            rows = pos = n = 0
-        rows, pos, n = rows + r, pos + q, n + 1
+            rows = npos = n = 0
+        rows, npos, n = rows + S, npos + q, n + 1
     sizes.append(n)
     return sizes
 
 
-def _pack_host(model, runs: PromptRuns, plans: list):
-    """Host (numpy) index arrays of one micro-batch; see :class:`Pack`."""
+def _pack_host(model, runs: PromptRuns, plans: Plans, cells: np.ndarray):
+    """Host (numpy) index arrays of one micro-batch of ``cells`` (indices into ``plans``, sorted by
+    start layer); see :class:`Pack`."""
     L, S, T = model.config.num_layers, runs.num_samples, runs.num_tokens
-    n_cells = len(plans)
-    start = np.array([p.start for p in plans], dtype=np.int64)
-    token = np.array([p.token for p in plans], dtype=np.int64)
+    n_cells = len(cells)
+    start, token = plans.start[cells], plans.token[cells]
     row_cell = np.repeat(np.arange(n_cells), S)
     row_sample = np.tile(np.arange(S, dtype=np.int64), n_cells)
     row_token, row_start = token[row_cell], start[row_cell]
@@ -279,39 +314,38 @@ def _pack_host(model, runs: PromptRuns, plans: list):
     pos_row = np.repeat(np.arange(len(row_len)), row_len)
     pos_first = row_off[pos_row]
     pos_token = row_token[pos_row] + np.arange(N) - pos_first
-    pos_cache = row_sample[pos_row] * T + pos_token
     rows_at = np.searchsorted(row_start, np.arange(L + 1), side="right")
     ends = np.concatenate([[0], np.cumsum(row_len)])
-    meta = {"n_cells": n_cells, "rows_at": rows_at.tolist(), "pos_at": ends[rows_at].tolist(), "patches": []}
+    # Restores: one per (cell, layer of its run, sample), grouped by (kind, layer).
+    nj, j0, kind = plans.nj[cells], plans.j0[cells], plans.kind[cells]
+    c_rep = np.repeat(np.arange(n_cells), nj)
+    j = j0[c_rep] + np.arange(len(c_rep)) - np.repeat(np.cumsum(nj) - nj, nj)
+    key = np.repeat(kind[c_rep] * (L + 1) + j, S)
+    p_rows = (c_rep[:, None] * S + np.arange(S)).reshape(-1)
+    p_src = np.repeat(j * T + token[c_rep], S)
+    by = np.argsort(key, kind="stable")
+    key, p_rows, p_src = key[by], p_rows[by], p_src[by]
+    uniq, first = np.unique(key, return_index=True)
+    last = np.append(first[1:], len(key))
+    patch_at = {(plans.kinds[k // (L + 1)], k % (L + 1)): (a, b) for k, a, b in zip(uniq.tolist(), first.tolist(), last.tolist())}
+    meta = {"n_cells": n_cells, "rows_at": rows_at.tolist(), "pos_at": ends[rows_at].tolist(), "patch_at": patch_at}
     arrays = {
-        "row_sample": row_sample, "row_off": row_off, "row_len": row_len.astype(np.int64),
+        "row_sample": row_sample, "row_off": row_off, "row_len": row_len,
         "h0_idx": np.where(row_token > 0, row_sample * T + row_token - 1, -1),
         "last_pos": row_off + row_len - 1, "pos_first": pos_first, "pos_token": pos_token,
-        "pos_cache": pos_cache, "pad_pos": pos_row * T + pos_token,
+        "pos_cache": row_sample[pos_row] * T + pos_token, "pad_pos": pos_row * T + pos_token, "pos_row": pos_row,
         "init_idx": (row_start[pos_row] * S + row_sample[pos_row]) * T + pos_token,
+        "patch_rows": p_rows, "patch_pos": row_off[p_rows], "patch_src": p_src,
     }
-    keys: dict = {}
-    for c, p in enumerate(plans):
-        for j in p.input_patches:
-            keys.setdefault(("input", j), []).append((c, j * T + p.token))
-        for site, j in p.block_patches:
-            keys.setdefault((site, j), []).append((c, j * T + p.token))
-    for i, (key, entries) in enumerate(sorted(keys.items())):
-        cs = np.array([e[0] for e in entries], dtype=np.int64)
-        rows = (cs[:, None] * S + np.arange(S)).reshape(-1)
-        arrays[f"p{i}r"] = rows
-        arrays[f"p{i}p"] = row_off[rows]
-        arrays[f"p{i}s"] = np.repeat(np.array([e[1] for e in entries], dtype=np.int64), S)
-        meta["patches"].append(key)
     return meta, {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in arrays.items()}
 
 
 def _make_pack(runs: PromptRuns, meta: dict, v: dict) -> Pack:
-    patches = {key: (v[f"p{i}r"], v[f"p{i}p"], v[f"p{i}s"]) for i, key in enumerate(meta["patches"])}
     return Pack(runs=runs, n_cells=meta["n_cells"], rows_at=meta["rows_at"], pos_at=meta["pos_at"],
                 row_sample=v["row_sample"], row_off=v["row_off"], row_len=v["row_len"], h0_idx=v["h0_idx"],
                 last_pos=v["last_pos"], pos_first=v["pos_first"], pos_token=v["pos_token"], pos_cache=v["pos_cache"],
-                pad_pos=v["pad_pos"], init_idx=v["init_idx"], patches=patches)
+                pad_pos=v["pad_pos"], pos_row=v["pos_row"], init_idx=v["init_idx"], patch_rows=v["patch_rows"], patch_pos=v["patch_pos"],
+                patch_src=v["patch_src"], patch_at=meta["patch_at"])
 
 
 def _run_pack(model, pk: Pack) -> torch.Tensor:
@@ -323,7 +357,7 @@ def _run_pack(model, pk: Pack) -> torch.Tensor:
     clean_in = torch.cat([runs.clean["embed"][:1].to(h.dtype), runs.clean["residual"]]).reshape(-1, d)  # (L+1)·T rows
 
     def restore_input(j: int):
-        p = pk.patches.get(("input", j))
+        p = pk.patches("input", j)
         if p is not None:
             h.index_copy_(0, p[1], clean_in[p[2]])
 
