@@ -11,7 +11,9 @@ const midway = (s: SweepStatus): boolean => s.counts.doneCells > 0.1 * s.counts.
 async function sweepThrough(name: string, fault: (c: Cluster, sweepId: string) => Promise<void>, t: { diagnostic(m: string): void }): Promise<SweepStatus> {
   const cluster = await new Cluster({ agents: 3, leaseTtlMs: 2000 }).start();
   try {
-    const spec = cluster.writeSpec(`${name}.yaml`, goldenMambaSpec({ prompts: 10, name }));
+    // 30 prompts (5,760 cells): the engine runs ~1,000 cells/s here, so a smaller sweep can finish
+    // between two status polls (~0.5 s each) and never be seen midway.
+    const spec = cluster.writeSpec(`${name}.yaml`, goldenMambaSpec({ prompts: 30, name }));
     const launched = await cluster.sweepctl("launch", spec, "--id", name, "--detach");
     assert.equal(launched.exitCode, 0, launched.stderr);
     const before = await cluster.waitFor(name, midway);
