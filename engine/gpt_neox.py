@@ -170,14 +170,19 @@ class Attention(nn.Module):
         self.query_key_value = nn.Linear(c.hidden_size, 3 * c.hidden_size, bias=c.attention_bias)
         self.dense = nn.Linear(c.hidden_size, c.hidden_size, bias=c.attention_bias)
 
-    def rotary(self, x: torch.Tensor, pos0: int) -> torch.Tensor:
-        """Rotate the first r dims of x (b, l, H, e) by positions pos0..pos0+l-1 (cos/sin in float32)."""
-        r, l = self.c.rotary_dims, x.shape[1]
-        inv_freq = 1.0 / (self.c.rotary_base ** (torch.arange(0, r, 2, device=x.device, dtype=torch.float32) / r))  # (r/2,)
-        pos = torch.arange(pos0, pos0 + l, device=x.device, dtype=torch.float32)  # (l,)
+    def cos_sin(self, pos0: int, l: int, device, dtype) -> tuple:
+        """cos and sin (l, r) of positions pos0..pos0+l-1, computed in float32, in the run dtype."""
+        r = self.c.rotary_dims
+        inv_freq = 1.0 / (self.c.rotary_base ** (torch.arange(0, r, 2, device=device, dtype=torch.float32) / r))  # (r/2,)
+        pos = torch.arange(pos0, pos0 + l, device=device, dtype=torch.float32)  # (l,)
         freqs = torch.outer(pos, inv_freq)  # (l, r/2)
-        emb = torch.cat([freqs, freqs], dim=-1)[None, :, None, :]  # (1, l, 1, r)
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (l, r)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def rotary(self, x: torch.Tensor, pos0: int) -> torch.Tensor:
+        """Rotate the first r dims of x (b, l, H, e) by positions pos0..pos0+l-1."""
+        r = self.c.rotary_dims
+        cos, sin = (t[None, :, None, :] for t in self.cos_sin(pos0, x.shape[1], x.device, x.dtype))  # (1, l, 1, r)
         x_rot, x_pass = x[..., :r], x[..., r:]
         return torch.cat([x_rot * cos + rotate_half(x_rot) * sin, x_pass], dim=-1)  # (b, l, H, e)
 
@@ -189,11 +194,8 @@ class Attention(nn.Module):
         H, e, r = self.c.num_heads, self.c.head_size, self.c.rotary_dims
         R, T = pk.rows_at[j], pk.runs.num_tokens
         qkv = self.query_key_value(x).view(n, H, 3, e)  # per head [q | k | v]
-        if "rotary" not in pk.memo:  # cos/sin tables of tokens 0..T-1, as rotary() makes them
-            inv_freq = 1.0 / (self.c.rotary_base ** (torch.arange(0, r, 2, device=x.device, dtype=torch.float32) / r))
-            freqs = torch.outer(torch.arange(T, device=x.device, dtype=torch.float32), inv_freq)  # (T, r/2)
-            emb = torch.cat([freqs, freqs], dim=-1)  # (T, r)
-            pk.memo["rotary"] = (emb.cos().to(x.dtype).contiguous(), emb.sin().to(x.dtype).contiguous())
+        if "rotary" not in pk.memo:  # cos/sin tables of tokens 0..T-1
+            pk.memo["rotary"] = self.cos_sin(0, T, x.device, x.dtype)
         kc, vc = pk.runs.kept[j]  # (S, T, H, e)
         rows = pk.row_sample[:R]
         kp, vp = kc[rows].view(R * T, H, e), vc[rows].view(R * T, H, e)  # each row's cached past (copies)

@@ -1,4 +1,5 @@
-"""Kernels of the packed fast path: Mamba's causal conv and selective scan over packed rows.
+"""Kernels of the packed fast path: Mamba's causal conv and selective scan over packed rows, its
+RMSNorm in half precision, and NeoX's rotary embedding fused with the padding of q, k and v.
 
 The fast path (``engine/trace.py``) lays a prompt's cells out as *packed rows*: row r is one
 (cell, corrupted sample) and holds only the tokens it recomputes, ``t_r .. T-1``, at positions
@@ -14,8 +15,9 @@ tokens need each row's past, which lives in the corrupted run's cache:
 
 Each has a Triton kernel (CUDA, one program per (row, channel block): ≤ T sequential steps in
 registers, no host synchronisation) and a PyTorch path (CPU, or no Triton) that runs the model's
-own maths (``F.conv1d``; ``mamba.selective_scan``'s update, step k of every row at once). Rounding follows the reference: values the model holds in its run dtype (conv output,
-Δ after softplus, s, g, s ⊙ g) are rounded to it; the state and the scan stay float32.
+own maths (``F.conv1d``; ``mamba.selective_scan``'s update, step k of every row at once). Rounding
+follows the reference: values the model holds in its run dtype (conv output, Δ after softplus, s, g,
+s ⊙ g) are rounded to it; the state and the scan stay float32. ``bench/kernels.py`` times them.
 """
 
 from __future__ import annotations
