@@ -28,6 +28,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from . import kernels
 from .cache import PromptRuns
 from .errors import InvalidArgument, NumericError
 from .sites import INPUT, OUTPUT
@@ -223,8 +224,7 @@ class Pack:
         p = self.patches(site, j)
         if p is None:
             return value
-        clean = self.runs.clean[site]
-        value.index_copy_(0, p[1], clean.reshape(-1, clean.shape[-1])[p[2]].to(value.dtype))
+        value.index_copy_(0, p[1], self.clean_rows(site)[p[2]].to(value.dtype))
         return value
 
     def row_src(self, site: str, j: int, R: int) -> Optional[torch.Tensor]:
@@ -277,8 +277,6 @@ def _micro_batches(model, runs: PromptRuns, tokens: np.ndarray, max_rows: Option
     S, T = runs.num_samples, runs.num_tokens
     device = runs.stream.device
     dtype = next(model.parameters()).dtype
-    from . import kernels
-
     per_pos = model.packed_bytes_per_position(dtype, kernels.use_triton(runs.stream), T)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
