@@ -47,7 +47,7 @@ async function engineAlone() {
 
 function throughSystem() {
   const out = mkdtempSync(join(tmpdir(), "orch-"));
-  execFileSync("node", [join(root, "coordinator/dist/cli.js"), "local", specPath, "--agents", String(agents), "--workers", "1", "--out", out, "--quiet"], { stdio: ["ignore", "ignore", "inherit"] });
+  execFileSync("node", [join(root, "sweepctl/dist/cli.js"), "local", specPath, "--agents", String(agents), "--workers", "1", "--out", out, "--quiet"], { stdio: ["ignore", "ignore", "inherit"] });
   const info = JSON.parse(readFileSync(join(out, "sweep.json"), "utf8"));
   // From the launch (shards durable) to the last result aggregated: the sweep as a user waits for it.
   const seconds = (Number(info.finishedMs) - Number(info.createdMs)) / 1000;

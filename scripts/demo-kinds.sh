@@ -13,9 +13,9 @@ dirs=()
 for kind in $kinds; do
   for model in mamba neox; do
     echo "=== $model $kind ($agents local agents, CPU)" >&2
-    node coordinator/dist/cli.js local "examples/demo/$model-$kind.yaml" --agents "$agents" --workers 1 --out "$out/$model-$kind"
+    node sweepctl/dist/cli.js local "examples/demo/$model-$kind.yaml" --agents "$agents" --workers 1 --out "$out/$model-$kind"
     dirs+=("$out/$model-$kind")
   done
 done
-node coordinator/dist/cli.js report --from "${dirs[@]}" --out "$out" --title "Knockout, path blocking, LRE and ROME on the shipped tiny models"
+node sweepctl/dist/cli.js report --from "${dirs[@]}" --out "$out" --title "Knockout, path blocking, LRE and ROME on the shipped tiny models"
 echo "demo:kinds: open $out/report.html" >&2

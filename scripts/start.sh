@@ -9,7 +9,7 @@ bash scripts/setup.sh
 out=${FACTSWEEP_DEMO_OUT:-$root/runs/demo}
 agents=${FACTSWEEP_DEMO_AGENTS:-2}
 mkdir -p "$out"
-sweepctl() { node coordinator/dist/cli.js "$@"; }
+sweepctl() { node sweepctl/dist/cli.js "$@"; }
 started=$(date +%s)
 dirs=()
 for spec in mamba-swap neox-swap mamba-noise neox-noise; do

@@ -18,7 +18,7 @@ else
   echo "golden folder $golden not found; set GOLDEN_DIR to run the golden check" >&2
 fi
 step "TypeScript unit tests"
-units=$(find shared/dist coordinator/dist node-agent/dist -name '*.test.js' 2>/dev/null | sort)
+units=$(find shared/dist planning/dist testing/dist coordinator/dist sweepctl/dist node-agent/dist -name '*.test.js' 2>/dev/null | sort)
 [ -z "$units" ] || node --test $units
 step "end-to-end tests"
 e2e=$(find test/dist -name '*.test.js' 2>/dev/null | sort)

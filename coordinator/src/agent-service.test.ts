@@ -2,11 +2,12 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { AGENT_PROTOCOL_VERSION, type agent } from "@factsweep/proto";
-import { agentStream, startHarness, type Harness } from "./test-helpers.js";
+import { agentStream, startHarness, type Harness } from "@factsweep/testing";
+import { Coordinator, type CoordinatorOptions } from "./coordinator.js";
 
-let h: Harness;
+let h: Harness<Coordinator, CoordinatorOptions>;
 before(async () => {
-  h = await startHarness({ token: "agent-token" });
+  h = await startHarness(Coordinator.start, { token: "agent-token" });
 });
 after(async () => {
   await h.close();

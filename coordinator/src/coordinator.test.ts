@@ -5,12 +5,14 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import type { control } from "@factsweep/proto";
 import { Kvm } from "@nats-io/kv";
-import { RESULTS_CONSUMER, RESULTS_STREAM, SHARDS_BUCKET, siteToEnum, type SiteName } from "@factsweep/shared";
-import { goldenSpec, GOLDEN_DIR, metricValue, startHarness, type Harness } from "./test-helpers.js";
-import { fakeEngine, fakeP, TestAgent, until } from "./test-agent.js";
+import { RESULTS_CONSUMER, RESULTS_STREAM, SHARDS_BUCKET } from "@factsweep/shared";
+import { siteToEnum, type SiteName } from "@factsweep/planning";
+import { goldenSpec, GOLDEN_DIR, metricValue, startHarness, type Harness } from "@factsweep/testing";
+import { Coordinator, type CoordinatorOptions } from "./coordinator.js";
+import { fakeEngine, fakeP, TestAgent, until } from "@factsweep/testing";
 import { HealthService, ServingStatus } from "./health-service.js";
 
-let h: Harness | undefined;
+let h: Harness<Coordinator, CoordinatorOptions> | undefined;
 const agents: TestAgent[] = [];
 afterEach(async () => {
   for (const a of agents.splice(0)) await a.kill().catch(() => undefined);
@@ -35,7 +37,7 @@ function assertExactlyOnce(rows: control.ResultRow[], prompts: number, layers: n
 }
 
 test("a sweep run by two agents completes with every planned cell aggregated exactly once", async () => {
-  h = await startHarness();
+  h = await startHarness(Coordinator.start);
   await agentOf({ agentId: "a" });
   await agentOf({ agentId: "b" });
   const events = await connect({ servers: h.nats.url });
@@ -62,7 +64,7 @@ test("a sweep run by two agents completes with every planned cell aggregated exa
 });
 
 test("a result published twice, and again after the dedup window, is aggregated once", async () => {
-  h = await startHarness();
+  h = await startHarness(Coordinator.start);
   const a = await agentOf({ agentId: "a", publishTwice: true });
   await launch(goldenSpec({ prompts: 2, shardCells: 24 }), "dedup");
   await finished("dedup");
@@ -77,7 +79,7 @@ test("a result published twice, and again after the dedup window, is aggregated 
 });
 
 test("results consumed before a coordinator crash are neither lost nor doubled by redelivery after restart", async () => {
-  h = await startHarness();
+  h = await startHarness(Coordinator.start);
   const a = await agentOf({ agentId: "a", slots: 1 });
   await launch(goldenSpec({ prompts: 4, shardCells: 24 }), "crash");
   await until(() => a.done.length >= 2, "two shards done");
@@ -95,7 +97,7 @@ test("results consumed before a coordinator crash are neither lost nor doubled b
 });
 
 test("a restarted coordinator loads identical sweep state from KV and finishes the sweep", async () => {
-  h = await startHarness();
+  h = await startHarness(Coordinator.start);
   const a = await agentOf({ agentId: "a", slots: 1 });
   await launch(goldenSpec({ prompts: 3, shardCells: 24 }), "reload");
   await until(() => a.done.length >= 1 && h!.coord.get("reload").counts!.shardsDone >= 1, "one shard aggregated");
@@ -114,7 +116,7 @@ test("a restarted coordinator loads identical sweep state from KV and finishes t
 });
 
 test("a shard held by an agent that vanishes is re-leased to another agent and completes once", async () => {
-  h = await startHarness();
+  h = await startHarness(Coordinator.start);
   const bad = await agentOf({ agentId: "bad", hold: true, slots: 10 });
   await launch(goldenSpec({ prompts: 2, shardCells: 24 }), "vanish");
   await until(() => bad.heldLeases().length === 2, "the holding agent to get both shards");
@@ -128,7 +130,7 @@ test("a shard held by an agent that vanishes is re-leased to another agent and c
 });
 
 test("a lease never renewed expires and is retried with backoff; after max_attempts the shard fails, and resume completes it", async () => {
-  h = await startHarness({ leaseTtlMs: 300, heartbeatMs: 100 });
+  h = await startHarness(Coordinator.start, { leaseTtlMs: 300, heartbeatMs: 100 });
   const silent = await agentOf({ agentId: "silent", hold: true, silent: true, slots: 100 });
   await launch(goldenSpec({ prompts: 1, shardCells: 24, maxAttempts: 2 }), "expire");
   await finished("expire");
@@ -148,7 +150,7 @@ test("a lease never renewed expires and is retried with backoff; after max_attem
 });
 
 test("a non-retryable failure fails the shard at once with the agent's error", async () => {
-  h = await startHarness();
+  h = await startHarness(Coordinator.start);
   const a = await agentOf({ agentId: "a", failWith: { error: "prompt too long for the model", retryable: false } });
   await launch(goldenSpec({ prompts: 1, shardCells: 24, maxAttempts: 5 }), "fatal");
   await finished("fatal");
@@ -159,7 +161,7 @@ test("a non-retryable failure fails the shard at once with the agent's error", a
 });
 
 test("cancel stops a sweep and revokes its leases; resume finishes it", async () => {
-  h = await startHarness();
+  h = await startHarness(Coordinator.start);
   const holder = await agentOf({ agentId: "holder", hold: true, slots: 1 });
   await launch(goldenSpec({ prompts: 2, shardCells: 24 }), "cancel");
   await until(() => holder.heldLeases().length === 1, "a lease");
@@ -177,7 +179,7 @@ test("cancel stops a sweep and revokes its leases; resume finishes it", async ()
 });
 
 test("a nats-server killed and restarted mid-sweep: the sweep completes with every cell exactly once", async () => {
-  h = await startHarness();
+  h = await startHarness(Coordinator.start);
   const a = await agentOf({ agentId: "a", slots: 1 });
   await launch(goldenSpec({ prompts: 4, shardCells: 12 }), "natsfault");
   await until(() => a.done.length >= 2, "two shards done");
@@ -190,7 +192,7 @@ test("a nats-server killed and restarted mid-sweep: the sweep completes with eve
 });
 
 test("gRPC health reports SERVING once the coordinator is ready and NOT_FOUND for unknown services", async () => {
-  h = await startHarness();
+  h = await startHarness(Coordinator.start);
   const Client = grpc.makeGenericClientConstructor(HealthService, "grpc.health.v1.Health");
   const c = new Client(h.addr, grpc.credentials.createInsecure()) as unknown as grpc.Client & Record<string, (req: unknown, cb: (e: grpc.ServiceError | null, r: { status: number }) => void) => void>;
   const check = (service: string) => new Promise<{ status: number }>((res, rej) => c.check!({ service }, (e, r) => (e ? rej(e) : res(r))));
@@ -201,7 +203,7 @@ test("gRPC health reports SERVING once the coordinator is ready and NOT_FOUND fo
 });
 
 test("shard records lost to a crash during launch are re-planned by the restarted coordinator and the sweep completes once", async () => {
-  h = await startHarness();
+  h = await startHarness(Coordinator.start);
   await launch(goldenSpec({ prompts: 3, shardCells: 12 }), "cut");
   await h.restart("crash");
   // What a coordinator killed in the middle of writing the shards leaves behind: some records missing.

@@ -11,7 +11,8 @@ import * as grpc from "@grpc/grpc-js";
 import { connect, credsAuthenticator, type NatsConnection, type ConnectionOptions } from "@nats-io/transport-node";
 import { collectDefaultMetrics, type Registry } from "prom-client";
 import { agent, control, sweep } from "@factsweep/proto";
-import { createRegistry, EVENTS_SUBJECT_PREFIX, KindAggregator, parseSweepSpec, shardUnits, startHttpServer, type HttpServerHandle, type SweepSpec } from "@factsweep/shared";
+import { createRegistry, EVENTS_SUBJECT_PREFIX, startHttpServer, type HttpServerHandle } from "@factsweep/shared";
+import { KindAggregator, parseSweepSpec, shardUnits, type SweepSpec } from "@factsweep/planning";
 import { createAgentService } from "./agent-service.js";
 import { createSweepService } from "./sweep-service.js";
 import { createHealthService, HealthService } from "./health-service.js";
@@ -22,7 +23,7 @@ import { ResultsConsumer } from "./results-consumer.js";
 import { Scheduler } from "./scheduler.js";
 import { StateStore, type ShardRecord, type SweepRecord } from "./state-store.js";
 import { newAggregator, plan, resultRows, type Aggregator } from "./sweep-runtime.js";
-import { modelTrace, type ModelTrace } from "./report/index.js";
+import { modelTrace, type ModelTrace } from "@factsweep/planning";
 import { InvalidSpecError, ModelNotFoundError, ModelPathDeniedError, StaleCoordinatorError, SweepExistsError, SweepNotFoundError, UnavailableError } from "./errors.js";
 
 /** TLS files for the gRPC server; with `ca`, clients must present a certificate it signed (mTLS). */

@@ -14,5 +14,4 @@ export { Coordinator, type CoordinatorOptions, type TlsFiles } from "./coordinat
 export { LeaseTable, type ShardEntry, type ShardState, type Grant, type Changes } from "./lease-table.js";
 export { StateStore, type SweepRecord, type ShardRecord, type SweepState } from "./state-store.js";
 export { ResultsConsumer, ensureResultsStream, RESULTS_DUPLICATE_WINDOW_MS } from "./results-consumer.js";
-export { EXIT, exitCodeOf } from "./cli-output.js";
 export * from "./errors.js";

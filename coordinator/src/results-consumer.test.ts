@@ -3,9 +3,11 @@ import assert from "node:assert/strict";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { sweep } from "@factsweep/proto";
-import { RESULTS_CONSUMER, RESULTS_STREAM, resultsSubject, ResultAggregator, startNatsServer, type NatsServerHandle } from "@factsweep/shared";
+import { RESULTS_CONSUMER, RESULTS_STREAM, resultsSubject } from "@factsweep/shared";
+import { ResultAggregator } from "@factsweep/planning";
+import { startNatsServer, type NatsServerHandle } from "@factsweep/testing";
 import { ResultsConsumer } from "./results-consumer.js";
-import { fakeEngine, until } from "./test-agent.js";
+import { fakeEngine, until } from "@factsweep/testing";
 
 let nats: NatsServerHandle;
 let nc: NatsConnection;

@@ -1,7 +1,7 @@
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { startNatsServer, type NatsServerHandle } from "@factsweep/shared";
+import { startNatsServer, type NatsServerHandle } from "@factsweep/testing";
 import { StateStore, type SweepRecord, type ShardRecord } from "./state-store.js";
 import { LeaseTable } from "./lease-table.js";
 import { StaleCoordinatorError, SweepExistsError } from "./errors.js";

@@ -3,7 +3,7 @@
  * `planSweep` and `ResultAggregator`, so a change of their shapes is adapted here alone.
  */
 import type { control, sweep } from "@factsweep/proto";
-import { KindAggregator, planSweep, readModelConfig, ResultAggregator, type SweepSpec } from "@factsweep/shared";
+import { KindAggregator, planSweep, readModelConfig, ResultAggregator, type SweepSpec } from "@factsweep/planning";
 
 /** A planned sweep: prompts (with per-prompt errors) and shards. */
 export interface Plan {

@@ -5,11 +5,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { control } from "@factsweep/proto";
-import { call, goldenSpec, GOLDEN_DIR, startHarness, type Harness } from "./test-helpers.js";
+import { call, goldenSpec, GOLDEN_DIR, startHarness, type Harness } from "@factsweep/testing";
+import { Coordinator, type CoordinatorOptions } from "./coordinator.js";
 
-let h: Harness;
+let h: Harness<Coordinator, CoordinatorOptions>;
 before(async () => {
-  h = await startHarness({ token: "s3cret" });
+  h = await startHarness(Coordinator.start, { token: "s3cret" });
 });
 after(async () => {
   await h.close();

@@ -6,7 +6,8 @@ import { join } from "node:path";
 import { execa } from "execa";
 import * as grpc from "@grpc/grpc-js";
 import { control } from "@factsweep/proto";
-import { REPO_ROOT, startHarness, type Harness } from "./test-helpers.js";
+import { REPO_ROOT, startHarness, type Harness } from "@factsweep/testing";
+import { Coordinator, type CoordinatorOptions } from "./coordinator.js";
 
 // Real certificates made with openssl: a CA, a server certificate for 127.0.0.1, a client certificate.
 const dir = mkdtempSync(join(tmpdir(), "factsweep-tls-"));
@@ -21,10 +22,10 @@ async function makeCerts(): Promise<void> {
   }
 }
 
-let h: Harness;
+let h: Harness<Coordinator, CoordinatorOptions>;
 before(async () => {
   await makeCerts();
-  h = await startHarness({ tls: { cert: f("server.pem"), key: f("server.key"), ca: f("ca.pem") } });
+  h = await startHarness(Coordinator.start, { tls: { cert: f("server.pem"), key: f("server.key"), ca: f("ca.pem") } });
 });
 after(async () => {
   await h.close();
@@ -44,7 +45,7 @@ test("with mTLS a client presenting a certificate of the CA is served", async ()
   const creds = grpc.credentials.createSsl(readFileSync(f("ca.pem")), readFileSync(f("client.key")), readFileSync(f("client.pem")));
   const r = await list(creds);
   assert.deepEqual(r.sweeps, []);
-  const cli = await execa(process.execPath, [join(REPO_ROOT, "coordinator/dist/cli.js"), "--coordinator", h.addr, "--tls-ca", f("ca.pem"), "--tls-cert", f("client.pem"), "--tls-key", f("client.key"), "list"], { reject: false });
+  const cli = await execa(process.execPath, [join(REPO_ROOT, "sweepctl/dist/cli.js"), "--coordinator", h.addr, "--tls-ca", f("ca.pem"), "--tls-cert", f("client.pem"), "--tls-key", f("client.key"), "list"], { reject: false });
   assert.equal(cli.exitCode, 0, cli.stderr);
 });
 

@@ -10,12 +10,16 @@ WORKDIR /src
 COPY package.json package-lock.json tsconfig.base.json tsconfig.json ./
 COPY proto/package.json proto/
 COPY shared/package.json shared/
+COPY planning/package.json planning/
+COPY testing/package.json testing/
 COPY coordinator/package.json coordinator/
+COPY sweepctl/package.json sweepctl/
 COPY node-agent/package.json node-agent/
 COPY test/package.json test/
 RUN npm ci --no-audit --no-fund
 COPY proto proto
 COPY shared shared
+COPY testing testing
 COPY node-agent node-agent
 RUN npx tsc -b node-agent \
  && npm ci --omit=dev --no-audit --no-fund -w proto -w shared -w node-agent

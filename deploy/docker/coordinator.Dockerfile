@@ -2,37 +2,49 @@
 # The coordinator and its CLI (sweepctl). Build from the repository root:
 #   docker build -f deploy/docker/coordinator.Dockerfile -t factsweep/coordinator .
 
-# --- build: full dev install, TypeScript compile of proto -> shared -> coordinator
+# --- build: full dev install, TypeScript compile of proto -> shared -> planning -> coordinator -> sweepctl
 FROM node:20-slim AS build
 WORKDIR /src
 COPY package.json package-lock.json tsconfig.base.json tsconfig.json ./
 COPY proto/package.json proto/
 COPY shared/package.json shared/
+COPY planning/package.json planning/
+COPY testing/package.json testing/
 COPY coordinator/package.json coordinator/
+COPY sweepctl/package.json sweepctl/
 COPY node-agent/package.json node-agent/
 COPY test/package.json test/
 RUN npm ci --no-audit --no-fund
 COPY proto proto
 COPY shared shared
+COPY planning planning
+COPY testing testing
 COPY coordinator coordinator
-RUN npx tsc -b coordinator
+COPY sweepctl sweepctl
+RUN npx tsc -b sweepctl
 
-# --- runtime: production dependencies of the three workspaces it runs, and their dist/ only
+# --- runtime: production dependencies of the workspaces it runs, and their dist/ only
 FROM node:20-slim
 ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./
 COPY proto/package.json proto/
 COPY shared/package.json shared/
+COPY planning/package.json planning/
+COPY testing/package.json testing/
 COPY coordinator/package.json coordinator/
+COPY sweepctl/package.json sweepctl/
 COPY node-agent/package.json node-agent/
 COPY test/package.json test/
-RUN npm ci --omit=dev --no-audit --no-fund -w proto -w shared -w coordinator \
+RUN npm ci --omit=dev --no-audit --no-fund -w proto -w shared -w planning -w testing -w coordinator -w sweepctl \
  && npm cache clean --force
 COPY --from=build /src/proto/dist proto/dist
 COPY --from=build /src/shared/dist shared/dist
+COPY --from=build /src/planning/dist planning/dist
+COPY --from=build /src/testing/dist testing/dist
 COPY --from=build /src/coordinator/dist coordinator/dist
-RUN printf '#!/bin/sh\nexec node /app/coordinator/dist/cli.js "$@"\n' > /usr/local/bin/sweepctl \
+COPY --from=build /src/sweepctl/dist sweepctl/dist
+RUN printf '#!/bin/sh\nexec node /app/sweepctl/dist/cli.js "$@"\n' > /usr/local/bin/sweepctl \
  && chmod +x /usr/local/bin/sweepctl \
  && mkdir -p /models && chown node:node /models
 USER node

@@ -11,9 +11,9 @@ import { createInterface } from "node:readline";
 import { status } from "@grpc/grpc-js";
 import { execa, type ResultPromise } from "execa";
 import { AGENT_PROTOCOL_VERSION } from "@factsweep/proto";
-import { ScriptedCoordinator } from "./scripted-coordinator.js";
-import { startNatsServer } from "@factsweep/shared";
-import { goldenSwapShard, REPO_ROOT, skipWithoutGolden, startResultsNats, storedResults } from "./test-support.js";
+import { ScriptedCoordinator } from "@factsweep/testing";
+import { startNatsServer } from "@factsweep/testing";
+import { goldenSwapShard, REPO_ROOT, skipWithoutGolden, startResultsNats, storedResults } from "@factsweep/testing";
 
 const skip = skipWithoutGolden();
 let nats: Awaited<ReturnType<typeof startResultsNats>>;

@@ -6,7 +6,8 @@ import { cpuSlots } from "./gpu-discovery.js";
 import { createAgentMetrics } from "./metrics.js";
 import { ResultPublisher } from "./result-publisher.js";
 import { runShard } from "./shard-runner.js";
-import { engineCommand, goldenSwapShard, memoryLogger, skipWithoutGolden, startResultsNats, storedResults } from "./test-support.js";
+import { engineCommand, goldenSwapShard, skipWithoutGolden, startResultsNats, storedResults } from "@factsweep/testing";
+import { memoryLogger } from "./log.js";
 
 const skip = skipWithoutGolden();
 let nats: Awaited<ReturnType<typeof startResultsNats>>;

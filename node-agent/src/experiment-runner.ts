@@ -6,7 +6,8 @@
  * re-run on it; an INVALID_ARGUMENT from the engine fails the shard as not retryable.
  */
 import type { engine, sweep } from "@factsweep/proto";
-import { shardUnits, type EngineClient } from "@factsweep/shared";
+import { shardUnits } from "@factsweep/planning";
+import { type EngineClient } from "./engine-client.js";
 import { ShardCancelledError, ShardError } from "./errors.js";
 import { ensureModel, shardFailure, workerLost } from "./worker-session.js";
 import type { ShardOutcome, ShardRunOptions } from "./shard-runner.js";

@@ -36,3 +36,10 @@ export function createLogger(
     child: (p) => createLogger(`${prefix} ${p}`, opts),
   };
 }
+
+/** A logger that keeps its lines in memory (embedding, tests), at debug level. */
+export function memoryLogger(prefix = "test"): Logger & { lines: string[] } {
+  const lines: string[] = [];
+  const log = createLogger(prefix, { level: "debug", write: (l) => lines.push(l) });
+  return Object.assign(log, { lines });
+}

@@ -4,7 +4,8 @@ import { connect } from "@nats-io/transport-node";
 import { engine, sweep } from "@factsweep/proto";
 import { ShardError } from "./errors.js";
 import { ResultPublisher } from "./result-publisher.js";
-import { memoryLogger, startResultsNats, storedResults } from "./test-support.js";
+import { memoryLogger } from "./log.js";
+import { startResultsNats, storedResults } from "@factsweep/testing";
 
 function result(shardId: string, cells = 3): sweep.ShardResult {
   return sweep.ShardResult.fromPartial({

@@ -1,13 +1,14 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { EngineClient } from "@factsweep/shared";
+import { EngineClient } from "./engine-client.js";
 import { EngineSupervisor } from "./engine-supervisor.js";
 import { ShardError } from "./errors.js";
 import { cpuSlots } from "./gpu-discovery.js";
 import { createAgentMetrics } from "./metrics.js";
 import { ResultPublisher } from "./result-publisher.js";
 import { runShard } from "./shard-runner.js";
-import { engineCommand, goldenSwapShard, memoryLogger, skipWithoutGolden, startResultsNats, storedResults } from "./test-support.js";
+import { engineCommand, goldenSwapShard, skipWithoutGolden, startResultsNats, storedResults } from "@factsweep/testing";
+import { memoryLogger } from "./log.js";
 
 const skip = skipWithoutGolden();
 let nats: Awaited<ReturnType<typeof startResultsNats>>;

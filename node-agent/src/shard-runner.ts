@@ -5,7 +5,8 @@
  * the restart only the remaining cells run (after re-preparing the prompt the new process lacks).
  */
 import { engine, sweep } from "@factsweep/proto";
-import { EngineRequestError, type EngineClient } from "@factsweep/shared";
+import { EngineRequestError } from "./engine-errors.js";
+import { type EngineClient } from "./engine-client.js";
 import type { EngineWorker } from "./engine-supervisor.js";
 import { runExperimentShard } from "./experiment-runner.js";
 import { ShardCancelledError, ShardError } from "./errors.js";

@@ -3,7 +3,8 @@
  * the model loaded once per worker process, and how an engine failure is classified.
  */
 import type { sweep } from "@factsweep/proto";
-import { EngineClosedError, EngineRequestError, EngineTimeoutError, type EngineClient } from "@factsweep/shared";
+import { EngineClosedError, EngineRequestError, EngineTimeoutError } from "./engine-errors.js";
+import { type EngineClient } from "./engine-client.js";
 import type { EngineWorker } from "./engine-supervisor.js";
 import { ShardError, WorkerLostError } from "./errors.js";
 import type { Logger } from "./log.js";

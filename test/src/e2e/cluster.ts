@@ -10,24 +10,17 @@ import { fileURLToPath } from "node:url";
 import { execa, type ResultPromise } from "execa";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
-import {
-  EngineClient,
-  RESULTS_STREAM,
-  freePort,
-  planSweep,
-  parseSweepSpec,
-  resultsSubject,
-  siteFromEnum,
-  startNatsServer,
-  type NatsServerHandle,
-} from "@factsweep/shared";
+import { EngineClient } from "@factsweep/node-agent";
+import { RESULTS_STREAM, resultsSubject } from "@factsweep/shared";
+import { freePort, startNatsServer, type NatsServerHandle } from "@factsweep/testing";
+import { planSweep, parseSweepSpec, siteFromEnum } from "@factsweep/planning";
 import { spawn } from "node:child_process";
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
 export const GOLDEN = resolve(process.env.GOLDEN_DIR ?? join(REPO, "../shared/golden"));
 const COORDINATOR = join(REPO, "coordinator/dist/main.js");
 const AGENT = join(REPO, "node-agent/dist/main.js");
-const SWEEPCTL = join(REPO, "coordinator/dist/cli.js");
+const SWEEPCTL = join(REPO, "sweepctl/dist/cli.js");
 
 type Child = ResultPromise<{ reject: false; all: true; buffer: false }>;
 

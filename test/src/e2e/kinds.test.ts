@@ -10,7 +10,8 @@ import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { after, before, test } from "node:test";
 import { execa } from "execa";
-import { EngineClient, KindAggregator, kindRowRecord, parseSweepSpec, planSweep, type KindRow } from "@factsweep/shared";
+import { EngineClient } from "@factsweep/node-agent";
+import { KindAggregator, kindRowRecord, parseSweepSpec, planSweep, type KindRow } from "@factsweep/planning";
 import { Cluster, REPO } from "./cluster.js";
 
 const MODELS = join(REPO, "models");

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
 import { parse, stringify } from "yaml";
-import { freePort } from "@factsweep/shared";
+import { freePort } from "@factsweep/testing";
 import { waitHttp } from "./live-cluster.js";
 import { prometheusDir } from "./paths.js";
 import { missing } from "./tools.js";

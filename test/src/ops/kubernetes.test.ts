@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { parse } from "yaml";
-import { parseSweepSpec } from "@factsweep/shared";
+import { parseSweepSpec } from "@factsweep/planning";
 import { kustomizations, objectKey, parseRendered, renderKustomization, validateObjects, type K8sObject } from "./kustomize.js";
 import { kubernetesDir } from "./paths.js";
 import { run, which } from "./tools.js";

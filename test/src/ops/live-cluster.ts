@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa, type ResultPromise } from "execa";
 import { parse, stringify } from "yaml";
-import { freePort, startNatsServer, type NatsServerHandle } from "@factsweep/shared";
+import { freePort, startNatsServer, type NatsServerHandle } from "@factsweep/testing";
 import { prometheusDir, repoRoot } from "./paths.js";
 
 /** The shared data folder holding golden/ (DESIGN.md: ../shared beside the repository). */
@@ -149,7 +149,7 @@ export async function startLiveCluster(opts: { agents: number; goldenDir: string
       prometheus,
       dir,
       sweepctl: async (args) => {
-        const r = await execa(process.execPath, [join(repoRoot, "coordinator/dist/cli.js"), "--coordinator", coordinator.grpc, ...args], { reject: false, all: true, stdin: "ignore", cwd: dir });
+        const r = await execa(process.execPath, [join(repoRoot, "sweepctl/dist/cli.js"), "--coordinator", coordinator.grpc, ...args], { reject: false, all: true, stdin: "ignore", cwd: dir });
         return { exitCode: r.exitCode ?? -1, output: r.all ?? "" };
       },
       stop,

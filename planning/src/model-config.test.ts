@@ -1,0 +1,30 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { readModelConfig } from "./model-config.js";
+import { ModelConfigError } from "./errors.js";
+
+import { sharedPath } from "@factsweep/testing";
+
+const GOLDEN = sharedPath("golden");
+
+test("the golden Mamba and GPT-NeoX checkpoints report their shapes", { skip: !GOLDEN && "shared/golden is not on this machine" }, () => {
+  assert.deepEqual(readModelConfig(`${GOLDEN}/mamba-tiny`), { modelType: "mamba", numLayers: 4, hiddenSize: 64, vocabSize: 1000, maxPositions: 0 });
+  assert.deepEqual(readModelConfig(`${GOLDEN}/neox-tiny`), { modelType: "gpt_neox", numLayers: 4, hiddenSize: 64, vocabSize: 1000, maxPositions: 128 });
+});
+
+test("a missing folder, a folder without config.json and an unknown model_type are ModelConfigErrors that say what to fix", () => {
+  const dir = mkdtempSync(join(tmpdir(), "fs-model-"));
+  try {
+    assert.throws(() => readModelConfig(join(dir, "nope")), (e: unknown) => e instanceof ModelConfigError && /does not exist/.test(e.message));
+    assert.throws(() => readModelConfig(dir), (e: unknown) => e instanceof ModelConfigError && /config\.json not found/.test(e.message));
+    writeFileSync(join(dir, "config.json"), JSON.stringify({ model_type: "llama", num_hidden_layers: 2 }));
+    assert.throws(() => readModelConfig(dir), /unsupported model_type "llama" \(string\); supported: mamba, gpt_neox/);
+    writeFileSync(join(dir, "config.json"), JSON.stringify({ model_type: "mamba", n_layer: 2, d_model: 8 }));
+    assert.throws(() => readModelConfig(dir), /missing vocabulary size/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -1,0 +1,93 @@
+import type { ResultAggregator } from "./effects.js";
+import type { TokenGroup } from "./token-groups.js";
+
+/** Display names of the token groups (ROME's rows; romba's in addition). */
+export const GROUP_LABELS: Record<TokenGroup, string> = {
+  prefix: "prefix",
+  subject_first: "first subject token",
+  subject_middle: "middle subject tokens",
+  subject_early: "subject tokens before the 2nd-last",
+  subject_2nd_last: "2nd-last subject token",
+  subject_last: "last subject token",
+  first_subsequent: "first subsequent token",
+  further: "further tokens",
+  last: "last token",
+};
+
+export interface TraceMeta {
+  label: string;
+  modelType: string;
+  sweepId: string;
+  corruption: string;
+  /** Prompt errors of the sweep (skipped prompts), grouped into reasons by the caller or here. */
+  promptErrors?: { message: string }[];
+}
+
+/** Collapses per-prompt error messages into reasons with counts ("subject not found" × 3). */
+function reasons(errors: { message: string }[]): { reason: string; count: number }[] {
+  const counts = new Map<string, number>();
+  for (const e of errors) {
+    // Messages name the prompt's subject or ids; keep the part before the first quote or colon as the reason.
+    const reason = e.message.replace(/"[^"]*"|'[^']*'|\[[^\]]*\]|\d+/g, "…").trim();
+    counts.set(reason, (counts.get(reason) ?? 0) + 1);
+  }
+  return [...counts].map(([reason, count]) => ({ reason, count })).sort((a, b) => b.count - a.count);
+}
+
+/** The report's view of one finished trace sweep, from its aggregator (live or saved). */
+export function modelTrace(agg: ResultAggregator, meta: TraceMeta): ModelTrace {
+  const summary = agg.summary();
+  return {
+    label: meta.label,
+    modelType: meta.modelType,
+    sweepId: meta.sweepId,
+    corruption: meta.corruption,
+    facts: summary.prompts,
+    skipped: reasons(meta.promptErrors ?? []),
+    heatmaps: agg.grids().map(({ site, window }) => {
+      const h = agg.heatmap(site, window);
+      return {
+        site,
+        window,
+        groups: h.groups.map((g) => GROUP_LABELS[g] ?? g),
+        layers: h.layers,
+        ie: h.meanIE,
+        aie: h.aie,
+        count: h.counts,
+      };
+    }),
+  };
+}
+
+
+/** Average effects of one (site, window) as a token-group × layer grid. */
+export interface HeatmapData {
+  site: string;
+  window: number;
+  /** Row labels, in display order (ROME's six groups by default). */
+  groups: string[];
+  /** Column labels: centre layer of the restored window. */
+  layers: number[];
+  /** Mean indirect effect (p − p*) / (p_clean − p*), [group][layer]; null where no cell fell. */
+  ie: (number | null)[][];
+  /** ROME's unnormalised average indirect effect mean(p) − mean(p*), [group][layer]. */
+  aie: (number | null)[][];
+  /** Number of cells averaged, [group][layer]. */
+  count: number[][];
+}
+
+export interface ModelTrace {
+  /** Display label, e.g. "mamba-facts". */
+  label: string;
+  /** "mamba" | "gpt_neox". */
+  modelType: string;
+  sweepId: string;
+  /** "swap" | "noise". */
+  corruption: string;
+  /** Prompts whose results are averaged. */
+  facts: number;
+  /** Prompts skipped (subject not found, no swap partner, too long), with the reason counts. */
+  skipped: { reason: string; count: number }[];
+  heatmaps: HeatmapData[];
+}
+

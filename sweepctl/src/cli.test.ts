@@ -1,0 +1,109 @@
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { execa } from "execa";
+import { Coordinator, type CoordinatorOptions } from "@factsweep/coordinator";
+import { freePort, goldenSpec, GOLDEN_DIR, REPO_ROOT, startHarness, tempSpec, TestAgent, until, type Harness } from "@factsweep/testing";
+
+const CLI = join(REPO_ROOT, "sweepctl", "dist", "cli.js");
+let h: Harness<Coordinator, CoordinatorOptions>;
+let worker: TestAgent;
+before(async () => {
+  h = await startHarness(Coordinator.start, { token: "tok" });
+  worker = await new TestAgent({ addr: h.addr, natsUrl: h.nats.url, agentId: "cli-worker", token: "tok" }).start();
+});
+after(async () => {
+  await worker.kill();
+  await h.close();
+});
+
+const sweepctl = (...args: string[]) => execa(process.execPath, [CLI, "--coordinator", h.addr, "--token", "tok", ...args], { reject: false, env: { FACTSWEEP_TOKEN: "" } });
+
+test("launch --detach prints the sweep id and exits 0; watch follows it to done (0); results export csv and jsonl", async () => {
+  const spec = tempSpec(goldenSpec({ prompts: 2, shardCells: 24 }));
+  const l = await sweepctl("launch", spec, "--id", "cli-ok", "--detach");
+  assert.equal(l.exitCode, 0, l.stderr);
+  assert.equal(l.stdout.trim(), "cli-ok");
+  const w = await sweepctl("watch", "cli-ok", "--quiet");
+  assert.equal(w.exitCode, 0, w.stderr);
+  assert.match(w.stderr, /state\s+done/);
+  const j = await sweepctl("results", "cli-ok", "--format", "jsonl");
+  assert.equal(j.exitCode, 0, j.stderr);
+  const rows = j.stdout.trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+  assert.equal(rows.length, 48);
+  assert.deepEqual(Object.keys(rows[0]!).slice(0, 3), ["sweep_id", "model", "prompt_index"]);
+  const out = join(mkdtempSync(join(tmpdir(), "cli-out-")), "r.csv");
+  const c = await sweepctl("results", "cli-ok", "--format", "csv", "--out", out);
+  assert.equal(c.exitCode, 0, c.stderr);
+  const lines = readFileSync(out, "utf8").trim().split("\n");
+  assert.equal(lines[0], "sweep_id,model,prompt_index,subject,site,layer,token,window,token_group,p,p_clean,p_corrupt,ie,corruption");
+  assert.equal(lines.length, 49);
+  const s = await sweepctl("status", "cli-ok");
+  assert.equal(s.exitCode, 0);
+  assert.match(s.stdout, /cells\s+48\/48/);
+  const list = await sweepctl("list");
+  assert.match(list.stdout, /cli-ok\s+done\s+48\/48/);
+  const agents = await sweepctl("agents");
+  assert.match(agents.stdout, /cli-worker/);
+});
+
+test("a malformed spec exits 2 naming the field; a model outside the roots exits 2; a duplicate id exits 2", async () => {
+  const bad = await sweepctl("launch", tempSpec(goldenSpec().replace("layers: all", "layers: [0, -1]")));
+  assert.equal(bad.exitCode, 2);
+  assert.match(bad.stderr, /layers/);
+  const outside = await sweepctl("launch", tempSpec(goldenSpec({ modelPath: "/etc" })));
+  assert.equal(outside.exitCode, 2);
+  assert.match(outside.stderr, /outside the configured model roots/);
+  await sweepctl("launch", tempSpec(goldenSpec()), "--id", "cli-dup", "--detach");
+  const dup = await sweepctl("launch", tempSpec(goldenSpec()), "--id", "cli-dup", "--detach");
+  assert.equal(dup.exitCode, 2);
+  assert.match(dup.stderr, /already exists/);
+});
+
+test("an unknown sweep or model folder exits 3", async () => {
+  const s = await sweepctl("status", "no-such-sweep");
+  assert.equal(s.exitCode, 3);
+  assert.match(s.stderr, /sweep "no-such-sweep" not found/);
+  const m = await sweepctl("launch", tempSpec(goldenSpec({ modelPath: join(GOLDEN_DIR, "nope") })));
+  assert.equal(m.exitCode, 3);
+});
+
+test("an unreachable coordinator exits 4; a usage error or a missing token exits 2", async () => {
+  const port = await freePort();
+  const u = await execa(process.execPath, [CLI, "--coordinator", `127.0.0.1:${port}`, "--timeout-ms", "3000", "list"], { reject: false });
+  assert.equal(u.exitCode, 4, u.stderr);
+  assert.match(u.stderr, /unavailable/);
+  const usage = await sweepctl("frobnicate");
+  assert.equal(usage.exitCode, 2);
+  const noTok = await execa(process.execPath, [CLI, "--coordinator", h.addr, "list"], { reject: false, env: { FACTSWEEP_TOKEN: "" } });
+  assert.equal(noTok.exitCode, 2);
+  assert.match(noTok.stderr, /token/);
+});
+
+test("launch keeps following its sweep across a coordinator restart and exits 0 when it is done", async () => {
+  await worker.kill();
+  worker = await new TestAgent({ addr: h.addr, natsUrl: h.nats.url, agentId: "cli-worker", token: "tok", hold: true }).start();
+  const launching = sweepctl("launch", tempSpec(goldenSpec({ prompts: 2, shardCells: 24 })), "--id", "cli-restart", "--quiet");
+  let printed = "";
+  launching.stdout?.on("data", (d: Buffer) => (printed += d.toString()));
+  await until(() => worker.heldLeases().length > 0 && printed.includes("cli-restart"), "the launch to return and a lease of the new sweep");
+  await h.restart("crash", true);
+  await worker.kill();
+  worker = await new TestAgent({ addr: h.addr, natsUrl: h.nats.url, agentId: "cli-worker", token: "tok" }).start();
+  const r = await launching;
+  assert.equal(r.exitCode, 0, r.stderr);
+  assert.match(r.stderr, /state\s+done/);
+});
+
+test("a sweep whose shards fail exits 1 from watch and status", async () => {
+  await worker.kill();
+  worker = await new TestAgent({ addr: h.addr, natsUrl: h.nats.url, agentId: "cli-worker", token: "tok", failWith: { error: "bad prompt", retryable: false } }).start();
+  const l = await sweepctl("launch", tempSpec(goldenSpec({ prompts: 1, shardCells: 24 })), "--id", "cli-fail", "--quiet");
+  assert.equal(l.exitCode, 1, l.stderr);
+  assert.match(l.stderr, /cli-fail\.0\.0: bad prompt/);
+  await until(() => h.coord.get("cli-fail").state === "failed", "failed");
+  assert.equal((await sweepctl("status", "cli-fail")).exitCode, 1);
+  assert.equal((await sweepctl("watch", "cli-fail", "--quiet")).exitCode, 1);
+});

@@ -1,0 +1,446 @@
+#!/usr/bin/env node
+/**
+ * `sweepctl`: the command line of factsweep. Talks to a coordinator's SweepService over gRPC, or
+ * (`sweepctl local`) runs a whole system on this machine: a nats-server, a coordinator in-process
+ * and N node agents as child processes. Exit codes: see EXIT in cli-output.ts and the README.
+ */
+import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, extname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
+import * as grpc from "@grpc/grpc-js";
+import { control } from "@factsweep/proto";
+import { KIND_AGGREGATE_FILE, parseSweepSpec } from "@factsweep/planning";
+import { startNatsServer } from "@factsweep/testing";
+import { EXIT, ProgressView, agentTable, csvHeader, csvLine, describeSweep, exitCodeOf, exitCodeOfState, isTerminal, jsonLine, sweepTable } from "./cli-output.js";
+
+/** An error that ends sweepctl with a given exit code and message. */
+class CliExit extends Error {
+  constructor(readonly exitCode: number, message: string) {
+    super(message);
+    this.name = "CliExit";
+  }
+}
+
+interface GlobalOpts {
+  coordinator: string;
+  token?: string;
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  timeoutMs: number;
+}
+
+// ---- gRPC client ---------------------------------------------------------------------------
+
+function client(o: GlobalOpts): { c: control.SweepServiceClient; md: () => grpc.Metadata } {
+  const creds = o.tlsCa || o.tlsCert
+    ? grpc.credentials.createSsl(o.tlsCa ? readFileSync(o.tlsCa) : null, o.tlsKey ? readFileSync(o.tlsKey) : null, o.tlsCert ? readFileSync(o.tlsCert) : null)
+    : grpc.credentials.createInsecure();
+  const c = new control.SweepServiceClient(o.coordinator, creds);
+  const md = () => {
+    const m = new grpc.Metadata();
+    if (o.token) m.set("authorization", `Bearer ${o.token}`);
+    return m;
+  };
+  return { c, md };
+}
+
+/** Turns a gRPC error into a CliExit with the coordinator's message and the matching exit code. */
+function fromGrpc(err: grpc.ServiceError, o: GlobalOpts): CliExit {
+  if (err.code === grpc.status.UNAVAILABLE) {
+    return new CliExit(EXIT.unavailable, `coordinator at ${o.coordinator} is unavailable: ${err.details || err.message} (start it, or pass --coordinator host:port)`);
+  }
+  return new CliExit(exitCodeOf(err.code), err.details || err.message);
+}
+
+function unary<Req, Res>(o: GlobalOpts, method: (c: control.SweepServiceClient) => (req: Req, md: grpc.Metadata, opts: Partial<grpc.CallOptions>, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown, req: Req): Promise<Res> {
+  const { c, md } = client(o);
+  return new Promise<Res>((res, rej) => {
+    method(c).call(c, req, md(), { deadline: Date.now() + o.timeoutMs }, (e, r) => {
+      c.close();
+      if (e) rej(fromGrpc(e, o));
+      else res(r);
+    });
+  });
+}
+
+/**
+ * Follows Watch until the sweep ends, with a progress bar; resolves with the last SweepInfo. A
+ * coordinator that restarts meanwhile (stream broken, or ended before the sweep did) is watched
+ * again once it is back, for up to `--timeout-ms` of unavailability.
+ */
+async function watchRemote(o: GlobalOpts, sweepId: string, quiet: boolean, initial?: control.SweepInfo): Promise<control.SweepInfo> {
+  const view = quiet ? undefined : new ProgressView();
+  let last: control.SweepInfo | undefined = initial;
+  let downSince: number | undefined;
+  try {
+    for (;;) {
+      const outcome = await new Promise<{ err?: grpc.ServiceError }>((res) => {
+        const { c, md } = client(o);
+        const stream = c.watch({ sweepId }, md());
+        stream.on("data", (info: control.SweepInfo) => {
+          last = info;
+          downSince = undefined;
+          view?.update(info);
+        });
+        stream.on("error", (e: grpc.ServiceError) => {
+          c.close();
+          res({ err: e });
+        });
+        stream.on("end", () => {
+          c.close();
+          res({});
+        });
+      });
+      if (last && isTerminal(last.state)) return last;
+      // Only a coordinator that answered before is waited for; one never reached fails fast (exit 4).
+      const transient = last !== undefined && (!outcome.err || outcome.err.code === grpc.status.UNAVAILABLE || outcome.err.code === grpc.status.CANCELLED);
+      if (!transient) throw outcome.err ? fromGrpc(outcome.err, o) : new CliExit(EXIT.unavailable, `watch of ${sweepId} ended without any update`);
+      downSince ??= Date.now();
+      if (Date.now() - downSince > o.timeoutMs) {
+        throw outcome.err ? fromGrpc(outcome.err, o) : new CliExit(EXIT.unavailable, `watch of ${sweepId} ended before the sweep did`);
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  } finally {
+    view?.stop();
+  }
+}
+
+async function writeResults(rows: AsyncIterable<control.ResultRow> | Iterable<control.ResultRow>, format: "csv" | "jsonl", out?: string): Promise<number> {
+  const sink = out ? createWriteStream(out) : process.stdout;
+  const write = (s: string) => new Promise<void>((res) => (sink.write(s) ? res() : sink.once("drain", () => res())));
+  let n = 0;
+  for await (const r of rows) {
+    if (format === "csv" && n === 0) await write(csvHeader(r) + "\n"); // the columns depend on the sweep's kind
+    await write((format === "csv" ? csvLine(r) : jsonLine(r)) + "\n");
+    n++;
+  }
+  if (format === "csv" && n === 0) await write(csvHeader() + "\n");
+  if (out) await new Promise<void>((res) => (sink as ReturnType<typeof createWriteStream>).end(() => res()));
+  return n;
+}
+
+async function* resultsRemote(o: GlobalOpts, sweepId: string): AsyncIterable<control.ResultRow> {
+  const { c, md } = client(o);
+  const stream = c.results({ sweepId }, md());
+  try {
+    for await (const r of stream) yield r as control.ResultRow;
+  } catch (e) {
+    throw fromGrpc(e as grpc.ServiceError, o);
+  } finally {
+    c.close();
+  }
+}
+
+// ---- commands ------------------------------------------------------------------------------
+
+const program = new Command("sweepctl")
+  .description("Launch and follow factsweep sweeps (causal tracing over prompts × sites × layers × tokens)")
+  .addOption(new Option("--coordinator <host:port>", "coordinator gRPC address").default("127.0.0.1:7070").env("FACTSWEEP_COORDINATOR"))
+  .addOption(new Option("--token <token>", "API token of the coordinator").env("FACTSWEEP_TOKEN"))
+  .option("--tls-ca <file>", "CA (PEM) to verify the coordinator (enables TLS)")
+  .option("--tls-cert <file>", "client certificate (PEM) for mTLS")
+  .option("--tls-key <file>", "client key (PEM) for mTLS")
+  .option("--timeout-ms <ms>", "deadline of each call", (v) => positive(v, "--timeout-ms"), 60_000)
+  .showHelpAfterError()
+  .exitOverride();
+
+function positive(v: string, name: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`expected ${name} to be a positive integer, got "${v}"`);
+  return n;
+}
+const g = (): GlobalOpts => program.opts<GlobalOpts>();
+let exitCode: number = EXIT.ok;
+
+function readSpec(file: string): { text: string; dir: string } {
+  const p = resolve(file);
+  if (!existsSync(p)) throw new CliExit(EXIT.usage, `spec file "${file}" not found`);
+  return { text: readFileSync(p, "utf8"), dir: dirname(p) };
+}
+
+program
+  .command("launch")
+  .description("launch a sweep from a YAML/JSON spec and follow it with a progress bar (cells/s, ETA)")
+  .argument("<spec>", "sweep spec file (.yaml, .yml or .json)")
+  .option("--id <sweep-id>", "sweep id (default: from the spec's name plus a random suffix)")
+  .option("--detach", "print the sweep id and return without following it")
+  .option("--quiet", "no progress bar")
+  .action(async (file: string, opts: { id?: string; detach?: boolean; quiet?: boolean }) => {
+    const { text, dir } = readSpec(file);
+    const info = await unary(g(), (c) => c.launch, { spec: text, sweepId: opts.id ?? "", specDir: dir });
+    console.log(info.sweepId);
+    if (info.promptErrors.length > 0) {
+      console.error(`${info.promptErrors.length} prompt(s) skipped:`);
+      for (const e of info.promptErrors.slice(0, 20)) console.error(`  prompt ${e.promptIndex}: ${e.message}`);
+    }
+    if (isTerminal(info.state)) console.error(describeSweep(info));
+    if (opts.detach || isTerminal(info.state)) {
+      exitCode = exitCodeOfState(info.state);
+      return;
+    }
+    const last = await watchRemote(g(), info.sweepId, opts.quiet === true, info);
+    console.error(describeSweep(last));
+    exitCode = exitCodeOfState(last.state);
+  });
+
+program
+  .command("status")
+  .description("show a sweep's state, counts, skipped prompts and failed shards (exit 1 if it failed or was cancelled)")
+  .argument("<sweep-id>")
+  .option("--json", "print SweepInfo as JSON")
+  .action(async (id: string, opts: { json?: boolean }) => {
+    const info = await unary(g(), (c) => c.get, { sweepId: id });
+    console.log(opts.json ? JSON.stringify(control.SweepInfo.toJSON(info), null, 2) : describeSweep(info));
+    exitCode = exitCodeOfState(info.state);
+  });
+
+program
+  .command("list")
+  .description("list sweeps")
+  .option("--json", "print as JSON")
+  .action(async (opts: { json?: boolean }) => {
+    const r = await unary(g(), (c) => c.list, {});
+    console.log(opts.json ? JSON.stringify(control.ListReply.toJSON(r), null, 2) : sweepTable(r.sweeps));
+  });
+
+program
+  .command("watch")
+  .description("follow a sweep until it ends (exit 0 done, 1 failed or cancelled)")
+  .argument("<sweep-id>")
+  .option("--quiet", "no progress bar")
+  .action(async (id: string, opts: { quiet?: boolean }) => {
+    const last = await watchRemote(g(), id, opts.quiet === true);
+    console.error(describeSweep(last));
+    exitCode = exitCodeOfState(last.state);
+  });
+
+program
+  .command("resume")
+  .description("resume a cancelled or failed sweep: failed shards are re-queued")
+  .argument("<sweep-id>")
+  .option("--watch", "follow it afterwards")
+  .action(async (id: string, opts: { watch?: boolean }) => {
+    const info = await unary(g(), (c) => c.resume, { sweepId: id });
+    if (!opts.watch) {
+      console.log(describeSweep(info));
+      return;
+    }
+    const last = await watchRemote(g(), id, false);
+    console.error(describeSweep(last));
+    exitCode = exitCodeOfState(last.state);
+  });
+
+program
+  .command("cancel")
+  .description("cancel a running sweep (its results so far are kept; resume continues it)")
+  .argument("<sweep-id>")
+  .action(async (id: string) => {
+    const info = await unary(g(), (c) => c.cancel, { sweepId: id });
+    console.log(describeSweep(info));
+  });
+
+program
+  .command("results")
+  .description("export a sweep's aggregated cells")
+  .argument("<sweep-id>")
+  .addOption(new Option("--format <format>", "output format").choices(["csv", "jsonl"]).default("csv"))
+  .option("--out <file>", "write to a file instead of stdout")
+  .action(async (id: string, opts: { format: "csv" | "jsonl"; out?: string }) => {
+    const n = await writeResults(resultsRemote(g(), id), opts.format, opts.out);
+    if (opts.out) console.error(`${n} rows written to ${opts.out}`);
+  });
+
+program
+  .command("agents")
+  .description("list connected node agents")
+  .option("--json", "print as JSON")
+  .action(async (opts: { json?: boolean }) => {
+    const r = await unary(g(), (c) => c.agents, {});
+    console.log(opts.json ? JSON.stringify(control.AgentsReply.toJSON(r), null, 2) : agentTable(r.agents));
+  });
+
+program
+  .command("local")
+  .description("run a sweep on this machine: starts nats-server, a coordinator and N agents, writes results to --out")
+  .argument("<spec>", "sweep spec file")
+  .option("--agents <n>", "node agents to start", (v) => positive(v, "--agents"), 2)
+  .option("--workers <n>", "engine workers per agent (CPU)", (v) => positive(v, "--workers"), 1)
+  .option("--out <dir>", "output folder (results.csv, results.jsonl, summary.json, sweep.json, logs)", "out")
+  .option("--id <sweep-id>", "sweep id")
+  .option("--model-root <dir>", "model root (default: the folder holding the spec's model)", (v: string, p: string[]) => [...p, v], [] as string[])
+  .option("--agent-bin <file>", "node agent entry (default: node-agent/dist/main.js of this checkout)")
+  .option("--nats-url <url>", "use this NATS server instead of starting one")
+  .option("--grpc-port <port>", "coordinator gRPC port (default: any free port)", (v) => Number(v), 0)
+  .option("--http-port <port>", "coordinator HTTP port for /metrics (default: any free port)", (v) => Number(v), 0)
+  .option("--lease-ttl-ms <ms>", "lease TTL", (v) => positive(v, "--lease-ttl-ms"), 10_000)
+  .option("--quiet", "no progress bar")
+  .action(async (file: string, opts: LocalOpts) => {
+    exitCode = await runLocal(file, opts);
+  });
+
+program
+  .command("report")
+  .description("write report.html (tracing: heatmaps of mean IE by token group × layer and the paper's findings checked; other kinds: their curves) and report.csv, for finished sweeps on the coordinator and/or `local` output folders")
+  .argument("[sweeps...]", "ids of finished sweeps on the coordinator (--coordinator)")
+  .option("--from <dirs...>", "output folders of `sweepctl local` runs (holding trace.json or kind.json)", [] as string[])
+  .option("--out <dir>", "folder for report.html and report.csv", ".")
+  .option("--title <title>", "report title", "Causal tracing report")
+  .action(async (sweeps: string[], opts: { from: string[]; out: string; title: string }) => {
+    if (sweeps.length === 0 && opts.from.length === 0) throw new CliExit(EXIT.usage, "report: name finished sweeps (sweepctl report <id>...) or local output folders (--from <dir>...)");
+    const { readTraces, writeReport, TRACE_FILE } = await import("./report/index.js"); // vega loads only for this command
+    const { readKindAggregates, kindSections } = await import("./report/kinds.js");
+    const dirs = opts.from.map((d) => resolve(d));
+    const missing = dirs.filter((d) => !existsSync(join(d, TRACE_FILE)) && !existsSync(join(d, KIND_AGGREGATE_FILE)));
+    if (missing.length) throw new CliExit(EXIT.notFound, `${missing.join(", ")}: no ${TRACE_FILE} or ${KIND_AGGREGATE_FILE}; expected the output folder of a finished \`sweepctl local\` run`);
+    const traces = readTraces(dirs.filter((d) => existsSync(join(d, TRACE_FILE))));
+    const kinds = readKindAggregates(dirs);
+    for (const id of sweeps) {
+      const data = await unary(g(), (c) => c.report, { sweepId: id });
+      if (data.traceJson) traces.push(JSON.parse(data.traceJson));
+      else kinds.push(JSON.parse(data.aggregateJson));
+    }
+    const r = await writeReport(traces, resolve(opts.out), opts.title, kinds.length ? await kindSections(kinds) : []);
+    for (const f of r.findings) console.error(`${f.reproduced === null ? "not checked" : f.reproduced ? "reproduced" : "NOT reproduced"}: ${f.model}: ${f.claim} (${f.measured})`);
+    console.log(r.html);
+    console.error(`report written: ${r.html} and ${r.csv}`);
+  });
+
+interface LocalOpts {
+  agents: number;
+  workers: number;
+  out: string;
+  id?: string;
+  modelRoot: string[];
+  agentBin?: string;
+  natsUrl?: string;
+  grpcPort: number;
+  httpPort: number;
+  leaseTtlMs: number;
+  quiet?: boolean;
+}
+
+/** `sweepctl local`: the whole system on this machine, for the demo and for laptops. */
+async function runLocal(file: string, o: LocalOpts): Promise<number> {
+  const { text, dir } = readSpec(file);
+  let spec;
+  try {
+    spec = parseSweepSpec(text, { baseDir: dir, format: extname(file) === ".json" ? "json" : "yaml" });
+  } catch (err) {
+    throw new CliExit(EXIT.usage, (err as Error).message);
+  }
+  const here = dirname(fileURLToPath(import.meta.url));
+  const agentBin = resolve(o.agentBin ?? join(here, "..", "..", "node-agent", "dist", "main.js"));
+  if (!existsSync(agentBin)) throw new CliExit(EXIT.usage, `node agent entry "${agentBin}" not found; build it with \`npx tsc -b\` or pass --agent-bin`);
+  const out = resolve(o.out);
+  mkdirSync(out, { recursive: true });
+  const roots = o.modelRoot.length > 0 ? o.modelRoot : [dirname(spec.model.path)];
+
+  const { execa } = await import("execa");
+  const { Coordinator } = await import("@factsweep/coordinator");
+  const nats = o.natsUrl ? undefined : await startNatsServer();
+  const natsUrl = o.natsUrl ?? nats!.url;
+  const logFile = createWriteStream(join(out, "coordinator.log"));
+  const coord = await Coordinator.start({
+    natsUrl, grpcHost: "127.0.0.1", grpcPort: o.grpcPort, httpHost: "127.0.0.1", httpPort: o.httpPort, modelRoots: roots,
+    leaseTtlMs: o.leaseTtlMs, log: (m) => logFile.write(`${new Date().toISOString()} ${m}\n`),
+  });
+  console.error(`local: nats ${natsUrl}, coordinator gRPC 127.0.0.1:${coord.grpcPort}, metrics http://127.0.0.1:${coord.httpPort}/metrics, logs in ${out}`);
+  const agents = Array.from({ length: o.agents }, (_, i) => {
+    const id = `local-${i}`;
+    const p = execa(process.execPath, [agentBin, "--coordinator", `127.0.0.1:${coord.grpcPort}`, "--nats-url", natsUrl, "--workers", String(o.workers), "--cpu", "--agent-id", id, "--http-port", "0"], {
+      stdout: { file: join(out, `${id}.log`) }, stderr: { file: join(out, `${id}.log`) }, reject: false, cleanup: true,
+    });
+    return { id, p };
+  });
+  const view = o.quiet ? undefined : new ProgressView();
+  let code: number = EXIT.internal;
+  try {
+    const info = await coord.launch({ spec: text, sweepId: o.id ?? "", specDir: dir });
+    for (const e of info.promptErrors) console.error(`prompt ${e.promptIndex} skipped: ${e.message}`);
+    const last = await new Promise<control.SweepInfo>((res, rej) => {
+      for (const a of agents) {
+        void a.p.then((r) => {
+          if (!stopping) rej(new CliExit(EXIT.internal, `agent ${a.id} exited (${r.exitCode ?? r.signal}); see ${join(out, `${a.id}.log`)}`));
+        });
+      }
+      const unsub = coord.watch(info.sweepId, (i) => {
+        view?.update(i);
+        if (isTerminal(i.state)) {
+          setImmediate(() => unsub());
+          res(i);
+        }
+      });
+    });
+    view?.stop();
+    const n = await writeResults(coord.results(last.sweepId), "csv", join(out, "results.csv"));
+    await writeResults(coord.results(last.sweepId), "jsonl", join(out, "results.jsonl"));
+    writeFileSync(join(out, "summary.json"), JSON.stringify(coord.summary(last.sweepId), null, 2));
+    if (spec.kind === "trace") {
+      const { TRACE_FILE } = await import("./report/index.js");
+      writeFileSync(join(out, TRACE_FILE), JSON.stringify(coord.traceView(last.sweepId)));
+    } else {
+      writeFileSync(join(out, KIND_AGGREGATE_FILE), JSON.stringify(coord.summary(last.sweepId))); // the kind's aggregate, read by `sweepctl report`
+    }
+    writeFileSync(join(out, "sweep.json"), JSON.stringify(control.SweepInfo.toJSON(last), null, 2));
+    console.error(describeSweep(last));
+    console.error(`${n} rows written to ${join(out, "results.csv")} and results.jsonl; summary.json has IE/AIE by token group; \`sweepctl report --from ${out}\` draws the heatmaps`);
+    code = exitCodeOfState(last.state);
+  } finally {
+    view?.stop();
+    stopping = true;
+    for (const a of agents) a.p.kill("SIGTERM");
+    await Promise.race([Promise.all(agents.map((a) => a.p)), new Promise((r) => setTimeout(r, 5000))]);
+    for (const a of agents) a.p.kill("SIGKILL");
+    await coord.stop();
+    await nats?.stop();
+    logFile.end();
+  }
+  return code;
+}
+let stopping = false;
+
+async function main(): Promise<void> {
+  try {
+    await program.parseAsync();
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      process.exitCode = err.exitCode === 0 ? 0 : EXIT.usage;
+      return;
+    }
+    if (err instanceof CliExit) {
+      console.error(`sweepctl: ${err.message}`);
+      process.exitCode = err.exitCode;
+      return;
+    }
+    const e = err as Error & { code?: unknown; name?: string };
+    if (e.name === "SpecError") {
+      console.error(`sweepctl: ${e.message}`);
+      process.exitCode = EXIT.usage;
+      return;
+    }
+    if (e.name === "ModelNotFoundError" || e.name === "SweepNotFoundError") {
+      console.error(`sweepctl: ${e.message}`);
+      process.exitCode = EXIT.notFound;
+      return;
+    }
+    if (e.name === "ModelPathDeniedError" || e.name === "InvalidSpecError" || e.name === "SweepExistsError") {
+      console.error(`sweepctl: ${e.message}`);
+      process.exitCode = EXIT.usage;
+      return;
+    }
+    if (e.name === "NatsServerError") {
+      console.error(`sweepctl: ${e.message}`);
+      process.exitCode = EXIT.unavailable;
+      return;
+    }
+    console.error(`sweepctl: ${e.stack ?? e.message}`);
+    process.exitCode = EXIT.internal;
+    return;
+  }
+  process.exitCode = exitCode;
+}
+
+await main();
