@@ -5,7 +5,7 @@
 // and the answer id (first token of " " + object).
 // Also `corpus`: the first `--corpus` lines of filler.txt (fact-free text), at most 128 tokens each, for
 // the knockout's mean of a.
-// Usage: node engine/experiments/demo/tokenize_world.mjs [models/world] [--per 40] [--template 0] [--corpus 128] > facts.json
+// Usage: node scripts/engine/tokenize_world.mjs [models/world] [--per 40] [--template 0] [--corpus 128] > facts.json
 import { Tokenizer } from "@huggingface/tokenizers";
 import { readFileSync, readdirSync } from "node:fs";
 

@@ -2,7 +2,7 @@
 behind the paper's plots, for models/mamba-facts and models/neox-facts). Uses the Engine in-process,
 through ``engine.experiments.run``: the same call the worker makes for RunExperiment.
 
-    node engine/experiments/demo/tokenize_world.mjs --per 40 > /tmp/facts.json
+    node scripts/engine/tokenize_world.mjs --per 40 > /tmp/facts.json
     bash scripts/engine-python.sh -m engine.experiments.demo.figures /tmp/facts.json [--per 5] [--window 3] [--device cuda]
 
 Prompts: each relation's first template, facts the model recalls (top-1 = the object's first token).
