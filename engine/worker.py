@@ -5,6 +5,8 @@ length-prefixed frames (``engine.framing``): ``EngineRequest`` in, exactly one `
 out per request, echoing its ``request_id``. The worker only translates frames to calls of
 ``engine.runtime.Engine`` (contract: ``engine/API.md``) and ``engine.errors`` to ``EngineError``
 frames; see ``engine/README.md`` ("Worker protocol") for the session rules and exit codes.
+``engine/wire.py`` holds the message ↔ engine value conversions; this file the session loop,
+the dispatch and the command line.
 
 Why the stdio juggling in ``_claim_stdio``: frames own the real stdout. A stray ``print`` or a C
 library writing to fd 1 would corrupt the stream, so the worker keeps a private duplicate of fd 1
@@ -36,6 +38,8 @@ from engine.framing import (
     write_message,
 )
 from engine.proto import engine_pb2 as pb
+from engine.wire import (SITE_NAMES, cells_from_pb, corruption_from_pb, describe_device, error_response,
+                         site_value, to_pb)  # SITE_NAMES: re-exported for callers of engine.worker
 from google.protobuf.message import DecodeError
 
 log = logging.getLogger("engine.worker")
@@ -46,12 +50,6 @@ EXIT_USAGE = 2  # bad command line (argparse)
 EXIT_STREAM = 3  # the input stream cannot be resynchronised: oversized length prefix, truncated frame
 EXIT_PEER_GONE = 4  # stdout closed: responses can no longer be delivered
 
-SITE_NAMES: Dict[int, str] = {
-    number: name[len("SITE_"):].lower() for name, number in pb.Site.items() if number != pb.SITE_UNSPECIFIED
-}
-"""Site enum value -> design vocabulary name ("residual", "mixer", ...); derived from the proto so
-the two cannot drift."""
-SITE_VALUES: Dict[str, int] = {name: number for number, name in SITE_NAMES.items()}
 
 # Bodies accepted before a successful Hello: the handshake itself, and Shutdown so a supervisor
 # can always stop a worker cleanly.
@@ -62,66 +60,6 @@ _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 class _Terminate(BaseException):
     """Raised by the signal handler, only while the worker waits for a request."""
-
-
-def site_value(name: str) -> int:
-    """Vocabulary name -> ``Site`` enum value."""
-    try:
-        return SITE_VALUES[name]
-    except KeyError:
-        raise errors.EngineError(
-            f"engine reported site {name!r}, which proto/engine.proto's Site enum does not name "
-            f"(known: {', '.join(SITE_VALUES)})"
-        ) from None
-
-
-def error_response(request_id: int, exc: BaseException) -> "pb.EngineResponse":
-    """Builds the ``EngineError`` frame for an exception: engine errors keep their code and field,
-    memory exhaustion becomes RESOURCE_EXHAUSTED, anything else INTERNAL with the exception text."""
-    if isinstance(exc, errors.EngineError):
-        try:
-            code = pb.ErrorCode.Value("ERROR_CODE_" + exc.code)
-        except ValueError:
-            code = pb.ERROR_CODE_INTERNAL
-        message, field = str(exc), exc.field
-    elif isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-        code, message, field = pb.ERROR_CODE_RESOURCE_EXHAUSTED, f"{type(exc).__name__}: {exc}", ""
-    else:
-        code, message, field = pb.ERROR_CODE_INTERNAL, f"{type(exc).__name__}: {exc}", ""
-    return pb.EngineResponse(
-        request_id=request_id, error=pb.EngineError(code=code, message=message, field=field)
-    )
-
-
-def _is_repeated(field) -> bool:
-    # protobuf 7 (GPU machine) removed FieldDescriptor.label for the is_repeated property;
-    # Debian's 3.21/4.21 only have label.
-    flag = getattr(field, "is_repeated", None)
-    if flag is not None:
-        return bool(flag() if callable(flag) else flag)
-    return field.label == field.LABEL_REPEATED
-
-
-def _to_pb(message_type, source, **overrides):
-    """Copies the attributes of an engine result object named like ``message_type``'s fields,
-    coercing numbers (engine values may be numpy/torch scalars)."""
-    values = {}
-    for field in message_type.DESCRIPTOR.fields:
-        if field.name in overrides:
-            values[field.name] = overrides[field.name]
-            continue
-        value = getattr(source, field.name)
-        if _is_repeated(field):
-            values[field.name] = list(value)
-        elif field.type in (field.TYPE_DOUBLE, field.TYPE_FLOAT):
-            values[field.name] = float(value)
-        elif field.type == field.TYPE_BOOL:
-            values[field.name] = bool(value)
-        elif field.type == field.TYPE_STRING:
-            values[field.name] = str(value)
-        else:
-            values[field.name] = int(value)
-    return message_type(**values)
 
 
 class Worker:
@@ -251,7 +189,7 @@ class Worker:
             )
         import torch  # deferred: see the module docstring
 
-        device, memory = _describe_device(torch, self.options.device)
+        device, memory = describe_device(torch, self.options.device)
         if self._engine is None:
             from engine.runtime import Engine
 
@@ -275,82 +213,21 @@ class Worker:
             cache_budget_bytes=req.cache_budget_bytes or None,  # 0: keep the worker's budget
         )
         self._hidden_size[req.model_id] = int(info.hidden_size)
-        return "model", _to_pb(pb.ModelInfo, info, sites=[site_value(s) for s in info.sites])
+        return "model", to_pb(pb.ModelInfo, info, sites=[site_value(s) for s in info.sites])
 
     def _prepare_prompt(self, req):
-        from engine.runtime import NoiseSpec, SwapSpec
-
-        kind = req.corruption.WhichOneof("kind")
-        if kind == "swap":
-            corruption = SwapSpec(corrupted_ids=list(req.corruption.swap.corrupted_ids))
-        elif kind == "noise":
-            noise = req.corruption.noise
-            explicit = self._explicit_noise(req) if noise.explicit_noise else None
-            corruption = NoiseSpec(
-                scale=noise.scale or 3.0,  # proto3 cannot tell unset from 0; 0 noise is meaningless
-                std=noise.std or None,  # 0: computed over the subject tokens' embeddings (ROME)
-                samples=explicit.shape[0] if explicit is not None else (noise.samples or 10),
-                seed=noise.seed,
-                explicit=explicit,
-            )
-        else:
-            raise errors.InvalidArgument(
-                "corruption is missing: set corruption.noise or corruption.swap", field="corruption"
-            )
         info = self._engine.prepare_prompt(
             req.model_id,
             req.prompt_key,
             list(req.input_ids),
             (req.subject_start, req.subject_end),
-            corruption,
+            corruption_from_pb(req, self._hidden_size),
             answer_id=req.answer_id if req.HasField("answer_id") else None,
         )
-        return "prompt", _to_pb(pb.PromptInfo, info)
-
-    def _explicit_noise(self, req):
-        """Decodes ``explicit_noise`` (float32 little-endian, (samples, T, d)) into a tensor."""
-        import numpy as np
-        import torch
-
-        field = "corruption.noise.explicit_noise"
-        data = req.corruption.noise.explicit_noise
-        if req.model_id not in self._hidden_size:
-            raise errors.NotFound(
-                f"model_id {req.model_id!r} is not loaded (loaded: {sorted(self._hidden_size) or 'none'}); "
-                "send LoadModel first",
-                field="model_id",
-            )
-        d = self._hidden_size[req.model_id]
-        t = len(req.input_ids)
-        samples = req.corruption.noise.samples
-        if t == 0:
-            raise errors.InvalidArgument("input_ids is empty; expected the prompt's token ids", field="input_ids")
-        values, rest = divmod(len(data), 4)
-        row = t * d
-        if rest or values % row or values == 0 or (samples and values != samples * row):
-            expected = f"{samples} × {t} × {d} = {samples * row}" if samples else f"S × {t} × {d} (a multiple of {row})"
-            raise errors.InvalidArgument(
-                f"{field} holds {len(data)} bytes; expected float32 little-endian values of shape "
-                f"(samples, T, d) = {expected} values, with T = len(input_ids) and d = the model's "
-                "hidden size",
-                field=field,
-            )
-        array = np.frombuffer(data, dtype="<f4").reshape(values // row, t, d)
-        return torch.from_numpy(array.astype(np.float32))  # native order, writable copy
+        return "prompt", to_pb(pb.PromptInfo, info)
 
     def _run_cells(self, req):
-        from engine.runtime import CellSpec
-
-        cells = []
-        for i, cell in enumerate(req.cells):
-            name = SITE_NAMES.get(cell.site)
-            if name is None:
-                raise errors.InvalidArgument(
-                    f"cells[{i}].site is {cell.site} ({'unset' if cell.site == 0 else 'unknown'}); "
-                    f"expected one of {', '.join(f'SITE_{n.upper()}' for n in SITE_VALUES)}",
-                    field=f"cells[{i}].site",
-                )
-            cells.append(CellSpec(site=name, layer=cell.layer, token=cell.token, window=cell.window or 1))
+        cells = cells_from_pb(req.cells)
         started = time.perf_counter()
         results = self._engine.run_cells(req.model_id, req.prompt_key, cells, slow_path=req.slow_path)
         seconds = time.perf_counter() - started
@@ -372,7 +249,7 @@ class Worker:
         return "evicted", pb.Evicted(count=int(count), cache_bytes=int(cache_bytes))
 
     def _stats(self, _req):
-        return "stats", _to_pb(pb.Stats, self._engine.stats())
+        return "stats", to_pb(pb.Stats, self._engine.stats())
 
     def _shutdown(self, _req):
         return "shutdown", pb.ShutdownAck()
@@ -390,27 +267,6 @@ class Worker:
         result = experiments.run(self._engine, req.model_id, req.kind, req.prompt_key, params)
         return "experiment", pb.ExperimentResult(kind=req.kind, result_json=json.dumps(result),
                                                  seconds=time.perf_counter() - started)
-
-
-def _describe_device(torch, device: str) -> Tuple[str, int]:
-    """The worker's device as reported in HelloReply, and its total memory (0 for cpu)."""
-    if device == "cpu":
-        return "cpu", 0
-    if not torch.cuda.is_available():
-        raise errors.InvalidArgument(
-            f"this worker was started with --device {device}, but torch {torch.__version__} sees no "
-            "CUDA device; start it with --device cpu or on a GPU host",
-            field="--device",
-        )
-    index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
-    count = torch.cuda.device_count()
-    if index >= count:
-        raise errors.InvalidArgument(
-            f"--device {device} names GPU {index}, but only {count} CUDA device(s) are visible "
-            f"(cuda:0 .. cuda:{count - 1})",
-            field="--device",
-        )
-    return f"cuda:{index}", int(torch.cuda.get_device_properties(index).total_memory)
 
 
 def _claim_stdio() -> Tuple[BinaryIO, BinaryIO]:
