@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 
+from .architectures import get as architecture_of
 from .errors import ResourceExhausted
 
 _BYTES = {torch.float32: 4, torch.float16: 2, torch.bfloat16: 2, torch.float64: 8}
@@ -64,19 +65,7 @@ def prompt_cache_bytes(model_type: str, config, num_tokens: int, samples: int = 
     corrupted rows (1 for swap, the noise samples otherwise), computed from the config alone.
 
     ``config`` is a ``mamba.Config`` / ``gpt_neox.Config`` (or anything with their attributes)."""
-    from . import gpt_neox, mamba  # local: cache.py is imported by both runtimes
-
-    arch = {"mamba": mamba, "gpt_neox": gpt_neox}[model_type]
-    b = _BYTES[dtype]
-    L, T, S = config.num_layers, num_tokens, samples
-    rb = arch.residual_bytes(config, b)
-    clean = 0
-    for site in arch.SITES.values():
-        layers = 1 if site.where == "input" else L
-        clean += layers * T * getattr(config, site.width) * (rb if site.dtype == "residual" else b)
-    stream = (L + 1) * S * T * config.hidden_size * rb
-    kept = L * S * T * arch.kept_state_bytes_per_token(config, b)
-    return clean + stream + kept
+    return architecture_of(model_type).prompt_cache_bytes(config, num_tokens, samples, _BYTES[dtype])
 
 
 @dataclass

@@ -29,11 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .architectures import get as architecture_of, model_type_of
 from .errors import CheckpointError, InvalidArgument, NotFound, NumericError
-from . import gpt_neox, mamba
-
-#: model_type -> module with ``Config.from_hf(dict)``, ``LM(config)`` and ``rename_keys(dict)``.
-ARCHITECTURES = {"mamba": mamba, "gpt_neox": gpt_neox}
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -59,6 +56,11 @@ class Checkpoint:
     dtype: torch.dtype
     device: torch.device
     path: str
+
+    @property
+    def architecture(self):
+        """The model type's table (``engine.architecture.Architecture``)."""
+        return architecture_of(self.model_type)
 
 
 def parse_dtype(dtype: str) -> torch.dtype:
@@ -236,21 +238,6 @@ def read_config(path: str) -> dict:
     return cfg
 
 
-def model_type_of(cfg: dict) -> str:
-    """``config.json``'s ``model_type``; the original state-spaces Mamba config (no model_type,
-    ``d_model``/``n_layer``/``ssm_cfg``) counts as ``mamba``."""
-    mt = cfg.get("model_type")
-    if mt is None and {"d_model", "n_layer"} <= set(cfg) and "ssm_cfg" in cfg:
-        return "mamba"
-    if mt not in ARCHITECTURES:
-        raise CheckpointError(
-            f"config.json model_type: expected one of {sorted(ARCHITECTURES)}, got {mt!r}; this engine "
-            "implements only these architectures",
-            field="model_type",
-        )
-    return mt
-
-
 def load_state_strict(model: nn.Module, tensors: dict[str, torch.Tensor], ignorable: Callable[[str], bool],
                       dtype: torch.dtype, device: torch.device) -> None:
     """Copy ``tensors`` into ``model``'s parameters: every parameter present and of its shape, no unknown
@@ -308,13 +295,13 @@ def build_checkpoint(cfg: dict, tensors: dict, dtype: str = "float32", device: s
     tdevice = parse_device(device)
     _check_dtype_runs(tdtype, tdevice)
     mt = model_type_of(cfg)
-    arch = ARCHITECTURES[mt]
-    config = arch.Config.from_hf(cfg)
+    arch = architecture_of(mt)
+    config = arch.config.from_hf(cfg)
     tensors = arch.rename_keys(tensors, config)
     # PyTorch >= 2.0 builds the module on the meta device (no random init of billions of weights);
     # 1.13 (CI, tiny models) builds it on the CPU.
     with torch.device("meta") if hasattr(torch, "get_default_device") else _NoContext():
-        model = arch.LM(config)
+        model = arch.lm(config)
     if any(p.is_meta for p in model.parameters()):
         model = model.to_empty(device=tdevice)
     load_state_strict(model, tensors, lambda k: arch.ignorable_key(k, config), tdtype, tdevice)

@@ -16,29 +16,27 @@ class EngineError(Exception):
 
 
 class InvalidArgument(EngineError):
-    code = "INVALID_ARGUMENT"
+    code = "INVALID_ARGUMENT"  # a request value the engine cannot use (the field says which)
 
 
 class NotFound(EngineError):
-    code = "NOT_FOUND"
+    code = "NOT_FOUND"  # a model, prompt or file that is not there
 
 
 class ProtocolError(EngineError):
-    code = "PROTOCOL"
+    code = "PROTOCOL"  # a frame or request that breaks the worker protocol
 
 
 class VersionMismatch(EngineError):
-    code = "VERSION_MISMATCH"
+    code = "VERSION_MISMATCH"  # a client of another protocol version
 
 
 class NumericError(EngineError):
-    """NaN or inf in weights or outputs."""
-
-    code = "NUMERIC"
+    code = "NUMERIC"  # NaN or inf in weights or outputs
 
 
 class ResourceExhausted(EngineError):
-    code = "RESOURCE_EXHAUSTED"
+    code = "RESOURCE_EXHAUSTED"  # more memory than the cache budget or the device has
 
 
 class CheckpointError(InvalidArgument):

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
+from .architecture import Architecture, EditTarget
 from .errors import CheckpointError
-from .sites import BLOCK, INPUT, OUTPUT, BlockHook, ModelHook, Site, bind, call, site_table
+from .sites import BLOCK, INPUT, OUTPUT, BlockHook, HookedLM, Site, call, site_table
 
 #: The intervention sites of GPT-NeoX (design vocabulary). Width names a Config attribute.
 SITES = site_table(
@@ -120,11 +121,6 @@ def ignorable_key(key: str, config: Config) -> bool:
     return key.endswith(_BUFFER_SUFFIXES)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
-
-
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 and returned in the input's dtype (CUDA kernels accumulate in
     float32 for half inputs anyway; PyTorch 1.13's CPU kernel has no float16 at all)."""
@@ -140,10 +136,28 @@ class LayerNorm(nn.LayerNorm):
 ATTENTION = os.environ.get("FACTSWEEP_ATTENTION", "flash")
 
 
+def causal_mask(l: int, p: int, device) -> torch.Tensor:
+    """(l, p) bool: query i (position p − l + i) sees the keys at positions ≤ its own."""
+    return torch.ones(l, p, dtype=torch.bool, device=device).tril(diagonal=p - l)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
+           empty_reads_zero: bool = False) -> torch.Tensor:
+    """The attention maths of this model, written once: q (b, l, H, e), k and v (b, p, H, e), ``allowed``
+    a bool mask broadcastable to the scores (b, H, l, p). Scores in the run dtype, softmax in float32.
+    ``empty_reads_zero``: a query with no allowed key reads nothing (zeros), not a uniform mix.
+    Returns (b, l, H, e)."""
+    scores = torch.einsum("blhe,bphe->bhlp", q, k) / math.sqrt(q.shape[-1])  # (b, H, l, p)
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores.float(), dim=-1)  # (b, H, l, p)
+    if empty_reads_zero:
+        probs = probs.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)
+    return torch.einsum("bhlp,bphe->blhe", probs.to(v.dtype), v)
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Causal attention of rows padded to T tokens by absolute position: (R, T, H, e) each → (R, T, H, e).
-    On CUDA PyTorch's fused kernel; elsewhere the maths of ``Attention.forward`` (scores in the run
-    dtype, softmax in float32)."""
+    On CUDA PyTorch's fused kernel; elsewhere :func:`attend`."""
     backend = ATTENTION if q.is_cuda and hasattr(F, "scaled_dot_product_attention") else "math"
     if backend != "math":
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -153,12 +167,8 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         with sdpa_kernel(order):
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return out.transpose(1, 2)
-    T, e = q.shape[1], q.shape[-1]
-    scores = torch.einsum("blhe,bphe->bhlp", q, k) / math.sqrt(e)  # (R, H, T, T)
-    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
-    return torch.einsum("bhlp,bphe->blhe", probs, v)
+    T = q.shape[1]
+    return attend(q, k, v, causal_mask(T, T, q.device))
 
 
 class Attention(nn.Module):
@@ -184,7 +194,7 @@ class Attention(nn.Module):
         r = self.c.rotary_dims
         cos, sin = (t[None, :, None, :] for t in self.cos_sin(pos0, x.shape[1], x.device, x.dtype))  # (1, l, 1, r)
         x_rot, x_pass = x[..., :r], x[..., r:]
-        return torch.cat([x_rot * cos + rotate_half(x_rot) * sin, x_pass], dim=-1)  # (b, l, H, e)
+        return torch.cat([x_rot * cos + kernels.rotate_half(x_rot) * sin, x_pass], dim=-1)  # (b, l, H, e)
 
     def forward_packed(self, x: torch.Tensor, j: int, pk) -> torch.Tensor:
         """Attention of packed rows (``trace.Pack``): x (n, d) normed input at the started positions of
@@ -204,26 +214,34 @@ class Attention(nn.Module):
         out = _attend(qp.view(R, T, H, e), kp.view(R, T, H, e), vp.view(R, T, H, e))  # (R, T, H, e)
         return self.dense(out[pk.pos_row[:n], pk.pos_token[:n]].view(n, H * e))  # (n, d): one gather
 
-    def forward(self, x: torch.Tensor, past=None, pos0: int = 0, keep: bool = False):
-        """x: (b, l, d) normed input for tokens pos0.. ; past: (k, v) (b, pos0, H, e) of earlier tokens.
-        Returns (b, l, d) and, if keep, this call's rotated keys and values (b, l, H, e)."""
+    def project(self, x: torch.Tensor, pos0: int = 0) -> tuple:
+        """q, k, v (b, l, H, e) of x (b, l, d) normed input at tokens pos0.., q and k rotated."""
         b, l, _ = x.shape
         H, e = self.c.num_heads, self.c.head_size
         qkv = self.query_key_value(x).view(b, l, H, 3 * e)  # (b, l, H, 3e)
         q, k, v = qkv.split(e, dim=-1)  # (b, l, H, e) each
-        q, k = self.rotary(q, pos0), self.rotary(k, pos0)
+        return self.rotary(q, pos0), self.rotary(k, pos0), v
+
+    def forward(self, x: torch.Tensor, past=None, pos0: int = 0, keep: bool = False):
+        """x: (b, l, d) normed input for tokens pos0.. ; past: (k, v) (b, pos0, H, e) of earlier tokens.
+        Returns (b, l, d) and, if keep, this call's rotated keys and values (b, l, H, e)."""
+        b, l, _ = x.shape
+        q, k, v = self.project(x, pos0)
         kept = (k, v) if keep else None
         if past is not None:
             k = torch.cat([past[0].to(k.dtype), k], dim=1)  # (b, p, H, e)
             v = torch.cat([past[1].to(v.dtype), v], dim=1)
-        p = k.shape[1]
-        scores = torch.einsum("blhe,bphe->bhlp", q, k) / math.sqrt(e)  # (b, H, l, p)
-        # query i (position pos0+i) sees keys at positions <= pos0+i
-        mask = torch.ones(l, p, dtype=torch.bool, device=x.device).tril(diagonal=p - l)  # (l, p)
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)  # (b, H, l, p)
-        out = torch.einsum("bhlp,bphe->blhe", probs, v).reshape(b, l, H * e)  # (b, l, d)
+        out = attend(q, k, v, causal_mask(l, k.shape[1], x.device)).reshape(b, l, -1)  # (b, l, d)
         return self.dense(out), kept
+
+    def forward_last_query(self, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+        """The output (after ``dense``) of the last token's query only, over x (b, T, d) normed input from
+        token 0, with its attention to the keys in ``blocked`` (b, T) cut (attention knockout; a query
+        with every key blocked reads nothing). Returns (b, d)."""
+        q, k, v = self.project(x, 0)
+        allowed = ~blocked[:, None, None, :]  # (b, 1, 1, T): the last query sees every unblocked key
+        out = attend(q[:, -1:], k, v, allowed, empty_reads_zero=True)  # (b, 1, H, e)
+        return self.dense(out.reshape(x.shape[0], -1))
 
 
 class MLP(nn.Module):
@@ -283,7 +301,7 @@ class GPTNeoXModel(nn.Module):
         self.final_layer_norm = LayerNorm(c.hidden_size, eps=c.eps)
 
 
-class LM(nn.Module):
+class LM(HookedLM):
     """``GPTNeoXForCausalLM``: embed_in → layers → final LayerNorm → untied embed_out."""
 
     SITES = SITES
@@ -319,22 +337,6 @@ class LM(nn.Module):
         """Final LayerNorm and unembedding: (..., d) → (..., V) float32 logits."""
         return self.embed_out(self.gpt_neox.final_layer_norm(h)).float()
 
-    def forward(self, input_ids: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
-                hook: Optional[ModelHook] = None, keep: bool = False):
-        """Full forward. Returns logits (b, l, V) and, if keep, per layer the kept (k, v) plus the
-        residual stream entering every layer and the final norm: (L+1) × (b, l, d)."""
-        h = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (b, l, d)
-        if hook is not None:
-            h = hook("embed", 0, h)
-        kept, stream = [], [h]
-        for i, layer in enumerate(self.layers):
-            h, k = layer(h, bind(hook, i), keep=keep)
-            if hook is not None:
-                h = hook("residual", i, h)
-            kept.append(k)
-            stream.append(h)
-        return self.head(h), ((kept, stream) if keep else None)
-
 
 def residual_bytes(c: Config, dtype_bytes: int) -> int:
     """Bytes per element of the residual stream (the run dtype)."""
@@ -344,3 +346,17 @@ def residual_bytes(c: Config, dtype_bytes: int) -> int:
 def kept_state_bytes_per_token(c: Config, dtype_bytes: int) -> int:
     """Bytes per layer, token and row of the kept corrupted-run state (rotated key + value)."""
     return 2 * c.hidden_size * dtype_bytes
+
+
+#: What the rest of the engine knows about GPT-NeoX (``engine.architecture``).
+ARCHITECTURE = Architecture(
+    model_type="gpt_neox", config=Config, lm=LM, rename_keys=rename_keys, ignorable_key=ignorable_key, sites=SITES,
+    sever_paths=("none", "attn", "mlp"),
+    default_sever_paths=("none", "attn", "mlp"),
+    edit_targets={
+        "dense_4h_to_h": EditTarget("gpt_neox.layers.{layer}.mlp.dense_4h_to_h", lambda c: (0, c.hidden_size),
+                                    "GELU(dense_h_to_4h(LN2 h))", "mlp output (incl. bias)"),
+    },
+    knockout="attention_knockout",
+    residual_bytes=residual_bytes, kept_state_bytes_per_token=kept_state_bytes_per_token,
+)

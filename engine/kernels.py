@@ -67,6 +67,13 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- NeoX: rotary + padding
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """[x1, x2] → [−x2, x1] over the last dim: the rotation of rotary embeddings (``gpt_neox`` and
+    the PyTorch path below use it; ``_rotary_scatter_kernel`` does the same in registers)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
 def rotary_scatter(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos_token: torch.Tensor,
                    pad_pos: torch.Tensor, qp: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, r: int) -> None:
     """Rotate the first r dims of q and k of packed ``qkv`` (n, H, 3, e) by each position's token and
@@ -78,8 +85,6 @@ def rotary_scatter(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos_
         _rotary_scatter_kernel[grid](qkv, cos, sin, pos_token, pad_pos, qp, kp, vp, H, e, r,
                                      BLOCK_H=4, BLOCK_E=triton.next_power_of_2(e), num_warps=4)
         return
-    from .gpt_neox import rotate_half
-
     c, s_ = cos[pos_token[:n]][:, None, None, :], sin[pos_token[:n]][:, None, None, :]  # (n, 1, 1, r)
     qk = qkv[:, :, :2]
     rot = qk[..., :r]

@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
+from .architecture import Architecture, EditTarget
 from .errors import CheckpointError
-from .sites import BLOCK, INPUT, OUTPUT, BlockHook, ModelHook, Site, bind, call, site_table
+from .sites import BLOCK, INPUT, OUTPUT, BlockHook, HookedLM, Site, call, site_table
 
 #: The intervention sites of Mamba (design vocabulary). Width names a Config attribute.
 SITES = site_table(
@@ -274,7 +275,7 @@ class MambaBackbone(nn.Module):
         self.norm_f = RMSNorm(c.d_model, c.eps)
 
 
-class LM(nn.Module):
+class LM(HookedLM):
     """``MambaForCausalLM``: embeddings → n_layer blocks → RMSNorm → tied unembedding."""
 
     SITES = SITES
@@ -314,23 +315,6 @@ class LM(nn.Module):
         w = self.backbone.embeddings.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(self.backbone.norm_f(h), w).float()  # (..., V)
 
-    def forward(self, input_ids: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
-                hook: Optional[ModelHook] = None, keep: bool = False):
-        """Full forward. Returns logits (b, l, V) and, if keep, per layer the kept states
-        plus the residual stream entering every layer and the final norm: (L+1) × (b, l, d)."""
-        h = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (b, l, d)
-        if hook is not None:
-            h = hook("embed", 0, h)
-        h = h.to(self.residual_dtype())
-        kept, stream = [], [h]
-        for i, layer in enumerate(self.layers):
-            h, k = layer(h, bind(hook, i), keep=keep)  # (b, l, d)
-            if hook is not None:
-                h = hook("residual", i, h)
-            kept.append(k)
-            stream.append(h)
-        return self.head(h), ((kept, stream) if keep else None)
-
 
 def residual_bytes(c: Config, dtype_bytes: int) -> int:
     """Bytes per element of the residual stream (float32 under ``residual_in_fp32``)."""
@@ -340,3 +324,26 @@ def residual_bytes(c: Config, dtype_bytes: int) -> int:
 def kept_state_bytes_per_token(c: Config, dtype_bytes: int) -> int:
     """Bytes per layer, token and row of the kept corrupted-run state (conv input a + fp32 SSM state)."""
     return c.d_inner * dtype_bytes + c.d_inner * c.d_state * 4
+
+
+def _claims_config(cfg: dict) -> bool:
+    """The original state-spaces config (no model_type; ``d_model``/``n_layer``/``ssm_cfg``)."""
+    return {"d_model", "n_layer"} <= set(cfg) and "ssm_cfg" in cfg
+
+
+#: What the rest of the engine knows about Mamba (``engine.architecture``).
+ARCHITECTURE = Architecture(
+    model_type="mamba", config=Config, lm=LM, rename_keys=rename_keys, ignorable_key=ignorable_key, sites=SITES,
+    sever_paths=("none", "ssm", "gate", "mixer", "in_ssm", "conv"),
+    default_sever_paths=("none", "ssm", "gate", "mixer"),
+    edit_targets={
+        "W_o": EditTarget("backbone.layers.{layer}.mixer.out_proj", lambda c: (0, c.d_model),
+                          "s ⊗ g (d_inner)", "o (d_model)"),
+        "W_a": EditTarget("backbone.layers.{layer}.mixer.in_proj", lambda c: (0, c.d_inner),
+                          "norm(h) (d_model)", "a = in_proj(·)[:d_inner]"),
+        "W_g": EditTarget("backbone.layers.{layer}.mixer.in_proj", lambda c: (c.d_inner, 2 * c.d_inner),
+                          "norm(h) (d_model)", "z = in_proj(·)[d_inner:] (before SiLU)"),
+    },
+    knockout="mean_ablation_in_ssm",
+    residual_bytes=residual_bytes, kept_state_bytes_per_token=kept_state_bytes_per_token, claims_config=_claims_config,
+)

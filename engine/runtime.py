@@ -26,7 +26,7 @@ from .corruption import NoiseSpec, SwapSpec, corrupted_embeddings, validate_ids
 from .errors import InvalidArgument, NotFound, NumericError
 from .trace import CellSpec
 
-__all__ = ["Engine", "ModelInfo", "PromptInfo", "EngineStats", "NoiseSpec", "SwapSpec", "CellSpec"]
+__all__ = ["Engine", "ModelInfo", "PromptInfo", "EngineStats", "PreparedPrompt", "NoiseSpec", "SwapSpec", "CellSpec"]
 
 DEFAULT_CPU_BUDGET = 2 << 30
 
@@ -71,7 +71,7 @@ class EngineStats:
 
 
 @dataclass
-class _PromptSpec:
+class PromptSpec:
     """What a prepared prompt was made from: enough to rebuild its runs after an eviction."""
 
     ids: list
@@ -79,6 +79,16 @@ class _PromptSpec:
     corruption: Union[NoiseSpec, SwapSpec]
     answer_id: Optional[int]
     fingerprint: str
+
+
+@dataclass
+class PreparedPrompt:
+    """A prepared prompt as the experiment kinds use it: the model, what the prompt was made from, and
+    its cached clean and corrupted runs (``cache.PromptRuns``)."""
+
+    checkpoint: Checkpoint
+    spec: PromptSpec
+    runs: PromptRuns
 
 
 def _fingerprint(ids, subject, corruption, answer_id) -> str:
@@ -131,7 +141,7 @@ class Engine:
         return self.model_info(model_id)
 
     def model_info(self, model_id: str) -> ModelInfo:
-        ck = self._model(model_id)
+        ck = self.checkpoint(model_id)
         c = ck.config
         return ModelInfo(
             model_id=model_id, model_type=ck.model_type, num_layers=c.num_layers, hidden_size=c.hidden_size,
@@ -139,7 +149,8 @@ class Engine:
             dtype=str(ck.dtype).replace("torch.", ""), device=str(ck.device),
         )
 
-    def _model(self, model_id: str) -> Checkpoint:
+    def checkpoint(self, model_id: str) -> Checkpoint:
+        """The loaded checkpoint of ``model_id`` (``NotFound`` naming ``model_id`` otherwise)."""
         ck = self.models.get(model_id)
         if ck is None:
             raise NotFound(f"model_id {model_id!r} is not loaded; loaded: {sorted(self.models)}", field="model_id")
@@ -149,7 +160,7 @@ class Engine:
     def prepare_prompt(self, model_id: str, prompt_key: str, input_ids: list, subject: tuple,
                        corruption: Union[NoiseSpec, SwapSpec], answer_id: Optional[int] = None) -> PromptInfo:
         """Validate a prompt and run (or find cached) its clean and corrupted runs."""
-        ck = self._model(model_id)
+        ck = self.checkpoint(model_id)
         c = ck.config
         if not prompt_key:
             raise InvalidArgument("prompt_key: expected a non-empty cache key", field="prompt_key")
@@ -178,7 +189,7 @@ class Engine:
                 "key unique per (model, prompt, corruption)",
                 field="prompt_key",
             )
-        spec = _PromptSpec(ids, (b, e), corruption, None if answer_id is None else int(answer_id), fp)
+        spec = PromptSpec(ids, (b, e), corruption, None if answer_id is None else int(answer_id), fp)
         runs = self.cache.get(key)
         hit = runs is not None
         if runs is None:
@@ -191,34 +202,49 @@ class Engine:
             cache_bytes=runs.nbytes, cache_hit=hit, clean_argmax=runs.clean_argmax,
         )
 
-    def _inputs(self, ck: Checkpoint, spec: _PromptSpec):
+    def _spec(self, model_id: str, prompt_key: str) -> PromptSpec:
+        spec = self.specs.get((model_id, prompt_key))
+        if spec is None:
+            raise NotFound(f"prompt_key {prompt_key!r} was not prepared for model {model_id!r}; call prepare_prompt first", field="prompt_key")
+        return spec
+
+    def _inputs(self, ck: Checkpoint, spec: PromptSpec):
         ids = torch.tensor(spec.ids, dtype=torch.long, device=ck.device)
         return ids, corrupted_embeddings(ck.model, ids, spec.subject, spec.corruption)
 
-    def _build(self, ck: Checkpoint, spec: _PromptSpec) -> PromptRuns:
+    def _build(self, ck: Checkpoint, spec: PromptSpec) -> PromptRuns:
         with torch.no_grad():
             ids, corrupted = self._inputs(ck, spec)
             return trace.build_runs(ck.model, ids, corrupted, spec.answer_id)
 
+    def prepared(self, model_id: str, prompt_key: str) -> PreparedPrompt:
+        """A prepared prompt with its cached runs. Runs that the LRU budget dropped are rebuilt and cached
+        again here (a cache miss), never an error; a prompt never prepared is ``NotFound``."""
+        ck = self.checkpoint(model_id)
+        spec = self._spec(model_id, prompt_key)
+        key = (model_id, prompt_key)
+        runs = self.cache.get(key)
+        if runs is None:  # dropped by the LRU budget: rebuild
+            runs = self._build(ck, spec)
+            self.cache.put(key, runs)
+        return PreparedPrompt(ck, spec, runs)
+
+    def prompt_inputs(self, model_id: str, prompt_key: str) -> tuple:
+        """(clean ids (T,), corrupted input embeddings (S, T, d)) of a prepared prompt, as its runs were made."""
+        return self._inputs(self.checkpoint(model_id), self._spec(model_id, prompt_key))
+
     # -- cells ----------------------------------------------------------------------------
     def run_cells(self, model_id: str, prompt_key: str, cells: list, slow_path: bool = False) -> list:
         """(p(answer), answer logit) per cell, in order. ``slow_path``: full recompute, no cache."""
-        ck = self._model(model_id)
-        key = (model_id, prompt_key)
-        spec = self.specs.get(key)
-        if spec is None:
-            raise NotFound(f"prompt_key {prompt_key!r} was not prepared for model {model_id!r}; call prepare_prompt first", field="prompt_key")
+        ck = self.checkpoint(model_id)
+        spec = self._spec(model_id, prompt_key)
         cells = [CellSpec(c.site, int(c.layer), int(c.token), int(c.window) or 1) for c in cells]
         with torch.no_grad():
             if slow_path:
                 ids, corrupted = self._inputs(ck, spec)
                 out = trace.run_cells_slow(ck.model, ids, corrupted, spec.answer_id, cells)
             else:
-                runs = self.cache.get(key)
-                if runs is None:  # dropped by the LRU budget: rebuild
-                    runs = self._build(ck, spec)
-                    self.cache.put(key, runs)
-                out = trace.run_cells_fast(ck.model, runs, cells, self.trace_rows)
+                out = trace.run_cells_fast(ck.model, self.prepared(model_id, prompt_key).runs, cells, self.trace_rows)
         values = out.cpu().tolist()
         bad = [i for i, (p, lg) in enumerate(values) if not (math.isfinite(p) and math.isfinite(lg))]
         if bad:
@@ -238,7 +264,7 @@ class Engine:
             n = self._forget(model_id or None, None)
         else:
             if model_id not in self.models:
-                self._model(model_id)
+                self.checkpoint(model_id)
             n = self._forget(model_id, list(prompt_keys or []))
         return n, self.cache.nbytes
 
@@ -267,5 +293,5 @@ class Engine:
 
     def prompt_cache_bytes(self, model_id: str, num_tokens: int, samples: int = 1) -> int:
         """Cache bytes one prompt of ``num_tokens`` tokens would take for this model, without running it."""
-        ck = self._model(model_id)
+        ck = self.checkpoint(model_id)
         return prompt_cache_bytes(ck.model_type, ck.config, num_tokens, samples, ck.dtype)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+from torch import nn
 
 INPUT, OUTPUT, BLOCK = "input", "output", "block"
 
@@ -52,3 +53,27 @@ def bind(hook: Optional[ModelHook], layer: int) -> Optional[BlockHook]:
 def call(hook: Optional[BlockHook], site: str, value: torch.Tensor) -> torch.Tensor:
     """``hook(site, value)`` or ``value`` when there is no hook."""
     return value if hook is None else hook(site, value)
+
+
+class HookedLM(nn.Module):
+    """The forward pass both model files share: embed → blocks → head, with the model-level hook
+    called at ``embed`` and after every block (``residual``). A subclass provides ``layers``,
+    ``embed(ids)``, ``head(h)`` and ``residual_dtype()``; its blocks return ``(output, kept)``."""
+
+    def forward(self, input_ids: Optional[torch.Tensor] = None, inputs_embeds: Optional[torch.Tensor] = None,
+                hook: Optional[ModelHook] = None, keep: bool = False):
+        """Full forward. Returns logits (b, l, V) and, if keep, per layer the kept states (the block's
+        resumable state: Mamba conv input and SSM states, NeoX keys and values) plus the residual
+        stream entering every layer and the final norm: (L+1) × (b, l, d)."""
+        h = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (b, l, d)
+        if hook is not None:
+            h = hook("embed", 0, h)
+        h = h.to(self.residual_dtype())  # Mamba's float32 residual; a no-op for NeoX
+        kept, stream = [], [h]
+        for i, layer in enumerate(self.layers):
+            h, k = layer(h, bind(hook, i), keep=keep)  # (b, l, d)
+            if hook is not None:
+                h = hook("residual", i, h)
+            kept.append(k)
+            stream.append(h)
+        return self.head(h), ((kept, stream) if keep else None)

@@ -12,11 +12,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
 
 from . import gpt_neox, mamba
+from .errors import InvalidArgument
 from .checkpoint import save_safetensors
 
 
@@ -105,3 +109,45 @@ def golden_model(name: str) -> Optional[str]:
     g = golden_dir()
     path = os.path.join(g, name) if g else None
     return path if path and os.path.isfile(os.path.join(path, "config.json")) else None
+
+
+@contextmanager
+def worker_session(model_path: str, model_id: str = "m"):
+    """A real ``python -m engine`` process, greeted and with ``model_path`` loaded as ``model_id``:
+    yields its ``WorkerClient``. On a clean exit of the block the worker must still answer Stats and
+    Shutdown and exit 0; it is killed if it is still running after the block."""
+    from . import PROTOCOL_VERSION
+    from .framing import WorkerClient
+    from .proto import engine_pb2 as pb
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen([sys.executable, "-m", "engine"], cwd=root, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        client = WorkerClient(proc.stdin, proc.stdout)
+        assert client.call(hello=pb.Hello(protocol_version=PROTOCOL_VERSION)).WhichOneof("body") == "hello"
+        assert client.call(load_model=pb.LoadModel(model_id=model_id, path=str(model_path))).WhichOneof("body") == "model"
+        yield client
+        assert client.call(stats=pb.StatsRequest()).WhichOneof("body") == "stats"  # still serving
+        assert client.call(shutdown=pb.Shutdown()).WhichOneof("body") == "shutdown"
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def assert_refused(engine, kind: str, prompt_key: str, cases) -> None:
+    """Each ``(model_id, params, field)`` of ``cases`` makes experiment ``kind`` raise InvalidArgument
+    naming ``field``, with what was expected in its message."""
+    from . import experiments
+
+    for model_id, params, field in cases:
+        try:
+            experiments.run(engine, model_id, kind, prompt_key, params)
+        except InvalidArgument as err:
+            assert err.field == field, (params, err.message)
+            assert "expected" in err.message
+        else:
+            raise AssertionError(f"{kind} accepted {params!r}; expected an InvalidArgument naming {field}")

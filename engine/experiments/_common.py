@@ -1,9 +1,8 @@
-"""Helpers shared by the experiment kinds: reaching a loaded model and a prepared prompt's cached
-runs through the public engine state, validating JSON params with errors that name the field
+"""Helpers shared by the experiment kinds: validating JSON params with errors that name the field
 (``params.<name>``), and running the block stack from a given layer.
 
-Only what ``engine/runtime.py``, ``engine/trace.py`` and the model files already expose is used;
-nothing here changes the engine core.
+Experiments reach models and prepared prompts through ``Engine``'s public methods
+(``checkpoint``, ``prepared``, ``prompt_inputs``).
 """
 
 from __future__ import annotations
@@ -13,37 +12,8 @@ from typing import Any, Optional
 
 import torch
 
-from ..cache import PromptRuns
-from ..errors import InvalidArgument, NotFound
+from ..errors import InvalidArgument
 from ..sites import bind
-
-
-def checkpoint(engine, model_id: str):
-    """The loaded ``Checkpoint`` of ``model_id`` (NotFound naming ``model_id`` otherwise)."""
-    return engine._model(model_id)
-
-
-def prepared(engine, model_id: str, prompt_key: str):
-    """(checkpoint, prompt spec, cached runs) of a prepared prompt. Runs that the LRU budget dropped
-    are rebuilt and cached again (a cache miss, as ``Engine.run_cells`` does), never an error."""
-    ck = checkpoint(engine, model_id)
-    key = (model_id, prompt_key)
-    spec = engine.specs.get(key)
-    if spec is None:
-        raise NotFound(
-            f"prompt_key {prompt_key!r} was not prepared for model {model_id!r}; send PreparePrompt first",
-            field="prompt_key",
-        )
-    runs: Optional[PromptRuns] = engine.cache.get(key)
-    if runs is None:
-        runs = engine._build(ck, spec)
-        engine.cache.put(key, runs)
-    return ck, spec, runs
-
-
-def corrupted_inputs(engine, ck, spec):
-    """(clean ids (T,), corrupted input embeddings (S, T, d)) of a prepared prompt, as the engine makes them."""
-    return engine._inputs(ck, spec)
 
 
 # -- params -----------------------------------------------------------------------------------
@@ -99,22 +69,30 @@ def as_list(value: Any, field: str, nonempty: bool = True) -> list:
     return value
 
 
-def as_ids(value: Any, field: str, vocab_size: int, max_positions: int = 0) -> list:
-    """A non-empty list of token ids in [0, vocab_size), within the model's positions."""
-    ids = as_list(value, field)
-    out = []
-    for i, v in enumerate(ids):
+def as_ids(value: Any, field: str, vocab_size: int, max_positions: int = 0, name_token: bool = True) -> list:
+    """A non-empty list of token ids in [0, vocab_size), within the model's positions. A bad token's
+    error names ``field[i]`` (``name_token``) or the whole list ``field``."""
+    if not isinstance(value, list):
+        raise bad(field, "a non-empty array of token ids", value)
+    if not value:
+        raise bad(field, "at least one token id", value)
+    for i, v in enumerate(value):
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < vocab_size:
-            raise bad(f"{field}[{i}]", f"a token id in 0..{vocab_size - 1}", v,
-                      "was the text tokenized with this model's tokenizer?")
-        out.append(v)
-    if max_positions and len(out) > max_positions:
-        raise bad(field, f"at most {max_positions} tokens (max_position_embeddings)", f"{len(out)} tokens",
+            raise bad(f"{field}[{i}]" if name_token else field, f"token ids of the model's vocabulary, 0..{vocab_size - 1}",
+                      v, "was the text tokenized with this model's tokenizer?")
+    if max_positions and len(value) > max_positions:
+        raise bad(field, f"at most {max_positions} tokens (max_position_embeddings)", f"{len(value)} tokens",
                   "shorten the prompt")
-    return out
+    return list(value)
 
 
 # -- running the model from a layer -----------------------------------------------------------
+
+def embed(model, ids: torch.Tensor) -> torch.Tensor:
+    """The residual stream entering block 0 for token ids (b, T): (b, T, d) in the residual dtype,
+    what the model's own forward starts from."""
+    return model.embed(ids).to(model.residual_dtype())
+
 
 def input_of_layer(model, clean: dict, layer: int) -> torch.Tensor:
     """The clean residual stream entering block ``layer`` (layer = L: the final norm's input) for all

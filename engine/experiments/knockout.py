@@ -57,8 +57,7 @@ import torch
 from ..errors import NumericError
 from ..trace import window_layers
 from . import register
-from ._common import (answer_probs, as_ids, as_int, as_list, bad, check_keys, input_of_layer, prepared,
-                      run_layers)
+from ._common import answer_probs, as_ids, as_int, as_list, bad, check_keys, input_of_layer, run_layers
 
 NAMED_SETS = ("subject", "subject_last", "non_subject", "last")
 PARAMS = ("layer", "layers", "window", "token_sets", "corpus")
@@ -83,7 +82,7 @@ def token_set_positions(name: str, subject: tuple, num_tokens: int) -> list:
     raise ValueError(name)
 
 
-def _parse(params: dict, L: int, subject: tuple, T: int, is_mamba: bool, vocab: int):
+def _parse(params: dict, L: int, subject: tuple, T: int, needs_corpus: bool, vocab: int):
     check_keys(params, PARAMS)
     if ("layer" in params) == ("layers" in params):
         raise bad("layer", "exactly one of params.layer (int) or params.layers ([int])",
@@ -110,7 +109,7 @@ def _parse(params: dict, L: int, subject: tuple, T: int, is_mamba: bool, vocab: 
         else:
             raise bad(f"token_sets[{i}]", f"one of {list(NAMED_SETS)} or {{name, positions}}", s)
     corpus = None
-    if is_mamba:
+    if needs_corpus:
         if "corpus" not in params:
             raise bad("corpus", "token-id sequences ([[int]]) to take the mean of a over (Mamba knockout "
                       "replaces a by its mean)", None, "send e.g. 128 tokenized texts of ≤128 tokens")
@@ -160,20 +159,21 @@ def corpus_means(engine, model_id: str, model, corpus: list):
 @register("knockout")
 def knockout(engine, model_id: str, prompt_key: str, params: dict) -> dict:
     """Runs the knockout rows (window centres × token sets) of one prepared prompt; see the module doc."""
-    ck, spec, runs = prepared(engine, model_id, prompt_key)
+    prompt = engine.prepared(model_id, prompt_key)
+    ck, spec, runs = prompt.checkpoint, prompt.spec, prompt.runs
     model = ck.model
     L, T = model.config.num_layers, runs.num_tokens
-    is_mamba = ck.model_type == "mamba"
-    centres, window, sets, corpus = _parse(params, L, spec.subject, T, is_mamba, model.config.vocab_size)
+    method = ck.architecture.knockout
+    run, needs_corpus = METHODS[method]
+    centres, window, sets, corpus = _parse(params, L, spec.subject, T, needs_corpus, model.config.vocab_size)
     rows = [(c, window_layers(c, window, L), name, pos) for c in centres for name, pos in sets]
-    means, tokens, chash = corpus_means(engine, model_id, model, corpus) if is_mamba else (None, 0, None)
+    means, tokens, chash = corpus_means(engine, model_id, model, corpus) if needs_corpus else (None, 0, None)
 
     per_chunk = max(1, engine.max_batch_rows)
     p_knocked = []
     with torch.no_grad():
         for k in range(0, len(rows), per_chunk):
             chunk = rows[k:k + per_chunk]
-            run = _run_mamba if is_mamba else _run_neox
             p_knocked += run(model, runs, chunk, T, means).cpu().tolist()
     bad_rows = [i for i, v in enumerate(p_knocked) if not math.isfinite(v)]
     if bad_rows:
@@ -182,7 +182,7 @@ def knockout(engine, model_id: str, prompt_key: str, params: dict) -> dict:
     p = runs.p_clean
     return {
         "model_type": ck.model_type,
-        "method": "mean_ablation_in_ssm" if is_mamba else "attention_knockout",
+        "method": method,
         "answer_id": runs.answer_id,
         "p": p,
         "window": window,
@@ -245,7 +245,7 @@ def _run_neox(model, runs, rows: list, T: int, _means) -> torch.Tensor:
         if j not in active:
             return None
         knocked = blocked[j].any(dim=-1)  # (R,) rows with something blocked here
-        last = last_query_attention(layer, x, blocked[j])  # (R, d)
+        last = layer.attention.forward_last_query(layer.input_layernorm(x), blocked[j])  # (R, d)
 
         def hook(site, value):
             if site == "attn":
@@ -260,17 +260,5 @@ def _run_neox(model, runs, rows: list, T: int, _means) -> torch.Tensor:
     return answer_probs(model, run_layers(model, x, start, layer_fn=layer_fn), runs.answer_id)
 
 
-def last_query_attention(layer, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
-    """The attention output (after ``dense``) of the last token of x (b, T, d) with its logits to the
-    keys in ``blocked`` (b, T) set to −inf: the maths of ``gpt_neox.Attention.forward`` for one query."""
-    att, c = layer.attention, layer.c
-    u = layer.input_layernorm(x)
-    b, T, _ = u.shape
-    H, e = c.num_heads, c.head_size
-    q, k, v = att.query_key_value(u).view(b, T, H, 3 * e).split(e, dim=-1)  # (b, T, H, e) each
-    q, k = att.rotary(q, 0)[:, -1:], att.rotary(k, 0)  # (b, 1, H, e), (b, T, H, e)
-    scores = torch.einsum("blhe,bphe->bhlp", q, k) / math.sqrt(e)  # (b, H, 1, T): the last query sees every key
-    scores = scores.float().masked_fill(blocked[:, None, None, :], float("-inf"))
-    probs = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0).to(v.dtype)  # all-blocked rows: zeros
-    out = torch.einsum("bhlp,bphe->blhe", probs, v).reshape(b, H * e)  # (b, d)
-    return att.dense(out)
+#: knockout method (``Architecture.knockout``) → (runner, whether it needs the corpus mean of a).
+METHODS = {"mean_ablation_in_ssm": (_run_mamba, True), "attention_knockout": (_run_neox, False)}

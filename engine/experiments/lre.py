@@ -39,7 +39,7 @@ import torch
 
 from ..errors import NumericError
 from . import register
-from ._common import as_float, as_ids, as_int, as_list, bad, check_keys, checkpoint
+from ._common import as_float, as_ids, as_int, as_list, bad, check_keys, embed
 
 PARAMS = ("layer", "betas", "train", "test", "jacobian_rows")
 
@@ -87,7 +87,7 @@ def _stream(model, ids: list, keep: bool):
     if keep:
         logits, (kept, stream) = model(ids_t, keep=True)
         return stream, kept, logits[0, -1]
-    x = model.embed(ids_t).to(model.residual_dtype())  # as the model's forward, without keeping states
+    x = embed(model, ids_t)  # as the model's forward, without keeping states
     stream = [x]
     for layer in model.layers:
         x = layer(x)[0]
@@ -128,7 +128,7 @@ def jacobian_and_bias(model, ids: list, s: int, layer: int, rows: int):
 @register("lre")
 def lre(engine, model_id: str, prompt_key: str, params: dict) -> dict:
     """Fits the LRE on the train prompts and scores its faithfulness on the test prompts; see the module doc."""
-    ck = checkpoint(engine, model_id)
+    ck = engine.checkpoint(model_id)
     model = ck.model
     layer, betas, train, test, rows = _parse(params, engine, model)
     Js, bs, train_ok = [], [], []

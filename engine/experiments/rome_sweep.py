@@ -5,7 +5,7 @@
         --out runs/rome-sweep-mamba.json
 
 For every (matrix, layer) it edits each of the first ``--n`` cases of a fixture written by
-``make_edit_cases.mjs`` and prints ROME's summary (means of ES/PS/NS/EM/PM/NM over cases and
+``scripts/engine/make_edit_cases.mjs`` and prints ROME's summary (means of ES/PS/NS/EM/PM/NM over cases and
 S = harmonic mean of the mean ES, PS, NS), post-edit, plus the pre-edit baseline. The distributed
 sweep does the same per shard; this is the single-process reference and the source of the figures
 in the report.
@@ -19,9 +19,10 @@ import os
 import sys
 import time
 
+from ..architectures import get as architecture_of
 from ..runtime import Engine
 from . import run
-from .rome import HPARAMS, MATRICES, summarize
+from .rome import HPARAMS, summarize
 
 
 def main(argv=None) -> int:
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     with open(a.cases) as f:
         fx = json.load(f)
     cases = fx["cases"][: a.n]
-    matrices = a.matrices.split(",") if a.matrices else list(MATRICES[info.model_type])
+    matrices = a.matrices.split(",") if a.matrices else list(architecture_of(info.model_type).edit_targets)
     layers = list(range(info.num_layers)) if a.layers == "all" else [int(x) for x in a.layers.split(",")]
     hparams = json.loads(a.hparams)
     extra = {"generation": None} if a.no_generation else {}

@@ -34,23 +34,15 @@ import math
 import torch
 
 from ..errors import NumericError
-from ..sites import BLOCK
+from ..architecture import NO_PATH as NONE
 from . import register
-from ._common import as_int, as_list, bad, check_keys, corrupted_inputs, prepared
+from ._common import as_int, as_list, bad, check_keys
 
-NONE = "none"
-
-
-def paths_of(model) -> list:
-    """The paths a cell may freeze: the model's block sites, and ``none``."""
-    return [name for name, s in model.SITES.items() if s.where == BLOCK] + [NONE]
-
-
-def _parse(params: dict, model, T: int) -> list:
+def _parse(params: dict, ck, T: int) -> list:
     check_keys(params, ("cells",))
     if "cells" not in params:
         raise bad("cells", "a non-empty array of {token, layer, path}", None)
-    L, paths = model.config.num_layers, paths_of(model)
+    L, paths = ck.config.num_layers, list(ck.architecture.sever_paths)
     cells = []
     for i, c in enumerate(as_list(params["cells"], "cells")):
         if not isinstance(c, dict):
@@ -63,7 +55,7 @@ def _parse(params: dict, model, T: int) -> list:
         layer = as_int(c["layer"], f"cells[{i}].layer", 0, L - 1)
         path = c["path"]
         if path not in paths:
-            raise bad(f"cells[{i}].path", f"one of {paths} for this {type(model).__module__.split('.')[-1]} model", path)
+            raise bad(f"cells[{i}].path", f"one of {paths} for this {ck.model_type} model", path)
         cells.append((token, layer, path))
     return cells
 
@@ -84,15 +76,16 @@ def corrupted_site_values(model, corrupted: torch.Tensor, sites: set) -> dict:
 @register("sever")
 def sever(engine, model_id: str, prompt_key: str, params: dict) -> dict:
     """p(answer) per cell with the residual restored and the cell's path frozen; see the module doc."""
-    ck, spec, runs = prepared(engine, model_id, prompt_key)
+    prompt = engine.prepared(model_id, prompt_key)
+    ck, runs = prompt.checkpoint, prompt.runs
     model = ck.model
-    cells = _parse(params, model, runs.num_tokens)
+    cells = _parse(params, ck, runs.num_tokens)
     S = runs.num_samples
     with torch.no_grad():
         frozen_sites = {p for _, _, p in cells if p != NONE}
         corrupt_vals = {}
         if frozen_sites:
-            _, corrupted = corrupted_inputs(engine, ck, spec)
+            _, corrupted = engine.prompt_inputs(model_id, prompt_key)
             corrupt_vals = corrupted_site_values(model, corrupted, frozen_sites)
         by_token: dict = {}
         for i, (t, l, _) in enumerate(cells):

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from engine import experiments
-from engine.errors import InvalidArgument, NotFound
+from engine.errors import NotFound
 from engine.experiments import knockout as ko
 from engine.runtime import Engine, SwapSpec
-from engine.testing import write_random_checkpoint
+from engine.testing import assert_refused, write_random_checkpoint
 from engine.trace import record_clean
 
 IDS = [5, 17, 33, 2, 41, 9, 60]  # 7 tokens, subject [1, 3)
@@ -70,7 +70,7 @@ def test_neox_knockout_of_every_earlier_position_in_every_layer_is_the_model_on_
     itself in every layer, a single key gets weight 1 whatever its logit, and rotary scores depend
     on relative positions only, so its residual stream is that of the one-token prompt."""
     prepare(engine, name)
-    model = engine._model(name).model
+    model = engine.checkpoint(name).model
     L, T = model.config.num_layers, len(IDS)
     res = run(engine, name, layer=L // 2, window=2 * L, token_sets=[{"name": "before_last", "positions": list(range(T - 1))}])
     row = res["rows"][0]
@@ -107,7 +107,7 @@ def test_mamba_rows_batched_from_the_cached_clean_run_equal_one_full_forward_eac
     """Reference: a full forward from the embeddings, one row at a time, with a hook that writes
     the corpus mean at the set and the clean a elsewhere (not the last token) in the window."""
     prepare(engine, "mamba")
-    model = engine._model("mamba").model
+    model = engine.checkpoint("mamba").model
     res = run(engine, "mamba", layers=[0, 2, 4], window=3, token_sets=ALL_SETS)
     means, _, _ = ko.corpus_means(engine, "mamba", model, CORPUS)
     ids = torch.tensor(IDS)
@@ -129,7 +129,7 @@ def test_mamba_rows_batched_from_the_cached_clean_run_equal_one_full_forward_eac
 
 
 def test_the_corpus_mean_of_a_is_over_every_corpus_token_and_is_computed_once_per_model_and_corpus(engine):
-    model = engine._model("mamba").model
+    model = engine.checkpoint("mamba").model
     means, tokens, h = ko.corpus_means(engine, "mamba", model, CORPUS)
     assert tokens == sum(len(s) for s in CORPUS)
     with torch.no_grad():
@@ -158,11 +158,7 @@ def test_bad_params_are_refused_naming_the_field(engine):
         ("mamba", {"layer": 1, "corpus": []}, "params.corpus"),
         ("neox-parallel", {"layer": 1, "windw": 3}, "params.windw"),
     ]
-    for name, params, field in cases:
-        with pytest.raises(InvalidArgument) as err:
-            experiments.run(engine, name, "knockout", "p", params)
-        assert err.value.field == field, (params, err.value.message)
-        assert "expected" in err.value.message
+    assert_refused(engine, "knockout", "p", cases)
     with pytest.raises(NotFound) as err:
         experiments.run(engine, "mamba", "knockout", "never-prepared", {"layer": 1, "corpus": CORPUS})
     assert err.value.field == "prompt_key"

@@ -44,7 +44,7 @@ def test_on_a_model_whose_map_from_h_to_the_output_is_the_identity_the_lre_is_ex
     config, state = identity_after(model_type, layer)
     eng = Engine(max_batch_rows=6)  # 16 output coordinates in 3 backward batches
     eng.load_model("m", write_checkpoint(tmp_path / "m", config, state))
-    model = eng._model("m").model
+    model = eng.checkpoint("m").model
     d = config["hidden_size"]
     J, b, _ = jacobian_and_bias(model, PROMPTS[0], len(PROMPTS[0]) - 1, layer, rows=6)
     assert torch.allclose(J, torch.eye(d), atol=1e-5)
@@ -66,7 +66,7 @@ def test_on_a_model_whose_map_from_h_to_the_output_is_the_identity_the_lre_is_ex
 def test_the_jacobian_matches_central_finite_differences_on_a_random_model(tmp_path, model_type, layer):
     eng = Engine()
     eng.load_model("m", write_random_checkpoint(tmp_path / "m", model_type, seed=9, num_hidden_layers=L))
-    model = eng._model("m").model
+    model = eng.checkpoint("m").model
     ids, s = [5, 17, 33, 2, 41, 9, 60], 2
     J, b, _ = jacobian_and_bias(model, ids, s, layer, rows=7)
     with torch.no_grad():
@@ -95,7 +95,7 @@ def test_the_jacobian_matches_central_finite_differences_on_a_random_model(tmp_p
 def test_an_lre_fit_on_one_prompt_reproduces_that_prompts_prediction_at_beta_one(tmp_path, model_type):
     eng = Engine()
     eng.load_model("m", write_random_checkpoint(tmp_path / "m", model_type, seed=9, num_hidden_layers=L))
-    model = eng._model("m").model
+    model = eng.checkpoint("m").model
     ids = [5, 17, 33, 2, 41, 9, 60]
     fact = {"ids": ids, "subject_last": 2, "object_id": top1(model, ids)}
     res = experiments.run(eng, "m", "lre", "", {"layer": 1, "betas": [1.0], "train": [fact], "test": [fact]})

@@ -2,7 +2,7 @@
 
 The models are ``models/mamba-facts`` and ``models/neox-facts`` (trained on the synthetic fact world);
 the cases are ``engine/tests/fixtures/edit_cases_world.json``, made by
-``node engine/experiments/make_edit_cases.mjs`` from ``models/world/relations``. To keep the suite
+``node scripts/engine/make_edit_cases.mjs`` from ``models/world/relations``. To keep the suite
 short on two cores the tests use a slice of the fixture's corpus and (except where the paper's
 setting is the point) fewer context prefixes than ROME's 20.
 """
@@ -12,22 +12,19 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import engine
 from engine import experiments
 from engine.errors import InvalidArgument
 from engine.experiments import rome
-from engine.framing import WorkerClient
 from engine.proto import engine_pb2 as pb
 from engine.runtime import Engine
+from engine.testing import worker_session
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = Path(__file__).parent / "fixtures" / "edit_cases_world.json"
@@ -73,11 +70,11 @@ def assert_same_weights(model, before):
 ])
 def test_the_update_is_rank_one_changes_only_the_target_rows_maps_k_to_v_star_and_is_undone_bit_for_bit(
         eng, fixture, model_id, matrix, layer):
-    ck = eng._model(model_id)
+    ck = eng.checkpoint(model_id)
     model = ck.model
-    case = rome.parse_params(ck.model_type, ck.config, case_params(
+    case = rome.parse_params(ck.architecture, ck.config, case_params(
         fixture, 7, matrix, layer, hparams=dict(FEW_CONTEXTS, v_num_grad_steps=4)))
-    target = rome.target_of(ck.model_type, model, matrix, layer)
+    target = rome.target_of(ck.architecture, model, matrix, layer)
     C, _ = rome.covariance(model, target, case.corpus, case.corpus_hash, 2048, 6144)
     edit, stats = rome.compute_edit(model, target, case, C, {})
     before = snapshot(model)
@@ -101,7 +98,7 @@ def test_the_update_is_rank_one_changes_only_the_target_rows_maps_k_to_v_star_an
 
 
 def test_an_edit_through_the_experiment_entry_leaves_every_weight_as_it_was(eng, fixture):
-    model = eng._model("mamba").model
+    model = eng.checkpoint("mamba").model
     before = snapshot(model)
     r = experiments.run(eng, "mamba", "edit", "case-3", case_params(fixture, 3, "W_g", 1))
     assert r["restored"] is True
@@ -110,10 +107,10 @@ def test_an_edit_through_the_experiment_entry_leaves_every_weight_as_it_was(eng,
 
 
 def test_an_error_inside_an_edit_still_restores_the_weights(eng, fixture):
-    ck = eng._model("mamba")
+    ck = eng.checkpoint("mamba")
     model = ck.model
-    case = rome.parse_params("mamba", ck.config, case_params(fixture, 0, "W_o", 2, hparams=dict(FEW_CONTEXTS, v_num_grad_steps=2)))
-    target = rome.target_of("mamba", model, "W_o", 2)
+    case = rome.parse_params(ck.architecture, ck.config, case_params(fixture, 0, "W_o", 2, hparams=dict(FEW_CONTEXTS, v_num_grad_steps=2)))
+    target = rome.target_of(ck.architecture, model, "W_o", 2)
     C, _ = rome.covariance(model, target, case.corpus, case.corpus_hash, 2048, 6144)
     edit, _ = rome.compute_edit(model, target, case, C, {})
     before = snapshot(model)
@@ -174,7 +171,7 @@ def reference_moment(model, corpus, layer, key):
 @pytest.mark.parametrize("matrix,key", [("W_o", "s*g"), ("W_a", "norm(h)")])
 def test_cov_only_returns_the_second_moment_of_the_module_input_over_every_corpus_token(eng, fixture, matrix, key):
     corpus = fixture["corpus"][:40]
-    model = eng._model("mamba").model
+    model = eng.checkpoint("mamba").model
     params = {"matrix": matrix, "layer": 2, "corpus": corpus, "cov_only": True, "return_moment": True}
     r = experiments.run(eng, "mamba", "edit", "cov", params)
     cov = r["covariance"]
@@ -200,7 +197,7 @@ def test_the_covariance_is_computed_once_per_module_and_corpus_and_W_a_W_g_share
 
 @pytest.mark.parametrize("model_id", ["mamba", "neox"])
 def test_target_nll_is_the_token_averaged_nll_of_the_model_forward(eng, fixture, model_id):
-    model = eng._model(model_id).model
+    model = eng.checkpoint(model_id).model
     p = fixture["cases"][5]["params"]
     prompts, targets = [p["rewrite"]["ids"], p["paraphrases"][1]], [p["target_new_ids"], [7, 300, 12]]
     nll, top1 = rome.target_nlls(model, prompts, targets)
@@ -215,7 +212,7 @@ def test_target_nll_is_the_token_averaged_nll_of_the_model_forward(eng, fixture,
 
 @pytest.mark.parametrize("model_id", ["mamba", "neox"])
 def test_sampling_from_kept_states_equals_recomputing_the_whole_sequence_each_step(eng, model_id):
-    model = eng._model(model_id).model
+    model = eng.checkpoint(model_id).model
     prompts = [[425, 897, 408, 964, 264], [290, 733, 369, 263, 1943, 408, 964, 264], [0]]
     got = rome.sample(model, prompts, 8, 1, torch.Generator().manual_seed(0))  # top-1: greedy
     want = [list(p) for p in prompts]
@@ -272,7 +269,7 @@ def _bad(fixture, **over):
     ("mamba", {"paraphrases": [[1, 2], "abc"]}, "params.paraphrases[1]", ["token ids"]),
 ])
 def test_a_bad_request_is_refused_naming_the_field_before_any_weight_changes(eng, fixture, model_id, over, field, words):
-    model = eng._model(model_id).model
+    model = eng.checkpoint(model_id).model
     before = snapshot(model)
     with pytest.raises(InvalidArgument) as err:
         experiments.run(eng, model_id, "edit", "bad", _bad(fixture, **over))
@@ -285,13 +282,7 @@ def test_a_bad_request_is_refused_naming_the_field_before_any_weight_changes(eng
 # -- over the wire ----------------------------------------------------------------------------
 
 def test_the_worker_runs_an_edit_and_answers_a_bad_one_with_an_error_frame_then_goes_on(fixture):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen([sys.executable, "-m", "engine"], cwd=REPO_ROOT, env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        client = WorkerClient(proc.stdin, proc.stdout)
-        assert client.call(hello=pb.Hello(protocol_version=engine.PROTOCOL_VERSION)).WhichOneof("body") == "hello"
-        assert client.call(load_model=pb.LoadModel(model_id="m", path=str(MODELS["mamba"]))).WhichOneof("body") == "model"
+    with worker_session(MODELS["mamba"]) as client:
         params = case_params(fixture, 2, "W_o", 1, hparams=dict(FEW_CONTEXTS, v_num_grad_steps=5))
         reply = client.call(run_experiment=pb.RunExperiment(model_id="m", kind="edit", prompt_key="case-2",
                                                             params_json=json.dumps(params)))
@@ -303,20 +294,13 @@ def test_the_worker_runs_an_edit_and_answers_a_bad_one_with_an_error_frame_then_
         reply = client.call(run_experiment=pb.RunExperiment(model_id="m", kind="edit", params_json=json.dumps(bad)))
         assert reply.WhichOneof("body") == "error"
         assert (reply.error.code, reply.error.field) == (pb.ERROR_CODE_INVALID_ARGUMENT, "params.layer")
-        assert client.call(stats=pb.StatsRequest()).WhichOneof("body") == "stats"
-        assert client.call(shutdown=pb.Shutdown()).WhichOneof("body") == "shutdown"
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 # -- the case fixture -------------------------------------------------------------------------
 
 def test_the_committed_fixture_is_what_make_edit_cases_writes_from_the_world(tmp_path, fixture):
     out = tmp_path / "cases.json"
-    proc = subprocess.run(["node", "engine/experiments/make_edit_cases.mjs", "--out", str(out)], cwd=REPO_ROOT,
+    proc = subprocess.run(["node", "scripts/engine/make_edit_cases.mjs", "--out", str(out)], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     with open(out) as f:
@@ -326,9 +310,9 @@ def test_the_committed_fixture_is_what_make_edit_cases_writes_from_the_world(tmp
 
 @pytest.mark.parametrize("model_id", ["mamba", "neox"])
 def test_every_fixture_case_is_a_valid_edit_request_whose_model_knows_the_true_object(eng, fixture, model_id):
-    ck = eng._model(model_id)
+    ck = eng.checkpoint(model_id)
     for c in fixture["cases"]:
-        case = rome.parse_params(ck.model_type, ck.config, dict(c["params"], matrix=rome.MATRICES[ck.model_type][0],
+        case = rome.parse_params(ck.architecture, ck.config, dict(c["params"], matrix=list(ck.architecture.edit_targets)[0],
                                                                   layer=0, corpus=fixture["corpus"][:1]))
         assert case.target_new[0] != case.target_true[0]
     _, top1 = rome.target_nlls(ck.model, [c["params"]["rewrite"]["ids"] for c in fixture["cases"]], [[1]])

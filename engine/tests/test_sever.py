@@ -3,21 +3,16 @@ checkpoints, against the engine's own tracing and a plain full-forward reference
 experiment kinds over the real worker protocol."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from engine import PROTOCOL_VERSION, experiments
-from engine.errors import InvalidArgument, NotFound
+from engine import experiments
+from engine.errors import NotFound
 from engine.experiments.sever import corrupted_site_values
-from engine.framing import WorkerClient
 from engine.proto import engine_pb2 as pb
 from engine.runtime import CellSpec, Engine, NoiseSpec, SwapSpec
-from engine.testing import write_random_checkpoint
+from engine.testing import assert_refused, worker_session, write_random_checkpoint
 from engine.trace import record_clean
 
 IDS = [5, 17, 33, 2, 41, 9, 60]  # 7 tokens, subject [1, 3)
@@ -30,7 +25,6 @@ MODELS = {
 }
 CORRUPTIONS = {"swap": SwapSpec(SWAP), "noise": NoiseSpec(scale=3.0, samples=3, seed=7)}
 CASES = [(m, c) for m in MODELS for c in CORRUPTIONS]
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +60,7 @@ def test_freezing_a_path_equals_a_full_forward_that_writes_the_corrupted_values_
     paths = MODELS[name][2]
     cells = grid(paths)
     res = experiments.run(engine, name, "sever", corruption, {"cells": cells})
-    ck = engine._model(name)
+    ck = engine.checkpoint(name)
     model = ck.model
     ids, corrupted = engine._inputs(ck, engine.specs[(name, corruption)])
     with torch.no_grad():
@@ -97,7 +91,7 @@ def test_mamba_last_token_restored_with_the_whole_block_frozen_is_clean_state_pl
     """Known answer: with o frozen at the last token, its residual after the last block is the
     restored clean h_l plus the corrupted run's block outputs of layers l+1.. there, i.e.
     clean h_l + (h*_L − h*_l), which the cached corrupted stream gives directly."""
-    ck = engine._model("mamba")
+    ck = engine.checkpoint("mamba")
     runs = engine.cache.get(("mamba", "swap"))
     T = len(IDS)
     cells = [{"token": T - 1, "layer": l, "path": "mixer"} for l in range(4)]
@@ -121,11 +115,7 @@ def test_bad_params_are_refused_naming_the_field(engine):
         ("mamba", {"cells": [{"token": 1, "layer": 0, "path": "none", "window": 3}]}, "params.cells[0].window"),
         ("mamba", {"cells": [3]}, "params.cells[0]"),
     ]
-    for name, params, field in cases:
-        with pytest.raises(InvalidArgument) as err:
-            experiments.run(engine, name, "sever", "swap", params)
-        assert err.value.field == field, (params, err.value.message)
-        assert "expected" in err.value.message
+    assert_refused(engine, "sever", "swap", cases)
     with pytest.raises(NotFound) as err:
         experiments.run(engine, "mamba", "sever", "nope", {"cells": [{"token": 1, "layer": 0, "path": "none"}]})
     assert err.value.field == "prompt_key"
@@ -136,13 +126,7 @@ def test_the_worker_runs_each_experiment_kind_and_refuses_bad_params_naming_the_
     the JSON the engine gives in-process; bad params come back as INVALID_ARGUMENT with the field,
     and the worker keeps serving."""
     path = write_random_checkpoint(tmp_path / "m", "mamba", seed=2, num_hidden_layers=3)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen([sys.executable, "-m", "engine"], cwd=REPO_ROOT, env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        client = WorkerClient(proc.stdin, proc.stdout)
-        assert client.call(hello=pb.Hello(protocol_version=PROTOCOL_VERSION)).WhichOneof("body") == "hello"
-        assert client.call(load_model=pb.LoadModel(model_id="m", path=path)).WhichOneof("body") == "model"
+    with worker_session(path) as client:
         prep = client.call(prepare_prompt=pb.PreparePrompt(
             model_id="m", prompt_key="k", input_ids=IDS, subject_start=1, subject_end=3,
             corruption=pb.Corruption(swap=pb.SwapCorruption(corrupted_ids=SWAP))))
@@ -171,13 +155,6 @@ def test_the_worker_runs_each_experiment_kind_and_refuses_bad_params_naming_the_
         assert reply.WhichOneof("body") == "error"
         assert reply.error.code == pb.ERROR_CODE_INVALID_ARGUMENT and reply.error.field == "params.cells[0].token"
         assert "0..6" in reply.error.message
-        assert client.call(stats=pb.StatsRequest()).WhichOneof("body") == "stats"  # still serving
-        assert client.call(shutdown=pb.Shutdown()).WhichOneof("body") == "shutdown"
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def _close(a, b, tol=1e-6) -> bool:

@@ -1,0 +1,252 @@
+"""ROME's algorithm (Meng et al. 2022, ``kmeng01/rome``: ``compute_u``, ``compute_v``, ``rome_main``, as
+romba adapted it to Mamba): the key covariance C, the context prefixes, u, v* and the rank-one update,
+applied for the duration of a block and restored bit for bit. Steps 1–5 of ``rome/__init__.py``."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import weakref
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ...errors import NumericError
+from .._common import embed, run_layers
+from .forward import Tap, Target, frozen, idx, log_probs_at, pad, sample
+from .params import Case, Prompt
+
+#: Bytes of covariances kept per process (LRU); one mamba-2.8b W_o C is 105 MB.
+COV_CACHE_BYTES = 4 << 30
+
+# Per model (weakly: a model loaded again under the same id gets fresh entries): covariances and
+# context prefixes.
+_COV: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CTX: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def covariance(model, target: Target, corpus: List[List[int]], corpus_hash: str, max_len: int, batch_tokens: int):
+    """(C = E[k kᵀ] float32 (dim, dim), summary dict) of the target's input over every corpus token,
+    from the per-model cache when present."""
+    device = target.module.weight.device
+    cache = _COV.setdefault(model, OrderedDict())
+    key = (target.name, corpus_hash, max_len)  # W_a and W_g share in_proj's input, hence one C
+    if key in cache:
+        cache.move_to_end(key)
+        C, summary = cache[key]
+        return C, dict(summary, cached=True)
+    started = time.perf_counter()
+    dim = target.module.in_features
+    total = torch.zeros(dim, dim, dtype=torch.float32, device=device)
+    n = 0
+    seqs = sorted((s[:max_len] for s in corpus), key=len)  # similar lengths per batch: little padding
+    tap = Tap(target)
+    with torch.no_grad(), tap.attached():
+        i = 0
+        while i < len(seqs):
+            j = i + 1
+            while j < len(seqs) and (j + 1 - i) * len(seqs[j]) <= batch_tokens:
+                j += 1
+            batch = seqs[i:j]
+            b = idx([r for r, s in enumerate(batch) for _ in s], device)
+            p = idx([t for s in batch for t in range(len(s))], device)
+            tap.at = (b, p)
+            run_layers(model, embed(model, pad(batch, device)), 0, end=target.layer + 1)
+            k = tap.keys  # (tokens, dim)
+            total.addmm_(k.t(), k)
+            n += k.shape[0]
+            i = j
+    C = total / n
+    summary = {"tokens": n, "sequences": len(seqs), "dim": dim, "corpus_hash": corpus_hash,
+               "trace": float(torch.trace(C)), "seconds": time.perf_counter() - started}
+    cache[key] = (C, summary)
+    cache.move_to_end(key)
+    _trim_cov_cache()
+    return C, dict(summary, cached=False, moment_sum=total)
+
+
+def _trim_cov_cache() -> None:
+    """Drop least recently used covariances (keeping each model's newest) above COV_CACHE_BYTES."""
+    total = sum(C.numel() * C.element_size() for od in _COV.values() for C, _ in od.values())
+    for od in list(_COV.values()):
+        while total > COV_CACHE_BYTES and len(od) > 1:
+            _, (C, _) = od.popitem(last=False)
+            total -= C.numel() * C.element_size()
+
+
+def context_prefixes(model, bos: int, lengths: List[List[int]], seed: int, top_k: int) -> List[List[int]]:
+    """ROME's context templates as token ids: for each [length, count], count samples of length - 1
+    tokens after bos, with bos dropped wherever it appears. Cached per model and settings."""
+    cache = _CTX.setdefault(model, {})
+    key = (bos, json.dumps(lengths), seed, top_k)
+    if key not in cache:
+        gen = torch.Generator().manual_seed(seed)
+        out: List[List[int]] = []
+        for length, count in lengths:
+            if count and length > 1:
+                for s in sample(model, [[bos]] * count, length - 1, top_k, gen):
+                    out.append([t for t in s[1:] if t != bos])
+            else:
+                out.extend([[]] * count)
+        cache[key] = out
+    return cache[key]
+
+
+def read_key_value(model, target: Target, prompts: List[Prompt]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Keys (n, in) and values (n, rows) at each prompt's subject-last token (layers above the target
+    are not run)."""
+    device = target.module.weight.device
+    tap = Tap(target)
+    tap.at = (idx(range(len(prompts)), device), idx([p.last for p in prompts], device))
+    with torch.no_grad(), tap.attached():
+        run_layers(model, embed(model, pad([p.ids for p in prompts], device)), 0, end=target.layer + 1)
+    return tap.keys, tap.values
+
+
+def compute_v(model, target: Target, case: Case, prefixes: List[List[int]]):
+    """v* by optimising δ on the target's output at the subject's last token; returns (v*, stats)."""
+    hp = case.hp
+    device = target.module.weight.device
+    tnew = case.target_new
+    rewriting = [Prompt(case.rewrite.ids + tnew[:-1], case.rewrite.last)] + [
+        Prompt(pre + case.in_context.ids + tnew[:-1], len(pre) + case.in_context.last) for pre in prefixes]
+    prompts = rewriting + case.kl_prompts
+    R, K = len(rewriting), len(case.kl_prompts)
+    ids = pad([p.ids for p in prompts], device)
+    rows = idx(range(len(prompts)), device)
+    lookup = idx([p.last for p in prompts], device)
+    # positions whose next-token logits score the target: the last prompt token, then target[:-1]
+    tb = idx([r for r in range(R) for _ in tnew], device)
+    tp = idx([len(rewriting[r].ids) - len(tnew) + j for r in range(R) for j in range(len(tnew))], device)
+    tt = idx(tnew * R, device)
+    kb = idx(range(R, R + K), device)
+    kp = lookup[R:]
+
+    with torch.no_grad():
+        h0 = run_layers(model, embed(model, ids), 0, end=target.layer)  # the layers below the edit, once
+    tap = Tap(target)
+    tap.at = (rows[:1], lookup[:1])
+    with torch.no_grad(), tap.attached():
+        run_layers(model, h0, target.layer, end=target.layer + 1)
+    v_init = tap.values[0].clone()  # first rewriting prompt, before any δ
+    tap.at = None
+    delta = torch.zeros_like(v_init, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=hp["v_lr"])
+    max_norm = hp["clamp_norm_factor"] * v_init.norm()
+    kl_init = None
+    stats = {"clamped": False, "stopped": "steps"}
+    step = 0
+    with tap.attached():
+        for step in range(hp["v_num_grad_steps"]):
+            opt.zero_grad()
+            tap.add = (rows, lookup, delta)
+            h = run_layers(model, h0, target.layer)
+            lp = log_probs_at(model, h, torch.cat([tb, kb]), torch.cat([tp, kp]))
+            tok_lp = lp[: tb.shape[0]].gather(1, tt[:, None]).squeeze(1).view(R, len(tnew))
+            nll_each = -tok_lp.mean(1)  # (R,) token-averaged NLL of target_new
+            nll = nll_each.mean()
+            kl = torch.zeros((), device=device)
+            if K:
+                kl_lp = lp[tb.shape[0]:]
+                if kl_init is None:
+                    kl_init = kl_lp.detach().clone()
+                kl = hp["kl_factor"] * F.kl_div(kl_init, kl_lp, log_target=True, reduction="batchmean")
+            wd = hp["v_weight_decay"] * (delta.norm() / v_init.norm() ** 2)
+            loss = nll + kl + wd
+            avg_prob = float(torch.exp(-nll_each).mean())
+            stats.update(loss=float(loss), nll=float(nll), kl=float(kl), weight_decay=float(wd), avg_prob=avg_prob)
+            if not math.isfinite(stats["loss"]):
+                raise NumericError(f"v* optimisation: loss became {stats['loss']} at step {step}", field="params.hparams.v_lr")
+            if loss.item() < hp["v_loss_stop"]:
+                stats["stopped"] = "loss"
+                break
+            if hp["v_prob_stop"] is not None and step > hp["v_prob_stop_after"] and avg_prob > hp["v_prob_stop"]:
+                stats["stopped"] = "prob"
+                break
+            if step == hp["v_num_grad_steps"] - 1:
+                break
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                if delta.norm() > max_norm:
+                    delta.mul_(max_norm / delta.norm())
+                    stats["clamped"] = True
+    tap.add = None
+    stats.update(steps=step + 1, v_init_norm=float(v_init.norm()), delta_norm=float(delta.norm()))
+    return (v_init + delta).detach(), stats
+
+
+@dataclass
+class Edit:
+    """A computed rank-one update of rows [lo, hi) of the target's weight: ΔW = right ⊗ u."""
+
+    target: Target
+    u: torch.Tensor  # (in,)
+    right: torch.Tensor  # (hi - lo,)
+
+    def delta(self) -> torch.Tensor:
+        return torch.outer(self.right, self.u)
+
+
+@contextmanager
+def applied(edit: Edit):
+    """The edit in place for the duration of the block; the touched rows are restored bit for bit
+    afterwards (also on errors). Yields the saved original rows."""
+    w = edit.target.module.weight
+    lo, hi = edit.target.rows
+    saved = w.data[lo:hi].clone()
+    try:
+        with torch.no_grad():
+            w.data[lo:hi] = (saved.float() + edit.delta()).to(w.dtype)
+        yield saved
+    finally:
+        with torch.no_grad():
+            w.data[lo:hi] = saved
+
+
+def compute_edit(model, target: Target, case: Case, C: Optional[torch.Tensor], times: dict) -> Tuple[Edit, dict]:
+    """u from k̄ and C, v* by optimisation, right = (v* − W k)/(k·u): the Edit and its stats."""
+    hp = case.hp
+    t = time.perf_counter()
+    prefixes = context_prefixes(model, case.bos_id, hp["context_template_length_params"], hp["context_seed"], hp["context_top_k"])
+    in_ctx = [Prompt(pre + case.in_context.ids, len(pre) + case.in_context.last) for pre in prefixes]
+    keys, _ = read_key_value(model, target, [case.rewrite] + in_ctx)
+    k_bar = keys.mean(0)
+    if hp["mom2_adjustment"]:
+        Cd = C.double()
+        if hp["cov_ridge"]:
+            Cd = Cd + hp["cov_ridge"] * Cd.diagonal().mean() * torch.eye(Cd.shape[0], dtype=Cd.dtype, device=Cd.device)
+        try:
+            u = torch.linalg.solve(Cd, k_bar.double()).float()
+        except RuntimeError as e:
+            raise NumericError(f"the key covariance C ({C.shape[0]}x{C.shape[0]}) is singular ({e}); give a larger corpus or "
+                               "set hparams.cov_ridge (e.g. 1e-3)", field="params.corpus") from e
+    else:
+        u = k_bar.clone()
+    if not bool(torch.isfinite(u).all()) or float(u.norm()) == 0.0:
+        raise NumericError("u = C⁻¹k̄ is not finite; the key covariance is singular: give a larger corpus or set "
+                           "hparams.cov_ridge", field="params.corpus")
+    u = u / u.norm()
+    times["key"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    with frozen(model):
+        v_star, vstats = compute_v(model, target, case, prefixes)
+    if not bool(torch.isfinite(v_star).all()):
+        raise NumericError("v* is not finite after the optimisation; lower hparams.v_lr", field="params.hparams.v_lr")
+    times["v_star"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    k, cur = read_key_value(model, target, [case.rewrite])
+    k, cur = k[0], cur[0]
+    right = (v_star - cur) / torch.dot(k, u)
+    edit = Edit(target, u, right)
+    key_stats = {"contexts": len(in_ctx) + 1, "k_norm": float(k.norm()), "kbar_norm": float(k_bar.norm()),
+                 "u_dot_k": float(torch.dot(k, u)), "cosine_k_kbar": float(F.cosine_similarity(k, k_bar, dim=0))}
+    times["update"] = time.perf_counter() - t
+    return edit, {"key": key_stats, "v_star": vstats, "v_star_vector": v_star}

@@ -1,0 +1,135 @@
+"""ROME's forward passes over the edited model: the edit target and a hook on it, padded batches,
+next-token log-probabilities and top-k sampling (used by the algorithm and the evaluation)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .._common import embed
+
+@dataclass
+class Target:
+    """The edited Linear and which of its output rows the edit owns."""
+
+    matrix: str
+    layer: int
+    module: torch.nn.Linear
+    name: str
+    rows: Tuple[int, int]  # [start, end) rows of weight (= output features) that change
+
+    @property
+    def value_slice(self) -> slice:
+        return slice(*self.rows)
+
+
+def target_of(architecture, model, matrix: str, layer: int) -> Target:
+    """The Target of ``matrix`` at ``layer`` (params already validated), from the model type's table
+    (``Architecture.edit_targets``)."""
+    t = architecture.edit_targets[matrix]
+    name = t.module_name(layer)
+    return Target(matrix, layer, model.get_submodule(name), name, t.rows(model.config))
+
+
+class Tap:
+    """Forward hook on the target Linear: reads its input (key) and output rows (value) at chosen
+    (row, position) pairs, and adds a delta to the output rows there (differentiably)."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self.at: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # where to read
+        self.add: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None  # where and what to add
+        self.keys: Optional[torch.Tensor] = None
+        self.values: Optional[torch.Tensor] = None
+
+    def __call__(self, module, inputs, output):
+        if self.at is not None:
+            b, p = self.at
+            self.keys = inputs[0][b, p].float()
+            self.values = output[b, p][..., self.target.value_slice].float()
+        if self.add is not None:
+            b, p, delta = self.add
+            lo, hi = self.target.rows
+            full = F.pad(delta, (lo, output.shape[-1] - hi)).to(output.dtype)  # (out,)
+            output = output.index_put((b, p), full.expand(b.shape[0], -1), accumulate=True)
+        return output
+
+    @contextmanager
+    def attached(self):
+        handle = self.target.module.register_forward_hook(self)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+
+def pad(seqs: Sequence[Sequence[int]], device, pad_id: int = 0) -> torch.Tensor:
+    """Right-padded (b, T) ids; causal models never look right, so padding needs no mask."""
+    T = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+    return out.to(device)
+
+
+def log_probs_at(model, h: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """log-softmax of the next-token logits at (b, p) pairs of the final residual h: (n, V)."""
+    return torch.log_softmax(model.head(h[b, p]), dim=-1)
+
+
+def idx(values, device) -> torch.Tensor:
+    return torch.tensor(list(values), dtype=torch.long, device=device)
+
+
+@contextmanager
+def frozen(model):
+    """No parameter needs a gradient while δ is optimised (saves a model's worth of gradients);
+    the flags are restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+def sample(model, prompts: List[List[int]], new_tokens: int, top_k: int, gen: torch.Generator) -> List[List[int]]:
+    """Top-k sampling (ROME's generate_fast: softmax, keep the k best, renormalise, draw) of
+    ``new_tokens`` tokens after each prompt; returns prompt + sampled ids. Prompts of one length
+    decode together, one token per step from the layers' kept states (Mamba: conv window and SSM
+    state; NeoX: keys and values). Draws on the host with ``gen``, so a seed gives the same samples
+    on every device."""
+    device = next(model.parameters()).device
+    out = [list(p) for p in prompts]
+    groups: dict = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(len(p), []).append(i)
+    with torch.no_grad():
+        for T, members in sorted(groups.items()):
+            rows = idx(range(len(members)), device)
+            h = embed(model, pad([prompts[i] for i in members], device))
+            kept = []
+            for layer in model.layers:
+                h, k = layer(h, keep=True)
+                kept.append(k)
+            for step in range(new_tokens):
+                top = torch.topk(torch.softmax(model.head(h[:, -1]), dim=-1), top_k, dim=-1)
+                probs = (top.values / top.values.sum(-1, keepdim=True)).double().cpu()
+                pick = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+                new = top.indices.cpu().gather(1, pick[:, None]).squeeze(1)
+                for i, x in zip(members, new.tolist()):
+                    out[i].append(x)
+                if step == new_tokens - 1:
+                    break
+                t = T + step  # position of the token just drawn
+                h = embed(model, new[:, None].to(device))
+                for li, layer in enumerate(model.layers):
+                    h, k = layer(h, state=layer.resume_state(kept[li], t, rows), pos0=t, keep=True)
+                    kept[li] = tuple(torch.cat([a, b], dim=1) for a, b in zip(kept[li], k))
+    return out
