@@ -6,7 +6,6 @@
  * re-run on it; an INVALID_ARGUMENT from the engine fails the shard as not retryable.
  */
 import type { engine, sweep } from "@factsweep/proto";
-import { shardUnits } from "@factsweep/planning";
 import { type EngineClient } from "./engine-client.js";
 import { ShardCancelledError, ShardError } from "./errors.js";
 import { ensureModel, shardFailure, workerLost } from "./worker-session.js";
@@ -27,7 +26,7 @@ export async function runExperimentShard(opts: ShardRunOptions): Promise<ShardOu
   const promptKey = prompt.promptKey || `${shard.sweepId}/${prompt.index}`;
   const timeoutMs = opts.requestTimeoutMs ?? 600_000;
   const maxLosses = opts.maxWorkerLosses ?? 2;
-  const units = shardUnits(shard);
+  const units = shard.units || 1; // set by the planner; shards stored before the field existed count 1
   let info: engine.PromptInfo | undefined;
   let out: engine.ExperimentResult | undefined;
   let losses = 0;

@@ -109,6 +109,7 @@ export function shardPrompt(
       prompt,
       cells: cells.slice(at, at + opts.shardCells),
       attempt: 0,
+      units: Math.min(opts.shardCells, cells.length - at),
     });
   }
   return shards;

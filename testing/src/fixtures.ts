@@ -144,6 +144,7 @@ export function goldenSwapShard(sweepId: string, shardId = `${sweepId}.0.0`): { 
     },
     cells,
     attempt: 1,
+    units: cells.length,
   };
   return { shard, reference };
 }

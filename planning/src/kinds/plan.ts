@@ -60,9 +60,11 @@ function shard(ctx: KindPlanContext, prompt: sweep.PromptSpec, part: number, par
       { path: `${section}.max_corpus`, expected: `shard params under ${MAX_PARAMS_BYTES} bytes`, received: paramsJson.length },
     );
   }
-  return {
-    sweepId: ctx.sweepId, shardId: `${ctx.sweepId}.${prompt.index}.${part}`, kind: ctx.spec.kind, model: ctx.model, prompt, cells: [], attempt: 0, paramsJson,
+  const sh: sweep.Shard = {
+    sweepId: ctx.sweepId, shardId: `${ctx.sweepId}.${prompt.index}.${part}`, kind: ctx.spec.kind, model: ctx.model, prompt, cells: [], attempt: 0, paramsJson, units: 0,
   };
+  sh.units = shardUnits(sh);
+  return sh;
 }
 
 function needTokenizer(ctx: KindPlanContext): PromptTokenizer {

@@ -60,6 +60,8 @@ export interface Shard {
   attempt: number;
   /** kinds other than trace: the shard's experiment parameters (JSON) */
   paramsJson: string;
+  /** work units, for progress: cells (trace) or the experiment's rows; set by the planner */
+  units: number;
 }
 
 export interface CellOutcome {
@@ -518,6 +520,7 @@ function createBaseShard(): Shard {
     cells: [],
     attempt: 0,
     paramsJson: "",
+    units: 0,
   };
 }
 
@@ -546,6 +549,9 @@ export const Shard: MessageFns<Shard> = {
     }
     if (message.paramsJson !== "") {
       writer.uint32(66).string(message.paramsJson);
+    }
+    if (message.units !== 0) {
+      writer.uint32(72).uint32(message.units);
     }
     return writer;
   },
@@ -627,6 +633,14 @@ export const Shard: MessageFns<Shard> = {
             message.paramsJson = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.units = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -661,6 +675,7 @@ export const Shard: MessageFns<Shard> = {
         : isSet(object.params_json)
         ? globalThis.String(object.params_json)
         : "",
+      units: isSet(object.units) ? globalThis.Number(object.units) : 0,
     };
   },
 
@@ -690,6 +705,9 @@ export const Shard: MessageFns<Shard> = {
     if (message.paramsJson !== "") {
       obj.paramsJson = message.paramsJson;
     }
+    if (message.units !== 0) {
+      obj.units = Math.round(message.units);
+    }
     return obj;
   },
 
@@ -710,6 +728,7 @@ export const Shard: MessageFns<Shard> = {
     message.cells = object.cells?.map((e) => Cell.fromPartial(e)) || [];
     message.attempt = object.attempt ?? 0;
     message.paramsJson = object.paramsJson ?? "";
+    message.units = object.units ?? 0;
     return message;
   },
 };
