@@ -10,12 +10,35 @@ import { status, type ServerDuplexStream } from "@grpc/grpc-js";
 import { agent, AGENT_PROTOCOL_VERSION } from "@factsweep/proto";
 import { RESULTS_SUBJECT_PREFIX } from "@factsweep/shared";
 import { ProtocolVersionError, UnauthenticatedError } from "./errors.js";
-import type { AgentSession, Scheduler } from "./scheduler.js";
 import { tokenFromMetadata, tokenMatches } from "./auth.js";
+
+/** One agent's stream as the scheduler sees it. */
+export interface AgentSession {
+  readonly agentId: string;
+  readonly sessionId: string;
+  readonly hostname: string;
+  readonly workers: number;
+  lastSeenMs: number;
+  send(msg: agent.CoordinatorMessage): void;
+  /** Ends the stream (e.g. a newer session of the same agent replaced it). */
+  close(reason: string): void;
+}
+
+/** What the AgentService calls with each stream's messages (the scheduler). */
+export interface AgentStreams {
+  /** A hello was accepted. */
+  attach(session: AgentSession, cachedPromptKeys: string[]): void;
+  /** The stream ended. */
+  detach(session: AgentSession, reason: string): void;
+  credit(session: AgentSession, slots: number): void;
+  heartbeat(session: AgentSession, hb: agent.Heartbeat): void;
+  done(session: AgentSession, d: agent.ShardDone): void;
+  failed(session: AgentSession, f: agent.ShardFailed): void;
+}
 
 /** Options of {@link createAgentService}. */
 export interface AgentServiceOptions {
-  scheduler: Scheduler;
+  scheduler: AgentStreams;
   leaseTtlMs: number;
   heartbeatMs: number;
   /** When set, agents must present it (hello.token or `authorization: Bearer`). */

@@ -10,7 +10,7 @@ import { siteToEnum, type SiteName } from "@factsweep/planning";
 import { goldenSpec, GOLDEN_DIR, metricValue, startHarness, type Harness } from "@factsweep/testing";
 import { Coordinator, type CoordinatorOptions } from "./coordinator.js";
 import { fakeEngine, fakeP, TestAgent, until } from "@factsweep/testing";
-import { HealthService, ServingStatus } from "./health-service.js";
+import { service as HealthService } from "grpc-health-check";
 
 let h: Harness<Coordinator, CoordinatorOptions> | undefined;
 const agents: TestAgent[] = [];
@@ -193,12 +193,24 @@ test("a nats-server killed and restarted mid-sweep: the sweep completes with eve
 
 test("gRPC health reports SERVING once the coordinator is ready and NOT_FOUND for unknown services", async () => {
   h = await startHarness(Coordinator.start);
-  const Client = grpc.makeGenericClientConstructor(HealthService, "grpc.health.v1.Health");
-  const c = new Client(h.addr, grpc.credentials.createInsecure()) as unknown as grpc.Client & Record<string, (req: unknown, cb: (e: grpc.ServiceError | null, r: { status: number }) => void) => void>;
-  const check = (service: string) => new Promise<{ status: number }>((res, rej) => c.check!({ service }, (e, r) => (e ? rej(e) : res(r))));
-  assert.equal((await check("")).status, ServingStatus.SERVING);
-  assert.equal((await check("factsweep.control.v1.SweepService")).status, ServingStatus.SERVING);
+  const Client = grpc.makeGenericClientConstructor(HealthService as grpc.ServiceDefinition, "grpc.health.v1.Health");
+  const c = new Client(h.addr, grpc.credentials.createInsecure()) as unknown as grpc.Client & Record<string, (req: unknown, cb: (e: grpc.ServiceError | null, r: { status: string }) => void) => void>;
+  const check = (service: string) => new Promise<{ status: string }>((res, rej) => c.check!({ service }, (e, r) => (e ? rej(e) : res(r))));
+  assert.equal((await check("")).status, "SERVING");
+  assert.equal((await check("factsweep.control.v1.SweepService")).status, "SERVING");
   await assert.rejects(check("nope"), (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND);
+  // Watch: the current status at once, then every change (a stopping coordinator is NOT_SERVING).
+  const watch = (c as unknown as grpc.Client & { watch(req: unknown): grpc.ClientReadableStream<{ status: string }> }).watch({ service: "" });
+  const seen: string[] = [];
+  watch.on("data", (r: { status: string }) => void seen.push(r.status));
+  watch.on("error", () => undefined);
+  await until(() => seen.length === 1, "the watch's first status");
+  assert.deepEqual(seen, ["SERVING"]);
+  const stopped = h.coord.stop();
+  await until(() => seen.length === 2, "the watch to see the stop");
+  assert.deepEqual(seen, ["SERVING", "NOT_SERVING"]);
+  await stopped;
+  watch.cancel();
   c.close();
 });
 

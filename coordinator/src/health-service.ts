@@ -1,95 +1,45 @@
 /**
- * Minimal grpc.health.v1.Health (Check and Watch) for load balancers and `grpc_health_probe`.
- * grpc-js ships no health service and its messages are two tiny protos, so they are encoded by
- * hand here instead of adding a generated package: HealthCheckRequest { string service = 1; },
- * HealthCheckResponse { ServingStatus status = 1; } (UNKNOWN 0, SERVING 1, NOT_SERVING 2,
- * SERVICE_UNKNOWN 3).
+ * grpc.health.v1.Health (Check, Watch, List) for load balancers and `grpc_health_probe`, served by
+ * grpc-node's own `grpc-health-check`. "" (the whole server) and the named services are SERVING
+ * while the coordinator is ready and NOT_SERVING otherwise; unknown names get NOT_FOUND (Check) or
+ * SERVICE_UNKNOWN (Watch). The library keeps a status map that watchers are told about on every
+ * change, so readiness (a function of the coordinator) is copied into it by `refresh()`: at each
+ * transition the coordinator knows of, and once a second for the ones it does not (NATS closed).
  */
-import { status as grpcStatus, type ServiceDefinition, type UntypedServiceImplementation, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData } from "@grpc/grpc-js";
+import type { Server } from "@grpc/grpc-js";
+import { HealthImplementation, type ServingStatus } from "grpc-health-check";
 
-/** Serving states of grpc.health.v1. */
-export enum ServingStatus { UNKNOWN = 0, SERVING = 1, NOT_SERVING = 2, SERVICE_UNKNOWN = 3 }
+/** The health service of one gRPC server, following a readiness function. */
+export class Health {
+  private readonly impl: HealthImplementation;
+  private readonly names: string[];
+  private last: ServingStatus = "NOT_SERVING";
+  private timer: NodeJS.Timeout | undefined;
 
-interface CheckRequest { service: string }
-interface CheckResponse { status: ServingStatus }
-
-function decodeRequest(buf: Buffer): CheckRequest {
-  // field 1, wire type 2 (tag byte 0x0a), varint length, utf-8 bytes; other fields skipped
-  let service = "";
-  let i = 0;
-  while (i < buf.length) {
-    const tag = buf[i++]!;
-    if ((tag & 7) !== 2) break;
-    let len = 0;
-    let shift = 0;
-    for (;;) {
-      const b = buf[i++]!;
-      len |= (b & 0x7f) << shift;
-      shift += 7;
-      if (!(b & 0x80)) break;
-    }
-    if (tag >> 3 === 1) service = buf.subarray(i, i + len).toString("utf8");
-    i += len;
+  constructor(private readonly ready: () => boolean, services: string[]) {
+    this.names = ["", ...services];
+    this.impl = new HealthImplementation(Object.fromEntries(this.names.map((n) => [n, this.last])));
   }
-  return { service };
-}
 
-const encodeRequest = (r: CheckRequest): Buffer => {
-  const s = Buffer.from(r.service ?? "", "utf8");
-  if (s.length === 0) return Buffer.alloc(0);
-  const len: number[] = [];
-  for (let n = s.length; ; n >>>= 7) {
-    if (n < 0x80) {
-      len.push(n);
-      break;
-    }
-    len.push((n & 0x7f) | 0x80);
+  /** Adds the service to `server` and starts following readiness. */
+  addToServer(server: Server): void {
+    this.impl.addToServer(server);
+    this.timer ??= setInterval(() => this.refresh(), 1000);
+    this.timer.unref();
   }
-  return Buffer.concat([Buffer.from([0x0a, ...len]), s]);
-};
 
-const encodeResponse = (r: CheckResponse): Buffer => (r.status === 0 ? Buffer.alloc(0) : Buffer.from([0x08, r.status]));
+  /** Copies readiness into the status map; watchers hear of a change at once. */
+  refresh(): void {
+    const s: ServingStatus = this.ready() ? "SERVING" : "NOT_SERVING";
+    if (s === this.last) return;
+    this.last = s;
+    for (const n of this.names) this.impl.setStatus(n, s);
+  }
 
-/** grpc.health.v1.Health service definition for `server.addService`. */
-export const HealthService: ServiceDefinition = {
-  check: {
-    path: "/grpc.health.v1.Health/Check", requestStream: false, responseStream: false,
-    requestSerialize: encodeRequest, requestDeserialize: decodeRequest,
-    responseSerialize: encodeResponse, responseDeserialize: (b: Buffer) => ({ status: b.length >= 2 ? b[1]! : 0 }),
-  },
-  watch: {
-    path: "/grpc.health.v1.Health/Watch", requestStream: false, responseStream: true,
-    requestSerialize: encodeRequest, requestDeserialize: decodeRequest,
-    responseSerialize: encodeResponse, responseDeserialize: (b: Buffer) => ({ status: b.length >= 2 ? b[1]! : 0 }),
-  },
-};
-
-/**
- * Health implementation: "" (the whole server) and the named services report SERVING while
- * `ready()` holds; unknown service names get NOT_FOUND as the spec says.
- */
-export function createHealthService(ready: () => boolean, services: string[]): UntypedServiceImplementation {
-  const known = new Set(["", ...services]);
-  const statusOf = (): ServingStatus => (ready() ? ServingStatus.SERVING : ServingStatus.NOT_SERVING);
-  return {
-    check(call: ServerUnaryCall<CheckRequest, CheckResponse>, cb: sendUnaryData<CheckResponse>) {
-      if (!known.has(call.request.service)) return cb({ code: grpcStatus.NOT_FOUND, details: `unknown service "${call.request.service}"` });
-      cb(null, { status: statusOf() });
-    },
-    watch(call: ServerWritableStream<CheckRequest, CheckResponse>) {
-      if (!known.has(call.request.service)) {
-        call.write({ status: ServingStatus.SERVICE_UNKNOWN });
-        return;
-      }
-      let last = -1;
-      const send = () => {
-        const s = statusOf();
-        if (s !== last) call.write({ status: (last = s) });
-      };
-      send();
-      const t = setInterval(send, 1000);
-      call.on("cancelled", () => clearInterval(t));
-      call.on("close", () => clearInterval(t));
-    },
-  };
+  /** Final refresh (watchers learn NOT_SERVING) and stop following. */
+  close(): void {
+    this.refresh();
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
 }

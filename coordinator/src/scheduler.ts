@@ -5,22 +5,11 @@
  * is the wiring between it, the agents and the state store.
  */
 import { EventEmitter } from "node:events";
-import { agent, sweep } from "@factsweep/proto";
+import { sweep, type agent, type control } from "@factsweep/proto";
+import type { AgentSession, AgentStreams } from "./agent-service.js";
 import { LeaseTable, type Changes, type ShardEntry } from "./lease-table.js";
 import type { ShardRecord, StateStore } from "./state-store.js";
 import type { CoordinatorMetrics } from "./metrics.js";
-
-/** What the scheduler needs of an agent's stream. */
-export interface AgentSession {
-  readonly agentId: string;
-  readonly sessionId: string;
-  readonly hostname: string;
-  readonly workers: number;
-  lastSeenMs: number;
-  send(msg: agent.CoordinatorMessage): void;
-  /** Ends the stream (e.g. a newer session of the same agent replaced it). */
-  close(reason: string): void;
-}
 
 /** Options of {@link Scheduler}. */
 export interface SchedulerOptions {
@@ -35,7 +24,7 @@ export interface SchedulerOptions {
 /**
  * Events: `shards` (sweepId) after a sweep's shards changed state.
  */
-export class Scheduler extends EventEmitter {
+export class Scheduler extends EventEmitter implements AgentStreams {
   readonly table: LeaseTable;
   private readonly store: StateStore;
   private readonly metrics: CoordinatorMetrics | undefined;
@@ -81,6 +70,15 @@ export class Scheduler extends EventEmitter {
   /** Connected agent sessions. */
   agents(): AgentSession[] {
     return [...this.sessions.values()];
+  }
+
+  /** Connected agents with their leases, cache and work done (the Agents RPC). */
+  agentStatuses(): control.AgentStatus[] {
+    const byId = new Map(this.table.agentList().map((a) => [a.agentId, a]));
+    return this.agents().map((s) => {
+      const a = byId.get(s.agentId);
+      return { agentId: s.agentId, hostname: s.hostname, workers: s.workers, leases: a?.leases ?? 0, cachedPrompts: a?.cachedPrompts ?? 0, lastSeenMs: s.lastSeenMs, shardsDone: a?.shardsDone ?? 0 };
+    });
   }
 
   // ---- agent stream events --------------------------------------------------------------

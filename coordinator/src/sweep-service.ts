@@ -8,7 +8,20 @@ import type { sendUnaryData, ServerUnaryCall, ServerWritableStream } from "@grpc
 import type { control } from "@factsweep/proto";
 import { checkToken } from "./auth.js";
 import { grpcStatusOf } from "./errors.js";
-import type { Coordinator } from "./coordinator.js";
+
+/** What the SweepService calls: the coordinator's sweeps (sweeps.ts) and its connected agents. */
+export interface SweepApi {
+  launch(req: control.LaunchRequest): Promise<control.SweepInfo>;
+  get(sweepId: string): control.SweepInfo;
+  list(): control.SweepInfo[];
+  cancel(sweepId: string): control.SweepInfo;
+  resume(sweepId: string): control.SweepInfo;
+  agents(): control.AgentStatus[];
+  report(sweepId: string): control.ReportData;
+  /** Calls `cb` with the SweepInfo now and on every change; returns an unsubscribe function. */
+  watch(sweepId: string, cb: (info: control.SweepInfo) => void): () => void;
+  results(sweepId: string): Iterable<control.ResultRow>;
+}
 
 /** Options of {@link createSweepService}. */
 export interface SweepServiceOptions {
@@ -19,8 +32,8 @@ export interface SweepServiceOptions {
 
 const TERMINAL = new Set(["done", "failed", "cancelled"]);
 
-/** The SweepService implementation over a coordinator. */
-export function createSweepService(coord: Coordinator, opts: SweepServiceOptions = {}): control.SweepServiceServer {
+/** The SweepService implementation over the sweeps API. */
+export function createSweepService(coord: SweepApi, opts: SweepServiceOptions = {}): control.SweepServiceServer {
   const unary = <Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>) =>
     (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>): void => {
       (async () => {

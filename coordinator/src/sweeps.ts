@@ -1,0 +1,357 @@
+/**
+ * Every sweep's live state: launch (parse, confine paths, plan, persist), info with cells/s and ETA,
+ * watch, cancel, resume, results and reports, the aggregation of consumed results and their
+ * persistence, the restart from KV, and the best-effort progress events. The process around it
+ * (NATS, servers, health) is `coordinator.ts`; the shards' scheduling is the scheduler's.
+ */
+import { EventEmitter } from "node:events";
+import { randomBytes } from "node:crypto";
+import { control, sweep } from "@factsweep/proto";
+import { EVENTS_SUBJECT_PREFIX } from "@factsweep/shared";
+import { KindAggregator, modelTrace, parseSweepSpec, shardUnits, validateSweepId, type ModelTrace, type SweepSpec } from "@factsweep/planning";
+import { LeaseTable } from "./lease-table.js";
+import type { CoordinatorMetrics } from "./metrics.js";
+import { confineModelPath, isInsideRoots } from "./model-roots.js";
+import type { ResultSink } from "./results-consumer.js";
+import type { Scheduler } from "./scheduler.js";
+import type { ShardRecord, StateStore, SweepRecord } from "./state-store.js";
+import { newAggregator, plan, resultRows, type Aggregator } from "./sweep-runtime.js";
+import { InvalidSpecError, ModelNotFoundError, ModelPathDeniedError, SweepExistsError, SweepNotFoundError, UnavailableError } from "./errors.js";
+
+interface LiveSweep {
+  rec: SweepRecord;
+  spec: SweepSpec;
+  agg: Aggregator;
+  /** (time, done cells) samples for cells/s and ETA. */
+  samples: { t: number; cells: number }[];
+  lastEventMs: number;
+  lastEventState: string;
+  /** Results aggregated in memory, not yet durable (first adds, to store) and every shard id seen since the last persist. */
+  unpersisted: Map<string, sweep.ShardResult | undefined>;
+}
+
+/** What {@link Sweeps} works with. */
+export interface SweepsDeps {
+  store: StateStore;
+  table: LeaseTable;
+  scheduler: Scheduler;
+  metrics: CoordinatorMetrics;
+  /** Normalized model roots (see model-roots.ts). */
+  roots: string[];
+  /** Whether the coordinator takes requests that change state. */
+  isReady: () => boolean;
+  /** Publishes a core NATS message (best effort: may throw while disconnected). */
+  publish: (subject: string, data: string) => void;
+  log: (msg: string) => void;
+}
+
+/** Cells per second over the kept samples, and the seconds left at that rate (0 when not running). */
+function rateAndEta(s: LiveSweep, doneCells: number): { rate: number; eta: number } {
+  const first = s.samples[0];
+  const last = s.samples[s.samples.length - 1];
+  const dt = first && last ? (last.t - first.t) / 1000 : 0;
+  const rate = first && last && dt > 0 ? (last.cells - first.cells) / dt : 0;
+  return { rate, eta: s.rec.state === "running" && rate > 0 ? (s.rec.plannedCells - doneCells) / rate : 0 };
+}
+
+/** A sweep id from the spec's name: lower-case, dashes, at most 40 characters, and a random suffix. */
+function newSweepId(name: string): string {
+  return `${name.toLowerCase().replace(/[^a-z0-9_-]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 40) || "sweep"}-${randomBytes(3).toString("hex")}`;
+}
+
+/**
+ * The sweeps of one coordinator. Events: `sweep` (sweepId) after anything about a sweep changed.
+ * It is the results consumer's sink (`add`, `persist`) and the scheduler's listener (`shardsChanged`).
+ */
+export class Sweeps extends EventEmitter implements ResultSink {
+  private readonly live = new Map<string, LiveSweep>();
+
+  constructor(private readonly d: SweepsDeps) {
+    super();
+    this.setMaxListeners(0);
+  }
+
+  /** Number of sweeps held. */
+  get size(): number {
+    return this.live.size;
+  }
+
+  /** Per-sweep values of the metrics' gauges. */
+  gauges(): { sweepId: string; active: boolean; plannedCells: number; doneCells: number }[] {
+    return [...this.live.values()].map((s) => ({ sweepId: s.rec.sweepId, active: s.rec.state === "running", plannedCells: s.rec.plannedCells, doneCells: this.d.table.counts(s.rec.sweepId).doneCells }));
+  }
+
+  private hold(rec: SweepRecord, spec: SweepSpec, agg: Aggregator, samples: LiveSweep["samples"]): void {
+    this.live.set(rec.sweepId, { rec, spec, agg, samples, unpersisted: new Map(), lastEventMs: 0, lastEventState: "" });
+    this.d.table.setSweep(rec.sweepId, rec.state === "running", rec.maxAttempts);
+  }
+
+  private shardRecord(sweepId: string, sh: sweep.Shard): ShardRecord {
+    return {
+      ...LeaseTable.pending(sh.shardId, sweepId, sh.prompt?.promptKey ?? `${sweepId}/${sh.prompt?.index ?? 0}`, shardUnits(sh)),
+      shard: Buffer.from(sweep.Shard.encode(sh).finish()).toString("base64"),
+    };
+  }
+
+  /** Loads every sweep and shard from the store; re-plans shards a crash during launch left unwritten. */
+  async load(): Promise<void> {
+    const { sweeps, shards } = await this.d.store.loadAll();
+    for (const rec of sweeps) {
+      let spec: SweepSpec;
+      try {
+        spec = parseSweepSpec(rec.spec, { baseDir: rec.specDir });
+      } catch (err) {
+        this.d.log(`sweep ${rec.sweepId}: stored spec no longer parses (${(err as Error).message}); skipped`);
+        continue;
+      }
+      const prompts = rec.prompts.map((p) => sweep.PromptSpec.fromJSON(p));
+      // The aggregate is the fold of the stored results: rebuild it.
+      const agg = newAggregator(spec, rec.sweepId, prompts);
+      for (const bytes of await this.d.store.loadResults(rec.sweepId)) agg.add(sweep.ShardResult.decode(bytes));
+      this.hold(rec, spec, agg, []);
+    }
+    const known = shards.filter((s) => this.live.has(s.sweepId));
+    this.d.scheduler.addShards(known, false);
+    // A coordinator that died during a launch may have persisted fewer shards than planned:
+    // planning is deterministic, so re-plan and add the missing ones.
+    for (const s of this.live.values()) {
+      const have = new Set(known.filter((r) => r.sweepId === s.rec.sweepId).map((r) => r.shardId));
+      if (have.size >= s.rec.shardCount) continue;
+      try {
+        const missing = plan(s.spec, s.rec.sweepId).shards.filter((sh) => !have.has(sh.shardId));
+        this.d.log(`sweep ${s.rec.sweepId}: ${have.size}/${s.rec.shardCount} shards were persisted before a crash; re-planned ${missing.length}`);
+        this.d.scheduler.addShards(missing.map((sh) => this.shardRecord(s.rec.sweepId, sh)), true);
+      } catch (err) {
+        this.d.log(`sweep ${s.rec.sweepId}: cannot re-plan its missing shards: ${(err as Error).message}`);
+      }
+    }
+    for (const id of this.live.keys()) this.shardsChanged(id);
+  }
+
+  // ---- results --------------------------------------------------------------------------
+
+  /** Aggregates a consumed result (idempotent by shard id). */
+  add(r: sweep.ShardResult): "added" | "duplicate" | "unknown" {
+    const s = this.live.get(r.sweepId);
+    if (!s) return "unknown";
+    let added: boolean;
+    try {
+      added = s.agg.add(r);
+    } catch (err) {
+      // A result that does not fit its sweep (unknown prompt, token outside it): reported, never aggregated.
+      this.d.log(`result of shard ${r.shardId} rejected: ${(err as Error).message}`);
+      return "unknown";
+    }
+    if (added) s.unpersisted.set(r.shardId, r);
+    else if (!s.unpersisted.has(r.shardId)) s.unpersisted.set(r.shardId, undefined);
+    if (added) {
+      // Experiment kinds publish no cells; count the shard's planned units as its progress does.
+      const cells = r.cells.length || (this.d.table.get(r.shardId)?.cells ?? 0);
+      this.d.metrics.cells.inc({ status: "done" }, cells);
+      this.d.metrics.shards.inc({ status: "done" });
+    }
+    return added ? "added" : "duplicate";
+  }
+
+  /** Stores first, then marks the shards consumed: a shard record never claims a result the KV lacks. */
+  async persist(ids: Set<string>): Promise<void> {
+    for (const id of ids) {
+      const s = this.live.get(id);
+      if (!s) continue;
+      const batch = [...s.unpersisted];
+      await Promise.all(batch.map(([shardId, r]) => (r ? this.d.store.saveResult(shardId, sweep.ShardResult.encode(r).finish()) : undefined)));
+      for (const [shardId, r] of batch) {
+        if (s.unpersisted.get(shardId) === r) s.unpersisted.delete(shardId);
+        this.d.scheduler.resultConsumed(shardId);
+      }
+    }
+  }
+
+  /** A sweep's shards changed state: progress sample, end of the sweep, record written, events. */
+  shardsChanged(sweepId: string): void {
+    const s = this.live.get(sweepId);
+    if (!s) return;
+    const c = this.d.table.counts(sweepId);
+    const now = Date.now();
+    s.samples.push({ t: now, cells: c.doneCells });
+    while (s.samples.length > 2 && now - s.samples[0]!.t > 30_000) s.samples.shift();
+    const rec = s.rec;
+    rec.doneCells = c.doneCells;
+    if (rec.state === "running" && c.pending === 0 && c.leased === 0) {
+      rec.state = c.failed > 0 || c.total === 0 ? "failed" : "done";
+      rec.finishedMs = now;
+      this.d.table.setSweep(sweepId, false, rec.maxAttempts);
+      this.d.log(`sweep ${sweepId} ${rec.state}: ${c.done}/${c.total} shards done, ${c.failed} failed`);
+    }
+    this.saved(s);
+    this.publishProgress(s);
+  }
+
+  /** Writes the sweep's record and tells watchers. */
+  private saved(s: LiveSweep): void {
+    this.d.store.saveSweep(s.rec);
+    this.emit("sweep", s.rec.sweepId);
+  }
+
+  /** Best-effort progress on core NATS (`factsweep.events.<sweep>`, SweepInfo JSON), at most once a second per sweep and on every end. */
+  private publishProgress(s: LiveSweep): void {
+    const now = Date.now();
+    const terminal = s.rec.state !== "running";
+    if (!terminal && now - s.lastEventMs < 1000) return;
+    if (terminal && s.lastEventState === s.rec.state) return;
+    s.lastEventMs = now;
+    s.lastEventState = s.rec.state;
+    try {
+      this.d.publish(`${EVENTS_SUBJECT_PREFIX}.${s.rec.sweepId}`, JSON.stringify(control.SweepInfo.toJSON(this.info(s.rec.sweepId))));
+    } catch {
+      // best effort: a closed or reconnecting connection drops the event
+    }
+  }
+
+  // ---- the sweep API (SweepService) -----------------------------------------------------
+
+  private requireReady(): void {
+    if (!this.d.isReady()) throw new UnavailableError("coordinator is not ready (starting, shutting down, or NATS unreachable); retry shortly");
+  }
+
+  private sweep(sweepId: string): LiveSweep {
+    const s = this.live.get(sweepId);
+    if (!s) throw new SweepNotFoundError(sweepId);
+    return s;
+  }
+
+  /** Parses, checks and plans a spec, persists the sweep and its shards, and starts it. */
+  async launch(req: control.LaunchRequest): Promise<control.SweepInfo> {
+    this.requireReady();
+    const specDir = req.specDir || process.cwd();
+    const spec = parseSweepSpec(req.spec, { baseDir: specDir });
+    const sweepId = req.sweepId || newSweepId(spec.name);
+    try {
+      validateSweepId(sweepId);
+    } catch (err) {
+      throw new InvalidSpecError("sweep_id", (err as Error).message, { cause: err });
+    }
+    if (this.live.has(sweepId) || (await this.d.store.sweepExists(sweepId))) {
+      throw new SweepExistsError(sweepId);
+    }
+    spec.model.path = confineModelPath(spec.model.path, this.d.roots);
+    if (spec.model.tokenizer && !isInsideRoots(spec.model.tokenizer, this.d.roots)) throw new ModelPathDeniedError(spec.model.tokenizer, this.d.roots);
+    let p;
+    try {
+      p = plan(spec, sweepId);
+    } catch (err) {
+      const e = err as Error;
+      if (e.name === "ModelConfigError") throw new ModelNotFoundError(spec.model.path, e.message, { cause: err });
+      if (e.name === "DatasetError" || e.name === "TokenizerError") throw new InvalidSpecError("dataset", e.message, { cause: err });
+      throw err;
+    }
+    const now = Date.now();
+    const rec: SweepRecord = {
+      sweepId, name: spec.name, kind: spec.kind, spec: req.spec, specDir, model: sweep.ModelRef.toJSON(p.model),
+      prompts: p.prompts.map((x) => sweep.PromptSpec.toJSON(x)), promptErrors: p.promptErrors,
+      state: p.shards.length === 0 ? "failed" : "running", plannedCells: p.plannedCells, shardCount: p.shards.length,
+      maxAttempts: spec.max_attempts, doneCells: 0, retries: 0, createdMs: now, finishedMs: p.shards.length === 0 ? now : 0,
+    };
+    const agg = newAggregator(spec, sweepId, p.prompts); // before anything is persisted
+    await this.d.store.createSweep(rec);
+    this.hold(rec, spec, agg, [{ t: now, cells: 0 }]);
+    this.d.scheduler.addShards(p.shards.map((sh) => this.shardRecord(sweepId, sh)), true);
+    await this.d.store.flush(); // the sweep is durable before the caller learns its id
+    this.d.log(`sweep ${sweepId} launched: ${p.prompts.length} prompts (${p.promptErrors.length} with errors), ${p.shards.length} shards, ${p.plannedCells} cells`);
+    this.emit("sweep", sweepId);
+    return this.info(sweepId);
+  }
+
+  /** The sweep's current SweepInfo. */
+  info(sweepId: string): control.SweepInfo {
+    const s = this.sweep(sweepId);
+    const { table } = this.d;
+    const c = table.counts(sweepId);
+    const retries = table.shardsOf(sweepId).reduce((n, e) => n + Math.max(0, e.attempts - 1), 0);
+    const { rate, eta } = rateAndEta(s, c.doneCells);
+    return {
+      sweepId, state: s.rec.state, name: s.rec.name, kind: s.rec.kind,
+      counts: {
+        plannedCells: s.rec.plannedCells, doneCells: c.doneCells, shardsTotal: c.total, shardsDone: c.done, shardsLeased: c.leased,
+        shardsPending: c.pending, shardsFailed: c.failed, retries,
+      },
+      cellsPerSecond: rate, etaSeconds: eta,
+      createdMs: s.rec.createdMs, finishedMs: s.rec.finishedMs,
+      promptErrors: s.rec.promptErrors.map((e) => ({ promptIndex: e.index, message: e.message })),
+      failedShards: c.failedShards.map((id) => `${id}: ${table.get(id)?.lastError ?? ""}`),
+    };
+  }
+
+  /** Every sweep's SweepInfo, oldest first. */
+  list(): control.SweepInfo[] {
+    return [...this.live.keys()].map((id) => this.info(id)).sort((a, b) => a.createdMs - b.createdMs);
+  }
+
+  /** Calls `cb` with the SweepInfo now and on every change; returns an unsubscribe function. */
+  watch(sweepId: string, cb: (info: control.SweepInfo) => void): () => void {
+    this.sweep(sweepId);
+    const on = (id: string) => {
+      if (id === sweepId) cb(this.info(sweepId));
+    };
+    this.on("sweep", on);
+    cb(this.info(sweepId));
+    return () => this.off("sweep", on);
+  }
+
+  /** Cancels a running sweep: no more grants, leases revoked. Finished sweeps are left as they are. */
+  cancel(sweepId: string): control.SweepInfo {
+    this.requireReady();
+    const s = this.sweep(sweepId);
+    if (s.rec.state === "running") {
+      s.rec.state = "cancelled";
+      s.rec.finishedMs = Date.now();
+      this.d.scheduler.cancelSweep(sweepId);
+      this.saved(s);
+    }
+    return this.info(sweepId);
+  }
+
+  /** Resumes a cancelled or failed sweep: failed shards are re-queued with a fresh attempt budget. */
+  resume(sweepId: string): control.SweepInfo {
+    this.requireReady();
+    const s = this.sweep(sweepId);
+    if (s.rec.state !== "done") {
+      const c = this.d.table.counts(sweepId);
+      if (c.total === 0) return this.info(sweepId);
+      s.rec.state = "running";
+      s.rec.finishedMs = 0;
+      this.d.scheduler.resumeSweep(sweepId, s.rec.maxAttempts);
+      this.shardsChanged(sweepId);
+    }
+    return this.info(sweepId);
+  }
+
+  /** Every aggregated cell of the sweep as result rows, produced lazily (a sweep may have millions). */
+  results(sweepId: string): Iterable<control.ResultRow> {
+    return resultRows(this.sweep(sweepId).agg);
+  }
+
+  /** The tracing report's view of a sweep (heatmaps of mean IE/AIE by token group × layer). */
+  traceView(sweepId: string): ModelTrace {
+    const s = this.sweep(sweepId);
+    const model = sweep.ModelRef.fromJSON(s.rec.model);
+    if (s.agg instanceof KindAggregator) throw new InvalidSpecError("kind", `sweep ${sweepId} is kind ${s.spec.kind}, not trace; its aggregate is summary()`);
+    return modelTrace(s.agg, {
+      label: `${s.spec.model.id} (${s.spec.corruption.kind})`, modelType: model.modelType, sweepId, corruption: s.spec.corruption.kind,
+      promptErrors: s.rec.promptErrors,
+    });
+  }
+
+  /** What `sweepctl report` draws for a sweep: the trace view, or a kind's aggregate summary. */
+  report(sweepId: string): control.ReportData {
+    const s = this.sweep(sweepId);
+    return s.agg instanceof KindAggregator
+      ? { sweepId, kind: s.spec.kind, traceJson: "", aggregateJson: JSON.stringify(s.agg.summary()) }
+      : { sweepId, kind: "trace", traceJson: JSON.stringify(this.traceView(sweepId)), aggregateJson: "" };
+  }
+
+  /** The aggregator's summary (IE/AIE by token group) as JSON. */
+  summary(sweepId: string): unknown {
+    return this.sweep(sweepId).agg.summary();
+  }
+}
