@@ -7,7 +7,7 @@ cd "$root"
 # Not libopenblas0-pthread, though it makes Debian's torch ~10x faster at CPU matrix products: its
 # float32 rounding moves the golden Mamba's worst trace error to 1.1e-5, over the 1e-5 the golden
 # check allows (bench/RESULTS.md, "CPU").
-pkgs=(nats-server protobuf-compiler python3-torch python3-protobuf python3-numpy python3-pytest chromium prometheus docker-compose systemd)
+pkgs=(nats-server protobuf-compiler python3-torch python3-protobuf python3-numpy python3-pytest pylint chromium prometheus docker-compose systemd)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: generated code current, engine (pytest + golden check),
+# The whole test suite, as CI runs it: generated code current, lint, engine (pytest + golden check),
 # TypeScript unit tests, cross-process end-to-end tests against a real nats-server.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -9,6 +9,8 @@ golden=$(cd "${GOLDEN_DIR:-$root/../shared/golden}" 2>/dev/null && pwd || echo "
 step() { echo; echo "=== $*"; }
 step "generated code is current"
 npm run -s gen:check
+step "lint: types, import graph, formatter, file sizes"
+npm run -s lint
 step "engine: pytest"
 GOLDEN_DIR="$golden" bash scripts/engine-python.sh -m pytest -q -p no:cacheprovider engine/tests training/tests
 if [ -d "$golden" ]; then
