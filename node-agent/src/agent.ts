@@ -1,25 +1,24 @@
 /**
- * The node agent: engine workers (one per slot), a long-lived AgentService.Connect stream to the
- * coordinator (hello, credit, heartbeats; leases, cancels, drain), shards run on workers and their
- * results published to JetStream, Prometheus metrics and health on HTTP.
+ * The node agent: engine workers (one per slot), the coordinator link (src/coordinator-link.ts:
+ * stream, hello, heartbeats, outbox, reconnects), the leases it grants (credit, queue, the worker
+ * each shard runs on, cancel, drain), shard results published to JetStream, metrics and health on HTTP.
  *
  * Faults: a worker that dies is restarted and its shard re-runs the remaining cells; a coordinator
  * that goes away is reconnected with exponential backoff and jitter while running shards continue
  * (their results go to JetStream regardless, and their done/failed messages are sent after the
  * reconnect); publishes retry until NATS is back.
  */
-import { hostname } from "node:os";
-import { credentials, Metadata, status as grpcStatus, type ClientDuplexStream, type ServiceError } from "@grpc/grpc-js";
 import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
-import { agent, AGENT_PROTOCOL_VERSION, type sweep } from "@factsweep/proto";
+import type { agent, sweep } from "@factsweep/proto";
 import { createRegistry, startHttpServer, type HttpServerHandle } from "@factsweep/shared";
 import { EngineSupervisor, type EngineCommand, type EngineWorker } from "./engine-supervisor.js";
-import { CoordinatorRefusedError, ShardCancelledError, ShardError } from "./errors.js";
+import { CoordinatorLink } from "./coordinator-link.js";
+import { ShardCancelledError, ShardError } from "./errors.js";
 import type { WorkerSlot } from "./gpu-discovery.js";
 import type { Logger } from "./log.js";
 import { createAgentMetrics, type AgentMetrics } from "./metrics.js";
 import { ResultPublisher, sleep } from "./result-publisher.js";
-import { runShard } from "./shard-runner.js";
+import { promptKeyOf, runShard } from "./shard-runner.js";
 
 /** Options of {@link Agent}. */
 export interface AgentOptions {
@@ -65,11 +64,6 @@ interface Lease {
   startedAt: number;
 }
 
-type Stream = ClientDuplexStream<agent.AgentMessage, agent.CoordinatorMessage>;
-
-/** Codes with which the coordinator refuses an agent for good: reconnecting would not help. */
-const REFUSALS = new Set([grpcStatus.FAILED_PRECONDITION, grpcStatus.UNAUTHENTICATED, grpcStatus.PERMISSION_DENIED, grpcStatus.INVALID_ARGUMENT]);
-
 /**
  * One node agent.
  *
@@ -88,20 +82,15 @@ export class Agent {
   private readonly log: Logger;
   private readonly leases = new Map<string, Lease>(); // by shard id
   private readonly queue: Lease[] = [];
-  private outbox: agent.AgentMessage[] = [];
-  private stream: Stream | undefined;
-  private welcomed = false;
-  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private readonly link: CoordinatorLink;
   private draining = false;
   private drainPromise: Promise<void> | undefined;
   private stopped = false;
-  private readonly stopController = new AbortController();
   private nc: Promise<NatsConnection> | undefined;
   private natsConnected = false;
   private publisher!: ResultPublisher;
   private http: HttpServerHandle | undefined;
   private fatalError: Error | undefined;
-  private client: agent.AgentServiceClient | undefined;
 
   constructor(private readonly opts: AgentOptions) {
     this.log = opts.log;
@@ -117,11 +106,36 @@ export class Agent {
     });
     this.finished = new Promise((resolve) => (this.finish = resolve));
     for (const w of this.supervisor.workers) w.on("ready", () => this.pump());
+    this.link = new CoordinatorLink({
+      agentId: opts.agentId,
+      coordinator: opts.coordinator,
+      token: opts.token,
+      tls: opts.tls,
+      reconnectInitialMs: opts.reconnectInitialMs,
+      reconnectMaxMs: opts.reconnectMaxMs,
+      log: opts.log,
+      handlers: {
+        hello: () => ({
+          workers: this.supervisor.workers.map((w) => ({ device: w.name, memoryBytes: w.slot.memoryBytes, ready: w.state === "ready" })),
+          cachedPromptKeys: this.cachedPromptKeys(),
+        }),
+        heartbeat: () => ({
+          leases: [...this.leases.values()].map((l) => ({ leaseId: l.leaseId, shardId: l.shard.shardId, cellsDone: l.cellsDone })),
+          cachedPromptKeys: this.cachedPromptKeys(),
+          cacheBytes: this.supervisor.workers.reduce((s, w) => s + w.cacheBytes, 0),
+        }),
+        welcomed: () => this.credit(this.capacity() - this.leases.size),
+        lease: (grant) => this.onLease(grant),
+        cancel: (c) => this.onCancel(c),
+        drain: (reason) => void this.drain(reason),
+        refused: (err) => this.fail(err),
+      },
+    });
   }
 
   /** True when it should receive work: a worker ready, NATS connected, a coordinator session, not draining. */
   get ready(): boolean {
-    return this.supervisor.readyCount > 0 && this.natsConnected && this.welcomed && !this.draining && !this.fatalError;
+    return this.supervisor.readyCount > 0 && this.natsConnected && this.link.connected && !this.draining && !this.fatalError;
   }
 
   /** Starts workers (throws if they cannot start), HTTP, NATS (in the background) and the coordinator link. */
@@ -137,7 +151,7 @@ export class Agent {
           workersReady: this.supervisor.readyCount,
           workers: this.supervisor.workers.map((w) => ({ name: w.name, state: w.state, pid: w.pid ?? null, busy: w.busy })),
           natsConnected: this.natsConnected,
-          coordinatorConnected: this.welcomed,
+          coordinatorConnected: this.link.connected,
           leases: this.leases.size,
           draining: this.draining,
         };
@@ -160,7 +174,7 @@ export class Agent {
       (err: Error) => this.fail(new Error(`cannot connect to NATS ${this.opts.natsUrl}: ${err.message}; check --nats-url and --nats-creds`, { cause: err })),
     );
     this.publisher = new ResultPublisher(this.nc, { metrics: this.metrics, log: this.log });
-    void this.connectLoop();
+    this.link.start();
     return { httpPort: this.http.port };
   }
 
@@ -189,151 +203,14 @@ export class Agent {
     return nc;
   }
 
-  // ---- coordinator link -------------------------------------------------------------------------
-
-  private makeClient(): agent.AgentServiceClient {
-    const tls = this.opts.tls;
-    const creds = tls ? credentials.createSsl(tls.ca ?? null, tls.key ?? null, tls.cert ?? null) : credentials.createInsecure();
-    return new agent.AgentServiceClient(this.opts.coordinator, creds, {
-      // Notice a coordinator host that vanished without closing the connection.
-      "grpc.keepalive_time_ms": 10_000,
-      "grpc.keepalive_timeout_ms": 5_000,
-      "grpc.keepalive_permit_without_calls": 1,
-    });
+  /** Grants the coordinator `slots` more leases, unless draining or stopped. */
+  private credit(slots: number): void {
+    if (!this.draining && !this.stopped && slots > 0) this.link.send({ body: { $case: "credit", credit: { slots } } });
   }
 
-  private async connectLoop(): Promise<void> {
-    this.client = this.makeClient();
-    let failures = 0;
-    while (!this.stopped) {
-      let welcomed = false;
-      try {
-        welcomed = await this.session();
-      } catch (err) {
-        if (err instanceof CoordinatorRefusedError) {
-          this.fail(err);
-          return;
-        }
-        this.log.warn(`coordinator link: ${(err as Error).message}`);
-      }
-      if (this.stopped) return;
-      failures = welcomed ? 1 : failures + 1;
-      const base = Math.min(this.opts.reconnectMaxMs ?? 15_000, (this.opts.reconnectInitialMs ?? 250) * 2 ** (failures - 1));
-      const delay = Math.round(Math.random() * base); // full jitter: agents do not reconnect in lockstep
-      this.log.info(`reconnecting to coordinator ${this.opts.coordinator} in ${delay} ms (attempt ${failures})`);
-      await sleep(delay, this.stopController.signal);
-    }
-  }
-
-  /** One stream session; resolves (true if it got a Welcome) when the stream ends. */
-  private session(): Promise<boolean> {
-    return new Promise((resolve, reject) => {
-      const md = new Metadata();
-      if (this.opts.token) md.set("authorization", `Bearer ${this.opts.token}`);
-      const call = this.client!.connect(md);
-      this.stream = call;
-      let welcomed = false;
-      let settled = false;
-      const end = (err?: ServiceError) => {
-        if (settled) return;
-        settled = true;
-        if (this.stream === call) this.stream = undefined;
-        this.welcomed = false;
-        if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
-        this.heartbeatTimer = undefined;
-        if (err && REFUSALS.has(err.code)) {
-          reject(new CoordinatorRefusedError(this.opts.agentId, `coordinator ${this.opts.coordinator} refused agent ${this.opts.agentId}: ${err.details || err.message}`, { cause: err }));
-        } else if (err) {
-          reject(Object.assign(new Error(`stream to ${this.opts.coordinator} ended: ${grpcStatus[err.code] ?? err.code} ${err.details || err.message}`), { welcomed }));
-        } else {
-          resolve(welcomed);
-        }
-      };
-      call.on("data", (msg: agent.CoordinatorMessage) => {
-        const body = msg.body;
-        if (!body) return;
-        switch (body.$case) {
-          case "welcome":
-            welcomed = true;
-            this.onWelcome(call, body.welcome);
-            break;
-          case "lease":
-            this.onLease(body.lease);
-            break;
-          case "cancel":
-            this.onCancel(body.cancel);
-            break;
-          case "drain":
-            this.log.info(`coordinator asked to drain: ${body.drain.reason || "(no reason)"}`);
-            void this.drain(`coordinator: ${body.drain.reason}`);
-            break;
-        }
-      });
-      // grpc-js reports a non-OK status as 'error' (then 'status'); 'status' is the one sure end.
-      call.on("error", (err: ServiceError) => end(err));
-      call.on("status", (st: { code: number; details: string }) => {
-        if (st.code === grpcStatus.OK) end();
-        else end(Object.assign(new Error(st.details), { code: st.code, details: st.details, metadata: new Metadata() }) as ServiceError);
-      });
-      call.on("end", () => undefined);
-      call.write({
-        body: {
-          $case: "hello",
-          hello: {
-            protocolVersion: AGENT_PROTOCOL_VERSION,
-            agentId: this.opts.agentId,
-            hostname: hostname(),
-            workers: this.supervisor.workers.map((w) => ({ device: w.name, memoryBytes: w.slot.memoryBytes, ready: w.state === "ready" })),
-            cachedPromptKeys: this.cachedPromptKeys(),
-            token: this.opts.token ?? "",
-          },
-        },
-      });
-    }).then(
-      (welcomed) => welcomed as boolean,
-      (err: Error & { welcomed?: boolean }) => {
-        if (err instanceof CoordinatorRefusedError) throw err;
-        this.log.warn(err.message);
-        return err.welcomed ?? false;
-      },
-    );
-  }
-
-  private onWelcome(call: Stream, w: agent.Welcome): void {
-    this.welcomed = true;
-    this.log.info(`connected to coordinator ${this.opts.coordinator} (session ${w.sessionId}, lease TTL ${w.leaseTtlMs} ms, heartbeat ${w.heartbeatIntervalMs} ms)`);
-    const every = w.heartbeatIntervalMs > 0 ? w.heartbeatIntervalMs : 5_000;
-    this.heartbeatTimer = setInterval(() => this.sendHeartbeat(), every);
-    // Tell the new session at once which leases are still running here (after a reconnect).
-    this.sendHeartbeat();
-    const outbox = this.outbox;
-    this.outbox = [];
-    for (const m of outbox) call.write(m);
-    const free = this.capacity() - this.leases.size;
-    if (!this.draining && free > 0) this.send({ body: { $case: "credit", credit: { slots: free } } });
-  }
-
-  /** Sends on the live session; done/failed wait in the outbox while there is none. */
-  private send(msg: agent.AgentMessage): void {
-    const s = this.stream;
-    if (s && this.welcomed && !s.writableEnded) {
-      s.write(msg);
-      return;
-    }
-    if (msg.body?.$case === "done" || msg.body?.$case === "failed") this.outbox.push(msg);
-  }
-
-  private sendHeartbeat(): void {
-    this.send({
-      body: {
-        $case: "heartbeat",
-        heartbeat: {
-          leases: [...this.leases.values()].map((l) => ({ leaseId: l.leaseId, shardId: l.shard.shardId, cellsDone: l.cellsDone })),
-          cachedPromptKeys: this.cachedPromptKeys(),
-          cacheBytes: this.supervisor.workers.reduce((s, w) => s + w.cacheBytes, 0),
-        },
-      },
-    });
+  /** Reports a lease failed (waits in the outbox while the coordinator is away). */
+  private failed(leaseId: string, shardId: string, error: string, retryable: boolean): void {
+    this.link.send({ body: { $case: "failed", failed: { leaseId, shardId, error, retryable } } });
   }
 
   /** Leases this agent holds at most: one running per worker plus `prefetch` queued per worker. */
@@ -361,11 +238,11 @@ export class Agent {
       this.log.info(`shard ${shard.shardId} re-leased as ${grant.leaseId} while running; continuing under the new lease`);
       existing.leaseId = grant.leaseId;
       // The coordinator spent a credit on it, but no new slot is taken: give that credit back.
-      if (!this.draining) this.send({ body: { $case: "credit", credit: { slots: 1 } } });
+      this.credit(1);
       return;
     }
     if (this.draining) {
-      this.send({ body: { $case: "failed", failed: { leaseId: grant.leaseId, shardId: shard.shardId, error: `agent ${this.opts.agentId} is draining`, retryable: true } } });
+      this.failed(grant.leaseId, shard.shardId, `agent ${this.opts.agentId} is draining`, true);
       return;
     }
     const lease: Lease = { leaseId: grant.leaseId, shard, worker: undefined, cellsDone: 0, abort: new AbortController(), startedAt: Date.now() };
@@ -382,7 +259,7 @@ export class Agent {
     if (qi >= 0) {
       this.queue.splice(qi, 1);
       this.leases.delete(lease.shard.shardId);
-      if (!this.draining) this.send({ body: { $case: "credit", credit: { slots: 1 } } });
+      this.credit(1);
       return;
     }
     lease.abortKind = "cancel";
@@ -395,7 +272,7 @@ export class Agent {
       const free = this.supervisor.workers.filter((w) => !w.busy && w.state !== "fatal" && w.state !== "stopped");
       if (free.length === 0) return;
       const lease = this.queue.shift()!;
-      const key = lease.shard.prompt?.promptKey ?? "";
+      const key = promptKeyOf(lease.shard);
       const modelId = lease.shard.model?.modelId ?? "";
       const score = (w: EngineWorker) => (w.cachedPrompts.has(key) ? 4 : 0) + (w.models.has(modelId) ? 2 : 0) + (w.state === "ready" ? 1 : 0);
       const worker = free.sort((a, b) => score(b) - score(a))[0]!;
@@ -422,24 +299,24 @@ export class Agent {
         onProgress: (n) => (lease.cellsDone = n),
       });
       this.log.info(`shard ${shardId} done: ${out.result.cells.length} cells on ${worker.name}, published seq ${out.published.seq}${out.published.duplicate ? " (duplicate)" : ""}`);
-      this.send({ body: { $case: "done", done: { leaseId: lease.leaseId, shardId, publishedSeq: out.published.seq } } });
+      this.link.send({ body: { $case: "done", done: { leaseId: lease.leaseId, shardId, publishedSeq: out.published.seq } } });
     } catch (err) {
       if (err instanceof ShardCancelledError) {
         outcome = "cancelled";
         if (lease.abortKind === "handback") {
-          this.send({ body: { $case: "failed", failed: { leaseId: lease.leaseId, shardId, error: `handed back by agent ${this.opts.agentId}: ${err.reason}`, retryable: true } } });
+          this.failed(lease.leaseId, shardId, `handed back by agent ${this.opts.agentId}: ${err.reason}`, true);
         }
       } else {
         outcome = "failed";
         const retryable = err instanceof ShardError ? err.retryable : true;
         this.log.error(`shard ${shardId} failed (${retryable ? "retryable" : "not retryable"}): ${(err as Error).message}`);
-        this.send({ body: { $case: "failed", failed: { leaseId: lease.leaseId, shardId, error: (err as Error).message, retryable } } });
+        this.failed(lease.leaseId, shardId, (err as Error).message, retryable);
       }
     } finally {
       this.metrics.shardDuration.observe({ outcome }, (Date.now() - t0) / 1000);
       worker.busy = false;
       this.leases.delete(shardId);
-      if (!this.draining && !this.stopped) this.send({ body: { $case: "credit", credit: { slots: 1 } } });
+      this.credit(1);
       this.pump();
       this.leaseEnded?.();
     }
@@ -462,7 +339,7 @@ export class Agent {
     this.drainPromise = (async () => {
       for (const lease of this.queue.splice(0)) {
         this.leases.delete(lease.shard.shardId);
-        this.send({ body: { $case: "failed", failed: { leaseId: lease.leaseId, shardId: lease.shard.shardId, error: `agent ${this.opts.agentId} draining: ${reason}`, retryable: true } } });
+        this.failed(lease.leaseId, lease.shard.shardId, `agent ${this.opts.agentId} draining: ${reason}`, true);
       }
       const timer = setTimeout(() => this.handBackRunning(`drain timeout after ${this.opts.drainTimeoutMs ?? 600_000} ms`), this.opts.drainTimeoutMs ?? 600_000);
       while (this.leases.size > 0) await new Promise<void>((r) => (this.leaseEnded = r));
@@ -486,16 +363,10 @@ export class Agent {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    this.stopController.abort();
-    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.link.stop();
     for (const l of this.leases.values()) l.abort.abort("agent stopping");
     // Let the done/failed of the last shards reach the coordinator before the stream closes.
-    const s = this.stream;
-    if (s && !s.writableEnded) {
-      s.end();
-      await Promise.race([new Promise((r) => s.once("status", r)), sleep(2_000)]);
-    }
-    this.client?.close();
+    await this.link.close();
     await this.supervisor.stop();
     if (this.nc) {
       const nc = await Promise.race([this.nc.catch(() => undefined), sleep(0).then(() => undefined)]);
