@@ -1,7 +1,7 @@
 /**
  * The factsweep coordinator: sweep planning, leases to node agents, results aggregation, state in
- * JetStream KV, and the gRPC/HTTP surface. Processes: `factsweep-coordinator` (main.ts) and
- * `sweepctl` (cli.ts).
+ * JetStream KV, and the gRPC/HTTP surface. Process: `factsweep-coordinator` (main.ts); `sweepctl`
+ * (package @factsweep/sweepctl) starts one in-process with `Coordinator.start`.
  *
  * @example
  * import { Coordinator } from "@factsweep/coordinator";

@@ -1,3 +1,4 @@
+// Over 400 lines on purpose: the shard state machine and its indexes (by sweep, by lease, prompt homes) change together; the agents are in agent-pool.ts.
 /**
  * The lease table: which shard is pending, leased (to which agent, until when), done or failed,
  * and which agent gets the next shard. Pure logic over an injected clock, so expiry, backoff,
@@ -5,6 +6,7 @@
  * every entry this table reports as changed.
  */
 import { randomUUID } from "node:crypto";
+import { AgentPool, type AgentInfo } from "./agent-pool.js";
 
 /** Lifecycle of a shard: pending → leased → done, or back to pending (retry) or failed. */
 export type ShardState = "pending" | "leased" | "done" | "failed";
@@ -65,18 +67,6 @@ export interface LeaseTableOptions {
   newLeaseId?: () => string;
 }
 
-interface AgentSlot {
-  agentId: string;
-  connected: boolean;
-  credit: number;
-  draining: boolean;
-  cachedPromptKeys: Set<string>;
-  /** Order of connection, the round-robin tie-break among equally loaded agents. */
-  seq: number;
-  lastGrantSeq: number;
-  shardsDone: number;
-}
-
 interface SweepSlot {
   active: boolean;
   maxAttempts: number;
@@ -95,12 +85,10 @@ export class LeaseTable {
   /** Shards by sweep, so per-sweep counts do not scan every sweep's shards. */
   private readonly bySweep = new Map<string, Map<string, ShardEntry>>();
   private readonly byLease = new Map<string, ShardEntry>();
-  private readonly agents = new Map<string, AgentSlot>();
+  private readonly agents = new AgentPool();
   private readonly sweeps = new Map<string, SweepSlot>();
   /** Last agent a prompt was leased to: it is preparing or holds that prompt's runs. */
   private readonly promptHome = new Map<string, string>();
-  private agentSeq = 0;
-  private grantSeq = 0;
 
   constructor(opts: LeaseTableOptions) {
     this.clock = opts.clock ?? Date.now;
@@ -182,38 +170,27 @@ export class LeaseTable {
 
   /** An agent said hello (or reconnected): its credit starts at zero until it sends Credit. */
   connectAgent(agentId: string, cachedPromptKeys: Iterable<string> = []): void {
-    const prev = this.agents.get(agentId);
-    this.agents.set(agentId, {
-      agentId, connected: true, credit: 0, draining: false,
-      cachedPromptKeys: new Set(cachedPromptKeys), seq: this.agentSeq++,
-      lastGrantSeq: prev?.lastGrantSeq ?? -1, shardsDone: prev?.shardsDone ?? 0,
-    });
+    this.agents.connect(agentId, cachedPromptKeys);
   }
 
   /** Adds Credit.slots to the agent's credit. */
   addCredit(agentId: string, slots: number): void {
-    const a = this.agents.get(agentId);
-    if (a?.connected) a.credit += slots;
+    this.agents.addCredit(agentId, slots);
   }
 
   /** Replaces the agent's cached prompt keys (from a heartbeat). */
   setCache(agentId: string, keys: Iterable<string>): void {
-    const a = this.agents.get(agentId);
-    if (a) a.cachedPromptKeys = new Set(keys);
+    this.agents.setCache(agentId, keys);
   }
 
   /** The agent gets no new leases; it finishes the ones it holds. */
   drainAgent(agentId: string): void {
-    const a = this.agents.get(agentId);
-    if (a) a.draining = true;
+    this.agents.drain(agentId);
   }
 
   /** Connected agents with their lease counts, for the Agents RPC and metrics. */
-  agentList(): { agentId: string; credit: number; leases: number; cachedPrompts: number; draining: boolean; shardsDone: number }[] {
-    return [...this.agents.values()].filter((a) => a.connected).map((a) => ({
-      agentId: a.agentId, credit: a.credit, leases: this.leasesOf(a.agentId).length,
-      cachedPrompts: a.cachedPromptKeys.size, draining: a.draining, shardsDone: a.shardsDone,
-    }));
+  agentList(): AgentInfo[] {
+    return this.agents.list((id) => this.leasesOf(id).length);
   }
 
   /** Shards currently leased to the agent. */
@@ -227,11 +204,7 @@ export class LeaseTable {
    */
   disconnectAgent(agentId: string, reason = "agent disconnected"): Changes {
     const out = emptyChanges();
-    const a = this.agents.get(agentId);
-    if (a) {
-      a.connected = false;
-      a.credit = 0;
-    }
+    this.agents.disconnect(agentId);
     for (const s of this.leasesOf(agentId)) this.retryOrFail(s, `${reason} (agent ${agentId}) while holding the lease`, out);
     return out;
   }
@@ -246,15 +219,14 @@ export class LeaseTable {
   schedule(): Grant[] {
     const now = this.clock();
     const grants: Grant[] = [];
-    const ready = () => [...this.agents.values()].filter((a) => a.connected && !a.draining && a.credit > 0);
-    let avail = ready();
+    let avail = this.agents.ready();
     if (avail.length === 0) return grants;
     for (const s of this.shards.values()) {
       if (avail.length === 0) break;
       if (s.state !== "pending" || s.notBeforeMs > now || !this.sweepActive(s.sweepId)) continue;
       const home = this.promptHome.get(s.promptKey);
       const affine = avail.filter((a) => a.cachedPromptKeys.has(s.promptKey) || a.agentId === home);
-      const agent = this.leastLoaded(affine.length > 0 ? affine : avail);
+      const agent = this.agents.leastLoaded(affine.length > 0 ? affine : avail, (a) => this.leasesOf(a.agentId).length);
       const leaseId = this.newLeaseId();
       s.state = "leased";
       s.attempts += 1;
@@ -263,21 +235,11 @@ export class LeaseTable {
       s.leaseExpiresMs = now + this.leaseTtlMs;
       this.byLease.set(leaseId, s);
       this.promptHome.set(s.promptKey, agent.agentId);
-      agent.credit -= 1;
-      agent.lastGrantSeq = this.grantSeq++;
+      this.agents.granted(agent);
       grants.push({ agentId: agent.agentId, shardId: s.shardId, leaseId, attempt: s.attempts, ttlMs: this.leaseTtlMs });
       if (agent.credit <= 0) avail = avail.filter((a) => a !== agent);
     }
     return grants;
-  }
-
-  private leastLoaded(cands: AgentSlot[]): AgentSlot {
-    const load = (a: AgentSlot) => this.leasesOf(a.agentId).length;
-    // Fewest leases first; among equals the one granted to longest ago (round-robin).
-    return cands.reduce((best, a) => {
-      const d = load(a) - load(best);
-      return d < 0 || (d === 0 && a.lastGrantSeq < best.lastGrantSeq) ? a : best;
-    });
   }
 
   /** Entries changed by `schedule` (call after it to persist the grants). */
@@ -338,10 +300,7 @@ export class LeaseTable {
     const out = emptyChanges();
     const s = this.shards.get(shardId);
     if (!s) return out;
-    if (s.state === "leased") {
-      out.revoked.push({ agentId: s.agentId, leaseId: s.leaseId, shardId, reason: "result already received from another attempt" });
-      this.byLease.delete(s.leaseId);
-    }
+    if (s.state === "leased") this.revoke(s, "result already received from another attempt", out);
     if (s.state !== "done" || !s.resultConsumed) {
       s.state = "done";
       s.resultConsumed = true;
@@ -391,15 +350,24 @@ export class LeaseTable {
     return Math.min(this.backoffMaxMs, this.backoffBaseMs * 2 ** Math.max(0, attempts - 1));
   }
 
+  /** The agent holding the shard's lease is told to drop it; the lease ends. */
+  private revoke(s: ShardEntry, reason: string, out: Changes): void {
+    out.revoked.push({ agentId: s.agentId, leaseId: s.leaseId, shardId: s.shardId, reason });
+    this.byLease.delete(s.leaseId);
+  }
+
+  /** Marks a registered sweep active or not; returns its shards that are in `state`. */
+  private activate(sweepId: string, active: boolean, state: ShardState): ShardEntry[] {
+    const slot = this.sweeps.get(sweepId);
+    if (slot) slot.active = active;
+    return this.shardsOf(sweepId).filter((s) => s.state === state);
+  }
+
   /** Cancels a sweep: no more grants, its leases are revoked and go back to pending (attempt not counted). */
   cancelSweep(sweepId: string): Changes {
     const out = emptyChanges();
-    const slot = this.sweeps.get(sweepId);
-    if (slot) slot.active = false;
-    for (const s of this.shardsOf(sweepId)) {
-      if (s.state !== "leased") continue;
-      out.revoked.push({ agentId: s.agentId, leaseId: s.leaseId, shardId: s.shardId, reason: "sweep cancelled" });
-      this.byLease.delete(s.leaseId);
+    for (const s of this.activate(sweepId, false, "leased")) {
+      this.revoke(s, "sweep cancelled", out);
       s.state = "pending";
       s.attempts = Math.max(0, s.attempts - 1);
       out.changed.push(s);
@@ -410,10 +378,7 @@ export class LeaseTable {
   /** Resumes a sweep: active again, failed shards re-queued with a fresh attempt budget. */
   resumeSweep(sweepId: string): Changes {
     const out = emptyChanges();
-    const slot = this.sweeps.get(sweepId);
-    if (slot) slot.active = true;
-    for (const s of this.shardsOf(sweepId)) {
-      if (s.state !== "failed") continue;
+    for (const s of this.activate(sweepId, true, "failed")) {
       s.state = "pending";
       s.attempts = 0;
       s.notBeforeMs = 0;
