@@ -1,4 +1,4 @@
-// Over 400 lines on purpose: the shard state machine and its indexes (by sweep, by lease, prompt homes) change together; the agents are in agent-pool.ts.
+// long-file: over 400 lines on purpose: the shard state machine and its indexes (by sweep, by lease, prompt homes) change together; the agents are in agent-pool.ts.
 /**
  * The lease table: which shard is pending, leased (to which agent, until when), done or failed,
  * and which agent gets the next shard. Pure logic over an injected clock, so expiry, backoff,
