@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { loadSpecTokenizer, planSweep } from "./grid.js";
+import { loadSpecTokenizer, planSweep } from "./plan.js";
 import { parseSweepSpec } from "./spec.js";
 import { planPrompts } from "./prompts.js";
 import { sharedPath } from "@factsweep/testing";

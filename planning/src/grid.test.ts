@@ -1,7 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { engine, type sweep } from "@factsweep/proto";
-import { expandCells, parseShardId, planSweep, selectTokens, shardPrompt } from "./grid.js";
+import { expandCells, parseShardId, selectTokens, shardPrompt } from "./grid.js";
+import { planSweep } from "./plan.js";
 import { validateSweepSpec } from "./spec.js";
 import { SpecError } from "./errors.js";
 import { sharedPath } from "@factsweep/testing";

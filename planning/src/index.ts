@@ -22,6 +22,8 @@ export * from "./datasets.js";
 export * from "./prompts.js";
 export * from "./random.js";
 export * from "./grid.js";
+export * from "./plan.js";
 export * from "./effects.js";
 export * from "./trace-view.js";
 export * from "./kinds/index.js";
+export * from "./kinds/aggregate.js";

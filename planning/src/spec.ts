@@ -8,19 +8,17 @@ import { parse as parseYaml, YAMLParseError } from "yaml";
 import { z } from "zod";
 import { describeValue } from "@factsweep/shared";
 import { SpecError } from "./errors.js";
-import { SITE_NAMES } from "./sites.js";
-import { TOKEN_GROUP_SCHEMES, TOKEN_GROUPS } from "./token-groups.js";
-import { ALL_SWEEP_KINDS, applyKindDefaults, checkKindSections, kindSectionsShape } from "./kinds/spec.js";
+import { TOKEN_GROUP_SCHEMES } from "./token-groups.js";
+import { ALL_SWEEP_KINDS, applyKindDefaults, checkKindSections, KIND_SPEC_FIELDS, resolveKindPaths } from "./kinds/index.js";
 
-/** Kinds of experiment a sweep can be (shared/src/kinds/ plans the experiment kinds). */
+export { resolveLayers, type LayersSpec } from "./layers.js";
+
+/** Kinds of experiment a sweep can be (one module each in kinds/, listed in kinds/index.ts). */
 export const SWEEP_KINDS = ALL_SWEEP_KINDS;
 /** Kinds not implemented yet (none now; kept so callers that list them keep compiling). */
 export const PLANNED_SWEEP_KINDS = [] as const;
 
 const DTYPES = ["float32", "bfloat16", "float16"] as const;
-
-/** Token selectors: a group name, `subject` (every subject token), or a token index (negative: from the end). */
-export const TOKEN_SELECTORS = [...TOKEN_GROUPS, "subject"] as const;
 
 const nonNegInt = z.number().int().min(0);
 const posInt = z.number().int().min(1);
@@ -80,11 +78,6 @@ const noise = z.strictObject({
 });
 const corruption = z.discriminatedUnion("kind", [swap, noise], { error: 'expected kind "swap" or "noise"' });
 
-const gridEntry = z.strictObject({
-  site: z.enum(SITE_NAMES),
-  window: posInt.default(1),
-});
-
 const layers = z.union(
   [
     z.literal("all"),
@@ -93,13 +86,6 @@ const layers = z.union(
   ],
   { error: 'expected "all", a list of layer numbers, or a range "start:end[:step]" (end exclusive)' },
 );
-
-const tokenSelector = z.union([z.enum(TOKEN_SELECTORS), z.number().int()], {
-  error: `expected a token group (${TOKEN_SELECTORS.join(", ")}) or a token index (negative counts from the end)`,
-});
-const tokens = z.union([z.literal("all"), z.array(tokenSelector).min(1)], {
-  error: `expected "all" or a list of token groups / indices`,
-});
 
 const kind = z.enum(SWEEP_KINDS, { error: `expected one of ${SWEEP_KINDS.join(", ")}` });
 
@@ -115,13 +101,11 @@ export const sweepSpecSchema = z.strictObject({
   }),
   dataset,
   corruption: corruption.default({ kind: "swap", seed: 1 }),
-  grid: z.array(gridEntry).min(1).default([{ site: "residual", window: 1 }]),
   layers: layers.default("all"),
-  tokens: tokens.default("all"),
   token_groups: z.enum(TOKEN_GROUP_SCHEMES).default("rome"),
   shard_cells: posInt.max(1_000_000).default(512),
   max_attempts: posInt.max(100).default(3),
-  ...kindSectionsShape,
+  ...KIND_SPEC_FIELDS,
 }).superRefine(checkKindSections);
 
 /** A validated sweep spec; relative paths are resolved against the spec's folder (`baseDir`). */
@@ -132,7 +116,6 @@ export type TextPromptInput = z.infer<typeof textPrompt>;
 export type TokenizedPromptInput = z.infer<typeof tokenizedPrompt>;
 export type CorruptionSpec = SweepSpec["corruption"];
 export type GridEntry = SweepSpec["grid"][number];
-export type TokenSelector = z.infer<typeof tokenSelector>;
 
 function formatPath(p: readonly PropertyKey[]): string {
   let out = "";
@@ -227,9 +210,7 @@ export function validateSweepSpec(raw: unknown, opts: { baseDir?: string } = {})
   }
   const spec = applyKindDefaults(res.data as SweepSpec);
   const baseDir = opts.baseDir ?? process.cwd();
-  for (const section of [spec.knockout, spec.edit]) {
-    if (section && section.corpus !== "dataset") section.corpus = resolvePath(section.corpus, baseDir);
-  }
+  resolveKindPaths(spec, (p) => resolvePath(p, baseDir));
   spec.model.path = resolvePath(spec.model.path, baseDir);
   if (spec.model.tokenizer) spec.model.tokenizer = resolvePath(spec.model.tokenizer, baseDir);
   if (spec.dataset.known) spec.dataset.known = resolvePath(spec.dataset.known, baseDir);
@@ -238,43 +219,4 @@ export function validateSweepSpec(raw: unknown, opts: { baseDir?: string } = {})
     spec.dataset.relations = list.map((p) => resolvePath(p, baseDir));
   }
   return spec;
-}
-
-/**
- * Resolve the spec's `layers` against a model with `numLayers` layers.
- * @throws SpecError (path `layers`) for a layer out of range or an empty range.
- */
-export function resolveLayers(layersSpec: SweepSpec["layers"], numLayers: number): number[] {
-  if (layersSpec === "all") return Array.from({ length: numLayers }, (_, i) => i);
-  let out: number[];
-  if (Array.isArray(layersSpec)) {
-    out = [...new Set(layersSpec)].sort((a, b) => a - b);
-  } else {
-    const [a, b, c] = layersSpec.split(":").map((x) => x.trim());
-    const start = a ? Number(a) : 0;
-    const end = b ? Number(b) : numLayers;
-    const step = c ? Number(c) : 1;
-    if (step < 1) throw new SpecError(`layers: expected a step >= 1, got ${describeValue(layersSpec)}`, { path: "layers", expected: "step >= 1", received: layersSpec });
-    out = [];
-    for (let l = start; l < Math.min(end, numLayers); l += step) out.push(l);
-    if (end > numLayers) {
-      throw new SpecError(`layers: range end ${end} is beyond the model's ${numLayers} layers (valid 0..${numLayers - 1}, end exclusive), got ${describeValue(layersSpec)}`, {
-        path: "layers",
-        expected: `a range within 0:${numLayers}`,
-        received: layersSpec,
-      });
-    }
-  }
-  const bad = out.find((l) => l >= numLayers);
-  if (bad !== undefined) {
-    throw new SpecError(`layers: expected layer numbers in 0..${numLayers - 1} (the model has ${numLayers} layers), got ${bad}`, {
-      path: "layers",
-      expected: `0..${numLayers - 1}`,
-      received: layersSpec,
-    });
-  }
-  if (out.length === 0) {
-    throw new SpecError(`layers: the range selects no layer, got ${describeValue(layersSpec)}`, { path: "layers", expected: "a non-empty range", received: layersSpec });
-  }
-  return out;
 }

@@ -3,10 +3,10 @@ import assert from "node:assert/strict";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { sweep } from "@factsweep/proto";
-import { planSweep } from "../grid.js";
+import { planSweep } from "../plan.js";
 import { parseSweepSpec } from "../spec.js";
 import { KindAggregator, kindCsvColumns, kindRowRecord } from "./aggregate.js";
-import { severCells } from "./plan.js";
+import { severCells } from "./sever.js";
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
 const RELATIONS = join(REPO, "models/world/relations");

@@ -5,10 +5,11 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { SpecError } from "../errors.js";
-import { planSweep } from "../grid.js";
+import { planSweep } from "../plan.js";
 import { parseSweepSpec, type SweepSpec } from "../spec.js";
 import { loadTokenizer } from "../tokenizer.js";
-import { MAX_PARAMS_BYTES, severCells, shardUnits } from "./plan.js";
+import { MAX_PARAMS_BYTES, shardUnits } from "./index.js";
+import { severCells } from "./sever.js";
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
 const MAMBA = join(REPO, "models/mamba-facts");

@@ -1,0 +1,233 @@
+/**
+ * The `edit` kind (paper §3, ROME; engine/experiments/rome/): a rank-one edit of one matrix at one
+ * layer per (case, layer, matrix). Shard index = case, part = layer index × matrices + matrix;
+ * aggregate: mean ES, PS, NS, EM, PM, NM (+ pre-edit ES/PS/NS) per (matrix, layer), S = harmonic
+ * mean of the means (ROME's summarize). scripts/engine/make_edit_cases.mjs builds the engine's test
+ * fixture with {@link editCaseParams}.
+ */
+import type { sweep } from "@factsweep/proto";
+import { FactsweepError } from "@factsweep/shared";
+import { z } from "zod";
+import type { Relation } from "../datasets.js";
+import { SpecError } from "../errors.js";
+import { resolveLayers } from "../layers.js";
+import type { PlanError } from "../prompts.js";
+import type { SweepSpec } from "../spec.js";
+import type { PromptTokenizer } from "../tokenizer.js";
+import { checkAllowed, corpusSchema, kindShard, loadCorpus, mix, needRelations, needTokenizer, resolveCorpus, shuffle, Sums } from "./common.js";
+import type { KindPlan, KindPlanContext, SweepKindModule } from "./kind.js";
+
+/** A fact of a relation file. */
+type RelationSample = Relation["samples"][number];
+
+/** Editable matrices per model type (engine/experiments/rome). */
+export const EDIT_MATRICES = { mamba: ["W_o", "W_a", "W_g"], gpt_neox: ["dense_4h_to_h"] } as const;
+
+/** ROME hyperparameters the engine knows (rome HPARAMS); unknown keys are refused at spec time. */
+export const EDIT_HPARAMS = [
+  "v_num_grad_steps", "v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "v_loss_stop", "v_prob_stop", "v_prob_stop_after",
+  "context_template_length_params", "context_seed", "context_top_k", "mom2_adjustment", "mom2_max_len", "mom2_batch_tokens", "cov_ridge",
+] as const;
+
+const posInt = z.number().int().min(1);
+
+export const editSection = z.strictObject({
+  /** Default per model type ({@link EDIT_MATRICES}). */
+  matrices: z.array(z.string().min(1)).min(1).optional(),
+  /** Cases (facts to rewrite), taken round-robin over the relations. */
+  cases: posInt.max(100_000).default(50),
+  paraphrases: z.number().int().min(0).max(32).default(7),
+  neighbours: z.number().int().min(0).max(64).default(10),
+  /** Covariance corpus: "dataset", a text file, or a .json of token-id lists (then sent as a path agents read, like model.path). */
+  corpus: corpusSchema.default("dataset"),
+  max_corpus: posInt.max(4096).default(256),
+  corpus_tokens: posInt.max(2048).default(64),
+  hparams: z.partialRecord(z.enum(EDIT_HPARAMS), z.unknown()).default({}),
+  /** Sample continuations for generation entropy (slow; off by default as in the paper's sweeps). */
+  generation: z.boolean().default(false),
+  seed: z.number().int().min(0).default(1),
+});
+export type EditSection = z.infer<typeof editSection>;
+
+/** Edit scores of one (matrix, layer), post-edit unless prefixed `pre_`. */
+export interface EditPoint {
+  matrix: string;
+  layer: number;
+  cases: number;
+  ES: number | null;
+  PS: number | null;
+  NS: number | null;
+  S: number | null;
+  EM: number | null;
+  PM: number | null;
+  NM: number | null;
+  pre_ES: number | null;
+  pre_PS: number | null;
+  pre_NS: number | null;
+  entropy: number | null;
+}
+
+/** The edit aggregate. */
+export interface EditSummary {
+  points: EditPoint[];
+}
+
+/** The edit matrices of a spec for a model type, checked. */
+export function editMatrices(spec: SweepSpec, modelType: string): string[] {
+  const allowed = (EDIT_MATRICES as Record<string, readonly string[]>)[modelType] ?? [];
+  return checkAllowed(spec.edit?.matrices ?? [...allowed], allowed, "edit.matrices", "an editable matrix", modelType);
+}
+
+function withSpan(tok: PromptTokenizer, text: string, subject: string): { ids: number[]; subject: [number, number] } {
+  const { ids, subjectSpan } = tok.encodeWithSubject(text, subject);
+  return { ids, subject: [subjectSpan[0], subjectSpan[1]] };
+}
+
+/** Objects of a relation a case may be rewritten to: not the true object, and its first token differs. */
+export function newObjectCandidates(tok: PromptTokenizer, samples: readonly RelationSample[], trueObject: string): string[] {
+  const trueFirst = tok.encode(` ${trueObject}`)[0];
+  return [...new Set(samples.map((x) => x.object))].filter((o) => o !== trueObject && tok.encode(` ${o}`)[0] !== trueFirst);
+}
+
+/** Other subjects of the relation with the same true object (the neighbourhood prompts' subjects, in order). */
+export function neighbourCandidates(samples: readonly RelationSample[], sample: RelationSample): RelationSample[] {
+  return samples.filter((x) => x.object === sample.object && x.subject !== sample.subject);
+}
+
+/**
+ * One case's prompts pre-tokenized as rome's params take them: rewrite = the first template with
+ * the subject (and its in-context form ". " + rewrite), paraphrases = the next templates, the
+ * neighbourhood = the first template with `neighbours`, KL prompt "{subject} is a".
+ * @throws SubjectNotFoundError when the subject cannot be located in a prompt's tokens.
+ */
+export function editCaseParams(tok: PromptTokenizer, templates: readonly string[], subject: string, trueObject: string, newObject: string, paraphrases: number, neighbours: readonly string[]) {
+  const rewriteText = templates[0]!.replace("{}", subject);
+  const rewrite = withSpan(tok, rewriteText, subject);
+  return {
+    subject_ids: rewrite.ids.slice(rewrite.subject[0], rewrite.subject[1]),
+    rewrite: { ...rewrite, in_context: withSpan(tok, `. ${rewriteText}`, subject) },
+    target_new_ids: tok.encode(` ${newObject}`),
+    target_true_ids: tok.encode(` ${trueObject}`),
+    paraphrases: templates.slice(1, 1 + paraphrases).map((t) => tok.encode(t.replace("{}", subject))),
+    neighbourhood: neighbours.map((x) => tok.encode(templates[0]!.replace("{}", x))),
+    kl_prompts: [withSpan(tok, `${subject} is a`, subject)],
+  };
+}
+
+/** Cases: per relation a seeded order, taken round-robin until `edit.cases` (every relation represented). */
+function planEdit(ctx: KindPlanContext): KindPlan {
+  const { spec, modelConfig } = ctx;
+  const e = spec.edit!;
+  const tok = needTokenizer(ctx);
+  const rels = needRelations(ctx);
+  const layers = resolveLayers(spec.layers, modelConfig.numLayers);
+  const matrices = editMatrices(spec, modelConfig.modelType);
+  const queues = rels.map((rel, r) => shuffle(rel.samples.slice(0, spec.dataset.per_relation ?? Infinity), mix(e.seed, r)).map((s) => ({ rel, s })));
+  const prompts: sweep.PromptSpec[] = [];
+  const promptErrors: PlanError[] = [];
+  const shards: sweep.Shard[] = [];
+  const texts = rels.flatMap((rel) => rel.samples.map((s) => `${rel.promptTemplates[0]!.replace("{}", s.subject)} ${s.object}`));
+  const corpus = loadCorpus(e.corpus, "edit.corpus", tok, texts, e.max_corpus, e.corpus_tokens, true);
+  let index = 0;
+  for (let round = 0; prompts.length < e.cases && queues.some((q) => q.length > round); round++) {
+    for (const q of queues) {
+      if (prompts.length >= e.cases) break;
+      const item = q[round];
+      if (!item) continue;
+      const { rel, s } = item;
+      const at = index++;
+      try {
+        const newObject = shuffle(newObjectCandidates(tok, rel.samples, s.object), mix(e.seed, at))[0];
+        if (newObject === undefined) throw new FactsweepError(`no new object: relation ${rel.key} has no other object whose first token differs from " ${s.object}"`);
+        const neighbours = shuffle(neighbourCandidates(rel.samples, s), mix(e.seed, at, 7)).slice(0, e.neighbours).map((x) => x.subject);
+        const params = {
+          ...editCaseParams(tok, rel.promptTemplates, s.subject, s.object, newObject, e.paraphrases, neighbours),
+          ...("ids" in corpus ? { corpus: corpus.ids } : { corpus_path: corpus.path }),
+          bos_id: 0,
+          hparams: e.hparams,
+          generation: e.generation ? {} : null,
+        };
+        const prompt: sweep.PromptSpec = {
+          index: prompts.length, promptKey: `${ctx.sweepId}/${prompts.length}`, text: rel.promptTemplates[0]!.replace("{}", s.subject), subject: s.subject, object: s.object, relation: rel.key,
+          inputIds: params.rewrite.ids, subjectStart: params.rewrite.subject[0], subjectEnd: params.rewrite.subject[1], corruption: undefined,
+        };
+        layers.forEach((layer, li) => matrices.forEach((matrix, mi) => shards.push(kindShard(ctx, prompt, li * matrices.length + mi, { matrix, layer, ...params }))));
+        prompts.push(prompt);
+      } catch (err) {
+        if (err instanceof SpecError) throw err;
+        promptErrors.push({ index: at, message: `${rel.key}.json (${s.subject}): ${(err as Error).message}` });
+      }
+    }
+  }
+  return { prompts, promptErrors, shards, plannedCells: shards.length };
+}
+
+const METRICS = ["ES", "PS", "NS", "EM", "PM", "NM"] as const;
+const SHOWN = ["ES", "PS", "NS", "S"] as const;
+const fields = { edit: editSection.optional() };
+
+/** Rank-one model editing. */
+export const editKind: SweepKindModule<"edit", typeof fields, EditSummary> = {
+  name: "edit",
+  specFields: fields,
+  section: editSection,
+  resolvePaths: (spec, resolve) => resolveCorpus(spec.edit, resolve),
+  plan: planEdit,
+  units: () => 1,
+  columns: ["shard_id", "case", "relation", "subject", "matrix", "layer", "ES", "PS", "NS", "S", "EM", "PM", "NM", "pre_ES", "pre_PS", "pre_NS", "entropy", "restored"],
+  aggregate() {
+    const sums = new Sums();
+    return {
+      fold(r, { prompt, bad }) {
+        const post = r.post as Record<string, number | null> & { generation?: { entropy?: number } | null } | undefined;
+        const pre = r.pre as Record<string, number | null> | undefined;
+        if (!post || !pre) throw bad("pre/post evaluation");
+        const key = `${r.matrix}|${r.layer}`;
+        for (const m of METRICS) sums.add(`${key}|${m}`, post[m]);
+        for (const m of ["ES", "PS", "NS"]) sums.add(`${key}|pre_${m}`, pre[m]);
+        sums.add(`${key}|entropy`, post.generation?.entropy ?? null);
+        sums.add(`${key}|cases`, 1);
+        return [{
+          case: prompt.index, relation: prompt.relation, subject: prompt.subject, matrix: String(r.matrix), layer: Number(r.layer), ES: post.ES ?? null, PS: post.PS ?? null, NS: post.NS ?? null, S: post.S ?? null,
+          EM: post.EM ?? null, PM: post.PM ?? null, NM: post.NM ?? null, pre_ES: pre.ES ?? null, pre_PS: pre.PS ?? null, pre_NS: pre.NS ?? null,
+          entropy: post.generation?.entropy ?? null, restored: r.restored === true,
+        }];
+      },
+      summary() {
+        const keys = new Set(sums.keys().map((k) => k.split("|").slice(0, 2).join("|")));
+        const points = [...keys].map((key): EditPoint => {
+          const [matrix, layer] = key.split("|");
+          const g = (m: string) => sums.get(`${key}|${m}`).mean;
+          const [ES, PS, NS] = [g("ES"), g("PS"), g("NS")];
+          return {
+            matrix: matrix!, layer: Number(layer), cases: sums.get(`${key}|cases`).n, ES, PS, NS, S: harmonic([ES, PS, NS]), EM: g("EM"), PM: g("PM"), NM: g("NM"),
+            pre_ES: g("pre_ES"), pre_PS: g("pre_PS"), pre_NS: g("pre_NS"), entropy: g("entropy"),
+          };
+        });
+        return { points: points.sort((a, b) => a.matrix.localeCompare(b.matrix) || a.layer - b.layer) };
+      },
+    };
+  },
+  report: {
+    heading: "Rank-one editing (ROME)",
+    intro: "Efficacy ES, paraphrase PS, neighbourhood NS after the edit, and S their harmonic mean (ROME's summarize), per edited matrix and layer.",
+    charts: [
+      (s, label) => ({
+        mark: "line", title: `${label}: ROME scores per layer`,
+        values: s.points.flatMap((p) => SHOWN.filter((m) => p[m] !== null).map((m) => ({ matrix: p.matrix, layer: p.layer, metric: m, score: 100 * p[m]! }))),
+        x: { field: "layer", title: "layer" }, y: { field: "score", title: "score (%)", domain: [0, 100] }, color: "metric", facet: "matrix",
+      }),
+    ],
+    table: {
+      head: ["matrix", "layer", "cases", ...SHOWN],
+      rows: (s) => s.points.map((p) => [p.matrix, p.layer, p.cases, ...SHOWN.map((m) => (p[m] === null ? "" : (100 * p[m]!).toFixed(1)))]),
+    },
+  },
+};
+
+/** ROME's S: the harmonic mean, null if a value is missing, 0 if one is 0. */
+function harmonic(xs: (number | null)[]): number | null {
+  const v = xs.filter((x): x is number => x !== null);
+  if (v.length !== xs.length || v.length === 0) return null;
+  return v.some((x) => x === 0) ? 0 : v.length / v.reduce((s, x) => s + 1 / x, 0);
+}

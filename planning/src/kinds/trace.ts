@@ -1,0 +1,60 @@
+/**
+ * The `trace` kind: causal tracing over a grid of cells (prompt × (site, window) × layer × token).
+ * Its spec fields are top-level (`grid`, `tokens`); grid.ts expands and shards the cells and
+ * effects.ts aggregates them ({@link ResultAggregator}, viewed by {@link modelTrace}); the engine
+ * side is the worker's cell runner (engine/trace.py), not an experiment module.
+ */
+import { z } from "zod";
+import { SpecError } from "../errors.js";
+import { expandCells, shardPrompt } from "../grid.js";
+import { planPrompts } from "../prompts.js";
+import { SITE_NAMES, SITES_BY_MODEL_TYPE, type SiteName } from "../sites.js";
+import { TOKEN_GROUPS } from "../token-groups.js";
+import { planCellsPerPrompt } from "./common.js";
+import type { SweepKindModule } from "./kind.js";
+
+/** Token selectors: a group name, `subject` (every subject token), or a token index (negative: from the end). */
+export const TOKEN_SELECTORS = [...TOKEN_GROUPS, "subject"] as const;
+
+const gridEntry = z.strictObject({
+  site: z.enum(SITE_NAMES),
+  window: z.number().int().min(1).default(1),
+});
+
+const tokenSelector = z.union([z.enum(TOKEN_SELECTORS), z.number().int()], {
+  error: `expected a token group (${TOKEN_SELECTORS.join(", ")}) or a token index (negative counts from the end)`,
+});
+
+/** A token selector of the spec's `tokens`. */
+export type TokenSelector = z.infer<typeof tokenSelector>;
+
+const traceFields = {
+  /** (site, window) pairs; window w restores layers l-w//2 .. l+(w-1)//2 (ROME's window). */
+  grid: z.array(gridEntry).min(1).default([{ site: "residual", window: 1 }]),
+  tokens: z.union([z.literal("all"), z.array(tokenSelector).min(1)], { error: `expected "all" or a list of token groups / indices` }).default("all"),
+};
+
+/** Causal tracing: cells of (site, window, layer, token) restored one at a time. */
+export const traceKind: SweepKindModule<"trace", typeof traceFields, never> = {
+  name: "trace",
+  specFields: traceFields,
+  check(spec, modelConfig) {
+    const allowed = SITES_BY_MODEL_TYPE[modelConfig.modelType] as readonly SiteName[];
+    spec.grid.forEach((g, i) => {
+      if (!allowed.includes(g.site)) {
+        throw new SpecError(`grid[${i}].site: "${g.site}" is not a site of ${modelConfig.modelType} models; expected one of ${allowed.join(", ")}`, {
+          path: `grid[${i}].site`,
+          expected: allowed.join("|"),
+          received: g.site,
+        });
+      }
+    });
+  },
+  plan({ spec, sweepId, modelConfig, model, tokenizer }) {
+    const plan = planPrompts(spec, tokenizer, { sweepId, maxPositions: modelConfig.maxPositions, vocabSize: modelConfig.vocabSize });
+    return planCellsPerPrompt(plan, (p) => expandCells(p, spec, modelConfig.numLayers), (p, cells) => shardPrompt(p, cells, { sweepId, shardCells: spec.shard_cells, model, kind: spec.kind }));
+  },
+  units: (sh) => sh.cells.length,
+  /** Trace rows are control.ResultRow's own fields (sweepctl's RESULT_COLUMNS), not `fields_json`. */
+  columns: [],
+};
