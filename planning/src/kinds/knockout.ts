@@ -82,7 +82,7 @@ export const knockoutKind: SweepKindModule<"knockout", typeof fields, KnockoutSu
   },
   report: {
     heading: "Information-flow knockout",
-    intro: "Mamba: mean-ablation of a = W_a·norm(h) at the set's positions (clean a restored elsewhere, last token untouched); NeoX: attention from the last token to the set blocked. Mean relative change of p(answer) over prompts, per token set and window centre.",
+    intro: "Mamba: mean-ablation of a = W_a·norm(h) at the set&#39;s positions (clean a restored elsewhere, last token untouched); NeoX: attention from the last token to the set blocked. Mean relative change of p(answer) over prompts, per token set and window centre.",
     charts: [
       (s, label) => ({
         mark: "line", title: `${label}: knockout, window ${s.window}`, values: s.points.filter((p) => p.relative_change !== null),
