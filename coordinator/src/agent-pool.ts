@@ -41,9 +41,14 @@ export class AgentPool {
   connect(agentId: string, cachedPromptKeys: Iterable<string>): void {
     const prev = this.slots.get(agentId);
     this.slots.set(agentId, {
-      agentId, connected: true, credit: 0, draining: false,
-      cachedPromptKeys: new Set(cachedPromptKeys), seq: this.seq++,
-      lastGrantSeq: prev?.lastGrantSeq ?? -1, shardsDone: prev?.shardsDone ?? 0,
+      agentId,
+      connected: true,
+      credit: 0,
+      draining: false,
+      cachedPromptKeys: new Set(cachedPromptKeys),
+      seq: this.seq++,
+      lastGrantSeq: prev?.lastGrantSeq ?? -1,
+      shardsDone: prev?.shardsDone ?? 0,
     });
   }
 
@@ -77,8 +82,12 @@ export class AgentPool {
   /** Connected agents with their lease counts (`leases` of an agent id). */
   list(leases: (agentId: string) => number): AgentInfo[] {
     return this.connected().map((a) => ({
-      agentId: a.agentId, credit: a.credit, leases: leases(a.agentId),
-      cachedPrompts: a.cachedPromptKeys.size, draining: a.draining, shardsDone: a.shardsDone,
+      agentId: a.agentId,
+      credit: a.credit,
+      leases: leases(a.agentId),
+      cachedPrompts: a.cachedPromptKeys.size,
+      draining: a.draining,
+      shardsDone: a.shardsDone,
     }));
   }
 

@@ -14,7 +14,18 @@ after(async () => {
 });
 
 const hello = (over: Partial<agent.AgentHello> = {}): agent.AgentMessage => ({
-  body: { $case: "hello", hello: { protocolVersion: AGENT_PROTOCOL_VERSION, agentId: "a1", hostname: "h", workers: [{ device: "cpu:0", memoryBytes: 0, ready: true }], cachedPromptKeys: [], token: "agent-token", ...over } },
+  body: {
+    $case: "hello",
+    hello: {
+      protocolVersion: AGENT_PROTOCOL_VERSION,
+      agentId: "a1",
+      hostname: "h",
+      workers: [{ device: "cpu:0", memoryBytes: 0, ready: true }],
+      cachedPromptKeys: [],
+      token: "agent-token",
+      ...over,
+    },
+  },
 });
 
 /** First message or the stream's error. */
@@ -49,7 +60,10 @@ test("an agent of the same version is welcomed with the lease TTL and heartbeat 
     assert.equal(msg.body.welcome.heartbeatIntervalMs, 300);
     assert.equal(msg.body.welcome.natsResultsSubjectPrefix, "factsweep.results");
   }
-  assert.deepEqual(h.coord.agents().map((a) => a.agentId), ["a1"]);
+  assert.deepEqual(
+    h.coord.agents().map((a) => a.agentId),
+    ["a1"],
+  );
   s.end();
   s.client.close();
   for (let i = 0; i < 50 && h.coord.agents().length > 0; i++) await new Promise((r) => setTimeout(r, 20));

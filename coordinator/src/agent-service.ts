@@ -98,7 +98,12 @@ export function createAgentService(opts: AgentServiceOptions): agent.AgentServic
           }
           const sessionId = randomUUID();
           session = {
-            agentId: h.agentId, sessionId, hostname: h.hostname, workers: h.workers.length, lastSeenMs: Date.now(), ended: false,
+            agentId: h.agentId,
+            sessionId,
+            hostname: h.hostname,
+            workers: h.workers.length,
+            lastSeenMs: Date.now(),
+            ended: false,
             send: (m) => {
               if (!session?.ended && !call.writableEnded) call.write(m);
             },
@@ -108,17 +113,29 @@ export function createAgentService(opts: AgentServiceOptions): agent.AgentServic
             },
           };
           call.write({
-            body: { $case: "welcome", welcome: { sessionId, leaseTtlMs: opts.leaseTtlMs, heartbeatIntervalMs: opts.heartbeatMs, natsResultsSubjectPrefix: RESULTS_SUBJECT_PREFIX } },
+            body: {
+              $case: "welcome",
+              welcome: { sessionId, leaseTtlMs: opts.leaseTtlMs, heartbeatIntervalMs: opts.heartbeatMs, natsResultsSubjectPrefix: RESULTS_SUBJECT_PREFIX },
+            },
           });
           opts.scheduler.attach(session, h.cachedPromptKeys);
           return;
         }
         switch (body.$case) {
-          case "credit": opts.scheduler.credit(session, body.credit.slots); break;
-          case "heartbeat": opts.scheduler.heartbeat(session, body.heartbeat); break;
-          case "done": opts.scheduler.done(session, body.done); break;
-          case "failed": opts.scheduler.failed(session, body.failed); break;
-          case "hello": break; // a repeated hello changes nothing
+          case "credit":
+            opts.scheduler.credit(session, body.credit.slots);
+            break;
+          case "heartbeat":
+            opts.scheduler.heartbeat(session, body.heartbeat);
+            break;
+          case "done":
+            opts.scheduler.done(session, body.done);
+            break;
+          case "failed":
+            opts.scheduler.failed(session, body.failed);
+            break;
+          case "hello":
+            break; // a repeated hello changes nothing
         }
       });
       call.on("end", () => {

@@ -23,6 +23,7 @@ export function tokenMatches(got: string | undefined, expected: string): boolean
 export function checkToken(md: Metadata, expected: string | undefined): void {
   if (!expected) return;
   const got = tokenFromMetadata(md);
-  if (got === undefined) throw new UnauthenticatedError("missing API token: this coordinator requires `authorization: Bearer <token>` (sweepctl --token or FACTSWEEP_TOKEN)");
+  if (got === undefined)
+    throw new UnauthenticatedError("missing API token: this coordinator requires `authorization: Bearer <token>` (sweepctl --token or FACTSWEEP_TOKEN)");
   if (!tokenMatches(got, expected)) throw new UnauthenticatedError("wrong API token (sweepctl --token or FACTSWEEP_TOKEN)");
 }

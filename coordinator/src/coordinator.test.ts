@@ -54,7 +54,10 @@ test("a sweep run by two agents completes with every planned cell aggregated exa
   assertExactlyOnce([...h.coord.results("full")], 3, 4, 6);
   await until(() => states.includes("done"), "the progress event of the end on factsweep.events.full");
   await events.close();
-  assert.ok(agents.every((a) => a.done.length > 0), "both agents got work");
+  assert.ok(
+    agents.every((a) => a.done.length > 0),
+    "both agents got work",
+  );
   const metrics = await (await fetch(`http://127.0.0.1:${h.coord.httpPort}/metrics`)).text();
   assert.equal(metricValue(metrics, "factsweep_cells_total", { status: "done" }), 72);
   assert.equal(metricValue(metrics, "factsweep_cells_planned", { sweep: "full" }), 72);
@@ -71,7 +74,10 @@ test("a result published twice, and again after the dedup window, is aggregated 
   // A retry published under another message id (as after the stream's duplicate window) reaches the consumer.
   const shard = a.leases[0]!.shard!;
   assert.equal((await a.publishRaw(fakeEngine(shard, "late"), `${shard.shardId}-late`)).duplicate, false);
-  await until(async () => metricValue(await h!.coord.registry.metrics(), "factsweep_results_consumed_total", { duplicate: "true" }) === 1, "the late duplicate to be consumed");
+  await until(
+    async () => metricValue(await h!.coord.registry.metrics(), "factsweep_results_consumed_total", { duplicate: "true" }) === 1,
+    "the late duplicate to be consumed",
+  );
   const metrics = await h.coord.registry.metrics();
   assert.equal(metricValue(metrics, "factsweep_results_consumed_total", { duplicate: "false" }), 2, "the same-id republish was dropped by JetStream");
   assertExactlyOnce([...h.coord.results("dedup")], 2, 4, 6);
@@ -194,7 +200,8 @@ test("a nats-server killed and restarted mid-sweep: the sweep completes with eve
 test("gRPC health reports SERVING once the coordinator is ready and NOT_FOUND for unknown services", async () => {
   h = await startHarness(Coordinator.start);
   const Client = grpc.makeGenericClientConstructor(HealthService as grpc.ServiceDefinition, "grpc.health.v1.Health");
-  const c = new Client(h.addr, grpc.credentials.createInsecure()) as unknown as grpc.Client & Record<string, (req: unknown, cb: (e: grpc.ServiceError | null, r: { status: string }) => void) => void>;
+  const c = new Client(h.addr, grpc.credentials.createInsecure()) as unknown as grpc.Client &
+    Record<string, (req: unknown, cb: (e: grpc.ServiceError | null, r: { status: string }) => void) => void>;
   const check = (service: string) => new Promise<{ status: string }>((res, rej) => c.check!({ service }, (e, r) => (e ? rej(e) : res(r))));
   assert.equal((await check("")).status, "SERVING");
   assert.equal((await check("factsweep.control.v1.SweepService")).status, "SERVING");

@@ -117,27 +117,55 @@ export class Coordinator extends EventEmitter implements SweepApi {
     });
     this.scheduler = new Scheduler({ store: this.store, table: this.table, metrics: this.metrics, log: this.log });
     this.sweeps = new Sweeps({
-      store: this.store, table: this.table, scheduler: this.scheduler, metrics: this.metrics, roots: normalizeRoots(o.modelRoots),
-      isReady: () => this.isReady(), publish: (subject, data) => this.nc.publish(subject, data), log: this.log,
+      store: this.store,
+      table: this.table,
+      scheduler: this.scheduler,
+      metrics: this.metrics,
+      roots: normalizeRoots(o.modelRoots),
+      isReady: () => this.isReady(),
+      publish: (subject, data) => this.nc.publish(subject, data),
+      log: this.log,
     });
     this.scheduler.on("shards", (id: string) => this.sweeps.shardsChanged(id));
     this.sweeps.on("sweep", (id: string) => this.emit("sweep", id));
     void this.nc.closed().then(() => this.health.refresh());
 
     // gRPC first (agents and CLI get UNAVAILABLE until ready), then state, then results.
-    this.server = new grpc.Server({ "grpc.keepalive_time_ms": 10_000, "grpc.keepalive_permit_without_calls": 1, "grpc.http2.min_ping_interval_without_data_ms": 5_000 } as grpc.ServerOptions);
-    this.server.addService(agent.AgentServiceService, createAgentService({
-      scheduler: this.scheduler, leaseTtlMs: this.leaseTtlMs, heartbeatMs: this.heartbeatMs, token: o.token, isReady: () => this.ready, log: this.log,
-    }));
+    this.server = new grpc.Server({
+      "grpc.keepalive_time_ms": 10_000,
+      "grpc.keepalive_permit_without_calls": 1,
+      "grpc.http2.min_ping_interval_without_data_ms": 5_000,
+    } as grpc.ServerOptions);
+    this.server.addService(
+      agent.AgentServiceService,
+      createAgentService({
+        scheduler: this.scheduler,
+        leaseTtlMs: this.leaseTtlMs,
+        heartbeatMs: this.heartbeatMs,
+        token: o.token,
+        isReady: () => this.ready,
+        log: this.log,
+      }),
+    );
     this.server.addService(control.SweepServiceService, createSweepService(this, { token: o.token }));
     this.health.addToServer(this.server);
-    this.grpcPort = await new Promise<number>((res, rej) => this.server.bindAsync(`${o.grpcHost ?? "0.0.0.0"}:${o.grpcPort ?? 7070}`, serverCredentials(o.tls), (err, port) => (err ? rej(err) : res(port))));
+    this.grpcPort = await new Promise<number>((res, rej) =>
+      this.server.bindAsync(`${o.grpcHost ?? "0.0.0.0"}:${o.grpcPort ?? 7070}`, serverCredentials(o.tls), (err, port) => (err ? rej(err) : res(port))),
+    );
     if ((o.httpPort ?? 9464) >= 0) {
       this.http = await startHttpServer({
-        host: o.httpHost ?? "0.0.0.0", port: o.httpPort ?? 9464, registry: this.registry, ready: () => this.isReady(),
+        host: o.httpHost ?? "0.0.0.0",
+        port: o.httpPort ?? 9464,
+        registry: this.registry,
+        ready: () => this.isReady(),
         health: () => {
           if (this.nc.isClosed()) throw new Error("NATS connection closed");
-          return { epoch: this.store?.epoch, sweeps: this.sweeps.size, agents: this.scheduler?.agents().length ?? 0, pendingStateWrites: this.store?.pendingWrites() ?? 0 };
+          return {
+            epoch: this.store?.epoch,
+            sweeps: this.sweeps.size,
+            agents: this.scheduler?.agents().length ?? 0,
+            pendingStateWrites: this.store?.pendingWrites() ?? 0,
+          };
         },
       });
       this.httpPort = this.http.port;
@@ -153,7 +181,9 @@ export class Coordinator extends EventEmitter implements SweepApi {
     this.scheduler.start();
     this.ready = true;
     this.health.refresh();
-    this.log(`ready: gRPC on ${this.grpcPort}${this.http ? `, HTTP on ${this.http.port}` : ""}, NATS ${o.natsUrl}, epoch ${this.store.epoch}, ${this.sweeps.size} sweep(s) loaded`);
+    this.log(
+      `ready: gRPC on ${this.grpcPort}${this.http ? `, HTTP on ${this.http.port}` : ""}, NATS ${o.natsUrl}, epoch ${this.store.epoch}, ${this.sweeps.size} sweep(s) loaded`,
+    );
   }
 
   /** Ready: state loaded, NATS connected, not shutting down. */
@@ -275,7 +305,13 @@ export class Coordinator extends EventEmitter implements SweepApi {
 
 /** The NATS connection of the coordinator: reconnects forever, waits for the first connect. */
 function connectNats(o: CoordinatorOptions): Promise<NatsConnection> {
-  const natsOpts: ConnectionOptions = { servers: o.natsUrl, name: "factsweep-coordinator", maxReconnectAttempts: -1, reconnectTimeWait: 250, waitOnFirstConnect: true };
+  const natsOpts: ConnectionOptions = {
+    servers: o.natsUrl,
+    name: "factsweep-coordinator",
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 250,
+    waitOnFirstConnect: true,
+  };
   if (o.natsCreds) natsOpts.authenticator = credsAuthenticator(readFileSync(o.natsCreds));
   if (o.natsUser) Object.assign(natsOpts, { user: o.natsUser, pass: o.natsPass ?? "" });
   if (o.natsToken) natsOpts.token = o.natsToken;
@@ -285,6 +321,10 @@ function connectNats(o: CoordinatorOptions): Promise<NatsConnection> {
 /** gRPC server credentials: insecure, TLS, or mTLS when a CA for client certificates is given. */
 function serverCredentials(tls: TlsFiles | undefined): grpc.ServerCredentials {
   return tls
-    ? grpc.ServerCredentials.createSsl(tls.ca ? readFileSync(tls.ca) : null, [{ cert_chain: readFileSync(tls.cert), private_key: readFileSync(tls.key) }], tls.ca !== undefined)
+    ? grpc.ServerCredentials.createSsl(
+        tls.ca ? readFileSync(tls.ca) : null,
+        [{ cert_chain: readFileSync(tls.cert), private_key: readFileSync(tls.key) }],
+        tls.ca !== undefined,
+      )
     : grpc.ServerCredentials.createInsecure();
 }

@@ -16,7 +16,10 @@ export class Health {
   private last: ServingStatus = "NOT_SERVING";
   private timer: NodeJS.Timeout | undefined;
 
-  constructor(private readonly ready: () => boolean, services: string[]) {
+  constructor(
+    private readonly ready: () => boolean,
+    services: string[],
+  ) {
     this.names = ["", ...services];
     this.impl = new HealthImplementation(Object.fromEntries(this.names.map((n) => [n, this.last])));
   }

@@ -51,7 +51,10 @@ test("heartbeats renew only the leases the agent holds", () => {
 
 test("backoff doubles per attempt up to its cap", () => {
   const { t } = setup();
-  assert.deepEqual([1, 2, 3, 4, 5, 6].map((a) => t.backoffMs(a)), [100, 200, 400, 800, 1000, 1000]);
+  assert.deepEqual(
+    [1, 2, 3, 4, 5, 6].map((a) => t.backoffMs(a)),
+    [100, 200, 400, 800, 1000, 1000],
+  );
 });
 
 test("a shard whose leases keep expiring fails after max_attempts with its last error, and resume re-queues it", () => {
@@ -149,7 +152,10 @@ test("a shard counts as done only once its result is aggregated, and a late seco
   // agent a finished after all: its stale completion changes nothing, its result arrives
   assert.equal(t.complete("a", g!.leaseId, "s1.0.0").changed.length, 0);
   const ch = t.resultConsumed("s1.0.0");
-  assert.deepEqual(ch.revoked.map((r) => r.agentId), ["b"]);
+  assert.deepEqual(
+    ch.revoked.map((r) => r.agentId),
+    ["b"],
+  );
   assert.equal(t.counts("s1").done, 1);
   assert.equal(t.counts("s1").doneCells, 4);
   assert.equal(t.inFlight(), 0);

@@ -130,8 +130,18 @@ export class LeaseTable {
   /** A new pending shard entry. */
   static pending(shardId: string, sweepId: string, promptKey: string, cells: number): ShardEntry {
     return {
-      shardId, sweepId, promptKey, cells, state: "pending", attempts: 0, leaseId: "", agentId: "",
-      leaseExpiresMs: 0, notBeforeMs: 0, lastError: "", resultConsumed: false,
+      shardId,
+      sweepId,
+      promptKey,
+      cells,
+      state: "pending",
+      attempts: 0,
+      leaseId: "",
+      agentId: "",
+      leaseExpiresMs: 0,
+      notBeforeMs: 0,
+      lastError: "",
+      resultConsumed: false,
     };
   }
 

@@ -6,11 +6,13 @@
 import { Command, InvalidArgumentError, Option } from "commander";
 import { Coordinator } from "./coordinator.js";
 
-const int = (name: string, min: number) => (v: string): number => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`expected ${name} to be an integer >= ${min}, got "${v}"`);
-  return n;
-};
+const int =
+  (name: string, min: number) =>
+  (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`expected ${name} to be an integer >= ${min}, got "${v}"`);
+    return n;
+  };
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
 
 const program = new Command("factsweep-coordinator")
@@ -36,23 +38,36 @@ const program = new Command("factsweep-coordinator")
     if (o.tlsCa && !o.tlsCert) program.error("--tls-ca (mTLS) needs --tls-cert and --tls-key", { exitCode: 2 });
     if (o.modelRoot.length === 0) console.error("[coordinator] warning: no --model-root given: every launch will be refused until one is configured");
     const coord = await Coordinator.start({
-      natsUrl: o.natsUrl, natsCreds: o.natsCreds, natsUser: o.natsUser, natsPass: o.natsPass,
-      grpcHost: o.grpcHost, grpcPort: o.grpcPort, httpHost: o.httpHost, httpPort: o.httpPort,
-      modelRoots: o.modelRoot, leaseTtlMs: o.leaseTtlMs, heartbeatMs: o.heartbeatMs, retryBackoffMs: o.retryBackoffMs,
-      token: o.token, tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa } : undefined,
+      natsUrl: o.natsUrl,
+      natsCreds: o.natsCreds,
+      natsUser: o.natsUser,
+      natsPass: o.natsPass,
+      grpcHost: o.grpcHost,
+      grpcPort: o.grpcPort,
+      httpHost: o.httpHost,
+      httpPort: o.httpPort,
+      modelRoots: o.modelRoot,
+      leaseTtlMs: o.leaseTtlMs,
+      heartbeatMs: o.heartbeatMs,
+      retryBackoffMs: o.retryBackoffMs,
+      token: o.token,
+      tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa } : undefined,
     });
     let stopping = false;
     const stop = (sig: string) => {
       if (stopping) return;
       stopping = true;
       console.error(`[coordinator] ${sig}: stopping (flushing results and state)`);
-      coord.stop().then(() => {
-        console.error("[coordinator] stopped");
-        process.exit(0);
-      }, (err) => {
-        console.error(`[coordinator] stop failed: ${(err as Error).message}`);
-        process.exit(1);
-      });
+      coord.stop().then(
+        () => {
+          console.error("[coordinator] stopped");
+          process.exit(0);
+        },
+        (err) => {
+          console.error(`[coordinator] stop failed: ${(err as Error).message}`);
+          process.exit(1);
+        },
+      );
     };
     process.on("SIGTERM", () => stop("SIGTERM"));
     process.on("SIGINT", () => stop("SIGINT"));

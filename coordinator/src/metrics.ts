@@ -23,28 +23,72 @@ export class CoordinatorMetrics {
 
   constructor(registry: Registry, source: GaugeSource) {
     const registers = [registry];
-    this.cells = new Counter({ name: METRICS.cellsTotal, help: "Cells finished, by status (done: result aggregated; failed: shard gave up)", labelNames: ["status"], registers });
+    this.cells = new Counter({
+      name: METRICS.cellsTotal,
+      help: "Cells finished, by status (done: result aggregated; failed: shard gave up)",
+      labelNames: ["status"],
+      registers,
+    });
     this.shards = new Counter({ name: METRICS.shardsTotal, help: "Shards finished or retried, by status", labelNames: ["status"], registers });
     this.leaseExpirations = new Counter({ name: METRICS.leaseExpirations, help: "Leases that expired without a heartbeat", registers });
     this.retries = new Counter({ name: METRICS.retries, help: "Shards re-queued for another attempt (expiry, retryable failure, agent loss)", registers });
-    this.resultsConsumed = new Counter({ name: METRICS.resultsConsumed, help: "ShardResults read from the results stream; duplicate=true ones were ignored", labelNames: ["duplicate"], registers });
+    this.resultsConsumed = new Counter({
+      name: METRICS.resultsConsumed,
+      help: "ShardResults read from the results stream; duplicate=true ones were ignored",
+      labelNames: ["duplicate"],
+      registers,
+    });
     // Start every labelled counter at 0 so dashboards and rate() see the series from the start.
     for (const status of ["done", "failed"]) this.cells.inc({ status }, 0);
     for (const status of ["done", "failed", "retried"]) this.shards.inc({ status }, 0);
     for (const duplicate of ["true", "false"]) this.resultsConsumed.inc({ duplicate }, 0);
-    new Gauge({ name: METRICS.shardsInFlight, help: "Shards leased to agents", registers, collect() { this.set(source.shardsInFlight()); } });
-    new Gauge({ name: METRICS.queueDepth, help: "Shards of active sweeps waiting for a lease", registers, collect() { this.set(source.queueDepth()); } });
-    new Gauge({ name: METRICS.agentsConnected, help: "Agents with a live stream", registers, collect() { this.set(source.agentsConnected()); } });
-    new Gauge({ name: METRICS.sweepsActive, help: "Sweeps running", registers, collect() { this.set(source.sweeps().filter((s) => s.active).length); } });
     new Gauge({
-      name: METRICS.cellsPlanned, help: "Cells planned per sweep", labelNames: ["sweep"], registers,
+      name: METRICS.shardsInFlight,
+      help: "Shards leased to agents",
+      registers,
+      collect() {
+        this.set(source.shardsInFlight());
+      },
+    });
+    new Gauge({
+      name: METRICS.queueDepth,
+      help: "Shards of active sweeps waiting for a lease",
+      registers,
+      collect() {
+        this.set(source.queueDepth());
+      },
+    });
+    new Gauge({
+      name: METRICS.agentsConnected,
+      help: "Agents with a live stream",
+      registers,
+      collect() {
+        this.set(source.agentsConnected());
+      },
+    });
+    new Gauge({
+      name: METRICS.sweepsActive,
+      help: "Sweeps running",
+      registers,
+      collect() {
+        this.set(source.sweeps().filter((s) => s.active).length);
+      },
+    });
+    new Gauge({
+      name: METRICS.cellsPlanned,
+      help: "Cells planned per sweep",
+      labelNames: ["sweep"],
+      registers,
       collect() {
         this.reset();
         for (const s of source.sweeps()) this.set({ sweep: s.sweepId }, s.plannedCells);
       },
     });
     new Gauge({
-      name: METRICS.sweepProgress, help: "Aggregated cells / planned cells per sweep", labelNames: ["sweep"], registers,
+      name: METRICS.sweepProgress,
+      help: "Aggregated cells / planned cells per sweep",
+      labelNames: ["sweep"],
+      registers,
       collect() {
         this.reset();
         for (const s of source.sweeps()) this.set({ sweep: s.sweepId }, s.plannedCells > 0 ? s.doneCells / s.plannedCells : 0);

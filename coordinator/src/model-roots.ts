@@ -32,14 +32,20 @@ export function confineModelPath(modelPath: string, roots: readonly string[]): s
   try {
     real = realpathSync(lexical);
   } catch (err) {
-    throw new ModelNotFoundError(modelPath, `model folder "${modelPath}" does not exist (spec field model.path); check the path or copy the checkpoint there`, { cause: err });
+    throw new ModelNotFoundError(modelPath, `model folder "${modelPath}" does not exist (spec field model.path); check the path or copy the checkpoint there`, {
+      cause: err,
+    });
   }
   if (!roots.some((r) => inside(real, r))) throw new ModelPathDeniedError(`${modelPath} (resolves to ${real})`, roots);
   try {
     if (!statSync(real).isDirectory()) throw new Error("not a directory");
     statSync(join(real, "config.json"));
   } catch (err) {
-    throw new ModelNotFoundError(modelPath, `model folder "${modelPath}" is not a Hugging Face checkpoint (spec field model.path): expected a folder with config.json and *.safetensors`, { cause: err });
+    throw new ModelNotFoundError(
+      modelPath,
+      `model folder "${modelPath}" is not a Hugging Face checkpoint (spec field model.path): expected a folder with config.json and *.safetensors`,
+      { cause: err },
+    );
   }
   return real;
 }

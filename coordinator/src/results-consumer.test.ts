@@ -22,7 +22,14 @@ after(async () => {
 
 const prompt = sweep.PromptSpec.fromPartial({ index: 0, promptKey: "rc/0", subject: "s", inputIds: [1, 2, 3, 4], subjectStart: 1, subjectEnd: 2 });
 const shard = (part: number): sweep.Shard =>
-  sweep.Shard.fromPartial({ sweepId: "rc", shardId: `rc.0.${part}`, kind: "trace", prompt, attempt: 1, cells: [0, 1, 2, 3].map((token) => ({ site: 2, layer: part, token, window: 1 })) });
+  sweep.Shard.fromPartial({
+    sweepId: "rc",
+    shardId: `rc.0.${part}`,
+    kind: "trace",
+    prompt,
+    attempt: 1,
+    cells: [0, 1, 2, 3].map((token) => ({ site: 2, layer: part, token, window: 1 })),
+  });
 
 test("a result redelivered while its persistence is failing is aggregated once and acked once durable", async () => {
   const agg = new ResultAggregator({ sweepId: "rc", prompts: [prompt] });

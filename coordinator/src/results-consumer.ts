@@ -73,7 +73,10 @@ export class ResultsConsumer {
   private readonly flushMs: number;
   private readonly log: (m: string) => void;
 
-  constructor(private readonly nc: NatsConnection, private readonly opts: ResultsConsumerOptions) {
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly opts: ResultsConsumerOptions,
+  ) {
     this.batch = opts.batch ?? 256;
     this.flushMs = opts.flushMs ?? 250;
     this.log = opts.log ?? (() => undefined);

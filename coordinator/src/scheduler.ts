@@ -77,7 +77,15 @@ export class Scheduler extends EventEmitter implements AgentStreams {
     const byId = new Map(this.table.agentList().map((a) => [a.agentId, a]));
     return this.agents().map((s) => {
       const a = byId.get(s.agentId);
-      return { agentId: s.agentId, hostname: s.hostname, workers: s.workers, leases: a?.leases ?? 0, cachedPrompts: a?.cachedPrompts ?? 0, lastSeenMs: s.lastSeenMs, shardsDone: a?.shardsDone ?? 0 };
+      return {
+        agentId: s.agentId,
+        hostname: s.hostname,
+        workers: s.workers,
+        leases: a?.leases ?? 0,
+        cachedPrompts: a?.cachedPrompts ?? 0,
+        lastSeenMs: s.lastSeenMs,
+        shardsDone: a?.shardsDone ?? 0,
+      };
     });
   }
 
@@ -108,7 +116,10 @@ export class Scheduler extends EventEmitter implements AgentStreams {
 
   heartbeat(session: AgentSession, hb: agent.Heartbeat): void {
     session.lastSeenMs = Date.now();
-    this.table.renew(session.agentId, hb.leases.map((l) => l.leaseId));
+    this.table.renew(
+      session.agentId,
+      hb.leases.map((l) => l.leaseId),
+    );
     this.table.setCache(session.agentId, hb.cachedPromptKeys);
   }
 

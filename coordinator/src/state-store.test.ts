@@ -22,9 +22,22 @@ after(async () => {
 });
 
 const sweepRec = (id: string): SweepRecord => ({
-  sweepId: id, name: "n", kind: "trace", spec: "model: x", specDir: "/tmp", model: { modelId: "m" }, prompts: [{ index: 0 }],
-  promptErrors: [{ index: 1, message: "subject not found" }], state: "running", plannedCells: 8, shardCount: 2, maxAttempts: 3,
-  doneCells: 0, retries: 0, createdMs: 1, finishedMs: 0,
+  sweepId: id,
+  name: "n",
+  kind: "trace",
+  spec: "model: x",
+  specDir: "/tmp",
+  model: { modelId: "m" },
+  prompts: [{ index: 0 }],
+  promptErrors: [{ index: 1, message: "subject not found" }],
+  state: "running",
+  plannedCells: 8,
+  shardCount: 2,
+  maxAttempts: 3,
+  doneCells: 0,
+  retries: 0,
+  createdMs: 1,
+  finishedMs: 0,
 });
 const shardRec = (sweepId: string, i: number): ShardRecord => ({ ...LeaseTable.pending(`${sweepId}.${i}.0`, sweepId, `${sweepId}/${i}`, 4), shard: "AAEC" });
 
@@ -55,7 +68,10 @@ test("a new coordinator over the same KV loads identical sweep, shard and result
     { ...s0, state: "done", attempts: 1, leaseId: "L1", agentId: "ag", resultConsumed: true },
     { ...s1, state: "failed", attempts: 3, lastError: "boom" },
   ]);
-  assert.deepEqual((await b.loadResults("sw1")).map((x) => Buffer.from(x)), [Buffer.from(r0), Buffer.from(r1)]);
+  assert.deepEqual(
+    (await b.loadResults("sw1")).map((x) => Buffer.from(x)),
+    [Buffer.from(r0), Buffer.from(r1)],
+  );
   // the new coordinator writes over the old one's revisions
   b.saveShard({ ...s1, state: "pending", attempts: 0 });
   await b.flush();
@@ -80,7 +96,10 @@ test("an older coordinator is fenced off once a newer one wrote the same record"
   await fresh.flush();
   old.saveShard({ ...shardRec("fence", 0), state: "failed", agentId: "old" });
   await old.flush();
-  assert.ok(errors.some((e) => e instanceof StaleCoordinatorError), "the stale coordinator learns it lost");
+  assert.ok(
+    errors.some((e) => e instanceof StaleCoordinatorError),
+    "the stale coordinator learns it lost",
+  );
   const { shards } = await fresh.loadAll();
   assert.equal(shards.find((s) => s.shardId === "fence.0.0")?.agentId, "new", "the newer coordinator's write stands");
 });

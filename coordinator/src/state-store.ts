@@ -106,7 +106,8 @@ export class StateStore {
 
   private release(): void {
     const next = this.slotWaiters.shift();
-    if (next) next(); // the slot passes to the waiter
+    if (next)
+      next(); // the slot passes to the waiter
     else this.inFlight--;
   }
 

@@ -1,9 +1,13 @@
 /**
- * Bridges to the planning and aggregation of @factsweep/shared: the only file that calls
- * `planSweep` and `ResultAggregator`, so a change of their shapes is adapted here alone.
+ * Bridges to the planning and aggregation of @factsweep/planning: the only file that calls
+ * `planSweep` and `ResultAggregator`, so a change of their shapes is adapted here alone; and what a
+ * planned sweep becomes in the coordinator (its id, its shards' pending records).
  */
-import type { control, sweep } from "@factsweep/proto";
-import { KindAggregator, planSweep, readModelConfig, ResultAggregator, type SweepSpec } from "@factsweep/planning";
+import { randomBytes } from "node:crypto";
+import { sweep, type control } from "@factsweep/proto";
+import { KindAggregator, planSweep, shardUnits, readModelConfig, ResultAggregator, type SweepSpec } from "@factsweep/planning";
+import { LeaseTable } from "./lease-table.js";
+import type { ShardRecord } from "./state-store.js";
 
 /** A planned sweep: prompts (with per-prompt errors) and shards. */
 export interface Plan {
@@ -18,6 +22,25 @@ export interface Plan {
 export function plan(spec: SweepSpec, sweepId: string): Plan {
   const p = planSweep(spec, sweepId);
   return { model: p.model, prompts: p.prompts, promptErrors: p.promptErrors, shards: p.shards, plannedCells: p.plannedCells };
+}
+
+/** A sweep id from the spec's name: lower-case, dashes, at most 40 characters, and a random suffix. */
+export function newSweepId(name: string): string {
+  return `${
+    name
+      .toLowerCase()
+      .replace(/[^a-z0-9_-]+/g, "-")
+      .replace(/^-+|-+$/g, "")
+      .slice(0, 40) || "sweep"
+  }-${randomBytes(3).toString("hex")}`;
+}
+
+/** A planned shard as a new, pending shard record (the shard's protobuf in base64, sent in its grants). */
+export function shardRecord(sweepId: string, sh: sweep.Shard): ShardRecord {
+  return {
+    ...LeaseTable.pending(sh.shardId, sweepId, sh.prompt?.promptKey ?? `${sweepId}/${sh.prompt?.index ?? 0}`, shardUnits(sh)),
+    shard: Buffer.from(sweep.Shard.encode(sh).finish()).toString("base64"),
+  };
 }
 
 /** The aggregator of one sweep (idempotent by shard id): tracing's, or the experiment kinds'. */

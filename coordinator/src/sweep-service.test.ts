@@ -21,7 +21,8 @@ const auth = () => {
   md.set("authorization", "Bearer s3cret");
   return md;
 };
-const launch = (spec: string, sweepId = "", md = auth()) => call<control.LaunchRequest, control.SweepInfo>(h.sweeps, h.sweeps.launch, { spec, sweepId, specDir: GOLDEN_DIR }, md);
+const launch = (spec: string, sweepId = "", md = auth()) =>
+  call<control.LaunchRequest, control.SweepInfo>(h.sweeps, h.sweeps.launch, { spec, sweepId, specDir: GOLDEN_DIR }, md);
 
 async function rejectsWith(p: Promise<unknown>, code: grpc.status, re: RegExp): Promise<void> {
   await assert.rejects(p, (e: grpc.ServiceError) => {
@@ -42,7 +43,11 @@ test("an unknown model folder is refused with NOT_FOUND naming the path", async 
 
 test("a model path outside the model roots is refused with PERMISSION_DENIED naming the roots", async () => {
   const outside = mkdtempSync(join(tmpdir(), "model-outside-"));
-  await rejectsWith(launch(goldenSpec({ modelPath: outside })), grpc.status.PERMISSION_DENIED, new RegExp(`outside the configured model roots \\(${GOLDEN_DIR}`));
+  await rejectsWith(
+    launch(goldenSpec({ modelPath: outside })),
+    grpc.status.PERMISSION_DENIED,
+    new RegExp(`outside the configured model roots \\(${GOLDEN_DIR}`),
+  );
   // a symlink inside a root that points outside is refused too
   const link = join(mkdtempSync(join(tmpdir(), "root-")), "m");
   mkdirSync(outside + "/x");
@@ -62,12 +67,16 @@ test("an unknown sweep id is NOT_FOUND for get, cancel, resume, watch and result
   await rejectsWith(call(h.sweeps, h.sweeps.cancel, { sweepId: "nope" }, auth()), grpc.status.NOT_FOUND, /not found/);
   await rejectsWith(call(h.sweeps, h.sweeps.resume, { sweepId: "nope" }, auth()), grpc.status.NOT_FOUND, /not found/);
   for (const m of ["watch", "results"] as const) {
-    await rejectsWith(new Promise((res, rej) => {
-      const s = h.sweeps[m]({ sweepId: "nope" }, auth());
-      s.on("data", () => undefined);
-      s.on("error", rej);
-      s.on("end", res);
-    }), grpc.status.NOT_FOUND, /not found/);
+    await rejectsWith(
+      new Promise((res, rej) => {
+        const s = h.sweeps[m]({ sweepId: "nope" }, auth());
+        s.on("data", () => undefined);
+        s.on("error", rej);
+        s.on("end", res);
+      }),
+      grpc.status.NOT_FOUND,
+      /not found/,
+    );
   }
 });
 

@@ -34,7 +34,8 @@ const TERMINAL = new Set(["done", "failed", "cancelled"]);
 
 /** The SweepService implementation over the sweeps API. */
 export function createSweepService(coord: SweepApi, opts: SweepServiceOptions = {}): control.SweepServiceServer {
-  const unary = <Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>) =>
+  const unary =
+    <Req, Res>(method: string, fn: (req: Req) => Res | Promise<Res>) =>
     (call: ServerUnaryCall<Req, Res>, cb: sendUnaryData<Res>): void => {
       (async () => {
         checkToken(call.metadata, opts.token);

@@ -5,17 +5,16 @@
  * (NATS, servers, health) is `coordinator.ts`; the shards' scheduling is the scheduler's.
  */
 import { EventEmitter } from "node:events";
-import { randomBytes } from "node:crypto";
 import { control, sweep } from "@factsweep/proto";
 import { EVENTS_SUBJECT_PREFIX } from "@factsweep/shared";
-import { KindAggregator, modelTrace, parseSweepSpec, shardUnits, validateSweepId, type ModelTrace, type SweepSpec } from "@factsweep/planning";
-import { LeaseTable } from "./lease-table.js";
+import { KindAggregator, modelTrace, parseSweepSpec, validateSweepId, type ModelTrace, type SweepSpec } from "@factsweep/planning";
+import type { LeaseTable } from "./lease-table.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import { confineModelPath, isInsideRoots } from "./model-roots.js";
 import type { ResultSink } from "./results-consumer.js";
 import type { Scheduler } from "./scheduler.js";
-import type { ShardRecord, StateStore, SweepRecord } from "./state-store.js";
-import { newAggregator, plan, resultRows, type Aggregator } from "./sweep-runtime.js";
+import type { StateStore, SweepRecord } from "./state-store.js";
+import { newAggregator, newSweepId, plan, resultRows, shardRecord, type Aggregator } from "./sweep-runtime.js";
 import { InvalidSpecError, ModelNotFoundError, ModelPathDeniedError, SweepExistsError, SweepNotFoundError, UnavailableError } from "./errors.js";
 
 interface LiveSweep {
@@ -54,11 +53,6 @@ function rateAndEta(s: LiveSweep, doneCells: number): { rate: number; eta: numbe
   return { rate, eta: s.rec.state === "running" && rate > 0 ? (s.rec.plannedCells - doneCells) / rate : 0 };
 }
 
-/** A sweep id from the spec's name: lower-case, dashes, at most 40 characters, and a random suffix. */
-function newSweepId(name: string): string {
-  return `${name.toLowerCase().replace(/[^a-z0-9_-]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 40) || "sweep"}-${randomBytes(3).toString("hex")}`;
-}
-
 /**
  * The sweeps of one coordinator. Events: `sweep` (sweepId) after anything about a sweep changed.
  * It is the results consumer's sink (`add`, `persist`) and the scheduler's listener (`shardsChanged`).
@@ -78,19 +72,17 @@ export class Sweeps extends EventEmitter implements ResultSink {
 
   /** Per-sweep values of the metrics' gauges. */
   gauges(): { sweepId: string; active: boolean; plannedCells: number; doneCells: number }[] {
-    return [...this.live.values()].map((s) => ({ sweepId: s.rec.sweepId, active: s.rec.state === "running", plannedCells: s.rec.plannedCells, doneCells: this.d.table.counts(s.rec.sweepId).doneCells }));
+    return [...this.live.values()].map((s) => ({
+      sweepId: s.rec.sweepId,
+      active: s.rec.state === "running",
+      plannedCells: s.rec.plannedCells,
+      doneCells: this.d.table.counts(s.rec.sweepId).doneCells,
+    }));
   }
 
   private hold(rec: SweepRecord, spec: SweepSpec, agg: Aggregator, samples: LiveSweep["samples"]): void {
     this.live.set(rec.sweepId, { rec, spec, agg, samples, unpersisted: new Map(), lastEventMs: 0, lastEventState: "" });
     this.d.table.setSweep(rec.sweepId, rec.state === "running", rec.maxAttempts);
-  }
-
-  private shardRecord(sweepId: string, sh: sweep.Shard): ShardRecord {
-    return {
-      ...LeaseTable.pending(sh.shardId, sweepId, sh.prompt?.promptKey ?? `${sweepId}/${sh.prompt?.index ?? 0}`, shardUnits(sh)),
-      shard: Buffer.from(sweep.Shard.encode(sh).finish()).toString("base64"),
-    };
   }
 
   /** Loads every sweep and shard from the store; re-plans shards a crash during launch left unwritten. */
@@ -120,7 +112,10 @@ export class Sweeps extends EventEmitter implements ResultSink {
       try {
         const missing = plan(s.spec, s.rec.sweepId).shards.filter((sh) => !have.has(sh.shardId));
         this.d.log(`sweep ${s.rec.sweepId}: ${have.size}/${s.rec.shardCount} shards were persisted before a crash; re-planned ${missing.length}`);
-        this.d.scheduler.addShards(missing.map((sh) => this.shardRecord(s.rec.sweepId, sh)), true);
+        this.d.scheduler.addShards(
+          missing.map((sh) => shardRecord(s.rec.sweepId, sh)),
+          true,
+        );
       } catch (err) {
         this.d.log(`sweep ${s.rec.sweepId}: cannot re-plan its missing shards: ${(err as Error).message}`);
       }
@@ -247,17 +242,34 @@ export class Sweeps extends EventEmitter implements ResultSink {
     }
     const now = Date.now();
     const rec: SweepRecord = {
-      sweepId, name: spec.name, kind: spec.kind, spec: req.spec, specDir, model: sweep.ModelRef.toJSON(p.model),
-      prompts: p.prompts.map((x) => sweep.PromptSpec.toJSON(x)), promptErrors: p.promptErrors,
-      state: p.shards.length === 0 ? "failed" : "running", plannedCells: p.plannedCells, shardCount: p.shards.length,
-      maxAttempts: spec.max_attempts, doneCells: 0, retries: 0, createdMs: now, finishedMs: p.shards.length === 0 ? now : 0,
+      sweepId,
+      name: spec.name,
+      kind: spec.kind,
+      spec: req.spec,
+      specDir,
+      model: sweep.ModelRef.toJSON(p.model),
+      prompts: p.prompts.map((x) => sweep.PromptSpec.toJSON(x)),
+      promptErrors: p.promptErrors,
+      state: p.shards.length === 0 ? "failed" : "running",
+      plannedCells: p.plannedCells,
+      shardCount: p.shards.length,
+      maxAttempts: spec.max_attempts,
+      doneCells: 0,
+      retries: 0,
+      createdMs: now,
+      finishedMs: p.shards.length === 0 ? now : 0,
     };
     const agg = newAggregator(spec, sweepId, p.prompts); // before anything is persisted
     await this.d.store.createSweep(rec);
     this.hold(rec, spec, agg, [{ t: now, cells: 0 }]);
-    this.d.scheduler.addShards(p.shards.map((sh) => this.shardRecord(sweepId, sh)), true);
+    this.d.scheduler.addShards(
+      p.shards.map((sh) => shardRecord(sweepId, sh)),
+      true,
+    );
     await this.d.store.flush(); // the sweep is durable before the caller learns its id
-    this.d.log(`sweep ${sweepId} launched: ${p.prompts.length} prompts (${p.promptErrors.length} with errors), ${p.shards.length} shards, ${p.plannedCells} cells`);
+    this.d.log(
+      `sweep ${sweepId} launched: ${p.prompts.length} prompts (${p.promptErrors.length} with errors), ${p.shards.length} shards, ${p.plannedCells} cells`,
+    );
     this.emit("sweep", sweepId);
     return this.info(sweepId);
   }
@@ -270,13 +282,24 @@ export class Sweeps extends EventEmitter implements ResultSink {
     const retries = table.shardsOf(sweepId).reduce((n, e) => n + Math.max(0, e.attempts - 1), 0);
     const { rate, eta } = rateAndEta(s, c.doneCells);
     return {
-      sweepId, state: s.rec.state, name: s.rec.name, kind: s.rec.kind,
+      sweepId,
+      state: s.rec.state,
+      name: s.rec.name,
+      kind: s.rec.kind,
       counts: {
-        plannedCells: s.rec.plannedCells, doneCells: c.doneCells, shardsTotal: c.total, shardsDone: c.done, shardsLeased: c.leased,
-        shardsPending: c.pending, shardsFailed: c.failed, retries,
+        plannedCells: s.rec.plannedCells,
+        doneCells: c.doneCells,
+        shardsTotal: c.total,
+        shardsDone: c.done,
+        shardsLeased: c.leased,
+        shardsPending: c.pending,
+        shardsFailed: c.failed,
+        retries,
       },
-      cellsPerSecond: rate, etaSeconds: eta,
-      createdMs: s.rec.createdMs, finishedMs: s.rec.finishedMs,
+      cellsPerSecond: rate,
+      etaSeconds: eta,
+      createdMs: s.rec.createdMs,
+      finishedMs: s.rec.finishedMs,
       promptErrors: s.rec.promptErrors.map((e) => ({ promptIndex: e.index, message: e.message })),
       failedShards: c.failedShards.map((id) => `${id}: ${table.get(id)?.lastError ?? ""}`),
     };
@@ -337,7 +360,10 @@ export class Sweeps extends EventEmitter implements ResultSink {
     const model = sweep.ModelRef.fromJSON(s.rec.model);
     if (s.agg instanceof KindAggregator) throw new InvalidSpecError("kind", `sweep ${sweepId} is kind ${s.spec.kind}, not trace; its aggregate is summary()`);
     return modelTrace(s.agg, {
-      label: `${s.spec.model.id} (${s.spec.corruption.kind})`, modelType: model.modelType, sweepId, corruption: s.spec.corruption.kind,
+      label: `${s.spec.model.id} (${s.spec.corruption.kind})`,
+      modelType: model.modelType,
+      sweepId,
+      corruption: s.spec.corruption.kind,
       promptErrors: s.rec.promptErrors,
     });
   }

@@ -18,7 +18,23 @@ async function makeCerts(): Promise<void> {
   writeFileSync(f("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n");
   for (const who of ["server", "client"]) {
     await ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", `${who}.key`, "-out", `${who}.csr`, "-subj", `/CN=${who}`);
-    await ossl("x509", "-req", "-in", `${who}.csr`, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", `${who}.pem`, "-days", "2", "-extfile", "san.ext");
+    await ossl(
+      "x509",
+      "-req",
+      "-in",
+      `${who}.csr`,
+      "-CA",
+      "ca.pem",
+      "-CAkey",
+      "ca.key",
+      "-CAcreateserial",
+      "-out",
+      `${who}.pem`,
+      "-days",
+      "2",
+      "-extfile",
+      "san.ext",
+    );
   }
 }
 
@@ -45,7 +61,22 @@ test("with mTLS a client presenting a certificate of the CA is served", async ()
   const creds = grpc.credentials.createSsl(readFileSync(f("ca.pem")), readFileSync(f("client.key")), readFileSync(f("client.pem")));
   const r = await list(creds);
   assert.deepEqual(r.sweeps, []);
-  const cli = await execa(process.execPath, [join(REPO_ROOT, "sweepctl/dist/cli.js"), "--coordinator", h.addr, "--tls-ca", f("ca.pem"), "--tls-cert", f("client.pem"), "--tls-key", f("client.key"), "list"], { reject: false });
+  const cli = await execa(
+    process.execPath,
+    [
+      join(REPO_ROOT, "sweepctl/dist/cli.js"),
+      "--coordinator",
+      h.addr,
+      "--tls-ca",
+      f("ca.pem"),
+      "--tls-cert",
+      f("client.pem"),
+      "--tls-key",
+      f("client.key"),
+      "list",
+    ],
+    { reject: false },
+  );
   assert.equal(cli.exitCode, 0, cli.stderr);
 });
 
