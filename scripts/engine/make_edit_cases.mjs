@@ -15,10 +15,14 @@
 // Usage: node scripts/engine/make_edit_cases.mjs [--world models/world] [--cases 64]
 //          [--neighbours 10] [--paraphrases 7] [--corpus-filler 1200] [--corpus-facts 600]
 //          [--seed 1] [--out engine/tests/fixtures/edit_cases_world.json]
-import { Tokenizer } from "@huggingface/tokenizers";
+//
+// The seeded PRNG and the case's prompts are the planner's (planning/dist: run `npx tsc -b planning`
+// first), so the fixture holds exactly what an `edit` sweep sends the engine; only the choice of
+// cases (one seeded stream over the relations in file order) is this script's own.
 import { readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { editCaseParams, loadTokenizer, neighbourCandidates, newObjectCandidates, seededRandom, shuffle as seededShuffle } from "../../planning/dist/index.js";
 
 const { values: opt } = parseArgs({
   options: {
@@ -40,47 +44,10 @@ const num = (name) => {
 };
 
 const tokPath = opt.tokenizer ?? join(opt.world, "tokenizer.json");
-const tok = new Tokenizer(JSON.parse(readFileSync(tokPath, "utf8")), {});
-const enc = (text) => tok.encode(text, { add_special_tokens: false }).ids;
-const same = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
-
-// mulberry32: a small seeded PRNG, so the fixture is reproducible.
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const rand = rng(num("seed"));
-const shuffle = (xs) => {
-  const a = [...xs];
-  for (let i = a.length - 1; i > 0; i--) {
-    const j = Math.floor(rand() * (i + 1));
-    [a[i], a[j]] = [a[j], a[i]];
-  }
-  return a;
-};
-
-/** Tokens of template(subject) and the subject's half-open token span, or null where the
- * subject's tokens are not a clean piece of the whole prompt's tokens. `lead` is text put before
- * the prompt (". " for the in-context form). */
-function promptWithSpan(template, subject, lead = "") {
-  const at = template.indexOf("{}");
-  if (at < 0) throw new Error(`template ${JSON.stringify(template)} has no {}`);
-  const before = lead + template.slice(0, at);
-  // Byte-level BPE attaches a space to the word after it: the subject owns the space before it.
-  const spaced = before.endsWith(" ");
-  const preIds = before.length === 0 ? [] : enc(spaced ? before.slice(0, -1) : before);
-  const subjIds = enc((spaced ? " " : "") + subject);
-  const text = before + subject + template.slice(at + 2);
-  const ids = enc(text);
-  if (!same(ids.slice(0, preIds.length + subjIds.length), [...preIds, ...subjIds])) return null;
-  return { ids, subject: [preIds.length, preIds.length + subjIds.length], text };
-}
+const tok = loadTokenizer(tokPath);
+const enc = (text) => tok.encode(text);
+const rand = seededRandom(num("seed"));
+const shuffle = (xs) => seededShuffle(xs, rand);
 
 const relDir = join(opt.world, "relations");
 const relations = readdirSync(relDir).filter((f) => f.endsWith(".json")).sort()
@@ -92,41 +59,29 @@ const cases = [];
 let skipped = 0;
 for (const rel of relations) {
   const templates = rel.prompt_templates;
-  const objects = [...new Set(rel.samples.map((s) => s.object))];
   let made = 0;
   for (const sample of shuffle(rel.samples)) {
     if (made >= perRelation || cases.length >= nCases) break;
-    const trueIds = enc(" " + sample.object);
-    const others = shuffle(objects.filter((o) => o !== sample.object && enc(" " + o)[0] !== trueIds[0]));
+    const others = shuffle(newObjectCandidates(tok, rel.samples, sample.object));
     if (others.length === 0) { skipped++; continue; }
     const newObject = others[0];
-    const rewrite = promptWithSpan(templates[0], sample.subject);
-    const inContext = promptWithSpan(templates[0], sample.subject, ". ");
-    const kl = promptWithSpan("{} is a", sample.subject);
-    const paraphrases = templates.slice(1, 1 + num("paraphrases")).map((t) => promptWithSpan(t, sample.subject));
-    const neighbours = shuffle(rel.samples.filter((s) => s.object === sample.object && s.subject !== sample.subject))
-      .slice(0, num("neighbours")).map((s) => promptWithSpan(templates[0], s.subject));
-    if (!rewrite || !inContext || !kl || paraphrases.some((p) => !p) || neighbours.some((p) => !p) || neighbours.length === 0) {
-      skipped++;
+    const neighbours = shuffle(neighbourCandidates(rel.samples, sample)).slice(0, num("neighbours")).map((s) => s.subject);
+    let params;
+    try {
+      params = editCaseParams(tok, templates, sample.subject, sample.object, newObject, num("paraphrases"), neighbours);
+    } catch {
+      skipped++; // the subject cannot be located in one of the case's prompts
       continue;
     }
-    const subjectIds = rewrite.ids.slice(...rewrite.subject);
+    if (neighbours.length === 0) { skipped++; continue; }
     cases.push({
       case_id: cases.length,
       relation: rel.file.replace(/\.json$/, ""),
       subject: sample.subject,
       target_true: sample.object,
       target_new: newObject,
-      rewrite_text: rewrite.text,
-      params: {
-        subject_ids: subjectIds,
-        rewrite: { ids: rewrite.ids, subject: rewrite.subject, in_context: { ids: inContext.ids, subject: inContext.subject } },
-        target_new_ids: enc(" " + newObject),
-        target_true_ids: trueIds,
-        paraphrases: paraphrases.map((p) => p.ids),
-        neighbourhood: neighbours.map((p) => p.ids),
-        kl_prompts: [{ ids: kl.ids, subject: kl.subject }],
-      },
+      rewrite_text: templates[0].replace("{}", sample.subject),
+      params,
     });
     made++;
   }
