@@ -8,7 +8,7 @@ import { describeValue } from "@factsweep/shared";
 import { z } from "zod";
 import { loadRelations, type Relation } from "../datasets.js";
 import { PromptError, SpecError } from "../errors.js";
-import type { PlanError, PromptPlan } from "../prompts.js";
+import { planPrompts, type PlanError, type PromptPlan } from "../prompts.js";
 import { seededRandom } from "../random.js";
 import type { SweepSpec } from "../spec.js";
 import { GROUPS_BY_SCHEME, tokenGroups, type TokenGroup } from "../token-groups.js";
@@ -102,6 +102,16 @@ export function selectorPositions(sel: string | number, prompt: PromptTokens, sc
   const out: number[] = [];
   for (let t = 0; t < n; t++) if (tokenGroups(t, span, n, sch).includes(sel as TokenGroup)) out.push(t);
   return out;
+}
+
+/** The name, spec fields (`<name>: section?`) and section schema of a kind with a section of its own. */
+export function sectionKind<const N extends string, S extends z.ZodObject>(name: N, section: S): { name: N; specFields: { [K in N]: z.ZodOptional<S> }; section: S } {
+  return { name, specFields: { [name]: section.optional() } as { [K in N]: z.ZodOptional<S> }, section };
+}
+
+/** The dataset's prompts planned for a kind (`spec`: the kind's variant of the spec, e.g. another corruption). */
+export function planKindPrompts(ctx: KindPlanContext, spec: SweepSpec = ctx.spec): PromptPlan {
+  return planPrompts(spec, ctx.tokenizer, { sweepId: ctx.sweepId, maxPositions: ctx.modelConfig.maxPositions, vocabSize: ctx.modelConfig.vocabSize });
 }
 
 /** The spec's tokenizer, required by kinds that tokenize themselves. */

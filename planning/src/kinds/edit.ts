@@ -14,7 +14,7 @@ import { resolveLayers } from "../layers.js";
 import type { PlanError } from "../prompts.js";
 import type { SweepSpec } from "../spec.js";
 import type { PromptTokenizer } from "../tokenizer.js";
-import { checkAllowed, corpusSchema, kindShard, loadCorpus, mix, needRelations, needTokenizer, resolveCorpus, shuffle, Sums } from "./common.js";
+import { checkAllowed, corpusSchema, kindShard, loadCorpus, mix, needRelations, needTokenizer, resolveCorpus, sectionKind, shuffle, Sums } from "./common.js";
 import type { KindPlan, KindPlanContext, SweepKindModule } from "./kind.js";
 
 /** A fact of a relation file. */
@@ -164,13 +164,11 @@ function planEdit(ctx: KindPlanContext): KindPlan {
 
 const METRICS = ["ES", "PS", "NS", "EM", "PM", "NM"] as const;
 const SHOWN = ["ES", "PS", "NS", "S"] as const;
-const fields = { edit: editSection.optional() };
+const own = sectionKind("edit", editSection);
 
 /** Rank-one model editing. */
-export const editKind: SweepKindModule<"edit", typeof fields, EditSummary> = {
-  name: "edit",
-  specFields: fields,
-  section: editSection,
+export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummary> = {
+  ...own,
   resolvePaths: (spec, resolve) => resolveCorpus(spec.edit, resolve),
   plan: planEdit,
   units: () => 1,

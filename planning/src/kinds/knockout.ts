@@ -5,8 +5,7 @@
  */
 import { z } from "zod";
 import { resolveLayers } from "../layers.js";
-import { planPrompts } from "../prompts.js";
-import { corpusSchema, kindShard, loadCorpus, needTokenizer, resolveCorpus, shardParams, Sums } from "./common.js";
+import { corpusSchema, kindShard, loadCorpus, needTokenizer, planKindPrompts, resolveCorpus, sectionKind, shardParams, Sums } from "./common.js";
 import type { SweepKindModule } from "./kind.js";
 
 /** Knockout token sets (engine/experiments/knockout.py). */
@@ -33,13 +32,11 @@ export interface KnockoutSummary {
   points: { token_set: string; layer: number; relative_change: number | null; n: number }[];
 }
 
-const fields = { knockout: knockoutSection.optional() };
+const own = sectionKind("knockout", knockoutSection);
 
 /** Information-flow knockout. */
-export const knockoutKind: SweepKindModule<"knockout", typeof fields, KnockoutSummary> = {
-  name: "knockout",
-  specFields: fields,
-  section: knockoutSection,
+export const knockoutKind: SweepKindModule<"knockout", typeof own.specFields, KnockoutSummary> = {
+  ...own,
   resolvePaths: (spec, resolve) => resolveCorpus(spec.knockout, resolve),
   plan(ctx) {
     const { spec, modelConfig } = ctx;
@@ -47,7 +44,7 @@ export const knockoutKind: SweepKindModule<"knockout", typeof fields, KnockoutSu
     const layers = resolveLayers(spec.layers, modelConfig.numLayers);
     // The clean run is all knockout needs; a one-sample noise corruption is the cheapest to prepare and never lacks a partner.
     const planSpec = { ...spec, corruption: { kind: "noise" as const, scale: 3, std: 1, samples: 1, seed: 1 } };
-    const plan = planPrompts(planSpec, ctx.tokenizer, { sweepId: ctx.sweepId, maxPositions: modelConfig.maxPositions, vocabSize: modelConfig.vocabSize });
+    const plan = planKindPrompts(ctx, planSpec);
     let corpus: number[][] | undefined;
     if (modelConfig.modelType === "mamba" && plan.prompts.length > 0) {
       const c = loadCorpus(k.corpus, "knockout.corpus", needTokenizer(ctx), plan.prompts.map((p) => p.text), k.max_corpus, k.corpus_tokens);

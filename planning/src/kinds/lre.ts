@@ -13,7 +13,7 @@ import { resolveLayers } from "../layers.js";
 import type { PlanError } from "../prompts.js";
 import type { SweepSpec } from "../spec.js";
 import type { PromptTokenizer } from "../tokenizer.js";
-import { kindShard, mix, needRelations, needTokenizer, shardParams, shuffle, Sums } from "./common.js";
+import { kindShard, mix, needRelations, needTokenizer, sectionKind, shardParams, shuffle, Sums } from "./common.js";
 import type { SweepKindModule } from "./kind.js";
 
 const posInt = z.number().int().min(1);
@@ -82,13 +82,11 @@ export function lreSplit(facts: readonly Fact[], spec: SweepSpec, relationIndex:
   return { train, test };
 }
 
-const fields = { lre: lreSection.optional() };
+const own = sectionKind("lre", lreSection);
 
 /** Linear relation embeddings. */
-export const lreKind: SweepKindModule<"lre", typeof fields, LreSummary> = {
-  name: "lre",
-  specFields: fields,
-  section: lreSection,
+export const lreKind: SweepKindModule<"lre", typeof own.specFields, LreSummary> = {
+  ...own,
   plan(ctx) {
     const { spec, modelConfig } = ctx;
     const l = spec.lre!;

@@ -8,10 +8,9 @@ import { z } from "zod";
 import { indirectEffect } from "../effects.js";
 import { PromptError, ResultError, SpecError } from "../errors.js";
 import { resolveLayers } from "../layers.js";
-import { planPrompts } from "../prompts.js";
 import type { SweepSpec } from "../spec.js";
 import { GROUPS_BY_SCHEME } from "../token-groups.js";
-import { checkAllowed, kindShard, planCellsPerPrompt, selectorPositions, shardParams, slices, Sums, type PromptTokens } from "./common.js";
+import { checkAllowed, kindShard, planCellsPerPrompt, planKindPrompts, sectionKind, selectorPositions, shardParams, slices, Sums, type PromptTokens } from "./common.js";
 import type { SweepKindModule } from "./kind.js";
 
 /** Paths a sever cell may freeze, per model type; `none` is plain restoration. */
@@ -65,17 +64,15 @@ export function severCells(spec: SweepSpec, prompt: PromptTokens, modelType: str
   return cells;
 }
 
-const fields = { sever: severSection.optional() };
+const own = sectionKind("sever", severSection);
 
 /** Path blocking. */
-export const severKind: SweepKindModule<"sever", typeof fields, SeverSummary> = {
-  name: "sever",
-  specFields: fields,
-  section: severSection,
+export const severKind: SweepKindModule<"sever", typeof own.specFields, SeverSummary> = {
+  ...own,
   plan(ctx) {
     const { spec, modelConfig } = ctx;
     severPaths(spec, modelConfig.modelType);
-    const plan = planPrompts(spec, ctx.tokenizer, { sweepId: ctx.sweepId, maxPositions: modelConfig.maxPositions, vocabSize: modelConfig.vocabSize });
+    const plan = planKindPrompts(ctx);
     return planCellsPerPrompt(
       plan,
       (p) => severCells(spec, p, modelConfig.modelType, modelConfig.numLayers),

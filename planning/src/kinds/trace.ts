@@ -7,10 +7,9 @@
 import { z } from "zod";
 import { SpecError } from "../errors.js";
 import { expandCells, shardPrompt } from "../grid.js";
-import { planPrompts } from "../prompts.js";
 import { SITE_NAMES, SITES_BY_MODEL_TYPE, type SiteName } from "../sites.js";
 import { TOKEN_GROUPS } from "../token-groups.js";
-import { planCellsPerPrompt } from "./common.js";
+import { planCellsPerPrompt, planKindPrompts } from "./common.js";
 import type { SweepKindModule } from "./kind.js";
 
 /** Token selectors: a group name, `subject` (every subject token), or a token index (negative: from the end). */
@@ -50,9 +49,9 @@ export const traceKind: SweepKindModule<"trace", typeof traceFields, never> = {
       }
     });
   },
-  plan({ spec, sweepId, modelConfig, model, tokenizer }) {
-    const plan = planPrompts(spec, tokenizer, { sweepId, maxPositions: modelConfig.maxPositions, vocabSize: modelConfig.vocabSize });
-    return planCellsPerPrompt(plan, (p) => expandCells(p, spec, modelConfig.numLayers), (p, cells) => shardPrompt(p, cells, { sweepId, shardCells: spec.shard_cells, model, kind: spec.kind }));
+  plan(ctx) {
+    const { spec, sweepId, modelConfig, model } = ctx;
+    return planCellsPerPrompt(planKindPrompts(ctx), (p) => expandCells(p, spec, modelConfig.numLayers), (p, cells) => shardPrompt(p, cells, { sweepId, shardCells: spec.shard_cells, model, kind: spec.kind }));
   },
   units: (sh) => sh.cells.length,
   /** Trace rows are control.ResultRow's own fields (sweepctl's RESULT_COLUMNS), not `fields_json`. */
