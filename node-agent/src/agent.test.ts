@@ -2,7 +2,7 @@
  * The agent process (node dist/main.js) against a real nats-server, real engine workers and the
  * "scripted-coordinator" test double on the gRPC side.
  */
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -13,17 +13,11 @@ import { execa, type ResultPromise } from "execa";
 import { AGENT_PROTOCOL_VERSION } from "@factsweep/proto";
 import { ScriptedCoordinator } from "@factsweep/testing";
 import { startNatsServer } from "@factsweep/testing";
-import { goldenSwapShard, REPO_ROOT, skipWithoutGolden, startResultsNats, storedResults } from "@factsweep/testing";
+import { resultsNatsForFile } from "./test-support.js";
+import { goldenSwapShard, REPO_ROOT, skipWithoutGolden, storedResults } from "@factsweep/testing";
 
 const skip = skipWithoutGolden();
-let nats: Awaited<ReturnType<typeof startResultsNats>>;
-
-before(async () => {
-  if (!skip) nats = await startResultsNats();
-});
-after(async () => {
-  await nats?.stop();
-});
+const env = resultsNatsForFile(skip);
 
 type AgentProc = ResultPromise<{ stdout: "pipe"; stderr: "pipe"; reject: false; buffer: false }>;
 
@@ -31,7 +25,7 @@ type AgentProc = ResultPromise<{ stdout: "pipe"; stderr: "pipe"; reject: false; 
 async function startAgent(coordinatorPort: number, extra: string[] = []): Promise<{ proc: AgentProc; httpPort: number; agentId: string; logs: string[] }> {
   const proc = execa(
     process.execPath,
-    [join(REPO_ROOT, "node-agent", "dist", "main.js"), "--coordinator", `127.0.0.1:${coordinatorPort}`, "--nats-url", nats.server.url, "--cpu", "--workers", "1", "--http-port", "0", "--http-host", "127.0.0.1", ...extra],
+    [join(REPO_ROOT, "node-agent", "dist", "main.js"), "--coordinator", `127.0.0.1:${coordinatorPort}`, "--nats-url", env.nats.server.url, "--cpu", "--workers", "1", "--http-port", "0", "--http-host", "127.0.0.1", ...extra],
     { stdout: "pipe", stderr: "pipe", reject: false, buffer: false, env: { FACTSWEEP_TOKEN: "" } },
   ) as AgentProc;
   const logs: string[] = [];
@@ -44,6 +38,48 @@ async function startAgent(coordinatorPort: number, extra: string[] = []): Promis
   const m = /agent_id=(\S+) http_port=(\d+) workers=1 mode=cpu/.exec(line);
   assert.ok(m, `ready line: ${line}`);
   return { proc, agentId: m[1]!, httpPort: Number(m[2]), logs };
+}
+
+type Stream = Awaited<ReturnType<ScriptedCoordinator["nextStream"]>>;
+type Agent = Awaited<ReturnType<typeof startAgent>>;
+
+/**
+ * A scripted coordinator and an agent (`--agent-id agentId`, plus `extra`) connected to it: hello
+ * answered with a Welcome (heartbeat 50 ms), first credit received; both killed after `body`.
+ */
+async function withWelcomedAgent(agentId: string, extra: string[], body: (ctx: { coord: ScriptedCoordinator; port: number; a: Agent; s: Stream }) => Promise<void>): Promise<void> {
+  const coord = new ScriptedCoordinator();
+  const port = await coord.start();
+  const a = await startAgent(port, ["--agent-id", agentId, ...extra]);
+  try {
+    const s = await coord.nextStream(0);
+    await s.next("hello");
+    s.send({ $case: "welcome", welcome: { sessionId: "s1", leaseTtlMs: 30_000, heartbeatIntervalMs: 50, natsResultsSubjectPrefix: "" } });
+    await s.next("credit");
+    await body({ coord, port, a, s });
+  } finally {
+    a.proc.kill("SIGKILL");
+    coord.kill();
+  }
+}
+
+/** The golden swap shard with its 28 cells repeated for each window in `windows`: long enough to be caught mid-run. */
+function longShard(sweepId: string, windows: number[], shardId?: string): ReturnType<typeof goldenSwapShard>["shard"] {
+  const { shard } = goldenSwapShard(sweepId, shardId);
+  shard.cells = windows.flatMap((w) => shard.cells.map((c) => ({ ...c, window: w })));
+  return shard;
+}
+
+/** Leases `shard` as L1 and waits until a heartbeat shows it part done. */
+async function leaseUntilMidRun(s: Stream, shard: ReturnType<typeof longShard>): Promise<void> {
+  s.send({ $case: "lease", lease: { leaseId: "L1", shard, ttlMs: 30_000 } });
+  await s.next("heartbeat", (b) => b.heartbeat.leases.some((l) => l.leaseId === "L1" && l.cellsDone > 0 && l.cellsDone < shard.cells.length));
+}
+
+/** Sends the agent SIGTERM and waits until it logs that it drains. */
+async function sigterm(a: Agent): Promise<void> {
+  a.proc.kill("SIGTERM");
+  await waitFor(async () => (a.logs.some((l) => /draining \(SIGTERM\)/.test(l)) ? true : undefined));
 }
 
 test("the agent says hello, grants credit, runs a leased shard, reports it done with the JetStream sequence, abandons a cancelled lease, and serves metrics", { skip }, async () => {
@@ -66,7 +102,7 @@ test("the agent says hello, grants credit, runs a leased shard, reports it done 
     const done = (await s.next("done")).done;
     assert.equal(done.leaseId, "L1");
     assert.equal(done.shardId, shard.shardId);
-    const stored = await storedResults(nats.jsm, "sw-agent");
+    const stored = await storedResults(env.nats.jsm, "sw-agent");
     assert.equal(stored.length, 1);
     assert.equal(done.publishedSeq, stored[0]!.seq);
     assert.equal(stored[0]!.result.agentId, "agent-hello");
@@ -91,15 +127,14 @@ test("the agent says hello, grants credit, runs a leased shard, reports it done 
     assert.deepEqual([health.status, health.workersReady, health.coordinatorConnected], ["ok", 1, true]);
 
     // A lease the coordinator cancels is abandoned: no done, no failed, nothing published, the slot comes back.
-    const { shard: long } = goldenSwapShard("sw-agent", "sw-agent.1.0");
-    long.cells = [1, 3, 5].flatMap((w) => long.cells.map((c) => ({ ...c, window: w })));
+    const long = longShard("sw-agent", [1, 3, 5], "sw-agent.1.0");
     const before = s.received.length;
     s.send({ $case: "lease", lease: { leaseId: "L2", shard: long, ttlMs: 30_000 } });
     s.send({ $case: "cancel", cancel: { leaseId: "L2", reason: "sweep cancelled" } });
     await s.next("credit", () => true, { fromIndex: before });
     await s.next("heartbeat", (b) => b.heartbeat.leases.length === 0, { fromIndex: s.received.length });
     assert.ok(!s.received.slice(before).some((m) => m.body?.$case === "done" || m.body?.$case === "failed"), "nothing reported for a cancelled lease");
-    assert.deepEqual((await storedResults(nats.jsm, "sw-agent")).map((x) => x.result.shardId), [shard.shardId]);
+    assert.deepEqual((await storedResults(env.nats.jsm, "sw-agent")).map((x) => x.result.shardId), [shard.shardId]);
 
     // The coordinator asks it to drain: it leaves cleanly with exit code 0.
     s.send({ $case: "drain", drain: { reason: "test over" } });
@@ -112,23 +147,15 @@ test("the agent says hello, grants credit, runs a leased shard, reports it done 
 });
 
 test("when the coordinator dies mid-shard the agent finishes the shard, publishes it, reconnects with backoff and reports it done on the new stream", { skip }, async () => {
-  const coord = new ScriptedCoordinator();
-  const port = await coord.start();
-  const a = await startAgent(port, ["--agent-id", "agent-reconnect", "--batch-size", "1"]);
-  try {
-    const s = await coord.nextStream(0);
-    await s.next("hello");
-    s.send({ $case: "welcome", welcome: { sessionId: "s1", leaseTtlMs: 30_000, heartbeatIntervalMs: 50, natsResultsSubjectPrefix: "" } });
-    await s.next("credit");
-    const { shard } = goldenSwapShard("sw-reconnect");
-    shard.cells = [1, 3, 5].flatMap((w) => shard.cells.map((c) => ({ ...c, window: w })));
+  await withWelcomedAgent("agent-reconnect", ["--batch-size", "1"], async ({ coord, port, a, s }) => {
+    const shard = longShard("sw-reconnect", [1, 3, 5]);
     s.send({ $case: "lease", lease: { leaseId: "L1", shard, ttlMs: 30_000 } });
     const hb = await s.next("heartbeat", (b) => b.heartbeat.leases.some((l) => l.leaseId === "L1" && l.cellsDone > 0));
     coord.kill(); // the coordinator vanishes while the shard runs
     assert.ok(hb.heartbeat.leases[0]!.cellsDone < shard.cells.length, "killed mid-shard");
 
     const stored = await waitFor(async () => {
-      const st = await storedResults(nats.jsm, "sw-reconnect");
+      const st = await storedResults(env.nats.jsm, "sw-reconnect");
       return st.length > 0 ? st : undefined;
     });
     assert.equal(stored.length, 1, "the result reached JetStream without the coordinator");
@@ -148,28 +175,15 @@ test("when the coordinator dies mid-shard the agent finishes the shard, publishe
       await a.proc;
       coord2.kill();
     }
-  } finally {
-    a.proc.kill("SIGKILL");
-    coord.kill();
-  }
+  });
 });
 
 test("SIGTERM drains: the running shard finishes and is reported done, a lease granted after it is handed back, workers shut down, exit 0", { skip }, async () => {
-  const coord = new ScriptedCoordinator();
-  const port = await coord.start();
-  const a = await startAgent(port, ["--agent-id", "agent-term", "--batch-size", "1"]);
-  try {
-    const s = await coord.nextStream(0);
-    await s.next("hello");
-    s.send({ $case: "welcome", welcome: { sessionId: "s1", leaseTtlMs: 30_000, heartbeatIntervalMs: 50, natsResultsSubjectPrefix: "" } });
-    await s.next("credit");
-    const { shard } = goldenSwapShard("sw-term");
+  await withWelcomedAgent("agent-term", ["--batch-size", "1"], async ({ a, s }) => {
     // Three windows make the shard long enough (84 single-cell batches) to be mid-run at SIGTERM.
-    shard.cells = [1, 3, 5].flatMap((w) => shard.cells.map((c) => ({ ...c, window: w })));
-    s.send({ $case: "lease", lease: { leaseId: "L1", shard, ttlMs: 30_000 } });
-    await s.next("heartbeat", (b) => b.heartbeat.leases.some((l) => l.leaseId === "L1" && l.cellsDone > 0 && l.cellsDone < shard.cells.length));
-    a.proc.kill("SIGTERM");
-    await waitFor(async () => (a.logs.some((l) => /draining \(SIGTERM\)/.test(l)) ? true : undefined));
+    const shard = longShard("sw-term", [1, 3, 5]);
+    await leaseUntilMidRun(s, shard);
+    await sigterm(a);
     const { shard: other } = goldenSwapShard("sw-term", "sw-term.1.0");
     s.send({ $case: "lease", lease: { leaseId: "L2", shard: other, ttlMs: 30_000 } });
 
@@ -180,31 +194,18 @@ test("SIGTERM drains: the running shard finishes and is reported done, a lease g
     assert.equal(done.leaseId, "L1");
     const r = await a.proc;
     assert.equal(r.exitCode, 0, a.logs.join("\n"));
-    const stored = await storedResults(nats.jsm, "sw-term");
+    const stored = await storedResults(env.nats.jsm, "sw-term");
     assert.deepEqual(stored.map((x) => x.result.shardId), [shard.shardId]);
     assert.equal(stored[0]!.result.cells.length, 84);
     assert.ok(a.logs.some((l) => /\[worker cpu:0\].*exit 0/.test(l)), "the worker exited after Shutdown");
-  } finally {
-    a.proc.kill("SIGKILL");
-    coord.kill();
-  }
+  });
 });
 
 test("a second SIGTERM hands the running shard back as retryable without publishing it, and the agent exits 0", { skip }, async () => {
-  const coord = new ScriptedCoordinator();
-  const port = await coord.start();
-  const a = await startAgent(port, ["--agent-id", "agent-term2", "--batch-size", "1"]);
-  try {
-    const s = await coord.nextStream(0);
-    await s.next("hello");
-    s.send({ $case: "welcome", welcome: { sessionId: "s1", leaseTtlMs: 30_000, heartbeatIntervalMs: 50, natsResultsSubjectPrefix: "" } });
-    await s.next("credit");
-    const { shard } = goldenSwapShard("sw-term2");
-    shard.cells = [1, 3, 5, 7, 9].flatMap((w) => shard.cells.map((c) => ({ ...c, window: w })));
-    s.send({ $case: "lease", lease: { leaseId: "L1", shard, ttlMs: 30_000 } });
-    await s.next("heartbeat", (b) => b.heartbeat.leases.some((l) => l.leaseId === "L1" && l.cellsDone > 0 && l.cellsDone < shard.cells.length));
-    a.proc.kill("SIGTERM");
-    await waitFor(async () => (a.logs.some((l) => /draining \(SIGTERM\)/.test(l)) ? true : undefined));
+  await withWelcomedAgent("agent-term2", ["--batch-size", "1"], async ({ a, s }) => {
+    const shard = longShard("sw-term2", [1, 3, 5, 7, 9]);
+    await leaseUntilMidRun(s, shard);
+    await sigterm(a);
     a.proc.kill("SIGTERM");
     const failed = (await s.next("failed")).failed;
     assert.deepEqual([failed.leaseId, failed.shardId, failed.retryable], ["L1", shard.shardId, true]);
@@ -212,11 +213,8 @@ test("a second SIGTERM hands the running shard back as retryable without publish
     const r = await a.proc;
     assert.equal(r.exitCode, 0, a.logs.join("\n"));
     assert.ok(!s.received.some((m) => m.body?.$case === "done"));
-    assert.equal((await storedResults(nats.jsm, "sw-term2")).length, 0);
-  } finally {
-    a.proc.kill("SIGKILL");
-    coord.kill();
-  }
+    assert.equal((await storedResults(env.nats.jsm, "sw-term2")).length, 0);
+  });
 });
 
 test("an agent refused for its protocol version stops with a clear error instead of reconnecting", { skip }, async () => {

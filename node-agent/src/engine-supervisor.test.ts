@@ -1,4 +1,4 @@
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { EngineSupervisor } from "./engine-supervisor.js";
 import { EngineVersionMismatchError, WorkerStartError } from "./errors.js";
@@ -6,18 +6,12 @@ import { cpuSlots } from "./gpu-discovery.js";
 import { createAgentMetrics } from "./metrics.js";
 import { ResultPublisher } from "./result-publisher.js";
 import { runShard } from "./shard-runner.js";
-import { engineCommand, goldenSwapShard, REPO_ROOT, skipWithoutGolden, startResultsNats, storedResults } from "@factsweep/testing";
+import { engineCommand, goldenSwapShard, REPO_ROOT, skipWithoutGolden, storedResults } from "@factsweep/testing";
 import { memoryLogger } from "./log.js";
+import { resultsNatsForFile } from "./test-support.js";
 
 const skip = skipWithoutGolden();
-let nats: Awaited<ReturnType<typeof startResultsNats>>;
-
-before(async () => {
-  if (!skip) nats = await startResultsNats();
-});
-after(async () => {
-  await nats?.stop();
-});
+const env = resultsNatsForFile(skip);
 
 test("a SIGKILLed engine worker is restarted and the shard it was running still completes once, equal to the reference", { skip }, async () => {
   const metrics = createAgentMetrics();
@@ -32,7 +26,7 @@ test("a SIGKILLed engine worker is restarted and the shard it was running still 
     const out = await runShard({
       shard,
       worker,
-      publisher: new ResultPublisher(nats.nc, { metrics, log }),
+      publisher: new ResultPublisher(env.nats.nc, { metrics, log }),
       agentId: "agent-k",
       metrics,
       log,
@@ -52,7 +46,7 @@ test("a SIGKILLed engine worker is restarted and the shard it was running still 
     assert.ok(log.lines.some((l) => /worker process died \(signal SIGKILL\)/.test(l)), "the death is logged");
     assert.ok(log.lines.some((l) => l.includes("[worker cpu:0]")), "worker stderr is forwarded with its prefix");
 
-    const stored = await storedResults(nats.jsm, "sw-kill");
+    const stored = await storedResults(env.nats.jsm, "sw-kill");
     assert.equal(stored.length, 1);
     assert.equal(stored[0]!.seq, out.published.seq);
     const r = stored[0]!.result;

@@ -48,9 +48,9 @@ export class EngineVersionMismatchError extends AgentError {
   }
 }
 
-/** A worker process could not be started or did not complete its handshake. */
-export class WorkerStartError extends AgentError {
-  override name = "WorkerStartError";
+/** An error about one engine worker (`worker` is its name, e.g. `cuda:0`). */
+export class WorkerError extends AgentError {
+  override name = "WorkerError";
   constructor(
     readonly worker: string,
     message: string,
@@ -60,16 +60,14 @@ export class WorkerStartError extends AgentError {
   }
 }
 
+/** A worker process could not be started or did not complete its handshake. */
+export class WorkerStartError extends WorkerError {
+  override name = "WorkerStartError";
+}
+
 /** The worker running a shard died or was restarted while the shard needed it. */
-export class WorkerLostError extends AgentError {
+export class WorkerLostError extends WorkerError {
   override name = "WorkerLostError";
-  constructor(
-    readonly worker: string,
-    message: string,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-  }
 }
 
 /**

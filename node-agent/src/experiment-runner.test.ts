@@ -1,40 +1,22 @@
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { EngineSupervisor } from "./engine-supervisor.js";
 import { ShardError } from "./errors.js";
-import { cpuSlots } from "./gpu-discovery.js";
-import { createAgentMetrics } from "./metrics.js";
 import { ResultPublisher } from "./result-publisher.js";
 import { runShard } from "./shard-runner.js";
-import { engineCommand, goldenSwapShard, skipWithoutGolden, startResultsNats, storedResults } from "@factsweep/testing";
-import { memoryLogger } from "./log.js";
+import { goldenSwapShard, skipWithoutGolden, storedResults } from "@factsweep/testing";
+import { engineWorkerForFile } from "./test-support.js";
 
 const skip = skipWithoutGolden();
-let nats: Awaited<ReturnType<typeof startResultsNats>>;
-let sup: EngineSupervisor;
-const metrics = createAgentMetrics();
-const log = memoryLogger();
-
-before(async () => {
-  if (skip) return;
-  nats = await startResultsNats();
-  sup = new EngineSupervisor({ slots: cpuSlots(1), command: await engineCommand(), metrics, log });
-  await sup.start();
-});
-
-after(async () => {
-  if (skip) return;
-  await sup?.stop();
-  await nats?.stop();
-});
+const env = engineWorkerForFile(skip);
+const { metrics, log } = env;
 
 test("a sever shard prepares its prompt, runs RunExperiment and publishes the engine's result_json with no cells", { skip }, async () => {
   const { shard, reference } = goldenSwapShard("ex-sever");
   // Freezing no path is plain restoration: the residual trace's golden values.
   const cells = [{ token: 2, layer: 1, path: "none" }, { token: 4, layer: 0, path: "none" }, { token: 4, layer: 0, path: "ssm" }];
-  const publisher = new ResultPublisher(nats.nc, { metrics, log });
-  const out = await runShard({ shard: { ...shard, kind: "sever", cells: [], paramsJson: JSON.stringify({ cells }) }, worker: sup.workers[0]!, publisher, agentId: "a", metrics, log });
-  const stored = await storedResults(nats.jsm, "ex-sever");
+  const publisher = new ResultPublisher(env.nats.nc, { metrics, log });
+  const out = await runShard({ shard: { ...shard, kind: "sever", cells: [], paramsJson: JSON.stringify({ cells }) }, worker: env.sup.workers[0]!, publisher, agentId: "a", metrics, log });
+  const stored = await storedResults(env.nats.jsm, "ex-sever");
   assert.equal(stored.length, 1);
   const r = stored[0]!.result;
   assert.equal(r.cells.length, 0);
@@ -48,10 +30,10 @@ test("a sever shard prepares its prompt, runs RunExperiment and publishes the en
 
 test("an experiment shard whose params the engine refuses fails as not retryable, naming the field", { skip }, async () => {
   const { shard } = goldenSwapShard("ex-bad");
-  const publisher = new ResultPublisher(nats.nc, { metrics, log });
+  const publisher = new ResultPublisher(env.nats.nc, { metrics, log });
   await assert.rejects(
-    runShard({ shard: { ...shard, kind: "sever", cells: [], paramsJson: JSON.stringify({ cells: [{ token: 0, layer: 99, path: "none" }] }) }, worker: sup.workers[0]!, publisher, agentId: "a", metrics, log }),
+    runShard({ shard: { ...shard, kind: "sever", cells: [], paramsJson: JSON.stringify({ cells: [{ token: 0, layer: 99, path: "none" }] }) }, worker: env.sup.workers[0]!, publisher, agentId: "a", metrics, log }),
     (e: ShardError) => e instanceof ShardError && e.retryable === false && /params\.cells\[0\]\.layer/.test(e.message),
   );
-  assert.equal((await storedResults(nats.jsm, "ex-bad")).length, 0, "nothing published");
+  assert.equal((await storedResults(env.nats.jsm, "ex-bad")).length, 0, "nothing published");
 });

@@ -1,44 +1,26 @@
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
 import { EngineClient } from "./engine-client.js";
-import { EngineSupervisor } from "./engine-supervisor.js";
 import { ShardError } from "./errors.js";
-import { cpuSlots } from "./gpu-discovery.js";
-import { createAgentMetrics } from "./metrics.js";
 import { ResultPublisher } from "./result-publisher.js";
 import { runShard } from "./shard-runner.js";
-import { engineCommand, goldenSwapShard, skipWithoutGolden, startResultsNats, storedResults } from "@factsweep/testing";
-import { memoryLogger } from "./log.js";
+import { engineCommand, goldenSwapShard, skipWithoutGolden, storedResults } from "@factsweep/testing";
+import { engineWorkerForFile } from "./test-support.js";
 
 const skip = skipWithoutGolden();
-let nats: Awaited<ReturnType<typeof startResultsNats>>;
-let sup: EngineSupervisor;
-const metrics = createAgentMetrics();
-const log = memoryLogger();
-
-before(async () => {
-  if (skip) return;
-  nats = await startResultsNats();
-  sup = new EngineSupervisor({ slots: cpuSlots(1), command: await engineCommand(), metrics, log });
-  await sup.start();
-});
-
-after(async () => {
-  if (skip) return;
-  await sup?.stop();
-  await nats?.stop();
-});
+const env = engineWorkerForFile(skip);
+const { metrics, log } = env;
 
 test("a shard runs on a real engine worker and publishes exactly one ShardResult equal to the engine's own answers", { skip }, async () => {
   const { shard, reference } = goldenSwapShard("sw-e2e");
-  const publisher = new ResultPublisher(nats.nc, { metrics, log });
+  const publisher = new ResultPublisher(env.nats.nc, { metrics, log });
   const progress: number[] = [];
-  const worker = sup.workers[0]!;
+  const worker = env.sup.workers[0]!;
   const out = await runShard({ shard, worker, publisher, agentId: "agent-t", metrics, log, batchSize: 8, onProgress: (n) => progress.push(n) });
 
   // Progress advanced batch by batch (28 cells, 8 per RunCells).
   assert.deepEqual(progress, [8, 16, 24, 28]);
-  const stored = await storedResults(nats.jsm, "sw-e2e");
+  const stored = await storedResults(env.nats.jsm, "sw-e2e");
   assert.equal(stored.length, 1, "exactly one result in JetStream");
   assert.equal(stored[0]!.msgId, shard.shardId, "Nats-Msg-Id is the shard id");
   assert.equal(stored[0]!.seq, out.published.seq);
@@ -76,16 +58,16 @@ test("a shard runs on a real engine worker and publishes exactly one ShardResult
   const again = await publisher.publish(r);
   assert.equal(again.duplicate, true);
   assert.equal(again.seq, out.published.seq);
-  assert.equal((await storedResults(nats.jsm, "sw-e2e")).length, 1);
+  assert.equal((await storedResults(env.nats.jsm, "sw-e2e")).length, 1);
 });
 
 test("a prompt the engine refuses as invalid fails the shard as not retryable with the engine's message", { skip }, async () => {
   const { shard } = goldenSwapShard("sw-bad");
   shard.prompt!.subjectEnd = 99; // subject span outside the 7-token prompt
-  const publisher = new ResultPublisher(nats.nc, { metrics, log });
+  const publisher = new ResultPublisher(env.nats.nc, { metrics, log });
   await assert.rejects(
-    runShard({ shard, worker: sup.workers[0]!, publisher, agentId: "agent-t", metrics, log }),
+    runShard({ shard, worker: env.sup.workers[0]!, publisher, agentId: "agent-t", metrics, log }),
     (e: unknown) => e instanceof ShardError && !e.retryable && /INVALID_ARGUMENT/.test(e.message) && /subject/.test(e.message),
   );
-  assert.equal((await storedResults(nats.jsm, "sw-bad")).length, 0, "nothing published for a failed shard");
+  assert.equal((await storedResults(env.nats.jsm, "sw-bad")).length, 0, "nothing published for a failed shard");
 });
