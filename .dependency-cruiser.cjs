@@ -5,7 +5,7 @@
  * test tooling (`testing/`) out of every daemon.
  */
 const pkg = (name) => `^(${name})/src/`;
-const notTest = "\\.test\\.ts$";
+const notTest = "(\\.test|/test-support)\\.ts$";
 module.exports = {
   forbidden: [
     { name: "no-circular", severity: "error", comment: "an import loop", from: {}, to: { circular: true } },

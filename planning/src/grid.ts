@@ -8,7 +8,9 @@ import { describeValue } from "@factsweep/shared";
 import { PromptError, SpecError } from "./errors.js";
 import { resolveLayers } from "./layers.js";
 import { siteToEnum } from "./sites.js";
-import type { SweepSpec } from "./spec.js";
+import type { LayersSpec } from "./layers.js";
+import type { SiteName } from "./sites.js";
+import type { TokenGroup, TokenGroupScheme } from "./token-groups.js";
 import { selectorPositions, slices, type PromptTokens } from "./kinds/common.js";
 
 /** Sweep ids appear in NATS subjects and shard ids (`<sweep>.<prompt>.<part>`): no dots or spaces. */
@@ -43,8 +45,17 @@ export function promptKey(sweepId: string, promptIndex: number): string {
   return `${sweepId}/${promptIndex}`;
 }
 
+/** The spec fields the grid is made of (kinds/trace.ts validates them). */
+export interface GridSpec {
+  grid: readonly { site: SiteName; window: number }[];
+  layers: LayersSpec;
+  /** "all", or token groups, `subject`, and indices (negative: from the end). */
+  tokens: "all" | readonly (TokenGroup | "subject" | number)[];
+  token_groups: TokenGroupScheme;
+}
+
 /** Token positions a spec selects in one prompt, ascending. */
-export function selectTokens(spec: Pick<SweepSpec, "tokens" | "token_groups">, prompt: PromptTokens): number[] {
+export function selectTokens(spec: Pick<GridSpec, "tokens" | "token_groups">, prompt: PromptTokens): number[] {
   const n = prompt.inputIds.length;
   if (spec.tokens === "all") return Array.from({ length: n }, (_, i) => i);
   const picked = new Set<number>();
@@ -60,7 +71,7 @@ export function selectTokens(spec: Pick<SweepSpec, "tokens" | "token_groups">, p
  * layers: one cell per token at layer 0.
  * @throws SpecError for layers outside the model, PromptError for token indices outside the prompt.
  */
-export function expandCells(prompt: sweep.PromptSpec, spec: Pick<SweepSpec, "grid" | "layers" | "tokens" | "token_groups">, numLayers: number): engine.Cell[] {
+export function expandCells(prompt: sweep.PromptSpec, spec: GridSpec, numLayers: number): engine.Cell[] {
   const layers = resolveLayers(spec.layers, numLayers);
   const tokens = selectTokens(spec, prompt);
   const cells: engine.Cell[] = [];

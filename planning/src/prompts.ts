@@ -7,7 +7,7 @@ import type { engine, sweep } from "@factsweep/proto";
 import { knownFactsToFacts, loadKnownFacts, loadRelations, relationToFacts, type Fact } from "./datasets.js";
 import { FactsweepError } from "@factsweep/shared";
 import { seededRandom } from "./random.js";
-import type { SweepSpec, TokenizedPromptInput } from "./spec.js";
+import type { BaseSpec, TokenizedPromptInput } from "./spec-base.js";
 import type { PromptTokenizer, TokenSpan } from "./tokenizer.js";
 
 /** A prompt that was skipped, and why. `index` is its position in the dataset selection. */
@@ -39,7 +39,7 @@ export const DEFAULT_PER_RELATION = 150;
 export type DatasetItem = { kind: "fact"; fact: Fact } | { kind: "tokens"; input: TokenizedPromptInput };
 
 /** The dataset selection of a spec (caps applied) and, per relation, every fact (swap partners). */
-export function selectDataset(spec: SweepSpec): { items: DatasetItem[]; pools: Map<string, Fact[]> } {
+export function selectDataset(spec: BaseSpec): { items: DatasetItem[]; pools: Map<string, Fact[]> } {
   const d = spec.dataset;
   let facts: Fact[] = [];
   let items: DatasetItem[];
@@ -125,7 +125,7 @@ export function pickSwap(
   );
 }
 
-function noiseCorruption(c: Extract<SweepSpec["corruption"], { kind: "noise" }>): engine.Corruption {
+function noiseCorruption(c: Extract<BaseSpec["corruption"], { kind: "noise" }>): engine.Corruption {
   return {
     kind: {
       $case: "noise",
@@ -138,7 +138,7 @@ function noiseCorruption(c: Extract<SweepSpec["corruption"], { kind: "noise" }>)
  * Plan the prompts of a sweep. `tokenizer` may be null when every prompt is pre-tokenized (the
  * golden models ship no tokenizer); text prompts then report that a tokenizer is needed.
  */
-export function planPrompts(spec: SweepSpec, tokenizer: PromptTokenizer | null, opts: PlanPromptsOptions = {}): PromptPlan {
+export function planPrompts(spec: BaseSpec, tokenizer: PromptTokenizer | null, opts: PlanPromptsOptions = {}): PromptPlan {
   const { items, pools } = selectDataset(spec);
   const sweepId = opts.sweepId ?? spec.name;
   const prompts: sweep.PromptSpec[] = [];
@@ -167,7 +167,7 @@ export function planPrompts(spec: SweepSpec, tokenizer: PromptTokenizer | null, 
 
 type Planned = Omit<sweep.PromptSpec, "index" | "promptKey">;
 
-function planFact(fact: Fact, index: number, spec: SweepSpec, tokenizer: PromptTokenizer | null, pools: Map<string, Fact[]>): Planned {
+function planFact(fact: Fact, index: number, spec: BaseSpec, tokenizer: PromptTokenizer | null, pools: Map<string, Fact[]>): Planned {
   if (!tokenizer) {
     throw new FactsweepError("a text prompt needs a tokenizer: set model.tokenizer to a tokenizer.json (or put one in the model folder), or give the prompt pre-tokenized (input_ids + subject span)");
   }
@@ -198,7 +198,7 @@ function planFact(fact: Fact, index: number, spec: SweepSpec, tokenizer: PromptT
   };
 }
 
-function planTokens(p: TokenizedPromptInput, c: SweepSpec["corruption"]): Planned {
+function planTokens(p: TokenizedPromptInput, c: BaseSpec["corruption"]): Planned {
   const [start, end] = p.subject;
   const n = p.input_ids.length;
   if (!(start < end && end <= n)) {

@@ -8,7 +8,7 @@ import { parse as parseYaml, YAMLParseError } from "yaml";
 import { z } from "zod";
 import { describeValue } from "@factsweep/shared";
 import { SpecError } from "./errors.js";
-import { TOKEN_GROUP_SCHEMES } from "./token-groups.js";
+import { baseSpecFields } from "./spec-base.js";
 import { ALL_SWEEP_KINDS, applyKindDefaults, checkKindSections, KIND_SPEC_FIELDS, resolveKindPaths } from "./kinds/index.js";
 
 export { resolveLayers, type LayersSpec } from "./layers.js";
@@ -18,103 +18,22 @@ export const SWEEP_KINDS = ALL_SWEEP_KINDS;
 /** Kinds not implemented yet (none now; kept so callers that list them keep compiling). */
 export const PLANNED_SWEEP_KINDS = [] as const;
 
-const DTYPES = ["float32", "bfloat16", "float16"] as const;
-
-const nonNegInt = z.number().int().min(0);
-const posInt = z.number().int().min(1);
-const path = z.string().min(1);
-
-const textPrompt = z.strictObject({
-  text: z.string().min(1),
-  subject: z.string().min(1),
-  object: z.string().optional(),
-  relation: z.string().optional(),
-});
-const tokenizedPrompt = z.strictObject({
-  input_ids: z.array(nonNegInt).min(1),
-  subject: z.tuple([nonNegInt, nonNegInt], { error: "expected a token span [start, end)" }),
-  corrupted_ids: z.array(nonNegInt).optional(),
-  answer_id: nonNegInt.optional(),
-  text: z.string().optional(),
-  subject_text: z.string().optional(),
-  object: z.string().optional(),
-  relation: z.string().optional(),
-});
-const promptInput = z.union([textPrompt, tokenizedPrompt], {
-  error: "expected { text, subject, object? } or { input_ids: [...], subject: [start, end), corrupted_ids?: [...] }",
-});
-
-const dataset = z
-  .strictObject({
-    known: path.optional(),
-    relations: z.union([path, z.array(path).min(1)], { error: "expected a relation file or folder, or a list of them" }).optional(),
-    prompts: z.array(promptInput).min(1).optional(),
-    template_index: nonNegInt.default(0),
-    limit: posInt.optional(),
-    per_relation: posInt.optional(), // relations: default 150 (the paper's n_trial); known: no cap unless given
-    answer: z.enum(["argmax", "object"]).default("argmax"),
-  })
-  .superRefine((d, ctx) => {
-    const given = (["known", "relations", "prompts"] as const).filter((k) => d[k] !== undefined);
-    if (given.length !== 1) {
-      ctx.addIssue({
-        code: "custom",
-        path: given.length > 1 ? [given[1]!] : [],
-        message:
-          given.length === 0
-            ? "expected exactly one source: `known` (known_1000.json), `relations` (files or folders) or `prompts` (inline list)"
-            : `expected exactly one source, got ${given.map((g) => `\`${g}\``).join(" and ")}; keep one`,
-      });
-    }
-  });
-
-const swap = z.strictObject({ kind: z.literal("swap"), seed: nonNegInt.default(1) });
-const noise = z.strictObject({
-  kind: z.literal("noise"),
-  scale: z.number().positive().default(3),
-  std: z.union([z.literal("auto"), z.number().positive()], { error: 'expected "auto" or a positive number' }).default("auto"),
-  samples: posInt.max(1024).default(10),
-  seed: nonNegInt.default(1),
-});
-const corruption = z.discriminatedUnion("kind", [swap, noise], { error: 'expected kind "swap" or "noise"' });
-
-const layers = z.union(
-  [
-    z.literal("all"),
-    z.array(nonNegInt).min(1),
-    z.string().regex(/^\s*\d*\s*:\s*\d*\s*(:\s*\d+\s*)?$/, { message: 'expected a range "start:end" or "start:end:step"' }),
-  ],
-  { error: 'expected "all", a list of layer numbers, or a range "start:end[:step]" (end exclusive)' },
-);
-
 const kind = z.enum(SWEEP_KINDS, { error: `expected one of ${SWEEP_KINDS.join(", ")}` });
 
+const { name, ...common } = baseSpecFields;
 /** The zod schema of a sweep spec (snake_case, as written by users). */
-export const sweepSpecSchema = z.strictObject({
-  name: z.string().min(1).max(200),
-  kind: kind.default("trace"),
-  model: z.strictObject({
-    id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, { message: "expected a name of letters, digits, '.', '_', '-'" }),
-    path,
-    dtype: z.enum(DTYPES).default("float32"),
-    tokenizer: path.optional(),
-  }),
-  dataset,
-  corruption: corruption.default({ kind: "swap", seed: 1 }),
-  layers: layers.default("all"),
-  token_groups: z.enum(TOKEN_GROUP_SCHEMES).default("rome"),
-  shard_cells: posInt.max(1_000_000).default(512),
-  max_attempts: posInt.max(100).default(3),
-  ...KIND_SPEC_FIELDS,
-}).superRefine(checkKindSections);
+export const sweepSpecSchema = z
+  .strictObject({
+    name,
+    kind: kind.default("trace"),
+    ...common,
+    ...KIND_SPEC_FIELDS,
+  })
+  .superRefine(checkKindSections);
 
 /** A validated sweep spec; relative paths are resolved against the spec's folder (`baseDir`). */
 export type SweepSpec = z.infer<typeof sweepSpecSchema>;
-/** A prompt given inline in the spec. */
-export type PromptInput = z.infer<typeof promptInput>;
-export type TextPromptInput = z.infer<typeof textPrompt>;
-export type TokenizedPromptInput = z.infer<typeof tokenizedPrompt>;
-export type CorruptionSpec = SweepSpec["corruption"];
+export type { PromptInput, TextPromptInput, TokenizedPromptInput, CorruptionSpec } from "./spec-base.js";
 export type GridEntry = SweepSpec["grid"][number];
 
 function formatPath(p: readonly PropertyKey[]): string {

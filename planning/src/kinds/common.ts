@@ -10,7 +10,7 @@ import { loadRelations, type Relation } from "../datasets.js";
 import { PromptError, SpecError } from "../errors.js";
 import { planPrompts, type PlanError, type PromptPlan } from "../prompts.js";
 import { seededRandom } from "../random.js";
-import type { SweepSpec } from "../spec.js";
+import type { BaseSpec } from "../spec-base.js";
 import { GROUPS_BY_SCHEME, tokenGroups, type TokenGroup } from "../token-groups.js";
 import type { PromptTokenizer } from "../tokenizer.js";
 import type { KindPlan, KindPlanContext } from "./kind.js";
@@ -89,7 +89,7 @@ export type PromptTokens = Pick<sweep.PromptSpec, "index" | "inputIds" | "subjec
  * outside the prompt: `outside(n)`), `subject`, or a token group (a name of the other scheme
  * selects under that scheme).
  */
-export function selectorPositions(sel: string | number, prompt: PromptTokens, scheme: SweepSpec["token_groups"], outside: (n: number) => Error): number[] {
+export function selectorPositions(sel: string | number, prompt: PromptTokens, scheme: BaseSpec["token_groups"], outside: (n: number) => Error): number[] {
   const n = prompt.inputIds.length;
   const span = [prompt.subjectStart, prompt.subjectEnd] as const;
   if (typeof sel === "number") {
@@ -110,7 +110,7 @@ export function sectionKind<const N extends string, S extends z.ZodObject>(name:
 }
 
 /** The dataset's prompts planned for a kind (`spec`: the kind's variant of the spec, e.g. another corruption). */
-export function planKindPrompts(ctx: KindPlanContext, spec: SweepSpec = ctx.spec): PromptPlan {
+export function planKindPrompts(ctx: KindPlanContext, spec: BaseSpec = ctx.spec): PromptPlan {
   return planPrompts(spec, ctx.tokenizer, { sweepId: ctx.sweepId, maxPositions: ctx.modelConfig.maxPositions, vocabSize: ctx.modelConfig.vocabSize });
 }
 

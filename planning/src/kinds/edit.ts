@@ -12,10 +12,12 @@ import type { Relation } from "../datasets.js";
 import { SpecError } from "../errors.js";
 import { resolveLayers } from "../layers.js";
 import type { PlanError } from "../prompts.js";
-import type { SweepSpec } from "../spec.js";
 import type { PromptTokenizer } from "../tokenizer.js";
 import { checkAllowed, corpusSchema, kindShard, loadCorpus, mix, needRelations, needTokenizer, resolveCorpus, sectionKind, shuffle, Sums } from "./common.js";
-import type { KindPlan, KindPlanContext, SweepKindModule } from "./kind.js";
+import type { KindPlan, KindPlanContext, SpecOf, SweepKindModule } from "./kind.js";
+
+/** A spec as this kind sees it. */
+type EditSpec = SpecOf<typeof own.specFields>;
 
 /** A fact of a relation file. */
 type RelationSample = Relation["samples"][number];
@@ -73,7 +75,7 @@ export interface EditSummary {
 }
 
 /** The edit matrices of a spec for a model type, checked. */
-export function editMatrices(spec: SweepSpec, modelType: string): string[] {
+export function editMatrices(spec: EditSpec, modelType: string): string[] {
   const allowed = (EDIT_MATRICES as Record<string, readonly string[]>)[modelType] ?? [];
   return checkAllowed(spec.edit?.matrices ?? [...allowed], allowed, "edit.matrices", "an editable matrix", modelType);
 }
@@ -115,7 +117,7 @@ export function editCaseParams(tok: PromptTokenizer, templates: readonly string[
 }
 
 /** Cases: per relation a seeded order, taken round-robin until `edit.cases` (every relation represented). */
-function planEdit(ctx: KindPlanContext): KindPlan {
+function planEdit(ctx: KindPlanContext<EditSpec>): KindPlan {
   const { spec, modelConfig } = ctx;
   const e = spec.edit!;
   const tok = needTokenizer(ctx);

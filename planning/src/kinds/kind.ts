@@ -9,12 +9,15 @@ import type { z } from "zod";
 import type { ResultError } from "../errors.js";
 import type { ModelConfig } from "../model-config.js";
 import type { PlanError } from "../prompts.js";
-import type { SweepSpec } from "../spec.js";
+import type { BaseSpec } from "../spec-base.js";
 import type { PromptTokenizer } from "../tokenizer.js";
 
+/** A spec as a kind sees it: the common fields and the kind's own (`Fields`). */
+export type SpecOf<Fields extends z.ZodRawShape> = BaseSpec & z.output<z.ZodObject<Fields>>;
+
 /** What the kind planners need (resolved by planSweep). */
-export interface KindPlanContext {
-  spec: SweepSpec;
+export interface KindPlanContext<S extends BaseSpec = BaseSpec> {
+  spec: S;
   sweepId: string;
   modelConfig: ModelConfig;
   model: sweep.ModelRef;
@@ -33,9 +36,9 @@ export interface KindPlan {
 export type KindRow = Record<string, string | number | boolean | null>;
 
 /** Options of a kind's aggregation (and of {@link KindAggregator}). */
-export interface KindAggregatorOptions {
+export interface KindAggregatorOptions<S extends BaseSpec = BaseSpec> {
   sweepId: string;
-  spec: SweepSpec;
+  spec: S;
   prompts: sweep.PromptSpec[];
   modelType: string;
   numLayers: number;
@@ -99,17 +102,17 @@ export interface SweepKindModule<Name extends string = string, Fields extends z.
   /** The kind's section schema (its defaults are filled in when the spec selects the kind); trace has none. */
   readonly section?: z.ZodObject;
   /** Checks the kind's fields that are present in a spec against the model (every spec, before planning). */
-  check?(spec: SweepSpec, model: ModelConfig): void;
+  check?(spec: SpecOf<Fields>, model: ModelConfig): void;
   /** Resolves the section's file paths against the spec's folder (after defaults). */
-  resolvePaths?(spec: SweepSpec, resolvePath: (p: string) => string): void;
+  resolvePaths?(spec: SpecOf<Fields>, resolvePath: (p: string) => string): void;
   /** Prompts → shards (`params_json` in the engine's schema). @throws SpecError for values the model cannot take. */
-  plan(ctx: KindPlanContext): KindPlan;
+  plan(ctx: KindPlanContext<SpecOf<Fields>>): KindPlan;
   /** Work units of one shard, for progress (trace: cells; the others: the experiment's rows). */
   units(shard: Pick<sweep.Shard, "cells" | "paramsJson">): number;
   /** CSV columns of the kind's exported rows (after sweep_id, model, kind). */
   readonly columns: readonly string[];
   /** The kind's aggregation of `result_json` (trace aggregates cells with ResultAggregator instead). */
-  aggregate?(opts: KindAggregatorOptions, prompts: ReadonlyMap<number, sweep.PromptSpec>): KindFold<Summary>;
+  aggregate?(opts: KindAggregatorOptions<SpecOf<Fields>>, prompts: ReadonlyMap<number, sweep.PromptSpec>): KindFold<Summary>;
   /** What the report draws from the kind's summary (trace: sweepctl's trace report over modelTrace). */
   readonly report?: KindReport<Summary>;
 }

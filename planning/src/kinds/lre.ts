@@ -11,10 +11,12 @@ import type { Fact } from "../datasets.js";
 import { SpecError } from "../errors.js";
 import { resolveLayers } from "../layers.js";
 import type { PlanError } from "../prompts.js";
-import type { SweepSpec } from "../spec.js";
 import type { PromptTokenizer } from "../tokenizer.js";
 import { kindShard, mix, needRelations, needTokenizer, sectionKind, shardParams, shuffle, Sums } from "./common.js";
-import type { SweepKindModule } from "./kind.js";
+import type { SpecOf, SweepKindModule } from "./kind.js";
+
+/** A spec as this kind sees it. */
+type LreSpec = SpecOf<typeof own.specFields>;
 
 const posInt = z.number().int().min(1);
 
@@ -56,7 +58,7 @@ export interface LreSummary {
 }
 
 /** The layers an lre sweep fits at: −1 (embedding) when `lre.embedding`, then the spec's layers. */
-export function lreLayers(spec: SweepSpec, numLayers: number): number[] {
+export function lreLayers(spec: LreSpec, numLayers: number): number[] {
   return [...(spec.lre!.embedding ? [-1] : []), ...resolveLayers(spec.layers, numLayers)];
 }
 
@@ -73,7 +75,7 @@ export function lrePrompt(tokenizer: PromptTokenizer, template: string, examples
 }
 
 /** Train and test facts of one (relation, trial): a seeded shuffle, the first `icl` train, the next `test` (other subjects) test. */
-export function lreSplit(facts: readonly Fact[], spec: SweepSpec, relationIndex: number, trial: number): { train: Fact[]; test: Fact[] } {
+export function lreSplit(facts: readonly Fact[], spec: LreSpec, relationIndex: number, trial: number): { train: Fact[]; test: Fact[] } {
   const l = spec.lre!;
   const order = shuffle(facts, mix(l.seed, relationIndex, trial));
   const train = order.slice(0, l.icl);

@@ -8,10 +8,12 @@ import { z } from "zod";
 import { indirectEffect } from "../effects.js";
 import { PromptError, ResultError, SpecError } from "../errors.js";
 import { resolveLayers } from "../layers.js";
-import type { SweepSpec } from "../spec.js";
 import { GROUPS_BY_SCHEME } from "../token-groups.js";
 import { checkAllowed, kindShard, planCellsPerPrompt, planKindPrompts, sectionKind, selectorPositions, shardParams, slices, Sums, type PromptTokens } from "./common.js";
-import type { SweepKindModule } from "./kind.js";
+import type { SpecOf, SweepKindModule } from "./kind.js";
+
+/** A spec as this kind sees it. */
+type SeverSpec = SpecOf<typeof own.specFields>;
 
 /** Paths a sever cell may freeze, per model type; `none` is plain restoration. */
 export const SEVER_PATHS = { mamba: ["none", "ssm", "gate", "mixer", "in_ssm", "conv"], gpt_neox: ["none", "attn", "mlp"] } as const;
@@ -40,7 +42,7 @@ export interface SeverSummary {
 }
 
 /** The sever paths of a spec for a model type, checked. */
-export function severPaths(spec: SweepSpec, modelType: string): string[] {
+export function severPaths(spec: SeverSpec, modelType: string): string[] {
   const allowed = (SEVER_PATHS as Record<string, readonly string[]>)[modelType] ?? [];
   return checkAllowed(spec.sever?.paths ?? [...((DEFAULT_SEVER_PATHS as Record<string, readonly string[]>)[modelType] ?? [])], allowed, "sever.paths", "a path", modelType);
 }
@@ -48,7 +50,7 @@ export function severPaths(spec: SweepSpec, modelType: string): string[] {
 const ALL_GROUPS = [...GROUPS_BY_SCHEME.rome, ...GROUPS_BY_SCHEME.romba] as readonly string[];
 
 /** Every sever cell of one prompt, in shard order (selector × position × layer × path). */
-export function severCells(spec: SweepSpec, prompt: PromptTokens, modelType: string, numLayers: number): SeverCell[] {
+export function severCells(spec: SeverSpec, prompt: PromptTokens, modelType: string, numLayers: number): SeverCell[] {
   const layers = resolveLayers(spec.layers, numLayers);
   const paths = severPaths(spec, modelType);
   const cells: SeverCell[] = [];
