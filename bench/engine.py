@@ -14,6 +14,15 @@ site: transformers' CUDA Mamba path cannot be hooked at s or g. It reports
 seconds a grid, cells/s, ratios to both baselines, the fraction of the arithmetic floor (from a
 matrix-product rate measured in the same run), peak GPU memory and the largest difference of the
 engine's probabilities from the baselines'. Prints a table last; writes JSON to --out.
+
+Start-up and prepare (issue 14), per configuration, with these stable JSON keys:
+``ready_s`` (the engine's LoadModel work: weights onto the device, then ``Engine.warm_up``, whose
+share is ``warm_up_s``; on CUDA unless --no-warm-up), the first prompt after ready
+(``prepare_first_s``, ``run_cells_first_s``, ``first_prompt_s``), steady ones (``prepare_steady_s``:
+median over --prepare-repeats fresh prompts; ``run_cells_s`` = ``engine_s``; ``steady_prompt_s``),
+``first_over_steady``, ``prepare_share_of_grid`` (steady prepare over the grid's run_cells) and
+``prepare_reference_s`` (the per-token reference prepare, ``trace.build_runs_slow``: the prepare
+before issue 14). --engine-only skips every baseline.
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ import torch
 from engine.checkpoint import build_checkpoint
 from engine.corruption import NoiseSpec, SwapSpec, corrupted_embeddings
 from engine.runtime import Engine
+from engine import trace
+from engine.runtime import PromptSpec
 from engine.trace import CellSpec, record_clean, window_layers
 
 from .hf_baselines import Cell, batched_hooks, clean_values, naive
@@ -177,6 +188,44 @@ def profile_table(fn, device, rows: int = 25) -> str:
     return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
 
 
+def prepare_timing(engine, cfg: dict, ids: list, subject: tuple, spec, corruption: str, device, args) -> dict:
+    """Steady prepare time: the median over ``--prepare-repeats`` prompts never seen (fresh random ids
+    of the same length, each evicted after), and the per-token reference prepare on the same inputs."""
+    gen = torch.Generator().manual_seed(2)
+    times, ref_times = [], []
+    for i in range(args.prepare_repeats):
+        p_ids = torch.randint(100, cfg["vocab_size"], (len(ids),), generator=gen).tolist()
+        if corruption == "swap":
+            p_spec = SwapSpec([(x + 7919) % cfg["vocab_size"] if subject[0] <= t < subject[1] else x for t, x in enumerate(p_ids)])
+        else:
+            p_spec = spec
+        sync(device)
+        t0 = time.perf_counter()
+        engine.prepare_prompt("m", f"steady-{i}", p_ids, subject, p_spec)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+        engine.evict("m", [f"steady-{i}"])
+        if args.prepare_reference and i < 3:
+            ck = engine.checkpoint("m")
+            with torch.no_grad():
+                x_ids, corrupted = engine._inputs(ck, PromptSpec(p_ids, subject, p_spec, None, ""))
+                sync(device)
+                t0 = time.perf_counter()
+                trace.build_runs_slow(ck.model, x_ids, corrupted, None)
+                sync(device)
+                ref_times.append(time.perf_counter() - t0)
+    out = {"prepare_steady_s": statistics.median(times), "prepare_times_s": times}
+    if ref_times:
+        out["prepare_reference_s"] = statistics.median(ref_times)
+    if args.profile:
+        ck = engine.checkpoint("m")
+        with torch.no_grad():
+            x_ids, corrupted = engine._inputs(ck, PromptSpec(ids, subject, spec, None, ""))
+            out["prepare_profile"] = profile_table(lambda: trace.build_runs(ck.model, x_ids, corrupted, None), device, rows=12)
+        print(out["prepare_profile"], flush=True)
+    return out
+
+
 def run_config(name: str, dtype_name: str, T: int, corruption: str, device, args, residual_only: bool = False) -> dict:
     dtype = DTYPES[dtype_name]
     cfg = SHAPES[name]
@@ -191,7 +240,7 @@ def run_config(name: str, dtype_name: str, T: int, corruption: str, device, args
 
         model, hf_cfg, hf_unhookable = None, {k: v for k, v in cfg.items()}, "--no-hf"
         hf_cfg.update(rope_parameters={"partial_rotary_factor": cfg.get("rotary_pct", 0.25), "rope_theta": 10000.0, "rope_type": "default"})
-        state = random_state(hf_cfg)
+        state = random_state(hf_cfg, device=str(device) if hasattr(torch, "get_default_device") else None)
     else:
         need_slow = any(site in ("ssm", "gate") for site, _ in (GRIDS[cfg["model_type"]] if not (args.residual_only or residual_only) else GRIDS[cfg["model_type"]][:1]))
         model, hf_cfg, hf_unhookable = hf_model(name, dtype, device, seed=0, need_slow=need_slow)
@@ -202,15 +251,20 @@ def run_config(name: str, dtype_name: str, T: int, corruption: str, device, args
             state["embed_out.weight"] = out_emb.weight
     hf_cfg["model_type"] = cfg["model_type"]
     engine = Engine(trace_rows=args.trace_rows)
+    sync(device)
     t0 = time.perf_counter()
     engine.models["m"] = build_checkpoint(hf_cfg, state, dtype="bfloat16" if dtype_name == "bf16" else "float32",
                                           device=str(device))
+    sync(device)
     result["engine_load_s"] = time.perf_counter() - t0
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         free, _ = torch.cuda.mem_get_info(device)
         engine.cache.set_budget(int(free * 0.5))  # as Engine.load_model does on a GPU
+    # As Engine.load_model does before a worker replies to LoadModel (weights come from memory here).
+    result["warm_up_s"] = engine.warm_up("m") if not args.no_warm_up else 0.0
+    result["ready_s"] = time.perf_counter() - t0
 
     sites = GRIDS[cfg["model_type"]] if not (args.residual_only or residual_only) else GRIDS[cfg["model_type"]][:1]
     result["sites"] = [s for s, _ in sites]
@@ -227,14 +281,30 @@ def run_config(name: str, dtype_name: str, T: int, corruption: str, device, args
         S = args.samples
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    # The first prompt after ready (a worker's first shard), then steady ones.
     t0 = time.perf_counter()
     info = engine.prepare_prompt("m", "p", ids, subject, spec)
     sync(device)
-    result["prepare_s"] = time.perf_counter() - t0
+    result["prepare_first_s"] = result["prepare_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    engine.run_cells("m", "p", cells)
+    result["run_cells_first_s"] = time.perf_counter() - t0
+    result["first_prompt_s"] = result["prepare_first_s"] + result["run_cells_first_s"]
     result["p_clean"], result["p_corrupt"] = info.p_clean, info.p_corrupt
     sec, out = timed(lambda: engine.run_cells("m", "p", cells), device, args.repeats)
     ours = torch.tensor([p for p, _ in out], dtype=torch.float64)
-    result.update(cells=len(cells), engine_s=sec, engine_cells_per_s=len(cells) / sec)
+    result.update(cells=len(cells), engine_s=sec, run_cells_s=sec, engine_cells_per_s=len(cells) / sec)
+    result.update(prepare_timing(engine, cfg, ids, subject, spec, corruption, device, args))
+    result["steady_prompt_s"] = result["prepare_steady_s"] + sec
+    result["first_over_steady"] = result["first_prompt_s"] / result["steady_prompt_s"]
+    result["prepare_share_of_grid"] = result["prepare_steady_s"] / sec
+    if "prepare_reference_s" in result:
+        result["prepare_reference_share_of_grid"] = result["prepare_reference_s"] / sec
+    print(f"ready {result['ready_s']:.2f} s (warm-up {result['warm_up_s']:.2f}); prepare first "
+          f"{result['prepare_first_s'] * 1e3:.1f} ms, steady {result['prepare_steady_s'] * 1e3:.2f} ms "
+          f"({result['prepare_share_of_grid']:.1%} of the grid), reference {result.get('prepare_reference_s', 0) * 1e3:.1f} ms; "
+          f"run_cells first {result['run_cells_first_s']:.3f} s, steady {sec:.4f} s; first/steady prompt "
+          f"{result['first_over_steady']:.2f}", flush=True)
     if device.type == "cuda":
         result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
     rate = matmul_rate(device, dtype)
@@ -256,6 +326,12 @@ def run_config(name: str, dtype_name: str, T: int, corruption: str, device, args
     if args.profile:
         result["profile"] = profile_table(lambda: engine.run_cells("m", "p", cells), device)
         print(result["profile"], flush=True)
+
+    if args.engine_only:
+        del engine, model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return result
 
     # Baselines on the engine's own model (the reference maths, golden-checked against transformers):
     # valid for every site, where transformers' CUDA Mamba path cannot be hooked.
@@ -361,13 +437,19 @@ def main(argv=None) -> int:
     ap.add_argument("--naive-sample", type=int, default=8, help="cells timed with the naive baseline")
     ap.add_argument("--residual-only", action="store_true")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers baselines")
+    ap.add_argument("--engine-only", action="store_true", help="time the engine alone (no baselines, no float32 reference)")
+    ap.add_argument("--no-warm-up", action="store_true", help="skip Engine.warm_up (the first prompt then compiles the kernels)")
+    ap.add_argument("--prepare-repeats", type=int, default=5, help="fresh prompts the steady prepare time is the median of")
+    ap.add_argument("--no-prepare-reference", dest="prepare_reference", action="store_false",
+                    help="skip timing the per-token reference prepare")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     configs = [(c.split(":") + [""])[:5] for c in args.configs.split(",")]
     if args.quick:
         configs = [[m.replace("2.8b", "tiny"), d, t, c, r] for m, d, t, c, r in configs]
-    env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR", ""), "kernel_cache": os.environ.get("FACTSWEEP_KERNEL_CACHE", "")}
     results = []
     for m, d, t, c, only in configs:
         print(f"--- {m} {d} T={t} {c} {only}", flush=True)
@@ -386,6 +468,16 @@ def main(argv=None) -> int:
         for label in ("engine", "hooks"):
             if f"{label}_vs_fp32" in r:
                 print(f"{r['model']} {r['dtype']} T{r['tokens']} {r['corruption']}: {label} vs float32 {r[f'{label}_vs_fp32']}")
+    print(f"{'config':36} {'ready s':>8} {'warm s':>7} {'prep 1st ms':>11} {'prep ms':>8} {'prep ref ms':>11} "
+          f"{'prep/grid':>9} {'cells 1st s':>11} {'cells s':>8} {'1st/steady':>10}")
+    for r in results:
+        if "error" in r:
+            continue
+        name = f"{r['model']} {r['dtype']} T{r['tokens']} {r['corruption']}"
+        print(f"{name:36} {r['ready_s']:>8.2f} {r['warm_up_s']:>7.2f} {r['prepare_first_s'] * 1e3:>11.1f} "
+              f"{r['prepare_steady_s'] * 1e3:>8.2f} {r.get('prepare_reference_s', float('nan')) * 1e3:>11.1f} "
+              f"{r['prepare_share_of_grid']:>9.1%} {r['run_cells_first_s']:>11.3f} {r['run_cells_s']:>8.4f} "
+              f"{r['first_over_steady']:>10.2f}")
     print(f"{'config':36} {'cells':>6} {'engine s':>9} {'cells/s':>8} {'hooks s':>8} {'x hooks':>7} {'percell s':>9} "
           f"{'x percell':>9} {'HF hooks s':>10} {'x HF':>6} {'floor':>6} {'peak GiB':>8} {'dp hooks':>8} {'dp HF':>8}")
     for r in results:

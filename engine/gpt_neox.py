@@ -214,6 +214,24 @@ class Attention(nn.Module):
         out = _attend(qp.view(R, T, H, e), kp.view(R, T, H, e), vp.view(R, T, H, e))  # (R, T, H, e)
         return self.dense(out[pk.pos_row[:n], pk.pos_token[:n]].view(n, H * e))  # (n, d): one gather
 
+    def forward_prepare(self, x: torch.Tensor, pp) -> tuple:
+        """Attention of whole rows of T tokens from token 0 (``trace.Prep``: a prompt's clean and
+        corrupted runs at once): x (rows·T, d) normed input. The fast path's kernels: q and k rotated
+        and written out in one pass (``kernels.rotary_scatter``, the rows being already padded to T),
+        then its causal attention. Returns (rows·T, d) and the rotated keys and values (rows·T, H, e)."""
+        n = x.shape[0]
+        H, e, r, T = self.c.num_heads, self.c.head_size, self.c.rotary_dims, pp.num_tokens
+        qkv = self.query_key_value(x).view(n, H, 3, e)
+        if "rotary" not in pp.memo:
+            pp.memo["rotary"] = self.cos_sin(0, T, x.device, x.dtype)
+            place = torch.arange(n, device=x.device)
+            pp.memo["place"] = (place % T, place)  # each position's token, and where it goes: itself
+        q, k, v = (x.new_empty(n, H, e) for _ in range(3))
+        kernels.rotary_scatter(qkv, *pp.memo["rotary"], *pp.memo["place"], q, k, v, r)
+        R = n // T
+        out = _attend(q.view(R, T, H, e), k.view(R, T, H, e), v.view(R, T, H, e))  # (R, T, H, e)
+        return self.dense(out.reshape(n, H * e)), (k, v)
+
     def project(self, x: torch.Tensor, pos0: int = 0) -> tuple:
         """q, k, v (b, l, H, e) of x (b, l, d) normed input at tokens pos0.., q and k rotated."""
         b, l, _ = x.shape
@@ -281,6 +299,24 @@ class Layer(nn.Module):
     def resume_state(self, kept, t: int, rows: torch.Tensor):
         """Keys and values of tokens < t of the given rows, from this layer's kept per-token (k, v) (S, T, H, e)."""
         return (kept[0][rows, :t], kept[1][rows, :t]) if t > 0 else None
+
+    def forward_prepare(self, x: torch.Tensor, j: int, pp):
+        """Block j on a prompt's clean and corrupted runs at once (``trace.Prep``): x (rows·T, d) whole
+        rows of T tokens, the corrupted rows first and the clean row last; the clean row's site values
+        go to ``pp``. Returns (rows·T, d) and the corrupted rows' rotated keys and values (S, T, H, e)."""
+        S, T, H, e = pp.samples, pp.num_tokens, self.c.num_heads, self.c.head_size
+        a, (k, v) = self.attention.forward_prepare(self.input_layernorm(x), pp)
+        pp.record("attn", j, a)
+        if self.c.parallel_residual:
+            m = self.mlp(self.post_attention_layernorm(x))
+            pp.record("mlp", j, m)
+            y = m + a + x  # HF's order of additions
+        else:
+            h = a + x
+            m = self.mlp(self.post_attention_layernorm(h))
+            pp.record("mlp", j, m)
+            y = m + h
+        return y, (k[:S * T].view(S, T, H, e), v[:S * T].view(S, T, H, e))  # views: the caller stacks them
 
     def forward_packed(self, x: torch.Tensor, j: int, pk) -> torch.Tensor:
         """The block on packed rows (``trace.Pack``): x (n, d) residual entering block j, updated in place."""

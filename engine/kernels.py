@@ -28,6 +28,18 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+
+def use_kernel_cache() -> None:
+    """``FACTSWEEP_KERNEL_CACHE=<folder>``: Triton keeps its compiled kernels there (it sets
+    ``TRITON_CACHE_DIR`` unless that is set already), so a restarted worker loads them instead of
+    compiling again. Must run before Triton is imported (here, and first thing in ``engine.worker``)."""
+    folder = os.environ.get("FACTSWEEP_KERNEL_CACHE", "")
+    if folder and not os.environ.get("TRITON_CACHE_DIR"):
+        os.environ["TRITON_CACHE_DIR"] = os.path.abspath(folder)
+
+
+use_kernel_cache()
+
 try:  # Triton ships with PyTorch 2.x CUDA wheels; Debian's CPU PyTorch 1.13 has none.
     import triton
     import triton.language as tl
@@ -108,6 +120,32 @@ def conv_packed(a: torch.Tensor, cache_a: torch.Tensor, weight: torch.Tensor, bi
     return _conv_torch(a, cache_a, weight, bias, pos_first, pos_cache, pos_token)
 
 
+def rows_index(rows: int, T: int, device) -> dict:
+    """Index tensors of ``rows`` whole rows of T tokens packed one after another (``conv_rows`` and
+    ``scan_rows`` take them, so that a prepare builds them once, not once per layer)."""
+    p = torch.arange(rows * T, device=device)
+    token = p % T
+    return {"token": token, "first": p - token, "off": torch.arange(0, rows * T, T, device=device),
+            "length": torch.full((rows,), T, device=device, dtype=torch.int64),
+            "h0": torch.full((rows,), -1, device=device, dtype=torch.int64)}
+
+
+def conv_rows(a: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], T: int,
+              index: Optional[dict] = None) -> torch.Tensor:
+    """SiLU(causal depthwise conv1d) of whole rows of T tokens from token 0 (prepare), packed
+    ``a`` (rows·T, d_in) (a row-strided view is fine). Triton: :func:`conv_packed`'s kernel with no
+    cached past; elsewhere the model's own call on rows zero-padded by k−1. Returns (rows·T, d_in)."""
+    n, d_in = a.shape
+    if use_triton(a):
+        ix = index or rows_index(n // T, T, a.device)
+        return _conv_triton(a, a, weight, bias, ix["first"], ix["first"], ix["token"])
+    k = weight.shape[-1]
+    rows = a.reshape(n // T, T, d_in)
+    window = torch.cat([rows.new_zeros(n // T, k - 1, d_in), rows], dim=1)  # (rows, k-1+T, d_in)
+    c = F.conv1d(window.transpose(1, 2), weight, bias, groups=d_in)  # (rows, d_in, T)
+    return F.silu(c.transpose(1, 2)).reshape(n, d_in)
+
+
 def _conv_triton(a, cache_a, weight, bias, pos_first, pos_cache, pos_token):
     n, d_in = a.shape
     k = weight.shape[-1]
@@ -166,8 +204,8 @@ def _scan_triton(c, dt, B, C, z, A, D, H, h0_idx, off, length, ssm_src, clean_ss
         A, D, H, h0_idx, off, length,
         ssm_src if ssm_src is not None else off, clean_ssm if clean_ssm is not None else c,
         gate_src if gate_src is not None else off, clean_gate if clean_gate is not None else c,
-        out, out.stride(0), d_in,
-        NS=NS, BLOCK_D=block, HAS_SSM=ssm_src is not None, HAS_GATE=gate_src is not None, num_warps=warps,
+        out, out.stride(0), d_in, H, 0,
+        NS=NS, BLOCK_D=block, HAS_SSM=ssm_src is not None, HAS_GATE=gate_src is not None, KEEP=False, num_warps=warps,
     )
     return out
 
@@ -196,6 +234,46 @@ def _scan_torch(c, dt, B, C, z, A, D, H, h0_idx, off, length, ssm_src, clean_ssm
     if gate_src is not None:
         g = _restore_rows(g, first, gate_src, clean_gate)
     return s * g
+
+
+#: (channels a program, warps) of the scan in ``scan_rows`` (prepare: few rows, so narrower programs).
+SCAN_ROWS_CONFIG = (64, 2)
+
+
+def scan_rows(c, dt, B, C, A, D, rows: int, T: int, keep_rows: int, index: Optional[dict] = None):
+    """The selective scan of ``rows`` whole rows of T tokens each from a zero state (a prompt's clean
+    and corrupted runs in one pass), packed as (rows·T, ·) like :func:`scan_packed`'s inputs.
+
+    Returns s (rows·T, d_in) in c's dtype (the scan plus the D skip, *not* gated: the ``ssm`` site)
+    and the float32 state after every token of the first ``keep_rows`` rows, (keep_rows, T, d_in, N):
+    what the fast path resumes from. Triton on CUDA; elsewhere the reference update, one step of
+    every row at once."""
+    n, d_in = c.shape
+    NS = A.shape[1]
+    H = torch.empty(keep_rows, T, d_in, NS, device=c.device, dtype=torch.float32)
+    if use_triton(c, NS):
+        out = torch.empty(n, d_in, device=c.device, dtype=c.dtype)
+        ix = index or rows_index(rows, T, c.device)
+        off, length, h0 = ix["off"], ix["length"], ix["h0"]
+        block, warps = SCAN_ROWS_CONFIG
+        grid = (rows, triton.cdiv(d_in, block))
+        _scan_kernel[grid](
+            c, c.stride(0), dt, dt.stride(0), B, B.stride(0), C, C.stride(0), c, c.stride(0),
+            A, D, H, h0, off, length, off, c, off, c, out, out.stride(0), d_in, H, keep_rows * T,
+            NS=NS, BLOCK_D=block, HAS_SSM=False, HAS_GATE=False, KEEP=True, num_warps=warps,
+        )
+        return out, H
+    delta = F.softplus(dt).float().view(rows, T, d_in)
+    cf = c.float().view(rows, T, d_in)
+    Bf, Cf = B.float().reshape(rows, T, NS), C.float().reshape(rows, T, NS)
+    h = cf.new_zeros(rows, d_in, NS)
+    y = cf.new_empty(rows, T, d_in)
+    for k in range(T):
+        dtk = delta[:, k].unsqueeze(-1)
+        h = torch.exp(dtk * A) * h + (dtk * Bf[:, k].unsqueeze(1)) * cf[:, k].unsqueeze(-1)
+        y[:, k] = torch.matmul(h, Cf[:, k].unsqueeze(-1)).squeeze(-1)
+        H[:, k] = h[:keep_rows]
+    return (y + cf * D.float()).to(c.dtype).view(n, d_in), H
 
 
 def _restore_rows(x: torch.Tensor, first: torch.Tensor, src: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -238,8 +316,11 @@ if triton is not None:
 
     @triton.jit
     def _scan_kernel(c_ptr, sc, dt_ptr, sdt, b_ptr, sb, cc_ptr, scc, z_ptr, sz, A_ptr, D_ptr, H_ptr, h0i_ptr, off_ptr,
-                     len_ptr, ssrc_ptr, cssm_ptr, gsrc_ptr, cgate_ptr, out_ptr, so, DI,
-                     NS: tl.constexpr, BLOCK_D: tl.constexpr, HAS_SSM: tl.constexpr, HAS_GATE: tl.constexpr):
+                     len_ptr, ssrc_ptr, cssm_ptr, gsrc_ptr, cgate_ptr, out_ptr, so, DI, hout_ptr, n_keep,
+                     NS: tl.constexpr, BLOCK_D: tl.constexpr, HAS_SSM: tl.constexpr, HAS_GATE: tl.constexpr,
+                     KEEP: tl.constexpr):
+        # KEEP (prepare, ``scan_rows``): the output is s itself (not gated) and the state after each
+        # position p < n_keep is stored at hout[p] (positions of the kept rows are the cache's order).
         r = tl.program_id(0)
         dd = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         dm = dd < DI
@@ -287,7 +368,13 @@ if triton is not None:
             if HAS_GATE:
                 take = (k == 0) & (gsrc >= 0)
                 g = tl.where(take, tl.load(cgate_ptr + gsrc * DI + dd, mask=dm & take, other=0.0).to(tl.float32), g)
-            tl.store(out_ptr + p * so + dd, (s * g).to(dt_ty), mask=dm)
+            if KEEP:
+                tl.store(hout_ptr + p * (DI * NS) + dd[:, None] * NS + nn[None, :], h,
+                         mask=dm[:, None] & (p < n_keep))
+                res = s
+            else:
+                res = s * g
+            tl.store(out_ptr + p * so + dd, res.to(dt_ty), mask=dm)
             cv, dt, zv, Bv, Cv, p = cv_n, dt_n, zv_n, Bv_n, Cv_n, q
 
     @triton.jit

@@ -159,6 +159,15 @@ class MambaMixer(nn.Module):
         self.A_log = nn.Parameter(torch.zeros(c.d_inner, c.d_state))
         self.D = nn.Parameter(torch.ones(c.d_inner))
         self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=c.bias)
+        self._A, self._A_key = None, None
+
+    def neg_A(self) -> torch.Tensor:
+        """A = −exp(A_log) in float32 (d_in, n), computed again only when A_log changed (in place, or
+        moved): two launches a layer fewer in the packed passes."""
+        key = (self.A_log._version, self.A_log.data_ptr(), self.A_log.device)
+        if self._A_key != key:
+            self._A, self._A_key = -torch.exp(self.A_log.float()), key
+        return self._A
 
     def forward(self, u: torch.Tensor, hook: Optional[BlockHook] = None, state=None, keep: bool = False):
         """u: (b, l, d) normed block input. state: (conv_past (b, k-1, d_in), H (b, d_in, n)) of the token
@@ -260,11 +269,46 @@ class MambaBlock(nn.Module):
         dt = m.dt_proj(delta)  # (n, d_in), softplus inside the scan
         ssm_src, gate_src = pk.row_src("ssm", j, R), pk.row_src("gate", j, R)
         sg = kernels.scan_packed(
-            cv, dt, B, C, z, -torch.exp(m.A_log.float()), m.D, H.reshape(-1, d_in, c.d_state), pk.h0_idx[:R],
+            cv, dt, B, C, z, m.neg_A(), m.D, H.reshape(-1, d_in, c.d_state), pk.h0_idx[:R],
             pk.row_off[:R], pk.row_len[:R], ssm_src, None if ssm_src is None else pk.clean_rows("ssm"),
             gate_src, None if gate_src is None else pk.clean_rows("gate"))
         o = pk.patch("mixer", j, m.out_proj(sg))  # (n, d)
         return x.add_(o)  # float32 residual += o, promoted in the add
+
+
+    def forward_prepare(self, x: torch.Tensor, j: int, pp):
+        """Block j on a prompt's clean and corrupted runs at once (``trace.Prep``): x (rows·T, d) the
+        residual entering it, whole rows of T tokens (the corrupted rows first, the clean row last).
+        On CUDA the same maths as :meth:`forward` through the fast path's Triton kernels
+        (``kernels.conv_rows`` / ``scan_rows``: no per-token loop); the clean row's site values go to ``pp``.
+        Returns the block's output (rows·T, d) and the kept states of the corrupted rows:
+        (a (S, T, d_in), H (S, T, d_in, n)), as :meth:`forward` with ``keep`` (possibly views: the
+        caller stacks every layer's into one tensor)."""
+        m, c = self.mixer, self.c
+        d_in, S, T = c.d_inner, pp.samples, pp.num_tokens
+        if not kernels.use_triton(x, c.d_state):
+            # PyTorch: the block's own forward (its per-step scan is the kernels' PyTorch path too), on
+            # the corrupted rows and the clean row as the reference batches them: the same op shapes
+            # and layouts, so the cache is bit-equal to the reference's in every dtype (x_proj of the
+            # conv's transposed output takes another CPU kernel, rounding bf16 otherwise, when batched).
+            x3 = x.view(pp.rows, T, -1)
+            y, (a, H) = self(x3[:S], None, keep=True)
+            y_clean, _ = self(x3[S:], pp.hook(j))
+            return torch.cat([y, y_clean]).reshape(x.shape), (a, H)
+        residual = x.float() if c.residual_in_fp32 else x
+        xz = m.in_proj(self.norm(x))  # (n, 2 d_in)
+        a, z = xz[:, :d_in], xz[:, d_in:]
+        g = F.silu(z)
+        if "rows" not in pp.memo:
+            pp.memo["rows"] = kernels.rows_index(pp.rows, T, x.device)
+        cv = kernels.conv_rows(a, m.conv1d.weight, m.conv1d.bias, T, pp.memo["rows"])
+        delta, B, C = m.x_proj(cv).split([c.dt_rank, c.d_state, c.d_state], dim=-1)
+        dt = m.dt_proj(delta)  # softplus inside the scan
+        s, H = kernels.scan_rows(cv, dt, B, C, m.neg_A(), m.D, pp.rows, T, S, pp.memo["rows"])
+        o = m.out_proj(s * g)  # (n, d)
+        for site, value in (("in_ssm", a), ("gate", g), ("conv", cv), ("ssm", s), ("mixer", o)):
+            pp.record(site, j, value)
+        return residual + o, (a[:S * T].view(S, T, d_in), H)  # float32 residual += o, promoted in the add
 
 
 class MambaBackbone(nn.Module):

@@ -13,7 +13,10 @@ runs may be dropped by the LRU budget at any time and are then rebuilt on the ne
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
+import os
+import time
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -24,7 +27,10 @@ from .cache import PromptCache, PromptRuns, prompt_cache_bytes
 from .checkpoint import Checkpoint, load_checkpoint
 from .corruption import NoiseSpec, SwapSpec, corrupted_embeddings, validate_ids
 from .errors import InvalidArgument, NotFound, NumericError
+from .sites import BLOCK
 from .trace import CellSpec
+
+log = logging.getLogger("engine.runtime")
 
 __all__ = ["Engine", "ModelInfo", "PromptInfo", "EngineStats", "PreparedPrompt", "NoiseSpec", "SwapSpec", "CellSpec"]
 
@@ -119,9 +125,12 @@ class Engine:
 
     # -- models ---------------------------------------------------------------------------
     def load_model(self, model_id: str, path: str, dtype: str = "float32", device: str = "cpu",
-                   allow_pickle: bool = False, cache_budget_bytes: Optional[int] = None) -> ModelInfo:
+                   allow_pickle: bool = False, cache_budget_bytes: Optional[int] = None,
+                   warm_up: Optional[bool] = None) -> ModelInfo:
         """Load a checkpoint folder under ``model_id`` (replacing, and dropping the prompts of, a model
-        already loaded under that id). ``cache_budget_bytes`` (0/None: keep) sets the engine's budget."""
+        already loaded under that id). ``cache_budget_bytes`` (0/None: keep) sets the engine's budget.
+        ``warm_up`` (None: on CUDA unless ``FACTSWEEP_WARM_UP=0``): run :meth:`warm_up` before returning,
+        so the first real prompt finds its kernels compiled."""
         if not model_id:
             raise InvalidArgument("model_id: expected a non-empty name for the model", field="model_id")
         ck = load_checkpoint(path, dtype=dtype, device=device, allow_pickle=allow_pickle)
@@ -138,7 +147,50 @@ class Engine:
         elif not self._budget_given and ck.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(ck.device)
             self.cache.set_budget(int(free * 0.5))  # leave the rest for activations of cell batches
+        if warm_up is None:
+            warm_up = ck.device.type == "cuda" and os.environ.get("FACTSWEEP_WARM_UP", "1") != "0"
+        if warm_up:
+            self.warm_up(model_id)
         return self.model_info(model_id)
+
+    def warm_up(self, model_id: str, num_tokens: int = 16) -> float:
+        """Compile and run once every kernel variant that prompts of this model will use (CUDA: Triton
+        JIT and its disk cache, CUDA modules loaded lazily, cuBLAS handles, the allocator's first
+        blocks): a prepare and a few ``run_cells`` calls on two dummy prompts (``num_tokens`` tokens
+        swap, and 3 noise samples on a shorter one, so that sizes of both Triton specialisations
+        occur), each site alone and all mixed, windows 1 and 10, a one-position call. Nothing enters
+        the cache or the stats. A no-op on the CPU (nothing to compile). Returns its seconds."""
+        ck = self.checkpoint(model_id)
+        if ck.device.type != "cuda":
+            return 0.0
+        t0 = time.perf_counter()
+        c, model = ck.config, ck.model
+        L, V = c.num_layers, c.vocab_size
+        T = max(4, num_tokens if not c.max_positions else min(num_tokens, c.max_positions))
+        sites = list(model.SITES)
+        blocks = [n for n, s in model.SITES.items() if s.where == BLOCK]
+        prompts = [(T, SwapSpec([(13 * i + 5) % V for i in range(T)])),
+                   (max(4, T - 3), NoiseSpec(samples=3, seed=1))]
+        with torch.no_grad():
+            for n_tok, corruption in prompts:
+                spec = PromptSpec([(7 * i + 11) % V for i in range(n_tok)], (1, 3), corruption, None, "")
+                ids, corrupted = self._inputs(ck, spec)
+                try:
+                    runs = trace.build_runs(model, ids, corrupted, None)
+                except NumericError as err:  # odd weights on a dummy prompt: warm what ran, go on
+                    log.warning("warm-up of %s stopped early: %s", model_id, err)
+                    break
+                layers, tokens = sorted({0, L // 2, L - 1}), sorted({0, n_tok // 2, n_tok - 1})
+                mixed = [CellSpec(s, l, t, w) for s in sites for w in (1, 10) for l in layers for t in tokens]
+                calls = [mixed] + [[CellSpec(s, L // 2, n_tok // 2, 10), CellSpec(s, L - 1, n_tok - 1, 1)] for s in blocks]
+                calls.append([CellSpec(blocks[0], L - 1, n_tok - 1, 1)])  # one position a row
+                for cells in calls:
+                    trace.run_cells_fast(model, runs, cells, self.trace_rows).cpu()
+                del runs
+        torch.cuda.synchronize(ck.device)
+        seconds = time.perf_counter() - t0
+        log.info("model %s warmed up in %.2f s", model_id, seconds)
+        return seconds
 
     def model_info(self, model_id: str) -> ModelInfo:
         ck = self.checkpoint(model_id)

@@ -48,8 +48,13 @@ def neox_config(**overrides) -> dict:
     return cfg
 
 
-def random_state(config: dict, seed: int = 0) -> dict:
-    """Random weights for a config dict, keyed as in the HF checkpoint."""
+def random_state(config: dict, seed: int = 0, device: Optional[str] = None) -> dict:
+    """Random weights for a config dict, keyed as in the HF checkpoint. ``device`` (PyTorch ≥ 2.0):
+    draw them there (benchmarks: seconds on a GPU instead of minutes on a CPU at 2.8b sizes; the
+    numbers then differ from a CPU draw of the same seed)."""
+    if device is not None and device != "cpu":
+        with torch.device(device):
+            return random_state(config, seed)
     torch.manual_seed(seed)
     if config.get("model_type") == "mamba":
         c = mamba.Config.from_hf(config)

@@ -326,6 +326,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     """Entry point: returns the process exit code (see the EXIT_* constants)."""
     options = parse_args(argv)
+    # Triton's compiled kernels in the agent's folder (before anything imports Triton; the same rule
+    # as engine.kernels.use_kernel_cache), so a restarted worker loads them instead of compiling.
+    kernel_cache = os.environ.get("FACTSWEEP_KERNEL_CACHE", "")
+    if kernel_cache and not os.environ.get("TRITON_CACHE_DIR"):
+        os.environ["TRITON_CACHE_DIR"] = os.path.abspath(kernel_cache)
     logging.basicConfig(
         stream=sys.stderr,
         level=options.log_level.upper(),

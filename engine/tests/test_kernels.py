@@ -97,3 +97,32 @@ def test_rotary_scatter_kernel_equals_pytorch_path(dtype, monkeypatch):
     for a, b in zip(*outs):
         assert torch.isfinite(a).all()  # every packed position written
         assert (a - b).abs().max() <= (1e-6 if dtype == torch.float32 else 1e-2) * max(1.0, b.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows,T,keep", [(2, 16, 1), (4, 13, 3)])
+def test_prepare_kernels_equal_their_pytorch_paths(dtype, rows, T, keep, monkeypatch):
+    # scan_rows (KEEP variant of the scan kernel: s and every kept state) and conv_rows, Triton vs PyTorch.
+    d_in, N, k = 320, 16, 4
+    n = rows * T
+    torch.manual_seed(6)
+    mk = lambda *s: torch.randn(*s, device="cuda").to(dtype)  # noqa: E731
+    a = mk(n, 2 * d_in)[:, :d_in]
+    w, b = mk(d_in, 1, k), mk(d_in)
+    c = mk(n, d_in)
+    dt = (mk(n, d_in).float() - 2).to(dtype)
+    x_dbl = mk(n, 2 * N + 8)
+    B, C = x_dbl[:, 8:8 + N], x_dbl[:, 8 + N:]
+    A = -torch.exp(torch.rand(d_in, N, device="cuda") * 2)
+    D = mk(d_in)
+    outs = []
+    for triton_on in (True, False):
+        monkeypatch.setenv("FACTSWEEP_NO_TRITON", "0" if triton_on else "1")
+        with torch.backends.cudnn.flags(allow_tf32=False):
+            conv = kernels.conv_rows(a, w, b, T).float()
+        s, H = kernels.scan_rows(c, dt, B, C, A, D, rows, T, keep)
+        outs.append((conv, s.float(), H))
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for got, want in zip(*outs):
+        assert got.shape == want.shape and torch.isfinite(got).all()
+        assert (got - want).abs().max() <= tol * max(1.0, want.abs().max().item())
