@@ -117,7 +117,10 @@ const rate = (metric, sel = "") => `rate(${metric}${sel ? `{${sel}}` : ""}[${RI}
 // Counters with a label only exist once an event happened; a panel shows 0 instead of "No data".
 const orZero = (expr) => `(${expr}) or vector(0)`;
 const quantiles = (metric, sel, by = "le") =>
-  [0.5, 0.9, 0.99].map((q) => [`histogram_quantile(${q}, sum by (${by}) (${rate(`${metric}_bucket`, sel)}))`, `p${q * 100}${by === "le" ? "" : " {{instance}}"}`]);
+  [0.5, 0.9, 0.99].map((q) => [
+    `histogram_quantile(${q}, sum by (${by}) (${rate(`${metric}_bucket`, sel)}))`,
+    `p${q * 100}${by === "le" ? "" : " {{instance}}"}`,
+  ]);
 
 const sweepOverview = build(
   "factsweep-sweep-overview",
@@ -126,10 +129,29 @@ const sweepOverview = build(
   [queryVar("sweep", "Sweep", "label_values(factsweep_sweep_progress_ratio, sweep)")],
   [
     [
-      panel("bargauge", "Progress", "Done cells / planned cells per sweep.", "percentunit", [['factsweep_sweep_progress_ratio{sweep=~"$sweep"}', "{{sweep}}"]], 12, 8, { min: 0, max: 1 }),
-      panel("stat", "ETA", "Cells still to do in the selected sweeps divided by the current rate of done cells.", "s", [
-        [`sum((1 - factsweep_sweep_progress_ratio{sweep=~"$sweep"}) * factsweep_cells_planned{sweep=~"$sweep"}) / sum(${rate("factsweep_cells_total", 'status="done"')})`, "ETA"],
-      ], 6),
+      panel(
+        "bargauge",
+        "Progress",
+        "Done cells / planned cells per sweep.",
+        "percentunit",
+        [['factsweep_sweep_progress_ratio{sweep=~"$sweep"}', "{{sweep}}"]],
+        12,
+        8,
+        { min: 0, max: 1 },
+      ),
+      panel(
+        "stat",
+        "ETA",
+        "Cells still to do in the selected sweeps divided by the current rate of done cells.",
+        "s",
+        [
+          [
+            `sum((1 - factsweep_sweep_progress_ratio{sweep=~"$sweep"}) * factsweep_cells_planned{sweep=~"$sweep"}) / sum(${rate("factsweep_cells_total", 'status="done"')})`,
+            "ETA",
+          ],
+        ],
+        6,
+      ),
       panel("stat", "Active sweeps", "Sweeps the coordinator is running.", "none", [["sum(factsweep_sweeps_active)", "active"]], 6),
     ],
     [
@@ -142,10 +164,38 @@ const sweepOverview = build(
       ]),
     ],
     [
-      panel("timeseries", "Shards per second by outcome", "Shards done, failed (attempts exhausted) and retried.", "ops", [[`sum by (status) (${rate("factsweep_shards_total")})`, "{{status}}"]], 8),
-      panel("stat", "Failed shards (1h)", "Shards that failed in the last hour.", "short", [[orZero('sum(increase(factsweep_shards_total{status="failed"}[1h]))'), "failed"]], 4),
-      panel("stat", "Retried shards (1h)", "Shard re-leases after a failure or an expired lease in the last hour.", "short", [["sum(increase(factsweep_shard_retries_total[1h]))", "retried"]], 4),
-      panel("timeseries", "Lease expirations", "Leases that expired because an agent stopped renewing them (agent died or stalled).", "ops", [[`sum(${rate("factsweep_lease_expirations_total")})`, "expired/s"]], 8),
+      panel(
+        "timeseries",
+        "Shards per second by outcome",
+        "Shards done, failed (attempts exhausted) and retried.",
+        "ops",
+        [[`sum by (status) (${rate("factsweep_shards_total")})`, "{{status}}"]],
+        8,
+      ),
+      panel(
+        "stat",
+        "Failed shards (1h)",
+        "Shards that failed in the last hour.",
+        "short",
+        [[orZero('sum(increase(factsweep_shards_total{status="failed"}[1h]))'), "failed"]],
+        4,
+      ),
+      panel(
+        "stat",
+        "Retried shards (1h)",
+        "Shard re-leases after a failure or an expired lease in the last hour.",
+        "short",
+        [["sum(increase(factsweep_shard_retries_total[1h]))", "retried"]],
+        4,
+      ),
+      panel(
+        "timeseries",
+        "Lease expirations",
+        "Leases that expired because an agent stopped renewing them (agent died or stalled).",
+        "ops",
+        [[`sum(${rate("factsweep_lease_expirations_total")})`, "expired/s"]],
+        8,
+      ),
     ],
   ],
 );
@@ -161,22 +211,83 @@ const agentsGpus = build(
         [`sum by (instance) (${rate("factsweep_agent_cells_total", `${AGENT}, instance=~"$instance"`)})`, "{{instance}}"],
       ]),
       panel("stat", "Agents up", "Agent /metrics endpoints Prometheus reaches.", "none", [[`sum(up{${AGENT}, instance=~"$instance"})`, "up"]], 4),
-      panel("stat", "Workers ready", "Engine workers ready to take batches.", "none", [[`sum(factsweep_workers_ready{${AGENT}, instance=~"$instance"})`, "ready"]], 4),
-      panel("stat", "Worker restarts (1h)", "Engine workers restarted after dying.", "short", [[orZero(`sum(increase(factsweep_worker_restarts_total{${AGENT}, instance=~"$instance"}[1h]))`), "restarts"]], 4),
+      panel(
+        "stat",
+        "Workers ready",
+        "Engine workers ready to take batches.",
+        "none",
+        [[`sum(factsweep_workers_ready{${AGENT}, instance=~"$instance"})`, "ready"]],
+        4,
+      ),
+      panel(
+        "stat",
+        "Worker restarts (1h)",
+        "Engine workers restarted after dying.",
+        "short",
+        [[orZero(`sum(increase(factsweep_worker_restarts_total{${AGENT}, instance=~"$instance"}[1h]))`), "restarts"]],
+        4,
+      ),
     ],
     [
-      panel("timeseries", "Engine batch latency", "Quantiles of the time a worker takes for one batch of cells.", "s", quantiles("factsweep_engine_batch_seconds", `${AGENT}, instance=~"$instance"`)),
-      panel("timeseries", "Shard duration", "Quantiles of lease-to-publish time of one shard.", "s", quantiles("factsweep_shard_duration_seconds", `${AGENT}, instance=~"$instance"`)),
+      panel(
+        "timeseries",
+        "Worker busy ratio",
+        "Share of the last minute each engine worker (GPU) had a request in flight: its engine was computing. Below 1 while shards wait: the worker idles between engine calls (prepare, agent round trips, no work leased).",
+        "percentunit",
+        [[`max by (instance, worker) (factsweep_agent_worker_busy_ratio{${AGENT}, instance=~"$instance"})`, "{{instance}} w{{worker}}"]],
+        24,
+        8,
+        { min: 0, max: 1 },
+      ),
     ],
     [
-      panel("timeseries", "Cache hit ratio", "Share of cell batches whose prompt's clean and corrupted runs were already cached.", "percentunit", [
+      panel(
+        "timeseries",
+        "Engine batch latency",
+        "Quantiles of the time a worker takes for one batch of cells.",
+        "s",
+        quantiles("factsweep_engine_batch_seconds", `${AGENT}, instance=~"$instance"`),
+      ),
+      panel(
+        "timeseries",
+        "Shard duration",
+        "Quantiles of lease-to-publish time of one shard.",
+        "s",
+        quantiles("factsweep_shard_duration_seconds", `${AGENT}, instance=~"$instance"`),
+      ),
+    ],
+    [
+      panel(
+        "timeseries",
+        "Cache hit ratio",
+        "Share of cell batches whose prompt's clean and corrupted runs were already cached.",
+        "percentunit",
         [
-          `sum by (instance) (${rate("factsweep_cache_hits_total", `${AGENT}, instance=~"$instance"`)}) / (sum by (instance) (${rate("factsweep_cache_hits_total", `${AGENT}, instance=~"$instance"`)}) + sum by (instance) (${rate("factsweep_cache_misses_total", `${AGENT}, instance=~"$instance"`)}))`,
-          "{{instance}}",
+          [
+            `sum by (instance) (${rate("factsweep_cache_hits_total", `${AGENT}, instance=~"$instance"`)}) / (sum by (instance) (${rate("factsweep_cache_hits_total", `${AGENT}, instance=~"$instance"`)}) + sum by (instance) (${rate("factsweep_cache_misses_total", `${AGENT}, instance=~"$instance"`)}))`,
+            "{{instance}}",
+          ],
         ],
-      ], 8, 8, { min: 0, max: 1 }),
-      panel("timeseries", "Cache bytes", "Bytes held by each worker's run cache.", "bytes", [[`sum by (instance, worker) (factsweep_cache_bytes{${AGENT}, instance=~"$instance"})`, "{{instance}} w{{worker}}"]], 8),
-      panel("timeseries", "GPU memory used", "Device memory in use by each worker.", "bytes", [[`sum by (instance, worker) (factsweep_gpu_memory_used_bytes{${AGENT}, instance=~"$instance"})`, "{{instance}} w{{worker}}"]], 8),
+        8,
+        8,
+        { min: 0, max: 1 },
+      ),
+      panel(
+        "timeseries",
+        "Cache bytes",
+        "Bytes held by each worker's run cache.",
+        "bytes",
+        [[`sum by (instance, worker) (factsweep_cache_bytes{${AGENT}, instance=~"$instance"})`, "{{instance}} w{{worker}}"]],
+        8,
+      ),
+      panel(
+        "timeseries",
+        "GPU memory used",
+        "Device memory in use by each worker.",
+        "bytes",
+        [[`sum by (instance, worker) (factsweep_gpu_memory_used_bytes{${AGENT}, instance=~"$instance"})`, "{{instance}} w{{worker}}"]],
+        8,
+      ),
     ],
     [
       panel("timeseries", "Shards per second per agent", "Shards each agent finished, by outcome.", "ops", [
@@ -212,21 +323,52 @@ const coordinator = build(
       panel("stat", "Coordinator up", "1 while Prometheus reaches the coordinator's /metrics.", "none", [[`up{${COORD}}`, "{{instance}}"]], 6),
     ],
     [
-      panel("timeseries", "Results consumed", "Shard results read from JetStream per second; duplicates are redeliveries or retried shards already counted.", "ops", [
-        [`sum by (duplicate) (${rate("factsweep_results_consumed_total", COORD)})`, "duplicate={{duplicate}}"],
-      ]),
-      panel("timeseries", "JetStream publish latency", "Quantiles of the publish round trip of shard results (acked by JetStream).", "s", quantiles("factsweep_publish_seconds", "")),
+      panel(
+        "timeseries",
+        "Results consumed",
+        "Shard results read from JetStream per second; duplicates are redeliveries or retried shards already counted.",
+        "ops",
+        [[`sum by (duplicate) (${rate("factsweep_results_consumed_total", COORD)})`, "duplicate={{duplicate}}"]],
+      ),
+      panel(
+        "timeseries",
+        "JetStream publish latency",
+        "Quantiles of the publish round trip of shard results (acked by JetStream).",
+        "s",
+        quantiles("factsweep_publish_seconds", ""),
+      ),
     ],
     [
-      panel("timeseries", "Lease expirations and retries", "Leases expired and shards re-leased per second.", "ops", [
-        [`sum(${rate("factsweep_lease_expirations_total", COORD)})`, "lease expirations"],
-        [`sum(${rate("factsweep_shard_retries_total", COORD)})`, "retries"],
-      ], 8),
-      panel("timeseries", "Event loop lag", "p99 lag of the coordinator's Node event loop; high values delay heartbeats and leases.", "s", [[`factsweep_coordinator_nodejs_eventloop_lag_p99_seconds{${COORD}}`, "p99"]], 8),
-      panel("timeseries", "Coordinator memory", "Resident memory and V8 heap used (prom-client defaults, prefixed factsweep_coordinator_).", "bytes", [
-        [`factsweep_coordinator_process_resident_memory_bytes{${COORD}}`, "resident"],
-        [`factsweep_coordinator_nodejs_heap_size_used_bytes{${COORD}}`, "heap used"],
-      ], 8),
+      panel(
+        "timeseries",
+        "Lease expirations and retries",
+        "Leases expired and shards re-leased per second.",
+        "ops",
+        [
+          [`sum(${rate("factsweep_lease_expirations_total", COORD)})`, "lease expirations"],
+          [`sum(${rate("factsweep_shard_retries_total", COORD)})`, "retries"],
+        ],
+        8,
+      ),
+      panel(
+        "timeseries",
+        "Event loop lag",
+        "p99 lag of the coordinator's Node event loop; high values delay heartbeats and leases.",
+        "s",
+        [[`factsweep_coordinator_nodejs_eventloop_lag_p99_seconds{${COORD}}`, "p99"]],
+        8,
+      ),
+      panel(
+        "timeseries",
+        "Coordinator memory",
+        "Resident memory and V8 heap used (prom-client defaults, prefixed factsweep_coordinator_).",
+        "bytes",
+        [
+          [`factsweep_coordinator_process_resident_memory_bytes{${COORD}}`, "resident"],
+          [`factsweep_coordinator_nodejs_heap_size_used_bytes{${COORD}}`, "heap used"],
+        ],
+        8,
+      ),
     ],
   ],
 );

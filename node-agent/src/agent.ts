@@ -7,6 +7,9 @@
  * that goes away is reconnected with exponential backoff and jitter while running shards continue
  * (their results go to JetStream regardless, and their done/failed messages are sent after the
  * reconnect); publishes retry until NATS is back.
+ *
+ * long-file: one class holds the lease lifecycle (credit, queue, the worker a shard runs on, the next
+ * shard pipelined behind the last engine call, cancel, drain); split, each part would need the others' state.
  */
 import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
 import type { agent, sweep } from "@factsweep/proto";
@@ -37,7 +40,10 @@ export interface AgentOptions {
   /** 0 = a free port. */
   httpPort: number;
   httpHost?: string;
-  /** Cells per RunCells. Default 64. */
+  /**
+   * Cells per RunCells on every worker (0: a whole shard per call). Default: per worker device
+   * (`cellsPerCallOf`: a whole shard on a GPU, 512 cells on the CPU).
+   */
   batchSize?: number;
   /** Leases queued per worker beyond the running one (default 1): the next shard is already here when one ends. */
   prefetch?: number;
@@ -62,6 +68,8 @@ interface Lease {
   /** Why it was aborted: "cancel" (coordinator's CancelLease: say nothing) or "handback". */
   abortKind?: "cancel" | "handback";
   startedAt: number;
+  /** Its last engine call was sent: the worker took the next shard (whose requests queue behind it). */
+  releasedWorker?: boolean;
 }
 
 /**
@@ -274,7 +282,9 @@ export class Agent {
       const lease = this.queue.shift()!;
       const key = promptKeyOf(lease.shard);
       const modelId = lease.shard.model?.modelId ?? "";
-      const score = (w: EngineWorker) => (w.cachedPrompts.has(key) ? 4 : 0) + (w.models.has(modelId) ? 2 : 0) + (w.state === "ready" ? 1 : 0);
+      // A worker still finishing a shard's last call (free, but not idle) comes after an idle one.
+      const score = (w: EngineWorker) =>
+        (w.cachedPrompts.has(key) ? 8 : 0) + (w.models.has(modelId) ? 4 : 0) + (w.state === "ready" ? 2 : 0) + (w.client?.inFlight ? 0 : 1);
       const worker = free.sort((a, b) => score(b) - score(a))[0]!;
       void this.runLease(lease, worker);
     }
@@ -295,10 +305,13 @@ export class Agent {
         metrics: this.metrics,
         log: this.log,
         batchSize: this.opts.batchSize,
+        onLastCall: () => this.releaseWorker(lease, worker),
         signal: lease.abort.signal,
         onProgress: (n) => (lease.cellsDone = n),
       });
-      this.log.info(`shard ${shardId} done: ${out.result.cells.length} cells on ${worker.name}, published seq ${out.published.seq}${out.published.duplicate ? " (duplicate)" : ""}`);
+      this.log.info(
+        `shard ${shardId} done: ${out.result.cells.length} cells on ${worker.name}, published seq ${out.published.seq}${out.published.duplicate ? " (duplicate)" : ""}`,
+      );
       this.link.send({ body: { $case: "done", done: { leaseId: lease.leaseId, shardId, publishedSeq: out.published.seq } } });
     } catch (err) {
       if (err instanceof ShardCancelledError) {
@@ -314,12 +327,24 @@ export class Agent {
       }
     } finally {
       this.metrics.shardDuration.observe({ outcome }, (Date.now() - t0) / 1000);
-      worker.busy = false;
+      if (!lease.releasedWorker) worker.busy = false;
       this.leases.delete(shardId);
       this.credit(1);
       this.pump();
       this.leaseEnded?.();
     }
+  }
+
+  /**
+   * The lease's last engine call is on its way to the worker: the next queued shard starts on it now,
+   * so its PreparePrompt (and model load) reach the worker before that call's answer and the engine
+   * goes from one shard to the next without waiting for the agent (publishing overlaps the next grid).
+   */
+  private releaseWorker(lease: Lease, worker: EngineWorker): void {
+    if (lease.releasedWorker) return;
+    lease.releasedWorker = true;
+    worker.busy = false;
+    this.pump();
   }
 
   private leaseEnded: (() => void) | undefined;
@@ -341,7 +366,10 @@ export class Agent {
         this.leases.delete(lease.shard.shardId);
         this.failed(lease.leaseId, lease.shard.shardId, `agent ${this.opts.agentId} draining: ${reason}`, true);
       }
-      const timer = setTimeout(() => this.handBackRunning(`drain timeout after ${this.opts.drainTimeoutMs ?? 600_000} ms`), this.opts.drainTimeoutMs ?? 600_000);
+      const timer = setTimeout(
+        () => this.handBackRunning(`drain timeout after ${this.opts.drainTimeoutMs ?? 600_000} ms`),
+        this.opts.drainTimeoutMs ?? 600_000,
+      );
       while (this.leases.size > 0) await new Promise<void>((r) => (this.leaseEnded = r));
       clearTimeout(timer);
       await this.stop();

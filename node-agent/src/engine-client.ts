@@ -25,11 +25,26 @@ export interface EngineClientOptions {
   name?: string;
   /** Called for frames that match no pending request (late replies after a timeout, garbage). */
   onStray?: (info: { requestId?: number; reason: string }) => void;
+  /**
+   * Called after a request was written (`sent`) and when it settled (`answered`: a reply, an error
+   * reply, a timeout or the stream's end), with the requests in flight after it. The worker busy
+   * ratio and tests (which request went out before which answer) read it.
+   */
+  onActivity?: (event: EngineActivity) => void;
+}
+
+/** One request written to the worker or settled (see {@link EngineClientOptions.onActivity}). */
+export interface EngineActivity {
+  phase: "sent" | "answered";
+  /** The request's body case: "preparePrompt", "runCells", ... */
+  request: string;
+  requestId: number;
+  /** Requests in flight after this event. */
+  inFlight: number;
 }
 
 /** The message inside a response body of case `C`, e.g. `ResponseValue<"model">` = `engine.ModelInfo`. */
-type ResponseValue<C extends EngineResponseBody["$case"]> =
-  Extract<EngineResponseBody, { $case: C }> extends infer B ? B[C & keyof B] : never;
+type ResponseValue<C extends EngineResponseBody["$case"]> = Extract<EngineResponseBody, { $case: C }> extends infer B ? B[C & keyof B] : never;
 
 interface Pending {
   request: string;
@@ -54,6 +69,7 @@ export class EngineClient {
   private readonly defaultTimeoutMs: number;
   private readonly name: string;
   private readonly onStray: EngineClientOptions["onStray"];
+  private readonly onActivity: EngineClientOptions["onActivity"];
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
   private closedError: EngineClosedError | undefined;
@@ -64,6 +80,7 @@ export class EngineClient {
     this.defaultTimeoutMs = opts.defaultTimeoutMs ?? 600_000;
     this.name = opts.name ?? "engine worker";
     this.onStray = opts.onStray;
+    this.onActivity = opts.onActivity;
     this.decoder = new FrameDecoder();
     this.decoder.on("data", (frame: Buffer) => this.onFrame(frame));
     this.decoder.on("error", (err) => this.fail(`${this.name}: ${err.message}`, err));
@@ -101,6 +118,7 @@ export class EngineClient {
       if (timeoutMs > 0 && Number.isFinite(timeoutMs)) {
         entry.timer = setTimeout(() => {
           this.pending.delete(requestId);
+          this.activity("answered", body.$case, requestId);
           reject(new EngineTimeoutError(requestId, body.$case, timeoutMs));
         }, timeoutMs);
       }
@@ -108,7 +126,12 @@ export class EngineClient {
       this.stdin.write(encodeFrame(bytes), (err) => {
         if (err) this.fail(`${this.name} stdin failed: ${err.message}`, err);
       });
+      this.activity("sent", body.$case, requestId);
     });
+  }
+
+  private activity(phase: EngineActivity["phase"], request: string, requestId: number): void {
+    this.onActivity?.({ phase, request, requestId, inFlight: this.pending.size });
   }
 
   /** Handshake: sends ENGINE_PROTOCOL_VERSION; the worker refuses another version (VERSION_MISMATCH). */
@@ -127,12 +150,18 @@ export class EngineClient {
   }
 
   /** Run cells of a prepared prompt; results come back in the order of `cells`. */
-  async runCells(req: Partial<engine.RunCells> & { modelId: string; promptKey: string; cells: engine.Cell[] }, opts?: { timeoutMs?: number }): Promise<engine.CellResults> {
+  async runCells(
+    req: Partial<engine.RunCells> & { modelId: string; promptKey: string; cells: engine.Cell[] },
+    opts?: { timeoutMs?: number },
+  ): Promise<engine.CellResults> {
     return this.expect(await this.request({ $case: "runCells", runCells: engine.RunCells.fromPartial(req) }, opts), "cells");
   }
 
   /** Run one experiment of a kind other than tracing (knockout, sever, lre, edit); params and result are JSON. */
-  async runExperiment(req: Partial<engine.RunExperiment> & { modelId: string; kind: string; paramsJson: string }, opts?: { timeoutMs?: number }): Promise<engine.ExperimentResult> {
+  async runExperiment(
+    req: Partial<engine.RunExperiment> & { modelId: string; kind: string; paramsJson: string },
+    opts?: { timeoutMs?: number },
+  ): Promise<engine.ExperimentResult> {
     return this.expect(await this.request({ $case: "runExperiment", runExperiment: engine.RunExperiment.fromPartial(req) }, opts), "experiment");
   }
 
@@ -176,11 +205,15 @@ export class EngineClient {
     if (!entry) {
       // request_id 0 is the worker's own complaint about a frame it could not read.
       const err = msg.body?.$case === "error" ? `: ${engine.errorCodeToJSON(msg.body.error.code)} ${msg.body.error.field} ${msg.body.error.message}` : "";
-      this.onStray?.({ requestId: msg.requestId, reason: (msg.requestId === 0 ? "worker error not tied to a request" : "no pending request with this id (timed out?)") + err });
+      this.onStray?.({
+        requestId: msg.requestId,
+        reason: (msg.requestId === 0 ? "worker error not tied to a request" : "no pending request with this id (timed out?)") + err,
+      });
       return;
     }
     this.pending.delete(msg.requestId);
     if (entry.timer) clearTimeout(entry.timer);
+    this.activity("answered", entry.request, msg.requestId);
     const body = msg.body;
     if (!body) {
       entry.reject(new EngineProtocolError(`${this.name} sent an empty response to ${entry.request} (request ${msg.requestId})`));
@@ -204,10 +237,12 @@ export class EngineClient {
   private fail(message: string, cause?: unknown): void {
     if (this.closedError) return;
     this.closedError = new EngineClosedError(message, undefined, cause === undefined ? undefined : { cause });
-    for (const [id, entry] of this.pending) {
+    const pending = [...this.pending];
+    this.pending.clear();
+    for (const [id, entry] of pending) {
       if (entry.timer) clearTimeout(entry.timer);
+      this.activity("answered", entry.request, id);
       entry.reject(new EngineClosedError(`${message}; ${entry.request} (request ${id}) got no answer`, id, cause === undefined ? undefined : { cause }));
     }
-    this.pending.clear();
   }
 }

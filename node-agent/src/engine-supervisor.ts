@@ -8,7 +8,8 @@ import { EventEmitter } from "node:events";
 import { createInterface } from "node:readline";
 import { execa, type ResultPromise } from "execa";
 import { ENGINE_PROTOCOL_VERSION, engine } from "@factsweep/proto";
-import { EngineClient } from "./engine-client.js";
+import { BusyWindow } from "./busy-window.js";
+import { EngineClient, type EngineActivity } from "./engine-client.js";
 import { EngineRequestError } from "./engine-errors.js";
 import { EngineVersionMismatchError, WorkerLostError, WorkerStartError } from "./errors.js";
 import type { WorkerSlot } from "./gpu-discovery.js";
@@ -69,8 +70,13 @@ export class EngineWorker extends EventEmitter {
   /** prompt keys cached in this process (best effort: the engine may evict by LRU), with bytes. */
   readonly cachedPrompts = new Map<string, number>();
   cacheBytes = 0;
-  /** A shard is assigned to this slot (one at a time). */
+  /**
+   * The slot takes no further shard now: one runs on it and has not yet sent its last engine call.
+   * Once that call is sent the next shard may start here (its requests queue behind it in the worker).
+   */
   busy = false;
+  /** When the worker had an engine request in flight (the busy-ratio gauge); kept across restarts. */
+  readonly busyWindow = new BusyWindow();
   pid: number | undefined;
   private child: Child | undefined;
   private stderrTail: string[] = [];
@@ -117,6 +123,12 @@ export class EngineWorker extends EventEmitter {
     this.client = client;
     this.pid = child.pid;
     this.stderrTail = [];
+  }
+
+  /** @internal every request sent to or settled by the current process; emits `activity`. */
+  noteActivity(e: EngineActivity): void {
+    this.busyWindow.update(e.inFlight);
+    this.emit("activity", e);
   }
 
   /** @internal */
@@ -181,6 +193,7 @@ export class EngineSupervisor {
 
   constructor(private readonly opts: SupervisorOptions) {
     this.workers = opts.slots.map((s) => new EngineWorker(s));
+    opts.metrics.busyRatioSource = () => this.workers.map((w) => ({ worker: w.name, ratio: w.busyWindow.ratio() }));
   }
 
   /** Workers that are ready now. */
@@ -248,6 +261,7 @@ export class EngineSupervisor {
       stdout: child.stdout,
       name: `worker ${w.name}`,
       onStray: (info) => wlog.warn(`stray frame from worker (request ${info.requestId ?? "?"}): ${info.reason}`),
+      onActivity: (e) => w.noteActivity(e),
     });
     w.attach(child, client);
     createInterface({ input: child.stderr }).on("line", (line) => {
@@ -264,7 +278,10 @@ export class EngineSupervisor {
       client.close(`worker process ended (${how})`);
       return how;
     });
-    this.exits.set(w, exited.then(() => undefined));
+    this.exits.set(
+      w,
+      exited.then(() => undefined),
+    );
 
     // Handshake: the worker must speak our protocol version.
     try {

@@ -23,7 +23,9 @@ export async function runExperimentShard(opts: ShardRunOptions): Promise<ShardOu
     async () => {
       if (NEEDS_PROMPT.has(kind)) await s.prepare();
       s.throwIfCancelled();
-      const r = await s.client.runExperiment({ modelId: s.model.modelId, kind, promptKey: s.promptKey, paramsJson }, { timeoutMs: s.timeoutMs });
+      const call = s.client.runExperiment({ modelId: s.model.modelId, kind, promptKey: s.promptKey, paramsJson }, { timeoutMs: s.timeoutMs });
+      s.lastCallSent();
+      const r = await call;
       s.recordWork(r.seconds, units, units);
       return r;
     },
@@ -32,6 +34,13 @@ export async function runExperimentShard(opts: ShardRunOptions): Promise<ShardOu
 
   const info = s.promptInfo;
   return s.publish(
-    s.result({ answerId: info?.answerId ?? 0, pClean: info?.pClean ?? 0, pCorrupt: info?.pCorrupt ?? 0, cells: [], engineSeconds: out.seconds, resultJson: out.resultJson }),
+    s.result({
+      answerId: info?.answerId ?? 0,
+      pClean: info?.pClean ?? 0,
+      pCorrupt: info?.pCorrupt ?? 0,
+      cells: [],
+      engineSeconds: out.seconds,
+      resultJson: out.resultJson,
+    }),
   );
 }

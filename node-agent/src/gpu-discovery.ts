@@ -23,6 +23,26 @@ export interface WorkerSlot {
   cudaVisibleDevices: string;
   /** Device memory (0 for CPU workers). */
   memoryBytes: number;
+  /**
+   * Cells per engine RunCells call on this worker (0: a whole shard in one call). Absent: the
+   * device's default ({@link cellsPerCallOf}).
+   */
+  cellsPerCall?: number;
+}
+
+/**
+ * Cells per RunCells call on a CPU worker: small enough that progress (heartbeats) and the cells
+ * kept when a worker is lost stay fine-grained on a slow device.
+ */
+export const CPU_CELLS_PER_CALL = 512;
+
+/**
+ * The engine call size of a slot: its own `cellsPerCall`, else a whole shard per call on a GPU (the
+ * engine sizes its micro-batches from GPU memory itself; slicing a shard only adds per-call
+ * overhead) and {@link CPU_CELLS_PER_CALL} on the CPU. 0 means the whole shard.
+ */
+export function cellsPerCallOf(slot: WorkerSlot): number {
+  return slot.cellsPerCall ?? (slot.device === "cpu" ? CPU_CELLS_PER_CALL : 0);
 }
 
 export interface DiscoveryOptions {
@@ -54,7 +74,10 @@ const MIB = 1024 * 1024;
  */
 export function parseNvidiaSmi(text: string): GpuInfo[] {
   const gpus: GpuInfo[] = [];
-  const lines = text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l.length > 0);
+  const lines = text
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .filter((l) => l.length > 0);
   for (const [i, line] of lines.entries()) {
     const parts = line.split(",").map((p) => p.trim());
     const [index, uuid, mem] = parts;
@@ -99,9 +122,7 @@ export function applyCudaVisibleDevices(gpus: GpuInfo[], value: string | undefin
     }
     const gpu = match[0]!;
     if (chosen.includes(gpu)) {
-      throw new GpuDiscoveryError(
-        `CUDA_VISIBLE_DEVICES ${JSON.stringify(value)} names GPU ${gpu.index} twice; name each GPU once`,
-      );
+      throw new GpuDiscoveryError(`CUDA_VISIBLE_DEVICES ${JSON.stringify(value)} names GPU ${gpu.index} twice; name each GPU once`);
     }
     chosen.push(gpu);
   }
@@ -115,12 +136,13 @@ export function gpuSlots(gpus: GpuInfo[]): WorkerSlot[] {
     device: "cuda:0",
     cudaVisibleDevices: g.uuid,
     memoryBytes: g.memoryBytes,
+    cellsPerCall: 0,
   }));
 }
 
 /** `n` CPU workers. */
-export function cpuSlots(n: number): WorkerSlot[] {
-  return Array.from({ length: n }, (_, i) => ({ name: `cpu:${i}`, device: "cpu" as const, cudaVisibleDevices: "", memoryBytes: 0 }));
+export function cpuSlots(n: number, cellsPerCall = CPU_CELLS_PER_CALL): WorkerSlot[] {
+  return Array.from({ length: n }, (_, i) => ({ name: `cpu:${i}`, device: "cpu" as const, cudaVisibleDevices: "", memoryBytes: 0, cellsPerCall }));
 }
 
 /**
@@ -134,7 +156,10 @@ export async function queryNvidiaSmi(bin = "nvidia-smi"): Promise<{ gpus: GpuInf
   });
   if (r.failed) {
     const code = (r.cause as NodeJS.ErrnoException | undefined)?.code;
-    const firstLine = String(r.stderr || r.stdout || r.shortMessage).trim().split("\n")[0] ?? "";
+    const firstLine =
+      String(r.stderr || r.stdout || r.shortMessage)
+        .trim()
+        .split("\n")[0] ?? "";
     const why = code === "ENOENT" ? `${bin} not found` : `${bin} failed: ${firstLine}`;
     return { gpus: [], why };
   }

@@ -6,7 +6,7 @@
  * Exit codes: 0 after a drain (SIGTERM, or the coordinator's Drain), 1 fatal error, 2 bad flags.
  */
 import { readFileSync, existsSync } from "node:fs";
-import { hostname } from "node:os";
+import { homedir, hostname } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, CommanderError, InvalidArgumentError } from "commander";
@@ -47,7 +47,8 @@ interface Flags {
   tlsKey?: string;
   natsCreds?: string;
   maxSlots?: number;
-  batchSize: number;
+  batchSize?: number;
+  kernelCache?: string;
   prefetch: number;
   cacheBudgetBytes?: number;
   drainTimeout: number;
@@ -73,11 +74,19 @@ export function program(): Command {
     .option("--tls-cert <file>", "PEM client certificate of this agent (mTLS; needs --tls-key)")
     .option("--tls-key <file>", "PEM private key of --tls-cert")
     .option("--nats-creds <file>", "NATS credentials file (.creds)")
-    .option("--batch-size <n>", "cells per engine RunCells request (0: the whole shard; the engine batches cells of one token itself)", int("--batch-size", 0), 0)
+    .option(
+      "--batch-size <n>",
+      "cells per engine RunCells request on every worker (0: the whole shard; default: the whole shard on a GPU, where the engine sizes its batches itself, 512 cells on the CPU)",
+      int("--batch-size", 0),
+    )
     .option("--prefetch <n>", "leases queued per worker beyond the one running, so a worker never waits for the next grant", int("--prefetch", 0), 1)
     .option("--cache-budget-bytes <n>", "engine prompt-cache budget per worker (default: the engine's)", int("--cache-budget-bytes", 0))
     .option("--drain-timeout <seconds>", "on drain, how long running shards may finish before they are handed back", int("--drain-timeout", 0), 600)
     .option("--engine-python <path>", "Python with torch for the engine workers (default: env FACTSWEEP_PYTHON or scripts/find-python.sh)")
+    .option(
+      "--kernel-cache <dir>",
+      "folder of the GPU workers' compiled Triton kernels, kept across restarts (FACTSWEEP_KERNEL_CACHE; default: env FACTSWEEP_KERNEL_CACHE, else ~/.cache/factsweep/kernels)",
+    )
     .option("--engine-root <dir>", "folder holding the engine/ package (PYTHONPATH of the workers)", REPO_ROOT)
     .option("--log-level <level>", "debug | info | warn | error", "info")
     .exitOverride();
@@ -94,6 +103,11 @@ async function enginePython(flags: Flags): Promise<string> {
   return r.stdout.trim();
 }
 
+/** Where GPU workers keep compiled Triton kernels, so a restarted worker does not compile them again. */
+function kernelCache(flags: Flags): string {
+  return flags.kernelCache || process.env.FACTSWEEP_KERNEL_CACHE || join(homedir(), ".cache", "factsweep", "kernels");
+}
+
 async function main(argv: string[]): Promise<number> {
   const flags = program().parse(argv).opts<Flags>();
   if (!["debug", "info", "warn", "error"].includes(flags.logLevel)) {
@@ -104,10 +118,16 @@ async function main(argv: string[]): Promise<number> {
     throw new ConfigError("--coordinator", `expected \`--coordinator\` as host:port, got \`${flags.coordinator}\`; e.g. --coordinator 10.0.0.5:7070`);
   }
   if ((flags.tlsCert === undefined) !== (flags.tlsKey === undefined)) {
-    throw new ConfigError("--tls-cert", `--tls-cert and --tls-key go together (mTLS client certificate and its key); got only ${flags.tlsCert ? "--tls-cert" : "--tls-key"}`);
+    throw new ConfigError(
+      "--tls-cert",
+      `--tls-cert and --tls-key go together (mTLS client certificate and its key); got only ${flags.tlsCert ? "--tls-cert" : "--tls-key"}`,
+    );
   }
   if (!existsSync(join(flags.engineRoot, "engine", "__init__.py"))) {
-    throw new ConfigError("--engine-root", `--engine-root ${flags.engineRoot} holds no engine/ package (engine/__init__.py); point it at the factsweep checkout`);
+    throw new ConfigError(
+      "--engine-root",
+      `--engine-root ${flags.engineRoot} holds no engine/ package (engine/__init__.py); point it at the factsweep checkout`,
+    );
   }
   const tls =
     flags.tlsCa || flags.tlsCert
@@ -130,7 +150,7 @@ async function main(argv: string[]): Promise<number> {
     token: flags.token,
     tls,
     slots: discovery.slots,
-    engineCommand: { file: python, args: ["-m", "engine"], env: { PYTHONPATH: flags.engineRoot } },
+    engineCommand: { file: python, args: ["-m", "engine"], env: { PYTHONPATH: flags.engineRoot, FACTSWEEP_KERNEL_CACHE: kernelCache(flags) } },
     httpPort: flags.httpPort,
     httpHost: flags.httpHost,
     batchSize: flags.batchSize,

@@ -18,12 +18,15 @@ export interface AgentMetrics {
   workersReady: Gauge;
   gpuMemoryBytes: Gauge<"worker">;
   cellsComputed: Counter;
+  workerBusyRatio: Gauge<"worker">;
+  /** Read at each scrape for `workerBusyRatio` (set by the EngineSupervisor). */
+  busyRatioSource?: () => { worker: string; ratio: number }[];
 }
 
 /** Registers the agent metrics on `registry` (a fresh one by default). */
 export function createAgentMetrics(registry: Registry = new Registry()): AgentMetrics {
   const registers = [registry];
-  return {
+  const metrics: AgentMetrics = {
     registry,
     shardDuration: new Histogram({
       name: METRICS.shardDuration,
@@ -51,5 +54,15 @@ export function createAgentMetrics(registry: Registry = new Registry()): AgentMe
     workersReady: new Gauge({ name: METRICS.workersReady, help: "Engine workers that completed their handshake and are running", registers }),
     gpuMemoryBytes: new Gauge({ name: METRICS.gpuMemoryBytes, help: "Device memory a worker uses (engine Stats)", labelNames: ["worker"], registers }),
     cellsComputed: new Counter({ name: METRICS.agentCellsTotal, help: "Cells computed by this agent's workers", registers }),
+    workerBusyRatio: new Gauge({
+      name: METRICS.workerBusyRatio,
+      help: "Share of the last 60 s in which a worker had an engine request in flight (its engine busy; requests are served in order)",
+      labelNames: ["worker"],
+      registers,
+      collect() {
+        for (const { worker, ratio } of metrics.busyRatioSource?.() ?? []) this.set({ worker }, ratio);
+      },
+    }),
   };
+  return metrics;
 }

@@ -11,7 +11,8 @@ import { refreshWorkerStats, type ShardOutcome, type ShardRunOptions } from "./w
 export { promptKeyOf, refreshWorkerStats, type ShardOutcome, type ShardRunOptions } from "./worker-session.js";
 
 /**
- * Runs `shard` to completion and publishes its result; then refreshes the worker's cache stats.
+ * Runs `shard` to completion and publishes its result; then refreshes the worker's cache stats (a
+ * Stats request, served in order after whatever the next shard on that worker has already sent).
  * @throws ShardError (`retryable` false for input faults), ShardCancelledError when `signal` aborts.
  */
 export async function runShard(opts: ShardRunOptions): Promise<ShardOutcome> {

@@ -7,6 +7,7 @@
 import type { engine } from "@factsweep/proto";
 import { EngineRequestError } from "./engine-errors.js";
 import { ShardError } from "./errors.js";
+import { cellsPerCallOf } from "./gpu-discovery.js";
 import { WorkerSession, type ShardOutcome, type ShardRunOptions } from "./worker-session.js";
 
 /** Times a prompt the engine evicted between batches (LRU under its budget) is prepared again. */
@@ -19,9 +20,11 @@ const MAX_REPREPARES = 3;
 export async function runTraceShard(opts: ShardRunOptions): Promise<ShardOutcome> {
   const s = new WorkerSession(opts);
   const { cells, shardId } = s.shard;
-  // One request per shard by default: the engine groups the cells by token and fills its batches
+  // On a GPU one request per shard: the engine groups the cells by token and fills its batches
   // itself, and slicing a shard into small requests shrinks those batches (measured: 59% slower).
-  const batchSize = opts.batchSize && opts.batchSize > 0 ? opts.batchSize : Number.POSITIVE_INFINITY;
+  // On the CPU bounded calls keep progress and the cells kept after a lost worker fine-grained.
+  const perCall = opts.batchSize ?? cellsPerCallOf(opts.worker.slot);
+  const batchSize = perCall > 0 ? perCall : Number.POSITIVE_INFINITY;
   const results: engine.CellResult[] = []; // kept across lost workers
   let engineSeconds = 0;
   let reprepares = 0;
@@ -34,7 +37,9 @@ export async function runTraceShard(opts: ShardRunOptions): Promise<ShardOutcome
           while (results.length < cells.length) {
             s.throwIfCancelled();
             const batch = cells.slice(results.length, results.length + batchSize);
-            const r = await s.client.runCells({ modelId: s.model.modelId, promptKey: s.promptKey, cells: batch }, { timeoutMs: s.timeoutMs });
+            const call = s.client.runCells({ modelId: s.model.modelId, promptKey: s.promptKey, cells: batch }, { timeoutMs: s.timeoutMs });
+            if (results.length + batch.length === cells.length) s.lastCallSent();
+            const r = await call;
             if (r.results.length !== batch.length) {
               throw new ShardError(shardId, true, `worker ${s.worker.name} returned ${r.results.length} results for ${batch.length} cells (engine bug)`);
             }
@@ -44,14 +49,18 @@ export async function runTraceShard(opts: ShardRunOptions): Promise<ShardOutcome
           }
           return info;
         } catch (err) {
-          if (!(err instanceof EngineRequestError && err.code === "ERROR_CODE_NOT_FOUND" && err.request === "runCells" && reprepares < MAX_REPREPARES)) throw err;
+          if (!(err instanceof EngineRequestError && err.code === "ERROR_CODE_NOT_FOUND" && err.request === "runCells" && reprepares < MAX_REPREPARES))
+            throw err;
           reprepares++; // the engine evicted the prompt between batches: prepare it again
           s.forgetPrepared();
           s.throwIfCancelled();
         }
       }
     },
-    () => ({ running: `shard ${shardId} (${results.length}/${cells.length} cells done)`, rerun: `the remaining ${cells.length - results.length} of ${cells.length} cells` }),
+    () => ({
+      running: `shard ${shardId} (${results.length}/${cells.length} cells done)`,
+      rerun: `the remaining ${cells.length - results.length} of ${cells.length} cells`,
+    }),
   );
 
   const cellResults = cells.map((cell, i) => ({ cell, p: results[i]!.p, logit: results[i]!.logit }));

@@ -23,8 +23,17 @@ export interface ShardRunOptions {
   agentId: string;
   metrics: AgentMetrics;
   log: Logger;
-  /** Cells per RunCells request. Default: the whole shard in one request. */
+  /**
+   * Cells per RunCells request (0: the whole shard in one request). Default: the worker's own call
+   * size (`cellsPerCallOf(worker.slot)`: a whole shard on a GPU, 512 cells on the CPU).
+   */
   batchSize?: number;
+  /**
+   * Called once, right after the shard's last engine call was sent (before its answer): the worker
+   * will be free after that call, so the agent may send the next shard's requests now; the worker
+   * serves them in order, without an idle gap for the agent's round trip.
+   */
+  onLastCall?: () => void;
   /** Worker deaths tolerated during one shard before it is handed back (retryable). Default 2. */
   maxWorkerLosses?: number;
   /** How long to wait for a dead worker to come back before handing the shard back. Default 5 min. */
@@ -118,7 +127,15 @@ export class WorkerSession {
     if (this.prepared?.generation === generation) return this.prepared.info;
     const p = this.prompt;
     const info = await client.preparePrompt(
-      { modelId: this.model.modelId, promptKey: this.promptKey, inputIds: p.inputIds, subjectStart: p.subjectStart, subjectEnd: p.subjectEnd, corruption: p.corruption, answerId: p.answerId },
+      {
+        modelId: this.model.modelId,
+        promptKey: this.promptKey,
+        inputIds: p.inputIds,
+        subjectStart: p.subjectStart,
+        subjectEnd: p.subjectEnd,
+        corruption: p.corruption,
+        answerId: p.answerId,
+      },
       { timeoutMs: this.timeoutMs },
     );
     (info.cacheHit ? this.opts.metrics.cacheHits : this.opts.metrics.cacheMisses).inc();
@@ -130,6 +147,13 @@ export class WorkerSession {
   /** Forgets the prepared prompt (the engine evicted it), so that the next {@link prepare} asks again. */
   forgetPrepared(): void {
     this.prepared = undefined;
+  }
+
+  /** The runner sent its last engine call: tells the agent once (see ShardRunOptions.onLastCall). */
+  lastCallSent(): void {
+    const hook = this.opts.onLastCall;
+    this.opts.onLastCall = undefined;
+    hook?.();
   }
 
   /** One engine answer computed `units` more work units: metrics and progress (`done` in all). */
@@ -163,7 +187,9 @@ export class WorkerSession {
         if (!workerLost(err, worker, generation, this.log)) throw shardFailure(shard.shardId, err);
         const what = lost();
         if (++losses > maxLosses) {
-          throw new ShardError(shard.shardId, true, `worker ${worker.name} was lost ${losses} times while running ${what.running}; handing it back`, { cause: err });
+          throw new ShardError(shard.shardId, true, `worker ${worker.name} was lost ${losses} times while running ${what.running}; handing it back`, {
+            cause: err,
+          });
         }
         this.log.warn(`worker ${worker.name} lost (${(err as Error).message}); re-running ${what.rerun} after it restarts`);
       } finally {
@@ -175,7 +201,15 @@ export class WorkerSession {
   /** The ShardResult fields every runner fills the same way, with the runner's own. */
   result(own: Pick<sweep.ShardResult, "answerId" | "pClean" | "pCorrupt" | "cells" | "engineSeconds" | "resultJson">): sweep.ShardResult {
     const { shard } = this;
-    return { sweepId: shard.sweepId, shardId: shard.shardId, promptIndex: this.prompt.index, agentId: this.opts.agentId, attempt: shard.attempt, worker: this.worker.name, ...own };
+    return {
+      sweepId: shard.sweepId,
+      shardId: shard.shardId,
+      promptIndex: this.prompt.index,
+      agentId: this.opts.agentId,
+      attempt: shard.attempt,
+      worker: this.worker.name,
+      ...own,
+    };
   }
 
   /** Publishes the result to JetStream (deduplicated by shard id). */
@@ -199,13 +233,26 @@ export class WorkerSession {
   }
 }
 
-/** Loads the shard's model on the worker unless this worker process already holds it. */
+/** LoadModel requests in flight per worker process (two shards on one worker wait for one load). */
+const loading = new WeakMap<EngineClient, Map<string, Promise<void>>>();
+
+/** Loads the shard's model on the worker unless this worker process already holds it (or is loading it). */
 export async function ensureModel(worker: EngineWorker, client: EngineClient, model: sweep.ModelRef, timeoutMs: number): Promise<void> {
   const dtype = model.dtype || "float32";
   const have = worker.models.get(model.modelId);
   if (have && have.path === model.path && have.dtype === dtype) return;
-  const info = await client.loadModel({ modelId: model.modelId, path: model.path, dtype, device: worker.slot.device }, { timeoutMs });
-  worker.models.set(model.modelId, { path: model.path, dtype, info });
+  const inFlight = loading.get(client) ?? new Map<string, Promise<void>>();
+  loading.set(client, inFlight);
+  const key = `${model.modelId}\0${model.path}\0${dtype}`;
+  let load = inFlight.get(key);
+  if (!load) {
+    load = client.loadModel({ modelId: model.modelId, path: model.path, dtype, device: worker.slot.device }, { timeoutMs }).then((info) => {
+      worker.models.set(model.modelId, { path: model.path, dtype, info });
+    });
+    inFlight.set(key, load);
+    void load.finally(() => inFlight.delete(key)).catch(() => undefined);
+  }
+  await load;
 }
 
 /**
@@ -228,12 +275,15 @@ export function shardFailure(shardId: string, err: unknown): unknown {
   return err;
 }
 
-/** After a shard, while the worker is idle: what it really caches (the engine evicts by LRU). */
+/**
+ * After a shard: what the worker really caches (the engine evicts by LRU). The next shard's requests
+ * may be queued before it in the worker, hence the long timeout.
+ */
 export async function refreshWorkerStats(worker: EngineWorker, metrics: AgentMetrics): Promise<void> {
   const client = worker.client;
   if (!client || worker.state !== "ready") return;
   try {
-    const s = await client.stats({ timeoutMs: 30_000 });
+    const s = await client.stats({ timeoutMs: 600_000 });
     worker.cachedPrompts.clear();
     for (const k of s.cachedPromptKeys) worker.cachedPrompts.set(k, 0);
     worker.cacheBytes = s.cacheBytes;

@@ -41,7 +41,15 @@ test("cells are sites × windows × layers × selected tokens, each exactly once
 
 test("embed cells have no layer dimension: one per token", () => {
   const cells = expandCells(prompt(4, [0, 2]), spec({ grid: [{ site: "embed" }], layers: "all", tokens: "all" }), 4);
-  assert.deepEqual(cells.map((c) => [c.layer, c.token]), [[0, 0], [0, 1], [0, 2], [0, 3]]);
+  assert.deepEqual(
+    cells.map((c) => [c.layer, c.token]),
+    [
+      [0, 0],
+      [0, 1],
+      [0, 2],
+      [0, 3],
+    ],
+  );
 });
 
 test("token selectors take group names of either scheme, 'subject', and negative indices", () => {
@@ -60,9 +68,18 @@ test("a prompt's cells are cut into shards of at most shard_cells, ids <sweep>.<
   assert.equal(cells.length, 80);
   const model = { modelId: "m", path: "/m", dtype: "float32", modelType: "mamba", numLayers: 4 };
   const shards = shardPrompt(p, cells, { sweepId: "sw", shardCells: 30, model });
-  assert.deepEqual(shards.map((s) => s.shardId), ["sw.7.0", "sw.7.1", "sw.7.2"]);
-  assert.deepEqual(shards.map((s) => s.cells.length), [30, 30, 20]);
-  assert.deepEqual(shards.flatMap((s) => s.cells), cells);
+  assert.deepEqual(
+    shards.map((s) => s.shardId),
+    ["sw.7.0", "sw.7.1", "sw.7.2"],
+  );
+  assert.deepEqual(
+    shards.map((s) => s.cells.length),
+    [30, 30, 20],
+  );
+  assert.deepEqual(
+    shards.flatMap((s) => s.cells),
+    cells,
+  );
   assert.deepEqual(parseShardId("sw.7.2"), { sweepId: "sw", promptIndex: 7, part: 2 });
 });
 
@@ -76,16 +93,29 @@ test("planSweep on the golden Mamba plans prompts, shards and the cell count", {
   assert.equal(plan.prompts[0]!.promptKey, "demo-1/0");
   assert.equal(plan.plannedCells, 2 * 4 * 5);
   assert.equal(plan.shards.length, 3);
-  assert.equal(plan.shards.reduce((n, s) => n + s.cells.length, 0), plan.plannedCells);
+  assert.equal(
+    plan.shards.reduce((n, s) => n + s.cells.length, 0),
+    plan.plannedCells,
+  );
+});
+
+test("by default (shard_cells: prompt) a prompt's whole grid is one shard", { skip: !GOLDEN && "shared/golden is absent" }, () => {
+  const plan = planSweep(spec({ grid: [{ site: "residual" }, { site: "mixer", window: 10 }] }), "demo-2");
+  assert.equal(plan.shards.length, plan.prompts.length);
+  assert.equal(plan.shards[0]!.cells.length, plan.plannedCells);
+  assert.equal(plan.shards[0]!.shardId, "demo-2.0.0");
 });
 
 test("a site the model lacks and a layer beyond it are SpecErrors naming the field", { skip: !GOLDEN && "shared/golden is absent" }, () => {
-  assert.throws(() => planSweep(spec({ grid: [{ site: "residual" }, { site: "attn" }] }), "x"), (e: unknown) => {
-    assert.ok(e instanceof SpecError);
-    assert.equal(e.path, "grid[1].site");
-    assert.match(e.message, /"attn" is not a site of mamba models; expected one of embed, residual, mixer, ssm, gate, conv, in_ssm/);
-    return true;
-  });
+  assert.throws(
+    () => planSweep(spec({ grid: [{ site: "residual" }, { site: "attn" }] }), "x"),
+    (e: unknown) => {
+      assert.ok(e instanceof SpecError);
+      assert.equal(e.path, "grid[1].site");
+      assert.match(e.message, /"attn" is not a site of mamba models; expected one of embed, residual, mixer, ssm, gate, conv, in_ssm/);
+      return true;
+    },
+  );
   assert.throws(() => planSweep(spec({ layers: [0, 4] }), "x"), /layers: expected layer numbers in 0\.\.3/);
   assert.throws(() => planSweep(spec({}), "bad.id"), /sweep_id: .*no dots/);
 });

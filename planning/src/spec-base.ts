@@ -75,6 +75,19 @@ const layers = z.union(
   { error: 'expected "all", a list of layer numbers, or a range "start:end[:step]" (end exclusive)' },
 );
 
+/**
+ * `shard_cells` of `"prompt"` (the default): one shard per prompt, a prompt's whole grid, so a GPU
+ * worker prepares each prompt once and runs its grid in one engine call (512-cell shards cost 30% of
+ * a sweep's rate on an H200: each shard of a prompt prepares it again on its worker). A grid larger
+ * than this still splits, so a shard's result stays far below NATS's default 1 MB message limit.
+ */
+export const PROMPT_SHARD_CELLS = 16_384;
+
+const shardCells = z
+  .union([posInt.max(1_000_000), z.literal("prompt")], { error: 'expected "prompt" (one shard per prompt) or a number of cells from 1 to 1000000' })
+  .transform((v) => (v === "prompt" ? PROMPT_SHARD_CELLS : v))
+  .default(PROMPT_SHARD_CELLS);
+
 /** The fields of every sweep spec except `kind` (its enum comes from the kinds registry), in the spec's order. */
 export const baseSpecFields = {
   name: z.string().min(1).max(200),
@@ -88,7 +101,7 @@ export const baseSpecFields = {
   corruption: corruption.default({ kind: "swap", seed: 1 }),
   layers: layers.default("all"),
   token_groups: z.enum(TOKEN_GROUP_SCHEMES).default("rome"),
-  shard_cells: posInt.max(1_000_000).default(512),
+  shard_cells: shardCells,
   max_attempts: posInt.max(100).default(3),
 };
 

@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { parseSweepSpec, resolveLayers } from "./spec.js";
 import { SpecError } from "./errors.js";
+import { PROMPT_SHARD_CELLS } from "./spec-base.js";
 
 const demo = `
 name: demo
@@ -30,19 +31,22 @@ test("a valid YAML spec parses with defaults filled in and paths resolved agains
   const spec = parseSweepSpec(demo, { baseDir: "/work/shared/specs" });
   assert.equal(spec.model.path, "/work/shared/golden/mamba-tiny");
   assert.equal(spec.model.dtype, "float32");
-  assert.deepEqual(spec.grid, [{ site: "residual", window: 1 }, { site: "mixer", window: 10 }]);
+  assert.deepEqual(spec.grid, [
+    { site: "residual", window: 1 },
+    { site: "mixer", window: 10 },
+  ]);
   assert.deepEqual(spec.corruption, { kind: "swap", seed: 7 });
-  assert.equal(spec.shard_cells, 512);
+  assert.equal(spec.shard_cells, PROMPT_SHARD_CELLS, "default: one shard per prompt (capped)");
   assert.equal(spec.max_attempts, 3);
   assert.equal(spec.token_groups, "rome");
   assert.deepEqual(spec.tokens, ["subject_last", "last"]);
 });
 
 test("JSON specs parse too, and noise corruption gets ROME's defaults", () => {
-  const spec = parseSweepSpec(
-    JSON.stringify({ name: "n", model: { id: "m", path: "/m" }, dataset: { known: "k.json" }, corruption: { kind: "noise" } }),
-    { format: "json", baseDir: "/d" },
-  );
+  const spec = parseSweepSpec(JSON.stringify({ name: "n", model: { id: "m", path: "/m" }, dataset: { known: "k.json" }, corruption: { kind: "noise" } }), {
+    format: "json",
+    baseDir: "/d",
+  });
   assert.deepEqual(spec.corruption, { kind: "noise", scale: 3, std: "auto", samples: 10, seed: 1 });
   assert.equal(spec.dataset.known, "/d/k.json");
   assert.equal(spec.dataset.per_relation, undefined);
@@ -80,6 +84,17 @@ test("several problems are all listed, the first one carried as path/expected/re
   assert.equal(err.path, "shard_cells");
   assert.equal(err.received, 0);
   assert.match(err.message, /max_attempts: .*got "two" \(string\)/);
+});
+
+test('shard_cells is "prompt" by default (a prompt\'s whole grid, capped at PROMPT_SHARD_CELLS); a number keeps its meaning', () => {
+  const base = `name: x\nmodel: {id: m, path: /m}\ndataset: { known: a.json }\n`;
+  assert.equal(PROMPT_SHARD_CELLS, 16_384);
+  assert.equal(parseSweepSpec(base).shard_cells, PROMPT_SHARD_CELLS);
+  assert.equal(parseSweepSpec(`${base}shard_cells: prompt\n`).shard_cells, PROMPT_SHARD_CELLS);
+  assert.equal(parseSweepSpec(`${base}shard_cells: 512\n`).shard_cells, 512);
+  const err = specError(`${base}shard_cells: half\n`);
+  assert.equal(err.path, "shard_cells");
+  assert.match(err.message, /shard_cells: expected "prompt" \(one shard per prompt\) or a number of cells/);
 });
 
 test("broken YAML is a SpecError with the line number", () => {

@@ -26,4 +26,5 @@ export const METRICS = {
   workersReady: "factsweep_workers_ready", // gauge
   gpuMemoryBytes: "factsweep_gpu_memory_used_bytes", // gauge {worker}
   agentCellsTotal: "factsweep_agent_cells_total", // counter: cells computed by this agent
+  workerBusyRatio: "factsweep_agent_worker_busy_ratio", // gauge {worker}: share of the last 60 s with an engine request in flight
 } as const;
