@@ -1,8 +1,8 @@
-// Draws the experiment-kind figures (coordinator/src/report/kinds.ts) from `sweepctl local` output
+// Draws the experiment-kind figures (sweepctl/src/report/kinds.ts) from `sweepctl local` output
 // folders: one kinds.html (SVG inline) plus each chart as an .svg.
 // Usage: node examples/demo/kinds-report.mjs <out-dir> <local-out-dir>...
 import { mkdirSync, writeFileSync } from "node:fs";
-import { kindSections, readKindAggregates, writeKindReport } from "../../coordinator/dist/report/kinds.js";
+import { kindSections, readKindAggregates, writeKindReport } from "../../sweepctl/dist/report/kinds.js";
 
 const [out, ...dirs] = process.argv.slice(2);
 if (!out || dirs.length === 0) throw new Error("usage: node examples/demo/kinds-report.mjs <out-dir> <sweepctl local out dir>...");

@@ -2,12 +2,13 @@
  * What sweepctl prints: progress bars, sweep tables, result rows as CSV or JSON lines, and the
  * exit codes scripts rely on.
  */
+import { createWriteStream } from "node:fs";
 import { SingleBar, Presets } from "cli-progress";
 import { status } from "@grpc/grpc-js";
 import type { control } from "@factsweep/proto";
 import { kindCsvColumns, kindRowRecord } from "@factsweep/planning";
 
-/** sweepctl exit codes (documented in coordinator/README.md). */
+/** sweepctl exit codes (documented in sweepctl/README.md). */
 export const EXIT = {
   ok: 0,
   /** The sweep ended failed or cancelled (some shards failed, or it was cancelled). */
@@ -79,8 +80,13 @@ export class ProgressView {
   update(info: control.SweepInfo): void {
     const c = info.counts;
     const payload = {
-      sweep: info.sweepId, rate: info.cellsPerSecond.toFixed(1), etaText: fmtEta(info.etaSeconds),
-      done: c?.shardsDone ?? 0, shards: c?.shardsTotal ?? 0, leased: c?.shardsLeased ?? 0, failed: c?.shardsFailed ?? 0,
+      sweep: info.sweepId,
+      rate: info.cellsPerSecond.toFixed(1),
+      etaText: fmtEta(info.etaSeconds),
+      done: c?.shardsDone ?? 0,
+      shards: c?.shardsTotal ?? 0,
+      leased: c?.shardsLeased ?? 0,
+      failed: c?.shardsFailed ?? 0,
     };
     const total = Math.max(1, c?.plannedCells ?? 0);
     if (!this.started) {
@@ -104,7 +110,8 @@ export function describeSweep(info: control.SweepInfo): string {
   const lines = [
     `sweep      ${info.sweepId}  (${info.name}, ${info.kind})`,
     `state      ${info.state}`,
-    `cells      ${c?.doneCells ?? 0}/${c?.plannedCells ?? 0}` + (info.state === "running" ? `  ${info.cellsPerSecond.toFixed(1)} cells/s  ETA ${fmtEta(info.etaSeconds)}` : ""),
+    `cells      ${c?.doneCells ?? 0}/${c?.plannedCells ?? 0}` +
+      (info.state === "running" ? `  ${info.cellsPerSecond.toFixed(1)} cells/s  ETA ${fmtEta(info.etaSeconds)}` : ""),
     `shards     ${c?.shardsDone ?? 0} done, ${c?.shardsLeased ?? 0} leased, ${c?.shardsPending ?? 0} pending, ${c?.shardsFailed ?? 0} failed (of ${c?.shardsTotal ?? 0}); ${c?.retries ?? 0} retries`,
     `created    ${new Date(info.createdMs).toISOString()}` + (info.finishedMs ? `  finished ${new Date(info.finishedMs).toISOString()}` : ""),
   ];
@@ -124,7 +131,14 @@ export function describeSweep(info: control.SweepInfo): string {
 export function sweepTable(sweeps: control.SweepInfo[]): string {
   const rows = [["SWEEP", "STATE", "CELLS", "SHARDS FAILED", "CREATED", "NAME"]];
   for (const s of sweeps) {
-    rows.push([s.sweepId, s.state, `${s.counts?.doneCells ?? 0}/${s.counts?.plannedCells ?? 0}`, String(s.counts?.shardsFailed ?? 0), new Date(s.createdMs).toISOString(), s.name]);
+    rows.push([
+      s.sweepId,
+      s.state,
+      `${s.counts?.doneCells ?? 0}/${s.counts?.plannedCells ?? 0}`,
+      String(s.counts?.shardsFailed ?? 0),
+      new Date(s.createdMs).toISOString(),
+      s.name,
+    ]);
   }
   return table(rows);
 }
@@ -132,23 +146,66 @@ export function sweepTable(sweeps: control.SweepInfo[]): string {
 /** One line per agent. */
 export function agentTable(agents: control.AgentStatus[]): string {
   const rows = [["AGENT", "HOST", "WORKERS", "LEASES", "CACHED PROMPTS", "SHARDS DONE", "LAST SEEN"]];
-  for (const a of agents) rows.push([a.agentId, a.hostname, String(a.workers), String(a.leases), String(a.cachedPrompts), String(a.shardsDone), new Date(a.lastSeenMs).toISOString()]);
+  for (const a of agents)
+    rows.push([
+      a.agentId,
+      a.hostname,
+      String(a.workers),
+      String(a.leases),
+      String(a.cachedPrompts),
+      String(a.shardsDone),
+      new Date(a.lastSeenMs).toISOString(),
+    ]);
   return table(rows);
 }
 
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? "").length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()).join("\n");
+  return rows
+    .map((r) =>
+      r
+        .map((c, i) => c.padEnd(widths[i]!))
+        .join("  ")
+        .trimEnd(),
+    )
+    .join("\n");
 }
 
 /** Column order of the CSV export (snake_case, as in the JSONL export). */
-export const RESULT_COLUMNS = ["sweep_id", "model", "prompt_index", "subject", "site", "layer", "token", "window", "token_group", "p", "p_clean", "p_corrupt", "ie", "corruption"] as const;
+export const RESULT_COLUMNS = [
+  "sweep_id",
+  "model",
+  "prompt_index",
+  "subject",
+  "site",
+  "layer",
+  "token",
+  "window",
+  "token_group",
+  "p",
+  "p_clean",
+  "p_corrupt",
+  "ie",
+  "corruption",
+] as const;
 
 /** A result row as a snake_case record. */
 export function rowRecord(r: control.ResultRow): Record<(typeof RESULT_COLUMNS)[number], string | number> {
   return {
-    sweep_id: r.sweepId, model: r.model, prompt_index: r.promptIndex, subject: r.subject, site: r.site, layer: r.layer, token: r.token,
-    window: r.window, token_group: r.tokenGroup, p: r.p, p_clean: r.pClean, p_corrupt: r.pCorrupt, ie: r.ie, corruption: r.corruption,
+    sweep_id: r.sweepId,
+    model: r.model,
+    prompt_index: r.promptIndex,
+    subject: r.subject,
+    site: r.site,
+    layer: r.layer,
+    token: r.token,
+    window: r.window,
+    token_group: r.tokenGroup,
+    p: r.p,
+    p_clean: r.pClean,
+    p_corrupt: r.pCorrupt,
+    ie: r.ie,
+    corruption: r.corruption,
   };
 }
 
@@ -160,15 +217,48 @@ const csvCell = (v: string | number | boolean | null): string => {
 const isKindRow = (r: Pick<control.ResultRow, "kind">): boolean => Boolean(r.kind) && r.kind !== "trace";
 
 /** CSV header line; a row of an experiment kind (knockout, sever, lre, edit) has that kind's columns. */
-export const csvHeader = (first?: Pick<control.ResultRow, "kind">): string => (first && isKindRow(first) ? kindCsvColumns(first.kind) : RESULT_COLUMNS).join(",");
+export const csvHeader = (first?: Pick<control.ResultRow, "kind">): string =>
+  (first && isKindRow(first) ? kindCsvColumns(first.kind) : RESULT_COLUMNS).join(",");
 /** One CSV line. */
 export const csvLine = (r: control.ResultRow): string => {
   if (isKindRow(r)) {
     const rec = kindRowRecord(r);
-    return kindCsvColumns(r.kind).map((k) => csvCell(rec[k] ?? "")).join(",");
+    return kindCsvColumns(r.kind)
+      .map((k) => csvCell(rec[k] ?? ""))
+      .join(",");
   }
   const rec = rowRecord(r);
   return RESULT_COLUMNS.map((k) => csvCell(rec[k])).join(",");
 };
 /** One JSON line. */
 export const jsonLine = (r: control.ResultRow): string => JSON.stringify(isKindRow(r) ? kindRowRecord(r) : rowRecord(r));
+
+/** An error that ends sweepctl with a given exit code and message. */
+export class CliExit extends Error {
+  constructor(
+    readonly exitCode: number,
+    message: string,
+  ) {
+    super(message);
+    this.name = "CliExit";
+  }
+}
+
+/** Writes result rows as CSV or JSON lines to a file or stdout; returns the row count. */
+export async function writeResults(
+  rows: AsyncIterable<control.ResultRow> | Iterable<control.ResultRow>,
+  format: "csv" | "jsonl",
+  out?: string,
+): Promise<number> {
+  const sink = out ? createWriteStream(out) : process.stdout;
+  const write = (s: string) => new Promise<void>((res) => (sink.write(s) ? res() : sink.once("drain", () => res())));
+  let n = 0;
+  for await (const r of rows) {
+    if (format === "csv" && n === 0) await write(csvHeader(r) + "\n"); // the columns depend on the sweep's kind
+    await write((format === "csv" ? csvLine(r) : jsonLine(r)) + "\n");
+    n++;
+  }
+  if (format === "csv" && n === 0) await write(csvHeader() + "\n");
+  if (out) await new Promise<void>((res) => (sink as ReturnType<typeof createWriteStream>).end(() => res()));
+  return n;
+}

@@ -19,7 +19,8 @@ after(async () => {
   await h.close();
 });
 
-const sweepctl = (...args: string[]) => execa(process.execPath, [CLI, "--coordinator", h.addr, "--token", "tok", ...args], { reject: false, env: { FACTSWEEP_TOKEN: "" } });
+const sweepctl = (...args: string[]) =>
+  execa(process.execPath, [CLI, "--coordinator", h.addr, "--token", "tok", ...args], { reject: false, env: { FACTSWEEP_TOKEN: "" } });
 
 test("launch --detach prints the sweep id and exits 0; watch follows it to done (0); results export csv and jsonl", async () => {
   const spec = tempSpec(goldenSpec({ prompts: 2, shardCells: 24 }));
@@ -31,7 +32,10 @@ test("launch --detach prints the sweep id and exits 0; watch follows it to done 
   assert.match(w.stderr, /state\s+done/);
   const j = await sweepctl("results", "cli-ok", "--format", "jsonl");
   assert.equal(j.exitCode, 0, j.stderr);
-  const rows = j.stdout.trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+  const rows = j.stdout
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
   assert.equal(rows.length, 48);
   assert.deepEqual(Object.keys(rows[0]!).slice(0, 3), ["sweep_id", "model", "prompt_index"]);
   const out = join(mkdtempSync(join(tmpdir(), "cli-out-")), "r.csv");
@@ -99,7 +103,13 @@ test("launch keeps following its sweep across a coordinator restart and exits 0 
 
 test("a sweep whose shards fail exits 1 from watch and status", async () => {
   await worker.kill();
-  worker = await new TestAgent({ addr: h.addr, natsUrl: h.nats.url, agentId: "cli-worker", token: "tok", failWith: { error: "bad prompt", retryable: false } }).start();
+  worker = await new TestAgent({
+    addr: h.addr,
+    natsUrl: h.nats.url,
+    agentId: "cli-worker",
+    token: "tok",
+    failWith: { error: "bad prompt", retryable: false },
+  }).start();
   const l = await sweepctl("launch", tempSpec(goldenSpec({ prompts: 1, shardCells: 24 })), "--id", "cli-fail", "--quiet");
   assert.equal(l.exitCode, 1, l.stderr);
   assert.match(l.stderr, /cli-fail\.0\.0: bad prompt/);

@@ -4,23 +4,14 @@
  * (`sweepctl local`) runs a whole system on this machine: a nats-server, a coordinator in-process
  * and N node agents as child processes. Exit codes: see EXIT in cli-output.ts and the README.
  */
-import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { dirname, extname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { existsSync, readFileSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import * as grpc from "@grpc/grpc-js";
 import { control } from "@factsweep/proto";
-import { KIND_AGGREGATE_FILE, parseSweepSpec } from "@factsweep/planning";
-import { startNatsServer } from "@factsweep/testing";
-import { EXIT, ProgressView, agentTable, csvHeader, csvLine, describeSweep, exitCodeOf, exitCodeOfState, isTerminal, jsonLine, sweepTable } from "./cli-output.js";
-
-/** An error that ends sweepctl with a given exit code and message. */
-class CliExit extends Error {
-  constructor(readonly exitCode: number, message: string) {
-    super(message);
-    this.name = "CliExit";
-  }
-}
+import { KIND_AGGREGATE_FILE } from "@factsweep/planning";
+import { CliExit, EXIT, ProgressView, agentTable, describeSweep, exitCodeOf, exitCodeOfState, isTerminal, sweepTable, writeResults } from "./cli-output.js";
+import { readSpec, runLocal, type LocalOpts } from "./local.js";
 
 interface GlobalOpts {
   coordinator: string;
@@ -34,9 +25,10 @@ interface GlobalOpts {
 // ---- gRPC client ---------------------------------------------------------------------------
 
 function client(o: GlobalOpts): { c: control.SweepServiceClient; md: () => grpc.Metadata } {
-  const creds = o.tlsCa || o.tlsCert
-    ? grpc.credentials.createSsl(o.tlsCa ? readFileSync(o.tlsCa) : null, o.tlsKey ? readFileSync(o.tlsKey) : null, o.tlsCert ? readFileSync(o.tlsCert) : null)
-    : grpc.credentials.createInsecure();
+  const creds =
+    o.tlsCa || o.tlsCert
+      ? grpc.credentials.createSsl(o.tlsCa ? readFileSync(o.tlsCa) : null, o.tlsKey ? readFileSync(o.tlsKey) : null, o.tlsCert ? readFileSync(o.tlsCert) : null)
+      : grpc.credentials.createInsecure();
   const c = new control.SweepServiceClient(o.coordinator, creds);
   const md = () => {
     const m = new grpc.Metadata();
@@ -49,12 +41,21 @@ function client(o: GlobalOpts): { c: control.SweepServiceClient; md: () => grpc.
 /** Turns a gRPC error into a CliExit with the coordinator's message and the matching exit code. */
 function fromGrpc(err: grpc.ServiceError, o: GlobalOpts): CliExit {
   if (err.code === grpc.status.UNAVAILABLE) {
-    return new CliExit(EXIT.unavailable, `coordinator at ${o.coordinator} is unavailable: ${err.details || err.message} (start it, or pass --coordinator host:port)`);
+    return new CliExit(
+      EXIT.unavailable,
+      `coordinator at ${o.coordinator} is unavailable: ${err.details || err.message} (start it, or pass --coordinator host:port)`,
+    );
   }
   return new CliExit(exitCodeOf(err.code), err.details || err.message);
 }
 
-function unary<Req, Res>(o: GlobalOpts, method: (c: control.SweepServiceClient) => (req: Req, md: grpc.Metadata, opts: Partial<grpc.CallOptions>, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown, req: Req): Promise<Res> {
+function unary<Req, Res>(
+  o: GlobalOpts,
+  method: (
+    c: control.SweepServiceClient,
+  ) => (req: Req, md: grpc.Metadata, opts: Partial<grpc.CallOptions>, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown,
+  req: Req,
+): Promise<Res> {
   const { c, md } = client(o);
   return new Promise<Res>((res, rej) => {
     method(c).call(c, req, md(), { deadline: Date.now() + o.timeoutMs }, (e, r) => {
@@ -108,20 +109,6 @@ async function watchRemote(o: GlobalOpts, sweepId: string, quiet: boolean, initi
   }
 }
 
-async function writeResults(rows: AsyncIterable<control.ResultRow> | Iterable<control.ResultRow>, format: "csv" | "jsonl", out?: string): Promise<number> {
-  const sink = out ? createWriteStream(out) : process.stdout;
-  const write = (s: string) => new Promise<void>((res) => (sink.write(s) ? res() : sink.once("drain", () => res())));
-  let n = 0;
-  for await (const r of rows) {
-    if (format === "csv" && n === 0) await write(csvHeader(r) + "\n"); // the columns depend on the sweep's kind
-    await write((format === "csv" ? csvLine(r) : jsonLine(r)) + "\n");
-    n++;
-  }
-  if (format === "csv" && n === 0) await write(csvHeader() + "\n");
-  if (out) await new Promise<void>((res) => (sink as ReturnType<typeof createWriteStream>).end(() => res()));
-  return n;
-}
-
 async function* resultsRemote(o: GlobalOpts, sweepId: string): AsyncIterable<control.ResultRow> {
   const { c, md } = client(o);
   const stream = c.results({ sweepId }, md());
@@ -154,12 +141,6 @@ function positive(v: string, name: string): number {
 }
 const g = (): GlobalOpts => program.opts<GlobalOpts>();
 let exitCode: number = EXIT.ok;
-
-function readSpec(file: string): { text: string; dir: string } {
-  const p = resolve(file);
-  if (!existsSync(p)) throw new CliExit(EXIT.usage, `spec file "${file}" not found`);
-  return { text: readFileSync(p, "utf8"), dir: dirname(p) };
-}
 
 program
   .command("launch")
@@ -283,18 +264,25 @@ program
 
 program
   .command("report")
-  .description("write report.html (tracing: heatmaps of mean IE by token group × layer and the paper's findings checked; other kinds: their curves) and report.csv, for finished sweeps on the coordinator and/or `local` output folders")
+  .description(
+    "write report.html (tracing: heatmaps of mean IE by token group × layer and the paper's findings checked; other kinds: their curves) and report.csv, for finished sweeps on the coordinator and/or `local` output folders",
+  )
   .argument("[sweeps...]", "ids of finished sweeps on the coordinator (--coordinator)")
   .option("--from <dirs...>", "output folders of `sweepctl local` runs (holding trace.json or kind.json)", [] as string[])
   .option("--out <dir>", "folder for report.html and report.csv", ".")
   .option("--title <title>", "report title", "Causal tracing report")
   .action(async (sweeps: string[], opts: { from: string[]; out: string; title: string }) => {
-    if (sweeps.length === 0 && opts.from.length === 0) throw new CliExit(EXIT.usage, "report: name finished sweeps (sweepctl report <id>...) or local output folders (--from <dir>...)");
+    if (sweeps.length === 0 && opts.from.length === 0)
+      throw new CliExit(EXIT.usage, "report: name finished sweeps (sweepctl report <id>...) or local output folders (--from <dir>...)");
     const { readTraces, writeReport, TRACE_FILE } = await import("./report/index.js"); // vega loads only for this command
     const { readKindAggregates, kindSections } = await import("./report/kinds.js");
     const dirs = opts.from.map((d) => resolve(d));
     const missing = dirs.filter((d) => !existsSync(join(d, TRACE_FILE)) && !existsSync(join(d, KIND_AGGREGATE_FILE)));
-    if (missing.length) throw new CliExit(EXIT.notFound, `${missing.join(", ")}: no ${TRACE_FILE} or ${KIND_AGGREGATE_FILE}; expected the output folder of a finished \`sweepctl local\` run`);
+    if (missing.length)
+      throw new CliExit(
+        EXIT.notFound,
+        `${missing.join(", ")}: no ${TRACE_FILE} or ${KIND_AGGREGATE_FILE}; expected the output folder of a finished \`sweepctl local\` run`,
+      );
     const traces = readTraces(dirs.filter((d) => existsSync(join(d, TRACE_FILE))));
     const kinds = readKindAggregates(dirs);
     for (const id of sweeps) {
@@ -303,104 +291,11 @@ program
       else kinds.push(JSON.parse(data.aggregateJson));
     }
     const r = await writeReport(traces, resolve(opts.out), opts.title, kinds.length ? await kindSections(kinds) : []);
-    for (const f of r.findings) console.error(`${f.reproduced === null ? "not checked" : f.reproduced ? "reproduced" : "NOT reproduced"}: ${f.model}: ${f.claim} (${f.measured})`);
+    for (const f of r.findings)
+      console.error(`${f.reproduced === null ? "not checked" : f.reproduced ? "reproduced" : "NOT reproduced"}: ${f.model}: ${f.claim} (${f.measured})`);
     console.log(r.html);
     console.error(`report written: ${r.html} and ${r.csv}`);
   });
-
-interface LocalOpts {
-  agents: number;
-  workers: number;
-  out: string;
-  id?: string;
-  modelRoot: string[];
-  agentBin?: string;
-  natsUrl?: string;
-  grpcPort: number;
-  httpPort: number;
-  leaseTtlMs: number;
-  quiet?: boolean;
-}
-
-/** `sweepctl local`: the whole system on this machine, for the demo and for laptops. */
-async function runLocal(file: string, o: LocalOpts): Promise<number> {
-  const { text, dir } = readSpec(file);
-  let spec;
-  try {
-    spec = parseSweepSpec(text, { baseDir: dir, format: extname(file) === ".json" ? "json" : "yaml" });
-  } catch (err) {
-    throw new CliExit(EXIT.usage, (err as Error).message);
-  }
-  const here = dirname(fileURLToPath(import.meta.url));
-  const agentBin = resolve(o.agentBin ?? join(here, "..", "..", "node-agent", "dist", "main.js"));
-  if (!existsSync(agentBin)) throw new CliExit(EXIT.usage, `node agent entry "${agentBin}" not found; build it with \`npx tsc -b\` or pass --agent-bin`);
-  const out = resolve(o.out);
-  mkdirSync(out, { recursive: true });
-  const roots = o.modelRoot.length > 0 ? o.modelRoot : [dirname(spec.model.path)];
-
-  const { execa } = await import("execa");
-  const { Coordinator } = await import("@factsweep/coordinator");
-  const nats = o.natsUrl ? undefined : await startNatsServer();
-  const natsUrl = o.natsUrl ?? nats!.url;
-  const logFile = createWriteStream(join(out, "coordinator.log"));
-  const coord = await Coordinator.start({
-    natsUrl, grpcHost: "127.0.0.1", grpcPort: o.grpcPort, httpHost: "127.0.0.1", httpPort: o.httpPort, modelRoots: roots,
-    leaseTtlMs: o.leaseTtlMs, log: (m) => logFile.write(`${new Date().toISOString()} ${m}\n`),
-  });
-  console.error(`local: nats ${natsUrl}, coordinator gRPC 127.0.0.1:${coord.grpcPort}, metrics http://127.0.0.1:${coord.httpPort}/metrics, logs in ${out}`);
-  const agents = Array.from({ length: o.agents }, (_, i) => {
-    const id = `local-${i}`;
-    const p = execa(process.execPath, [agentBin, "--coordinator", `127.0.0.1:${coord.grpcPort}`, "--nats-url", natsUrl, "--workers", String(o.workers), "--cpu", "--agent-id", id, "--http-port", "0"], {
-      stdout: { file: join(out, `${id}.log`) }, stderr: { file: join(out, `${id}.log`) }, reject: false, cleanup: true,
-    });
-    return { id, p };
-  });
-  const view = o.quiet ? undefined : new ProgressView();
-  let code: number = EXIT.internal;
-  try {
-    const info = await coord.launch({ spec: text, sweepId: o.id ?? "", specDir: dir });
-    for (const e of info.promptErrors) console.error(`prompt ${e.promptIndex} skipped: ${e.message}`);
-    const last = await new Promise<control.SweepInfo>((res, rej) => {
-      for (const a of agents) {
-        void a.p.then((r) => {
-          if (!stopping) rej(new CliExit(EXIT.internal, `agent ${a.id} exited (${r.exitCode ?? r.signal}); see ${join(out, `${a.id}.log`)}`));
-        });
-      }
-      const unsub = coord.watch(info.sweepId, (i) => {
-        view?.update(i);
-        if (isTerminal(i.state)) {
-          setImmediate(() => unsub());
-          res(i);
-        }
-      });
-    });
-    view?.stop();
-    const n = await writeResults(coord.results(last.sweepId), "csv", join(out, "results.csv"));
-    await writeResults(coord.results(last.sweepId), "jsonl", join(out, "results.jsonl"));
-    writeFileSync(join(out, "summary.json"), JSON.stringify(coord.summary(last.sweepId), null, 2));
-    if (spec.kind === "trace") {
-      const { TRACE_FILE } = await import("./report/index.js");
-      writeFileSync(join(out, TRACE_FILE), JSON.stringify(coord.traceView(last.sweepId)));
-    } else {
-      writeFileSync(join(out, KIND_AGGREGATE_FILE), JSON.stringify(coord.summary(last.sweepId))); // the kind's aggregate, read by `sweepctl report`
-    }
-    writeFileSync(join(out, "sweep.json"), JSON.stringify(control.SweepInfo.toJSON(last), null, 2));
-    console.error(describeSweep(last));
-    console.error(`${n} rows written to ${join(out, "results.csv")} and results.jsonl; summary.json has IE/AIE by token group; \`sweepctl report --from ${out}\` draws the heatmaps`);
-    code = exitCodeOfState(last.state);
-  } finally {
-    view?.stop();
-    stopping = true;
-    for (const a of agents) a.p.kill("SIGTERM");
-    await Promise.race([Promise.all(agents.map((a) => a.p)), new Promise((r) => setTimeout(r, 5000))]);
-    for (const a of agents) a.p.kill("SIGKILL");
-    await coord.stop();
-    await nats?.stop();
-    logFile.end();
-  }
-  return code;
-}
-let stopping = false;
 
 async function main(): Promise<void> {
   try {

@@ -1,0 +1,141 @@
+/**
+ * `sweepctl local`: the whole system on this machine, for the demo and for laptops: an embedded
+ * nats-server, a coordinator in-process and N node agents on the CPU as child processes; the
+ * sweep's results, summary and report input are written to the output folder.
+ */
+import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, extname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { control } from "@factsweep/proto";
+import { KIND_AGGREGATE_FILE, parseSweepSpec } from "@factsweep/planning";
+import { startNatsServer } from "@factsweep/testing";
+import { CliExit, EXIT, ProgressView, describeSweep, exitCodeOfState, isTerminal, writeResults } from "./cli-output.js";
+
+/** A spec file's text and folder. @throws CliExit when it does not exist. */
+export function readSpec(file: string): { text: string; dir: string } {
+  const p = resolve(file);
+  if (!existsSync(p)) throw new CliExit(EXIT.usage, `spec file "${file}" not found`);
+  return { text: readFileSync(p, "utf8"), dir: dirname(p) };
+}
+
+export interface LocalOpts {
+  agents: number;
+  workers: number;
+  out: string;
+  id?: string;
+  modelRoot: string[];
+  agentBin?: string;
+  natsUrl?: string;
+  grpcPort: number;
+  httpPort: number;
+  leaseTtlMs: number;
+  quiet?: boolean;
+}
+
+/** `sweepctl local`: the whole system on this machine, for the demo and for laptops. */
+export async function runLocal(file: string, o: LocalOpts): Promise<number> {
+  const { text, dir } = readSpec(file);
+  let stopping = false;
+  let spec;
+  try {
+    spec = parseSweepSpec(text, { baseDir: dir, format: extname(file) === ".json" ? "json" : "yaml" });
+  } catch (err) {
+    throw new CliExit(EXIT.usage, (err as Error).message);
+  }
+  const here = dirname(fileURLToPath(import.meta.url));
+  const agentBin = resolve(o.agentBin ?? join(here, "..", "..", "node-agent", "dist", "main.js"));
+  if (!existsSync(agentBin)) throw new CliExit(EXIT.usage, `node agent entry "${agentBin}" not found; build it with \`npx tsc -b\` or pass --agent-bin`);
+  const out = resolve(o.out);
+  mkdirSync(out, { recursive: true });
+  const roots = o.modelRoot.length > 0 ? o.modelRoot : [dirname(spec.model.path)];
+
+  const { execa } = await import("execa");
+  const { Coordinator } = await import("@factsweep/coordinator");
+  const nats = o.natsUrl ? undefined : await startNatsServer();
+  const natsUrl = o.natsUrl ?? nats!.url;
+  const logFile = createWriteStream(join(out, "coordinator.log"));
+  const coord = await Coordinator.start({
+    natsUrl,
+    grpcHost: "127.0.0.1",
+    grpcPort: o.grpcPort,
+    httpHost: "127.0.0.1",
+    httpPort: o.httpPort,
+    modelRoots: roots,
+    leaseTtlMs: o.leaseTtlMs,
+    log: (m) => logFile.write(`${new Date().toISOString()} ${m}\n`),
+  });
+  console.error(`local: nats ${natsUrl}, coordinator gRPC 127.0.0.1:${coord.grpcPort}, metrics http://127.0.0.1:${coord.httpPort}/metrics, logs in ${out}`);
+  const agents = Array.from({ length: o.agents }, (_, i) => {
+    const id = `local-${i}`;
+    const p = execa(
+      process.execPath,
+      [
+        agentBin,
+        "--coordinator",
+        `127.0.0.1:${coord.grpcPort}`,
+        "--nats-url",
+        natsUrl,
+        "--workers",
+        String(o.workers),
+        "--cpu",
+        "--agent-id",
+        id,
+        "--http-port",
+        "0",
+      ],
+      {
+        stdout: { file: join(out, `${id}.log`) },
+        stderr: { file: join(out, `${id}.log`) },
+        reject: false,
+        cleanup: true,
+      },
+    );
+    return { id, p };
+  });
+  const view = o.quiet ? undefined : new ProgressView();
+  let code: number = EXIT.internal;
+  try {
+    const info = await coord.launch({ spec: text, sweepId: o.id ?? "", specDir: dir });
+    for (const e of info.promptErrors) console.error(`prompt ${e.promptIndex} skipped: ${e.message}`);
+    const last = await new Promise<control.SweepInfo>((res, rej) => {
+      for (const a of agents) {
+        void a.p.then((r) => {
+          if (!stopping) rej(new CliExit(EXIT.internal, `agent ${a.id} exited (${r.exitCode ?? r.signal}); see ${join(out, `${a.id}.log`)}`));
+        });
+      }
+      const unsub = coord.watch(info.sweepId, (i) => {
+        view?.update(i);
+        if (isTerminal(i.state)) {
+          setImmediate(() => unsub());
+          res(i);
+        }
+      });
+    });
+    view?.stop();
+    const n = await writeResults(coord.results(last.sweepId), "csv", join(out, "results.csv"));
+    await writeResults(coord.results(last.sweepId), "jsonl", join(out, "results.jsonl"));
+    writeFileSync(join(out, "summary.json"), JSON.stringify(coord.summary(last.sweepId), null, 2));
+    if (spec.kind === "trace") {
+      const { TRACE_FILE } = await import("./report/index.js");
+      writeFileSync(join(out, TRACE_FILE), JSON.stringify(coord.traceView(last.sweepId)));
+    } else {
+      writeFileSync(join(out, KIND_AGGREGATE_FILE), JSON.stringify(coord.summary(last.sweepId))); // the kind's aggregate, read by `sweepctl report`
+    }
+    writeFileSync(join(out, "sweep.json"), JSON.stringify(control.SweepInfo.toJSON(last), null, 2));
+    console.error(describeSweep(last));
+    console.error(
+      `${n} rows written to ${join(out, "results.csv")} and results.jsonl; summary.json has IE/AIE by token group; \`sweepctl report --from ${out}\` draws the heatmaps`,
+    );
+    code = exitCodeOfState(last.state);
+  } finally {
+    view?.stop();
+    stopping = true;
+    for (const a of agents) a.p.kill("SIGTERM");
+    await Promise.race([Promise.all(agents.map((a) => a.p)), new Promise((r) => setTimeout(r, 5000))]);
+    for (const a of agents) a.p.kill("SIGKILL");
+    await coord.stop();
+    await nats?.stop();
+    logFile.end();
+  }
+  return code;
+}
