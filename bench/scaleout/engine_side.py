@@ -1,0 +1,296 @@
+"""The Python side of bench/scaleout (run.sh calls it; see bench/scaleout/README.md).
+
+    python3 -m bench.scaleout.engine_side models   --shapes mamba-2.8b,pythia-2.8b --prompts 500 --work DIR
+    python3 -m bench.scaleout.engine_side inproc   --work DIR --model mamba-2.8b --device cuda:0 --out FILE
+    python3 -m bench.scaleout.engine_side protocol --work DIR --model mamba-2.8b --device cuda:0 --out FILE
+
+``models`` writes, per shape, a checkpoint with random weights in Hugging Face layout
+(``DIR/models/<shape>/config.json`` + ``model.safetensors``, in the run dtype), the pre-tokenized
+prompts (``DIR/<shape>/prompts.json``: 16 random tokens, subject [2, 5), swap corruption: the subject
+tokens of the next prompt) and the sweep spec over them (``DIR/<shape>/spec.json``: the paper's grid,
+all layers and tokens, one shard per prompt unless --shard-cells).
+
+``inproc`` times the engine's API in this process, ``protocol`` one ``python -m engine`` worker driven
+over its framed protobuf protocol (Hello, LoadModel, then PreparePrompt + RunCells per prompt, one at a
+time, as the agent does). Both run one untimed warm-up prompt first, then every prompt; they write JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+SHAPES = {
+    "mamba-2.8b": dict(model_type="mamba", architectures=["MambaForCausalLM"], hidden_size=2560, num_hidden_layers=64,
+                       state_size=16, conv_kernel=4, expand=2, intermediate_size=5120, time_step_rank=160,
+                       vocab_size=50280, layer_norm_epsilon=1e-5, residual_in_fp32=True, use_bias=False,
+                       use_conv_bias=True, tie_word_embeddings=True, hidden_act="silu"),
+    "pythia-2.8b": dict(model_type="gpt_neox", architectures=["GPTNeoXForCausalLM"], hidden_size=2560,
+                        num_hidden_layers=32, num_attention_heads=32, intermediate_size=10240, vocab_size=50304,
+                        max_position_embeddings=2048, rotary_pct=0.25, rotary_emb_base=10000, layer_norm_eps=1e-5,
+                        use_parallel_residual=True, attention_bias=True, hidden_act="gelu", tie_word_embeddings=False),
+    # CPU development: the same code paths at tiny sizes
+    "mamba-tiny": dict(model_type="mamba", architectures=["MambaForCausalLM"], hidden_size=64, num_hidden_layers=4,
+                       state_size=16, conv_kernel=4, expand=2, intermediate_size=128, time_step_rank=4, vocab_size=1000,
+                       layer_norm_epsilon=1e-5, residual_in_fp32=True, use_bias=False, use_conv_bias=True,
+                       tie_word_embeddings=True, hidden_act="silu"),
+    "pythia-tiny": dict(model_type="gpt_neox", architectures=["GPTNeoXForCausalLM"], hidden_size=64, num_hidden_layers=4,
+                        num_attention_heads=4, intermediate_size=256, vocab_size=1000, max_position_embeddings=128,
+                        rotary_pct=0.25, rotary_emb_base=10000, layer_norm_eps=1e-5, use_parallel_residual=True,
+                        attention_bias=True, hidden_act="gelu", tie_word_embeddings=False),
+}
+# The paper's grid (bench/engine.py GRIDS): Mamba residual w1 + mixer/ssm/gate w10; NeoX residual w1 + attn/mlp w10.
+GRIDS = {"mamba": [("residual", 1), ("mixer", 10), ("ssm", 10), ("gate", 10)],
+         "gpt_neox": [("residual", 1), ("attn", 10), ("mlp", 10)]}
+TOKENS = 16
+SUBJECT = (2, 5)
+
+
+def log(msg: str) -> None:
+    print(f"[scaleout {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def cells_of(model_type: str, layers: int, tokens: int) -> list:
+    """(site, layer, token, window) in the planner's order: grid entry, then layer, then token."""
+    return [(s, l, t, w) for s, w in GRIDS[model_type] for l in range(layers) for t in range(tokens)]
+
+
+def make_prompts(vocab: int, n: int, seed: int) -> list:
+    """n random prompts of TOKENS ids; swap corruption: prompt i's subject tokens replaced by prompt
+    i+1's (a different subject of the same length, aligned on the last subject token, as romba's swap)."""
+    rng = random.Random(seed)
+    ids = [[rng.randrange(100, vocab) for _ in range(TOKENS)] for _ in range(n)]
+    b, e = SUBJECT
+    prompts = []
+    for i in range(n):
+        partner = ids[(i + 1) % n] if n > 1 else [(x + 7919) % vocab for x in ids[i]]
+        corrupted = ids[i][:b] + partner[b:e] + ids[i][e:]
+        if corrupted == ids[i]:  # same subject tokens by chance: shift them
+            corrupted = ids[i][:b] + [(x + 7919) % vocab for x in ids[i][b:e]] + ids[i][e:]
+        prompts.append({"input_ids": ids[i], "subject": [b, e], "corrupted_ids": corrupted})
+    return prompts
+
+
+def cmd_models(args) -> None:
+    import torch
+
+    from engine.checkpoint import save_safetensors
+    from engine.testing import random_state
+
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[args.dtype]
+    summary = []
+    for name in args.shapes.split(","):
+        cfg = dict(SHAPES[name])
+        folder = os.path.join(args.work, "models", name)
+        os.makedirs(folder, exist_ok=True)
+        t0 = time.perf_counter()
+        # random_state draws on the default device; on a GPU that is seconds instead of minutes at 2.8b.
+        if args.device != "cpu":
+            with torch.device(args.device):
+                state = random_state(cfg, seed=0)
+        else:
+            state = random_state(cfg, seed=0)
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        params = sum(v.numel() for v in state.values())
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump(dict(cfg, torch_dtype=args.dtype), f, indent=1)
+        save_safetensors(os.path.join(folder, "model.safetensors"), state)
+        del state
+        if args.device != "cpu":
+            torch.cuda.empty_cache()
+        written = time.perf_counter() - t0
+
+        prompts = make_prompts(cfg["vocab_size"], args.prompts, seed=1)
+        out = os.path.join(args.work, name)
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "prompts.json"), "w") as f:
+            json.dump(prompts, f)
+        mt, L = cfg["model_type"], cfg["num_hidden_layers"]
+        per_prompt = len(cells_of(mt, L, TOKENS))
+        spec = {
+            "name": f"scaleout-{name}",
+            "kind": "trace",
+            "model": {"id": name, "path": os.path.abspath(folder), "dtype": args.dtype},
+            "dataset": {"prompts": prompts},
+            "corruption": {"kind": "swap", "seed": 1},
+            "grid": [{"site": s, "window": w} for s, w in GRIDS[mt]],
+            "layers": "all",
+            "tokens": "all",
+            "shard_cells": args.shard_cells or per_prompt,
+            "max_attempts": 3,
+        }
+        with open(os.path.join(out, "spec.json"), "w") as f:
+            json.dump(spec, f)
+        row = {"model": name, "params": params, "dtype": args.dtype, "prompts": len(prompts), "cells_per_prompt": per_prompt,
+               "shard_cells": spec["shard_cells"], "checkpoint_bytes": os.path.getsize(os.path.join(folder, "model.safetensors")),
+               "write_s": round(written, 2)}
+        log(f"{name}: {params / 1e9:.3f} B parameters, {row['checkpoint_bytes'] / 2**30:.2f} GiB written in {written:.1f} s; "
+            f"{len(prompts)} prompts x {per_prompt} cells")
+        summary.append(row)
+    print(json.dumps(summary))
+
+
+def _load(args):
+    with open(os.path.join(args.work, args.model, "spec.json")) as f:
+        spec = json.load(f)
+    with open(os.path.join(spec["model"]["path"], "config.json")) as f:
+        cfg = json.load(f)
+    prompts = spec["dataset"]["prompts"][: args.limit or None]
+    cells = cells_of(cfg["model_type"], cfg["num_hidden_layers"], TOKENS)
+    return spec, cfg, prompts, cells
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def cmd_inproc(args) -> None:
+    import torch
+
+    from engine.corruption import SwapSpec
+    from engine.runtime import Engine
+    from engine.trace import CellSpec
+
+    spec, cfg, prompts, cells = _load(args)
+    specs = [CellSpec(s, l, t, w) for s, l, t, w in cells]
+    eng = Engine()
+    t0 = time.perf_counter()
+    eng.load_model("m", spec["model"]["path"], dtype=spec["model"]["dtype"], device=args.device)
+    _sync(args.device)
+    load_s = time.perf_counter() - t0
+
+    def one(key, p):
+        a = time.perf_counter()
+        eng.prepare_prompt("m", key, p["input_ids"], tuple(p["subject"]), SwapSpec(p["corrupted_ids"]))
+        _sync(args.device)
+        b = time.perf_counter()
+        out = eng.run_cells("m", key, specs)  # returns host floats: synchronised
+        c = time.perf_counter()
+        return b - a, c - b, out
+
+    w_prep, w_run, _ = one("warm-up", prompts[0])
+    prep, run = [], []
+    t0 = time.perf_counter()
+    for i, p in enumerate(prompts):
+        a, b, out = one(f"p{i}", p)
+        prep.append(a)
+        run.append(b)
+    wall = time.perf_counter() - t0
+    n = len(prompts) * len(cells)
+    res = {"mode": "in_process", "model": args.model, "device": args.device, "prompts": len(prompts),
+           "cells": n, "load_s": load_s, "warm_up_prepare_s": w_prep, "warm_up_run_s": w_run,
+           "wall_s": wall, "prepare_s": sum(prep), "run_cells_s": sum(run),
+           "grid_cells_per_s": n / sum(run), "cells_per_s": n / wall,
+           "prepare_ms_median": 1e3 * sorted(prep)[len(prep) // 2], "run_cells_ms_median": 1e3 * sorted(run)[len(run) // 2]}
+    if args.device.startswith("cuda"):
+        res["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+    log(f"in-process {args.model}: {n} cells in {wall:.2f} s ({n / wall:.0f} cells/s; run_cells alone {n / sum(run):.0f} "
+        f"cells/s; prepare median {res['prepare_ms_median']:.0f} ms, run_cells median {res['run_cells_ms_median']:.0f} ms)")
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+
+
+def cmd_protocol(args) -> None:
+    from engine import PROTOCOL_VERSION
+    from engine.framing import WorkerClient
+    from engine.proto import engine_pb2 as pb
+
+    spec, cfg, prompts, cells = _load(args)
+    site = {s: pb.Site.Value(f"SITE_{s.upper()}") for s in {c[0] for c in cells}}
+    pcells = [pb.Cell(site=site[s], layer=l, token=t, window=w) for s, l, t, w in cells]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    device = args.device
+    if device.startswith("cuda"):  # as the agent starts a worker: it sees its one GPU as cuda:0
+        env["CUDA_VISIBLE_DEVICES"] = device.split(":")[1] if ":" in device else "0"
+        device = "cuda:0"
+    errlog = open(args.out + ".stderr", "w")
+    t_spawn = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "engine"], cwd=root, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=errlog)
+    try:
+        client = WorkerClient(proc.stdin, proc.stdout)
+
+        def call(**body):
+            r = client.call(**body)
+            if r.WhichOneof("body") == "error":
+                raise RuntimeError(f"worker error on {list(body)[0]}: {r.error}")
+            return r
+
+        call(hello=pb.Hello(protocol_version=PROTOCOL_VERSION))
+        ready_s = time.perf_counter() - t_spawn
+        t0 = time.perf_counter()
+        call(load_model=pb.LoadModel(model_id="m", path=spec["model"]["path"], dtype=spec["model"]["dtype"], device=device))
+        load_s = time.perf_counter() - t0
+
+        def one(key, p):
+            a = time.perf_counter()
+            call(prepare_prompt=pb.PreparePrompt(model_id="m", prompt_key=key, input_ids=p["input_ids"],
+                                                 subject_start=p["subject"][0], subject_end=p["subject"][1],
+                                                 corruption=pb.Corruption(swap=pb.SwapCorruption(corrupted_ids=p["corrupted_ids"]))))
+            b = time.perf_counter()
+            r = call(run_cells=pb.RunCells(model_id="m", prompt_key=key, cells=pcells))
+            c = time.perf_counter()
+            assert len(r.cells.results) == len(pcells), "wrong number of cell results"
+            return b - a, c - b, r.cells.seconds
+
+        w_prep, w_run, _ = one("warm-up", prompts[0])
+        prep, run, eng_s = [], [], []
+        t0 = time.perf_counter()
+        for i, p in enumerate(prompts):
+            a, b, s = one(f"p{i}", p)
+            prep.append(a)
+            run.append(b)
+            eng_s.append(s)
+        wall = time.perf_counter() - t0
+        call(shutdown=pb.Shutdown())
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    n = len(prompts) * len(cells)
+    res = {"mode": "worker_protocol", "model": args.model, "device": args.device, "prompts": len(prompts), "cells": n,
+           "spawn_to_hello_s": ready_s, "load_s": load_s, "warm_up_prepare_s": w_prep, "warm_up_run_s": w_run,
+           "wall_s": wall, "prepare_s": sum(prep), "run_cells_s": sum(run), "engine_run_cells_s": sum(eng_s),
+           "cells_per_s": n / wall, "prepare_ms_median": 1e3 * sorted(prep)[len(prep) // 2],
+           "run_cells_ms_median": 1e3 * sorted(run)[len(run) // 2]}
+    log(f"worker protocol {args.model}: {n} cells in {wall:.2f} s ({n / wall:.0f} cells/s; worker spawn -> Hello {ready_s:.1f} s, "
+        f"LoadModel {load_s:.1f} s; prepare median {res['prepare_ms_median']:.0f} ms, run_cells median {res['run_cells_ms_median']:.0f} ms)")
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("models", help="write checkpoints, prompts and specs")
+    m.add_argument("--shapes", default="mamba-2.8b,pythia-2.8b")
+    m.add_argument("--prompts", type=int, default=500)
+    m.add_argument("--work", required=True)
+    m.add_argument("--device", default="cuda", help="where to draw the random weights (cpu or cuda)")
+    m.add_argument("--dtype", default="bfloat16")
+    m.add_argument("--shard-cells", type=int, default=0, help="cells per shard (0: one shard per prompt)")
+    m.set_defaults(fn=cmd_models)
+    for name, fn in (("inproc", cmd_inproc), ("protocol", cmd_protocol)):
+        p = sub.add_parser(name)
+        p.add_argument("--work", required=True)
+        p.add_argument("--model", required=True)
+        p.add_argument("--device", default="cuda:0")
+        p.add_argument("--limit", type=int, default=0, help="first N prompts only (0: all)")
+        p.add_argument("--out", required=True)
+        p.set_defaults(fn=fn)
+    args = ap.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

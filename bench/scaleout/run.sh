@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# bench/scaleout: the whole system on a GPU host, in one command (see bench/scaleout/README.md).
+# Brings Node, nats-server and the built TypeScript from .scaleout/ (made by bench/scaleout/pack.sh)
+# when this host has none, writes random-weight checkpoints of the real shapes, then measures per shape:
+#   (a) the engine in-process, (b) one engine worker over its protocol, (c) the whole system on 1 GPU
+#   (nats-server, coordinator, one agent, sweepctl launch), (d) the same on 2 GPUs when there are 2.
+# Prints a table; writes $OUT/scaleout-<name>.json (one object per shape) and $OUT/logs.tar.gz.
+#
+#   bash bench/scaleout/run.sh                                   # GPU host: mamba-2.8b and pythia-2.8b, 500 prompts
+#   bash bench/scaleout/run.sh --prompts 100 --deadline 500      # fewer prompts, stop starting steps after 500 s
+#   bash bench/scaleout/run.sh --shape tiny --prompts 4 --cpu    # development on a CPU machine
+#
+# Options: --shape 2.8b|tiny  --models a,b (default: both of the shape)  --prompts N  --gpus N (default: all,
+# at most 2)  --cpu  --shard-cells N (default: one shard per prompt)  --name NAME (default h200, cpu)
+# --work DIR (default /tmp/factsweep-scaleout)  --deadline S  --step-timeout S  --commit SHA  --skip a,b,c,d
+# --unpack (use .scaleout's node and nats-server even where the host has its own: tests the packing)
+set -uo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+shape=2.8b models="" prompts=500 gpus="" cpu=0 shard_cells=0 name="" work=/tmp/factsweep-scaleout
+deadline=100000 step_timeout=400 commit="" skip="" unpack=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --shape) shape=$2; shift 2 ;;
+    --models) models=$2; shift 2 ;;
+    --prompts) prompts=$2; shift 2 ;;
+    --gpus) gpus=$2; shift 2 ;;
+    --cpu) cpu=1; shift ;;
+    --shard-cells) shard_cells=$2; shift 2 ;;
+    --name) name=$2; shift 2 ;;
+    --work) work=$2; shift 2 ;;
+    --deadline) deadline=$2; shift 2 ;;
+    --step-timeout) step_timeout=$2; shift 2 ;;
+    --commit) commit=$2; shift 2 ;;
+    --skip) skip=$2; shift 2 ;;
+    --unpack) unpack=1; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    *) echo "run: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[ -n "$models" ] || models="mamba-$shape,pythia-$shape"
+[ -n "$name" ] || { [ $cpu = 1 ] && name=cpu || name=h200; }
+[ -n "$commit" ] || commit=$(git rev-parse HEAD 2>/dev/null || sed -n 's/^typescript from: commit //p' .scaleout/MANIFEST 2>/dev/null || echo unknown)
+OUT=${OUT:-$root/out/scaleout}
+mkdir -p "$OUT" "$work"
+rm -rf "$work/results" "$work/logs" "$work/js"
+res=$work/results logs=$work/logs
+mkdir -p "$res" "$logs"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$root
+# This workplace's GPU hosts: NVLink multicast stays off, also for processes started from here.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+say() { echo "[scaleout $(date +%T) +${SECONDS}s] $*"; }
+left() { echo $((deadline - SECONDS)); }
+skipped() { [[ ",$skip," == *",$1,"* ]]; }
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; }
+trap cleanup EXIT
+
+# ---- 1. what the host lacks: Node, nats-server, node_modules + dist -----------------------------------
+bin=$work/bin
+mkdir -p "$bin"
+if [ $unpack = 1 ] || ! command -v node >/dev/null; then
+  [ -f .scaleout/node.xz ] || { say "no node here and no .scaleout/node.xz: run bash bench/scaleout/pack.sh where Node is, and carry .scaleout"; exit 1; }
+  xz -dc .scaleout/node.xz > "$bin/node" && chmod +x "$bin/node"
+  export PATH=$bin:$PATH
+  say "node $(node --version) unpacked from .scaleout/node.xz"
+fi
+if [ $unpack = 1 ] || ! command -v nats-server >/dev/null; then
+  xz -dc .scaleout/nats-server.xz > "$bin/nats-server" && chmod +x "$bin/nats-server"
+  export PATH=$bin:$PATH
+  say "nats-server $(nats-server --version) unpacked from .scaleout/nats-server.xz"
+fi
+if [ ! -d node_modules ] || [ ! -f coordinator/dist/main.js ] || [ ! -f node-agent/dist/main.js ] || [ ! -f sweepctl/dist/cli.js ]; then
+  [ -f .scaleout/app.tar.xz ] || { say "no node_modules/dist here and no .scaleout/app.tar.xz"; exit 1; }
+  tar -xJf .scaleout/app.tar.xz -C "$root"
+  say "node_modules and dist/ unpacked from .scaleout/app.tar.xz ($(sed -n 's/^typescript from: //p' .scaleout/MANIFEST 2>/dev/null))"
+fi
+PY=$(bash scripts/find-python.sh) || exit 1
+
+# ---- 2. devices -----------------------------------------------------------------------------------------
+if [ $cpu = 1 ]; then
+  ngpu=0 dev=cpu dtype=float32
+  [ -n "$gpus" ] || gpus=2
+  say "CPU mode: engine on the CPU in float32; the '2-GPU' row runs 2 CPU workers"
+else
+  ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+  [ "$ngpu" -ge 1 ] || { say "no GPU visible (nvidia-smi -L); use --cpu"; exit 1; }
+  [ -n "$gpus" ] || gpus=$((ngpu < 2 ? ngpu : 2))
+  dev=cuda dtype=bfloat16
+  nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | sed 's/^/  gpu /'
+fi
+hw="$( [ $cpu = 1 ] && echo "$(nproc) CPU cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" || echo "$ngpu x $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), $(nproc) CPU cores")"
+say "host: $hw; node $(node --version); $(nats-server --version); python $($PY -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__)')"
+
+# ---- 3. checkpoints, prompts, specs -------------------------------------------------------------------
+say "writing checkpoints ($models, $dtype, random weights) and $prompts prompts each under $work"
+$PY -m bench.scaleout.engine_side models --shapes "$models" --prompts "$prompts" --work "$work" --device "$dev" \
+  --dtype "$dtype" --shard-cells "$shard_cells" > "$res/models.json" || { say "writing the models failed"; exit 1; }
+
+# ---- 4. nats-server and the coordinator (one each for the whole run) ------------------------------------
+base=$((20000 + RANDOM % 20000))
+nport=$base gport=$((base + 1))
+nats-server -js -a 127.0.0.1 -p "$nport" -sd "$work/js" > "$logs/nats-server.log" 2>&1 &
+pids+=($!)
+node coordinator/dist/main.js --grpc-host 127.0.0.1 --grpc-port "$gport" --http-port -1 \
+  --nats-url "nats://127.0.0.1:$nport" --model-root "$work/models" > "$logs/coordinator.log" 2>&1 &
+pids+=($!)
+for i in $(seq 1 300); do (exec 3<>"/dev/tcp/127.0.0.1/$gport") 2>/dev/null && break; sleep 0.2; done
+(exec 3<>"/dev/tcp/127.0.0.1/$gport") 2>/dev/null || { say "coordinator did not listen on $gport"; tail -20 "$logs/coordinator.log"; exit 1; }
+say "nats-server on $nport, coordinator on $gport"
+
+# Starts one agent with $1 workers (GPUs 0..$1-1, or CPU workers); sets agent_pid. Writes its start time.
+start_agent() {
+  local n=$1 tag=$2 vis
+  vis=$(seq -s, 0 $((n - 1)))
+  date +%s%3N > "$res/$tag.agent-start-ms"
+  if [ $cpu = 1 ]; then
+    node node-agent/dist/main.js --coordinator "127.0.0.1:$gport" --nats-url "nats://127.0.0.1:$nport" --cpu --workers "$n" \
+      --http-port 0 --agent-id "$tag" --engine-python "$PY" --engine-root "$root" > "$logs/$tag.agent.out" 2> "$logs/$tag.agent.log" &
+  else
+    CUDA_VISIBLE_DEVICES=$vis node node-agent/dist/main.js --coordinator "127.0.0.1:$gport" --nats-url "nats://127.0.0.1:$nport" \
+      --max-slots "$n" --http-port 0 --agent-id "$tag" --engine-python "$PY" --engine-root "$root" > "$logs/$tag.agent.out" 2> "$logs/$tag.agent.log" &
+  fi
+  agent_pid=$!
+  pids+=($agent_pid)
+  for i in $(seq 1 600); do
+    grep -q "factsweep-agent ready" "$logs/$tag.agent.out" 2>/dev/null && break
+    kill -0 $agent_pid 2>/dev/null || break
+    sleep 0.2
+  done
+  if ! grep -q "factsweep-agent ready" "$logs/$tag.agent.out" 2>/dev/null; then
+    say "agent $tag did not become ready"; tail -20 "$logs/$tag.agent.log"; return 1
+  fi
+  say "agent $tag ready: $(cat "$logs/$tag.agent.out")"
+}
+stop_agent() {
+  kill -TERM "$agent_pid" 2>/dev/null
+  for i in $(seq 1 150); do kill -0 "$agent_pid" 2>/dev/null || break; sleep 0.2; done
+  kill -KILL "$agent_pid" 2>/dev/null
+  wait "$agent_pid" 2>/dev/null
+}
+system_run() {  # $1 workers, $2 model, $3 tag
+  local n=$1 m=$2 tag=$3 id=${3//./_}  # sweep ids take no dots (they are NATS subject tokens)
+  start_agent "$n" "$tag" || return 1
+  local t; t=$(left); [ "$t" -gt "$step_timeout" ] && t=$step_timeout
+  say "($tag) sweepctl launch $work/$m/spec.json with $n worker(s), timeout ${t}s"
+  node bench/scaleout/system.mjs --coordinator "127.0.0.1:$gport" --spec "$work/$m/spec.json" --id "$id" --timeout "$t" \
+    > "$res/$tag.json" 2> "$logs/$tag.driver.log"
+  local rc=$?
+  [ $rc = 0 ] || { say "($tag) sweep did not finish (rc $rc)"; tail -5 "$logs/$tag.driver.log"; }
+  stop_agent
+  grep -h "ready: pid\|worker.*lost\|restarting\|ERROR" "$logs/$tag.agent.log" | cut -c1-220 | head -8
+  $PY -c "import json,sys; r=json.load(open(sys.argv[1])); print('  ', {k: r[k] for k in ('state','cells','first_result_s','done_s','cells_per_s','steady_cells_per_s')})" "$res/$tag.json" 2>/dev/null
+}
+step_t() { local t; t=$(left); [ "$t" -gt "$step_timeout" ] && t=$step_timeout; echo "$t"; }
+
+# ---- 5. per shape: (a) in-process, (b) worker protocol, (c) system 1 GPU, (d) system 2 GPUs -------------
+IFS=, read -ra mlist <<< "$models"
+for m in "${mlist[@]}"; do
+  say "==== $m"
+  d0=$([ $cpu = 1 ] && echo cpu || echo cuda:0)
+  if ! skipped a && [ "$(left)" -gt 30 ]; then
+    say "(a) in-process"
+    timeout "$(step_t)" $PY -m bench.scaleout.engine_side inproc --work "$work" --model "$m" --device "$d0" --out "$res/$m.inproc.json" 2>&1 | grep -v "^$" | tail -3
+  fi
+  if ! skipped b && [ "$(left)" -gt 30 ]; then
+    say "(b) one worker over its protocol"
+    timeout "$(step_t)" $PY -m bench.scaleout.engine_side protocol --work "$work" --model "$m" --device "$d0" --out "$res/$m.protocol.json" 2>&1 | tail -3
+    cp "$res/$m.protocol.json.stderr" "$logs/$m.protocol-worker.log" 2>/dev/null
+  fi
+  if ! skipped c && [ "$(left)" -gt 30 ]; then
+    say "(c) the whole system, 1 $([ $cpu = 1 ] && echo 'CPU worker' || echo GPU)"
+    system_run 1 "$m" "$m-system1"
+  fi
+  if ! skipped d && [ "$gpus" -ge 2 ] && [ "$(left)" -gt 30 ]; then
+    say "(d) the whole system, 2 $([ $cpu = 1 ] && echo 'CPU workers' || echo GPUs) (one agent)"
+    system_run 2 "$m" "$m-system2"
+  elif [ "$gpus" -lt 2 ]; then
+    say "(d) unmeasured: this host has $ngpu GPU(s)"
+  fi
+done
+
+# ---- 6. table and JSON --------------------------------------------------------------------------------
+$PY -m bench.scaleout.summarize --work "$work" --models "$models" --commit "$commit" --hardware "$hw" \
+  --out "$OUT/scaleout-$name.json"
+tar -czf "$OUT/logs.tar.gz" -C "$work" logs results 2>/dev/null
+say "wrote $OUT/scaleout-$name.json and $OUT/logs.tar.gz"
