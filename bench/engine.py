@@ -1,4 +1,6 @@
-"""Engine benchmark: a causal-trace grid on one GPU, against the two ways researchers trace today.
+"""long-file: one benchmark per configuration: the grid, both baselines, the floors, prepare and start-up.
+
+Engine benchmark: a causal-trace grid on one GPU, against the two ways researchers trace today.
 
 Runs on the GPU machine (PyTorch 2.x, transformers 5.x):
 
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -43,7 +44,8 @@ from engine.corruption import NoiseSpec, SwapSpec, corrupted_embeddings
 from engine.runtime import Engine
 from engine import trace
 from engine.runtime import PromptSpec
-from engine.trace import CellSpec, record_clean, window_layers
+from engine.prepare import record_clean
+from engine.trace import CellSpec, window_layers
 
 from .hf_baselines import Cell, batched_hooks, clean_values, naive
 

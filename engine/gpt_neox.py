@@ -215,7 +215,7 @@ class Attention(nn.Module):
         return self.dense(out[pk.pos_row[:n], pk.pos_token[:n]].view(n, H * e))  # (n, d): one gather
 
     def forward_prepare(self, x: torch.Tensor, pp) -> tuple:
-        """Attention of whole rows of T tokens from token 0 (``trace.Prep``: a prompt's clean and
+        """Attention of whole rows of T tokens from token 0 (``prepare.Prep``: a prompt's clean and
         corrupted runs at once): x (rows·T, d) normed input. The fast path's kernels: q and k rotated
         and written out in one pass (``kernels.rotary_scatter``, the rows being already padded to T),
         then its causal attention. Returns (rows·T, d) and the rotated keys and values (rows·T, H, e)."""
@@ -301,7 +301,7 @@ class Layer(nn.Module):
         return (kept[0][rows, :t], kept[1][rows, :t]) if t > 0 else None
 
     def forward_prepare(self, x: torch.Tensor, j: int, pp):
-        """Block j on a prompt's clean and corrupted runs at once (``trace.Prep``): x (rows·T, d) whole
+        """Block j on a prompt's clean and corrupted runs at once (``prepare.Prep``): x (rows·T, d) whole
         rows of T tokens, the corrupted rows first and the clean row last; the clean row's site values
         go to ``pp``. Returns (rows·T, d) and the corrupted rows' rotated keys and values (S, T, H, e)."""
         S, T, H, e = pp.samples, pp.num_tokens, self.c.num_heads, self.c.head_size

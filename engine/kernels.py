@@ -1,4 +1,6 @@
-"""Kernels of the packed fast path: Mamba's causal conv and selective scan over packed rows, its
+"""long-file: each Triton kernel sits beside the PyTorch code that is its CPU path and reference.
+
+Kernels of the packed fast path: Mamba's causal conv and selective scan over packed rows, its
 RMSNorm in half precision, and NeoX's rotary embedding fused with the padding of q, k and v.
 
 The fast path (``engine/trace.py``) lays a prompt's cells out as *packed rows*: row r is one

@@ -277,7 +277,7 @@ class MambaBlock(nn.Module):
 
 
     def forward_prepare(self, x: torch.Tensor, j: int, pp):
-        """Block j on a prompt's clean and corrupted runs at once (``trace.Prep``): x (rows·T, d) the
+        """Block j on a prompt's clean and corrupted runs at once (``prepare.Prep``): x (rows·T, d) the
         residual entering it, whole rows of T tokens (the corrupted rows first, the clean row last).
         On CUDA the same maths as :meth:`forward` through the fast path's Triton kernels
         (``kernels.conv_rows`` / ``scan_rows``: no per-token loop); the clean row's site values go to ``pp``.

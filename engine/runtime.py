@@ -22,7 +22,7 @@ from typing import Optional, Union
 
 import torch
 
-from . import trace
+from . import prepare, trace
 from .cache import PromptCache, PromptRuns, prompt_cache_bytes
 from .checkpoint import Checkpoint, load_checkpoint
 from .corruption import NoiseSpec, SwapSpec, corrupted_embeddings, validate_ids
@@ -176,7 +176,7 @@ class Engine:
                 spec = PromptSpec([(7 * i + 11) % V for i in range(n_tok)], (1, 3), corruption, None, "")
                 ids, corrupted = self._inputs(ck, spec)
                 try:
-                    runs = trace.build_runs(model, ids, corrupted, None)
+                    runs = prepare.build_runs(model, ids, corrupted, None)
                 except NumericError as err:  # odd weights on a dummy prompt: warm what ran, go on
                     log.warning("warm-up of %s stopped early: %s", model_id, err)
                     break
@@ -267,7 +267,7 @@ class Engine:
     def _build(self, ck: Checkpoint, spec: PromptSpec) -> PromptRuns:
         with torch.no_grad():
             ids, corrupted = self._inputs(ck, spec)
-            return trace.build_runs(ck.model, ids, corrupted, spec.answer_id)
+            return prepare.build_runs(ck.model, ids, corrupted, spec.answer_id)
 
     def prepared(self, model_id: str, prompt_key: str) -> PreparedPrompt:
         """A prepared prompt with its cached runs. Runs that the LRU budget dropped are rebuilt and cached

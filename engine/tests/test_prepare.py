@@ -1,5 +1,5 @@
-"""The packed prepare (``trace.build_runs``: clean and corrupted rows in one pass per layer, through
-the fast path's kernels) caches what the per-token reference (``trace.build_runs_slow``, the prepare
+"""The packed prepare (``prepare.build_runs``: clean and corrupted rows in one pass per layer, through
+the fast path's kernels) caches what the per-token reference (``prepare.build_runs_slow``, the prepare
 it replaced) caches: every tensor of ``PromptRuns`` (the clean run's site values, the corrupted
 stream, the kept per-token states) and every scalar, for both architectures, both corruptions, the
 golden models and float32. FACTSWEEP_TEST_DEVICE=cuda:0 compares the Triton kernels' prepare."""
@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from engine import trace
+from engine import prepare
 from engine.runtime import Engine, NoiseSpec, PromptSpec, SwapSpec
 from engine.testing import golden_model, write_random_checkpoint
 
@@ -58,8 +58,8 @@ def test_packed_prepare_caches_what_the_per_token_reference_caches(engine, name,
     spec = SwapSpec(SWAP) if corruption == "swap" else NoiseSpec(scale=3.0, samples=3, seed=7)
     with torch.no_grad():
         ids, corrupted = engine._inputs(ck, PromptSpec(IDS, (1, 3), spec, None, ""))
-        new = trace.build_runs(ck.model, ids, corrupted, None)
-        ref = trace.build_runs_slow(ck.model, ids, corrupted, None)
+        new = prepare.build_runs(ck.model, ids, corrupted, None)
+        ref = prepare.build_runs_slow(ck.model, ids, corrupted, None)
     a, b = tensors(new), tensors(ref)
     assert a.keys() == b.keys()
     differ = []
@@ -87,8 +87,8 @@ def test_packed_prepare_is_bit_equal_to_the_reference_in_bfloat16_on_the_cpu(tmp
     for spec in (SwapSpec(SWAP), NoiseSpec(samples=3, seed=7)):
         with torch.no_grad():
             ids, corrupted = eng._inputs(ck, PromptSpec(IDS, (1, 3), spec, None, ""))
-            new = tensors(trace.build_runs(ck.model, ids, corrupted, None))
-            ref = tensors(trace.build_runs_slow(ck.model, ids, corrupted, None))
+            new = tensors(prepare.build_runs(ck.model, ids, corrupted, None))
+            ref = tensors(prepare.build_runs_slow(ck.model, ids, corrupted, None))
         assert [k for k in ref if not torch.equal(new[k], ref[k])] == []
 
 
