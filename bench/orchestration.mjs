@@ -25,7 +25,9 @@ const specPath = resolve(args[0] ?? join(root, "examples/demo/mamba-swap.yaml"))
 async function engineAlone() {
   const spec = parseSweepSpec(readFileSync(specPath, "utf8"), { baseDir: dirname(specPath) });
   const plan = planSweep(spec, "bench");
-  const py = execFileSync("bash", [join(root, "scripts/find-python.sh")]).toString().trim();
+  const py = execFileSync("bash", [join(root, "scripts/find-python.sh")])
+    .toString()
+    .trim();
   const child = spawn(py, ["-m", "engine"], { cwd: root, env: { ...process.env, PYTHONPATH: root }, stdio: ["pipe", "pipe", "ignore"] });
   const engine = new EngineClient({ stdin: child.stdin, stdout: child.stdout });
   await engine.hello();
@@ -35,7 +37,15 @@ async function engineAlone() {
   let cells = 0;
   for (const shard of plan.shards) {
     const p = shard.prompt;
-    await engine.preparePrompt({ modelId: "m", promptKey: p.promptKey, inputIds: p.inputIds, subjectStart: p.subjectStart, subjectEnd: p.subjectEnd, corruption: p.corruption, answerId: p.answerId });
+    await engine.preparePrompt({
+      modelId: "m",
+      promptKey: p.promptKey,
+      inputIds: p.inputIds,
+      subjectStart: p.subjectStart,
+      subjectEnd: p.subjectEnd,
+      corruption: p.corruption,
+      answerId: p.answerId,
+    });
     await engine.runCells({ modelId: "m", promptKey: p.promptKey, cells: shard.cells, slowPath: false });
     cells += shard.cells.length;
   }
@@ -47,7 +57,9 @@ async function engineAlone() {
 
 function throughSystem() {
   const out = mkdtempSync(join(tmpdir(), "orch-"));
-  execFileSync("node", [join(root, "sweepctl/dist/cli.js"), "local", specPath, "--agents", String(agents), "--workers", "1", "--out", out, "--quiet"], { stdio: ["ignore", "ignore", "inherit"] });
+  execFileSync("node", [join(root, "sweepctl/dist/cli.js"), "local", specPath, "--agents", String(agents), "--workers", "1", "--out", out, "--quiet"], {
+    stdio: ["ignore", "ignore", "inherit"],
+  });
   const info = JSON.parse(readFileSync(join(out, "sweep.json"), "utf8"));
   // From the launch (shards durable) to the last result aggregated: the sweep as a user waits for it.
   const seconds = (Number(info.finishedMs) - Number(info.createdMs)) / 1000;
@@ -59,8 +71,24 @@ for (let r = 0; r < repeats; r++) {
   const a = await engineAlone();
   const s = throughSystem();
   rows.push({ engine: a, system: s, overhead: s.seconds / a.seconds - 1 });
-  console.error(`run ${r + 1}: engine alone ${a.seconds.toFixed(2)} s (${a.cells} cells), system ${s.seconds.toFixed(2)} s (${s.cells} cells), overhead ${(100 * (s.seconds / a.seconds - 1)).toFixed(1)}%`);
+  console.error(
+    `run ${r + 1}: engine alone ${a.seconds.toFixed(2)} s (${a.cells} cells), system ${s.seconds.toFixed(2)} s (${s.cells} cells), overhead ${(100 * (s.seconds / a.seconds - 1)).toFixed(1)}%`,
+  );
 }
 const med = (xs) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
-console.log(JSON.stringify({ spec: specPath, agents, cpus: cpus().length, cpu: cpus()[0]?.model, node: process.version, repeats, rows,
-  median_overhead: med(rows.map((r) => r.overhead)) }, null, 1));
+console.log(
+  JSON.stringify(
+    {
+      spec: specPath,
+      agents,
+      cpus: cpus().length,
+      cpu: cpus()[0]?.model,
+      node: process.version,
+      repeats,
+      rows,
+      median_overhead: med(rows.map((r) => r.overhead)),
+    },
+    null,
+    1,
+  ),
+);

@@ -14,8 +14,12 @@ let bad = 0;
 for (const c of cases) {
   const [p, s, o] = [ids(c.prompt), ids(c.subject), ids(" " + c.object)];
   const whole = ids(`${c.prompt} ${c.object}.`);
-  const ok = same(p, c.prompt_ids) && same(s, c.subject_ids) && same(o, c.object_ids)
-    && same(whole.slice(0, p.length + o.length), [...p, ...o]) && tok.decode(p) === c.prompt;
+  const ok =
+    same(p, c.prompt_ids) &&
+    same(s, c.subject_ids) &&
+    same(o, c.object_ids) &&
+    same(whole.slice(0, p.length + o.length), [...p, ...o]) &&
+    tok.decode(p) === c.prompt;
   if (!ok) {
     bad += 1;
     console.error(`mismatch: ${JSON.stringify(c.prompt)} node ${JSON.stringify({ p, s, o })}`);

@@ -31,8 +31,7 @@ if (!flag("--spec") || !id) {
 }
 
 const client = new control.SweepServiceClient(coordinator, grpc.credentials.createInsecure());
-const get = () =>
-  new Promise((res) => client.get({ sweepId: id }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => res(e ? undefined : r)));
+const get = () => new Promise((res) => client.get({ sweepId: id }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (e, r) => res(e ? undefined : r)));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const t0 = Date.now();

@@ -151,9 +151,19 @@ export class CoordinatorLink {
         if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
         this.heartbeatTimer = undefined;
         if (err && REFUSALS.has(err.code)) {
-          reject(new CoordinatorRefusedError(this.opts.agentId, `coordinator ${this.opts.coordinator} refused agent ${this.opts.agentId}: ${err.details || err.message}`, { cause: err }));
+          reject(
+            new CoordinatorRefusedError(
+              this.opts.agentId,
+              `coordinator ${this.opts.coordinator} refused agent ${this.opts.agentId}: ${err.details || err.message}`,
+              { cause: err },
+            ),
+          );
         } else if (err) {
-          reject(Object.assign(new Error(`stream to ${this.opts.coordinator} ended: ${grpcStatus[err.code] ?? err.code} ${err.details || err.message}`), { welcomed }));
+          reject(
+            Object.assign(new Error(`stream to ${this.opts.coordinator} ended: ${grpcStatus[err.code] ?? err.code} ${err.details || err.message}`), {
+              welcomed,
+            }),
+          );
         } else {
           resolve(welcomed);
         }
@@ -203,7 +213,9 @@ export class CoordinatorLink {
 
   private onWelcome(call: Stream, w: agent.Welcome): void {
     this.welcomed = true;
-    this.log.info(`connected to coordinator ${this.opts.coordinator} (session ${w.sessionId}, lease TTL ${w.leaseTtlMs} ms, heartbeat ${w.heartbeatIntervalMs} ms)`);
+    this.log.info(
+      `connected to coordinator ${this.opts.coordinator} (session ${w.sessionId}, lease TTL ${w.leaseTtlMs} ms, heartbeat ${w.heartbeatIntervalMs} ms)`,
+    );
     const every = w.heartbeatIntervalMs > 0 ? w.heartbeatIntervalMs : 5_000;
     this.heartbeatTimer = setInterval(() => this.sendHeartbeat(), every);
     // Tell the new session at once which leases are still running here (after a reconnect).

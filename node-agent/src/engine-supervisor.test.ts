@@ -43,8 +43,14 @@ test("a SIGKILLed engine worker is restarted and the shard it was running still 
     assert.equal(worker.state, "ready");
     const restarts = (await metrics.workerRestarts.get()).values.reduce((s, v) => s + v.value, 0);
     assert.equal(restarts, 1, "factsweep_worker_restarts_total counted the restart");
-    assert.ok(log.lines.some((l) => /worker process died \(signal SIGKILL\)/.test(l)), "the death is logged");
-    assert.ok(log.lines.some((l) => l.includes("[worker cpu:0]")), "worker stderr is forwarded with its prefix");
+    assert.ok(
+      log.lines.some((l) => /worker process died \(signal SIGKILL\)/.test(l)),
+      "the death is logged",
+    );
+    assert.ok(
+      log.lines.some((l) => l.includes("[worker cpu:0]")),
+      "worker stderr is forwarded with its prefix",
+    );
 
     const stored = await storedResults(env.nats.jsm, "sw-kill");
     assert.equal(stored.length, 1);
@@ -97,7 +103,10 @@ test("an engine worker of another protocol version is a fatal error naming both 
     onFatal: (e) => fatal.push(e),
     restartInitialMs: 50,
   });
-  await assert.rejects(sup.start(), (e: unknown) => e instanceof EngineVersionMismatchError && /expects 99/.test(e.message) && /worker said: .*VERSION_MISMATCH/.test(e.message));
+  await assert.rejects(
+    sup.start(),
+    (e: unknown) => e instanceof EngineVersionMismatchError && /expects 99/.test(e.message) && /worker said: .*VERSION_MISMATCH/.test(e.message),
+  );
   assert.equal(fatal.length, 1, "the agent is told to stop");
   assert.equal(sup.workers[0]!.state, "fatal", "no restart loop");
   await sup.stop();

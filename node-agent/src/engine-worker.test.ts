@@ -19,7 +19,15 @@ const GOLDEN = sharedPath("golden");
 function torchAvailable(): boolean {
   try {
     // find_spec, not import: importing torch costs seconds on a busy machine.
-    execaSync("bash", [join(ROOT, "scripts/engine-python.sh"), "-c", "import importlib.util as u, sys; sys.exit(0 if u.find_spec('torch') and u.find_spec('engine.worker') else 1)"], { cwd: ROOT, timeout: 60_000 });
+    execaSync(
+      "bash",
+      [
+        join(ROOT, "scripts/engine-python.sh"),
+        "-c",
+        "import importlib.util as u, sys; sys.exit(0 if u.find_spec('torch') and u.find_spec('engine.worker') else 1)",
+      ],
+      { cwd: ROOT, timeout: 60_000 },
+    );
     return true;
   } catch {
     return false;
@@ -39,7 +47,15 @@ function readSafetensors(file: string): Map<string, { shape: number[]; data: num
     const data: number[] = [];
     const size = v.dtype === "I64" || v.dtype === "F64" ? 8 : 4;
     for (let i = 0; i < bytes.length; i += size) {
-      data.push(v.dtype === "I64" ? Number(bytes.readBigInt64LE(i)) : v.dtype === "F64" ? bytes.readDoubleLE(i) : v.dtype === "F32" ? bytes.readFloatLE(i) : bytes.readInt32LE(i));
+      data.push(
+        v.dtype === "I64"
+          ? Number(bytes.readBigInt64LE(i))
+          : v.dtype === "F64"
+            ? bytes.readDoubleLE(i)
+            : v.dtype === "F32"
+              ? bytes.readFloatLE(i)
+              : bytes.readInt32LE(i),
+      );
     }
     out.set(k, { shape: v.shape, data });
   }
@@ -75,7 +91,11 @@ test("the real engine worker answers hello, loads the golden Mamba and reproduce
     assert.equal(model.numLayers, 4);
 
     const g = readSafetensors(join(GOLDEN!, "mamba-tiny.golden.safetensors"));
-    const ref = (JSON.parse(readFileSync(join(GOLDEN!, "golden.json"), "utf8")) as { models: Record<string, { cases: { subject: [number, number]; answer: number; p_clean: number; p_corrupt_swap: number }[] }> }).models["mamba-tiny"]!.cases[0]!;
+    const ref = (
+      JSON.parse(readFileSync(join(GOLDEN!, "golden.json"), "utf8")) as {
+        models: Record<string, { cases: { subject: [number, number]; answer: number; p_clean: number; p_corrupt_swap: number }[] }>;
+      }
+    ).models["mamba-tiny"]!.cases[0]!;
     const ids = g.get("p0.input_ids")!.data;
     const swapIds = g.get("p0.swap.input_ids")!.data;
     const info = await client.preparePrompt({
@@ -113,7 +133,15 @@ test("the real engine worker answers hello, loads the golden Mamba and reproduce
 });
 
 test("an engine worker killed mid-session fails the pending request with EngineClosedError", { skip, timeout: 60_000 }, async () => {
-  const child = execa("bash", [join(ROOT, "scripts/engine-python.sh"), "-m", "engine"], { cwd: ROOT, stdin: "pipe", stdout: "pipe", stderr: "ignore", encoding: "buffer", buffer: false, reject: false });
+  const child = execa("bash", [join(ROOT, "scripts/engine-python.sh"), "-m", "engine"], {
+    cwd: ROOT,
+    stdin: "pipe",
+    stdout: "pipe",
+    stderr: "ignore",
+    encoding: "buffer",
+    buffer: false,
+    reject: false,
+  });
   const client = new EngineClient({ stdin: child.stdin!, stdout: child.stdout! });
   // Hello imports torch (seconds), so the worker is killed while the request is in flight.
   const pending = assert.rejects(client.hello({ timeoutMs: 60_000 }), EngineClosedError);

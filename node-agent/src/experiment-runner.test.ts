@@ -13,9 +13,20 @@ const { metrics, log } = env;
 test("a sever shard prepares its prompt, runs RunExperiment and publishes the engine's result_json with no cells", { skip }, async () => {
   const { shard, reference } = goldenSwapShard("ex-sever");
   // Freezing no path is plain restoration: the residual trace's golden values.
-  const cells = [{ token: 2, layer: 1, path: "none" }, { token: 4, layer: 0, path: "none" }, { token: 4, layer: 0, path: "ssm" }];
+  const cells = [
+    { token: 2, layer: 1, path: "none" },
+    { token: 4, layer: 0, path: "none" },
+    { token: 4, layer: 0, path: "ssm" },
+  ];
   const publisher = new ResultPublisher(env.nats.nc, { metrics, log });
-  const out = await runShard({ shard: { ...shard, kind: "sever", cells: [], paramsJson: JSON.stringify({ cells }) }, worker: env.sup.workers[0]!, publisher, agentId: "a", metrics, log });
+  const out = await runShard({
+    shard: { ...shard, kind: "sever", cells: [], paramsJson: JSON.stringify({ cells }) },
+    worker: env.sup.workers[0]!,
+    publisher,
+    agentId: "a",
+    metrics,
+    log,
+  });
   const stored = await storedResults(env.nats.jsm, "ex-sever");
   assert.equal(stored.length, 1);
   const r = stored[0]!.result;
@@ -32,7 +43,14 @@ test("an experiment shard whose params the engine refuses fails as not retryable
   const { shard } = goldenSwapShard("ex-bad");
   const publisher = new ResultPublisher(env.nats.nc, { metrics, log });
   await assert.rejects(
-    runShard({ shard: { ...shard, kind: "sever", cells: [], paramsJson: JSON.stringify({ cells: [{ token: 0, layer: 99, path: "none" }] }) }, worker: env.sup.workers[0]!, publisher, agentId: "a", metrics, log }),
+    runShard({
+      shard: { ...shard, kind: "sever", cells: [], paramsJson: JSON.stringify({ cells: [{ token: 0, layer: 99, path: "none" }] }) },
+      worker: env.sup.workers[0]!,
+      publisher,
+      agentId: "a",
+      metrics,
+      log,
+    }),
     (e: ShardError) => e instanceof ShardError && e.retryable === false && /params\.cells\[0\]\.layer/.test(e.message),
   );
   assert.equal((await storedResults(env.nats.jsm, "ex-bad")).length, 0, "nothing published");

@@ -18,10 +18,7 @@ export interface Logger {
 const ORDER: Record<LogLevel, number> = { debug: 0, info: 1, warn: 2, error: 3 };
 
 /** A logger writing `<ISO time> <LEVEL> <prefix> <msg>` lines to `write` (default stderr). */
-export function createLogger(
-  prefix: string,
-  opts: { level?: LogLevel; write?: (line: string) => void } = {},
-): Logger {
+export function createLogger(prefix: string, opts: { level?: LogLevel; write?: (line: string) => void } = {}): Logger {
   const min = ORDER[opts.level ?? "info"];
   const write = opts.write ?? ((line: string) => process.stderr.write(`${line}\n`));
   const emit = (level: LogLevel, msg: string) => {

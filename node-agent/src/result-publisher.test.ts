@@ -37,7 +37,10 @@ test("a publish while nats-server is down is retried until the server is back, a
     const published = await pending;
     assert.equal(published.duplicate, false);
     const stored = await storedResults(nats.jsm, "sw-pub");
-    assert.deepEqual(stored.map((s) => [s.msgId, s.seq]), [["sw-pub.0.0", published.seq]]);
+    assert.deepEqual(
+      stored.map((s) => [s.msgId, s.seq]),
+      [["sw-pub.0.0", published.seq]],
+    );
   } finally {
     await nc.close();
     await nats.stop();

@@ -63,9 +63,7 @@ export class ResultPublisher {
         return { seq: ack.seq, duplicate: ack.duplicate, stream: ack.stream };
       } catch (err) {
         const delay = Math.min(this.opts.retryMaxMs ?? 5_000, 100 * 2 ** Math.min(attempt, 10));
-        this.opts.log?.warn(
-          `publishing shard ${result.shardId} to ${subject} failed (attempt ${attempt}: ${(err as Error).message}); retrying in ${delay} ms`,
-        );
+        this.opts.log?.warn(`publishing shard ${result.shardId} to ${subject} failed (attempt ${attempt}: ${(err as Error).message}); retrying in ${delay} ms`);
         await sleep(delay, signal);
       }
     }

@@ -38,7 +38,14 @@ test("a shard runs on a real engine worker and publishes exactly one ShardResult
   const direct = new EngineClient({ stdin: child.stdin!, stdout: child.stdout! });
   await direct.hello();
   await direct.loadModel({ modelId: "m", path: shard.model!.path });
-  const info = await direct.preparePrompt({ modelId: "m", promptKey: "k", inputIds: shard.prompt!.inputIds, subjectStart: 1, subjectEnd: 3, corruption: shard.prompt!.corruption });
+  const info = await direct.preparePrompt({
+    modelId: "m",
+    promptKey: "k",
+    inputIds: shard.prompt!.inputIds,
+    subjectStart: 1,
+    subjectEnd: 3,
+    corruption: shard.prompt!.corruption,
+  });
   const cells = await direct.runCells({ modelId: "m", promptKey: "k", cells: shard.cells });
   await direct.shutdown();
   await child;

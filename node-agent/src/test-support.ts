@@ -25,7 +25,12 @@ export function resultsNatsForFile(skip: string | false): { nats: ResultsNats } 
 }
 
 /** As {@link resultsNatsForFile}, plus one started CPU engine worker (`sup.workers[0]`), its metrics and log. */
-export function engineWorkerForFile(skip: string | false): { nats: ResultsNats; sup: EngineSupervisor; metrics: AgentMetrics; log: ReturnType<typeof memoryLogger> } {
+export function engineWorkerForFile(skip: string | false): {
+  nats: ResultsNats;
+  sup: EngineSupervisor;
+  metrics: AgentMetrics;
+  log: ReturnType<typeof memoryLogger>;
+} {
   const env = { metrics: createAgentMetrics(), log: memoryLogger() } as ReturnType<typeof engineWorkerForFile>;
   before(async () => {
     if (skip) return;

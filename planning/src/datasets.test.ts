@@ -40,12 +40,15 @@ test("a malformed relation file is a DatasetError naming the file and the field"
   try {
     const f = join(dir, "bad.json");
     writeFileSync(f, JSON.stringify({ name: "bad", prompt_templates: ["no placeholder"], samples: [] }));
-    assert.throws(() => loadRelation(f), (e: unknown) => {
-      assert.ok(e instanceof DatasetError);
-      assert.equal(e.file, f);
-      assert.match(e.message, /field \.prompt_templates\[0\]: expected a template containing "\{\}", got "no placeholder"/);
-      return true;
-    });
+    assert.throws(
+      () => loadRelation(f),
+      (e: unknown) => {
+        assert.ok(e instanceof DatasetError);
+        assert.equal(e.file, f);
+        assert.match(e.message, /field \.prompt_templates\[0\]: expected a template containing "\{\}", got "no placeholder"/);
+        return true;
+      },
+    );
     writeFileSync(f, "{ not json");
     assert.throws(() => loadRelation(f), /is not valid JSON/);
     assert.throws(() => loadRelations([join(dir, "missing")]), /does not exist/);

@@ -63,7 +63,11 @@ function readJson(file: string, what: string): unknown {
   try {
     text = readFileSync(file, "utf8");
   } catch (err) {
-    throw new DatasetError(`${what} ${file} cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); check the path in the spec's dataset section`, file, { cause: err });
+    throw new DatasetError(
+      `${what} ${file} cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); check the path in the spec's dataset section`,
+      file,
+      { cause: err },
+    );
   }
   try {
     return JSON.parse(text);
@@ -111,10 +115,14 @@ export function loadRelations(paths: string[]): Relation[] {
     try {
       isDir = statSync(p).isDirectory();
     } catch (err) {
-      throw new DatasetError(`relation path ${p} does not exist; give relation files or folders of them (e.g. shared/data/relations/factual)`, p, { cause: err });
+      throw new DatasetError(`relation path ${p} does not exist; give relation files or folders of them (e.g. shared/data/relations/factual)`, p, {
+        cause: err,
+      });
     }
     if (isDir) {
-      const inside = readdirSync(p).filter((f) => f.toLowerCase().endsWith(".json")).sort();
+      const inside = readdirSync(p)
+        .filter((f) => f.toLowerCase().endsWith(".json"))
+        .sort();
       if (inside.length === 0) throw new DatasetError(`relation folder ${p} has no .json files`, p);
       files.push(...inside.map((f) => join(p, f)));
     } else {

@@ -1,7 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { engine, type sweep } from "@factsweep/proto";
-import { averageIndirectEffect, indirectEffect, ResultAggregator } from "./effects.js";
+import { ResultAggregator } from "./aggregator.js";
+import { averageIndirectEffect, indirectEffect } from "./effects.js";
 import { ResultError } from "./errors.js";
 
 const R = engine.Site.SITE_RESIDUAL;
@@ -22,7 +23,13 @@ const prompts = [
   { index: 1, numTokens: 3, subjectStart: 0, subjectEnd: 1, subject: "c" },
 ];
 
-function result(shardId: string, promptIndex: number, pClean: number, pCorrupt: number, cells: [engine.Site, number, number, number, number][]): sweep.ShardResult {
+function result(
+  shardId: string,
+  promptIndex: number,
+  pClean: number,
+  pCorrupt: number,
+  cells: [engine.Site, number, number, number, number][],
+): sweep.ShardResult {
   return {
     resultJson: "",
     sweepId: "sw",
@@ -66,7 +73,13 @@ test("the heatmap averages IE per token group and layer across prompts, and AIE 
   assert.equal(at("last", 1), null);
   const aie = h.aie[h.groups.indexOf("last")]![0]!;
   assert.ok(Math.abs(aie - averageIndirectEffect([0.1, 0.6], [0.1, 0.2])) < 1e-12);
-  assert.deepEqual(agg.grids().map((g) => `${g.site}/${g.window}`).sort(), ["mixer/3", "residual/1"]);
+  assert.deepEqual(
+    agg
+      .grids()
+      .map((g) => `${g.site}/${g.window}`)
+      .sort(),
+    ["mixer/3", "residual/1"],
+  );
   const s = agg.summary();
   assert.equal(s.cells, 6);
   assert.equal(s.prompts, 2);
@@ -104,12 +117,15 @@ test("rows carry the site name, the token group and IE (NaN where p_clean == p*)
   agg.add(r1);
   agg.add(result("sw.0.0", 0, 0.3, 0.3, [[R, 0, 2, 1, 0.3]]));
   const rows = [...agg.rows()];
-  assert.deepEqual(rows.map((r) => [r.promptIndex, r.site, r.token, r.tokenGroup]), [
-    [0, "residual", 2, "subject_last"],
-    [1, "residual", 0, "subject_last"],
-    [1, "residual", 2, "last"],
-    [1, "mixer", 2, "last"],
-  ]);
+  assert.deepEqual(
+    rows.map((r) => [r.promptIndex, r.site, r.token, r.tokenGroup]),
+    [
+      [0, "residual", 2, "subject_last"],
+      [1, "residual", 0, "subject_last"],
+      [1, "residual", 2, "last"],
+      [1, "mixer", 2, "last"],
+    ],
+  );
   assert.ok(Number.isNaN(rows[0]!.ie));
   assert.ok(Math.abs(rows[2]!.ie - 1) < 1e-12);
   assert.equal(rows[1]!.subject, "c");
@@ -120,7 +136,16 @@ test("a result of another sweep, an unknown prompt or a token outside the prompt
   const agg = new ResultAggregator({ sweepId: "sw", prompts });
   assert.throws(() => agg.add({ ...r0, sweepId: "other" }), ResultError);
   assert.throws(() => agg.add({ ...r0, promptIndex: 9 }), /prompt 9, which this sweep does not have/);
-  assert.throws(() => agg.add(result("sw.0.1", 0, 0.9, 0.1, [[R, 0, 1, 1, 0.5], [R, 0, 4, 1, 0.5]])), /token 4 outside prompt 0/);
+  assert.throws(
+    () =>
+      agg.add(
+        result("sw.0.1", 0, 0.9, 0.1, [
+          [R, 0, 1, 1, 0.5],
+          [R, 0, 4, 1, 0.5],
+        ]),
+      ),
+    /token 4 outside prompt 0/,
+  );
   assert.equal(agg.cells, 0);
   assert.equal(agg.has("sw.0.1"), false);
 });

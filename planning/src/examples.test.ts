@@ -32,7 +32,13 @@ test("the relations example spec parses and its prompts plan with the real token
 
 test("the paper-scale kind examples parse with the paper's settings", () => {
   const read = (f: string) => parseSweepSpec(readFileSync(join(EXAMPLES, f), "utf8"), { baseDir: EXAMPLES });
-  assert.deepEqual(read("knockout-mamba-2.8b.yaml").knockout, { window: 10, token_sets: ["subject", "subject_last", "non_subject", "last"], corpus: "dataset", max_corpus: 128, corpus_tokens: 128 });
+  assert.deepEqual(read("knockout-mamba-2.8b.yaml").knockout, {
+    window: 10,
+    token_sets: ["subject", "subject_last", "non_subject", "last"],
+    corpus: "dataset",
+    max_corpus: 128,
+    corpus_tokens: 128,
+  });
   assert.deepEqual(read("sever-mamba-2.8b.yaml").sever, { paths: ["none", "ssm", "gate", "mixer"], tokens: ["subject_last", "last"] });
   const lre = read("lre-mamba-2.8b.yaml");
   assert.deepEqual([lre.lre!.icl, lre.lre!.trials, lre.lre!.betas.at(-1), lre.layers], [5, 3, 12, "0:64:2"]);

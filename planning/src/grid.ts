@@ -19,11 +19,14 @@ export const SWEEP_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$/;
 /** @throws SpecError when `sweepId` cannot be used in NATS subjects and shard ids. */
 export function validateSweepId(sweepId: string): string {
   if (!SWEEP_ID_PATTERN.test(sweepId)) {
-    throw new SpecError(`sweep_id: expected 1-64 letters, digits, '_' or '-' (starting with a letter or digit; no dots, it is used in NATS subjects), got ${describeValue(sweepId)}`, {
-      path: "sweep_id",
-      expected: SWEEP_ID_PATTERN.source,
-      received: sweepId,
-    });
+    throw new SpecError(
+      `sweep_id: expected 1-64 letters, digits, '_' or '-' (starting with a letter or digit; no dots, it is used in NATS subjects), got ${describeValue(sweepId)}`,
+      {
+        path: "sweep_id",
+        expected: SWEEP_ID_PATTERN.source,
+        received: sweepId,
+      },
+    );
   }
   return sweepId;
 }

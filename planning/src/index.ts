@@ -24,6 +24,7 @@ export * from "./random.js";
 export * from "./grid.js";
 export * from "./plan.js";
 export * from "./effects.js";
+export * from "./aggregator.js";
 export * from "./trace-view.js";
 export * from "./kinds/index.js";
 export * from "./kinds/aggregate.js";

@@ -19,15 +19,19 @@ export function resolveLayers(layersSpec: LayersSpec, numLayers: number): number
     const start = a ? Number(a) : 0;
     const end = b ? Number(b) : numLayers;
     const step = c ? Number(c) : 1;
-    if (step < 1) throw new SpecError(`layers: expected a step >= 1, got ${describeValue(layersSpec)}`, { path: "layers", expected: "step >= 1", received: layersSpec });
+    if (step < 1)
+      throw new SpecError(`layers: expected a step >= 1, got ${describeValue(layersSpec)}`, { path: "layers", expected: "step >= 1", received: layersSpec });
     out = [];
     for (let l = start; l < Math.min(end, numLayers); l += step) out.push(l);
     if (end > numLayers) {
-      throw new SpecError(`layers: range end ${end} is beyond the model's ${numLayers} layers (valid 0..${numLayers - 1}, end exclusive), got ${describeValue(layersSpec)}`, {
-        path: "layers",
-        expected: `a range within 0:${numLayers}`,
-        received: layersSpec,
-      });
+      throw new SpecError(
+        `layers: range end ${end} is beyond the model's ${numLayers} layers (valid 0..${numLayers - 1}, end exclusive), got ${describeValue(layersSpec)}`,
+        {
+          path: "layers",
+          expected: `a range within 0:${numLayers}`,
+          received: layersSpec,
+        },
+      );
     }
   }
   const bad = out.find((l) => l >= numLayers);
@@ -39,7 +43,11 @@ export function resolveLayers(layersSpec: LayersSpec, numLayers: number): number
     });
   }
   if (out.length === 0) {
-    throw new SpecError(`layers: the range selects no layer, got ${describeValue(layersSpec)}`, { path: "layers", expected: "a non-empty range", received: layersSpec });
+    throw new SpecError(`layers: the range selects no layer, got ${describeValue(layersSpec)}`, {
+      path: "layers",
+      expected: "a non-empty range",
+      received: layersSpec,
+    });
   }
   return out;
 }

@@ -18,8 +18,14 @@ test("the golden Mamba and GPT-NeoX checkpoints report their shapes", { skip: !G
 test("a missing folder, a folder without config.json and an unknown model_type are ModelConfigErrors that say what to fix", () => {
   const dir = mkdtempSync(join(tmpdir(), "fs-model-"));
   try {
-    assert.throws(() => readModelConfig(join(dir, "nope")), (e: unknown) => e instanceof ModelConfigError && /does not exist/.test(e.message));
-    assert.throws(() => readModelConfig(dir), (e: unknown) => e instanceof ModelConfigError && /config\.json not found/.test(e.message));
+    assert.throws(
+      () => readModelConfig(join(dir, "nope")),
+      (e: unknown) => e instanceof ModelConfigError && /does not exist/.test(e.message),
+    );
+    assert.throws(
+      () => readModelConfig(dir),
+      (e: unknown) => e instanceof ModelConfigError && /config\.json not found/.test(e.message),
+    );
     writeFileSync(join(dir, "config.json"), JSON.stringify({ model_type: "llama", num_hidden_layers: 2 }));
     assert.throws(() => readModelConfig(dir), /unsupported model_type "llama" \(string\); supported: mamba, gpt_neox/);
     writeFileSync(join(dir, "config.json"), JSON.stringify({ model_type: "mamba", n_layer: 2, d_model: 8 }));

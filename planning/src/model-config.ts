@@ -43,7 +43,11 @@ export function readModelConfig(path: string): ModelConfig {
   try {
     isDir = statSync(path).isDirectory();
   } catch (err) {
-    throw new ModelConfigError(`model folder ${path} does not exist; set model.path to a local Hugging Face checkpoint folder (with config.json and *.safetensors)`, path, { cause: err });
+    throw new ModelConfigError(
+      `model folder ${path} does not exist; set model.path to a local Hugging Face checkpoint folder (with config.json and *.safetensors)`,
+      path,
+      { cause: err },
+    );
   }
   if (!isDir) throw new ModelConfigError(`model path ${path} is not a folder; set model.path to the checkpoint folder, not a file in it`, path);
   const file = join(path, "config.json");
@@ -51,7 +55,9 @@ export function readModelConfig(path: string): ModelConfig {
   try {
     text = readFileSync(file, "utf8");
   } catch (err) {
-    throw new ModelConfigError(`${file} not found: ${path} is not a Hugging Face checkpoint folder (it needs config.json and *.safetensors)`, path, { cause: err });
+    throw new ModelConfigError(`${file} not found: ${path} is not a Hugging Face checkpoint folder (it needs config.json and *.safetensors)`, path, {
+      cause: err,
+    });
   }
   let cfg: unknown;
   try {

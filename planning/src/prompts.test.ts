@@ -42,9 +42,7 @@ test("swap corruption picks a same-relation subject with another object, aligned
 test("swap partners are deterministic for a seed and change with the seed", { skip }, () => {
   const tok = loadTokenizer(TOK!);
   const ids = (seed: number) =>
-    planPrompts(spec({ relations: [join(RELS!, "company_hq.json")], limit: 20 }, { kind: "swap", seed }), tok).prompts.map((p) =>
-      JSON.stringify(p.corruption),
-    );
+    planPrompts(spec({ relations: [join(RELS!, "company_hq.json")], limit: 20 }, { kind: "swap", seed }), tok).prompts.map((p) => JSON.stringify(p.corruption));
   assert.deepEqual(ids(1), ids(1));
   assert.notDeepEqual(ids(1), ids(2));
 });
@@ -69,15 +67,34 @@ test("a prompt without a swap partner is reported with its reason and the others
     // Tokens: "Paris is in" = 3, "Lyon is in" = 4, "Berlin is in" = 4. Paris's only other-object
     // subject (Berlin) makes a longer prompt; Lyon swaps with Berlin; Berlin with Lyon.
     const { prompts, errors } = planPrompts(spec({ relations: [f] }), tok);
-    assert.deepEqual(prompts.map((p) => p.subject), ["Lyon", "Berlin"]);
+    assert.deepEqual(
+      prompts.map((p) => p.subject),
+      ["Lyon", "Berlin"],
+    );
     const swapped = (p: (typeof prompts)[number]) => {
       const c = p.corruption!.kind!;
       return c.$case === "swap" ? tok.decode(c.swap.corruptedIds) : "";
     };
     assert.deepEqual(prompts.map(swapped), ["Berlin is in", "Lyon is in"]);
-    assert.deepEqual(errors.map((e) => e.index), [0]);
-    assert.match(errors[0]!.message, /^r\.json#0: no swap partner: none of the 1 other subjects .* makes a prompt of 3 tokens with the last subject token at index 0/);
-    writeFileSync(f, JSON.stringify({ name: "r", prompt_templates: ["{} is in"], samples: [{ subject: "Paris", object: "France" }, { subject: "Lyon", object: "France" }] }));
+    assert.deepEqual(
+      errors.map((e) => e.index),
+      [0],
+    );
+    assert.match(
+      errors[0]!.message,
+      /^r\.json#0: no swap partner: none of the 1 other subjects .* makes a prompt of 3 tokens with the last subject token at index 0/,
+    );
+    writeFileSync(
+      f,
+      JSON.stringify({
+        name: "r",
+        prompt_templates: ["{} is in"],
+        samples: [
+          { subject: "Paris", object: "France" },
+          { subject: "Lyon", object: "France" },
+        ],
+      }),
+    );
     const none = planPrompts(spec({ relations: [f] }), tok);
     assert.equal(none.prompts.length, 0);
     assert.equal(none.errors.length, 2);
@@ -103,7 +120,10 @@ test("a subject missing from its prompt is reported for that prompt only", { ski
   );
   assert.equal(prompts.length, 1);
   assert.equal(prompts[0]!.index, 0);
-  assert.deepEqual(errors.map((e) => e.index), [1]);
+  assert.deepEqual(
+    errors.map((e) => e.index),
+    [1],
+  );
   assert.match(errors[0]!.message, /subject "Colosseum" does not occur in prompt/);
   const c = prompts[0]!.corruption!.kind!;
   assert.equal(c.$case, "noise");
@@ -136,7 +156,10 @@ test("pre-tokenized prompts pass through without a tokenizer; bad spans and miss
   assert.equal(prompts.length, 1);
   assert.deepEqual(prompts[0]!.inputIds, [1, 2, 3, 4]);
   assert.deepEqual([prompts[0]!.subjectStart, prompts[0]!.subjectEnd], [1, 3]);
-  assert.deepEqual(errors.map((e) => e.index), [1, 2, 3, 4, 5]);
+  assert.deepEqual(
+    errors.map((e) => e.index),
+    [1, 2, 3, 4, 5],
+  );
   assert.match(errors[0]!.message, /subject span \[2, 5\) is not a non-empty span of the 3 input_ids/);
   assert.match(errors[1]!.message, /swap corruption needs corrupted_ids/);
   assert.match(errors[2]!.message, /corrupted_ids has 2 tokens; expected 3/);

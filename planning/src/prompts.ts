@@ -68,7 +68,10 @@ export function selectDataset(spec: BaseSpec): { items: DatasetItem[]; pools: Ma
   } else {
     items = (d.prompts ?? []).map((p, i): DatasetItem => {
       if ("input_ids" in p) return { kind: "tokens", input: p };
-      return { kind: "fact", fact: { text: p.text, subject: p.subject, object: p.object ?? "", relation: p.relation ?? "inline", source: `dataset.prompts[${i}]` } };
+      return {
+        kind: "fact",
+        fact: { text: p.text, subject: p.subject, object: p.object ?? "", relation: p.relation ?? "inline", source: `dataset.prompts[${i}]` },
+      };
     });
     for (const it of items) if (it.kind === "fact") pools.set(it.fact.relation, [...(pools.get(it.fact.relation) ?? []), it.fact]);
   }
@@ -169,7 +172,9 @@ type Planned = Omit<sweep.PromptSpec, "index" | "promptKey">;
 
 function planFact(fact: Fact, index: number, spec: BaseSpec, tokenizer: PromptTokenizer | null, pools: Map<string, Fact[]>): Planned {
   if (!tokenizer) {
-    throw new FactsweepError("a text prompt needs a tokenizer: set model.tokenizer to a tokenizer.json (or put one in the model folder), or give the prompt pre-tokenized (input_ids + subject span)");
+    throw new FactsweepError(
+      "a text prompt needs a tokenizer: set model.tokenizer to a tokenizer.json (or put one in the model folder), or give the prompt pre-tokenized (input_ids + subject span)",
+    );
   }
   const { ids, subjectSpan } = tokenizer.encodeWithSubject(fact.text, fact.subject);
   let corruption: engine.Corruption;
@@ -206,7 +211,10 @@ function planTokens(p: TokenizedPromptInput, c: BaseSpec["corruption"]): Planned
   }
   let corruption: engine.Corruption;
   if (c.kind === "swap") {
-    if (!p.corrupted_ids) throw new FactsweepError("swap corruption needs corrupted_ids for a pre-tokenized prompt (the same length as input_ids); add them or use noise corruption");
+    if (!p.corrupted_ids)
+      throw new FactsweepError(
+        "swap corruption needs corrupted_ids for a pre-tokenized prompt (the same length as input_ids); add them or use noise corruption",
+      );
     if (p.corrupted_ids.length !== n) throw new FactsweepError(`corrupted_ids has ${p.corrupted_ids.length} tokens; expected ${n}, the length of input_ids`);
     corruption = { kind: { $case: "swap", swap: { corruptedIds: p.corrupted_ids } } };
   } else {

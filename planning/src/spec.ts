@@ -74,7 +74,12 @@ function issueText(rawIssue: z.core.$ZodIssue, root: unknown): { path: string; m
   if (issue.code === "unrecognized_keys") {
     const keys = issue.keys.map((k) => `\`${k}\``).join(", ");
     const where = issue.path.length ? ` in ${p}` : "";
-    return { path: p, issuePath, expected: "no unknown fields", message: `unknown field ${keys}${where}; remove it or check its spelling (see planning/README.md for the spec format)` };
+    return {
+      path: p,
+      issuePath,
+      expected: "no unknown fields",
+      message: `unknown field ${keys}${where}; remove it or check its spelling (see planning/README.md for the spec format)`,
+    };
   }
   if (issue.code === "too_small" && issue.origin === "array") expected = `a list of at least ${String(issue.minimum)} item(s)`;
   if (issue.code === "invalid_type" && received === undefined) {
@@ -100,7 +105,11 @@ export function parseSweepSpec(text: string, opts: { format?: "yaml" | "json"; b
     raw = format === "json" ? JSON.parse(text) : parseYaml(text, { prettyErrors: true });
   } catch (err) {
     const where = err instanceof YAMLParseError && err.linePos ? ` at line ${err.linePos[0].line}, column ${err.linePos[0].col}` : "";
-    throw new SpecError(`spec is not valid ${format.toUpperCase()}${where}: ${(err as Error).message}`, { path: "", expected: `${format} text` }, { cause: err });
+    throw new SpecError(
+      `spec is not valid ${format.toUpperCase()}${where}: ${(err as Error).message}`,
+      { path: "", expected: `${format} text` },
+      { cause: err },
+    );
   }
   return validateSweepSpec(raw, opts);
 }
@@ -119,7 +128,9 @@ export function validateSweepSpec(raw: unknown, opts: { baseDir?: string } = {})
     const issues = res.error.issues.map((i) => issueText(i, raw));
     const first = issues[0]!;
     const message =
-      issues.length === 1 ? `invalid sweep spec: ${first.message}` : `invalid sweep spec (${issues.length} problems):\n${issues.map((i) => `  - ${i.message}`).join("\n")}`;
+      issues.length === 1
+        ? `invalid sweep spec: ${first.message}`
+        : `invalid sweep spec (${issues.length} problems):\n${issues.map((i) => `  - ${i.message}`).join("\n")}`;
     throw new SpecError(message, {
       path: first.path,
       expected: first.expected,

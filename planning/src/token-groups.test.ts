@@ -9,7 +9,17 @@ test("ROME's six groups on an 8-token prompt with subject [2, 5)", () => {
 
 test("romba's grouping splits the subject into [:-2], second-last and last, and counts the first subsequent token as further", () => {
   const groups = Array.from({ length: 9 }, (_, t) => tokenGroups(t, [1, 5], 9, "romba"));
-  assert.deepEqual(groups, [["prefix"], ["subject_early"], ["subject_early"], ["subject_2nd_last"], ["subject_last"], ["further"], ["further"], ["further"], ["last"]]);
+  assert.deepEqual(groups, [
+    ["prefix"],
+    ["subject_early"],
+    ["subject_early"],
+    ["subject_2nd_last"],
+    ["subject_last"],
+    ["further"],
+    ["further"],
+    ["further"],
+    ["last"],
+  ]);
 });
 
 test("overlapping groups count a token in each, as ROME does, and the reported group prefers subject_last and last", () => {

@@ -28,7 +28,8 @@ test("all 1,727 reference tokenizations of gpt-neox-20b are reproduced: ids and 
   for (const c of cases) {
     const { ids, subjectSpan } = tok.encodeWithSubject(c.text, c.subject);
     if (JSON.stringify(ids) !== JSON.stringify(c.ids)) idMismatch.push(c.source);
-    if (JSON.stringify(subjectSpan) !== JSON.stringify(c.subject_tokens)) spanMismatch.push(`${c.source} ${JSON.stringify(subjectSpan)} != ${JSON.stringify(c.subject_tokens)}`);
+    if (JSON.stringify(subjectSpan) !== JSON.stringify(c.subject_tokens))
+      spanMismatch.push(`${c.source} ${JSON.stringify(subjectSpan)} != ${JSON.stringify(c.subject_tokens)}`);
     if (c.object !== undefined && c.object_ids) assert.deepEqual(tok.encode(c.object), c.object_ids, c.source);
   }
   assert.deepEqual(idMismatch, [], "id mismatches");
@@ -55,20 +56,26 @@ test("the first occurrence of a repeated subject is the one spanned", { skip }, 
 
 test("a subject not in the prompt is a SubjectNotFoundError carrying text and subject", { skip }, () => {
   const tok = loadTokenizer(TOKENIZER!);
-  assert.throws(() => tok.subjectSpan("The Eiffel Tower is in", "Louvre"), (e: unknown) => {
-    assert.ok(e instanceof SubjectNotFoundError);
-    assert.equal(e.subject, "Louvre");
-    assert.match(e.message, /does not occur in prompt "The Eiffel Tower is in"/);
-    return true;
-  });
+  assert.throws(
+    () => tok.subjectSpan("The Eiffel Tower is in", "Louvre"),
+    (e: unknown) => {
+      assert.ok(e instanceof SubjectNotFoundError);
+      assert.equal(e.subject, "Louvre");
+      assert.match(e.message, /does not occur in prompt "The Eiffel Tower is in"/);
+      return true;
+    },
+  );
   // Case matters, as in ROME's find_token_range.
   assert.throws(() => tok.subjectSpan("the eiffel tower is in", "Eiffel"), SubjectNotFoundError);
 });
 
 test("a missing tokenizer.json is a TokenizerError that names the path and the pre-tokenized alternative", () => {
-  assert.throws(() => loadTokenizer("/nonexistent/tokenizer.json"), (e: unknown) => {
-    assert.ok(e instanceof TokenizerError);
-    assert.match(e.message, /\/nonexistent\/tokenizer\.json cannot be read \(ENOENT\).*pre-tokenized/);
-    return true;
-  });
+  assert.throws(
+    () => loadTokenizer("/nonexistent/tokenizer.json"),
+    (e: unknown) => {
+      assert.ok(e instanceof TokenizerError);
+      assert.match(e.message, /\/nonexistent\/tokenizer\.json cannot be read \(ENOENT\).*pre-tokenized/);
+      return true;
+    },
+  );
 });

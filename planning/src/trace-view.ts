@@ -1,4 +1,4 @@
-import type { ResultAggregator } from "./effects.js";
+import type { ResultAggregator } from "./aggregator.js";
 import type { TokenGroup } from "./token-groups.js";
 
 /** Display names of the token groups (ROME's rows; romba's in addition). */
@@ -59,7 +59,6 @@ export function modelTrace(agg: ResultAggregator, meta: TraceMeta): ModelTrace {
   };
 }
 
-
 /** Average effects of one (site, window) as a token-group × layer grid. */
 export interface HeatmapData {
   site: string;
@@ -90,4 +89,3 @@ export interface ModelTrace {
   skipped: { reason: string; count: number }[];
   heatmaps: HeatmapData[];
 }
-

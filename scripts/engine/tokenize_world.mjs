@@ -19,7 +19,9 @@ const ids = (text) => tok.encode(text, { add_special_tokens: false }).ids;
 const isPrefix = (a, b) => a.length <= b.length && a.every((x, i) => x === b[i]);
 
 const out = { relations: {} };
-for (const file of readdirSync(`${dir}/relations`).filter((f) => f.endsWith(".json")).sort()) {
+for (const file of readdirSync(`${dir}/relations`)
+  .filter((f) => f.endsWith(".json"))
+  .sort()) {
   const rel = JSON.parse(readFileSync(`${dir}/relations/${file}`, "utf8"));
   const tpl = rel.prompt_templates[template];
   const [pre] = tpl.split("{}");
@@ -34,6 +36,8 @@ for (const file of readdirSync(`${dir}/relations`).filter((f) => f.endsWith(".js
   }
   out.relations[file.replace(/\.json$/, "")] = { template: tpl, facts };
 }
-const lines = readFileSync(`${dir}/filler.txt`, "utf8").split("\n").filter((l) => l.trim());
+const lines = readFileSync(`${dir}/filler.txt`, "utf8")
+  .split("\n")
+  .filter((l) => l.trim());
 out.corpus = lines.slice(0, opt("--corpus", 128)).map((l) => ids(l).slice(0, 128));
 process.stdout.write(JSON.stringify(out));

@@ -3,7 +3,6 @@
  * user needs to find the offending input (field path, file, prompt index, request id).
  */
 
-
 /** Common base so callers can catch every factsweep shared error at once. */
 export class FactsweepError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -18,7 +17,7 @@ export function describeValue(value: unknown): string {
   if (value === null) return "null";
   let text: string;
   try {
-    text = typeof value === "string" ? JSON.stringify(value) : JSON.stringify(value) ?? String(value);
+    text = typeof value === "string" ? JSON.stringify(value) : (JSON.stringify(value) ?? String(value));
   } catch {
     text = String(value);
   }

@@ -70,7 +70,11 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
             return send(res, ok ? 200 : 503, ok ? "ready\n" : "not ready\n");
           }
           default:
-            return send(res, 404, `not found: ${url.pathname} (serves /metrics, /healthz, /readyz${Object.keys(routes).length ? ", " + Object.keys(routes).join(", ") : ""})\n`);
+            return send(
+              res,
+              404,
+              `not found: ${url.pathname} (serves /metrics, /healthz, /readyz${Object.keys(routes).length ? ", " + Object.keys(routes).join(", ") : ""})\n`,
+            );
         }
       } catch (err) {
         if (!res.headersSent) send(res, 500, `internal error: ${(err as Error).message}\n`);

@@ -3,7 +3,12 @@ import * as grpc from "@grpc/grpc-js";
 import { agent, control } from "@factsweep/proto";
 
 /** Promise form of a unary SweepService call; rejects with the grpc ServiceError. */
-export function call<Req, Res>(c: control.SweepServiceClient, m: (req: Req, md: grpc.Metadata, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown, req: Req, md = new grpc.Metadata()): Promise<Res> {
+export function call<Req, Res>(
+  c: control.SweepServiceClient,
+  m: (req: Req, md: grpc.Metadata, cb: (e: grpc.ServiceError | null, r: Res) => void) => unknown,
+  req: Req,
+  md = new grpc.Metadata(),
+): Promise<Res> {
   return new Promise((res, rej) => m.call(c, req, md, (e, r) => (e ? rej(e) : res(r))));
 }
 

@@ -22,8 +22,16 @@ export type Compute = (shard: sweep.Shard, agentId: string) => Promise<sweep.Sha
 export const fakeEngine = (shard: sweep.Shard, agentId: string): sweep.ShardResult => {
   const pi = shard.prompt?.index ?? 0;
   return sweep.ShardResult.fromPartial({
-    sweepId: shard.sweepId, shardId: shard.shardId, promptIndex: pi, agentId, attempt: shard.attempt, answerId: 7,
-    pClean: 0.9, pCorrupt: 0.1, engineSeconds: 0, worker: "fake:0",
+    sweepId: shard.sweepId,
+    shardId: shard.shardId,
+    promptIndex: pi,
+    agentId,
+    attempt: shard.attempt,
+    answerId: 7,
+    pClean: 0.9,
+    pCorrupt: 0.1,
+    engineSeconds: 0,
+    worker: "fake:0",
     cells: shard.cells.map((c) => ({ cell: c, p: fakeP(pi, c.site, c.layer, c.token, c.window), logit: 0 })),
   });
 };
@@ -101,8 +109,12 @@ export class TestAgent {
       this.send({
         $case: "hello",
         hello: {
-          protocolVersion: this.opts.protocolVersion ?? AGENT_PROTOCOL_VERSION, agentId: this.opts.agentId, hostname: "test",
-          workers: [{ device: "cpu:0", memoryBytes: 0, ready: true }], cachedPromptKeys: this.opts.cachedPromptKeys ?? [], token: this.opts.token ?? "",
+          protocolVersion: this.opts.protocolVersion ?? AGENT_PROTOCOL_VERSION,
+          agentId: this.opts.agentId,
+          hostname: "test",
+          workers: [{ device: "cpu:0", memoryBytes: 0, ready: true }],
+          cachedPromptKeys: this.opts.cachedPromptKeys ?? [],
+          token: this.opts.token ?? "",
         },
       });
     });
@@ -114,7 +126,14 @@ export class TestAgent {
   }
 
   private heartbeat(): void {
-    this.send({ $case: "heartbeat", heartbeat: { leases: [...this.held.values()].map((l) => ({ leaseId: l.leaseId, shardId: l.shard?.shardId ?? "", cellsDone: 0 })), cachedPromptKeys: [], cacheBytes: 0 } });
+    this.send({
+      $case: "heartbeat",
+      heartbeat: {
+        leases: [...this.held.values()].map((l) => ({ leaseId: l.leaseId, shardId: l.shard?.shardId ?? "", cellsDone: 0 })),
+        cachedPromptKeys: [],
+        cacheBytes: 0,
+      },
+    });
   }
 
   private async run(l: agent.LeaseGrant): Promise<void> {

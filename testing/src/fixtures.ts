@@ -51,8 +51,12 @@ export interface WorkerCommand {
 }
 
 /** A spec over the golden tiny Mamba with inline pre-tokenized prompts (noise corruption). */
-export function goldenSpec(opts: { name?: string; prompts?: number; modelPath?: string; shardCells?: number; maxAttempts?: number; extra?: string } = {}): string {
-  const prompts = Array.from({ length: opts.prompts ?? 2 }, (_, i) => `    - { input_ids: [${11 + i}, 25, 37, ${40 + i}, 52, 61], subject: [1, 3] }`).join("\n");
+export function goldenSpec(
+  opts: { name?: string; prompts?: number; modelPath?: string; shardCells?: number; maxAttempts?: number; extra?: string } = {},
+): string {
+  const prompts = Array.from({ length: opts.prompts ?? 2 }, (_, i) => `    - { input_ids: [${11 + i}, 25, 37, ${40 + i}, 52, 61], subject: [1, 3] }`).join(
+    "\n",
+  );
   return [
     `name: ${opts.name ?? "golden test"}`,
     "kind: trace",
@@ -85,7 +89,10 @@ export function tempSpec(text: string): string {
 export function readSafetensors(path: string): Map<string, { shape: number[]; data: number[] }> {
   const buf = readFileSync(path);
   const headerLen = Number(buf.readBigUInt64LE(0));
-  const header = JSON.parse(buf.subarray(8, 8 + headerLen).toString("utf8")) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+  const header = JSON.parse(buf.subarray(8, 8 + headerLen).toString("utf8")) as Record<
+    string,
+    { dtype: string; shape: number[]; data_offsets: [number, number] }
+  >;
   const base = 8 + headerLen;
   const out = new Map<string, { shape: number[]; data: number[] }>();
   for (const [name, t] of Object.entries(header)) {

@@ -48,13 +48,24 @@ export async function startHarness<C extends CoordinatorProcess, O extends Harne
 ): Promise<Harness<C, O>> {
   const nats = await startNatsServer();
   const defaults: HarnessDefaults = {
-    natsUrl: nats.url, grpcHost: "127.0.0.1", grpcPort: 0, httpHost: "127.0.0.1", httpPort: 0, modelRoots: [GOLDEN_DIR],
-    leaseTtlMs: 2000, heartbeatMs: 300, retryBackoffMs: 50, log: process.env.FACTSWEEP_TEST_LOG ? (m) => console.error(`[coordinator] ${m}`) : () => undefined,
+    natsUrl: nats.url,
+    grpcHost: "127.0.0.1",
+    grpcPort: 0,
+    httpHost: "127.0.0.1",
+    httpPort: 0,
+    modelRoots: [GOLDEN_DIR],
+    leaseTtlMs: 2000,
+    heartbeatMs: 300,
+    retryBackoffMs: 50,
+    log: process.env.FACTSWEEP_TEST_LOG ? (m) => console.error(`[coordinator] ${m}`) : () => undefined,
   };
   const opts = { ...defaults, ...over } as O;
   let coord = await start(opts);
   const h: Harness<C, O> = {
-    nats, coord, opts, addr: `127.0.0.1:${coord.grpcPort}`,
+    nats,
+    coord,
+    opts,
+    addr: `127.0.0.1:${coord.grpcPort}`,
     sweeps: new control.SweepServiceClient(`127.0.0.1:${coord.grpcPort}`, grpc.credentials.createInsecure()),
     async restart(how = "graceful", samePort = false) {
       const port = coord.grpcPort;

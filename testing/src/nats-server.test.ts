@@ -74,7 +74,7 @@ test("a given store dir is kept by stop() and a new server on it finds the strea
       await (await jetstreamManager(nc)).streams.add({ name: "KEEP", subjects: ["keep"] });
       await jetstream(nc).publish("keep", new Uint8Array([7]));
       await nc.close();
-      const jsz = await (await fetch(`http://127.0.0.1:${httpPort}/jsz`)).json() as { streams: number };
+      const jsz = (await (await fetch(`http://127.0.0.1:${httpPort}/jsz`)).json()) as { streams: number };
       assert.equal(jsz.streams, 1);
     } finally {
       await first.stop();

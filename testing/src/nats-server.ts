@@ -99,7 +99,10 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
       cleanup: true,
     }) as Child;
     child = proc;
-    exited = proc.then(() => undefined, () => undefined);
+    exited = proc.then(
+      () => undefined,
+      () => undefined,
+    );
     let log = "";
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -117,13 +120,23 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
       proc.stderr?.on("data", onData);
       proc.on("error", (err: NodeJS.ErrnoException) => {
         clearTimeout(timer);
-        reject(err.code === "ENOENT" ? new NatsServerError(NOT_INSTALLED, port, { cause: err }) : new NatsServerError(`cannot start nats-server: ${err.message}`, port, { cause: err }));
+        reject(
+          err.code === "ENOENT"
+            ? new NatsServerError(NOT_INSTALLED, port, { cause: err })
+            : new NatsServerError(`cannot start nats-server: ${err.message}`, port, { cause: err }),
+        );
       });
       void proc.then((res) => {
         clearTimeout(timer);
         const enoent = (res as { code?: string }).code === "ENOENT" || /ENOENT/.test(String((res as { message?: string }).message ?? ""));
         if (enoent) reject(new NatsServerError(NOT_INSTALLED, port));
-        else reject(new NatsServerError(`nats-server exited (code ${String(res.exitCode)}, signal ${String(res.signal)}) before it was ready on port ${port}; log:\n${log}`, port));
+        else
+          reject(
+            new NatsServerError(
+              `nats-server exited (code ${String(res.exitCode)}, signal ${String(res.signal)}) before it was ready on port ${port}; log:\n${log}`,
+              port,
+            ),
+          );
       });
     });
     // Keep draining stderr so the child never blocks on a full pipe.

@@ -12,7 +12,8 @@ type Call = ServerDuplexStream<agent.AgentMessage, agent.CoordinatorMessage>;
 export class ScriptedStream {
   readonly received: agent.AgentMessage[] = [];
   ended = false;
-  private waiters: { pred: (m: agent.AgentMessage) => boolean; resolve: (m: agent.AgentMessage) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }[] = [];
+  private waiters: { pred: (m: agent.AgentMessage) => boolean; resolve: (m: agent.AgentMessage) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }[] =
+    [];
 
   constructor(readonly call: Call) {
     call.on("data", (m: agent.AgentMessage) => {
@@ -44,7 +45,10 @@ export class ScriptedStream {
     const seen = this.received.slice(opts.fromIndex ?? 0).find(match);
     if (seen) return Promise.resolve(seen.body as B);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`scripted-coordinator: no ${c} message within ${opts.timeoutMs ?? 60_000} ms`)), opts.timeoutMs ?? 60_000);
+      const timer = setTimeout(
+        () => reject(new Error(`scripted-coordinator: no ${c} message within ${opts.timeoutMs ?? 60_000} ms`)),
+        opts.timeoutMs ?? 60_000,
+      );
       this.waiters.push({ pred: match, resolve: (m) => resolve(m.body as B), reject, timer });
     });
   }
@@ -81,7 +85,9 @@ export class ScriptedCoordinator {
     this.port = await new Promise<number>((resolve, reject) =>
       server.bindAsync(
         `127.0.0.1:${port}`,
-        tls ? ServerCredentials.createSsl(tls.ca, [{ private_key: tls.key, cert_chain: tls.cert }], true) : ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+        tls ? ServerCredentials.createSsl(tls.ca, [{ private_key: tls.key, cert_chain: tls.cert }], true) : ServerCredentials.createInsecure(),
+        (err, p) => (err ? reject(err) : resolve(p)),
+      ),
     );
     this.server = server;
     return this.port;

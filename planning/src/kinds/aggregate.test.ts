@@ -21,8 +21,17 @@ function setup(body: string, model = "mamba-facts") {
 }
 
 test("knockout: the mean relative change per (set, layer) counts each shard once, however often it arrives", () => {
-  const { agg, result } = setup(`kind: knockout\ndataset: { relations: [${RELATIONS}], per_relation: 1 }\nknockout: { window: 2, token_sets: [subject, last] }\nlayers: [3]\n`);
-  const rows = (rc: number) => ({ window: 2, p: 0.5, rows: [{ layer: 3, token_set: "subject", p_knocked: 0.5 * (1 + rc), relative_change: rc }, { layer: 3, token_set: "last", p_knocked: 0.5, relative_change: 0 }] });
+  const { agg, result } = setup(
+    `kind: knockout\ndataset: { relations: [${RELATIONS}], per_relation: 1 }\nknockout: { window: 2, token_sets: [subject, last] }\nlayers: [3]\n`,
+  );
+  const rows = (rc: number) => ({
+    window: 2,
+    p: 0.5,
+    rows: [
+      { layer: 3, token_set: "subject", p_knocked: 0.5 * (1 + rc), relative_change: rc },
+      { layer: 3, token_set: "last", p_knocked: 0.5, relative_change: 0 },
+    ],
+  });
   assert.equal(agg.add(result("a.0.0", rows(-0.5))), true);
   assert.equal(agg.add(result("a.1.0", rows(-0.1))), true);
   assert.equal(agg.add(result("a.1.0", rows(-0.9))), false); // a redelivery of shard a.1.0
@@ -34,7 +43,10 @@ test("knockout: the mean relative change per (set, layer) counts each shard once
 });
 
 test("sever: recovery is (p − p*)/(p_clean − p*) per (path, token selector, layer), cells matched to the shard's part", () => {
-  const { spec, plan, agg, result } = setup(`kind: sever\ndataset: { relations: [${RELATIONS}], per_relation: 1 }\nsever: { tokens: [last] }\nlayers: [0, 1]\nshard_cells: 3\n`, "neox-facts");
+  const { spec, plan, agg, result } = setup(
+    `kind: sever\ndataset: { relations: [${RELATIONS}], per_relation: 1 }\nsever: { tokens: [last] }\nlayers: [0, 1]\nshard_cells: 3\n`,
+    "neox-facts",
+  );
   const p = plan.prompts[0]!;
   const cells = severCells(spec, p, "gpt_neox", plan.modelConfig.numLayers); // last × 2 layers × 3 paths = 6 → parts 0, 1
   assert.equal(cells.length, 6);
@@ -50,7 +62,9 @@ test("sever: recovery is (p − p*)/(p_clean − p*) per (path, token selector, 
 });
 
 test("lre: faithfulness per (relation, layer, β) is averaged over trials; a trial with no correct test fact does not count", () => {
-  const { agg, result } = setup(`kind: lre\ndataset: { relations: [${join(RELATIONS, "company_country.json")}] }\nlre: { icl: 2, trials: 3, test: 3, betas: [1, 2], embedding: false }\nlayers: [4]\n`);
+  const { agg, result } = setup(
+    `kind: lre\ndataset: { relations: [${join(RELATIONS, "company_country.json")}] }\nlre: { icl: 2, trials: 3, test: 3, betas: [1, 2], embedding: false }\nlayers: [4]\n`,
+  );
   const r = (f: (number | null)[]) => ({ layer: 4, betas: [1, 2], n_train: 2, n_test: 3, n_test_correct: 3, faithfulness: f, train_correct: 2, tests: [] });
   agg.add(result("a.0.0", r([1, 0.5])));
   agg.add(result("a.0.1", r([0, 0.5])));
@@ -61,7 +75,10 @@ test("lre: faithfulness per (relation, layer, β) is averaged over trials; a tri
   assert.equal(l.best[0]!.faithfulness, 0.5);
   assert.equal(l.overall!.layer, 4);
   const rows = [...agg.rows()].map(kindRowRecord);
-  assert.deepEqual(rows.map((x) => x.trial), [0, 0, 1, 1, 2, 2]);
+  assert.deepEqual(
+    rows.map((x) => x.trial),
+    [0, 0, 1, 1, 2, 2],
+  );
 });
 
 test("edit: S is the harmonic mean of the mean ES, PS, NS over cases (ROME's summarize), not the mean of per-case S", () => {
@@ -73,13 +90,19 @@ test("edit: S is the harmonic mean of the mean ES, PS, NS over cases (ROME's sum
   assert.deepEqual([pt.cases, pt.ES, pt.PS, pt.NS, pt.pre_NS], [2, 1, 0.75, 0.75, 1]);
   assert.ok(Math.abs(pt.S! - 3 / (1 + 1 / 0.75 + 1 / 0.75)) < 1e-12);
   const row = kindRowRecord([...agg.rows()][0]!);
-  assert.deepEqual(Object.keys(row).filter((k) => !kindCsvColumns("edit").includes(k)), []);
+  assert.deepEqual(
+    Object.keys(row).filter((k) => !kindCsvColumns("edit").includes(k)),
+    [],
+  );
   assert.equal(row.restored, true);
 });
 
 test("a result that is not JSON, or lacks the kind's fields, is refused naming the shard", () => {
   const { agg, result } = setup(`kind: knockout\ndataset: { relations: [${RELATIONS}], per_relation: 1 }\n`);
-  assert.throws(() => agg.add(sweep.ShardResult.fromPartial({ sweepId: "a", shardId: "a.0.0", promptIndex: 0, resultJson: "{" })), /shard a\.0\.0: result_json is not JSON/);
+  assert.throws(
+    () => agg.add(sweep.ShardResult.fromPartial({ sweepId: "a", shardId: "a.0.0", promptIndex: 0, resultJson: "{" })),
+    /shard a\.0\.0: result_json is not JSON/,
+  );
   assert.throws(() => agg.add(result("a.0.0", { p: 1 })), /shard a\.0\.0: result_json has no rows/);
   assert.equal(agg.shardCount, 0);
 });

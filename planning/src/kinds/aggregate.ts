@@ -31,7 +31,8 @@ export class KindAggregator {
 
   constructor(private readonly opts: KindAggregatorOptions) {
     const m = experimentKindModule(opts.spec.kind);
-    if (!m) throw new RangeError(`Expected an experiment kind (${EXPERIMENT_KIND_MODULES.map((k) => k.name).join(", ")}), got ${JSON.stringify(opts.spec.kind)}`);
+    if (!m)
+      throw new RangeError(`Expected an experiment kind (${EXPERIMENT_KIND_MODULES.map((k) => k.name).join(", ")}), got ${JSON.stringify(opts.spec.kind)}`);
     this.kind = m.name;
     for (const p of opts.prompts) this.prompts.set(p.index, p);
     this.folder = (m.aggregate as (o: KindAggregatorOptions, p: ReadonlyMap<number, sweep.PromptSpec>) => KindFold<unknown>)(opts, this.prompts);
@@ -53,7 +54,8 @@ export class KindAggregator {
   add(result: sweep.ShardResult): boolean {
     if (this.shardRows.has(result.shardId)) return false;
     const prompt = this.prompts.get(result.promptIndex);
-    if (!prompt) throw new ResultError(`shard ${result.shardId}: prompt index ${result.promptIndex} is not a prompt of sweep ${this.opts.sweepId}`, result.shardId);
+    if (!prompt)
+      throw new ResultError(`shard ${result.shardId}: prompt index ${result.promptIndex} is not a prompt of sweep ${this.opts.sweepId}`, result.shardId);
     let r: Record<string, unknown>;
     try {
       r = JSON.parse(result.resultJson) as Record<string, unknown>;
@@ -61,7 +63,11 @@ export class KindAggregator {
       throw new ResultError(`shard ${result.shardId}: result_json is not JSON (${(err as Error).message})`, result.shardId, { cause: err });
     }
     const part = Number(/\.(\d+)$/.exec(result.shardId)?.[1] ?? 0);
-    const bad = (what: string) => new ResultError(`shard ${result.shardId}: result_json has no ${what} (is the engine's ${this.kind} result schema the one this coordinator knows?)`, result.shardId);
+    const bad = (what: string) =>
+      new ResultError(
+        `shard ${result.shardId}: result_json has no ${what} (is the engine's ${this.kind} result schema the one this coordinator knows?)`,
+        result.shardId,
+      );
     const rows = this.folder.fold(r, { shardId: result.shardId, prompt, part, bad });
     this.shardRows.set(result.shardId, rows);
     return true;
@@ -70,7 +76,15 @@ export class KindAggregator {
   /** The aggregate: means per kind's axes (see {@link KindAggregate}). */
   summary(): KindAggregate {
     const o = this.opts;
-    return { kind: this.kind, sweepId: o.sweepId, model: o.spec.model.id, modelType: o.modelType, numLayers: o.numLayers, shards: this.shardRows.size, [this.kind]: this.folder.summary() };
+    return {
+      kind: this.kind,
+      sweepId: o.sweepId,
+      model: o.spec.model.id,
+      modelType: o.modelType,
+      numLayers: o.numLayers,
+      shards: this.shardRows.size,
+      [this.kind]: this.folder.summary(),
+    };
   }
 
   /** Per-shard rows as result rows of the Results RPC (`kind` + `fields_json`), in shard order. */
@@ -84,8 +98,22 @@ export class KindAggregator {
     for (const id of ids) {
       for (const row of this.shardRows.get(id)!) {
         yield {
-          sweepId: o.sweepId, model: o.spec.model.id, promptIndex: Number(row.prompt_index ?? row.case ?? 0), subject: String(row.subject ?? ""), site: "", layer: Math.max(0, Number(row.layer ?? 0)),
-          token: Number(row.token ?? 0), window: 0, tokenGroup: "", p: 0, pClean: 0, pCorrupt: 0, ie: 0, corruption: "", kind: this.kind, fieldsJson: JSON.stringify({ shard_id: id, ...row }),
+          sweepId: o.sweepId,
+          model: o.spec.model.id,
+          promptIndex: Number(row.prompt_index ?? row.case ?? 0),
+          subject: String(row.subject ?? ""),
+          site: "",
+          layer: Math.max(0, Number(row.layer ?? 0)),
+          token: Number(row.token ?? 0),
+          window: 0,
+          tokenGroup: "",
+          p: 0,
+          pClean: 0,
+          pCorrupt: 0,
+          ie: 0,
+          corruption: "",
+          kind: this.kind,
+          fieldsJson: JSON.stringify({ shard_id: id, ...row }),
         };
       }
     }

@@ -47,7 +47,17 @@ export function kindShard(ctx: KindPlanContext, prompt: sweep.PromptSpec, part: 
       { path: `${section}.max_corpus`, expected: `shard params under ${MAX_PARAMS_BYTES} bytes`, received: paramsJson.length },
     );
   }
-  return { sweepId: ctx.sweepId, shardId: `${ctx.sweepId}.${prompt.index}.${part}`, kind: ctx.spec.kind, model: ctx.model, prompt, cells: [], attempt: 0, paramsJson, units: 0 };
+  return {
+    sweepId: ctx.sweepId,
+    shardId: `${ctx.sweepId}.${prompt.index}.${part}`,
+    kind: ctx.spec.kind,
+    model: ctx.model,
+    prompt,
+    cells: [],
+    attempt: 0,
+    paramsJson,
+    units: 0,
+  };
 }
 
 /** A shard's params_json, parsed. */
@@ -57,7 +67,11 @@ export const shardParams = <T>(sh: Pick<sweep.Shard, "paramsJson">): T => JSON.p
  * Every planned prompt's cells cut into shards (trace, sever): a prompt whose cells cannot be made
  * (a PromptError) is reported and skipped; errors come back sorted by prompt.
  */
-export function planCellsPerPrompt<C>(plan: PromptPlan, cellsOf: (p: sweep.PromptSpec) => C[], shardsOf: (p: sweep.PromptSpec, cells: C[]) => sweep.Shard[]): KindPlan {
+export function planCellsPerPrompt<C>(
+  plan: PromptPlan,
+  cellsOf: (p: sweep.PromptSpec) => C[],
+  shardsOf: (p: sweep.PromptSpec, cells: C[]) => sweep.Shard[],
+): KindPlan {
   const prompts: sweep.PromptSpec[] = [];
   const promptErrors: PlanError[] = [...plan.errors];
   const shards: sweep.Shard[] = [];
@@ -105,7 +119,10 @@ export function selectorPositions(sel: string | number, prompt: PromptTokens, sc
 }
 
 /** The name, spec fields (`<name>: section?`) and section schema of a kind with a section of its own. */
-export function sectionKind<const N extends string, S extends z.ZodObject>(name: N, section: S): { name: N; specFields: { [K in N]: z.ZodOptional<S> }; section: S } {
+export function sectionKind<const N extends string, S extends z.ZodObject>(
+  name: N,
+  section: S,
+): { name: N; specFields: { [K in N]: z.ZodOptional<S> }; section: S } {
   return { name, specFields: { [name]: section.optional() } as { [K in N]: z.ZodOptional<S> }, section };
 }
 
@@ -117,7 +134,10 @@ export function planKindPrompts(ctx: KindPlanContext, spec: BaseSpec = ctx.spec)
 /** The spec's tokenizer, required by kinds that tokenize themselves. */
 export function needTokenizer(ctx: KindPlanContext): PromptTokenizer {
   if (!ctx.tokenizer) {
-    throw new SpecError(`kind ${ctx.spec.kind} needs a tokenizer: set model.tokenizer to a tokenizer.json or put one in the model folder`, { path: "model.tokenizer", expected: "a tokenizer.json" });
+    throw new SpecError(`kind ${ctx.spec.kind} needs a tokenizer: set model.tokenizer to a tokenizer.json or put one in the model folder`, {
+      path: "model.tokenizer",
+      expected: "a tokenizer.json",
+    });
   }
   return ctx.tokenizer;
 }
@@ -126,9 +146,13 @@ export function needTokenizer(ctx: KindPlanContext): PromptTokenizer {
 export function needRelations(ctx: KindPlanContext): Relation[] {
   const r = ctx.spec.dataset.relations;
   if (r === undefined) {
-    throw new SpecError(`dataset: kind ${ctx.spec.kind} needs \`dataset.relations\` (relation files or folders laid out like shared/data/relations/factual), got ${ctx.spec.dataset.known ? "`known`" : "`prompts`"}`, {
-      path: "dataset.relations", expected: "relation files or folders",
-    });
+    throw new SpecError(
+      `dataset: kind ${ctx.spec.kind} needs \`dataset.relations\` (relation files or folders laid out like shared/data/relations/factual), got ${ctx.spec.dataset.known ? "`known`" : "`prompts`"}`,
+      {
+        path: "dataset.relations",
+        expected: "relation files or folders",
+      },
+    );
   }
   return loadRelations(typeof r === "string" ? [r] : r);
 }
@@ -147,7 +171,13 @@ export function resolveCorpus(section: { corpus: string } | undefined, resolvePa
  * Returns `{ path }` instead for a .json of token-id lists when `allowPath` (the engine reads it).
  */
 export function loadCorpus(
-  source: string, field: string, tokenizer: PromptTokenizer, datasetTexts: readonly string[], maxDocs: number, maxTokens: number, allowPath = false,
+  source: string,
+  field: string,
+  tokenizer: PromptTokenizer,
+  datasetTexts: readonly string[],
+  maxDocs: number,
+  maxTokens: number,
+  allowPath = false,
 ): { ids: number[][] } | { path: string } {
   let docs: (string | number[])[];
   if (source === "dataset") {
@@ -157,29 +187,49 @@ export function loadCorpus(
     try {
       text = readFileSync(source, "utf8");
     } catch (err) {
-      throw new SpecError(`${field}: the corpus file ${source} cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); give "dataset" or a readable .txt/.json file`, { path: field, expected: "a readable file", received: source }, { cause: err });
+      throw new SpecError(
+        `${field}: the corpus file ${source} cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); give "dataset" or a readable .txt/.json file`,
+        { path: field, expected: "a readable file", received: source },
+        { cause: err },
+      );
     }
     if (source.endsWith(".json")) {
       let data: unknown;
       try {
         data = JSON.parse(text);
       } catch (err) {
-        throw new SpecError(`${field}: ${source} is not valid JSON (${(err as Error).message})`, { path: field, expected: "JSON", received: source }, { cause: err });
+        throw new SpecError(
+          `${field}: ${source} is not valid JSON (${(err as Error).message})`,
+          { path: field, expected: "JSON", received: source },
+          { cause: err },
+        );
       }
       if (data && typeof data === "object" && !Array.isArray(data) && "corpus" in data) data = (data as { corpus: unknown }).corpus;
-      if (!Array.isArray(data)) throw new SpecError(`${field}: ${source} must hold a JSON array (or {corpus: [...]}), got ${describeValue(data)}`, { path: field, expected: "a JSON array", received: source });
+      if (!Array.isArray(data))
+        throw new SpecError(`${field}: ${source} must hold a JSON array (or {corpus: [...]}), got ${describeValue(data)}`, {
+          path: field,
+          expected: "a JSON array",
+          received: source,
+        });
       docs = data.map((d, i) => {
         if (typeof d === "string") return d;
         if (Array.isArray(d) && d.every((x) => Number.isInteger(x) && x >= 0)) return d as number[];
         if (d && typeof d === "object" && typeof (d as { text?: unknown }).text === "string") return (d as { text: string }).text;
-        throw new SpecError(`${field}: ${source}[${i}] must be a string, a {text} object or a token-id list, got ${describeValue(d)}`, { path: field, expected: "strings or token-id lists", received: d });
+        throw new SpecError(`${field}: ${source}[${i}] must be a string, a {text} object or a token-id list, got ${describeValue(d)}`, {
+          path: field,
+          expected: "strings or token-id lists",
+          received: d,
+        });
       });
       if (allowPath && docs.length > 0 && docs.every((d) => Array.isArray(d))) return { path: source };
     } else {
       docs = text.split("\n").filter((l) => l.trim());
     }
   }
-  const ids = docs.slice(0, maxDocs).map((d) => (typeof d === "string" ? tokenizer.encode(d) : d).slice(0, maxTokens)).filter((d) => d.length > 0);
+  const ids = docs
+    .slice(0, maxDocs)
+    .map((d) => (typeof d === "string" ? tokenizer.encode(d) : d).slice(0, maxTokens))
+    .filter((d) => d.length > 0);
   if (ids.length === 0) throw new SpecError(`${field}: the corpus ${source} has no text`, { path: field, expected: "a non-empty corpus", received: source });
   return { ids };
 }
@@ -188,7 +238,11 @@ export function loadCorpus(
 export function checkAllowed(values: string[], allowed: readonly string[], field: string, what: string, modelType: string): string[] {
   values.forEach((v, i) => {
     if (!allowed.includes(v)) {
-      throw new SpecError(`${field}[${i}]: "${v}" is not ${what} of ${modelType} models; expected one of ${allowed.join(", ")}`, { path: `${field}[${i}]`, expected: allowed.join("|"), received: v });
+      throw new SpecError(`${field}[${i}]: "${v}" is not ${what} of ${modelType} models; expected one of ${allowed.join(", ")}`, {
+        path: `${field}[${i}]`,
+        expected: allowed.join("|"),
+        received: v,
+      });
     }
   });
   return values;
@@ -219,7 +273,8 @@ export class Sums {
   }
   /** Every key split at "|" with its mean, sorted by `order`. */
   points<P>(make: (parts: string[], m: MeanN) => P, order: (a: P, b: P) => number): P[] {
-    return this.keys().map((k) => make(k.split("|"), this.get(k))).sort(order);
+    return this.keys()
+      .map((k) => make(k.split("|"), this.get(k)))
+      .sort(order);
   }
 }
-

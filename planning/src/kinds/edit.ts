@@ -27,8 +27,21 @@ export const EDIT_MATRICES = { mamba: ["W_o", "W_a", "W_g"], gpt_neox: ["dense_4
 
 /** ROME hyperparameters the engine knows (rome HPARAMS); unknown keys are refused at spec time. */
 export const EDIT_HPARAMS = [
-  "v_num_grad_steps", "v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "v_loss_stop", "v_prob_stop", "v_prob_stop_after",
-  "context_template_length_params", "context_seed", "context_top_k", "mom2_adjustment", "mom2_max_len", "mom2_batch_tokens", "cov_ridge",
+  "v_num_grad_steps",
+  "v_lr",
+  "v_weight_decay",
+  "clamp_norm_factor",
+  "kl_factor",
+  "v_loss_stop",
+  "v_prob_stop",
+  "v_prob_stop_after",
+  "context_template_length_params",
+  "context_seed",
+  "context_top_k",
+  "mom2_adjustment",
+  "mom2_max_len",
+  "mom2_batch_tokens",
+  "cov_ridge",
 ] as const;
 
 const posInt = z.number().int().min(1);
@@ -102,7 +115,15 @@ export function neighbourCandidates(samples: readonly RelationSample[], sample: 
  * neighbourhood = the first template with `neighbours`, KL prompt "{subject} is a".
  * @throws SubjectNotFoundError when the subject cannot be located in a prompt's tokens.
  */
-export function editCaseParams(tok: PromptTokenizer, templates: readonly string[], subject: string, trueObject: string, newObject: string, paraphrases: number, neighbours: readonly string[]) {
+export function editCaseParams(
+  tok: PromptTokenizer,
+  templates: readonly string[],
+  subject: string,
+  trueObject: string,
+  newObject: string,
+  paraphrases: number,
+  neighbours: readonly string[],
+) {
   const rewriteText = templates[0]!.replace("{}", subject);
   const rewrite = withSpan(tok, rewriteText, subject);
   return {
@@ -140,8 +161,11 @@ function planEdit(ctx: KindPlanContext<EditSpec>): KindPlan {
       const at = index++;
       try {
         const newObject = shuffle(newObjectCandidates(tok, rel.samples, s.object), mix(e.seed, at))[0];
-        if (newObject === undefined) throw new FactsweepError(`no new object: relation ${rel.key} has no other object whose first token differs from " ${s.object}"`);
-        const neighbours = shuffle(neighbourCandidates(rel.samples, s), mix(e.seed, at, 7)).slice(0, e.neighbours).map((x) => x.subject);
+        if (newObject === undefined)
+          throw new FactsweepError(`no new object: relation ${rel.key} has no other object whose first token differs from " ${s.object}"`);
+        const neighbours = shuffle(neighbourCandidates(rel.samples, s), mix(e.seed, at, 7))
+          .slice(0, e.neighbours)
+          .map((x) => x.subject);
         const params = {
           ...editCaseParams(tok, rel.promptTemplates, s.subject, s.object, newObject, e.paraphrases, neighbours),
           ...("ids" in corpus ? { corpus: corpus.ids } : { corpus_path: corpus.path }),
@@ -150,10 +174,20 @@ function planEdit(ctx: KindPlanContext<EditSpec>): KindPlan {
           generation: e.generation ? {} : null,
         };
         const prompt: sweep.PromptSpec = {
-          index: prompts.length, promptKey: `${ctx.sweepId}/${prompts.length}`, text: rel.promptTemplates[0]!.replace("{}", s.subject), subject: s.subject, object: s.object, relation: rel.key,
-          inputIds: params.rewrite.ids, subjectStart: params.rewrite.subject[0], subjectEnd: params.rewrite.subject[1], corruption: undefined,
+          index: prompts.length,
+          promptKey: `${ctx.sweepId}/${prompts.length}`,
+          text: rel.promptTemplates[0]!.replace("{}", s.subject),
+          subject: s.subject,
+          object: s.object,
+          relation: rel.key,
+          inputIds: params.rewrite.ids,
+          subjectStart: params.rewrite.subject[0],
+          subjectEnd: params.rewrite.subject[1],
+          corruption: undefined,
         };
-        layers.forEach((layer, li) => matrices.forEach((matrix, mi) => shards.push(kindShard(ctx, prompt, li * matrices.length + mi, { matrix, layer, ...params }))));
+        layers.forEach((layer, li) =>
+          matrices.forEach((matrix, mi) => shards.push(kindShard(ctx, prompt, li * matrices.length + mi, { matrix, layer, ...params }))),
+        );
         prompts.push(prompt);
       } catch (err) {
         if (err instanceof SpecError) throw err;
@@ -174,12 +208,31 @@ export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummar
   resolvePaths: (spec, resolve) => resolveCorpus(spec.edit, resolve),
   plan: planEdit,
   units: () => 1,
-  columns: ["shard_id", "case", "relation", "subject", "matrix", "layer", "ES", "PS", "NS", "S", "EM", "PM", "NM", "pre_ES", "pre_PS", "pre_NS", "entropy", "restored"],
+  columns: [
+    "shard_id",
+    "case",
+    "relation",
+    "subject",
+    "matrix",
+    "layer",
+    "ES",
+    "PS",
+    "NS",
+    "S",
+    "EM",
+    "PM",
+    "NM",
+    "pre_ES",
+    "pre_PS",
+    "pre_NS",
+    "entropy",
+    "restored",
+  ],
   aggregate() {
     const sums = new Sums();
     return {
       fold(r, { prompt, bad }) {
-        const post = r.post as Record<string, number | null> & { generation?: { entropy?: number } | null } | undefined;
+        const post = r.post as (Record<string, number | null> & { generation?: { entropy?: number } | null }) | undefined;
         const pre = r.pre as Record<string, number | null> | undefined;
         if (!post || !pre) throw bad("pre/post evaluation");
         const key = `${r.matrix}|${r.layer}`;
@@ -187,11 +240,27 @@ export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummar
         for (const m of ["ES", "PS", "NS"]) sums.add(`${key}|pre_${m}`, pre[m]);
         sums.add(`${key}|entropy`, post.generation?.entropy ?? null);
         sums.add(`${key}|cases`, 1);
-        return [{
-          case: prompt.index, relation: prompt.relation, subject: prompt.subject, matrix: String(r.matrix), layer: Number(r.layer), ES: post.ES ?? null, PS: post.PS ?? null, NS: post.NS ?? null, S: post.S ?? null,
-          EM: post.EM ?? null, PM: post.PM ?? null, NM: post.NM ?? null, pre_ES: pre.ES ?? null, pre_PS: pre.PS ?? null, pre_NS: pre.NS ?? null,
-          entropy: post.generation?.entropy ?? null, restored: r.restored === true,
-        }];
+        return [
+          {
+            case: prompt.index,
+            relation: prompt.relation,
+            subject: prompt.subject,
+            matrix: String(r.matrix),
+            layer: Number(r.layer),
+            ES: post.ES ?? null,
+            PS: post.PS ?? null,
+            NS: post.NS ?? null,
+            S: post.S ?? null,
+            EM: post.EM ?? null,
+            PM: post.PM ?? null,
+            NM: post.NM ?? null,
+            pre_ES: pre.ES ?? null,
+            pre_PS: pre.PS ?? null,
+            pre_NS: pre.NS ?? null,
+            entropy: post.generation?.entropy ?? null,
+            restored: r.restored === true,
+          },
+        ];
       },
       summary() {
         const keys = new Set(sums.keys().map((k) => k.split("|").slice(0, 2).join("|")));
@@ -200,8 +269,20 @@ export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummar
           const g = (m: string) => sums.get(`${key}|${m}`).mean;
           const [ES, PS, NS] = [g("ES"), g("PS"), g("NS")];
           return {
-            matrix: matrix!, layer: Number(layer), cases: sums.get(`${key}|cases`).n, ES, PS, NS, S: harmonic([ES, PS, NS]), EM: g("EM"), PM: g("PM"), NM: g("NM"),
-            pre_ES: g("pre_ES"), pre_PS: g("pre_PS"), pre_NS: g("pre_NS"), entropy: g("entropy"),
+            matrix: matrix!,
+            layer: Number(layer),
+            cases: sums.get(`${key}|cases`).n,
+            ES,
+            PS,
+            NS,
+            S: harmonic([ES, PS, NS]),
+            EM: g("EM"),
+            PM: g("PM"),
+            NM: g("NM"),
+            pre_ES: g("pre_ES"),
+            pre_PS: g("pre_PS"),
+            pre_NS: g("pre_NS"),
+            entropy: g("entropy"),
           };
         });
         return { points: points.sort((a, b) => a.matrix.localeCompare(b.matrix) || a.layer - b.layer) };
@@ -213,9 +294,13 @@ export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummar
     intro: "Efficacy ES, paraphrase PS, neighbourhood NS after the edit, and S their harmonic mean (ROME's summarize), per edited matrix and layer.",
     charts: [
       (s, label) => ({
-        mark: "line", title: `${label}: ROME scores per layer`,
+        mark: "line",
+        title: `${label}: ROME scores per layer`,
         values: s.points.flatMap((p) => SHOWN.filter((m) => p[m] !== null).map((m) => ({ matrix: p.matrix, layer: p.layer, metric: m, score: 100 * p[m]! }))),
-        x: { field: "layer", title: "layer" }, y: { field: "score", title: "score (%)", domain: [0, 100] }, color: "metric", facet: "matrix",
+        x: { field: "layer", title: "layer" },
+        y: { field: "score", title: "score (%)", domain: [0, 100] },
+        color: "metric",
+        facet: "matrix",
       }),
     ],
     table: {

@@ -51,7 +51,11 @@ export function experimentKindModule(name: string): ExperimentKindModule | undef
 export function checkKindSections(spec: { kind: string } & Record<string, unknown>, ctx: z.core.$RefinementCtx): void {
   for (const { name: k, section } of KIND_MODULES as readonly SweepKindModule[]) {
     if (section && spec[k] !== undefined && spec.kind !== k) {
-      ctx.addIssue({ code: "custom", path: [k], message: `section \`${k}\` only applies to kind ${k} (this sweep is kind ${spec.kind}); remove it or set kind: ${k}` });
+      ctx.addIssue({
+        code: "custom",
+        path: [k],
+        message: `section \`${k}\` only applies to kind ${k} (this sweep is kind ${spec.kind}); remove it or set kind: ${k}`,
+      });
     }
   }
 }

@@ -116,4 +116,3 @@ export interface SweepKindModule<Name extends string = string, Fields extends z.
   /** What the report draws from the kind's summary (trace: sweepctl's trace report over modelTrace). */
   readonly report?: KindReport<Summary>;
 }
-

@@ -16,7 +16,10 @@ const posInt = z.number().int().min(1);
 export const knockoutSection = z.strictObject({
   /** Layers knocked out around each centre (ROME's window: l − w//2 … l + ⌈w/2⌉ − 1). */
   window: posInt.max(1024).default(10),
-  token_sets: z.array(z.enum(KNOCKOUT_SETS)).min(1).default([...KNOCKOUT_SETS]),
+  token_sets: z
+    .array(z.enum(KNOCKOUT_SETS))
+    .min(1)
+    .default([...KNOCKOUT_SETS]),
   /** Mamba only: the text the mean of a is taken over. */
   corpus: corpusSchema.default("dataset"),
   /** At most this many corpus documents … */
@@ -47,7 +50,14 @@ export const knockoutKind: SweepKindModule<"knockout", typeof own.specFields, Kn
     const plan = planKindPrompts(ctx, planSpec);
     let corpus: number[][] | undefined;
     if (modelConfig.modelType === "mamba" && plan.prompts.length > 0) {
-      const c = loadCorpus(k.corpus, "knockout.corpus", needTokenizer(ctx), plan.prompts.map((p) => p.text), k.max_corpus, k.corpus_tokens);
+      const c = loadCorpus(
+        k.corpus,
+        "knockout.corpus",
+        needTokenizer(ctx),
+        plan.prompts.map((p) => p.text),
+        k.max_corpus,
+        k.corpus_tokens,
+      );
       corpus = "ids" in c ? c.ids : [];
     }
     const shards = plan.prompts.map((p) => kindShard(ctx, p, 0, { layers, window: k.window, token_sets: k.token_sets, ...(corpus ? { corpus } : {}) }));
@@ -68,22 +78,40 @@ export const knockoutKind: SweepKindModule<"knockout", typeof own.specFields, Kn
         window = Number(r.window ?? 0);
         return rows.map((x) => {
           sums.add(`${x.token_set}|${x.layer}`, x.relative_change);
-          return { prompt_index: prompt.index, relation: prompt.relation, subject: prompt.subject, token_set: x.token_set, layer: x.layer, window: Number(r.window), p: Number(r.p), p_knocked: x.p_knocked, relative_change: x.relative_change };
+          return {
+            prompt_index: prompt.index,
+            relation: prompt.relation,
+            subject: prompt.subject,
+            token_set: x.token_set,
+            layer: x.layer,
+            window: Number(r.window),
+            p: Number(r.p),
+            p_knocked: x.p_knocked,
+            relative_change: x.relative_change,
+          };
         });
       },
       summary: () => ({
         window: window || opts.spec.knockout!.window,
-        points: sums.points(([set, layer], m) => ({ token_set: set!, layer: Number(layer), relative_change: m.mean, n: m.n }), (a, b) => a.token_set.localeCompare(b.token_set) || a.layer - b.layer),
+        points: sums.points(
+          ([set, layer], m) => ({ token_set: set!, layer: Number(layer), relative_change: m.mean, n: m.n }),
+          (a, b) => a.token_set.localeCompare(b.token_set) || a.layer - b.layer,
+        ),
       }),
     };
   },
   report: {
     heading: "Information-flow knockout",
-    intro: "Mamba: mean-ablation of a = W_a·norm(h) at the set&#39;s positions (clean a restored elsewhere, last token untouched); NeoX: attention from the last token to the set blocked. Mean relative change of p(answer) over prompts, per token set and window centre.",
+    intro:
+      "Mamba: mean-ablation of a = W_a·norm(h) at the set&#39;s positions (clean a restored elsewhere, last token untouched); NeoX: attention from the last token to the set blocked. Mean relative change of p(answer) over prompts, per token set and window centre.",
     charts: [
       (s, label) => ({
-        mark: "line", title: `${label}: knockout, window ${s.window}`, values: s.points.filter((p) => p.relative_change !== null),
-        x: { field: "layer", title: "centre of knocked-out layers" }, y: { field: "relative_change", title: "(p_knocked − p) / p" }, color: "token_set",
+        mark: "line",
+        title: `${label}: knockout, window ${s.window}`,
+        values: s.points.filter((p) => p.relative_change !== null),
+        x: { field: "layer", title: "centre of knocked-out layers" },
+        y: { field: "relative_change", title: "(p_knocked − p) / p" },
+        color: "token_set",
       }),
     ],
   },

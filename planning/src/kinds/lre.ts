@@ -80,7 +80,10 @@ export function lreSplit(facts: readonly Fact[], spec: LreSpec, relationIndex: n
   const order = shuffle(facts, mix(l.seed, relationIndex, trial));
   const train = order.slice(0, l.icl);
   const seen = new Set(train.map((f) => f.subject));
-  const test = order.slice(l.icl).filter((f) => !seen.has(f.subject)).slice(0, l.test);
+  const test = order
+    .slice(l.icl)
+    .filter((f) => !seen.has(f.subject))
+    .slice(0, l.test);
   return { train, test };
 }
 
@@ -102,12 +105,28 @@ export const lreKind: SweepKindModule<"lre", typeof own.specFields, LreSummary> 
     rels.forEach((rel, r) => {
       const template = rel.promptTemplates[spec.dataset.template_index];
       const prompt: sweep.PromptSpec = {
-        index: r, promptKey: `${ctx.sweepId}/${r}`, text: template ?? "", subject: "", object: "", relation: rel.key, inputIds: [], subjectStart: 0, subjectEnd: 0, corruption: undefined,
+        index: r,
+        promptKey: `${ctx.sweepId}/${r}`,
+        text: template ?? "",
+        subject: "",
+        object: "",
+        relation: rel.key,
+        inputIds: [],
+        subjectStart: 0,
+        subjectEnd: 0,
+        corruption: undefined,
       };
       try {
-        if (template === undefined) throw new FactsweepError(`relation ${rel.key} has ${rel.promptTemplates.length} templates; dataset.template_index ${spec.dataset.template_index} is out of range`);
+        if (template === undefined)
+          throw new FactsweepError(
+            `relation ${rel.key} has ${rel.promptTemplates.length} templates; dataset.template_index ${spec.dataset.template_index} is out of range`,
+          );
         const facts: Fact[] = rel.samples.slice(0, spec.dataset.per_relation ?? Infinity).map((s, i) => ({
-          text: template.replace("{}", s.subject), subject: s.subject, object: s.object, relation: rel.key, source: `${rel.key}.json#${i}`,
+          text: template.replace("{}", s.subject),
+          subject: s.subject,
+          object: s.object,
+          relation: rel.key,
+          source: `${rel.key}.json#${i}`,
         }));
         if (facts.length < l.icl + 1) throw new FactsweepError(`relation ${rel.key} has ${facts.length} facts; lre needs at least icl + 1 = ${l.icl + 1}`);
         const parts: sweep.Shard[] = [];
@@ -142,17 +161,30 @@ export const lreKind: SweepKindModule<"lre", typeof own.specFields, LreSummary> 
         const trial = part % opts.spec.lre!.trials;
         return betas.map((beta, i) => {
           sums.add(`${prompt.relation}|${r.layer}|${beta}`, f[i]);
-          return { relation: prompt.relation, layer: Number(r.layer), trial, beta, faithfulness: f[i] ?? null, n_test: Number(r.n_test), n_test_correct: Number(r.n_test_correct), n_train: Number(r.n_train) };
+          return {
+            relation: prompt.relation,
+            layer: Number(r.layer),
+            trial,
+            beta,
+            faithfulness: f[i] ?? null,
+            n_test: Number(r.n_test),
+            n_test_correct: Number(r.n_test_correct),
+            n_train: Number(r.n_train),
+          };
         });
       },
       summary() {
         const l = opts.spec.lre!;
         const relations = [...new Set([...promptsByIndex.values()].map((p) => p.relation))];
         const layers = lreLayers(opts.spec, opts.numLayers);
-        const points = relations.flatMap((relation) => layers.flatMap((layer) => l.betas.map((beta) => {
-          const m = sums.get(`${relation}|${layer}|${beta}`);
-          return { relation, layer, beta, faithfulness: m.mean, trials: m.n };
-        })));
+        const points = relations.flatMap((relation) =>
+          layers.flatMap((layer) =>
+            l.betas.map((beta) => {
+              const m = sums.get(`${relation}|${layer}|${beta}`);
+              return { relation, layer, beta, faithfulness: m.mean, trials: m.n };
+            }),
+          ),
+        );
         const best = relations.map((relation) => {
           const mine = points.filter((p) => p.relation === relation && p.faithfulness !== null);
           const b = mine.reduce<(typeof mine)[number] | undefined>((acc, p) => (!acc || p.faithfulness! > acc.faithfulness! ? p : acc), undefined);
@@ -161,7 +193,10 @@ export const lreKind: SweepKindModule<"lre", typeof own.specFields, LreSummary> 
         let overall: LreSummary["overall"] = null;
         for (const layer of layers) {
           for (const beta of l.betas) {
-            const here = relations.map((relation) => ({ relation, faithfulness: points.find((p) => p.relation === relation && p.layer === layer && p.beta === beta)?.faithfulness ?? null }));
+            const here = relations.map((relation) => ({
+              relation,
+              faithfulness: points.find((p) => p.relation === relation && p.layer === layer && p.beta === beta)?.faithfulness ?? null,
+            }));
             const vals = here.map((h) => h.faithfulness).filter((x): x is number => x !== null);
             const mean = vals.length ? vals.reduce((s, x) => s + x, 0) / vals.length : null;
             if (mean !== null && (!overall || overall.mean === null || mean > overall.mean)) overall = { layer, beta, mean, relations: here };
@@ -173,7 +208,8 @@ export const lreKind: SweepKindModule<"lre", typeof own.specFields, LreSummary> 
   },
   report: {
     heading: "Linear relation embeddings",
-    intro: "Jacobian LRE (Hernandez et al.) from h at the subject's last token to the last block's output; faithfulness = the LRE's top-1 equals the model's on test facts the model gets right, averaged over trials.",
+    intro:
+      "Jacobian LRE (Hernandez et al.) from h at the subject's last token to the last block's output; faithfulness = the LRE's top-1 equals the model's on test facts the model gets right, averaged over trials.",
     note(s) {
       const o = s.overall;
       const above = s.best.filter((b) => (b.faithfulness ?? 0) > 0.5).length;
@@ -181,12 +217,21 @@ export const lreKind: SweepKindModule<"lre", typeof own.specFields, LreSummary> 
     },
     charts: [
       (s, label) => ({
-        mark: "bar", title: `${label}: LRE faithfulness`,
+        mark: "bar",
+        title: `${label}: LRE faithfulness`,
         values: [
-          ...(s.overall ? s.overall.relations.map((r) => ({ relation: r.relation, faithfulness: r.faithfulness, at: `best overall (layer ${s.overall!.layer}, β ${s.overall!.beta})` })) : []),
+          ...(s.overall
+            ? s.overall.relations.map((r) => ({
+                relation: r.relation,
+                faithfulness: r.faithfulness,
+                at: `best overall (layer ${s.overall!.layer}, β ${s.overall!.beta})`,
+              }))
+            : []),
           ...s.best.map((b) => ({ relation: b.relation, faithfulness: b.faithfulness, at: "best layer/β per relation" })),
         ].filter((v) => v.faithfulness !== null),
-        x: { field: "faithfulness", domain: [0, 1] }, y: "relation", group: "at",
+        x: { field: "faithfulness", domain: [0, 1] },
+        y: "relation",
+        group: "at",
       }),
       (s, label) => {
         const cells = new Sums();
@@ -196,8 +241,12 @@ export const lreKind: SweepKindModule<"lre", typeof own.specFields, LreSummary> 
           return { layer: layer === -1 ? "emb" : String(layer), order: layer, beta, faithfulness: cells.get(k).mean };
         });
         return {
-          mark: "rect", title: `${label}: mean faithfulness, layer × β`, values,
-          x: { field: "layer", title: "layer of h (emb = token embedding)", sort: "order" }, y: { field: "beta", title: "β" }, color: { field: "faithfulness", domain: [0, 1] },
+          mark: "rect",
+          title: `${label}: mean faithfulness, layer × β`,
+          values,
+          x: { field: "layer", title: "layer of h (emb = token embedding)", sort: "order" },
+          y: { field: "beta", title: "β" },
+          color: { field: "faithfulness", domain: [0, 1] },
         };
       },
     ],

@@ -9,7 +9,18 @@ import { indirectEffect } from "../effects.js";
 import { PromptError, ResultError, SpecError } from "../errors.js";
 import { resolveLayers } from "../layers.js";
 import { GROUPS_BY_SCHEME } from "../token-groups.js";
-import { checkAllowed, kindShard, planCellsPerPrompt, planKindPrompts, sectionKind, selectorPositions, shardParams, slices, Sums, type PromptTokens } from "./common.js";
+import {
+  checkAllowed,
+  kindShard,
+  planCellsPerPrompt,
+  planKindPrompts,
+  sectionKind,
+  selectorPositions,
+  shardParams,
+  slices,
+  Sums,
+  type PromptTokens,
+} from "./common.js";
 import type { SpecOf, SweepKindModule } from "./kind.js";
 
 /** A spec as this kind sees it. */
@@ -24,7 +35,10 @@ export const severSection = z.strictObject({
   /** Paths to freeze; default per model type ({@link DEFAULT_SEVER_PATHS}). */
   paths: z.array(z.string().min(1)).min(1).optional(),
   /** Tokens whose residual state is restored (token groups, `subject`, or indices). */
-  tokens: z.array(z.union([z.string().min(1), z.number().int()], { error: "expected a token group name or a token index" })).min(1).default(["subject_last", "last"]),
+  tokens: z
+    .array(z.union([z.string().min(1), z.number().int()], { error: "expected a token group name or a token index" }))
+    .min(1)
+    .default(["subject_last", "last"]),
 });
 export type SeverSection = z.infer<typeof severSection>;
 
@@ -44,7 +58,13 @@ export interface SeverSummary {
 /** The sever paths of a spec for a model type, checked. */
 export function severPaths(spec: SeverSpec, modelType: string): string[] {
   const allowed = (SEVER_PATHS as Record<string, readonly string[]>)[modelType] ?? [];
-  return checkAllowed(spec.sever?.paths ?? [...((DEFAULT_SEVER_PATHS as Record<string, readonly string[]>)[modelType] ?? [])], allowed, "sever.paths", "a path", modelType);
+  return checkAllowed(
+    spec.sever?.paths ?? [...((DEFAULT_SEVER_PATHS as Record<string, readonly string[]>)[modelType] ?? [])],
+    allowed,
+    "sever.paths",
+    "a path",
+    modelType,
+  );
 }
 
 const ALL_GROUPS = [...GROUPS_BY_SCHEME.rome, ...GROUPS_BY_SCHEME.romba] as readonly string[];
@@ -56,7 +76,11 @@ export function severCells(spec: SeverSpec, prompt: PromptTokens, modelType: str
   const cells: SeverCell[] = [];
   for (const sel of spec.sever!.tokens) {
     if (typeof sel === "string" && sel !== "subject" && !ALL_GROUPS.includes(sel)) {
-      throw new SpecError(`sever.tokens: "${sel}" is not a token group; expected subject, an index, or one of ${[...new Set(ALL_GROUPS)].join(", ")}`, { path: "sever.tokens", expected: "a token group", received: sel });
+      throw new SpecError(`sever.tokens: "${sel}" is not a token group; expected subject, an index, or one of ${[...new Set(ALL_GROUPS)].join(", ")}`, {
+        path: "sever.tokens",
+        expected: "a token group",
+        received: sel,
+      });
     }
     const outside = (n: number) => new PromptError(`sever.tokens: index ${sel} is outside this prompt of ${n} tokens`, prompt.index);
     for (const token of selectorPositions(sel, prompt, spec.token_groups, outside)) {
@@ -78,8 +102,10 @@ export const severKind: SweepKindModule<"sever", typeof own.specFields, SeverSum
     return planCellsPerPrompt(
       plan,
       (p) => severCells(spec, p, modelConfig.modelType, modelConfig.numLayers),
-      (p, cells) => [...slices(cells.length, spec.shard_cells)].map(({ at, part }) =>
-        kindShard(ctx, p, part, { cells: cells.slice(at, at + spec.shard_cells).map(({ token, layer, path }) => ({ token, layer, path })) })),
+      (p, cells) =>
+        [...slices(cells.length, spec.shard_cells)].map(({ at, part }) =>
+          kindShard(ctx, p, part, { cells: cells.slice(at, at + spec.shard_cells).map(({ token, layer, path }) => ({ token, layer, path })) }),
+        ),
     );
   },
   units: (sh) => shardParams<{ cells?: unknown[] }>(sh).cells?.length ?? 0,
@@ -101,22 +127,42 @@ export const severKind: SweepKindModule<"sever", typeof own.specFields, SeverSum
         return cells.map((c, i) => {
           const recovery = indirectEffect(p[i]!, pCorrupt, pClean);
           sums.add(`${c.path}|${c.selector}|${c.layer}`, recovery);
-          return { prompt_index: prompt.index, relation: prompt.relation, subject: prompt.subject, token: c.token, token_selector: c.selector, layer: c.layer, path: c.path, p: p[i]!, p_clean: pClean, p_corrupt: pCorrupt, recovery };
+          return {
+            prompt_index: prompt.index,
+            relation: prompt.relation,
+            subject: prompt.subject,
+            token: c.token,
+            token_selector: c.selector,
+            layer: c.layer,
+            path: c.path,
+            p: p[i]!,
+            p_clean: pClean,
+            p_corrupt: pCorrupt,
+            recovery,
+          };
         });
       },
       summary: () => ({
-        points: sums.points(([path, token, layer], m) => ({ path: path!, token: token!, layer: Number(layer), recovery: m.mean, n: m.n }), (a, b) => a.path.localeCompare(b.path) || a.token.localeCompare(b.token) || a.layer - b.layer),
+        points: sums.points(
+          ([path, token, layer], m) => ({ path: path!, token: token!, layer: Number(layer), recovery: m.mean, n: m.n }),
+          (a, b) => a.path.localeCompare(b.path) || a.token.localeCompare(b.token) || a.layer - b.layer,
+        ),
       }),
     };
   },
   report: {
     heading: "Path blocking (sever)",
-    intro: 'The clean residual state at (token, layer) is restored into the corrupted run while the named path is frozen to its corrupted value at that token in every later layer; a drop against "none" means the restored state reaches the answer through that path.',
+    intro:
+      'The clean residual state at (token, layer) is restored into the corrupted run while the named path is frozen to its corrupted value at that token in every later layer; a drop against "none" means the restored state reaches the answer through that path.',
     charts: [
       (s, label) => ({
-        mark: "line", title: `${label}: restoring h with a path severed`,
+        mark: "line",
+        title: `${label}: restoring h with a path severed`,
         values: s.points.filter((p) => p.recovery !== null).map((p) => ({ ...p, path: p.path === "none" ? "none (plain restore)" : p.path })),
-        x: { field: "layer", title: "layer" }, y: { field: "recovery", title: "recovery (p − p*) / (p_clean − p*)" }, color: "path", facet: "token",
+        x: { field: "layer", title: "layer" },
+        y: { field: "recovery", title: "recovery (p − p*) / (p_clean − p*)" },
+        color: "path",
+        facet: "token",
       }),
     ],
   },

@@ -29,7 +29,10 @@ export type TokenSelector = z.infer<typeof tokenSelector>;
 
 const traceFields = {
   /** (site, window) pairs; window w restores layers l-w//2 .. l+(w-1)//2 (ROME's window). */
-  grid: z.array(gridEntry).min(1).default([{ site: "residual", window: 1 }]),
+  grid: z
+    .array(gridEntry)
+    .min(1)
+    .default([{ site: "residual", window: 1 }]),
   tokens: z.union([z.literal("all"), z.array(tokenSelector).min(1)], { error: `expected "all" or a list of token groups / indices` }).default("all"),
 };
 
@@ -51,7 +54,11 @@ export const traceKind: SweepKindModule<"trace", typeof traceFields, never> = {
   },
   plan(ctx) {
     const { spec, sweepId, modelConfig, model } = ctx;
-    return planCellsPerPrompt(planKindPrompts(ctx), (p) => expandCells(p, spec, modelConfig.numLayers), (p, cells) => shardPrompt(p, cells, { sweepId, shardCells: spec.shard_cells, model, kind: spec.kind }));
+    return planCellsPerPrompt(
+      planKindPrompts(ctx),
+      (p) => expandCells(p, spec, modelConfig.numLayers),
+      (p, cells) => shardPrompt(p, cells, { sweepId, shardCells: spec.shard_cells, model, kind: spec.kind }),
+    );
   },
   units: (sh) => sh.cells.length,
   /** Trace rows are control.ResultRow's own fields (sweepctl's RESULT_COLUMNS), not `fields_json`. */

@@ -27,8 +27,7 @@ const SITE_TITLE: Record<string, string> = {
   embed: "embedding",
 };
 
-export const siteTitle = (site: string, window: number): string =>
-  `${SITE_TITLE[site] ?? site}${window > 1 ? ` (window ${window})` : ""}`;
+export const siteTitle = (site: string, window: number): string => `${SITE_TITLE[site] ?? site}${window > 1 ? ` (window ${window})` : ""}`;
 
 /** Token-group × layer heatmap of the mean indirect effect, like the paper's figures. */
 export function heatmapSpec(model: ModelTrace, h: HeatmapData, vmax: number): TopLevelSpec {

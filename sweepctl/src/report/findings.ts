@@ -25,8 +25,7 @@ function peak(h: HeatmapData | undefined, which: RegExp): Peak | undefined {
   return best;
 }
 
-const site = (m: ModelTrace, name: string): HeatmapData | undefined =>
-  m.heatmaps.find((h) => h.site === name);
+const site = (m: ModelTrace, name: string): HeatmapData | undefined => m.heatmaps.find((h) => h.site === name);
 
 const fmt = (p: Peak | undefined): string => (p ? `${p.value.toFixed(2)} at layer ${p.layer}` : "n/a");
 

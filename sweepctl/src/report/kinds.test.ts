@@ -6,24 +6,55 @@ import { join } from "node:path";
 import { KIND_AGGREGATE_FILE, type KindAggregate } from "@factsweep/planning";
 import { kindSections, readKindAggregates, writeKindReport } from "./kinds.js";
 
-const base = (kind: KindAggregate["kind"], modelType: string, model: string): KindAggregate => ({ kind, sweepId: `${model}-${kind}`, model, modelType, numLayers: 2, shards: 1 });
+const base = (kind: KindAggregate["kind"], modelType: string, model: string): KindAggregate => ({
+  kind,
+  sweepId: `${model}-${kind}`,
+  model,
+  modelType,
+  numLayers: 2,
+  shards: 1,
+});
 
 const aggs: KindAggregate[] = [
-  { ...base("knockout", "gpt_neox", "neox-facts"), knockout: { window: 2, points: [{ token_set: "subject", layer: 0, relative_change: -0.5, n: 3 }, { token_set: "subject", layer: 1, relative_change: -0.2, n: 3 }] } },
+  {
+    ...base("knockout", "gpt_neox", "neox-facts"),
+    knockout: {
+      window: 2,
+      points: [
+        { token_set: "subject", layer: 0, relative_change: -0.5, n: 3 },
+        { token_set: "subject", layer: 1, relative_change: -0.2, n: 3 },
+      ],
+    },
+  },
   { ...base("knockout", "mamba", "mamba-facts"), knockout: { window: 2, points: [{ token_set: "last", layer: 0, relative_change: -0.1, n: 3 }] } },
-  { ...base("sever", "mamba", "mamba-facts"), sever: { points: [{ path: "none", token: "last", layer: 0, recovery: 0.9, n: 2 }, { path: "ssm", token: "last", layer: 0, recovery: 0.4, n: 2 }] } },
+  {
+    ...base("sever", "mamba", "mamba-facts"),
+    sever: {
+      points: [
+        { path: "none", token: "last", layer: 0, recovery: 0.9, n: 2 },
+        { path: "ssm", token: "last", layer: 0, recovery: 0.4, n: 2 },
+      ],
+    },
+  },
   {
     ...base("lre", "mamba", "mamba-facts"),
     lre: {
       betas: [1, 2],
-      points: [{ relation: "r1", layer: -1, beta: 1, faithfulness: 0.2, trials: 2 }, { relation: "r1", layer: 0, beta: 2, faithfulness: 0.8, trials: 2 }],
+      points: [
+        { relation: "r1", layer: -1, beta: 1, faithfulness: 0.2, trials: 2 },
+        { relation: "r1", layer: 0, beta: 2, faithfulness: 0.8, trials: 2 },
+      ],
       best: [{ relation: "r1", layer: 0, beta: 2, faithfulness: 0.8 }],
       overall: { layer: 0, beta: 2, mean: 0.8, relations: [{ relation: "r1", faithfulness: 0.8 }] },
     },
   },
   {
     ...base("edit", "mamba", "mamba-facts"),
-    edit: { points: [{ matrix: "W_o", layer: 0, cases: 4, ES: 1, PS: 0.75, NS: 0.5, S: 0.69, EM: 0.3, PM: 0.2, NM: 0.1, pre_ES: 0, pre_PS: 0, pre_NS: 1, entropy: null }] },
+    edit: {
+      points: [
+        { matrix: "W_o", layer: 0, cases: 4, ES: 1, PS: 0.75, NS: 0.5, S: 0.69, EM: 0.3, PM: 0.2, NM: 0.1, pre_ES: 0, pre_PS: 0, pre_NS: 1, entropy: null },
+      ],
+    },
   },
 ];
 

@@ -19,7 +19,8 @@ const SCHEMA = "https://vega.github.io/schema/vega-lite/v6.json";
 const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c] ?? c);
 const label = (a: KindAggregate): string => `${a.model} (${a.modelType === "gpt_neox" ? "GPT-NeoX" : "Mamba"})`;
 /** Mamba first, then NeoX, as the paper's figures. */
-const byModel = (xs: KindAggregate[]): KindAggregate[] => [...xs].sort((a, b) => (a.modelType === b.modelType ? a.model.localeCompare(b.model) : a.modelType === "mamba" ? -1 : 1));
+const byModel = (xs: KindAggregate[]): KindAggregate[] =>
+  [...xs].sort((a, b) => (a.modelType === b.modelType ? a.model.localeCompare(b.model) : a.modelType === "mamba" ? -1 : 1));
 
 /** A chart description of a kind module as a Vega-Lite spec. */
 function vegaSpec(c: ChartView): TopLevelSpec {
@@ -28,7 +29,9 @@ function vegaSpec(c: ChartView): TopLevelSpec {
   const title = (a: ChartAxis) => (a.title !== undefined ? { title: a.title } : {});
   if (c.mark === "bar") {
     return {
-      ...base, width: 260, height: { step: 12 },
+      ...base,
+      width: 260,
+      height: { step: 12 },
       mark: "bar",
       encoding: {
         y: { field: c.y, type: "nominal", title: null, sort: "-x" },
@@ -40,12 +43,19 @@ function vegaSpec(c: ChartView): TopLevelSpec {
   }
   if (c.mark === "rect") {
     return {
-      ...base, width: 240, height: 180,
+      ...base,
+      width: 240,
+      height: 180,
       mark: "rect",
       encoding: {
         x: { field: c.x.field, type: "ordinal", sort: { field: c.x.sort }, ...title(c.x) },
         y: { field: c.y.field, type: "ordinal", sort: "descending", ...title(c.y) },
-        color: { field: c.color.field, type: "quantitative", ...title(c.color), scale: { scheme: "viridis", ...(c.color.domain ? { domain: c.color.domain } : {}) } },
+        color: {
+          field: c.color.field,
+          type: "quantitative",
+          ...title(c.color),
+          scale: { scheme: "viridis", ...(c.color.domain ? { domain: c.color.domain } : {}) },
+        },
       },
     } as TopLevelSpec;
   }
@@ -95,7 +105,9 @@ export async function kindSections(aggregates: KindAggregate[]): Promise<string[
 
 /** The kind aggregates (kind.json) in `sweepctl local` output folders; folders without one are skipped. */
 export function readKindAggregates(dirs: string[]): KindAggregate[] {
-  return dirs.filter((d) => existsSync(join(d, KIND_AGGREGATE_FILE))).map((d) => JSON.parse(readFileSync(join(d, KIND_AGGREGATE_FILE), "utf8")) as KindAggregate);
+  return dirs
+    .filter((d) => existsSync(join(d, KIND_AGGREGATE_FILE)))
+    .map((d) => JSON.parse(readFileSync(join(d, KIND_AGGREGATE_FILE), "utf8")) as KindAggregate);
 }
 
 /** A standalone HTML page of {@link kindSections}; returns its path. */

@@ -14,8 +14,7 @@ export async function renderSvg(spec: TopLevelSpec): Promise<string> {
   }
 }
 
-const esc = (s: string): string =>
-  s.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c] ?? c);
+const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c] ?? c);
 
 /** Residual first, then the sites in the order the paper discusses them. */
 const SITE_ORDER = ["embed", "residual", "mixer", "ssm", "gate", "conv", "in_ssm", "attn", "mlp"];
@@ -39,8 +38,19 @@ export function reportCsv(report: TraceReport): string {
           const ie = h.ie[gi]?.[li];
           const aie = h.aie[gi]?.[li];
           lines.push(
-            [m.label, m.modelType, m.sweepId, m.corruption, h.site, h.window, JSON.stringify(g), layer,
-              ie == null ? "" : ie, aie == null ? "" : aie, h.count[gi]?.[li] ?? 0].join(","),
+            [
+              m.label,
+              m.modelType,
+              m.sweepId,
+              m.corruption,
+              h.site,
+              h.window,
+              JSON.stringify(g),
+              layer,
+              ie == null ? "" : ie,
+              aie == null ? "" : aie,
+              h.count[gi]?.[li] ?? 0,
+            ].join(","),
           );
         }),
       );
@@ -75,9 +85,7 @@ export async function renderReport(report: TraceReport, extraSections: string[] 
       const spec = lineSpec(m, label, re);
       if (spec) parts.push(`<figure class="lines" data-model="${esc(m.label)}" data-row="${esc(label)}">${await renderSvg(spec)}</figure>`);
     }
-    const skipped = m.skipped.length
-      ? `<ul>${m.skipped.map((s) => `<li>${s.count} skipped: ${esc(s.reason)}</li>`).join("")}</ul>`
-      : "";
+    const skipped = m.skipped.length ? `<ul>${m.skipped.map((s) => `<li>${s.count} skipped: ${esc(s.reason)}</li>`).join("")}</ul>` : "";
     columns.push(
       `<section class="model"><h2>${esc(m.label)} <small>(${esc(m.modelType)}, ${esc(m.corruption)} corruption, sweep ${esc(m.sweepId)})</small></h2>` +
         `<p class="counts">${m.facts} facts traced.</p>${skipped}${parts.join("\n")}</section>`,
@@ -103,11 +111,15 @@ small{color:#666;font-weight:normal}
 </style></head><body>
 <h1>${esc(report.title)}</h1>
 <p>Created ${esc(report.created)}. Indirect effect IE = (p[restored] − p[corrupt]) / (p[clean] − p[corrupt]) of the clean answer, averaged per token group and layer (Meng et al. 2022; Sen Sharma et al. 2024). Colour scale 0–${Math.min(1, vmax).toFixed(2)}, shared by all heatmaps.</p>
-${report.models.length ? `<h2>Findings of the paper, checked</h2>
+${
+  report.models.length
+    ? `<h2>Findings of the paper, checked</h2>
 ${table}
 <div class="models">
 ${columns.join("\n")}
-</div>` : ""}
+</div>`
+    : ""
+}
 ${extraSections.join("\n")}
 </body></html>
 `;

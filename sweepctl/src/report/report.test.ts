@@ -27,12 +27,7 @@ const mamba: ModelTrace = {
   corruption: "swap",
   facts: 12,
   skipped: [{ reason: "no swap partner of equal token length", count: 2 }],
-  heatmaps: [
-    heatmap("residual", 1, 8, 2, 6),
-    heatmap("mixer", 10, 8, 2, 6),
-    heatmap("ssm", 10, 8, null, 6),
-    heatmap("gate", 10, 8, 3, null, 0.1),
-  ],
+  heatmaps: [heatmap("residual", 1, 8, 2, 6), heatmap("mixer", 10, 8, 2, 6), heatmap("ssm", 10, 8, null, 6), heatmap("gate", 10, 8, 3, null, 0.1)],
 };
 const neox: ModelTrace = {
   label: "neox-facts",
@@ -47,8 +42,14 @@ const neox: ModelTrace = {
 test("findings say reproduced when the early site is in o and the late one in s, and not when s has the early site", () => {
   const ok = findings([mamba, neox]);
   assert.equal(ok.length, 7);
-  assert.ok(ok.every((f) => f.reproduced === true), JSON.stringify(ok, null, 1));
-  const swapped: ModelTrace = { ...mamba, heatmaps: [heatmap("residual", 1, 8, 2, 6), heatmap("mixer", 10, 8, null, 6), heatmap("ssm", 10, 8, 2, 6), heatmap("gate", 10, 8, 3, null, 0.1)] };
+  assert.ok(
+    ok.every((f) => f.reproduced === true),
+    JSON.stringify(ok, null, 1),
+  );
+  const swapped: ModelTrace = {
+    ...mamba,
+    heatmaps: [heatmap("residual", 1, 8, 2, 6), heatmap("mixer", 10, 8, null, 6), heatmap("ssm", 10, 8, 2, 6), heatmap("gate", 10, 8, 3, null, 0.1)],
+  };
   const bad = findings([swapped]);
   assert.equal(bad.find((f) => f.claim.includes("mixer output o"))?.reproduced, false);
   const missing = findings([{ ...mamba, heatmaps: [heatmap("residual", 1, 8, 2, 6)] }]);
@@ -56,7 +57,9 @@ test("findings say reproduced when the early site is in o and the late one in s,
 });
 
 test("the CSV has one row per heatmap cell with IE and AIE", () => {
-  const csv = reportCsv({ title: "t", created: "now", models: [mamba] }).trim().split("\n");
+  const csv = reportCsv({ title: "t", created: "now", models: [mamba] })
+    .trim()
+    .split("\n");
   assert.equal(csv.length, 1 + 4 * GROUPS.length * 8);
   assert.match(csv[1] ?? "", /^mamba-facts,mamba,s-mamba,swap,residual,1,"first subject token",0,/);
 });
@@ -77,16 +80,35 @@ test("every heatmap of the report renders in headless Chromium with its layer ax
   const file = join(dir, "report.html");
   writeFileSync(file, html.replace("</body>", `${probe}</body>`));
   const chromium = process.env.CHROMIUM ?? "/usr/bin/chromium";
-  const flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", `--user-data-dir=${join(dir, "profile")}`];
+  const flags = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    `--user-data-dir=${join(dir, "profile")}`,
+  ];
   const { stdout } = await run(chromium, [...flags, "--dump-dom", `file://${file}`], { maxBuffer: 64 << 20 });
   const json = /<pre id="layout-check">([^<]*)<\/pre>/.exec(stdout)?.[1];
   assert.ok(json, "the layout probe did not run in Chromium");
-  const figures = JSON.parse(json.replace(/&quot;/g, '"').replace(/&amp;/g, "&")) as { site: string; model: string; w: number; h: number; texts: string[]; cells: number }[];
+  const figures = JSON.parse(json.replace(/&quot;/g, '"').replace(/&amp;/g, "&")) as {
+    site: string;
+    model: string;
+    w: number;
+    h: number;
+    texts: string[];
+    cells: number;
+  }[];
   assert.equal(figures.length, mamba.heatmaps.length + neox.heatmaps.length);
   for (const f of figures) {
     assert.ok(f.w > 100 && f.h > 100, `${f.model}/${f.site} drew ${f.w}x${f.h}`);
-    assert.ok(f.texts.some((t) => t === "layer" || t === "centre of restored layers"), `${f.model}/${f.site} has no layer axis: ${f.texts}`);
+    assert.ok(
+      f.texts.some((t) => t === "layer" || t === "centre of restored layers"),
+      `${f.model}/${f.site} has no layer axis: ${f.texts}`,
+    );
     for (const g of GROUPS) assert.ok(f.texts.includes(g), `${f.model}/${f.site} lacks row ${g}`);
     assert.equal(f.cells, GROUPS.length * 8, `${f.model}/${f.site} drew ${f.cells} cells`);
   }

@@ -17,7 +17,12 @@ export function readTraces(dirs: string[]): ModelTrace[] {
 }
 
 /** Writes report.html and report.csv to `out`; returns their paths and the findings checked. */
-export async function writeReport(traces: ModelTrace[], out: string, title: string, extraSections: string[] = []): Promise<{ html: string; csv: string; findings: Finding[] }> {
+export async function writeReport(
+  traces: ModelTrace[],
+  out: string,
+  title: string,
+  extraSections: string[] = [],
+): Promise<{ html: string; csv: string; findings: Finding[] }> {
   mkdirSync(out, { recursive: true });
   const report = { title, created: new Date().toISOString(), models: traces };
   const html = join(out, "report.html");

@@ -80,18 +80,53 @@ export class Cluster {
   /** Starts (or restarts, on the same ports and NATS state) the coordinator process. */
   async startCoordinator(): Promise<void> {
     const roots = this.opts.modelRoots ?? [GOLDEN, this.dir];
-    const args = [COORDINATOR, "--grpc-host", "127.0.0.1", "--grpc-port", String(this.grpcPort), "--http-host", "127.0.0.1",
-      "--http-port", String(this.httpPort), "--nats-url", this.nats.url, "--lease-ttl-ms", String(this.opts.leaseTtlMs ?? 3000),
-      "--retry-backoff-ms", "200", ...roots.flatMap((r) => ["--model-root", r])];
+    const args = [
+      COORDINATOR,
+      "--grpc-host",
+      "127.0.0.1",
+      "--grpc-port",
+      String(this.grpcPort),
+      "--http-host",
+      "127.0.0.1",
+      "--http-port",
+      String(this.httpPort),
+      "--nats-url",
+      this.nats.url,
+      "--lease-ttl-ms",
+      String(this.opts.leaseTtlMs ?? 3000),
+      "--retry-backoff-ms",
+      "200",
+      ...roots.flatMap((r) => ["--model-root", r]),
+    ];
     this.coordinator = execa("node", args, { reject: false, all: true, buffer: false });
     this.coordinator.all?.on("data", (b: Buffer) => this.coordinatorLog.push(b.toString()));
     await waitForLine(this.coordinator, /ready: gRPC on/, "coordinator");
   }
 
   async startAgent(id: string, extra: string[] = []): Promise<AgentProc> {
-    const child = execa("node", [AGENT, "--coordinator", this.address, "--nats-url", this.nats.url, "--cpu", "--workers", "1",
-      "--agent-id", id, "--http-port", "0", "--http-host", "127.0.0.1", "--batch-size", "16", ...extra],
-      { reject: false, all: true, buffer: false });
+    const child = execa(
+      "node",
+      [
+        AGENT,
+        "--coordinator",
+        this.address,
+        "--nats-url",
+        this.nats.url,
+        "--cpu",
+        "--workers",
+        "1",
+        "--agent-id",
+        id,
+        "--http-port",
+        "0",
+        "--http-host",
+        "127.0.0.1",
+        "--batch-size",
+        "16",
+        ...extra,
+      ],
+      { reject: false, all: true, buffer: false },
+    );
     const a: AgentProc = { id, child, pid: child.pid ?? 0, log: [] };
     child.all?.on("data", (b: Buffer) => a.log.push(b.toString()));
     this.agents.push(a);
@@ -128,7 +163,10 @@ export class Cluster {
   async results(sweepId: string): Promise<ResultRowJson[]> {
     const r = await this.sweepctl("results", sweepId, "--format", "jsonl");
     if (r.exitCode !== 0) throw new Error(`sweepctl results exited ${r.exitCode}: ${r.stderr}`);
-    return r.stdout.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l) as ResultRowJson);
+    return r.stdout
+      .split("\n")
+      .filter((l) => l.trim())
+      .map((l) => JSON.parse(l) as ResultRowJson);
   }
 
   /** Messages stored in the results stream for one sweep (one per shard when deduplication works). */
@@ -174,7 +212,9 @@ export class Cluster {
   }
 
   logs(): string {
-    return [`--- coordinator\n${this.coordinatorLog.join("").slice(-6000)}`, ...this.agents.map((a) => `--- ${a.id}\n${a.log.join("").slice(-3000)}`)].join("\n");
+    return [`--- coordinator\n${this.coordinatorLog.join("").slice(-6000)}`, ...this.agents.map((a) => `--- ${a.id}\n${a.log.join("").slice(-3000)}`)].join(
+      "\n",
+    );
   }
 }
 
@@ -221,7 +261,15 @@ export async function engineReference(specPath: string): Promise<Map<string, num
     await engine.loadModel({ modelId: "m", path: model.path, dtype: model.dtype || "float32", device: "cpu", allowPickle: false, cacheBudgetBytes: 0 });
     for (const shard of plan.shards) {
       const p = shard.prompt!;
-      await engine.preparePrompt({ modelId: "m", promptKey: p.promptKey, inputIds: p.inputIds, subjectStart: p.subjectStart, subjectEnd: p.subjectEnd, corruption: p.corruption, answerId: p.answerId });
+      await engine.preparePrompt({
+        modelId: "m",
+        promptKey: p.promptKey,
+        inputIds: p.inputIds,
+        subjectStart: p.subjectStart,
+        subjectEnd: p.subjectEnd,
+        corruption: p.corruption,
+        answerId: p.answerId,
+      });
       const res = await engine.runCells({ modelId: "m", promptKey: p.promptKey, cells: shard.cells, slowPath: false });
       shard.cells.forEach((c, i) => {
         out.set(cellKey({ prompt_index: p.index, site: siteFromEnum(c.site), layer: c.layer, token: c.token, window: c.window }), res.results[i]!.p);

@@ -20,7 +20,9 @@ async function sweepThrough(name: string, fault: (c: Cluster, sweepId: string) =
     const started = Date.now();
     await fault(cluster, name);
     const done = await cluster.waitFor(name, (s) => s.state === "done", 240_000);
-    t.diagnostic(`fault at ${before.counts.doneCells}/${before.counts.plannedCells} cells; recovered and finished ${Date.now() - started} ms later; retries ${done.counts.retries}`);
+    t.diagnostic(
+      `fault at ${before.counts.doneCells}/${before.counts.plannedCells} cells; recovered and finished ${Date.now() - started} ms later; retries ${done.counts.retries}`,
+    );
     await assertCompleteAndEqual(cluster, name, await engineReference(spec), done.counts.shardsTotal);
     return done;
   } catch (err) {
@@ -40,36 +42,52 @@ async function busyAgent(c: Cluster): Promise<string> {
 }
 
 test("an agent SIGKILLed mid-shard: its shards are re-leased and every cell completes once", async (t) => {
-  const done = await sweepThrough("fault-agent", async (c) => {
-    const id = await busyAgent(c);
-    c.agents.find((a) => a.id === id)!.child.kill("SIGKILL");
-  }, t);
+  const done = await sweepThrough(
+    "fault-agent",
+    async (c) => {
+      const id = await busyAgent(c);
+      c.agents.find((a) => a.id === id)!.child.kill("SIGKILL");
+    },
+    t,
+  );
   assert.ok(done.counts.retries >= 1, "the killed agent's lease should have been retried");
 });
 
 test("the coordinator SIGKILLed mid-sweep and restarted carries on from JetStream and completes every cell once", async (t) => {
-  await sweepThrough("fault-coordinator", async (c) => {
-    c.coordinator.kill("SIGKILL");
-    await c.coordinator.catch(() => undefined);
-    await new Promise((r) => setTimeout(r, 500));
-    await c.startCoordinator();
-  }, t);
+  await sweepThrough(
+    "fault-coordinator",
+    async (c) => {
+      c.coordinator.kill("SIGKILL");
+      await c.coordinator.catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 500));
+      await c.startCoordinator();
+    },
+    t,
+  );
 });
 
 test("a nats-server restart mid-sweep loses no result and the sweep completes every cell once", async (t) => {
-  await sweepThrough("fault-nats", async (c) => {
-    await c.nats.restart();
-  }, t);
+  await sweepThrough(
+    "fault-nats",
+    async (c) => {
+      await c.nats.restart();
+    },
+    t,
+  );
 });
 
 test("an engine worker killed mid-shard is restarted by its agent and the sweep completes every cell once", async (t) => {
-  await sweepThrough("fault-worker", async (c) => {
-    const id = await busyAgent(c);
-    const a = c.agents.find((x) => x.id === id)!;
-    const pids = c.workerPids(a);
-    assert.ok(pids.length > 0, `no engine worker found under agent ${id}`);
-    for (const pid of pids) process.kill(pid, "SIGKILL");
-  }, t);
+  await sweepThrough(
+    "fault-worker",
+    async (c) => {
+      const id = await busyAgent(c);
+      const a = c.agents.find((x) => x.id === id)!;
+      const pids = c.workerPids(a);
+      assert.ok(pids.length > 0, `no engine worker found under agent ${id}`);
+      for (const pid of pids) process.kill(pid, "SIGKILL");
+    },
+    t,
+  );
 });
 
 test("an agent speaking another protocol version is refused with a message naming both versions", async () => {
@@ -83,7 +101,9 @@ test("an agent speaking another protocol version is refused with a message namin
     const err = await new Promise<grpc.ServiceError>((res, rej) => {
       stream.on("error", res);
       stream.on("data", (m: agentProto.CoordinatorMessage) => rej(new Error(`expected a refusal, got ${JSON.stringify(m)}`)));
-      stream.write({ body: { $case: "hello", hello: { protocolVersion: 999, agentId: "old-agent", hostname: "h", workers: [], cachedPromptKeys: [], token: "" } } });
+      stream.write({
+        body: { $case: "hello", hello: { protocolVersion: 999, agentId: "old-agent", hostname: "h", workers: [], cachedPromptKeys: [], token: "" } },
+      });
     });
     assert.equal(err.code, grpc.status.FAILED_PRECONDITION);
     assert.match(err.details, /999/);

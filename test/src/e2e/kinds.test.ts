@@ -40,10 +40,31 @@ async function engineAlone(specPath: string): Promise<KindRow[]> {
       const p = sh.prompt!;
       let info;
       if (sh.kind === "knockout" || sh.kind === "sever") {
-        info = await engine.preparePrompt({ modelId: "m", promptKey: p.promptKey, inputIds: p.inputIds, subjectStart: p.subjectStart, subjectEnd: p.subjectEnd, corruption: p.corruption, answerId: p.answerId });
+        info = await engine.preparePrompt({
+          modelId: "m",
+          promptKey: p.promptKey,
+          inputIds: p.inputIds,
+          subjectStart: p.subjectStart,
+          subjectEnd: p.subjectEnd,
+          corruption: p.corruption,
+          answerId: p.answerId,
+        });
       }
       const r = await engine.runExperiment({ modelId: "m", kind: sh.kind, promptKey: p.promptKey, paramsJson: sh.paramsJson }, { timeoutMs: 300_000 });
-      agg.add({ sweepId: "ref", shardId: sh.shardId, promptIndex: p.index, agentId: "", attempt: 0, answerId: info?.answerId ?? 0, pClean: 0, pCorrupt: 0, cells: [], engineSeconds: 0, worker: "", resultJson: r.resultJson });
+      agg.add({
+        sweepId: "ref",
+        shardId: sh.shardId,
+        promptIndex: p.index,
+        agentId: "",
+        attempt: 0,
+        answerId: info?.answerId ?? 0,
+        pClean: 0,
+        pCorrupt: 0,
+        cells: [],
+        engineSeconds: 0,
+        worker: "",
+        resultJson: r.resultJson,
+      });
     }
     await engine.shutdown();
   } finally {
@@ -78,18 +99,24 @@ async function runKind(id: string, body: string): Promise<{ rows: KindRow[]; ref
   assert.ok(info.counts.shardsTotal > 0 && info.counts.shardsDone === info.counts.shardsTotal);
   const out = await cluster.sweepctl("results", id, "--format", "jsonl");
   assert.equal(out.exitCode, 0, out.stderr);
-  const rows = out.stdout.split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l) as KindRow);
+  const rows = out.stdout
+    .split("\n")
+    .filter((l) => l.trim())
+    .map((l) => JSON.parse(l) as KindRow);
   const csv = (await cluster.sweepctl("results", id, "--format", "csv")).stdout;
   return { rows, reference: await engineAlone(spec), csv };
 }
 
 test("a knockout sweep on the tiny Mamba equals the engine run alone, one row per (prompt, centre, token set)", async () => {
-  const { rows, reference, csv } = await runKind("e2e-knockout", `kind: knockout
+  const { rows, reference, csv } = await runKind(
+    "e2e-knockout",
+    `kind: knockout
 model: { id: mamba-facts, path: ${join(MODELS, "mamba-facts")} }
 dataset: { relations: [${join(RELATIONS, "company_country.json")}, ${join(RELATIONS, "person_occupation.json")}], per_relation: 1 }
 knockout: { window: 2, token_sets: [subject, last], corpus: ${join(MODELS, "world/filler.txt")}, max_corpus: 8 }
 layers: [1, 5]
-`);
+`,
+  );
   assertRowsClose(rows, reference, "knockout");
   assert.equal(rows.length, 2 * 2 * 2);
   assert.ok(rows.every((r) => r.kind === "knockout" && typeof r.relative_change === "number"));
@@ -97,40 +124,60 @@ layers: [1, 5]
 });
 
 test("a sever sweep on the tiny NeoX equals the engine run alone, and restoring the last token after the last block recovers the clean run whatever path is frozen", async () => {
-  const { rows, reference } = await runKind("e2e-sever", `kind: sever
+  const { rows, reference } = await runKind(
+    "e2e-sever",
+    `kind: sever
 model: { id: neox-facts, path: ${join(MODELS, "neox-facts")} }
 dataset: { relations: [${join(RELATIONS, "company_country.json")}], per_relation: 2 }
 corruption: { kind: swap, seed: 1 }
 sever: { tokens: [subject_last, last] }
 layers: [0, 5]
 shard_cells: 5
-`);
+`,
+  );
   assertRowsClose(rows, reference, "sever");
   assert.equal(rows.length, 2 * 2 * 2 * 3);
   // restoring the last token's state after the last block (5 of 6) recovers the clean run fully, whatever is frozen
   const lastTop = rows.filter((r) => r.token_selector === "last" && r.layer === 5);
   assert.equal(lastTop.length, 2 * 3);
-  assert.ok(lastTop.every((r) => Math.abs(Number(r.p) - Number(r.p_clean)) < 1e-5), JSON.stringify(lastTop));
+  assert.ok(
+    lastTop.every((r) => Math.abs(Number(r.p) - Number(r.p_clean)) < 1e-5),
+    JSON.stringify(lastTop),
+  );
 });
 
 test("an lre sweep on the tiny Mamba equals the engine run alone, one row per (layer, trial, β)", async () => {
-  const { rows, reference } = await runKind("e2e-lre", `kind: lre
+  const { rows, reference } = await runKind(
+    "e2e-lre",
+    `kind: lre
 model: { id: mamba-facts, path: ${join(MODELS, "mamba-facts")} }
 dataset: { relations: [${join(RELATIONS, "company_country.json")}] }
 lre: { icl: 2, in_context: false, trials: 2, test: 4, betas: [1, 4], embedding: false }
 layers: [6]
-`);
+`,
+  );
   assertRowsClose(rows, reference, "lre");
-  assert.deepEqual(rows.map((r) => [r.trial, r.beta]), [[0, 1], [0, 4], [1, 1], [1, 4]]);
+  assert.deepEqual(
+    rows.map((r) => [r.trial, r.beta]),
+    [
+      [0, 1],
+      [0, 4],
+      [1, 1],
+      [1, 4],
+    ],
+  );
 });
 
 test("an edit sweep on the tiny Mamba equals the engine run alone and restores the weights after each case", async () => {
-  const { rows, reference } = await runKind("e2e-edit", `kind: edit
+  const { rows, reference } = await runKind(
+    "e2e-edit",
+    `kind: edit
 model: { id: mamba-facts, path: ${join(MODELS, "mamba-facts")} }
 dataset: { relations: [${join(RELATIONS, "company_country.json")}] }
 edit: { cases: 1, matrices: [W_o], max_corpus: 64, paraphrases: 2, neighbours: 2, hparams: { v_num_grad_steps: 5, context_template_length_params: [[5, 2]], cov_ridge: 0.01 } }
 layers: [2]
-`);
+`,
+  );
   assertRowsClose(rows, reference, "edit");
   assert.equal(rows.length, 1);
   assert.equal(rows[0]!.restored, true);

@@ -33,7 +33,9 @@ test("sweepctl report draws a finished sweep from the coordinator: one heatmap p
   const r = await cluster.sweepctl("report", "e2e-happy", "--out", out);
   assert.equal(r.exitCode, 0, r.stderr);
   const html = readFileSync(join(out, "report.html"), "utf8");
-  const figures = [...html.matchAll(/<figure class="heatmap" data-model="[^"]*" data-site="([a-z_]+)" data-window="(\d+)" data-groups="(\d+)" data-layers="(\d+)"/g)];
+  const figures = [
+    ...html.matchAll(/<figure class="heatmap" data-model="[^"]*" data-site="([a-z_]+)" data-window="(\d+)" data-groups="(\d+)" data-layers="(\d+)"/g),
+  ];
   assert.deepEqual(figures.map((f) => f[1]).sort(), ["gate", "mixer", "residual", "ssm"]);
   for (const f of figures) assert.equal(Number(f[4]), 4, `site ${f[1]}: every layer of mamba-tiny`);
   const csv = readFileSync(join(out, "report.csv"), "utf8").trim().split("\n");
@@ -77,10 +79,15 @@ test("bad input gets a clear error, loses nothing, and the coordinator keeps ser
   assert.match(r.stderr, /exist/i);
 
   // A prompt whose subject is not in the text is reported and skipped; the others run.
-  const rel = JSON.parse(readFileSync(join(REPO, "models/world/relations/person_occupation.json"), "utf8")) as { prompt_templates: string[]; samples: { subject: string }[] };
+  const rel = JSON.parse(readFileSync(join(REPO, "models/world/relations/person_occupation.json"), "utf8")) as {
+    prompt_templates: string[];
+    samples: { subject: string }[];
+  };
   const subject = rel.samples[0]!.subject;
   const fact = { subject, text: rel.prompt_templates[0]!.replace("{}", subject) };
-  const textSpec = cluster.writeSpec("subject.yaml", `name: subj
+  const textSpec = cluster.writeSpec(
+    "subject.yaml",
+    `name: subj
 kind: trace
 model: { id: mamba-facts, path: ${join(REPO, "models", "mamba-facts")} }
 dataset:
@@ -91,7 +98,8 @@ corruption: { kind: noise, samples: 2, seed: 1 }
 grid: [{ site: residual, window: 1 }]
 layers: all
 tokens: [subject_last, last]
-`);
+`,
+  );
   r = await cluster.sweepctl("launch", textSpec, "--id", "e2e-subject", "--quiet");
   assert.match(r.stderr, /Big Ben/);
   const subj = await cluster.waitFor("e2e-subject", (s) => s.state !== "running");

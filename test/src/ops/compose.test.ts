@@ -7,7 +7,13 @@ import { deployDir, prometheusDir } from "./paths.js";
 import { missing, run } from "./tools.js";
 
 const composeFile = join(deployDir, "docker-compose.yml");
-type Service = { command?: string[]; volumes?: Array<string | { source: string }>; deploy?: any; environment?: Record<string, string>; build?: { dockerfile: string } };
+type Service = {
+  command?: string[];
+  volumes?: Array<string | { source: string }>;
+  deploy?: any;
+  environment?: Record<string, string>;
+  build?: { dockerfile: string };
+};
 const compose = () => parse(readFileSync(composeFile, "utf8")) as { services: Record<string, Service>; volumes: Record<string, unknown> };
 
 test("docker-compose validates deploy/docker-compose.yml against the compose schema", { skip: missing("docker-compose") }, async () => {

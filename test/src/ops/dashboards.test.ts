@@ -9,7 +9,9 @@ import { dashboardsDir, deployDir } from "./paths.js";
 import { run } from "./tools.js";
 
 const provisionedUid = (): string => {
-  const doc = parse(readFileSync(join(dashboardsDir, "grafana/provisioning/datasources/prometheus.yaml"), "utf8")) as { datasources: Array<{ uid: string; type: string }> };
+  const doc = parse(readFileSync(join(dashboardsDir, "grafana/provisioning/datasources/prometheus.yaml"), "utf8")) as {
+    datasources: Array<{ uid: string; type: string }>;
+  };
   assert.equal(doc.datasources.length, 1, "one provisioned datasource");
   assert.equal(doc.datasources[0]!.type, "prometheus");
   return doc.datasources[0]!.uid;
@@ -68,12 +70,19 @@ test("every metric an expression uses is one the system exports (shared METRICS 
 test("every metric of shared METRICS is shown on a dashboard", () => {
   const used = new Set<string>();
   for (const e of shippedExpressions().filter((x) => x.kind === "panel")) for (const n of metricNames(e.expr)) used.add(familyOf(n, PROJECT_METRICS));
-  assert.deepEqual([...PROJECT_METRICS].filter((m) => !used.has(m)), []);
+  assert.deepEqual(
+    [...PROJECT_METRICS].filter((m) => !used.has(m)),
+    [],
+  );
 });
 
 test("Grafana's provisioning points at the folder docker compose mounts the dashboards into", () => {
-  const provider = parse(readFileSync(join(dashboardsDir, "grafana/provisioning/dashboards/factsweep.yaml"), "utf8")) as { providers: Array<{ options: { path: string } }> };
-  const compose = parse(readFileSync(join(deployDir, "docker-compose.yml"), "utf8")) as { services: Record<string, { volumes?: string[]; environment?: Record<string, string> }> };
+  const provider = parse(readFileSync(join(dashboardsDir, "grafana/provisioning/dashboards/factsweep.yaml"), "utf8")) as {
+    providers: Array<{ options: { path: string } }>;
+  };
+  const compose = parse(readFileSync(join(deployDir, "docker-compose.yml"), "utf8")) as {
+    services: Record<string, { volumes?: string[]; environment?: Record<string, string> }>;
+  };
   const grafana = compose.services.grafana!;
   const mount = (grafana.volumes ?? []).find((v) => v.startsWith("../dashboards/grafana/dashboards:"));
   assert.ok(mount, "compose mounts dashboards/grafana/dashboards into grafana");

@@ -30,7 +30,10 @@ test("every file a Dockerfile copies from the build context exists in the reposi
   for (const file of Object.values(IMAGES)) {
     for (const s of stages(file)) {
       for (const l of s.lines.filter((x) => /^COPY\s/i.test(x) && !/--from=/.test(x))) {
-        const parts = l.split(/\s+/).slice(1).filter((p) => !p.startsWith("--"));
+        const parts = l
+          .split(/\s+/)
+          .slice(1)
+          .filter((p) => !p.startsWith("--"));
         for (const src of parts.slice(0, -1)) assert.ok(existsSync(join(repoRoot, src)), `${file}: COPY ${src}`);
       }
     }
@@ -54,7 +57,10 @@ test("the agent image runs on a CUDA PyTorch runtime with Node 20 and the engine
   assert.equal(last.from, "${PYTORCH_IMAGE}");
   assert.ok(last.lines.includes("COPY --from=node /usr/local/bin/node /usr/local/bin/node"));
   assert.ok(last.lines.includes("COPY engine engine"));
-  assert.match(last.lines.find((l) => l.startsWith("ENTRYPOINT"))!, /"\/app\/node-agent\/dist\/main\.js"/);
+  assert.match(
+    last.lines.find((l) => l.startsWith("ENTRYPOINT"))!,
+    /"\/app\/node-agent\/dist\/main\.js"/,
+  );
   assert.ok(existsSync(join(repoRoot, "node-agent/src/main.ts")), "node-agent/src/main.ts compiles to the entrypoint");
   assert.ok(existsSync(join(repoRoot, "engine/__main__.py")), "python -m engine runs the worker");
 });

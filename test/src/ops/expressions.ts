@@ -40,7 +40,9 @@ export interface Rule {
 /** The dashboards under dashboards/grafana/dashboards, by file name. */
 export function loadDashboards(): Map<string, Dashboard> {
   const out = new Map<string, Dashboard>();
-  for (const f of readdirSync(grafanaDashboardsDir).filter((f) => f.endsWith(".json")).sort()) {
+  for (const f of readdirSync(grafanaDashboardsDir)
+    .filter((f) => f.endsWith(".json"))
+    .sort()) {
     out.set(f, JSON.parse(readFileSync(join(grafanaDashboardsDir, f), "utf8")) as Dashboard);
   }
   return out;
@@ -50,9 +52,14 @@ export function loadDashboards(): Map<string, Dashboard> {
 export function loadRules(): Map<string, Rule[]> {
   const dir = join(prometheusDir, "rules");
   const out = new Map<string, Rule[]>();
-  for (const f of readdirSync(dir).filter((f) => f.endsWith(".yml") || f.endsWith(".yaml")).sort()) {
+  for (const f of readdirSync(dir)
+    .filter((f) => f.endsWith(".yml") || f.endsWith(".yaml"))
+    .sort()) {
     const doc = parse(readFileSync(join(dir, f), "utf8")) as { groups: Array<{ name: string; rules: Rule[] }> };
-    out.set(f, doc.groups.flatMap((g) => g.rules));
+    out.set(
+      f,
+      doc.groups.flatMap((g) => g.rules),
+    );
   }
   return out;
 }

@@ -51,11 +51,15 @@ test(
       ]),
     );
     const port = await freePort();
-    const prom = execa("prometheus", [`--config.file=${join(dir, "prometheus.yml")}`, `--storage.tsdb.path=${join(dir, "tsdb")}`, `--web.listen-address=127.0.0.1:${port}`], {
-      reject: false,
-      all: true,
-      stdin: "ignore",
-    });
+    const prom = execa(
+      "prometheus",
+      [`--config.file=${join(dir, "prometheus.yml")}`, `--storage.tsdb.path=${join(dir, "tsdb")}`, `--web.listen-address=127.0.0.1:${port}`],
+      {
+        reject: false,
+        all: true,
+        stdin: "ignore",
+      },
+    );
     try {
       await waitHttp(`http://127.0.0.1:${port}/-/ready`, 30_000, "prometheus");
       type Targets = { data: { activeTargets: Array<{ labels: Record<string, string>; scrapeUrl: string }>; droppedTargets: unknown[] } };
@@ -65,7 +69,13 @@ test(
         if (t.data.activeTargets.length + t.data.droppedTargets.length >= 5) break;
         await new Promise((r) => setTimeout(r, 250));
       }
-      const active = t!.data.activeTargets.map((x) => ({ job: x.labels.job, pod: x.labels.pod, namespace: x.labels.namespace, node: x.labels.node, url: x.scrapeUrl }));
+      const active = t!.data.activeTargets.map((x) => ({
+        job: x.labels.job,
+        pod: x.labels.pod,
+        namespace: x.labels.namespace,
+        node: x.labels.node,
+        url: x.scrapeUrl,
+      }));
       active.sort((a, b) => a.pod!.localeCompare(b.pod!));
       assert.deepEqual(active, [
         { job: "factsweep-agent", pod: "factsweep-agent-x2k4", namespace: "factsweep", node: "gpu-node-1", url: "http://127.0.10.11:9470/metrics" },

@@ -17,7 +17,10 @@ const find = (objs: K8sObject[], kind: string, name: string) => {
 };
 
 test("the base and every overlay render and each object matches its Kubernetes schema", async () => {
-  assert.deepEqual(overlays.map((d) => basename(d)), ["dev", "production"]);
+  assert.deepEqual(
+    overlays.map((d) => basename(d)),
+    ["dev", "production"],
+  );
   for (const dir of kustomizations(kubernetesDir)) {
     const objects = renderKustomization(dir);
     assert.ok(objects.length >= 6, `${dir}: ${objects.length} objects`);
@@ -33,16 +36,23 @@ test("the schema check reports a wrong type with the field's path", async () => 
   assert.match(problems[0]!.message, /containers\/0\/ports\/0\/containerPort must be integer/);
 });
 
-test("the test renderer agrees with kubectl kustomize", { skip: which("kubectl") ? false : "kubectl is not installed (not in Debian's set CI installs); the renderer alone is used" }, async () => {
-  for (const dir of kustomizations(kubernetesDir)) {
-    const r = await run("kubectl", ["kustomize", dir]);
-    assert.equal(r.exitCode, 0, r.output);
-    // kustomize wraps long base64 Secret values; the decoded bytes are what count.
-    const unwrap = (o: K8sObject) => (o.kind === "Secret" ? { ...o, data: Object.fromEntries(Object.entries((o.data ?? {}) as Record<string, string>).map(([k, v]) => [k, v.replace(/\s/g, "")])) } : o);
-    const byKey = (objs: K8sObject[]) => Object.fromEntries(objs.map((o) => [objectKey(o), unwrap(o)]));
-    assert.deepEqual(byKey(renderKustomization(dir)), byKey(parseRendered(r.output)), dir);
-  }
-});
+test(
+  "the test renderer agrees with kubectl kustomize",
+  { skip: which("kubectl") ? false : "kubectl is not installed (not in Debian's set CI installs); the renderer alone is used" },
+  async () => {
+    for (const dir of kustomizations(kubernetesDir)) {
+      const r = await run("kubectl", ["kustomize", dir]);
+      assert.equal(r.exitCode, 0, r.output);
+      // kustomize wraps long base64 Secret values; the decoded bytes are what count.
+      const unwrap = (o: K8sObject) =>
+        o.kind === "Secret"
+          ? { ...o, data: Object.fromEntries(Object.entries((o.data ?? {}) as Record<string, string>).map(([k, v]) => [k, v.replace(/\s/g, "")])) }
+          : o;
+      const byKey = (objs: K8sObject[]) => Object.fromEntries(objs.map((o) => [objectKey(o), unwrap(o)]));
+      assert.deepEqual(byKey(renderKustomization(dir)), byKey(parseRendered(r.output)), dir);
+    }
+  },
+);
 
 test("production agents take a whole GPU node of the GPU pool: nvidia.com/gpu requested, node selector and toleration", () => {
   const objs = renderKustomization(join(kubernetesDir, "overlays", "production"));
@@ -90,7 +100,11 @@ test("every ConfigMap, Secret and volume claim a pod uses is in each overlay's r
         for (const e of c.envFrom ?? []) if (e.configMapRef) needs.push(`ConfigMap/${e.configMapRef.name}`);
         for (const e of c.env ?? []) if (e.valueFrom?.secretKeyRef) needs.push(`Secret/${e.valueFrom.secretKeyRef.name}`);
       }
-      assert.deepEqual(needs.filter((n) => !have.has(n)), [], `${dir}: ${objectKey(o)}`);
+      assert.deepEqual(
+        needs.filter((n) => !have.has(n)),
+        [],
+        `${dir}: ${objectKey(o)}`,
+      );
     }
     // The coordinator Service selects the coordinator pods.
     const svc = find(objs, "Service", "factsweep-coordinator") as any;

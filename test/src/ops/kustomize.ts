@@ -12,7 +12,12 @@ import { basename, join, resolve } from "node:path";
 import { parseAllDocuments, parse } from "yaml";
 
 /** A Kubernetes object as plain JSON. */
-export type K8sObject = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string; labels?: Record<string, string>; [k: string]: unknown }; [k: string]: unknown };
+export type K8sObject = {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string; labels?: Record<string, string>; [k: string]: unknown };
+  [k: string]: unknown;
+};
 
 /** A kustomization uses a field this renderer does not implement, or is malformed. */
 export class KustomizeRenderError extends Error {
@@ -32,7 +37,8 @@ export function renderKustomization(dir: string): K8sObject[] {
   const file = join(dir, "kustomization.yaml");
   const k = parse(readFileSync(file, "utf8")) as Record<string, any>;
   for (const key of Object.keys(k)) {
-    if (!SUPPORTED.has(key)) throw new KustomizeRenderError(file, `field \`${key}\` is not supported by the test renderer (supported: ${[...SUPPORTED].join(", ")})`);
+    if (!SUPPORTED.has(key))
+      throw new KustomizeRenderError(file, `field \`${key}\` is not supported by the test renderer (supported: ${[...SUPPORTED].join(", ")})`);
   }
   let objects: K8sObject[] = [];
   for (const r of (k.resources ?? []) as string[]) {
@@ -47,7 +53,8 @@ export function renderKustomization(dir: string): K8sObject[] {
     for (const o of objects) if (o.kind !== "Namespace") o.metadata.namespace = k.namespace;
   }
   for (const l of (k.labels ?? []) as any[]) {
-    if (l.includeSelectors || l.includeTemplates) throw new KustomizeRenderError(file, "labels with includeSelectors/includeTemplates are not supported by the test renderer");
+    if (l.includeSelectors || l.includeTemplates)
+      throw new KustomizeRenderError(file, "labels with includeSelectors/includeTemplates are not supported by the test renderer");
     for (const o of objects) o.metadata.labels = { ...(o.metadata.labels ?? {}), ...l.pairs };
   }
   for (const p of (k.patches ?? []) as any[]) {
@@ -68,7 +75,11 @@ function readObjects(path: string): K8sObject[] {
 }
 
 function generate(file: string, dir: string, kind: "ConfigMap" | "Secret", g: any): K8sObject {
-  if (!g.options?.disableNameSuffixHash) throw new KustomizeRenderError(file, `${kind} generator \`${g.name}\` needs options.disableNameSuffixHash: true for the test renderer (it does not compute kustomize's name hash)`);
+  if (!g.options?.disableNameSuffixHash)
+    throw new KustomizeRenderError(
+      file,
+      `${kind} generator \`${g.name}\` needs options.disableNameSuffixHash: true for the test renderer (it does not compute kustomize's name hash)`,
+    );
   const data: Record<string, string> = {};
   for (const lit of (g.literals ?? []) as string[]) {
     const i = lit.indexOf("=");
@@ -104,7 +115,10 @@ interface JsonPatchOp {
 /** RFC 6902 add/replace/remove/test, in place; a failed `test` throws (the patch would misapply). */
 export function applyJsonPatch(target: unknown, ops: JsonPatchOp[], where: string): void {
   for (const { op, path, value } of ops) {
-    const keys = path.split("/").slice(1).map((s) => s.replace(/~1/g, "/").replace(/~0/g, "~"));
+    const keys = path
+      .split("/")
+      .slice(1)
+      .map((s) => s.replace(/~1/g, "/").replace(/~0/g, "~"));
     const last = keys.pop();
     if (last === undefined) throw new Error(`${where}: empty path`);
     let parent: any = target;
@@ -114,7 +128,8 @@ export function applyJsonPatch(target: unknown, ops: JsonPatchOp[], where: strin
     }
     if (op === "test") {
       const actual = parent?.[Array.isArray(parent) ? Number(last) : last];
-      if (JSON.stringify(actual) !== JSON.stringify(value)) throw new Error(`${where}: test ${path}: expected ${JSON.stringify(value)}, found ${JSON.stringify(actual)}`);
+      if (JSON.stringify(actual) !== JSON.stringify(value))
+        throw new Error(`${where}: test ${path}: expected ${JSON.stringify(value)}, found ${JSON.stringify(actual)}`);
       continue;
     }
     if (Array.isArray(parent)) {

@@ -105,9 +105,18 @@ export async function startLiveCluster(opts: { agents: number; goldenDir: string
     const coordinator = Object.assign(
       start("coordinator", process.execPath, [
         join(repoRoot, "coordinator/dist/main.js"),
-        "--grpc-host", "127.0.0.1", "--grpc-port", String(grpcPort),
-        "--http-host", "127.0.0.1", "--http-port", String(httpPort),
-        "--nats-url", nats.url, "--model-root", opts.goldenDir,
+        "--grpc-host",
+        "127.0.0.1",
+        "--grpc-port",
+        String(grpcPort),
+        "--http-host",
+        "127.0.0.1",
+        "--http-port",
+        String(httpPort),
+        "--nats-url",
+        nats.url,
+        "--model-root",
+        opts.goldenDir,
       ]),
       { grpc: `127.0.0.1:${grpcPort}`, metrics: `http://127.0.0.1:${httpPort}/metrics` },
     );
@@ -119,9 +128,19 @@ export async function startLiveCluster(opts: { agents: number; goldenDir: string
       const a = Object.assign(
         start(`agent-${i}`, process.execPath, [
           join(repoRoot, "node-agent/dist/main.js"),
-          "--coordinator", coordinator.grpc, "--nats-url", nats.url,
-          "--cpu", "--workers", "1", "--agent-id", `ops-live-${i}`,
-          "--http-host", "127.0.0.1", "--http-port", String(port),
+          "--coordinator",
+          coordinator.grpc,
+          "--nats-url",
+          nats.url,
+          "--cpu",
+          "--workers",
+          "1",
+          "--agent-id",
+          `ops-live-${i}`,
+          "--http-host",
+          "127.0.0.1",
+          "--http-port",
+          String(port),
         ]),
         { metrics: `http://127.0.0.1:${port}/metrics`, instance: `127.0.0.1:${port}` },
       );
@@ -130,7 +149,14 @@ export async function startLiveCluster(opts: { agents: number; goldenDir: string
     }
     for (const a of agents) await waitHttp(a.metrics.replace("/metrics", "/readyz"), 60_000, a.name, a.log);
     cpSync(join(prometheusDir, "rules"), join(dir, "rules"), { recursive: true });
-    writeFileSync(join(dir, "prometheus.yml"), renderScrapeConfig(`127.0.0.1:${httpPort}`, agents.map((a) => a.instance), `127.0.0.1:${promPort}`));
+    writeFileSync(
+      join(dir, "prometheus.yml"),
+      renderScrapeConfig(
+        `127.0.0.1:${httpPort}`,
+        agents.map((a) => a.instance),
+        `127.0.0.1:${promPort}`,
+      ),
+    );
     const prometheus = Object.assign(
       start("prometheus", "prometheus", [
         `--config.file=${join(dir, "prometheus.yml")}`,
@@ -149,7 +175,12 @@ export async function startLiveCluster(opts: { agents: number; goldenDir: string
       prometheus,
       dir,
       sweepctl: async (args) => {
-        const r = await execa(process.execPath, [join(repoRoot, "sweepctl/dist/cli.js"), "--coordinator", coordinator.grpc, ...args], { reject: false, all: true, stdin: "ignore", cwd: dir });
+        const r = await execa(process.execPath, [join(repoRoot, "sweepctl/dist/cli.js"), "--coordinator", coordinator.grpc, ...args], {
+          reject: false,
+          all: true,
+          stdin: "ignore",
+          cwd: dir,
+        });
         return { exitCode: r.exitCode ?? -1, output: r.all ?? "" };
       },
       stop,

@@ -8,7 +8,10 @@ import { alertSignals, familyOf, metricNames, substituteVariables } from "./prom
 import { GOLDEN_DIR, familiesOf, query, startLiveCluster, type LiveCluster } from "./live-cluster.js";
 import { missing } from "./tools.js";
 
-const skip = missing("prometheus") || missing("nats-server") || (GOLDEN_DIR ? false : "the golden models (shared/golden) are not on this machine; set FACTSWEEP_SHARED_DIR");
+const skip =
+  missing("prometheus") ||
+  missing("nats-server") ||
+  (GOLDEN_DIR ? false : "the golden models (shared/golden) are not on this machine; set FACTSWEEP_SHARED_DIR");
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A trace over the golden tiny Mamba long enough to be scraped while it runs (~1,400 cells). */
@@ -66,13 +69,16 @@ test(
       await sleep(3000);
 
       // The live /metrics declare every metric the expressions use.
-      const pages = await Promise.all([cluster.coordinator.metrics, ...cluster.agents.map((a) => a.metrics)].map(async (u) => familiesOf(await (await fetch(u)).text())));
+      const pages = await Promise.all(
+        [cluster.coordinator.metrics, ...cluster.agents.map((a) => a.metrics)].map(async (u) => familiesOf(await (await fetch(u)).text())),
+      );
       const declared = new Set(pages.flatMap((p) => [...p.declared]));
       const observed = new Set(pages.flatMap((p) => [...p.observed]));
       const known = new Set([...PROJECT_METRICS, ...DEFAULT_METRICS]);
       const expressions = shippedExpressions();
       const undeclared = new Set<string>();
-      for (const e of expressions) for (const n of metricNames(e.expr)) if (!SYNTHETIC_METRICS.has(n) && !declared.has(familyOf(n, known))) undeclared.add(`${e.origin}: ${n}`);
+      for (const e of expressions)
+        for (const n of metricNames(e.expr)) if (!SYNTHETIC_METRICS.has(n) && !declared.has(familyOf(n, known))) undeclared.add(`${e.origin}: ${n}`);
       assert.deepEqual([...undeclared], [], "metrics used by dashboards or alerts but absent from the live /metrics");
 
       // Evaluate everything: panels and variables must return series; alerts must be well-formed
@@ -103,18 +109,27 @@ test(
       assert.deepEqual(failures, [], `expressions without data\n${logs()}`);
 
       // Prometheus loaded every alert rule of the project and evaluates each without error.
-      const rules = (await (await fetch(`${prom}/api/v1/rules`)).json()) as { data: { groups: Array<{ rules: Array<{ name: string; health: string; lastError?: string }> }> } };
+      const rules = (await (await fetch(`${prom}/api/v1/rules`)).json()) as {
+        data: { groups: Array<{ rules: Array<{ name: string; health: string; lastError?: string }> }> };
+      };
       const loaded = rules.data.groups.flatMap((g) => g.rules);
       const shippedAlerts = expressions.filter((e) => e.kind === "alert").map((e) => e.origin.split(" › ")[1]);
       assert.deepEqual(loaded.map((r) => r.name).sort(), [...shippedAlerts].sort());
-      assert.deepEqual(loaded.filter((r) => r.health !== "ok").map((r) => `${r.name}: ${r.health} ${r.lastError ?? ""}`), []);
+      assert.deepEqual(
+        loaded.filter((r) => r.health !== "ok").map((r) => `${r.name}: ${r.health} ${r.lastError ?? ""}`),
+        [],
+      );
 
       // An agent that dies is reported by the FactsweepAgentDown expression, for that agent only.
       const victim = cluster.agents[1]!;
       victim.child.kill("SIGKILL");
       const downExpr = expressions.find((e) => e.origin.endsWith("FactsweepAgentDown"))!.expr;
       const down = await until(prom, downExpr, (r) => (r.data?.result.length ?? 0) > 0, 20_000);
-      assert.deepEqual(down.data?.result.map((s) => s.metric.instance), [victim.instance], `FactsweepAgentDown for the killed agent\n${logs()}`);
+      assert.deepEqual(
+        down.data?.result.map((s) => s.metric.instance),
+        [victim.instance],
+        `FactsweepAgentDown for the killed agent\n${logs()}`,
+      );
     } finally {
       await cluster.stop();
     }

@@ -23,7 +23,10 @@ test("promtool accepts the Kubernetes scrape config with its pod discovery swapp
   const job = config.scrape_configs[0]!;
   assert.deepEqual(job.kubernetes_sd_configs, [{ role: "pod" }]);
   const relabel = job.relabel_configs as Array<{ source_labels?: string[]; action?: string; regex?: string }>;
-  assert.ok(relabel.some((r) => r.source_labels?.[0] === "__meta_kubernetes_pod_annotation_prometheus_io_scrape" && r.action === "keep" && r.regex === "true"), "keeps pods annotated prometheus.io/scrape=true");
+  assert.ok(
+    relabel.some((r) => r.source_labels?.[0] === "__meta_kubernetes_pod_annotation_prometheus_io_scrape" && r.action === "keep" && r.regex === "true"),
+    "keeps pods annotated prometheus.io/scrape=true",
+  );
   delete job.kubernetes_sd_configs;
   job.static_configs = [{ targets: ["pod:9464"] }];
   const dir = mkdtempSync(join(tmpdir(), "factsweep-promk8s-"));
@@ -49,7 +52,10 @@ test("each alert fires on the situation it names and stays quiet on a healthy cl
   assert.equal(r.exitCode, 0, r.output);
   // Every alert of the rule files has at least one unit test.
   const tested = readFileSync(join(prometheusDir, "tests/alerts.test.yml"), "utf8");
-  const untested = [...loadRules().values()].flat().filter((x) => x.alert && !tested.includes(`alertname: ${x.alert}`)).map((x) => x.alert);
+  const untested = [...loadRules().values()]
+    .flat()
+    .filter((x) => x.alert && !tested.includes(`alertname: ${x.alert}`))
+    .map((x) => x.alert);
   assert.deepEqual(untested, []);
 });
 

@@ -6,7 +6,9 @@ import { deployDir } from "./paths.js";
 import { missing, run } from "./tools.js";
 
 const dir = join(deployDir, "systemd");
-const units = readdirSync(dir).filter((f) => f.endsWith(".service")).sort();
+const units = readdirSync(dir)
+  .filter((f) => f.endsWith(".service"))
+  .sort();
 
 test("systemd-analyze verify accepts the units without a warning", { skip: missing("systemd-analyze") }, async () => {
   assert.deepEqual(units, ["factsweep-agent.service", "factsweep-coordinator.service", "factsweep-nats.service"]);
@@ -17,7 +19,11 @@ test("systemd-analyze verify accepts the units without a warning", { skip: missi
 });
 
 test("every unit restarts on failure and its sample environment file defines each variable ExecStart uses", () => {
-  const envFor: Record<string, string> = { "factsweep-nats.service": "nats.env", "factsweep-coordinator.service": "coordinator.env", "factsweep-agent.service": "agent.env" };
+  const envFor: Record<string, string> = {
+    "factsweep-nats.service": "nats.env",
+    "factsweep-coordinator.service": "coordinator.env",
+    "factsweep-agent.service": "agent.env",
+  };
   for (const u of units) {
     const text = readFileSync(join(dir, u), "utf8");
     assert.match(text, /^Restart=on-failure$/m, `${u}: Restart=on-failure`);
@@ -25,6 +31,10 @@ test("every unit restarts on failure and its sample environment file defines eac
     const used = [...exec.matchAll(/\$\{?(\w+)\}?/g)].map((m) => m[1]!);
     const env = readFileSync(join(dir, envFor[u]!), "utf8");
     const defined = new Set([...env.matchAll(/^(\w+)=/gm)].map((m) => m[1]!));
-    assert.deepEqual(used.filter((v) => !defined.has(v)), [], `${u}: variables missing from ${envFor[u]}`);
+    assert.deepEqual(
+      used.filter((v) => !defined.has(v)),
+      [],
+      `${u}: variables missing from ${envFor[u]}`,
+    );
   }
 });

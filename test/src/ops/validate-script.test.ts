@@ -9,7 +9,14 @@ const skip = missing("promtool") || missing("docker-compose") || missing("system
 test("deploy/validate.sh runs every validator and passes", { skip }, async () => {
   const r = await run("bash", [join(deployDir, "validate.sh")]);
   assert.equal(r.exitCode, 0, r.output);
-  for (const check of ["promtool check rules", "promtool test rules", "promtool check config prometheus.yml", "docker-compose config", "Kubernetes schemas", "systemd-analyze verify"]) {
+  for (const check of [
+    "promtool check rules",
+    "promtool test rules",
+    "promtool check config prometheus.yml",
+    "docker-compose config",
+    "Kubernetes schemas",
+    "systemd-analyze verify",
+  ]) {
     assert.match(r.output, new RegExp(`^ok {4}.*${check}`, "m"), `validate.sh ran: ${check}`);
   }
   assert.match(r.output, /^all checks passed$/m);
