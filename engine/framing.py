@@ -13,6 +13,9 @@ Only the standard library and protobuf are imported here, so importing this modu
 
 from __future__ import annotations
 
+import io
+import os
+import select
 import struct
 from typing import BinaryIO, Optional
 
@@ -85,6 +88,84 @@ def read_frame(stream: BinaryIO, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Op
     if len(payload) < length:
         raise TruncatedFrame(len(payload), length, "payload")
     return payload
+
+
+class FrameReader:
+    """Reads frames through its own buffer, so a reader can also ask, without blocking, whether the
+    whole next frame has already arrived (:meth:`ready_frame`; the worker's lookahead). On a stream
+    with a file descriptor it reads the descriptor itself (``os.read``: give it an unbuffered stream,
+    or one nothing has read from yet); on any other stream it calls ``read`` and never looks ahead."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, stream: BinaryIO, max_bytes: int = DEFAULT_MAX_FRAME_BYTES):
+        self._stream = stream
+        self.max_bytes = max_bytes
+        try:
+            self._fd: Optional[int] = stream.fileno()
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            self._fd = None
+        self._buf = bytearray()
+        self._eof = False
+
+    def _fill(self, want: int, block: bool) -> bool:
+        """Appends what the stream has (up to about ``want`` bytes); ``block``: wait for at least one
+        byte. False at the end of the stream, or (not blocking) when nothing is readable now."""
+        if self._eof:
+            return False
+        size = max(self.CHUNK, want)
+        if self._fd is not None:
+            if not block and not select.select([self._fd], [], [], 0)[0]:
+                return False
+            chunk = os.read(self._fd, size)
+        elif not block:
+            return False
+        else:
+            chunk = self._stream.read(size)
+        if not chunk:
+            self._eof = True
+            return False
+        self._buf += chunk
+        return True
+
+    def _length(self) -> Optional[int]:
+        return HEADER.unpack_from(self._buf)[0] if len(self._buf) >= HEADER.size else None
+
+    def read_frame(self) -> Optional[bytes]:
+        """As the module's :func:`read_frame`: the next payload, ``None`` on a clean end of stream,
+        ``TruncatedFrame`` / ``FrameTooLarge`` otherwise."""
+        while len(self._buf) < HEADER.size and self._fill(HEADER.size - len(self._buf), True):
+            pass
+        if not self._buf:
+            return None
+        if len(self._buf) < HEADER.size:
+            raise TruncatedFrame(len(self._buf), HEADER.size, "length")
+        length = self._length()
+        if length > self.max_bytes:
+            raise FrameTooLarge(length, self.max_bytes)
+        end = HEADER.size + length
+        while len(self._buf) < end and self._fill(end - len(self._buf), True):
+            pass
+        if len(self._buf) < end:
+            raise TruncatedFrame(len(self._buf) - HEADER.size, length, "payload")
+        payload = bytes(self._buf[HEADER.size:end])
+        del self._buf[:end]
+        return payload
+
+    def ready_frame(self) -> Optional[bytes]:
+        """The next frame's payload if all of it is already here (buffered, or readable without
+        blocking), without consuming it (:meth:`read_frame` returns it next); otherwise ``None`` (also
+        for a frame over ``max_bytes``, left to :meth:`read_frame` to refuse)."""
+        while True:
+            length = self._length()
+            if length is not None:
+                if length > self.max_bytes:
+                    return None
+                if len(self._buf) >= HEADER.size + length:
+                    return bytes(self._buf[HEADER.size:HEADER.size + length])
+            want = HEADER.size + (length or 0) - len(self._buf)
+            if not self._fill(want, False):
+                return None
 
 
 def encode_frame(payload: bytes) -> bytes:

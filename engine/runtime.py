@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -28,11 +27,11 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .corruption import NoiseSpec, SwapSpec, corrupted_embeddings, validate_ids
 from .errors import InvalidArgument, NotFound, NumericError
 from .sites import BLOCK
-from .trace import CellSpec
+from .trace import CellSpec, PendingCells
 
 log = logging.getLogger("engine.runtime")
 
-__all__ = ["Engine", "ModelInfo", "PromptInfo", "EngineStats", "PreparedPrompt", "NoiseSpec", "SwapSpec", "CellSpec"]
+__all__ = ["Engine", "PendingCells", "ModelInfo", "PromptInfo", "EngineStats", "PreparedPrompt", "NoiseSpec", "SwapSpec", "CellSpec"]
 
 DEFAULT_CPU_BUDGET = 2 << 30
 
@@ -287,28 +286,33 @@ class Engine:
 
     # -- cells ----------------------------------------------------------------------------
     def run_cells(self, model_id: str, prompt_key: str, cells: list, slow_path: bool = False) -> list:
-        """(p(answer), answer logit) per cell, in order. ``slow_path``: full recompute, no cache."""
+        """(p(answer), answer logit) per cell, in order. ``slow_path``: full recompute, no cache.
+        The synchronous form of :meth:`run_cells_launch` (``.values()`` of its pending result)."""
+        return self.run_cells_launch(model_id, prompt_key, cells, slow_path).values()
+
+    def run_cells_launch(self, model_id: str, prompt_key: str, cells: list, slow_path: bool = False) -> "PendingCells":
+        """Queue the cells' device work and return without waiting for it: the result's ``array()`` /
+        ``values()`` is the one host synchronisation (on CUDA the results are copied into pinned host
+        memory behind the grid, so work queued after this call does not delay them). Argument errors
+        (unknown model or prompt, bad cells) are raised here; NaN/inf in the results by ``array()``.
+        On the CPU everything is computed here (CPU ops are synchronous)."""
+        started = time.perf_counter()
         ck = self.checkpoint(model_id)
         spec = self._spec(model_id, prompt_key)
         cells = [CellSpec(c.site, int(c.layer), int(c.token), int(c.window) or 1) for c in cells]
+        begin = trace.device_clock(ck.device)
         with torch.no_grad():
             if slow_path:
                 ids, corrupted = self._inputs(ck, spec)
                 out = trace.run_cells_slow(ck.model, ids, corrupted, spec.answer_id, cells)
             else:
                 out = trace.run_cells_fast(ck.model, self.prepared(model_id, prompt_key).runs, cells, self.trace_rows)
-        values = out.cpu().tolist()
-        bad = [i for i, (p, lg) in enumerate(values) if not (math.isfinite(p) and math.isfinite(lg))]
-        if bad:
-            raise NumericError(
-                f"NaN or inf in the outputs of {len(bad)} cell(s) of prompt {prompt_key!r} (first: cells[{bad[0]}] "
-                f"= {cells[bad[0]]}); the model overflows the run dtype",
-                field="cells",
-            )
-        self.cells_run += len(cells)
-        return [(p, lg) for p, lg in values]
+        return PendingCells(out, cells, prompt_key, begin, started, ck.device, self._count_cells)
 
-    # -- cache ----------------------------------------------------------------------------
+    def _count_cells(self, n: int) -> None:
+        self.cells_run += n
+
+    # -- cache ----    # -- cache ----------------------------------------------------------------------------
     def evict(self, model_id: str, prompt_keys: Optional[list] = None, all: bool = False) -> tuple:
         """Forget prompts (their specs and cached runs): the given keys, or all of ``model_id`` (all models
         if ``model_id`` is empty) when ``all``. Returns (prompts forgotten, cache bytes now)."""

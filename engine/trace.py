@@ -23,14 +23,15 @@ Two paths compute the same numbers:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+import time
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from . import kernels
 from .cache import PromptRuns
-from .errors import InvalidArgument
+from .errors import InvalidArgument, NumericError
 from .prepare import answer_measures, record_clean
 from .sites import INPUT, OUTPUT
 
@@ -226,6 +227,68 @@ def run_cells_fast(model, runs: PromptRuns, cells: list, max_rows: Optional[int]
     out = torch.empty(len(plans), 2, device=device)
     out[dev_order] = torch.cat(results)
     return out
+
+
+def device_clock(device: torch.device):
+    """A timing event recorded now on ``device``'s current stream (CUDA), else ``None``: the start of
+    a :class:`PendingCells`' ``seconds``."""
+    if device.type != "cuda":
+        return None
+    begin = torch.cuda.Event(enable_timing=True)
+    begin.record(torch.cuda.current_stream(device))
+    return begin
+
+
+class PendingCells:
+    """Cell results whose device work is queued (``Engine.run_cells_launch``). On CUDA the results are
+    copied into pinned host memory behind the grid and an event marks their end, so work queued after
+    this does not delay them; ``array()`` waits for that event (the call's one host synchronisation),
+    checks the values, and reports the count to ``on_done`` once; ``seconds`` is then the call's compute
+    time (CUDA: from ``begin`` to the grid's end on the device, so host work meanwhile is not counted)."""
+
+    def __init__(self, out: torch.Tensor, cells: list, prompt_key: str, begin, started: float,
+                 device: Optional[torch.device] = None, on_done: Optional[Callable[[int], None]] = None):
+        self._cells, self._prompt_key, self._begin, self._on_done = cells, prompt_key, begin, on_done
+        self._done = None
+        if begin is not None:
+            self._host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            self._host.copy_(out, non_blocking=True)
+            self._done = torch.cuda.Event(enable_timing=True)
+            self._done.record(torch.cuda.current_stream(device))  # begin's stream
+        else:
+            self._host = out.detach()
+        self._launch_seconds = time.perf_counter() - started
+        self._array: Optional[np.ndarray] = None
+        self.seconds: Optional[float] = None
+
+    def __len__(self) -> int:
+        return len(self._cells)
+
+    def array(self) -> np.ndarray:
+        """(cells, 2) float64: p(answer) and answer logit per cell, in request order (the run dtype's
+        values, exactly). ``NumericError`` (field ``cells``) for NaN/inf."""
+        if self._array is None:
+            started = time.perf_counter()
+            if self._done is not None:
+                self._done.synchronize()
+            values = self._host.to(torch.float64).numpy().reshape(len(self._cells), 2)
+            self.seconds = (self._begin.elapsed_time(self._done) / 1e3 if self._done is not None
+                            else self._launch_seconds + time.perf_counter() - started)
+            bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+            if bad.size:
+                raise NumericError(
+                    f"NaN or inf in the outputs of {bad.size} cell(s) of prompt {self._prompt_key!r} (first: "
+                    f"cells[{bad[0]}] = {self._cells[bad[0]]}); the model overflows the run dtype",
+                    field="cells",
+                )
+            if self._on_done is not None:
+                self._on_done(len(self._cells))
+            self._array = values
+        return self._array
+
+    def values(self) -> list:
+        """[(p, logit)] per cell as Python floats (what ``Engine.run_cells`` returns)."""
+        return [(p, lg) for p, lg in self.array().tolist()]
 
 
 def _even(n: int) -> int:

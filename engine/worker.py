@@ -1,4 +1,6 @@
 """Engine worker: serves the engine protocol of ``proto/engine.proto`` on stdin/stdout.
+(long-file: the session loop with its lookahead, the dispatch and the handlers are one state machine
+over one stream; the command line is the small rest.)
 
 The node agent starts one worker per GPU (``python3 -m engine --device cuda:0``) and talks
 length-prefixed frames (``engine.framing``): ``EngineRequest`` in, exactly one ``EngineResponse``
@@ -32,9 +34,9 @@ import engine as engine_pkg
 from engine import errors
 from engine.framing import (
     DEFAULT_MAX_FRAME_BYTES,
+    FrameReader,
     FrameTooLarge,
     TruncatedFrame,
-    read_frame,
     write_message,
 )
 from engine.proto import engine_pb2 as pb
@@ -62,13 +64,28 @@ class _Terminate(BaseException):
     """Raised by the signal handler, only while the worker waits for a request."""
 
 
+class _Deferred:
+    """A handler's answer whose device work is queued but not waited for (RunCells): ``finish()``
+    waits for it and returns the response body. Between the two the worker may look ahead."""
+
+    def __init__(self, field: str, finish: Callable):
+        self.field = field
+        self.finish = finish
+
+
+def lookahead_enabled() -> bool:
+    """``FACTSWEEP_LOOKAHEAD=0`` turns the worker's lookahead off (see ``Worker.serve``)."""
+    return os.environ.get("FACTSWEEP_LOOKAHEAD", "1") != "0"
+
+
 class Worker:
     """One protocol session over a pair of binary streams. ``serve()`` returns the exit code."""
 
     def __init__(self, options: argparse.Namespace, frames_in: BinaryIO, frames_out: BinaryIO):
         self.options = options
-        self._in = frames_in
+        self._in = FrameReader(frames_in, options.max_frame_bytes)
         self._out = frames_out
+        self._lookahead = lookahead_enabled()
         self._engine = None
         self._greeted = False
         self._hidden_size: Dict[str, int] = {}  # model_id -> d, to shape explicit noise
@@ -94,14 +111,20 @@ class Worker:
             raise _Terminate(signum)
 
     def serve(self) -> int:
-        """Reads and answers requests until EOF, Shutdown, a signal or an unrecoverable stream."""
+        """Reads and answers requests until EOF, Shutdown, a signal or an unrecoverable stream.
+
+        Lookahead: a RunCells request's grid is queued on the device without waiting for it; if the
+        next frame has already arrived and is a PreparePrompt, that prepare runs now (its kernel
+        launches, host-bound, overlap the grid's device time), then the RunCells is finished and
+        answered, then the PreparePrompt. Replies keep request order and each request's outcome is
+        its own; off with ``FACTSWEEP_LOOKAHEAD=0``, and never once a signal asked the worker to stop."""
         while True:
             try:
                 self._idle = True
                 if self._stop_requested:  # checked after _idle is set, so no signal is missed
                     log.info("stopping on signal after the last request")
                     return EXIT_OK
-                payload = read_frame(self._in, self.options.max_frame_bytes)
+                payload = self._in.read_frame()
                 self._idle = False
             except _Terminate:
                 log.info("stopping on signal while idle")
@@ -119,15 +142,38 @@ class Worker:
             if payload is None:
                 log.info("stdin closed; exiting")
                 return EXIT_OK
-            response, stop = self.handle_payload(payload)
-            try:
-                write_message(self._out, response)
-            except OSError as exc:  # BrokenPipeError included
-                log.error("cannot write the response to request %d (%s); exiting", response.request_id, exc)
-                return EXIT_PEER_GONE
-            if stop:
-                log.info("shutdown requested; exiting")
-                return EXIT_OK
+            started = self.start_payload(payload)
+            ahead = self._look_ahead(started)
+            responses = [self.finish_payload(started)]
+            if ahead is not None:
+                responses.append(ahead)
+            for response, stop in responses:
+                try:
+                    write_message(self._out, response)
+                except OSError as exc:  # BrokenPipeError included
+                    log.error("cannot write the response to request %d (%s); exiting", response.request_id, exc)
+                    return EXIT_PEER_GONE
+                if stop:
+                    log.info("shutdown requested; exiting")
+                    return EXIT_OK
+
+    def _look_ahead(self, started) -> "Tuple[pb.EngineResponse, bool] | None":
+        """While ``started``'s device work runs: answer the next request now if it is a PreparePrompt
+        that has already arrived whole (consumed here); ``None`` otherwise (nothing consumed)."""
+        if not self._lookahead or not isinstance(started[1], _Deferred) or self._stop_requested:
+            return None
+        payload = self._in.ready_frame()
+        if payload is None:
+            return None
+        try:
+            request = pb.EngineRequest.FromString(payload)
+        except DecodeError:
+            return None  # the main loop answers it as usual
+        if request.WhichOneof("body") != "prepare_prompt":
+            return None
+        self._in.read_frame()  # the same frame, now consumed
+        log.debug("request %d prepare_prompt looked ahead during request %d", request.request_id, started[0])
+        return self.finish_payload(self.start_payload(payload))
 
     def _try_send(self, response) -> None:
         try:
@@ -140,42 +186,65 @@ class Worker:
     def handle_payload(self, payload: bytes) -> Tuple["pb.EngineResponse", bool]:
         """Decodes one request and answers it. Returns the response and whether to stop after it.
         Never raises for a bad request: every failure becomes an error response."""
+        return self.finish_payload(self.start_payload(payload))
+
+    def start_payload(self, payload: bytes) -> tuple:
+        """Decodes one request and runs its handler: (request_id, the response or a ``_Deferred``
+        whose device work is queued, whether to stop after it, kind, start time). Never raises for a
+        bad request: every failure becomes an error response."""
         try:
             request = pb.EngineRequest.FromString(payload)
         except DecodeError as exc:
-            return error_response(0, errors.ProtocolError(
+            return 0, error_response(0, errors.ProtocolError(
                 f"frame of {len(payload)} bytes is not a valid EngineRequest ({exc}); expected a "
                 "serialized factsweep.engine.v1.EngineRequest after each 4-byte length prefix",
                 field="frame",
-            )), False
+            )), False, None, None
         request_id = request.request_id
         kind = request.WhichOneof("body")
         if kind is None:
-            return error_response(request_id, errors.ProtocolError(
+            return request_id, error_response(request_id, errors.ProtocolError(
                 f"request {request_id} has no body, or a body this worker (protocol version "
                 f"{engine_pkg.PROTOCOL_VERSION}) does not know; expected one of "
                 f"{', '.join(self._handlers)}",
                 field="body",
-            )), False
+            )), False, None, None
         if not self._greeted and kind not in _BEFORE_HELLO:
-            return error_response(request_id, errors.ProtocolError(
+            return request_id, error_response(request_id, errors.ProtocolError(
                 f"request {request_id} is {kind} before a successful Hello; send "
                 f"Hello(protocol_version={engine_pkg.PROTOCOL_VERSION}) first",
                 field="body",
-            )), False
+            )), False, None, None
         started = time.perf_counter()
         log.debug("request %d %s started", request_id, kind)
         try:
             field, body = self._handlers[kind](getattr(request, kind))
-        except errors.EngineError as exc:
+        except Exception as exc:
+            return request_id, self._failed(request_id, kind, exc), False, kind, started
+        if isinstance(body, _Deferred):
+            return request_id, body, False, kind, started
+        return request_id, pb.EngineResponse(request_id=request_id, **{field: body}), kind == "shutdown", kind, started
+
+    def finish_payload(self, started: tuple) -> Tuple["pb.EngineResponse", bool]:
+        """The response of a request begun by :meth:`start_payload` (waiting for its device work)."""
+        request_id, answer, stop, kind, t0 = started
+        if isinstance(answer, _Deferred):
+            try:
+                answer = pb.EngineResponse(request_id=request_id, **{answer.field: answer.finish()})
+            except Exception as exc:
+                answer = self._failed(request_id, kind, exc)
+        if kind is not None and answer.WhichOneof("body") != "error":
+            log.debug("request %d %s done in %.3f s", request_id, kind, time.perf_counter() - t0)
+        return answer, stop
+
+    @staticmethod
+    def _failed(request_id: int, kind: str, exc: Exception) -> "pb.EngineResponse":
+        if isinstance(exc, errors.EngineError):
             log.warning("request %d %s failed: %s: %s (field %r)", request_id, kind,
                         type(exc).__name__, exc, exc.field)
-            return error_response(request_id, exc), False
-        except Exception as exc:  # the worker must survive any engine failure
-            log.exception("request %d %s failed with an unexpected error", request_id, kind)
-            return error_response(request_id, exc), False
-        log.debug("request %d %s done in %.3f s", request_id, kind, time.perf_counter() - started)
-        return pb.EngineResponse(request_id=request_id, **{field: body}), kind == "shutdown"
+        else:  # the worker must survive any engine failure
+            log.exception("request %d %s failed with an unexpected error", request_id, kind, exc_info=exc)
+        return error_response(request_id, exc)
 
     # -- handlers: each returns (response body field, message) --------------------------------
 
@@ -228,16 +297,19 @@ class Worker:
 
     def _run_cells(self, req):
         cells = cells_from_pb(req.cells)
-        started = time.perf_counter()
-        results = self._engine.run_cells(req.model_id, req.prompt_key, cells, slow_path=req.slow_path)
-        seconds = time.perf_counter() - started
-        if len(results) != len(cells):
-            raise errors.EngineError(f"engine returned {len(results)} results for {len(cells)} cells")
-        return "cells", pb.CellResults(
-            prompt_key=req.prompt_key,
-            results=[pb.CellResult(p=float(p), logit=float(logit)) for p, logit in results],
-            seconds=seconds,
-        )
+        pending = self._engine.run_cells_launch(req.model_id, req.prompt_key, cells, slow_path=req.slow_path)
+        if len(pending) != len(cells):
+            raise errors.EngineError(f"engine returned {len(pending)} results for {len(cells)} cells")
+
+        def finish():
+            results = pending.array()
+            return pb.CellResults(
+                prompt_key=req.prompt_key,
+                results=[pb.CellResult(p=p, logit=logit) for p, logit in results.tolist()],
+                seconds=pending.seconds,
+            )
+
+        return "cells", _Deferred("cells", finish)
 
     def _evict(self, req):
         if not req.prompt_keys and not req.all:
@@ -273,7 +345,7 @@ def _claim_stdio() -> Tuple[BinaryIO, BinaryIO]:
     """Takes private duplicates of fds 0 and 1 for frames, then points fd 1 / ``sys.stdout`` at
     stderr and fd 0 / ``sys.stdin`` at /dev/null, so no other code can touch the protocol stream."""
     sys.stdout.flush()
-    frames_in = os.fdopen(os.dup(0), "rb")
+    frames_in = os.fdopen(os.dup(0), "rb", buffering=0)  # unbuffered: FrameReader reads the fd itself
     frames_out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     devnull = os.open(os.devnull, os.O_RDONLY)
