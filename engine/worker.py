@@ -301,13 +301,10 @@ class Worker:
         if len(pending) != len(cells):
             raise errors.EngineError(f"engine returned {len(pending)} results for {len(cells)} cells")
 
-        def finish():
-            results = pending.array()
-            return pb.CellResults(
-                prompt_key=req.prompt_key,
-                results=[pb.CellResult(p=p, logit=logit) for p, logit in results.tolist()],
-                seconds=pending.seconds,
-            )
+        def finish():  # packed: one float64 array of each measure, not a message a cell
+            values = pending.array()
+            return pb.CellResults(prompt_key=req.prompt_key, seconds=pending.seconds,
+                                  p=values[:, 0].tolist(), logit=values[:, 1].tolist())
 
         return "cells", _Deferred("cells", finish)
 

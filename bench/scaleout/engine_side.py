@@ -239,7 +239,7 @@ def cmd_protocol(args) -> None:
             b = time.perf_counter()
             r = call(run_cells=pb.RunCells(model_id="m", prompt_key=key, cells=pcells))
             c = time.perf_counter()
-            assert len(r.cells.results) == len(pcells), "wrong number of cell results"
+            assert len(r.cells.p) == len(pcells), "wrong number of cell results"
             return b - a, c - b, r.cells.seconds
 
         w_prep, w_run, _ = one("warm-up", prompts[0])

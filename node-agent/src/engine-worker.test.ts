@@ -115,9 +115,10 @@ test("the real engine worker answers hello, loads the golden Mamba and reproduce
     const cells: engine.Cell[] = [];
     for (let l = 0; l < L; l++) for (let t = 0; t < T; t++) cells.push({ site: engine.Site.SITE_RESIDUAL, layer: l, token: t, window: 1 });
     const res = await client.runCells({ modelId: "mamba", promptKey: "golden/0", cells });
-    assert.equal(res.results.length, L * T);
+    assert.equal(res.p.length, L * T);
+    assert.equal(res.logit.length, L * T);
     let worst = 0;
-    res.results.forEach((r, i) => (worst = Math.max(worst, Math.abs(r.p - grid.data[i]!))));
+    res.p.forEach((p, i) => (worst = Math.max(worst, Math.abs(p - grid.data[i]!))));
     assert.ok(worst <= 1e-5, `max |p − golden| = ${worst}`);
 
     const stats = await client.stats();

@@ -55,8 +55,8 @@ test("a shard runs on a real engine worker and publishes exactly one ShardResult
   assert.equal(r.pCorrupt, info.pCorrupt);
   r.cells.forEach((c, i) => {
     assert.deepEqual(c.cell, shard.cells[i], `cell ${i} is the cell that was asked`);
-    assert.equal(c.p, cells.results[i]!.p, `p of cell ${i}`);
-    assert.equal(c.logit, cells.results[i]!.logit, `logit of cell ${i}`);
+    assert.equal(c.p, cells.p[i]!, `p of cell ${i}`);
+    assert.equal(c.logit, cells.logit[i]!, `logit of cell ${i}`);
   });
   // And against the transformers reference grid of the golden file.
   for (const c of r.cells) assert.ok(Math.abs(c.p - reference[c.cell!.layer]![c.cell!.token]!) <= 1e-5, `p at (${c.cell!.layer}, ${c.cell!.token})`);

@@ -4,7 +4,6 @@
  * worker died are kept: after the restart only the remaining cells run (the session re-loads the
  * model and re-prepares the prompt the new process lacks).
  */
-import type { engine } from "@factsweep/proto";
 import { EngineRequestError } from "./engine-errors.js";
 import { ShardError } from "./errors.js";
 import { cellsPerCallOf } from "./gpu-discovery.js";
@@ -25,7 +24,10 @@ export async function runTraceShard(opts: ShardRunOptions): Promise<ShardOutcome
   // On the CPU bounded calls keep progress and the cells kept after a lost worker fine-grained.
   const perCall = opts.batchSize ?? cellsPerCallOf(opts.worker.slot);
   const batchSize = perCall > 0 ? perCall : Number.POSITIVE_INFINITY;
-  const results: engine.CellResult[] = []; // kept across lost workers
+  // Every cell's p and logit, in the shard's order (the engine sends them packed, in request order),
+  // kept across lost workers.
+  const ps: number[] = [];
+  const logits: number[] = [];
   let engineSeconds = 0;
   let reprepares = 0;
 
@@ -34,18 +36,25 @@ export async function runTraceShard(opts: ShardRunOptions): Promise<ShardOutcome
       for (;;) {
         const info = await s.prepare();
         try {
-          while (results.length < cells.length) {
+          while (ps.length < cells.length) {
             s.throwIfCancelled();
-            const batch = cells.slice(results.length, results.length + batchSize);
+            const batch = cells.slice(ps.length, ps.length + batchSize);
             const call = s.client.runCells({ modelId: s.model.modelId, promptKey: s.promptKey, cells: batch }, { timeoutMs: s.timeoutMs });
-            if (results.length + batch.length === cells.length) s.lastCallSent();
+            if (ps.length + batch.length === cells.length) s.lastCallSent();
             const r = await call;
-            if (r.results.length !== batch.length) {
-              throw new ShardError(shardId, true, `worker ${s.worker.name} returned ${r.results.length} results for ${batch.length} cells (engine bug)`);
+            if (r.p.length !== batch.length || r.logit.length !== batch.length) {
+              throw new ShardError(
+                shardId,
+                true,
+                `worker ${s.worker.name} returned ${r.p.length} p and ${r.logit.length} logit values for ${batch.length} cells (engine bug)`,
+              );
             }
-            results.push(...r.results);
+            for (let i = 0; i < batch.length; i++) {
+              ps.push(r.p[i]!);
+              logits.push(r.logit[i]!);
+            }
             engineSeconds += r.seconds;
-            s.recordWork(r.seconds, batch.length, results.length);
+            s.recordWork(r.seconds, batch.length, ps.length);
           }
           return info;
         } catch (err) {
@@ -58,11 +67,11 @@ export async function runTraceShard(opts: ShardRunOptions): Promise<ShardOutcome
       }
     },
     () => ({
-      running: `shard ${shardId} (${results.length}/${cells.length} cells done)`,
-      rerun: `the remaining ${cells.length - results.length} of ${cells.length} cells`,
+      running: `shard ${shardId} (${ps.length}/${cells.length} cells done)`,
+      rerun: `the remaining ${cells.length - ps.length} of ${cells.length} cells`,
     }),
   );
 
-  const cellResults = cells.map((cell, i) => ({ cell, p: results[i]!.p, logit: results[i]!.logit }));
+  const cellResults = cells.map((cell, i) => ({ cell, p: ps[i]!, logit: logits[i]! }));
   return s.publish(s.result({ answerId: info.answerId, pClean: info.pClean, pCorrupt: info.pCorrupt, cells: cellResults, engineSeconds, resultJson: "" }));
 }

@@ -12,6 +12,6 @@ export * as agent from "./generated/agent.js";
 export * as control from "./generated/control.js";
 
 /** Version of the agent <-> engine worker protocol (engine.proto); the worker refuses others. */
-export const ENGINE_PROTOCOL_VERSION = 1;
+export const ENGINE_PROTOCOL_VERSION = 2;
 /** Version of the coordinator <-> agent protocol (agent.proto); the coordinator refuses others. */
 export const AGENT_PROTOCOL_VERSION = 1;

@@ -272,7 +272,7 @@ export async function engineReference(specPath: string): Promise<Map<string, num
       });
       const res = await engine.runCells({ modelId: "m", promptKey: p.promptKey, cells: shard.cells, slowPath: false });
       shard.cells.forEach((c, i) => {
-        out.set(cellKey({ prompt_index: p.index, site: siteFromEnum(c.site), layer: c.layer, token: c.token, window: c.window }), res.results[i]!.p);
+        out.set(cellKey({ prompt_index: p.index, site: siteFromEnum(c.site), layer: c.layer, token: c.token, window: c.window }), res.p[i]!);
       });
     }
     await engine.shutdown();
