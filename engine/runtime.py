@@ -34,6 +34,9 @@ log = logging.getLogger("engine.runtime")
 __all__ = ["Engine", "PendingCells", "ModelInfo", "PromptInfo", "EngineStats", "PreparedPrompt", "NoiseSpec", "SwapSpec", "CellSpec"]
 
 DEFAULT_CPU_BUDGET = 2 << 30
+# The sites of the warm-up's full-size grid (those a model has; residual window 1, the others 10): the
+# paper's grid, 4 sites for Mamba, 3 for NeoX (bench/engine.py's GRIDS).
+WARM_UP_GRID_SITES = ("residual", "mixer", "ssm", "gate", "attn", "mlp")
 
 
 @dataclass
@@ -157,8 +160,11 @@ class Engine:
         JIT and its disk cache, CUDA modules loaded lazily, cuBLAS handles, the allocator's first
         blocks): a prepare and a few ``run_cells`` calls on two dummy prompts (``num_tokens`` tokens
         swap, and 3 noise samples on a shorter one, so that sizes of both Triton specialisations
-        occur), each site alone and all mixed, windows 1 and 10, a one-position call. Nothing enters
-        the cache or the stats. A no-op on the CPU (nothing to compile). Returns its seconds."""
+        occur), each site alone and all mixed, windows 1 and 10, a one-position call; then one full-size
+        grid on the swap prompt (every layer × token × the sites of ``WARM_UP_GRID_SITES``, as a sweep
+        runs them), so the caching allocator's large blocks and the full-grid matrix shapes are met here,
+        not by the first real prompt; freed after (the allocator keeps its blocks: no ``empty_cache``).
+        Nothing enters the cache or the stats. A no-op on the CPU (nothing to compile). Returns its seconds."""
         ck = self.checkpoint(model_id)
         if ck.device.type != "cuda":
             return 0.0
@@ -183,8 +189,17 @@ class Engine:
                 mixed = [CellSpec(s, l, t, w) for s in sites for w in (1, 10) for l in layers for t in tokens]
                 calls = [mixed] + [[CellSpec(s, L // 2, n_tok // 2, 10), CellSpec(s, L - 1, n_tok - 1, 1)] for s in blocks]
                 calls.append([CellSpec(blocks[0], L - 1, n_tok - 1, 1)])  # one position a row
+                if isinstance(corruption, SwapSpec):  # one full-size grid (see the docstring)
+                    calls.append([CellSpec(s, l, t, 1 if s == "residual" else 10)
+                                  for s in WARM_UP_GRID_SITES if s in model.SITES for l in range(L) for t in range(n_tok)])
                 for cells in calls:
-                    trace.run_cells_fast(model, runs, cells, self.trace_rows).cpu()
+                    begin = trace.device_clock(ck.device)
+                    out = trace.run_cells_fast(model, runs, cells, self.trace_rows)
+                    try:  # through PendingCells: its pinned host buffer and events warm too (no stats)
+                        PendingCells(out, cells, "warm-up", begin, time.perf_counter(), ck.device).array()
+                    except NumericError:  # odd weights on a dummy prompt: the kernels ran all the same
+                        pass
+                    del out
                 del runs
         torch.cuda.synchronize(ck.device)
         seconds = time.perf_counter() - t0
