@@ -34,26 +34,30 @@ function depth(m: ModelTrace): number {
   return Math.max(1, ...m.heatmaps.map((h) => (h.layers.at(-1) ?? 0) + 1));
 }
 
-function mambaFindings(m: ModelTrace): Finding[] {
-  const L = depth(m);
+/** The residual stream's finding, the same claim and rule for both architectures (the paper's numbers differ). */
+function residualFinding(m: ModelTrace, paper: string): Finding {
   const res = site(m, "residual");
+  const resSubj = peak(res, SUBJECT_LAST);
+  const resLast = peak(res, LAST_TOKEN);
+  return {
+    model: m.label,
+    claim: "The residual stream carries the fact at the last subject token in earlier layers and at the last token in later layers",
+    paper,
+    measured: `subject-last peak ${fmt(resSubj)}, last-token peak ${fmt(resLast)} (of ${depth(m)} layers)`,
+    reproduced: resSubj && resLast ? resSubj.layer < resLast.layer && resSubj.value >= 0.2 && resLast.value >= 0.2 : null,
+  };
+}
+
+function mambaFindings(m: ModelTrace): Finding[] {
   const mixer = site(m, "mixer");
   const ssm = site(m, "ssm");
   const gate = site(m, "gate");
-  const resSubj = peak(res, SUBJECT_LAST);
-  const resLast = peak(res, LAST_TOKEN);
   const oSubj = peak(mixer, SUBJECT_LAST);
   const sSubj = peak(ssm, SUBJECT_LAST);
   const sLast = peak(ssm, LAST_TOKEN);
   const gSubj = peak(gate, SUBJECT_LAST);
   return [
-    {
-      model: m.label,
-      claim: "The residual stream carries the fact at the last subject token in earlier layers and at the last token in later layers",
-      paper: "mamba-2.8b: subject-last plateau ≈0.53–0.58 over L23–42, collapsing at L43; last token ≥0.8 from L47 (of 64)",
-      measured: `subject-last peak ${fmt(resSubj)}, last-token peak ${fmt(resLast)} (of ${L} layers)`,
-      reproduced: resSubj && resLast ? resSubj.layer < resLast.layer && resSubj.value >= 0.2 && resLast.value >= 0.2 : null,
-    },
+    residualFinding(m, "mamba-2.8b: subject-last plateau ≈0.53–0.58 over L23–42, collapsing at L43; last token ≥0.8 from L47 (of 64)"),
     {
       model: m.label,
       claim: "An early site at the last subject token is carried by the mixer output o (W_o), not by the SSM output s",
@@ -79,23 +83,13 @@ function mambaFindings(m: ModelTrace): Finding[] {
 }
 
 function neoxFindings(m: ModelTrace): Finding[] {
-  const L = depth(m);
-  const res = site(m, "residual");
   const mlp = site(m, "mlp");
   const attn = site(m, "attn");
-  const resSubj = peak(res, SUBJECT_LAST);
-  const resLast = peak(res, LAST_TOKEN);
   const mlpSubj = peak(mlp, SUBJECT_LAST);
   const attnLast = peak(attn, LAST_TOKEN);
   const attnSubj = peak(attn, SUBJECT_LAST);
   return [
-    {
-      model: m.label,
-      claim: "The residual stream carries the fact at the last subject token in earlier layers and at the last token in later layers",
-      paper: "pythia-2.8b: subject-last ≈0.5–0.63 over L1–15, dropping at L16; last token ≥0.8 from L22 (of 32)",
-      measured: `subject-last peak ${fmt(resSubj)}, last-token peak ${fmt(resLast)} (of ${L} layers)`,
-      reproduced: resSubj && resLast ? resSubj.layer < resLast.layer && resSubj.value >= 0.2 && resLast.value >= 0.2 : null,
-    },
+    residualFinding(m, "pythia-2.8b: subject-last ≈0.5–0.63 over L1–15, dropping at L16; last token ≥0.8 from L22 (of 32)"),
     {
       model: m.label,
       claim: "MLPs at the last subject token mediate the fact in early layers",
