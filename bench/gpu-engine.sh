@@ -7,12 +7,7 @@
 #      reference and a kernel profile; then every other configuration (noise, float32, 32 tokens) with
 #      the engine-model hooks baseline timed on 1,024 cells and scaled.
 # Usage there: bash bench/gpu-engine.sh
-set -uo pipefail
-export PYTHONUNBUFFERED=1 PYTHONPATH=.
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-[ -d .device/golden ] && export GOLDEN_DIR=.device/golden
-py=python3
+source "$(dirname "$0")/gpu-env.sh"
 timeout 100 $py -m pytest -q -p no:cacheprovider engine/tests/test_kernels.py > "$OUT/test-kernels.txt" 2>&1
 tail -1 "$OUT/test-kernels.txt"
 FACTSWEEP_TEST_DEVICE=cuda:0 timeout 150 $py -m pytest -q -s -p no:cacheprovider engine/tests/test_fast_path.py -k "not bfloat16" > "$OUT/test-fast-path-cuda.txt" 2>&1

@@ -10,13 +10,7 @@
 #      reference), run_cells, and prepare's share of the grid come from each.
 # Usage there: bash bench/gpu-prepare.sh  (expects the golden folder copied to .device/golden;
 # RUNS="warm restart" picks bench runs)
-set -uo pipefail
-export PYTHONUNBUFFERED=1 PYTHONPATH=.
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-[ -d .device/golden ] && export GOLDEN_DIR=.device/golden
-py=python3
-step() { echo; echo "=== $* ($(date +%T))"; }
+source "$(dirname "$0")/gpu-env.sh"
 step machine
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $py -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"

@@ -6,12 +6,7 @@
 #   3. the experiment kinds' tests under PyTorch 2.x,
 #   4. the engine benchmark against transformers hooks (issue 9).
 # Usage there: bash bench/gpu-session.sh  (expects the golden folder copied to .device/golden; writes to $OUT)
-set -uo pipefail
-export PYTHONUNBUFFERED=1 PYTHONPATH=.
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-py=python3
-step() { echo; echo "=== $* ($(date +%T))"; }
+source "$(dirname "$0")/gpu-env.sh"
 step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $py -c "import torch, transformers, google.protobuf as pb; print('torch', torch.__version__, 'transformers', transformers.__version__, 'protobuf', pb.__version__)"
