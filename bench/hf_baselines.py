@@ -56,6 +56,19 @@ class _GateCounter:
         self.calls = 0
 
 
+def _on_gate(mixer, handles: list, fn) -> None:
+    """Hooks the gate call of ``mixer``'s shared ``act`` module (its second call in a forward; the
+    first is the conv's): ``fn(g)`` runs on the gate output, and a tensor it returns replaces it."""
+    counter = _GateCounter()
+    handles.append(mixer.register_forward_pre_hook(lambda m, a: setattr(counter, "calls", 0)))
+
+    def hook(m, a, o):
+        counter.calls += 1
+        return fn(o) if counter.calls == 2 else None
+
+    handles.append(mixer.act.register_forward_hook(hook))
+
+
 @contextlib.contextmanager
 def _hooks(handles):
     try:
@@ -82,15 +95,7 @@ def clean_values(model, input_ids: torch.Tensor, sites: list[str]) -> dict[str, 
             if "ssm" in sites:
                 handles.append(mixer.register_forward_pre_hook(lambda m, a, i=i: mixer_inputs.__setitem__(i, a[0].clone())))
             if "gate" in sites:
-                counter = _GateCounter()
-                handles.append(mixer.register_forward_pre_hook(lambda m, a, c=counter: setattr(c, "calls", 0)))
-
-                def gate_hook(m, a, o, i=i, c=counter):
-                    c.calls += 1
-                    if c.calls == 2:
-                        out["gate"][i] = o[0].transpose(0, 1).clone()  # (D, T) -> (T, D)
-
-                handles.append(mixer.act.register_forward_hook(gate_hook))
+                _on_gate(mixer, handles, lambda g, i=i: out["gate"].__setitem__(i, g[0].transpose(0, 1).clone()))  # (D, T) -> (T, D)
         else:
             if "attn" in sites:
                 handles.append(layer.attention.register_forward_hook(lambda m, a, o, i=i: out["attn"].__setitem__(i, _first(o)[0].clone())))
@@ -143,27 +148,14 @@ def _patch_hooks(model, plan: dict[tuple[str, int], tuple[torch.Tensor, torch.Te
                 return _replace_first(o, h)
             handles.append(module.register_forward_hook(hook))
         elif site == "gate":
-            counter = _GateCounter()
-            handles.append(layer.mixer.register_forward_pre_hook(lambda m, a, c=counter: setattr(c, "calls", 0)))
-
-            def hook(m, a, o, rows=rows, toks=toks, value=value, c=counter):
-                c.calls += 1
-                if c.calls != 2:
-                    return o
+            def patch(o, rows=rows, toks=toks, value=value):
                 g = o.clone()  # (B, D, T)
                 g[rows, :, toks] = value.to(g.dtype)
                 return g
-            handles.append(layer.mixer.act.register_forward_hook(hook))
+            _on_gate(layer.mixer, handles, patch)
         elif site == "ssm":
-            counter = _GateCounter()
             gates = {}
-            handles.append(layer.mixer.register_forward_pre_hook(lambda m, a, c=counter: setattr(c, "calls", 0)))
-
-            def grab(m, a, o, c=counter, gates=gates):
-                c.calls += 1
-                if c.calls == 2:
-                    gates["g"] = o
-            handles.append(layer.mixer.act.register_forward_hook(grab))
+            _on_gate(layer.mixer, handles, lambda o, gates=gates: gates.__setitem__("g", o))
 
             def pre(m, a, rows=rows, toks=toks, value=value, gates=gates):
                 y = a[0].clone()  # (B, T, D) = s * g
@@ -235,27 +227,14 @@ def naive(model, clean_ids: torch.Tensor, corrupted_ids: torch.Tensor, cells: li
                 mod = {"mixer": getattr(layer, "mixer", None), "attn": getattr(layer, "attention", None), "mlp": getattr(layer, "mlp", None)}[c.site]
                 handles.append(mod.register_forward_hook(lambda m, a, o, t=c.token: _replace_first(o, copy_row0(_first(o), t))))
             elif c.site == "gate":
-                counter = _GateCounter()
-                handles.append(layer.mixer.register_forward_pre_hook(lambda m, a, c_=counter: setattr(c_, "calls", 0)))
-
-                def ghook(m, a, o, t=c.token, c_=counter):
-                    c_.calls += 1
-                    if c_.calls != 2:
-                        return o
+                def copy_gate(o, t=c.token):
                     g = o.clone()
                     g[1:, :, t] = g[0, :, t]
                     return g
-                handles.append(layer.mixer.act.register_forward_hook(ghook))
+                _on_gate(layer.mixer, handles, copy_gate)
             elif c.site == "ssm":
-                counter = _GateCounter()
                 gates = {}
-                handles.append(layer.mixer.register_forward_pre_hook(lambda m, a, c_=counter: setattr(c_, "calls", 0)))
-
-                def grab(m, a, o, c_=counter, gates=gates):
-                    c_.calls += 1
-                    if c_.calls == 2:
-                        gates["g"] = o
-                handles.append(layer.mixer.act.register_forward_hook(grab))
+                _on_gate(layer.mixer, handles, lambda o, gates=gates: gates.__setitem__("g", o))
 
                 def pre(m, a, t=c.token, gates=gates):
                     y = a[0].clone()
