@@ -13,7 +13,7 @@ import { connect, credsAuthenticator, type NatsConnection, type ConnectionOption
 import { collectDefaultMetrics, type Registry } from "prom-client";
 import { agent, control } from "@factsweep/proto";
 import { createRegistry, startHttpServer, type HttpServerHandle } from "@factsweep/shared";
-import type { ModelTrace } from "@factsweep/planning";
+import { planLimits, type ModelTrace, type PlanLimits } from "@factsweep/planning";
 import { createAgentService } from "./agent-service.js";
 import { createSweepService, type SweepApi } from "./sweep-service.js";
 import { Health } from "./health-service.js";
@@ -48,6 +48,10 @@ export interface CoordinatorOptions {
   /** 0: any free port; -1: no HTTP server. */
   httpPort?: number;
   modelRoots: string[];
+  /** Folders dataset files and corpora must lie in; default the model roots. */
+  dataRoots?: string[];
+  /** Caps of one sweep; unset ones keep DEFAULT_PLAN_LIMITS (planning/src/limits.ts). */
+  limits?: Partial<PlanLimits>;
   leaseTtlMs?: number;
   heartbeatMs?: number;
   /** API token required of the CLI and the agents. */
@@ -122,6 +126,8 @@ export class Coordinator extends EventEmitter implements SweepApi {
       scheduler: this.scheduler,
       metrics: this.metrics,
       roots: normalizeRoots(o.modelRoots),
+      dataRoots: normalizeRoots(o.dataRoots && o.dataRoots.length > 0 ? o.dataRoots : o.modelRoots),
+      limits: planLimits(o.limits),
       isReady: () => this.isReady(),
       publish: (subject, data) => this.nc.publish(subject, data),
       log: this.log,

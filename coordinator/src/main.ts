@@ -4,6 +4,7 @@
  * and state flushed; agents keep their leases for the next coordinator to pick up).
  */
 import { Command, InvalidArgumentError, Option } from "commander";
+import { DEFAULT_PLAN_LIMITS } from "@factsweep/planning";
 import { Coordinator } from "./coordinator.js";
 
 const int =
@@ -26,6 +27,14 @@ const program = new Command("factsweep-coordinator")
   .option("--nats-user <user>", "NATS user")
   .addOption(new Option("--nats-pass <pass>", "NATS password").env("FACTSWEEP_NATS_PASS"))
   .option("--model-root <dir>", "folder model checkpoints must lie in (repeatable)", collect, [] as string[])
+  .option("--data-root <dir>", "folder dataset files, relation folders and corpora must lie in (repeatable; default: the model roots)", collect, [] as string[])
+  .option("--max-spec-bytes <n>", `largest sweep spec (default ${DEFAULT_PLAN_LIMITS.maxSpecBytes})`, int("--max-spec-bytes", 1))
+  .option("--max-file-bytes <n>", `largest dataset, corpus or tokenizer file (default ${DEFAULT_PLAN_LIMITS.maxFileBytes})`, int("--max-file-bytes", 1))
+  .option("--max-prompt-tokens <n>", `most tokens of one prompt (default ${DEFAULT_PLAN_LIMITS.maxPromptTokens})`, int("--max-prompt-tokens", 1))
+  .option("--max-cells <n>", `most planned cells of one sweep (default ${DEFAULT_PLAN_LIMITS.maxCells})`, int("--max-cells", 1))
+  .option("--max-shards <n>", `most shards of one sweep (default ${DEFAULT_PLAN_LIMITS.maxShards})`, int("--max-shards", 1))
+  .option("--max-layers <n>", `most layers a model's config.json may claim (default ${DEFAULT_PLAN_LIMITS.maxLayers})`, int("--max-layers", 1))
+  .option("--max-hidden-size <n>", `largest hidden size a config.json may claim (default ${DEFAULT_PLAN_LIMITS.maxHiddenSize})`, int("--max-hidden-size", 1))
   .option("--lease-ttl-ms <ms>", "lease TTL; a lease not renewed by a heartbeat within it is re-leased", int("--lease-ttl-ms", 100), 15_000)
   .option("--heartbeat-ms <ms>", "heartbeat interval told to agents (default TTL/3)", int("--heartbeat-ms", 50))
   .option("--retry-backoff-ms <ms>", "first retry backoff (doubles per attempt)", int("--retry-backoff-ms", 0), 1000)
@@ -47,6 +56,16 @@ const program = new Command("factsweep-coordinator")
       httpHost: o.httpHost,
       httpPort: o.httpPort,
       modelRoots: o.modelRoot,
+      dataRoots: o.dataRoot,
+      limits: {
+        maxSpecBytes: o.maxSpecBytes,
+        maxFileBytes: o.maxFileBytes,
+        maxPromptTokens: o.maxPromptTokens,
+        maxCells: o.maxCells,
+        maxShards: o.maxShards,
+        maxLayers: o.maxLayers,
+        maxHiddenSize: o.maxHiddenSize,
+      },
       leaseTtlMs: o.leaseTtlMs,
       heartbeatMs: o.heartbeatMs,
       retryBackoffMs: o.retryBackoffMs,

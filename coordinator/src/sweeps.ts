@@ -7,15 +7,15 @@
 import { EventEmitter } from "node:events";
 import { control, sweep } from "@factsweep/proto";
 import { EVENTS_SUBJECT_PREFIX } from "@factsweep/shared";
-import { KindAggregator, modelTrace, parseSweepSpec, validateSweepId, type ModelTrace, type SweepSpec } from "@factsweep/planning";
+import { KindAggregator, modelTrace, parseSweepSpec, validateSweepId, type ModelTrace, type PlanLimits, type SweepSpec } from "@factsweep/planning";
 import type { LeaseTable } from "./lease-table.js";
 import type { CoordinatorMetrics } from "./metrics.js";
-import { confineModelPath, isInsideRoots } from "./model-roots.js";
+import { confineSweepSpec } from "./model-roots.js";
 import type { ResultSink } from "./results-consumer.js";
 import type { Scheduler } from "./scheduler.js";
 import type { StateStore, SweepRecord } from "./state-store.js";
 import { newAggregator, newSweepId, plan, resultRows, shardRecord, type Aggregator } from "./sweep-runtime.js";
-import { InvalidSpecError, ModelNotFoundError, ModelPathDeniedError, SweepExistsError, SweepNotFoundError, UnavailableError } from "./errors.js";
+import { InvalidSpecError, ModelNotFoundError, SweepExistsError, SweepNotFoundError, UnavailableError } from "./errors.js";
 
 interface LiveSweep {
   rec: SweepRecord;
@@ -37,6 +37,10 @@ export interface SweepsDeps {
   metrics: CoordinatorMetrics;
   /** Normalized model roots (see model-roots.ts). */
   roots: string[];
+  /** Normalized data roots (dataset and corpus paths); default the model roots. */
+  dataRoots?: string[];
+  /** Caps of one sweep (spec size, cells, shards, tokens, files); default DEFAULT_PLAN_LIMITS. */
+  limits?: PlanLimits;
   /** Whether the coordinator takes requests that change state. */
   isReady: () => boolean;
   /** Publishes a core NATS message (best effort: may throw while disconnected). */
@@ -91,7 +95,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     for (const rec of sweeps) {
       let spec: SweepSpec;
       try {
-        spec = parseSweepSpec(rec.spec, { baseDir: rec.specDir });
+        spec = parseSweepSpec(rec.spec, { baseDir: rec.specDir, limits: this.d.limits });
       } catch (err) {
         this.d.log(`sweep ${rec.sweepId}: stored spec no longer parses (${(err as Error).message}); skipped`);
         continue;
@@ -219,7 +223,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
   async launch(req: control.LaunchRequest): Promise<control.SweepInfo> {
     this.requireReady();
     const specDir = req.specDir || process.cwd();
-    const spec = parseSweepSpec(req.spec, { baseDir: specDir });
+    const spec = parseSweepSpec(req.spec, { baseDir: specDir, limits: this.d.limits });
     const sweepId = req.sweepId || newSweepId(spec.name);
     try {
       validateSweepId(sweepId);
@@ -229,8 +233,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     if (this.live.has(sweepId) || (await this.d.store.sweepExists(sweepId))) {
       throw new SweepExistsError(sweepId);
     }
-    spec.model.path = confineModelPath(spec.model.path, this.d.roots);
-    if (spec.model.tokenizer && !isInsideRoots(spec.model.tokenizer, this.d.roots)) throw new ModelPathDeniedError(spec.model.tokenizer, this.d.roots);
+    confineSweepSpec(spec, this.d.roots, this.d.dataRoots ?? this.d.roots); // every path, real paths, regular files only
     let p;
     try {
       p = plan(spec, sweepId);

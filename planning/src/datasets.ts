@@ -2,11 +2,12 @@
  * Dataset loaders for the formats in `../shared/data`: ROME's `known_1000.json` and the relation
  * files of Hernandez et al. (`relations/factual/*.json`), turned into uniform {@link Fact}s.
  */
-import { readdirSync, readFileSync, statSync } from "node:fs";
+import { readdirSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import { z } from "zod";
 import { DatasetError } from "./errors.js";
-import { describeValue } from "@factsweep/shared";
+import { parseJsonFile, readRegularFile, typeOfValue } from "./files.js";
+import { DEFAULT_PLAN_LIMITS } from "./limits.js";
 
 /** One fact of a dataset, rendered to prompt text. */
 export interface Fact {
@@ -58,35 +59,24 @@ const relationSchema = z.object({
   samples: z.array(z.object({ subject: z.string().min(1), object: z.string() })),
 });
 
-function readJson(file: string, what: string): unknown {
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (err) {
-    throw new DatasetError(
-      `${what} ${file} cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); check the path in the spec's dataset section`,
-      file,
-      { cause: err },
-    );
-  }
-  try {
-    return JSON.parse(text);
-  } catch (err) {
-    throw new DatasetError(`${what} ${file} is not valid JSON: ${(err as Error).message}`, file, { cause: err });
-  }
+function readJson(file: string, what: string, maxBytes: number): unknown {
+  const fail = (msg: string, cause?: unknown) => new DatasetError(`${msg}; check the path in the spec's dataset section`, file, { cause });
+  return parseJsonFile(readRegularFile(file, what, maxBytes, fail), what, file, (msg, cause) => new DatasetError(msg, file, { cause }));
 }
 
+/** The first schema problem of a dataset file: field path and expectation, never the file's bytes. */
 function zodToDatasetError(file: string, what: string, error: z.ZodError, data: unknown): DatasetError {
   const issue = error.issues[0]!;
   let v: unknown = data;
   for (const k of issue.path) v = v !== null && typeof v === "object" ? (v as Record<PropertyKey, unknown>)[k] : undefined;
   const where = issue.path.map((k) => (typeof k === "number" ? `[${k}]` : `.${String(k)}`)).join("") || "(root)";
-  return new DatasetError(`${what} ${file}: field ${where}: ${issue.message.replace(/^Invalid input: /, "")}, got ${describeValue(v)}`, file);
+  const expected = issue.message.replace(/^Invalid input: /, "").replace(/, received \w+$/, "");
+  return new DatasetError(`${what} ${file}: field ${where}: ${expected}, got ${v === undefined ? "nothing" : typeOfValue(v)}`, file);
 }
 
 /** Load ROME's known_1000.json. @throws DatasetError naming the file and the bad record. */
-export function loadKnownFacts(file: string): KnownFact[] {
-  const data = readJson(file, "known facts file");
+export function loadKnownFacts(file: string, maxBytes = DEFAULT_PLAN_LIMITS.maxFileBytes): KnownFact[] {
+  const data = readJson(file, "known facts file", maxBytes);
   const res = knownSchema.safeParse(data);
   if (!res.success) throw zodToDatasetError(file, "known facts file", res.error, data);
   return res.data.map((r) => ({
@@ -100,15 +90,15 @@ export function loadKnownFacts(file: string): KnownFact[] {
 }
 
 /** Load one relation file. @throws DatasetError naming the file and the bad field. */
-export function loadRelation(file: string): Relation {
-  const data = readJson(file, "relation file");
+export function loadRelation(file: string, maxBytes = DEFAULT_PLAN_LIMITS.maxFileBytes): Relation {
+  const data = readJson(file, "relation file", maxBytes);
   const res = relationSchema.safeParse(data);
   if (!res.success) throw zodToDatasetError(file, "relation file", res.error, data);
   return { key: basename(file).replace(/\.json$/i, ""), name: res.data.name, file, promptTemplates: res.data.prompt_templates, samples: res.data.samples };
 }
 
 /** Load relation files; a folder contributes its `*.json` files in name order. */
-export function loadRelations(paths: string[]): Relation[] {
+export function loadRelations(paths: string[], maxBytes = DEFAULT_PLAN_LIMITS.maxFileBytes): Relation[] {
   const files: string[] = [];
   for (const p of paths) {
     let isDir: boolean;
@@ -129,7 +119,7 @@ export function loadRelations(paths: string[]): Relation[] {
       files.push(p);
     }
   }
-  return files.map(loadRelation);
+  return files.map((f) => loadRelation(f, maxBytes));
 }
 
 /** Known facts as {@link Fact}s (text = the record's `prompt`, relation = `relation_id`). */

@@ -70,6 +70,15 @@ export function selectTokens(spec: Pick<GridSpec, "tokens" | "token_groups">, pr
 }
 
 /**
+ * A window capped for a model of `numLayers` layers: window w restores layers l − w//2 … l + ⌈w/2⌉ − 1,
+ * so every w ≥ 2 × layers restores all of them around every centre; larger values are cut to that
+ * (the same cells, and no unbounded number reaches the engine).
+ */
+export function effectiveWindow(window: number, numLayers: number): number {
+  return Math.max(1, Math.min(window, 2 * numLayers));
+}
+
+/**
  * Every cell of one prompt: grid entries (site, window) × layers × selected tokens. `embed` has no
  * layers: one cell per token at layer 0.
  * @throws SpecError for layers outside the model, PromptError for token indices outside the prompt.
@@ -84,7 +93,8 @@ export function expandCells(prompt: sweep.PromptSpec, spec: GridSpec, numLayers:
       for (const token of tokens) cells.push({ site: s, layer: 0, token, window: 1 });
       continue;
     }
-    for (const layer of layers) for (const token of tokens) cells.push({ site: s, layer, token, window });
+    const w = effectiveWindow(window, numLayers);
+    for (const layer of layers) for (const token of tokens) cells.push({ site: s, layer, token, window: w });
   }
   return cells;
 }

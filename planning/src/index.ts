@@ -13,6 +13,8 @@
  * const map = agg.heatmap("residual", 1);          // mean IE per token group × layer
  */
 export * from "./errors.js";
+export * from "./limits.js";
+export * from "./files.js";
 export * from "./sites.js";
 export * from "./token-groups.js";
 export * from "./spec.js";

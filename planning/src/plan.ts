@@ -7,6 +7,7 @@ import { join } from "node:path";
 import type { sweep } from "@factsweep/proto";
 import { validateSweepId } from "./grid.js";
 import { resolveLayers } from "./layers.js";
+import { limitsOf, overLimit, type PlanLimits } from "./limits.js";
 import { readModelConfig, type ModelConfig } from "./model-config.js";
 import type { PlanError } from "./prompts.js";
 import type { SweepSpec } from "./spec.js";
@@ -19,6 +20,8 @@ export interface SweepDeps {
   model?: ModelConfig;
   /** Tokenizer; default `spec.model.tokenizer` or `<model.path>/tokenizer.json` if present, else null (pre-tokenized prompts only). */
   tokenizer?: PromptTokenizer | null;
+  /** Caps; default the limits the spec was parsed under ({@link limitsOf}), else DEFAULT_PLAN_LIMITS. */
+  limits?: PlanLimits;
 }
 
 /** A planned sweep: its prompts, the prompts skipped, its shards and cell count. */
@@ -33,10 +36,10 @@ export interface SweepPlan {
 }
 
 /** The tokenizer a spec names, or the one in the model folder, or null. */
-export function loadSpecTokenizer(spec: SweepSpec): PromptTokenizer | null {
-  if (spec.model.tokenizer) return loadTokenizer(spec.model.tokenizer);
+export function loadSpecTokenizer(spec: SweepSpec, maxBytes = limitsOf(spec).maxFileBytes): PromptTokenizer | null {
+  if (spec.model.tokenizer) return loadTokenizer(spec.model.tokenizer, maxBytes);
   const inFolder = join(spec.model.path, "tokenizer.json");
-  return existsSync(inFolder) ? loadTokenizer(inFolder) : null;
+  return existsSync(inFolder) ? loadTokenizer(inFolder, maxBytes) : null;
 }
 
 /**
@@ -47,10 +50,11 @@ export function loadSpecTokenizer(spec: SweepSpec): PromptTokenizer | null {
  */
 export function planSweep(spec: SweepSpec, sweepId: string, deps: SweepDeps = {}): SweepPlan {
   validateSweepId(sweepId);
-  const modelConfig = deps.model ?? readModelConfig(spec.model.path);
+  const limits = deps.limits ?? limitsOf(spec);
+  const modelConfig = deps.model ?? readModelConfig(spec.model.path, limits);
   for (const k of KIND_MODULES) k.check?.(spec, modelConfig);
   resolveLayers(spec.layers, modelConfig.numLayers); // fail on the spec before any prompt work
-  const tokenizer = deps.tokenizer !== undefined ? deps.tokenizer : loadSpecTokenizer(spec);
+  const tokenizer = deps.tokenizer !== undefined ? deps.tokenizer : loadSpecTokenizer(spec, limits.maxFileBytes);
   const model: sweep.ModelRef = {
     modelId: spec.model.id,
     path: spec.model.path,
@@ -58,5 +62,8 @@ export function planSweep(spec: SweepSpec, sweepId: string, deps: SweepDeps = {}
     modelType: modelConfig.modelType,
     numLayers: modelConfig.numLayers,
   };
-  return { sweepId, model, modelConfig, ...planKind({ spec, sweepId, modelConfig, model, tokenizer }) };
+  const plan = planKind({ spec, sweepId, modelConfig, model, tokenizer, limits });
+  if (plan.plannedCells > limits.maxCells) throw overLimit("", "the sweep's planned cells (work units)", plan.plannedCells, "maxCells", limits.maxCells);
+  if (plan.shards.length > limits.maxShards) throw overLimit("shard_cells", "the sweep's shards", plan.shards.length, "maxShards", limits.maxShards);
+  return { sweepId, model, modelConfig, ...plan };
 }

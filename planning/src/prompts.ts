@@ -6,6 +6,7 @@
 import type { engine, sweep } from "@factsweep/proto";
 import { knownFactsToFacts, loadKnownFacts, loadRelations, relationToFacts, type Fact } from "./datasets.js";
 import { FactsweepError } from "@factsweep/shared";
+import { limitsOf, raiseHint, type PlanLimits } from "./limits.js";
 import { seededRandom } from "./random.js";
 import type { BaseSpec, TokenizedPromptInput } from "./spec-base.js";
 import type { PromptTokenizer, TokenSpan } from "./tokenizer.js";
@@ -30,6 +31,8 @@ export interface PlanPromptsOptions {
   maxPositions?: number;
   /** Model's vocabulary size; pre-tokenized ids at or above it are reported. */
   vocabSize?: number;
+  /** Caps (tokens per prompt, file size); default the limits the spec was parsed under. */
+  limits?: Pick<PlanLimits, "maxPromptTokens" | "maxFileBytes">;
 }
 
 /** Default cap of facts per relation file (the paper's `n_trial`). */
@@ -39,7 +42,7 @@ export const DEFAULT_PER_RELATION = 150;
 export type DatasetItem = { kind: "fact"; fact: Fact } | { kind: "tokens"; input: TokenizedPromptInput };
 
 /** The dataset selection of a spec (caps applied) and, per relation, every fact (swap partners). */
-export function selectDataset(spec: BaseSpec): { items: DatasetItem[]; pools: Map<string, Fact[]> } {
+export function selectDataset(spec: BaseSpec, maxFileBytes = limitsOf(spec).maxFileBytes): { items: DatasetItem[]; pools: Map<string, Fact[]> } {
   const d = spec.dataset;
   let facts: Fact[] = [];
   let items: DatasetItem[];
@@ -54,11 +57,11 @@ export function selectDataset(spec: BaseSpec): { items: DatasetItem[]; pools: Ma
     });
   };
   if (d.known !== undefined) {
-    facts = knownFactsToFacts(loadKnownFacts(d.known), d.known);
+    facts = knownFactsToFacts(loadKnownFacts(d.known, maxFileBytes), d.known);
     for (const f of facts) pools.set(f.relation, [...(pools.get(f.relation) ?? []), f]);
     items = capPerRelation(facts, d.per_relation).map((fact) => ({ kind: "fact", fact }));
   } else if (d.relations !== undefined) {
-    const rels = loadRelations(typeof d.relations === "string" ? [d.relations] : d.relations);
+    const rels = loadRelations(typeof d.relations === "string" ? [d.relations] : d.relations, maxFileBytes);
     for (const rel of rels) {
       const all = relationToFacts(rel, d.template_index);
       pools.set(rel.key, all);
@@ -142,7 +145,8 @@ function noiseCorruption(c: Extract<BaseSpec["corruption"], { kind: "noise" }>):
  * golden models ship no tokenizer); text prompts then report that a tokenizer is needed.
  */
 export function planPrompts(spec: BaseSpec, tokenizer: PromptTokenizer | null, opts: PlanPromptsOptions = {}): PromptPlan {
-  const { items, pools } = selectDataset(spec);
+  const limits = opts.limits ?? limitsOf(spec);
+  const { items, pools } = selectDataset(spec, limits.maxFileBytes);
   const sweepId = opts.sweepId ?? spec.name;
   const prompts: sweep.PromptSpec[] = [];
   const errors: PlanError[] = [];
@@ -152,6 +156,11 @@ export function planPrompts(spec: BaseSpec, tokenizer: PromptTokenizer | null, o
       const p = item.kind === "fact" ? planFact(item.fact, index, spec, tokenizer, pools) : planTokens(item.input, corruption);
       if (opts.maxPositions && p.inputIds.length > opts.maxPositions) {
         throw new FactsweepError(`prompt is ${p.inputIds.length} tokens; the model takes at most ${opts.maxPositions}`);
+      }
+      if (p.inputIds.length > limits.maxPromptTokens) {
+        throw new FactsweepError(
+          `prompt is ${p.inputIds.length} tokens, over the cap of ${limits.maxPromptTokens} tokens per prompt (${raiseHint("maxPromptTokens")})`,
+        );
       }
       if (opts.vocabSize !== undefined) {
         const all = [...p.inputIds, ...(p.corruption?.kind?.$case === "swap" ? p.corruption.kind.swap.corruptedIds : [])];

@@ -8,6 +8,7 @@ import { parse as parseYaml, YAMLParseError } from "yaml";
 import { z } from "zod";
 import { describeValue } from "@factsweep/shared";
 import { SpecError } from "./errors.js";
+import { attachLimits, DEFAULT_PLAN_LIMITS, overLimit, type PlanLimits } from "./limits.js";
 import { baseSpecFields } from "./spec-base.js";
 import { ALL_SWEEP_KINDS, applyKindDefaults, checkKindSections, KIND_SPEC_FIELDS, resolveKindPaths } from "./kinds/index.js";
 
@@ -98,9 +99,13 @@ function resolvePath(p: string, baseDir: string): string {
  * messages; relative paths (model, tokenizer, dataset) resolve against `baseDir` (default cwd).
  * @throws SpecError naming the field path, the expected and the received value.
  */
-export function parseSweepSpec(text: string, opts: { format?: "yaml" | "json"; baseDir?: string } = {}): SweepSpec {
+export function parseSweepSpec(text: string, opts: { format?: "yaml" | "json"; baseDir?: string; limits?: PlanLimits } = {}): SweepSpec {
   let raw: unknown;
   const format = opts.format ?? "yaml";
+  const limits = opts.limits ?? DEFAULT_PLAN_LIMITS;
+  // Before any parsing: a huge spec is refused before it is built into objects.
+  const bytes = Buffer.byteLength(text, "utf8");
+  if (bytes > limits.maxSpecBytes) throw overLimit("", "the spec's size in bytes", bytes, "maxSpecBytes", limits.maxSpecBytes);
   try {
     raw = format === "json" ? JSON.parse(text) : parseYaml(text, { prettyErrors: true });
   } catch (err) {
@@ -114,8 +119,8 @@ export function parseSweepSpec(text: string, opts: { format?: "yaml" | "json"; b
   return validateSweepSpec(raw, opts);
 }
 
-/** Validate an already-parsed spec object (see {@link parseSweepSpec}). */
-export function validateSweepSpec(raw: unknown, opts: { baseDir?: string } = {}): SweepSpec {
+/** Validate an already-parsed spec object (see {@link parseSweepSpec}); `limits` travel with the spec into planSweep. */
+export function validateSweepSpec(raw: unknown, opts: { baseDir?: string; limits?: PlanLimits } = {}): SweepSpec {
   if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
     throw new SpecError(`spec: expected a mapping with fields name, model, dataset, ..., got ${describeValue(raw)}`, {
       path: "",
@@ -148,5 +153,5 @@ export function validateSweepSpec(raw: unknown, opts: { baseDir?: string } = {})
     const list = typeof spec.dataset.relations === "string" ? [spec.dataset.relations] : spec.dataset.relations;
     spec.dataset.relations = list.map((p) => resolvePath(p, baseDir));
   }
-  return spec;
+  return attachLimits(spec, opts.limits ?? DEFAULT_PLAN_LIMITS);
 }

@@ -9,9 +9,10 @@
  * as the Rust library's `trim_offsets` does; a token belongs to the subject when its trimmed byte
  * range overlaps the subject's first occurrence.
  */
-import { readFileSync } from "node:fs";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { SubjectNotFoundError, TokenizerError } from "./errors.js";
+import { parseJsonFile, readRegularFile } from "./files.js";
+import { DEFAULT_PLAN_LIMITS } from "./limits.js";
 
 /** GPT-2's reversible byte → printable-unicode map (bytes_to_unicode), inverted: code point → byte. */
 function byteDecoder(): Map<number, number> {
@@ -57,7 +58,9 @@ export class PromptTokenizer {
     try {
       this.hf = new HfTokenizer(json, {});
     } catch (err) {
-      throw new TokenizerError(`cannot build a tokenizer from ${path}: ${(err as Error).message}`, { cause: err });
+      throw new TokenizerError(`cannot build a tokenizer from ${path}: not a Hugging Face tokenizer.json that @huggingface/tokenizers supports`, {
+        cause: err,
+      });
     }
     const added = Array.isArray(json.added_tokens) ? (json.added_tokens as { content?: unknown }[]) : [];
     this.added = new Set(added.map((t) => t.content).filter((c): c is string => typeof c === "string"));
@@ -147,22 +150,14 @@ export class PromptTokenizer {
  * Load a `tokenizer.json`.
  * @throws TokenizerError naming the file when it is missing or not a tokenizer.
  */
-export function loadTokenizer(path: string): PromptTokenizer {
-  let text: string;
-  try {
-    text = readFileSync(path, "utf8");
-  } catch (err) {
-    throw new TokenizerError(
-      `tokenizer file ${path} cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); set model.tokenizer to a tokenizer.json, or give prompts pre-tokenized (input_ids + subject span)`,
-      { cause: err },
-    );
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (err) {
-    throw new TokenizerError(`tokenizer file ${path} is not valid JSON: ${(err as Error).message}`, { cause: err });
-  }
+export function loadTokenizer(path: string, maxBytes = DEFAULT_PLAN_LIMITS.maxFileBytes): PromptTokenizer {
+  const text = readRegularFile(
+    path,
+    "tokenizer file",
+    maxBytes,
+    (msg, cause) => new TokenizerError(`${msg}; set model.tokenizer to a tokenizer.json, or give prompts pre-tokenized (input_ids + subject span)`, { cause }),
+  );
+  const json = parseJsonFile(text, "tokenizer file", path, (msg, cause) => new TokenizerError(msg, { cause }));
   if (json === null || typeof json !== "object" || !("model" in json)) {
     throw new TokenizerError(`tokenizer file ${path} has no \`model\` field; expected a Hugging Face tokenizer.json`);
   }

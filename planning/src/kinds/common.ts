@@ -2,12 +2,12 @@
  * Helpers the kind modules share: seeded order, shards and their size limit, the per-prompt cell
  * loop (trace, sever), token selectors, tokenizer/relations/corpus inputs, running means.
  */
-import { readFileSync } from "node:fs";
 import type { sweep } from "@factsweep/proto";
-import { describeValue } from "@factsweep/shared";
 import { z } from "zod";
 import { loadRelations, type Relation } from "../datasets.js";
 import { PromptError, SpecError } from "../errors.js";
+import { parseJsonFile, readRegularFile, typeOfValue } from "../files.js";
+import { DEFAULT_PLAN_LIMITS, overLimit, type PlanLimits } from "../limits.js";
 import { planPrompts, type PlanError, type PromptPlan } from "../prompts.js";
 import { seededRandom } from "../random.js";
 import type { BaseSpec } from "../spec-base.js";
@@ -71,6 +71,7 @@ export function planCellsPerPrompt<C>(
   plan: PromptPlan,
   cellsOf: (p: sweep.PromptSpec) => C[],
   shardsOf: (p: sweep.PromptSpec, cells: C[]) => sweep.Shard[],
+  limits: Pick<PlanLimits, "maxCells" | "maxShards"> = DEFAULT_PLAN_LIMITS,
 ): KindPlan {
   const prompts: sweep.PromptSpec[] = [];
   const promptErrors: PlanError[] = [...plan.errors];
@@ -89,7 +90,11 @@ export function planCellsPerPrompt<C>(
     }
     prompts.push(p);
     plannedCells += cells.length;
+    // Checked as the plan grows, so a huge grid fails before it fills the heap.
+    if (plannedCells > limits.maxCells)
+      throw overLimit("", `the sweep's planned cells (at least; ${prompts.length} prompts so far)`, plannedCells, "maxCells", limits.maxCells);
     shards.push(...shardsOf(p, cells));
+    if (shards.length > limits.maxShards) throw overLimit("shard_cells", `the sweep's shards (at least)`, shards.length, "maxShards", limits.maxShards);
   }
   promptErrors.sort((a, b) => a.index - b.index);
   return { prompts, promptErrors, shards, plannedCells };
@@ -128,7 +133,12 @@ export function sectionKind<const N extends string, S extends z.ZodObject>(
 
 /** The dataset's prompts planned for a kind (`spec`: the kind's variant of the spec, e.g. another corruption). */
 export function planKindPrompts(ctx: KindPlanContext, spec: BaseSpec = ctx.spec): PromptPlan {
-  return planPrompts(spec, ctx.tokenizer, { sweepId: ctx.sweepId, maxPositions: ctx.modelConfig.maxPositions, vocabSize: ctx.modelConfig.vocabSize });
+  return planPrompts(spec, ctx.tokenizer, {
+    sweepId: ctx.sweepId,
+    maxPositions: ctx.modelConfig.maxPositions,
+    vocabSize: ctx.modelConfig.vocabSize,
+    limits: ctx.limits,
+  });
 }
 
 /** The spec's tokenizer, required by kinds that tokenize themselves. */
@@ -154,7 +164,7 @@ export function needRelations(ctx: KindPlanContext): Relation[] {
       },
     );
   }
-  return loadRelations(typeof r === "string" ? [r] : r);
+  return loadRelations(typeof r === "string" ? [r] : r, ctx.limits.maxFileBytes);
 }
 
 /** A text corpus: `dataset` (the dataset's prompt texts), or a file: .txt (one document per line) or .json (strings, {text} objects, or token-id lists). */
@@ -178,35 +188,29 @@ export function loadCorpus(
   maxDocs: number,
   maxTokens: number,
   allowPath = false,
+  maxFileBytes = DEFAULT_PLAN_LIMITS.maxFileBytes,
 ): { ids: number[][] } | { path: string } {
   let docs: (string | number[])[];
   if (source === "dataset") {
     docs = [...datasetTexts];
   } else {
-    let text: string;
-    try {
-      text = readFileSync(source, "utf8");
-    } catch (err) {
-      throw new SpecError(
-        `${field}: the corpus file ${source} cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); give "dataset" or a readable .txt/.json file`,
-        { path: field, expected: "a readable file", received: source },
-        { cause: err },
+    const fail = (msg: string, cause?: unknown) =>
+      new SpecError(
+        `${field}: ${msg}; give "dataset" or a readable .txt/.json file`,
+        { path: field, expected: "a readable regular file", received: source },
+        { cause },
       );
-    }
+    const text = readRegularFile(source, "the corpus file", maxFileBytes, fail);
     if (source.endsWith(".json")) {
-      let data: unknown;
-      try {
-        data = JSON.parse(text);
-      } catch (err) {
-        throw new SpecError(
-          `${field}: ${source} is not valid JSON (${(err as Error).message})`,
-          { path: field, expected: "JSON", received: source },
-          { cause: err },
-        );
-      }
+      let data = parseJsonFile(
+        text,
+        "the corpus file",
+        source,
+        (msg, cause) => new SpecError(`${field}: ${msg}`, { path: field, expected: "JSON", received: source }, { cause }),
+      );
       if (data && typeof data === "object" && !Array.isArray(data) && "corpus" in data) data = (data as { corpus: unknown }).corpus;
       if (!Array.isArray(data))
-        throw new SpecError(`${field}: ${source} must hold a JSON array (or {corpus: [...]}), got ${describeValue(data)}`, {
+        throw new SpecError(`${field}: ${source} must hold a JSON array (or {corpus: [...]}), got ${typeOfValue(data)}`, {
           path: field,
           expected: "a JSON array",
           received: source,
@@ -215,10 +219,10 @@ export function loadCorpus(
         if (typeof d === "string") return d;
         if (Array.isArray(d) && d.every((x) => Number.isInteger(x) && x >= 0)) return d as number[];
         if (d && typeof d === "object" && typeof (d as { text?: unknown }).text === "string") return (d as { text: string }).text;
-        throw new SpecError(`${field}: ${source}[${i}] must be a string, a {text} object or a token-id list, got ${describeValue(d)}`, {
+        throw new SpecError(`${field}: ${source}[${i}] must be a string, a {text} object or a token-id list, got ${typeOfValue(d)}`, {
           path: field,
           expected: "strings or token-id lists",
-          received: d,
+          received: typeOfValue(d),
         });
       });
       if (allowPath && docs.length > 0 && docs.every((d) => Array.isArray(d))) return { path: source };

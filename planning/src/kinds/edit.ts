@@ -150,7 +150,7 @@ function planEdit(ctx: KindPlanContext<EditSpec>): KindPlan {
   const promptErrors: PlanError[] = [];
   const shards: sweep.Shard[] = [];
   const texts = rels.flatMap((rel) => rel.samples.map((s) => `${rel.promptTemplates[0]!.replace("{}", s.subject)} ${s.object}`));
-  const corpus = loadCorpus(e.corpus, "edit.corpus", tok, texts, e.max_corpus, e.corpus_tokens, true);
+  const corpus = loadCorpus(e.corpus, "edit.corpus", tok, texts, e.max_corpus, e.corpus_tokens, true, ctx.limits.maxFileBytes);
   let index = 0;
   for (let round = 0; prompts.length < e.cases && queues.some((q) => q.length > round); round++) {
     for (const q of queues) {

@@ -7,6 +7,7 @@
 import type { sweep } from "@factsweep/proto";
 import type { z } from "zod";
 import type { ResultError } from "../errors.js";
+import type { PlanLimits } from "../limits.js";
 import type { ModelConfig } from "../model-config.js";
 import type { PlanError } from "../prompts.js";
 import type { BaseSpec } from "../spec-base.js";
@@ -22,6 +23,8 @@ export interface KindPlanContext<S extends BaseSpec = BaseSpec> {
   modelConfig: ModelConfig;
   model: sweep.ModelRef;
   tokenizer: PromptTokenizer | null;
+  /** The sweep's caps (cells, shards, tokens per prompt, file sizes). */
+  limits: PlanLimits;
 }
 
 /** The plan of a sweep of one kind (`plannedCells` counts the kind's work units). */

@@ -4,6 +4,7 @@
  * aggregate: mean relative change (p_knocked − p)/p per (token set, window centre).
  */
 import { z } from "zod";
+import { effectiveWindow } from "../grid.js";
 import { resolveLayers } from "../layers.js";
 import { corpusSchema, kindShard, loadCorpus, needTokenizer, planKindPrompts, resolveCorpus, sectionKind, shardParams, Sums } from "./common.js";
 import type { SweepKindModule } from "./kind.js";
@@ -57,10 +58,13 @@ export const knockoutKind: SweepKindModule<"knockout", typeof own.specFields, Kn
         plan.prompts.map((p) => p.text),
         k.max_corpus,
         k.corpus_tokens,
+        false,
+        ctx.limits.maxFileBytes,
       );
       corpus = "ids" in c ? c.ids : [];
     }
-    const shards = plan.prompts.map((p) => kindShard(ctx, p, 0, { layers, window: k.window, token_sets: k.token_sets, ...(corpus ? { corpus } : {}) }));
+    const window = effectiveWindow(k.window, modelConfig.numLayers);
+    const shards = plan.prompts.map((p) => kindShard(ctx, p, 0, { layers, window, token_sets: k.token_sets, ...(corpus ? { corpus } : {}) }));
     return { prompts: plan.prompts, promptErrors: plan.errors, shards, plannedCells: plan.prompts.length * layers.length * k.token_sets.length };
   },
   units(sh) {

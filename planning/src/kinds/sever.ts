@@ -106,6 +106,7 @@ export const severKind: SweepKindModule<"sever", typeof own.specFields, SeverSum
         [...slices(cells.length, spec.shard_cells)].map(({ at, part }) =>
           kindShard(ctx, p, part, { cells: cells.slice(at, at + spec.shard_cells).map(({ token, layer, path }) => ({ token, layer, path })) }),
         ),
+      ctx.limits,
     );
   },
   units: (sh) => shardParams<{ cells?: unknown[] }>(sh).cells?.length ?? 0,

@@ -6,7 +6,7 @@
  */
 import { z } from "zod";
 import { SpecError } from "../errors.js";
-import { expandCells, shardPrompt } from "../grid.js";
+import { effectiveWindow, expandCells, shardPrompt } from "../grid.js";
 import { SITE_NAMES, SITES_BY_MODEL_TYPE, type SiteName } from "../sites.js";
 import { TOKEN_GROUPS } from "../token-groups.js";
 import { planCellsPerPrompt, planKindPrompts } from "./common.js";
@@ -32,9 +32,27 @@ const traceFields = {
   grid: z
     .array(gridEntry)
     .min(1)
+    .superRefine((grid, zctx) => {
+      const seen = new Map<string, number>();
+      grid.forEach((g, i) => {
+        const key = gridKey(g.site, g.window);
+        const first = seen.get(key);
+        if (first !== undefined) {
+          zctx.addIssue({
+            code: "custom",
+            path: [i],
+            message: `duplicate of grid[${first}] (${g.site}, window ${g.window}): it would plan the same cells twice; remove it`,
+          });
+        }
+        seen.set(key, first ?? i);
+      });
+    })
     .default([{ site: "residual", window: 1 }]),
   tokens: z.union([z.literal("all"), z.array(tokenSelector).min(1)], { error: `expected "all" or a list of token groups / indices` }).default("all"),
 };
+
+/** The cells a grid entry plans: `embed` ignores its window. */
+const gridKey = (site: string, window: number): string => (site === "embed" ? "embed" : `${site}|${window}`);
 
 /** Causal tracing: cells of (site, window, layer, token) restored one at a time. */
 export const traceKind: SweepKindModule<"trace", typeof traceFields, never> = {
@@ -51,6 +69,19 @@ export const traceKind: SweepKindModule<"trace", typeof traceFields, never> = {
         });
       }
     });
+    // Windows past 2 × layers restore every layer around every centre: they plan the same cells as 2 × layers.
+    const seen = new Map<string, number>();
+    spec.grid.forEach((g, i) => {
+      const key = gridKey(g.site, effectiveWindow(g.window, modelConfig.numLayers));
+      const first = seen.get(key);
+      if (first !== undefined) {
+        throw new SpecError(
+          `grid[${i}]: same cells as grid[${first}] on this ${modelConfig.numLayers}-layer model (windows of ${2 * modelConfig.numLayers} or more all restore every layer); remove one`,
+          { path: `grid[${i}]`, expected: "distinct (site, window) entries", received: g },
+        );
+      }
+      seen.set(key, i);
+    });
   },
   plan(ctx) {
     const { spec, sweepId, modelConfig, model } = ctx;
@@ -58,6 +89,7 @@ export const traceKind: SweepKindModule<"trace", typeof traceFields, never> = {
       planKindPrompts(ctx),
       (p) => expandCells(p, spec, modelConfig.numLayers),
       (p, cells) => shardPrompt(p, cells, { sweepId, shardCells: spec.shard_cells, model, kind: spec.kind }),
+      ctx.limits,
     );
   },
   units: (sh) => sh.cells.length,
