@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+// long-file: one description per dashboard and panel, in dashboard order, is easier to review than a split by dashboard.
 // Writes the Grafana dashboards in grafana/dashboards/ from one description per panel, so every
 // panel gets the same datasource reference, ids and layout. Run `node dashboards/generate.mjs`
 // after editing; `--check` exits 1 when the committed JSON differs from what this file produces.
@@ -336,6 +337,20 @@ const coordinator = build(
         "Quantiles of the publish round trip of shard results (acked by JetStream).",
         "s",
         quantiles("factsweep_publish_seconds", ""),
+      ),
+    ],
+    [
+      panel(
+        "timeseries",
+        "Results refused and reports ignored",
+        "Results refused (forged, broken, of no lease; each is in the FACTSWEEP_RESULTS_DEAD stream), done/failed reports for leases the agent does not hold, and shards reported done whose result never came (leased again), per second.",
+        "ops",
+        [
+          [`sum by (reason) (${rate("factsweep_results_rejected_total", COORD)})`, "refused: {{reason}}"],
+          [`sum by (report) (${rate("factsweep_lease_reports_ignored_total", COORD)})`, "ignored {{report}}"],
+          [`sum(${rate("factsweep_shards_uncounted_total", COORD)})`, "done, never counted"],
+        ],
+        24,
       ),
     ],
     [

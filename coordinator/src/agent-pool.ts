@@ -10,6 +10,8 @@ export interface AgentSlot {
   credit: number;
   draining: boolean;
   cachedPromptKeys: Set<string>;
+  /** Credit plus leases held never exceed this: the agent's workers × CREDIT_PER_WORKER. */
+  maxCredit: number;
   /** Order of connection. */
   seq: number;
   /** Order of the agent's last grant, the round-robin tie-break among equally loaded agents. */
@@ -27,6 +29,15 @@ export interface AgentInfo {
   shardsDone: number;
 }
 
+/**
+ * Leases an agent may hold or be owed per advertised worker: one running and up to three
+ * prefetched (the node agent's default `--prefetch 1` asks for two). Credit beyond it is refused,
+ * so one agent (or a forged one) cannot hold every pending shard by sending Credit 2^32−1.
+ */
+export const CREDIT_PER_WORKER = 4;
+/** Workers counted per agent at most (a hello may list any number). */
+export const MAX_WORKERS_COUNTED = 256;
+
 /** The agents known to a lease table (a disconnected agent keeps its counters for when it returns). */
 export class AgentPool {
   private readonly slots = new Map<string, AgentSlot>();
@@ -38,7 +49,7 @@ export class AgentPool {
   }
 
   /** An agent said hello (or reconnected): its credit starts at zero until it sends Credit. */
-  connect(agentId: string, cachedPromptKeys: Iterable<string>): void {
+  connect(agentId: string, cachedPromptKeys: Iterable<string>, workers = 1): void {
     const prev = this.slots.get(agentId);
     this.slots.set(agentId, {
       agentId,
@@ -46,6 +57,7 @@ export class AgentPool {
       credit: 0,
       draining: false,
       cachedPromptKeys: new Set(cachedPromptKeys),
+      maxCredit: Math.max(1, Math.min(MAX_WORKERS_COUNTED, Math.floor(workers))) * CREDIT_PER_WORKER,
       seq: this.seq++,
       lastGrantSeq: prev?.lastGrantSeq ?? -1,
       shardsDone: prev?.shardsDone ?? 0,
@@ -61,10 +73,17 @@ export class AgentPool {
     }
   }
 
-  /** Adds Credit.slots to a connected agent's credit. */
-  addCredit(agentId: string, slots: number): void {
+  /**
+   * Adds Credit.slots to a connected agent's credit, so that credit plus the `held` leases stay
+   * within its `maxCredit`; returns the slots refused.
+   */
+  addCredit(agentId: string, slots: number, held = 0): number {
     const a = this.slots.get(agentId);
-    if (a?.connected) a.credit += slots;
+    if (!a?.connected) return 0;
+    const room = Math.max(0, a.maxCredit - held - a.credit);
+    const taken = Math.min(room, Math.max(0, slots));
+    a.credit += taken;
+    return slots - taken;
   }
 
   /** Replaces the agent's cached prompt keys (from a heartbeat). */

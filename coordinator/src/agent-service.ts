@@ -112,15 +112,24 @@ export function createAgentService(opts: AgentServiceOptions): agent.AgentServic
               fail(status.ABORTED, reason);
             },
           };
+          try {
+            opts.scheduler.attach(session, h.cachedPromptKeys);
+          } catch (err) {
+            // Refused (e.g. ALREADY_EXISTS: the agent id has a live stream): the session never began.
+            const e = err as Error & { code?: status };
+            session.ended = true;
+            fail(e.code ?? status.INTERNAL, e.message);
+            return;
+          }
           call.write({
             body: {
               $case: "welcome",
               welcome: { sessionId, leaseTtlMs: opts.leaseTtlMs, heartbeatIntervalMs: opts.heartbeatMs, natsResultsSubjectPrefix: RESULTS_SUBJECT_PREFIX },
             },
           });
-          opts.scheduler.attach(session, h.cachedPromptKeys);
           return;
         }
+        if (session.ended) return; // refused, replaced or closed: its messages change nothing
         switch (body.$case) {
           case "credit":
             opts.scheduler.credit(session, body.credit.slots);

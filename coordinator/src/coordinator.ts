@@ -59,6 +59,8 @@ export interface CoordinatorOptions {
   tls?: TlsFiles;
   /** Backoff base for retried shards; default 1000 ms. */
   retryBackoffMs?: number;
+  /** A shard reported done whose result is not counted within this is leased again; default 3 lease TTLs. */
+  uncountedTimeoutMs?: number;
   log?: (msg: string) => void;
 }
 
@@ -90,7 +92,7 @@ export class Coordinator extends EventEmitter implements SweepApi {
     this.log = opts.log ?? ((m) => console.error(`[coordinator] ${m}`));
     this.leaseTtlMs = opts.leaseTtlMs ?? 15_000;
     this.heartbeatMs = opts.heartbeatMs ?? Math.max(100, Math.floor(this.leaseTtlMs / 3));
-    this.table = new LeaseTable({ leaseTtlMs: this.leaseTtlMs, backoffBaseMs: opts.retryBackoffMs ?? 1000 });
+    this.table = new LeaseTable({ leaseTtlMs: this.leaseTtlMs, backoffBaseMs: opts.retryBackoffMs ?? 1000, uncountedTimeoutMs: opts.uncountedTimeoutMs });
     // Process metrics prefixed, as the Grafana dashboards read them (factsweep_coordinator_process_*, _nodejs_*).
     collectDefaultMetrics({ register: this.registry, prefix: "factsweep_coordinator_" });
     this.metrics = new CoordinatorMetrics(this.registry, {
@@ -181,6 +183,7 @@ export class Coordinator extends EventEmitter implements SweepApi {
     this.consumer = new ResultsConsumer(this.nc, {
       sink: this.sweeps,
       onConsumed: (dup) => this.metrics.resultsConsumed.inc({ duplicate: String(dup) }),
+      onRejected: (reason) => this.metrics.resultsRejected.inc({ reason }),
       log: this.log,
     });
     await this.consumer.start();

@@ -126,6 +126,20 @@ export class UnavailableError extends CoordinatorError {
   }
 }
 
+/** An agent id that already has a live stream: a second connection under it is refused. */
+export class AgentConnectedError extends CoordinatorError {
+  constructor(
+    readonly agentId: string,
+    readonly sessionId: string,
+  ) {
+    super(
+      `agent "${agentId}" is already connected (session ${sessionId}); a second connection under the same id is refused while the first is alive. Give every agent a unique --agent-id`,
+      status.ALREADY_EXISTS,
+    );
+    this.name = "AgentConnectedError";
+  }
+}
+
 /** A gRPC status object for any thrown value: coordinator errors keep their code, others are INTERNAL. */
 export function grpcStatusOf(err: unknown, method: string): { code: status; details: string } {
   if (err instanceof CoordinatorError) return { code: err.code, details: err.message };

@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { LeaseTable } from "./lease-table.js";
+import { CREDIT_PER_WORKER, MAX_WORKERS_COUNTED } from "./agent-pool.js";
 
 /** A table over a hand-driven clock, with predictable lease ids. */
 function setup(opts: { maxAttempts?: number; ttl?: number } = {}) {
@@ -161,7 +162,7 @@ test("a shard counts as done only once its result is aggregated, and a late seco
   assert.equal(t.inFlight(), 0);
 });
 
-test("a shard reported done waits for its result and is not re-leased meanwhile", () => {
+test("a shard reported done waits for its result and is not re-leased within the uncounted timeout", () => {
   const { t, advance } = setup();
   t.restore(LeaseTable.pending("s1.0.0", "s1", "p0", 4));
   t.connectAgent("a");
@@ -169,11 +170,109 @@ test("a shard reported done waits for its result and is not re-leased meanwhile"
   const [g] = t.schedule();
   t.complete("a", g!.leaseId, "s1.0.0");
   assert.equal(t.counts("s1").done, 0, "not done until aggregated");
-  advance(60_000);
+  advance(2_900); // under 3 lease TTLs
   assert.equal(t.expire().retries, 0);
   assert.equal(t.schedule().length, 0);
   t.resultConsumed("s1.0.0");
   assert.equal(t.counts("s1").done, 1);
+  advance(60_000);
+  assert.equal(t.expire().uncounted, 0, "a counted shard is never re-leased");
+});
+
+test("a shard reported done whose result is never counted is re-leased after the uncounted timeout (3 lease TTLs)", () => {
+  const { t, advance } = setup();
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "p0", 4));
+  t.connectAgent("a");
+  t.addCredit("a", 2);
+  const [g] = t.schedule();
+  t.complete("a", g!.leaseId, "s1.0.0");
+  advance(3_000);
+  const ch = t.expire();
+  assert.equal(ch.uncounted, 1);
+  assert.equal(ch.retries, 1);
+  assert.equal(t.get("s1.0.0")?.state, "pending");
+  assert.match(t.get("s1.0.0")?.lastError ?? "", /reported the shard done but no valid result/);
+  advance(1_000);
+  const [g2] = t.schedule();
+  assert.equal(g2?.attempt, 2);
+});
+
+test("resume re-queues shards reported done whose result was never counted, and a restored one gets a fresh timeout", () => {
+  const { t, advance } = setup({ maxAttempts: 1 });
+  const e = { ...LeaseTable.pending("s1.0.0", "s1", "p0", 4), state: "done" as const, attempts: 1, agentId: "a", doneMs: 0 };
+  t.restore(e);
+  advance(2_000);
+  assert.equal(t.expire().uncounted, 0, "restored: the timeout starts at the restart");
+  assert.equal(t.resumeSweep("s1").changed.length, 1);
+  assert.equal(t.get("s1.0.0")?.state, "pending");
+  assert.equal(t.get("s1.0.0")?.attempts, 0);
+  t.connectAgent("b");
+  t.addCredit("b", 1);
+  assert.equal(t.schedule()[0]?.agentId, "b");
+});
+
+test("done or failed for a lease the agent does not hold is ignored and counted", () => {
+  const { t } = setup();
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "p0", 4));
+  t.connectAgent("a");
+  t.connectAgent("x");
+  t.addCredit("a", 1);
+  const [g] = t.schedule();
+  assert.equal(t.complete("x", g!.leaseId, "s1.0.0").ignored, 1);
+  assert.equal(t.fail("x", g!.leaseId, "s1.0.0", "boom", false).ignored, 1);
+  assert.equal(t.get("s1.0.0")?.state, "leased", "still a's");
+  assert.equal(t.complete("a", g!.leaseId, "s1.0.0").ignored, 0);
+  assert.equal(t.get("s1.0.0")?.state, "done");
+});
+
+test("credit is capped at the agent's workers × CREDIT_PER_WORKER, leases held included", () => {
+  const { t } = setup();
+  for (let i = 0; i < 20; i++) t.restore(LeaseTable.pending(`s1.${i}.0`, "s1", `p${i}`, 4));
+  t.connectAgent("a", [], 2);
+  assert.equal(t.addCredit("a", 2 ** 32 - 1), 2 ** 32 - 1 - 2 * CREDIT_PER_WORKER);
+  assert.equal(t.schedule().length, 2 * CREDIT_PER_WORKER);
+  assert.equal(t.addCredit("a", 5), 5, "all slots are held as leases");
+  t.connectAgent("b", [], 100_000);
+  t.addCredit("b", 2 ** 32 - 1);
+  assert.equal(t.agentList().find((x) => x.agentId === "b")?.credit, MAX_WORKERS_COUNTED * CREDIT_PER_WORKER);
+});
+
+test("an agent's disconnects cost a shard one attempt at most; another agent's cost one more", () => {
+  const { t, advance } = setup({ maxAttempts: 2 });
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "p0", 4));
+  for (let i = 0; i < 5; i++) {
+    t.connectAgent("a");
+    t.addCredit("a", 1);
+    assert.equal(t.schedule().length, 1, `round ${i}: re-leased`);
+    t.disconnectAgent("a");
+    advance(2_000);
+  }
+  assert.equal(t.get("s1.0.0")?.state, "pending", "five reconnects of one agent did not fail it");
+  assert.equal(t.get("s1.0.0")?.attempts, 1);
+  t.connectAgent("b");
+  t.addCredit("b", 1);
+  t.schedule();
+  assert.equal(t.disconnectAgent("b").newlyFailed, 1, "a second agent's disconnect spends the last attempt");
+});
+
+test("a result is accepted only from the agent and attempt a lease was granted to", () => {
+  const { t, advance } = setup();
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "p0", 4));
+  t.connectAgent("a");
+  t.connectAgent("b");
+  t.addCredit("a", 1);
+  t.schedule();
+  assert.equal(t.granted("s1.0.0", "a", 1), true);
+  assert.equal(t.granted("s1.0.0", "a", 2), false);
+  assert.equal(t.granted("s1.0.0", "b", 1), false);
+  assert.equal(t.granted("s1.0.1", "a", 1), false);
+  advance(1_000);
+  t.expire();
+  advance(200);
+  t.addCredit("b", 1);
+  t.schedule();
+  assert.equal(t.granted("s1.0.0", "b", 2), true);
+  assert.equal(t.granted("s1.0.0", "a", 1), true, "a late result of the expired lease is still its agent's");
 });
 
 test("cancel revokes leases and stops grants without spending attempts", () => {

@@ -29,7 +29,16 @@ export interface ShardEntry {
   lastError: string;
   /** The shard's ShardResult was aggregated (only then does it count as done for the sweep). */
   resultConsumed: boolean;
+  /** Recent grants as `<attempt>/<agent id>`: whose result is accepted for which attempt (absent in older records). */
+  grants?: string[];
+  /** When an agent reported the shard done (its result not yet counted): re-leased after `uncountedTimeoutMs`. */
+  doneMs?: number;
+  /** Agents whose disconnect already cost this shard an attempt (a second one from the same agent is not counted). */
+  disconnects?: string[];
 }
+
+/** Grants and disconnecting agents remembered per shard. */
+const HISTORY = 16;
 
 /** A lease handed to an agent by `schedule`. */
 export interface Grant {
@@ -55,6 +64,10 @@ export interface Changes {
   expirations: number;
   retries: number;
   newlyFailed: number;
+  /** Done/failed reports for a lease the reporting agent does not hold (ignored). */
+  ignored: number;
+  /** Shards reported done whose result was not counted in time, re-queued. */
+  uncounted: number;
 }
 
 /** Tunables of the lease table; `clock` is injected so tests control time. */
@@ -65,6 +78,8 @@ export interface LeaseTableOptions {
   backoffBaseMs?: number;
   backoffMaxMs?: number;
   newLeaseId?: () => string;
+  /** A shard reported done whose result is not counted within this is leased again; default 3 lease TTLs. */
+  uncountedTimeoutMs?: number;
 }
 
 interface SweepSlot {
@@ -72,11 +87,12 @@ interface SweepSlot {
   maxAttempts: number;
 }
 
-const emptyChanges = (): Changes => ({ changed: [], revoked: [], expirations: 0, retries: 0, newlyFailed: 0 });
+const emptyChanges = (): Changes => ({ changed: [], revoked: [], expirations: 0, retries: 0, newlyFailed: 0, ignored: 0, uncounted: 0 });
 
 /** Shard and agent scheduling state of the coordinator. Not thread-safe by design: one owner. */
 export class LeaseTable {
   readonly leaseTtlMs: number;
+  readonly uncountedTimeoutMs: number;
   private readonly clock: () => number;
   private readonly backoffBaseMs: number;
   private readonly backoffMaxMs: number;
@@ -89,6 +105,8 @@ export class LeaseTable {
   private readonly sweeps = new Map<string, SweepSlot>();
   /** Last agent a prompt was leased to: it is preparing or holds that prompt's runs. */
   private readonly promptHome = new Map<string, string>();
+  /** Shards reported done whose result is not counted yet, by shard id. */
+  private readonly uncounted = new Map<string, ShardEntry>();
 
   constructor(opts: LeaseTableOptions) {
     this.clock = opts.clock ?? Date.now;
@@ -96,6 +114,7 @@ export class LeaseTable {
     this.backoffBaseMs = opts.backoffBaseMs ?? 1000;
     this.backoffMaxMs = opts.backoffMaxMs ?? 60_000;
     this.newLeaseId = opts.newLeaseId ?? randomUUID;
+    this.uncountedTimeoutMs = opts.uncountedTimeoutMs ?? 3 * opts.leaseTtlMs;
   }
 
   /** Registers a sweep's scheduling policy; inactive sweeps (cancelled, finished) get no grants. */
@@ -118,6 +137,11 @@ export class LeaseTable {
       e.leaseExpiresMs = this.clock() + this.leaseTtlMs;
       this.byLease.set(e.leaseId, e);
       this.promptHome.set(e.promptKey, e.agentId);
+    }
+    this.uncounted.delete(e.shardId);
+    if (e.state === "done" && !e.resultConsumed) {
+      e.doneMs = this.clock(); // a fresh timeout, as for restored leases
+      this.uncounted.set(e.shardId, e);
     }
     const prev = this.shards.get(e.shardId);
     if (prev?.leaseId) this.byLease.delete(prev.leaseId);
@@ -158,6 +182,7 @@ export class LeaseTable {
   forgetSweep(sweepId: string): void {
     for (const s of this.shardsOf(sweepId)) {
       this.shards.delete(s.shardId);
+      this.uncounted.delete(s.shardId);
       if (s.leaseId) this.byLease.delete(s.leaseId);
     }
     this.bySweep.delete(sweepId);
@@ -179,13 +204,18 @@ export class LeaseTable {
   // ---- agents ---------------------------------------------------------------------------
 
   /** An agent said hello (or reconnected): its credit starts at zero until it sends Credit. */
-  connectAgent(agentId: string, cachedPromptKeys: Iterable<string> = []): void {
-    this.agents.connect(agentId, cachedPromptKeys);
+  connectAgent(agentId: string, cachedPromptKeys: Iterable<string> = [], workers = 1): void {
+    this.agents.connect(agentId, cachedPromptKeys, workers);
   }
 
-  /** Adds Credit.slots to the agent's credit. */
-  addCredit(agentId: string, slots: number): void {
-    this.agents.addCredit(agentId, slots);
+  /** Whether the agent has a live connection (as far as the table knows). */
+  agentConnected(agentId: string): boolean {
+    return this.agents.get(agentId)?.connected ?? false;
+  }
+
+  /** Adds Credit.slots to the agent's credit, capped (see AgentPool.addCredit); returns the slots refused. */
+  addCredit(agentId: string, slots: number): number {
+    return this.agents.addCredit(agentId, slots, this.leasesOf(agentId).length);
   }
 
   /** Replaces the agent's cached prompt keys (from a heartbeat). */
@@ -210,12 +240,28 @@ export class LeaseTable {
 
   /**
    * The agent's stream ended: its leases go back to the queue (with backoff, and to `failed`
-   * once attempts are spent), since whatever it was computing is lost with it.
+   * once attempts are spent), since whatever it was computing is lost with it. An agent's
+   * disconnect costs a shard one attempt at most: when the same agent id disconnects again
+   * holding it (a flapping agent, or one reconnecting on purpose to burn attempts), the attempt
+   * is given back, as for a cancelled lease.
    */
   disconnectAgent(agentId: string, reason = "agent disconnected"): Changes {
     const out = emptyChanges();
     this.agents.disconnect(agentId);
-    for (const s of this.leasesOf(agentId)) this.retryOrFail(s, `${reason} (agent ${agentId}) while holding the lease`, out);
+    for (const s of this.leasesOf(agentId)) {
+      const error = `${reason} (agent ${agentId}) while holding the lease`;
+      if (s.disconnects?.includes(agentId)) {
+        this.byLease.delete(s.leaseId);
+        s.attempts = Math.max(0, s.attempts - 1);
+        s.state = "pending";
+        s.lastError = `${error}; not counted as an attempt (this agent's disconnect already cost one)`;
+        s.notBeforeMs = this.clock() + this.backoffMs(Math.max(1, s.attempts));
+        out.changed.push(s);
+      } else {
+        s.disconnects = [...(s.disconnects ?? []), agentId].slice(-HISTORY);
+        this.retryOrFail(s, error, out);
+      }
+    }
     return out;
   }
 
@@ -243,6 +289,7 @@ export class LeaseTable {
       s.leaseId = leaseId;
       s.agentId = agent.agentId;
       s.leaseExpiresMs = now + this.leaseTtlMs;
+      s.grants = [...(s.grants ?? []), `${s.attempts}/${agent.agentId}`].slice(-HISTORY);
       this.byLease.set(leaseId, s);
       this.promptHome.set(s.promptKey, agent.agentId);
       this.agents.granted(agent);
@@ -271,7 +318,11 @@ export class LeaseTable {
     return n;
   }
 
-  /** Leases past their TTL: re-queued with exponential backoff, or failed after max attempts. */
+  /**
+   * Leases past their TTL, and shards reported done whose result was not counted within
+   * `uncountedTimeoutMs` (rejected, lost, or a crash between the agent's publication and its
+   * consumption): re-queued with exponential backoff, or failed after max attempts.
+   */
   expire(): Changes {
     const now = this.clock();
     const out = emptyChanges();
@@ -280,7 +331,28 @@ export class LeaseTable {
       out.expirations++;
       this.retryOrFail(s, `lease ${s.leaseId} of agent ${s.agentId} expired (no heartbeat for ${this.leaseTtlMs} ms)`, out);
     }
+    for (const s of [...this.uncounted.values()]) {
+      if (s.state !== "done" || s.resultConsumed) {
+        this.uncounted.delete(s.shardId);
+        continue;
+      }
+      if ((s.doneMs ?? 0) + this.uncountedTimeoutMs > now) continue;
+      out.uncounted++;
+      this.retryOrFail(s, `agent ${s.agentId} reported the shard done but no valid result of it was counted within ${this.uncountedTimeoutMs} ms`, out);
+    }
     return out;
+  }
+
+  /**
+   * Whether a result of the shard from this agent and attempt comes from a lease the coordinator
+   * granted: the agent was given that attempt (or, for records older than the grant history, is
+   * the shard's current or last holder with its current attempt).
+   */
+  granted(shardId: string, agentId: string, attempt: number): boolean {
+    const s = this.shards.get(shardId);
+    if (!s || attempt < 1 || !agentId) return false;
+    if (s.grants) return s.grants.includes(`${attempt}/${agentId}`);
+    return s.agentId === agentId && s.attempts === attempt;
   }
 
   /**
@@ -290,12 +362,18 @@ export class LeaseTable {
   complete(agentId: string, leaseId: string, shardId: string): Changes {
     const out = emptyChanges();
     const s = this.shards.get(shardId);
+    if (!s || s.leaseId !== leaseId || s.state !== "leased" || s.agentId !== agentId) {
+      // Not this agent's lease (stale after a re-lease, or another agent's): ignored.
+      out.ignored++;
+      return out;
+    }
     const a = this.agents.get(agentId);
     if (a) a.shardsDone++;
-    if (!s || s.leaseId !== leaseId || s.state !== "leased") return out; // stale: the result is deduplicated anyway
     this.byLease.delete(leaseId);
     s.state = "done";
     s.lastError = "";
+    s.doneMs = this.clock();
+    this.uncounted.set(s.shardId, s);
     // The agent reports done only after JetStream acked the publication, so the result is durable
     // in the stream and the consumer will deliver it; a re-run would be dropped as a duplicate anyway.
     out.changed.push(s);
@@ -311,6 +389,7 @@ export class LeaseTable {
     const s = this.shards.get(shardId);
     if (!s) return out;
     if (s.state === "leased") this.revoke(s, "result already received from another attempt", out);
+    this.uncounted.delete(shardId);
     if (s.state !== "done" || !s.resultConsumed) {
       s.state = "done";
       s.resultConsumed = true;
@@ -327,7 +406,10 @@ export class LeaseTable {
   fail(agentId: string, leaseId: string, shardId: string, error: string, retryable: boolean): Changes {
     const out = emptyChanges();
     const s = this.shards.get(shardId);
-    if (!s || s.leaseId !== leaseId || s.state !== "leased" || s.agentId !== agentId) return out;
+    if (!s || s.leaseId !== leaseId || s.state !== "leased" || s.agentId !== agentId) {
+      out.ignored++;
+      return out;
+    }
     if (retryable) this.retryOrFail(s, error, out);
     else {
       this.byLease.delete(s.leaseId);
@@ -341,6 +423,7 @@ export class LeaseTable {
 
   private retryOrFail(s: ShardEntry, error: string, out: Changes): void {
     this.byLease.delete(s.leaseId);
+    this.uncounted.delete(s.shardId);
     s.lastError = error;
     const max = this.sweeps.get(s.sweepId)?.maxAttempts ?? 3;
     if (s.attempts >= max) {
@@ -385,10 +468,15 @@ export class LeaseTable {
     return out;
   }
 
-  /** Resumes a sweep: active again, failed shards re-queued with a fresh attempt budget. */
+  /**
+   * Resumes a sweep: active again; failed shards, and shards reported done whose result was
+   * never counted, re-queued with a fresh attempt budget.
+   */
   resumeSweep(sweepId: string): Changes {
     const out = emptyChanges();
-    for (const s of this.activate(sweepId, true, "failed")) {
+    const uncounted = this.activate(sweepId, true, "done").filter((s) => !s.resultConsumed);
+    for (const s of [...this.activate(sweepId, true, "failed"), ...uncounted]) {
+      this.uncounted.delete(s.shardId);
       s.state = "pending";
       s.attempts = 0;
       s.notBeforeMs = 0;

@@ -38,6 +38,11 @@ const program = new Command("factsweep-coordinator")
   .option("--lease-ttl-ms <ms>", "lease TTL; a lease not renewed by a heartbeat within it is re-leased", int("--lease-ttl-ms", 100), 15_000)
   .option("--heartbeat-ms <ms>", "heartbeat interval told to agents (default TTL/3)", int("--heartbeat-ms", 50))
   .option("--retry-backoff-ms <ms>", "first retry backoff (doubles per attempt)", int("--retry-backoff-ms", 0), 1000)
+  .option(
+    "--uncounted-timeout-ms <ms>",
+    "a shard reported done whose result is not counted within it is leased again (default 3 lease TTLs)",
+    int("--uncounted-timeout-ms", 100),
+  )
   .addOption(new Option("--token <token>", "API token required of sweepctl and agents").env("FACTSWEEP_TOKEN"))
   .option("--tls-cert <file>", "server certificate (PEM) for gRPC TLS")
   .option("--tls-key <file>", "server private key (PEM)")
@@ -69,6 +74,7 @@ const program = new Command("factsweep-coordinator")
       leaseTtlMs: o.leaseTtlMs,
       heartbeatMs: o.heartbeatMs,
       retryBackoffMs: o.retryBackoffMs,
+      uncountedTimeoutMs: o.uncountedTimeoutMs,
       token: o.token,
       tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa } : undefined,
     });

@@ -4,6 +4,7 @@
  */
 import { Counter, Gauge, type Registry } from "prom-client";
 import { METRICS } from "@factsweep/shared";
+import { REJECT_REASONS } from "./result-check.js";
 
 /** Live numbers the gauges read at scrape time. */
 export interface GaugeSource {
@@ -20,6 +21,9 @@ export class CoordinatorMetrics {
   readonly leaseExpirations: Counter;
   readonly retries: Counter;
   readonly resultsConsumed: Counter<"duplicate">;
+  readonly resultsRejected: Counter<"reason">;
+  readonly leaseReportsIgnored: Counter<"report">;
+  readonly shardsUncounted: Counter;
 
   constructor(registry: Registry, source: GaugeSource) {
     const registers = [registry];
@@ -38,10 +42,29 @@ export class CoordinatorMetrics {
       labelNames: ["duplicate"],
       registers,
     });
+    this.resultsRejected = new Counter({
+      name: METRICS.resultsRejected,
+      help: "Messages of the results stream refused (forged, broken, of no lease) and dead-lettered, by reason",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.leaseReportsIgnored = new Counter({
+      name: METRICS.leaseReportsIgnored,
+      help: "ShardDone/ShardFailed reports for a lease the reporting agent does not hold, ignored",
+      labelNames: ["report"],
+      registers,
+    });
+    this.shardsUncounted = new Counter({
+      name: METRICS.shardsUncounted,
+      help: "Shards reported done whose result was not counted in time, leased again",
+      registers,
+    });
     // Start every labelled counter at 0 so dashboards and rate() see the series from the start.
     for (const status of ["done", "failed"]) this.cells.inc({ status }, 0);
     for (const status of ["done", "failed", "retried"]) this.shards.inc({ status }, 0);
     for (const duplicate of ["true", "false"]) this.resultsConsumed.inc({ duplicate }, 0);
+    for (const reason of REJECT_REASONS) this.resultsRejected.inc({ reason }, 0);
+    for (const report of ["done", "failed"]) this.leaseReportsIgnored.inc({ report }, 0);
     new Gauge({
       name: METRICS.shardsInFlight,
       help: "Shards leased to agents",

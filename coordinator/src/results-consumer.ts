@@ -7,22 +7,42 @@
  * published after the window, or a redelivery); and a message is acked only after the aggregator
  * result is durable in KV. A coordinator killed before that gets the message again, and the
  * aggregate it rebuilt from KV either has it (duplicate, ignored) or not (added now).
+ *
+ * Poison: a message that does not decode, or a result the sink refuses (forged, broken, of no
+ * lease), is copied to the dead-letter stream `FACTSWEEP_RESULTS_DEAD` (bounded retention) with
+ * the reason in headers, then acked; it never holds up the batch, so other results keep counting.
  */
-import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, StorageType, type JsMsg, type JetStreamManager } from "@nats-io/jetstream";
-import { nanos, type NatsConnection } from "@nats-io/transport-node";
+import { AckPolicy, DeliverPolicy, DiscardPolicy, jetstream, jetstreamManager, StorageType, type JsMsg, type JetStreamManager } from "@nats-io/jetstream";
+import { headers, nanos, type NatsConnection } from "@nats-io/transport-node";
 import { sweep } from "@factsweep/proto";
 import { RESULTS_CONSUMER, RESULTS_STREAM, RESULTS_SUBJECT_PREFIX } from "@factsweep/shared";
+import type { Rejection, RejectReason } from "./result-check.js";
 
 /** Duplicate window of the results stream: a republished shard inside it is dropped by the server. */
 export const RESULTS_DUPLICATE_WINDOW_MS = 10 * 60_000;
 
+/** Dead-letter stream of refused results; its subject lies outside the results stream's `factsweep.results.>`. */
+export const DEAD_LETTER_STREAM = "FACTSWEEP_RESULTS_DEAD";
+export const DEAD_LETTER_SUBJECT = "factsweep.dead.results";
+/** Retention of the dead-letter stream: whichever limit comes first drops the oldest. */
+export const DEAD_LETTER_MAX_AGE_MS = 7 * 24 * 3600_000;
+export const DEAD_LETTER_MAX_MSGS = 10_000;
+export const DEAD_LETTER_MAX_BYTES = 256 * 1024 * 1024;
+/** Headers of a dead letter. */
+export const DEAD_LETTER_HEADERS = {
+  reason: "Factsweep-Reject-Reason",
+  detail: "Factsweep-Reject-Detail",
+  subject: "Factsweep-Original-Subject",
+  seq: "Factsweep-Original-Seq",
+} as const;
+
+/** What the sink says of a result: aggregated now, held already, or refused (dead-lettered). */
+export type AddOutcome = "added" | "duplicate" | Rejection;
+
 /** What the consumer needs to know per message. */
 export interface ResultSink {
-  /**
-   * Folds the result into its sweep's aggregator; returns "added", "duplicate", or "unknown"
-   * (no such sweep here: acked and dropped).
-   */
-  add(result: sweep.ShardResult): "added" | "duplicate" | "unknown";
+  /** Checks the result (published on `subject`) and folds it into its sweep's aggregator. */
+  add(result: sweep.ShardResult, subject: string): AddOutcome;
   /** Makes the listed sweeps' new results durable; acks wait for it. */
   persist(sweepIds: Set<string>): Promise<void>;
 }
@@ -36,7 +56,32 @@ export interface ResultsConsumerOptions {
   /** Redelivery delay for a message not acked (must exceed a flush). */
   ackWaitMs?: number;
   onConsumed?: (duplicate: boolean) => void;
+  /** A message was refused (then dead-lettered and acked). */
+  onRejected?: (reason: RejectReason) => void;
   log?: (msg: string) => void;
+}
+
+/** Creates the dead-letter stream if absent (file storage, bounded by age, count and bytes; oldest dropped). */
+export async function ensureDeadLetterStream(jsm: JetStreamManager): Promise<void> {
+  try {
+    await jsm.streams.info(DEAD_LETTER_STREAM);
+  } catch {
+    try {
+      await jsm.streams.add({
+        name: DEAD_LETTER_STREAM,
+        subjects: [DEAD_LETTER_SUBJECT],
+        storage: StorageType.File,
+        max_age: nanos(DEAD_LETTER_MAX_AGE_MS),
+        max_msgs: DEAD_LETTER_MAX_MSGS,
+        max_bytes: DEAD_LETTER_MAX_BYTES,
+        discard: DiscardPolicy.Old,
+      });
+    } catch (err) {
+      await jsm.streams.info(DEAD_LETTER_STREAM).catch(() => {
+        throw err;
+      });
+    }
+  }
 }
 
 /** Creates the results stream if absent (file storage, duplicate window for Nats-Msg-Id dedup). */
@@ -69,6 +114,8 @@ export class ResultsConsumer {
   private timer: NodeJS.Timeout | undefined;
   private loop: Promise<void> | undefined;
   private iter: { stop(): void } | undefined;
+  /** Dead letters being written (each acks its message when stored). */
+  private readonly dead = new Set<Promise<void>>();
   private readonly batch: number;
   private readonly flushMs: number;
   private readonly log: (m: string) => void;
@@ -86,6 +133,7 @@ export class ResultsConsumer {
   async start(): Promise<void> {
     const jsm = await jetstreamManager(this.nc);
     await ensureResultsStream(jsm);
+    await ensureDeadLetterStream(jsm);
     const config = {
       durable_name: RESULTS_CONSUMER,
       ack_policy: AckPolicy.Explicit,
@@ -133,22 +181,52 @@ export class ResultsConsumer {
 
   private handle(m: JsMsg): void {
     let result: sweep.ShardResult;
+    let outcome: AddOutcome;
     try {
       result = sweep.ShardResult.decode(m.data);
     } catch (err) {
-      this.log(`results consumer: dropping undecodable message seq ${m.seq} on ${m.subject}: ${(err as Error).message}`);
-      m.term();
+      this.reject(m, { reason: "undecodable", detail: `not a ShardResult: ${(err as Error).message}` });
       return;
     }
-    const outcome = this.opts.sink.add(result);
-    if (outcome === "unknown") {
-      this.log(`results consumer: result of shard ${result.shardId} for unknown sweep ${result.sweepId} ignored`);
-      m.ack();
+    try {
+      outcome = this.opts.sink.add(result, m.subject);
+    } catch (err) {
+      this.reject(m, { reason: "invalid_result", detail: `shard ${JSON.stringify(result.shardId.slice(0, 100))}: ${(err as Error).message}` });
+      return;
+    }
+    if (typeof outcome === "object") {
+      this.reject(m, outcome);
       return;
     }
     this.opts.onConsumed?.(outcome === "duplicate");
     this.dirty.add(result.sweepId);
     this.pending.push(m); // acked once it is durable in KV, duplicates too
+  }
+
+  /**
+   * A refused message: counted, logged, copied to the dead-letter stream with the reason in
+   * headers, then acked. Not part of a batch: a dead letter never delays the results around it.
+   * If the copy cannot be stored (NATS down) the message is nak'ed to come again later.
+   */
+  private reject(m: JsMsg, why: Rejection): void {
+    this.opts.onRejected?.(why.reason);
+    this.log(`results consumer: message seq ${m.seq} on ${m.subject} refused (${why.reason}): ${why.detail}; dead-lettered to ${DEAD_LETTER_SUBJECT}`);
+    const h = headers();
+    h.set(DEAD_LETTER_HEADERS.reason, why.reason);
+    h.set(DEAD_LETTER_HEADERS.detail, why.detail.replace(/[\r\n]+/g, " ").slice(0, 1000));
+    h.set(DEAD_LETTER_HEADERS.subject, m.subject);
+    h.set(DEAD_LETTER_HEADERS.seq, String(m.seq));
+    const p = jetstream(this.nc)
+      .publish(DEAD_LETTER_SUBJECT, m.data, { headers: h, msgID: `dead-${m.seq}` })
+      .then(
+        () => m.ack(),
+        (err: Error) => {
+          this.log(`results consumer: dead-lettering seq ${m.seq} failed (${err.message}); it comes again`);
+          m.nak(5000);
+        },
+      )
+      .finally(() => this.dead.delete(p));
+    this.dead.add(p);
   }
 
   /** Persists the results received since the last flush, then acks their messages. */
@@ -181,6 +259,7 @@ export class ResultsConsumer {
     if (this.timer) clearInterval(this.timer);
     this.iter?.stop();
     await this.flush().catch(() => undefined);
+    await Promise.all([...this.dead]);
     await this.loop?.catch(() => undefined);
   }
 }

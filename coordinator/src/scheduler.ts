@@ -10,6 +10,7 @@ import type { AgentSession, AgentStreams } from "./agent-service.js";
 import { LeaseTable, type Changes, type ShardEntry } from "./lease-table.js";
 import type { ShardRecord, StateStore } from "./state-store.js";
 import type { CoordinatorMetrics } from "./metrics.js";
+import { AgentConnectedError } from "./errors.js";
 
 /** Options of {@link Scheduler}. */
 export interface SchedulerOptions {
@@ -91,12 +92,24 @@ export class Scheduler extends EventEmitter implements AgentStreams {
 
   // ---- agent stream events --------------------------------------------------------------
 
-  /** A (re)connected agent: a previous stream of the same agent id is closed, its leases kept. */
+  /**
+   * A (re)connected agent. While a stream of the same agent id is alive (it sent something within
+   * a lease TTL), the new one is refused with AgentConnectedError (ALREADY_EXISTS): a second
+   * client with the token must not take over a working agent's leases. A previous stream silent
+   * for longer (a half-open connection of an agent that restarted) is closed, its leases kept.
+   */
   attach(session: AgentSession, cachedPromptKeys: string[]): void {
     const prev = this.sessions.get(session.agentId);
-    if (prev && prev !== session) prev.close(`replaced by a newer session ${session.sessionId} of agent ${session.agentId}`);
+    if (prev && prev !== session) {
+      const silentMs = Date.now() - prev.lastSeenMs;
+      if (silentMs < this.table.leaseTtlMs) {
+        this.log(`agent ${session.agentId}: a second connection refused (session ${prev.sessionId} is alive, seen ${silentMs} ms ago)`);
+        throw new AgentConnectedError(session.agentId, prev.sessionId);
+      }
+      prev.close(`replaced by a newer session ${session.sessionId} of agent ${session.agentId}`);
+    }
     this.sessions.set(session.agentId, session);
-    this.table.connectAgent(session.agentId, cachedPromptKeys);
+    this.table.connectAgent(session.agentId, cachedPromptKeys, session.workers);
     this.log(`agent ${session.agentId} connected (session ${session.sessionId}, ${session.workers} workers)`);
   }
 
@@ -110,7 +123,8 @@ export class Scheduler extends EventEmitter implements AgentStreams {
 
   credit(session: AgentSession, slots: number): void {
     session.lastSeenMs = Date.now();
-    this.table.addCredit(session.agentId, slots);
+    const refused = this.table.addCredit(session.agentId, slots);
+    if (refused > 0) this.log(`agent ${session.agentId}: ${refused} credit slot(s) beyond its cap refused (${session.workers} workers)`);
     this.kick();
   }
 
@@ -125,14 +139,24 @@ export class Scheduler extends EventEmitter implements AgentStreams {
 
   done(session: AgentSession, d: agent.ShardDone): void {
     session.lastSeenMs = Date.now();
-    this.apply(this.table.complete(session.agentId, d.leaseId, d.shardId));
+    const ch = this.table.complete(session.agentId, d.leaseId, d.shardId);
+    if (ch.ignored > 0) {
+      this.metrics?.leaseReportsIgnored.inc({ report: "done" });
+      this.log(`agent ${session.agentId}: done for lease ${d.leaseId} (shard ${d.shardId}) it does not hold; ignored`);
+    }
+    this.apply(ch);
     this.kick();
   }
 
   failed(session: AgentSession, f: agent.ShardFailed): void {
     session.lastSeenMs = Date.now();
     this.log(`shard ${f.shardId} failed on agent ${session.agentId} (${f.retryable ? "retryable" : "not retryable"}): ${f.error}`);
-    this.apply(this.table.fail(session.agentId, f.leaseId, f.shardId, f.error, f.retryable));
+    const ch = this.table.fail(session.agentId, f.leaseId, f.shardId, f.error, f.retryable);
+    if (ch.ignored > 0) {
+      this.metrics?.leaseReportsIgnored.inc({ report: "failed" });
+      this.log(`agent ${session.agentId}: failed for lease ${f.leaseId} (shard ${f.shardId}) it does not hold; ignored`);
+    }
+    this.apply(ch);
     this.kick();
   }
 
@@ -147,6 +171,17 @@ export class Scheduler extends EventEmitter implements AgentStreams {
   /** The results consumer aggregated a shard's result. */
   resultConsumed(shardId: string): void {
     this.apply(this.table.resultConsumed(shardId));
+  }
+
+  /** The planned shard (as granted, attempt 0) by id, or undefined when no sweep here planned it. */
+  plannedShard(shardId: string): sweep.Shard | undefined {
+    const body = this.bodies.get(shardId);
+    return body ? sweep.Shard.decode(Buffer.from(body, "base64")) : undefined;
+  }
+
+  /** Resolves once the shard records of these shards are durable in KV. */
+  async shardsDurable(shardIds: string[]): Promise<void> {
+    await this.store.shardsDurable(shardIds);
   }
 
   cancelSweep(sweepId: string): void {
@@ -192,6 +227,7 @@ export class Scheduler extends EventEmitter implements AgentStreams {
     }
     if (this.metrics) {
       this.metrics.leaseExpirations.inc(ch.expirations);
+      this.metrics.shardsUncounted.inc(ch.uncounted);
       this.metrics.retries.inc(ch.retries);
       this.metrics.shards.inc({ status: "retried" }, ch.retries);
       this.metrics.shards.inc({ status: "failed" }, ch.newlyFailed);
@@ -199,6 +235,7 @@ export class Scheduler extends EventEmitter implements AgentStreams {
       if (ch.newlyFailed > 0) this.metrics.cells.inc({ status: "failed" }, failedCells);
     }
     this.persist(ch.changed);
+    if (ch.uncounted > 0) this.log(`${ch.uncounted} shard(s) reported done without a counted result re-queued`);
     for (const id of new Set(ch.changed.map((e) => e.sweepId))) this.emit("shards", id);
   }
 

@@ -53,7 +53,23 @@ interface Envelope<T> {
   data: T;
 }
 
-/** Bucket key of a shard: shard ids are `<sweep>.<prompt>.<part>`, valid KV keys already. */
+/**
+ * Whether a string is a usable key here: NATS KV's key characters, no empty token (no leading,
+ * trailing or double dot), bounded length. Shard ids `<sweep>.<prompt>.<part>` are; anything
+ * taken from a message is checked with this before it reaches a KV call.
+ */
+export function isKvKey(key: string): boolean {
+  return key.length > 0 && key.length <= 256 && /^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$/.test(key);
+}
+
+/** A key refused by {@link isKvKey}. */
+export class InvalidKeyError extends Error {
+  constructor(readonly key: string) {
+    super(`not a valid KV key: ${JSON.stringify(key.slice(0, 100))}`);
+    this.name = "InvalidKeyError";
+  }
+}
+
 const EPOCH_KEY = "_coordinator_epoch";
 const ENC = new TextEncoder();
 
@@ -171,6 +187,7 @@ export class StateStore {
    */
   async saveResult(shardId: string, result: Uint8Array): Promise<void> {
     this.checkFence();
+    if (!isKvKey(shardId)) throw new InvalidKeyError(shardId);
     await this.aggregates.put(shardId, result);
   }
 
@@ -215,6 +232,16 @@ export class StateStore {
       const running = [...this.writers.values()].map((w) => w.running).filter((p): p is Promise<void> => p !== undefined);
       if (running.length === 0) return;
       await Promise.all(running);
+    }
+  }
+
+  /** Resolves once the listed shards' records have no write pending or running. */
+  async shardsDurable(shardIds: string[]): Promise<void> {
+    for (;;) {
+      const running = shardIds.map((id) => this.writers.get(`h:${id}`)?.running).filter((p): p is Promise<void> => p !== undefined);
+      if (running.length === 0) return;
+      await Promise.all(running);
+      this.checkFence();
     }
   }
 

@@ -1,3 +1,4 @@
+// long-file: a sweep's lifecycle (launch, results check and aggregation, persistence, resume, reports) shares one live-state map; the result content checks are in result-check.ts.
 /**
  * Every sweep's live state: launch (parse, confine paths, plan, persist), info with cells/s and ETA,
  * watch, cancel, resume, results and reports, the aggregation of consumed results and their
@@ -6,14 +7,15 @@
  */
 import { EventEmitter } from "node:events";
 import { control, sweep } from "@factsweep/proto";
-import { EVENTS_SUBJECT_PREFIX } from "@factsweep/shared";
+import { EVENTS_SUBJECT_PREFIX, resultsSubject } from "@factsweep/shared";
 import { KindAggregator, modelTrace, parseSweepSpec, validateSweepId, type ModelTrace, type PlanLimits, type SweepSpec } from "@factsweep/planning";
 import type { LeaseTable } from "./lease-table.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import { confineSweepSpec } from "./model-roots.js";
-import type { ResultSink } from "./results-consumer.js";
+import type { AddOutcome, ResultSink } from "./results-consumer.js";
+import { checkResultContent, type Rejection } from "./result-check.js";
 import type { Scheduler } from "./scheduler.js";
-import type { StateStore, SweepRecord } from "./state-store.js";
+import { isKvKey, type StateStore, type SweepRecord } from "./state-store.js";
 import { newAggregator, newSweepId, plan, resultRows, shardRecord, type Aggregator } from "./sweep-runtime.js";
 import { InvalidSpecError, ModelNotFoundError, SweepExistsError, SweepNotFoundError, UnavailableError } from "./errors.js";
 
@@ -108,6 +110,13 @@ export class Sweeps extends EventEmitter implements ResultSink {
     }
     const known = shards.filter((s) => this.live.has(s.sweepId));
     this.d.scheduler.addShards(known, false);
+    // A crash between storing a result and writing its shard record leaves the record short of
+    // "consumed": the stored result is the authority (the aggregate already holds it).
+    for (const r of known) {
+      if (r.resultConsumed || !this.live.get(r.sweepId)!.agg.has(r.shardId)) continue;
+      this.d.log(`shard ${r.shardId}: its result is stored but its record did not say so (a crash between the two); marked counted`);
+      this.d.scheduler.resultConsumed(r.shardId);
+    }
     // A coordinator that died during a launch may have persisted fewer shards than planned:
     // planning is deterministic, so re-plan and add the missing ones.
     for (const s of this.live.values()) {
@@ -129,17 +138,22 @@ export class Sweeps extends EventEmitter implements ResultSink {
 
   // ---- results --------------------------------------------------------------------------
 
-  /** Aggregates a consumed result (idempotent by shard id). */
-  add(r: sweep.ShardResult): "added" | "duplicate" | "unknown" {
-    const s = this.live.get(r.sweepId);
-    if (!s) return "unknown";
+  /**
+   * Checks a consumed result and aggregates it (idempotent by shard id). Ids are checked before
+   * anything is looked up or written under them; a result is taken only for a planned shard of a
+   * sweep held here, from an agent and attempt it was leased to, with its planned content (see
+   * result-check.ts). A result of a shard already aggregated is a duplicate, whoever sent it.
+   */
+  add(r: sweep.ShardResult, subject?: string): AddOutcome {
+    const refused = this.refusal(r, subject);
+    if (refused) return refused;
+    const s = this.live.get(r.sweepId)!;
     let added: boolean;
     try {
       added = s.agg.add(r);
     } catch (err) {
-      // A result that does not fit its sweep (unknown prompt, token outside it): reported, never aggregated.
-      this.d.log(`result of shard ${r.shardId} rejected: ${(err as Error).message}`);
-      return "unknown";
+      // A result that does not fit its sweep (unknown prompt, token outside it): refused, never aggregated.
+      return { reason: "invalid_result", detail: `shard ${r.shardId}: ${(err as Error).message}` };
     }
     if (added) s.unpersisted.set(r.shardId, r);
     else if (!s.unpersisted.has(r.shardId)) s.unpersisted.set(r.shardId, undefined);
@@ -152,7 +166,40 @@ export class Sweeps extends EventEmitter implements ResultSink {
     return added ? "added" : "duplicate";
   }
 
-  /** Stores first, then marks the shards consumed: a shard record never claims a result the KV lacks. */
+  /** Why a result may not be aggregated (duplicates pass: they are recognised and ignored), or undefined. */
+  private refusal(r: sweep.ShardResult, subject: string | undefined): Rejection | undefined {
+    let validId = isKvKey(r.sweepId);
+    try {
+      validateSweepId(r.sweepId);
+    } catch {
+      validId = false;
+    }
+    if (!validId || !isKvKey(r.shardId) || !r.shardId.startsWith(`${r.sweepId}.`)) {
+      return { reason: "invalid_id", detail: `sweep id ${JSON.stringify(r.sweepId.slice(0, 100))}, shard id ${JSON.stringify(r.shardId.slice(0, 100))}` };
+    }
+    if (subject !== undefined && subject !== resultsSubject(r.sweepId)) {
+      return { reason: "subject_mismatch", detail: `result of sweep ${r.sweepId} published on ${subject}` };
+    }
+    const s = this.live.get(r.sweepId);
+    if (!s) return { reason: "unknown_sweep", detail: `result of shard ${r.shardId} for unknown sweep ${r.sweepId}` };
+    const entry = this.d.table.get(r.shardId);
+    const planned = entry?.sweepId === r.sweepId ? this.d.scheduler.plannedShard(r.shardId) : undefined;
+    if (!planned) return { reason: "unplanned_shard", detail: `sweep ${r.sweepId} planned no shard ${r.shardId}` };
+    if (s.agg.has(r.shardId)) return undefined; // a duplicate: ignored by the aggregator
+    if (!this.d.table.granted(r.shardId, r.agentId, r.attempt)) {
+      return {
+        reason: "not_lease_holder",
+        detail: `shard ${r.shardId}: agent ${JSON.stringify(r.agentId.slice(0, 100))} attempt ${r.attempt} holds no lease of it (holder ${entry!.agentId || "none"}, attempt ${entry!.attempts})`,
+      };
+    }
+    return checkResultContent(planned, r);
+  }
+
+  /**
+   * Stores the results, then marks the shards consumed and waits until those shard records are
+   * durable too, all before the consumer acks: neither a shard record claiming a result the KV
+   * lacks, nor an acked result whose shard still looks uncounted after a crash.
+   */
   async persist(ids: Set<string>): Promise<void> {
     for (const id of ids) {
       const s = this.live.get(id);
@@ -163,6 +210,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
         if (s.unpersisted.get(shardId) === r) s.unpersisted.delete(shardId);
         this.d.scheduler.resultConsumed(shardId);
       }
+      await this.d.scheduler.shardsDurable(batch.map(([shardId]) => shardId));
     }
   }
 
@@ -337,7 +385,10 @@ export class Sweeps extends EventEmitter implements ResultSink {
     return this.info(sweepId);
   }
 
-  /** Resumes a cancelled or failed sweep: failed shards are re-queued with a fresh attempt budget. */
+  /**
+   * Resumes a cancelled or failed sweep, or a running one stuck on shards reported done whose
+   * results were never counted: those and the failed shards are re-queued with a fresh budget.
+   */
   resume(sweepId: string): control.SweepInfo {
     this.requireReady();
     const s = this.sweep(sweepId);

@@ -15,6 +15,9 @@ export const METRICS = {
   sweepsActive: "factsweep_sweeps_active", // gauge
   sweepProgress: "factsweep_sweep_progress_ratio", // gauge {sweep}: done / planned cells
   resultsConsumed: "factsweep_results_consumed_total", // counter {duplicate="true"|"false"}
+  resultsRejected: "factsweep_results_rejected_total", // counter {reason}: refused results, each dead-lettered (reasons: coordinator/src/result-check.ts)
+  leaseReportsIgnored: "factsweep_lease_reports_ignored_total", // counter {report="done"|"failed"}: for a lease the agent does not hold
+  shardsUncounted: "factsweep_shards_uncounted_total", // counter: reported done, no result counted in time, re-queued
   // agent
   shardDuration: "factsweep_shard_duration_seconds", // histogram
   engineBatch: "factsweep_engine_batch_seconds", // histogram

@@ -3,7 +3,8 @@
  * tests. It computes a shard with a pluggable `compute` (a deterministic stand-in for the engine
  * named `fakeEngine`, or the real Python worker where a test has it), publishes the ShardResult to
  * JetStream with the shard id as message id, and reports done. Fault switches: hold leases without
- * computing them, stop heartbeats, publish twice, fail shards, vanish abruptly.
+ * computing them, stop heartbeats, publish twice, report done without publishing, fail shards,
+ * vanish abruptly; and, to play a hostile client, raw protocol messages and raw publications.
  */
 import * as grpc from "@grpc/grpc-js";
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
@@ -55,6 +56,10 @@ export interface TestAgentOptions {
   silent?: boolean;
   /** Publish every result twice with the same message id. */
   publishTwice?: boolean;
+  /** Report every shard done without publishing its result (a result lost on the way). */
+  skipPublish?: boolean;
+  /** Engine workers advertised in the hello (default 1). */
+  workers?: number;
   /** Fail every shard with this error instead of computing it. */
   failWith?: { error: string; retryable: boolean };
   cachedPromptKeys?: string[];
@@ -112,13 +117,23 @@ export class TestAgent {
           protocolVersion: this.opts.protocolVersion ?? AGENT_PROTOCOL_VERSION,
           agentId: this.opts.agentId,
           hostname: "test",
-          workers: [{ device: "cpu:0", memoryBytes: 0, ready: true }],
+          workers: Array.from({ length: this.opts.workers ?? 1 }, (_, i) => ({ device: `cpu:${i}`, memoryBytes: 0, ready: true })),
           cachedPromptKeys: this.opts.cachedPromptKeys ?? [],
           token: this.opts.token ?? "",
         },
       });
     });
     return this;
+  }
+
+  /** Sends any protocol message on the stream (a hostile or broken agent). */
+  sendRaw(body: agent.AgentMessage["body"]): void {
+    this.send(body);
+  }
+
+  /** Publishes raw bytes to a subject of the results stream (a forged or poison message). */
+  async publishBytes(subject: string, data: Uint8Array, msgID: string): Promise<void> {
+    await this.js.publish(subject, data, { msgID });
   }
 
   private send(body: agent.AgentMessage["body"]): void {
@@ -147,7 +162,7 @@ export class TestAgent {
       }
       const result = await (this.opts.compute ?? fakeEngine)(shard, this.opts.agentId);
       const data = sweep.ShardResult.encode(result).finish();
-      const ack = await this.js.publish(resultsSubject(shard.sweepId), data, { msgID: shard.shardId });
+      const ack = this.opts.skipPublish ? { seq: 0 } : await this.js.publish(resultsSubject(shard.sweepId), data, { msgID: shard.shardId });
       if (this.opts.publishTwice) await this.js.publish(resultsSubject(shard.sweepId), data, { msgID: shard.shardId });
       if (this.closed || !this.held.has(l.leaseId)) return;
       this.held.delete(l.leaseId);
