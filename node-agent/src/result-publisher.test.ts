@@ -39,7 +39,7 @@ test("a publish while nats-server is down is retried until the server is back, a
     const stored = await storedResults(nats.jsm, "sw-pub");
     assert.deepEqual(
       stored.map((s) => [s.msgId, s.seq]),
-      [["sw-pub.0.0", published.seq]],
+      [["sw-pub.0.0/1", published.seq]],
     );
   } finally {
     await nc.close();

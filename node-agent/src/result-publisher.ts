@@ -1,12 +1,13 @@
 /**
- * Publishes ShardResults to JetStream with `Nats-Msg-Id = shard_id`, so a shard published twice
- * (a retry, a re-lease, an agent restarted between publish and ShardDone) is stored once. Keeps
+ * Publishes ShardResults to JetStream with `Nats-Msg-Id = <shard_id>/<attempt>` (resultMsgId), so
+ * an attempt published twice (a retry, an agent restarted between publish and ShardDone) is stored
+ * once; the coordinator counts a shard once across attempts. Keeps
  * retrying while NATS is away: results reach JetStream whatever happens to the gRPC link.
  */
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { sweep } from "@factsweep/proto";
-import { resultsSubject } from "@factsweep/shared";
+import { resultMsgId, resultsSubject } from "@factsweep/shared";
 import { ShardCancelledError, ShardError } from "./errors.js";
 import type { Logger } from "./log.js";
 import type { AgentMetrics } from "./metrics.js";
@@ -57,7 +58,7 @@ export class ResultPublisher {
       if (signal?.aborted) throw new ShardCancelledError(result.shardId, String(signal.reason ?? "aborted"));
       const t0 = process.hrtime.bigint();
       try {
-        const ack = await js.publish(subject, data, { msgID: result.shardId, timeout: this.opts.timeoutMs ?? 5_000 });
+        const ack = await js.publish(subject, data, { msgID: resultMsgId(result.shardId, result.attempt), timeout: this.opts.timeoutMs ?? 5_000 });
         this.opts.metrics?.publishLatency.observe(Number(process.hrtime.bigint() - t0) / 1e9);
         if (attempt > 1) this.opts.log?.info(`shard ${result.shardId} published after ${attempt} attempts (seq ${ack.seq})`);
         return { seq: ack.seq, duplicate: ack.duplicate, stream: ack.stream };

@@ -22,7 +22,7 @@ test("a shard runs on a real engine worker and publishes exactly one ShardResult
   assert.deepEqual(progress, [8, 16, 24, 28]);
   const stored = await storedResults(env.nats.jsm, "sw-e2e");
   assert.equal(stored.length, 1, "exactly one result in JetStream");
-  assert.equal(stored[0]!.msgId, shard.shardId, "Nats-Msg-Id is the shard id");
+  assert.equal(stored[0]!.msgId, `${shard.shardId}/${stored[0]!.result.attempt}`, "Nats-Msg-Id is the shard id and attempt");
   assert.equal(stored[0]!.seq, out.published.seq);
   const r = stored[0]!.result;
   assert.equal(r.agentId, "agent-t");

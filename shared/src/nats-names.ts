@@ -4,6 +4,12 @@
 export const RESULTS_STREAM = "FACTSWEEP_RESULTS";
 export const RESULTS_SUBJECT_PREFIX = "factsweep.results";
 export const resultsSubject = (sweepId: string): string => `${RESULTS_SUBJECT_PREFIX}.${sweepId}`;
+/**
+ * `Nats-Msg-Id` of a shard's result: the shard id and the attempt, so JetStream stores a retried
+ * publish of one attempt once, while a later attempt (the shard re-leased after its first result was
+ * refused or lost) is stored too; the coordinator counts a shard once whatever arrives.
+ */
+export const resultMsgId = (shardId: string, attempt: number): string => `${shardId}/${attempt}`;
 
 /** Durable consumer the coordinator reads results with (survives coordinator restarts). */
 export const RESULTS_CONSUMER = "coordinator-aggregator";

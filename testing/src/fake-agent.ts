@@ -10,7 +10,7 @@ import * as grpc from "@grpc/grpc-js";
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { agent, AGENT_PROTOCOL_VERSION, sweep } from "@factsweep/proto";
-import { resultsSubject } from "@factsweep/shared";
+import { resultMsgId, resultsSubject } from "@factsweep/shared";
 
 /** Computes a shard's result. */
 export type Compute = (shard: sweep.Shard, agentId: string) => Promise<sweep.ShardResult> | sweep.ShardResult;
@@ -162,8 +162,8 @@ export class TestAgent {
       }
       const result = await (this.opts.compute ?? fakeEngine)(shard, this.opts.agentId);
       const data = sweep.ShardResult.encode(result).finish();
-      const ack = this.opts.skipPublish ? { seq: 0 } : await this.js.publish(resultsSubject(shard.sweepId), data, { msgID: shard.shardId });
-      if (this.opts.publishTwice) await this.js.publish(resultsSubject(shard.sweepId), data, { msgID: shard.shardId });
+      const ack = this.opts.skipPublish ? { seq: 0 } : await this.js.publish(resultsSubject(shard.sweepId), data, { msgID: resultMsgId(shard.shardId, shard.attempt) });
+      if (this.opts.publishTwice) await this.js.publish(resultsSubject(shard.sweepId), data, { msgID: resultMsgId(shard.shardId, shard.attempt) });
       if (this.closed || !this.held.has(l.leaseId)) return;
       this.held.delete(l.leaseId);
       this.done.push(shard.shardId);
