@@ -41,3 +41,14 @@ class ResourceExhausted(EngineError):
 
 class CheckpointError(InvalidArgument):
     """A checkpoint folder that cannot be loaded: missing/misshaped tensors, unknown model_type."""
+
+
+class CheckpointPathError(CheckpointError):
+    """A checkpoint file that may not be read: a shard name that is not a plain file name, a file (or a
+    link) that resolves outside the checkpoint folder, or something that is not a regular file."""
+
+
+class CheckpointFormatError(CheckpointError):
+    """A checkpoint file whose content is not what its format says: a safetensors header that is too
+    long, not a JSON object of objects, or with bad dtypes, shapes or offsets; an index or config.json
+    that is not JSON. Its message never quotes the file's bytes."""

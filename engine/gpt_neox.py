@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
-from .architecture import Architecture, EditTarget
+from .architecture import (MAX_HIDDEN, MAX_INTERMEDIATE, MAX_LAYERS, MAX_POSITIONS, MAX_SMALL, MAX_VOCAB, Architecture,
+                           EditTarget, config_bool, config_float, config_int, describe_value)
 from .errors import CheckpointError
 from .sites import BLOCK, INPUT, OUTPUT, BlockHook, HookedLM, Site, call, site_table
 
@@ -80,33 +81,33 @@ class Config:
         """Parse HF ``GPTNeoXConfig``: rotary from ``rotary_pct``/``rotary_emb_base`` (transformers 4.x) or
         ``rope_parameters`` / ``rope_scaling`` (5.x); only unscaled ("default") rotary is supported."""
         rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise CheckpointError(f"config.json rope_parameters: expected an object, got {describe_value(rope)}", field="rope_parameters")
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type != "default":
-            raise CheckpointError(
-                f"config.json rope_parameters.rope_type: expected 'default' (unscaled rotary), got {rope_type!r}",
-                field="rope_parameters",
-            )
+            raise CheckpointError(f"config.json rope_parameters.rope_type: expected 'default' (unscaled rotary), got "
+                                  f"{describe_value(rope_type)}", field="rope_parameters")
         act = cfg.get("hidden_act", "gelu")
-        if act not in ACTIVATIONS:
-            raise CheckpointError(f"config.json hidden_act: expected one of {sorted(ACTIVATIONS)}, got {act!r}", field="hidden_act")
-        d, heads = _req(cfg, "hidden_size"), _req(cfg, "num_attention_heads")
+        if not isinstance(act, str) or act not in ACTIVATIONS:
+            raise CheckpointError(f"config.json hidden_act: expected one of {sorted(ACTIVATIONS)}, got {describe_value(act)}", field="hidden_act")
+        d, heads = _req(cfg, "hidden_size", MAX_HIDDEN), _req(cfg, "num_attention_heads", MAX_SMALL)
         if d % heads:
             raise CheckpointError(f"config.json: hidden_size {d} is not a multiple of num_attention_heads {heads}", field="num_attention_heads")
+        pct_key = "partial_rotary_factor" if "partial_rotary_factor" in rope or "rotary_pct" not in cfg else "rotary_pct"
+        base_key = "rope_theta" if "rope_theta" in rope else ("rotary_emb_base" if "rotary_emb_base" in cfg else "rope_theta")
         return cls(
-            hidden_size=d, num_layers=_req(cfg, "num_hidden_layers"), num_heads=heads,
-            intermediate_size=cfg.get("intermediate_size") or 4 * d, vocab_size=_req(cfg, "vocab_size"),
-            max_positions=cfg.get("max_position_embeddings", 2048),
-            rotary_pct=rope.get("partial_rotary_factor", cfg.get("rotary_pct", cfg.get("partial_rotary_factor", 0.25))),
-            rotary_base=rope.get("rope_theta", cfg.get("rotary_emb_base", cfg.get("rope_theta", 10000.0))),
-            eps=cfg.get("layer_norm_eps", 1e-5), parallel_residual=cfg.get("use_parallel_residual", True),
-            attention_bias=cfg.get("attention_bias", True), hidden_act=act,
+            hidden_size=d, num_layers=_req(cfg, "num_hidden_layers", MAX_LAYERS), num_heads=heads,
+            intermediate_size=4 * d if cfg.get("intermediate_size") in (None, 0) else _req(cfg, "intermediate_size", MAX_INTERMEDIATE),
+            vocab_size=_req(cfg, "vocab_size", MAX_VOCAB), max_positions=config_int(cfg, "max_position_embeddings", 2048, high=MAX_POSITIONS),
+            rotary_pct=config_float(rope if pct_key in rope else cfg, pct_key, 0.25, 0.0, 1.0),
+            rotary_base=config_float(rope if base_key in rope else cfg, base_key, 10000.0, 0.0, 1e12, low_open=True),
+            eps=config_float(cfg, "layer_norm_eps", 1e-5, 0.0, 1.0, low_open=True), hidden_act=act,
+            parallel_residual=config_bool(cfg, "use_parallel_residual", True), attention_bias=config_bool(cfg, "attention_bias", True),
         )
 
 
-def _req(cfg: dict, key: str):
-    if key not in cfg:
-        raise CheckpointError(f"config.json lacks {key!r}, which a GPT-NeoX config needs", field=key)
-    return cfg[key]
+def _req(cfg: dict, key: str, high: int) -> int:
+    return config_int(cfg, key, high=high, model="GPT-NeoX")  # a required dimension: an integer in [1, high]
 
 
 def rename_keys(tensors: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
@@ -395,4 +396,5 @@ ARCHITECTURE = Architecture(
     },
     knockout="attention_knockout",
     residual_bytes=residual_bytes, kept_state_bytes_per_token=kept_state_bytes_per_token,
+    embedding_key="gpt_neox.embed_in.weight",
 )

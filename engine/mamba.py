@@ -26,6 +26,7 @@ the run dtype; the selective scan runs in float32 too (its state is a long produ
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -35,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
-from .architecture import Architecture, EditTarget
+from .architecture import (MAX_HIDDEN, MAX_INTERMEDIATE, MAX_LAYERS, MAX_SMALL, MAX_VOCAB, Architecture,
+                           EditTarget, describe_value, config_bool, config_float, config_int, config_object)
 from .errors import CheckpointError
 from .sites import BLOCK, INPUT, OUTPUT, BlockHook, HookedLM, Site, call, site_table
 
@@ -73,6 +75,8 @@ class Config:
     def __post_init__(self):
         if not self.d_inner:
             self.d_inner = self.expand * self.d_model
+        if self.d_inner > MAX_INTERMEDIATE:  # expand * hidden_size when config.json has no intermediate_size
+            raise CheckpointError(f"config.json expand: the inner width {self.d_inner} exceeds {MAX_INTERMEDIATE}", field="expand")
         if not self.dt_rank:
             self.dt_rank = math.ceil(self.d_model / 16)
 
@@ -86,42 +90,41 @@ class Config:
 
     @classmethod
     def from_hf(cls, cfg: dict) -> "Config":
-        """Parse ``config.json``: HF ``MambaConfig`` names, or state-spaces' ``d_model``/``n_layer``/``ssm_cfg``."""
+        """Parse ``config.json``: HF ``MambaConfig`` names, or state-spaces' ``d_model``/``n_layer``/``ssm_cfg``;
+        every value checked (``architecture.config_int`` ...: type, range), a bad one a CheckpointError."""
         if "d_model" in cfg and "hidden_size" not in cfg:  # original state-spaces config
-            ssm = cfg.get("ssm_cfg") or {}
-            vocab = _req(cfg, "vocab_size")
-            mult = cfg.get("pad_vocab_size_multiple", 8)
-            if vocab % mult:
-                vocab += mult - vocab % mult  # state-spaces pads the embedding rows
+            ssm = config_object(cfg, "ssm_cfg")
+            d = _int(cfg, "d_model", high=MAX_HIDDEN)
+            vocab = _int(cfg, "vocab_size", high=MAX_VOCAB)
+            mult = _int(cfg, "pad_vocab_size_multiple", 8, high=MAX_SMALL)
+            vocab += -vocab % mult  # state-spaces pads the embedding rows
             return cls(
-                d_model=_req(cfg, "d_model"), n_layer=_req(cfg, "n_layer"), vocab_size=vocab,
-                d_state=ssm.get("d_state", 16), d_conv=ssm.get("d_conv", 4), expand=ssm.get("expand", 2),
-                dt_rank=_rank(ssm.get("dt_rank", "auto"), cfg["d_model"]),
-                residual_in_fp32=cfg.get("residual_in_fp32", True), bias=ssm.get("bias", False),
-                conv_bias=ssm.get("conv_bias", True), tie_embeddings=cfg.get("tie_embeddings", True),
+                d_model=d, n_layer=_int(cfg, "n_layer", high=MAX_LAYERS), vocab_size=vocab,
+                d_state=_int(ssm, "d_state", 16, high=MAX_SMALL), d_conv=_int(ssm, "d_conv", 4, high=MAX_SMALL),
+                expand=_int(ssm, "expand", 2, high=MAX_SMALL), dt_rank=_rank(ssm, "dt_rank"),
+                residual_in_fp32=config_bool(cfg, "residual_in_fp32", True), bias=config_bool(ssm, "bias", False),
+                conv_bias=config_bool(ssm, "conv_bias", True), tie_embeddings=config_bool(cfg, "tie_embeddings", True),
             )
         act = cfg.get("hidden_act", "silu")
         if act not in ("silu", "swish"):
-            raise CheckpointError(f"config.json hidden_act: expected 'silu' for Mamba, got {act!r}", field="hidden_act")
-        d = _req(cfg, "hidden_size")
+            raise CheckpointError(f"config.json hidden_act: expected 'silu' for Mamba, got {describe_value(act)}", field="hidden_act")
+        d = _int(cfg, "hidden_size", high=MAX_HIDDEN)
         return cls(
-            d_model=d, n_layer=_req(cfg, "num_hidden_layers"), vocab_size=_req(cfg, "vocab_size"),
-            d_state=cfg.get("state_size", 16), d_conv=cfg.get("conv_kernel", 4), expand=cfg.get("expand", 2),
-            dt_rank=_rank(cfg.get("time_step_rank", "auto"), d), d_inner=cfg.get("intermediate_size") or 0,
-            eps=cfg.get("layer_norm_epsilon", 1e-5), residual_in_fp32=cfg.get("residual_in_fp32", True),
-            bias=cfg.get("use_bias", False), conv_bias=cfg.get("use_conv_bias", True),
-            tie_embeddings=cfg.get("tie_word_embeddings", True),
+            d_model=d, n_layer=_int(cfg, "num_hidden_layers", high=MAX_LAYERS),
+            vocab_size=_int(cfg, "vocab_size", high=MAX_VOCAB),
+            d_state=_int(cfg, "state_size", 16, high=MAX_SMALL), d_conv=_int(cfg, "conv_kernel", 4, high=MAX_SMALL),
+            expand=_int(cfg, "expand", 2, high=MAX_SMALL), dt_rank=_rank(cfg, "time_step_rank"),
+            d_inner=0 if cfg.get("intermediate_size") == 0 else _int(cfg, "intermediate_size", 0, high=MAX_INTERMEDIATE),
+            eps=config_float(cfg, "layer_norm_epsilon", 1e-5, 0.0, 1.0, low_open=True),
+            residual_in_fp32=config_bool(cfg, "residual_in_fp32", True),
+            bias=config_bool(cfg, "use_bias", False), conv_bias=config_bool(cfg, "use_conv_bias", True),
+            tie_embeddings=config_bool(cfg, "tie_word_embeddings", True),
         )
 
 
-def _req(cfg: dict, key: str):
-    if key not in cfg:
-        raise CheckpointError(f"config.json lacks {key!r}, which a Mamba config needs", field=key)
-    return cfg[key]
 
-
-def _rank(value, d_model: int) -> int:
-    return math.ceil(d_model / 16) if value in (None, "auto") else int(value)
+_int = functools.partial(config_int, model="Mamba")
+_rank = lambda cfg, key: 0 if cfg.get(key) in (None, "auto") else _int(cfg, key)  # noqa: E731 (0: __post_init__'s auto)
 
 
 def rename_keys(tensors: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
@@ -390,4 +393,5 @@ ARCHITECTURE = Architecture(
     },
     knockout="mean_ablation_in_ssm",
     residual_bytes=residual_bytes, kept_state_bytes_per_token=kept_state_bytes_per_token, claims_config=_claims_config,
+    embedding_key="backbone.embeddings.weight",
 )
