@@ -41,9 +41,11 @@ export interface CoordinatorOptions {
   natsUser?: string;
   natsPass?: string;
   natsToken?: string;
+  /** Default 127.0.0.1 (this host only); main.ts refuses other addresses without TLS and tokens. */
   grpcHost?: string;
   /** 0: any free port (read `grpcPort` after start). */
   grpcPort?: number;
+  /** Default 127.0.0.1. */
   httpHost?: string;
   /** 0: any free port; -1: no HTTP server. */
   httpPort?: number;
@@ -54,8 +56,12 @@ export interface CoordinatorOptions {
   limits?: Partial<PlanLimits>;
   leaseTtlMs?: number;
   heartbeatMs?: number;
-  /** API token required of the CLI and the agents. */
+  /** Sets both userToken and agentToken where those are not given (compatibility). */
   token?: string;
+  /** Required of sweepctl on SweepService; unset: SweepService is open (loopback use). Never "". */
+  userToken?: string;
+  /** Required of node agents on AgentService; unset: AgentService is open (loopback use). Never "". */
+  agentToken?: string;
   tls?: TlsFiles;
   /** Backoff base for retried shards; default 1000 ms. */
   retryBackoffMs?: number;
@@ -105,6 +111,9 @@ export class Coordinator extends EventEmitter implements SweepApi {
 
   /** Connects to NATS, loads the state, starts consuming results and serving gRPC and HTTP. */
   static async start(opts: CoordinatorOptions): Promise<Coordinator> {
+    for (const k of ["token", "userToken", "agentToken"] as const) {
+      if (opts[k] === "") throw new Error(`${k} is empty: give a token, or leave it unset to serve without one on loopback only`);
+    }
     const c = new Coordinator(opts);
     await c.init();
     return c;
@@ -150,19 +159,19 @@ export class Coordinator extends EventEmitter implements SweepApi {
         scheduler: this.scheduler,
         leaseTtlMs: this.leaseTtlMs,
         heartbeatMs: this.heartbeatMs,
-        token: o.token,
+        token: o.agentToken ?? o.token,
         isReady: () => this.ready,
         log: this.log,
       }),
     );
-    this.server.addService(control.SweepServiceService, createSweepService(this, { token: o.token }));
+    this.server.addService(control.SweepServiceService, createSweepService(this, { token: o.userToken ?? o.token }));
     this.health.addToServer(this.server);
     this.grpcPort = await new Promise<number>((res, rej) =>
-      this.server.bindAsync(`${o.grpcHost ?? "0.0.0.0"}:${o.grpcPort ?? 7070}`, serverCredentials(o.tls), (err, port) => (err ? rej(err) : res(port))),
+      this.server.bindAsync(`${o.grpcHost ?? "127.0.0.1"}:${o.grpcPort ?? 7070}`, serverCredentials(o.tls), (err, port) => (err ? rej(err) : res(port))),
     );
     if ((o.httpPort ?? 9464) >= 0) {
       this.http = await startHttpServer({
-        host: o.httpHost ?? "0.0.0.0",
+        host: o.httpHost ?? "127.0.0.1",
         port: o.httpPort ?? 9464,
         registry: this.registry,
         ready: () => this.isReady(),

@@ -3,8 +3,10 @@
  * `factsweep-coordinator`: the coordinator process. SIGTERM/SIGINT stop it gracefully (results
  * and state flushed; agents keep their leases for the next coordinator to pick up).
  */
+import { readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { DEFAULT_PLAN_LIMITS } from "@factsweep/planning";
+import { listenRefusal } from "./auth.js";
 import { Coordinator } from "./coordinator.js";
 
 const int =
@@ -18,9 +20,17 @@ const collect = (v: string, prev: string[]): string[] => [...prev, v];
 
 const program = new Command("factsweep-coordinator")
   .description("factsweep coordinator: plans sweeps, leases shards to node agents, aggregates results from NATS JetStream")
-  .option("--grpc-host <host>", "gRPC listen address", "0.0.0.0")
+  .option(
+    "--grpc-host <host>",
+    "gRPC listen address (other than loopback: needs --tls-cert/--tls-key and both tokens, or --insecure-listen and both tokens)",
+    "127.0.0.1",
+  )
   .option("--grpc-port <port>", "gRPC port (SweepService for sweepctl, AgentService for agents, grpc.health.v1)", int("--grpc-port", 0), 7070)
-  .option("--http-host <host>", "HTTP listen address", "0.0.0.0")
+  .option(
+    "--http-host <host>",
+    "HTTP listen address of /metrics, /healthz, /readyz (unauthenticated, read-only; 0.0.0.0 to let Prometheus and probes in)",
+    "127.0.0.1",
+  )
   .option("--http-port <port>", "HTTP port for /metrics, /healthz, /readyz (-1: none)", int("--http-port", -1), 9464)
   .addOption(new Option("--nats-url <url>", "NATS server with JetStream").default("nats://127.0.0.1:4222").env("FACTSWEEP_NATS_URL"))
   .option("--nats-creds <file>", "NATS credentials file (.creds)")
@@ -43,13 +53,45 @@ const program = new Command("factsweep-coordinator")
     "a shard reported done whose result is not counted within it is leased again (default 3 lease TTLs)",
     int("--uncounted-timeout-ms", 100),
   )
-  .addOption(new Option("--token <token>", "API token required of sweepctl and agents").env("FACTSWEEP_TOKEN"))
+  .addOption(new Option("--user-token <token>", "token sweepctl must present (SweepService)").env("FACTSWEEP_USER_TOKEN"))
+  .addOption(new Option("--agent-token <token>", "token node agents must present (AgentService)").env("FACTSWEEP_AGENT_TOKEN"))
+  .option("--user-token-file <file>", "read --user-token from this file (a mounted secret; one trailing newline dropped)")
+  .option("--agent-token-file <file>", "read --agent-token from this file")
+  .addOption(new Option("--token <token>", "sets both --user-token and --agent-token where those are not given (compatibility)").env("FACTSWEEP_TOKEN"))
+  .option("--insecure-listen", "allow plaintext gRPC on a non-loopback --grpc-host (a closed network only; tokens are still required)")
   .option("--tls-cert <file>", "server certificate (PEM) for gRPC TLS")
   .option("--tls-key <file>", "server private key (PEM)")
   .option("--tls-ca <file>", "CA (PEM) that signs client certificates: enables mTLS (clients must present one)")
   .action(async (o) => {
     if ((o.tlsCert && !o.tlsKey) || (!o.tlsCert && o.tlsKey)) program.error("--tls-cert and --tls-key go together; give both or neither", { exitCode: 2 });
     if (o.tlsCa && !o.tlsCert) program.error("--tls-ca (mTLS) needs --tls-cert and --tls-key", { exitCode: 2 });
+    for (const [key, flag] of [
+      ["userToken", "--user-token-file"],
+      ["agentToken", "--agent-token-file"],
+    ] as const) {
+      const file: string | undefined = key === "userToken" ? o.userTokenFile : o.agentTokenFile;
+      if (file === undefined) continue;
+      try {
+        o[key] = readFileSync(file, "utf8").replace(/\r?\n$/, "");
+      } catch (err) {
+        program.error(`cannot read ${flag} ${file}: ${(err as Error).message}`, { exitCode: 2 });
+      }
+      if (o[key] === "") program.error(`${flag} ${file} is empty: an empty token does not turn authentication off; write the token into it`, { exitCode: 2 });
+    }
+    for (const [key, flag, env] of [
+      ["token", "--token", "FACTSWEEP_TOKEN"],
+      ["userToken", "--user-token", "FACTSWEEP_USER_TOKEN"],
+      ["agentToken", "--agent-token", "FACTSWEEP_AGENT_TOKEN"],
+    ] as const) {
+      if (o[key] !== "") continue;
+      const from = program.getOptionValueSource(key) === "env" ? `${env} is set but empty` : `${flag} is empty`;
+      program.error(`${from}: an empty token does not turn authentication off; give a token, or unset ${env} and leave ${flag} out`, { exitCode: 2 });
+    }
+    const userToken: string | undefined = o.userToken ?? o.token;
+    const agentToken: string | undefined = o.agentToken ?? o.token;
+    const refusal = listenRefusal({ grpcHost: o.grpcHost, tls: Boolean(o.tlsCert), userToken, agentToken, insecureListen: o.insecureListen });
+    if (refusal) program.error(refusal, { exitCode: 2 });
+    if (o.insecureListen && !o.tlsCert) console.error(`[coordinator] warning: --insecure-listen: plaintext gRPC on ${o.grpcHost}; tokens travel unencrypted`);
     if (o.modelRoot.length === 0) console.error("[coordinator] warning: no --model-root given: every launch will be refused until one is configured");
     const coord = await Coordinator.start({
       natsUrl: o.natsUrl,
@@ -75,7 +117,8 @@ const program = new Command("factsweep-coordinator")
       heartbeatMs: o.heartbeatMs,
       retryBackoffMs: o.retryBackoffMs,
       uncountedTimeoutMs: o.uncountedTimeoutMs,
-      token: o.token,
+      userToken,
+      agentToken,
       tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa } : undefined,
     });
     let stopping = false;

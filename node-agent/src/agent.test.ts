@@ -40,7 +40,7 @@ async function startAgent(coordinatorPort: number, extra: string[] = []): Promis
       "127.0.0.1",
       ...extra,
     ],
-    { stdout: "pipe", stderr: "pipe", reject: false, buffer: false, env: { FACTSWEEP_TOKEN: "" } },
+    { stdout: "pipe", stderr: "pipe", reject: false, buffer: false, env: { FACTSWEEP_TOKEN: undefined, FACTSWEEP_AGENT_TOKEN: undefined } },
   ) as AgentProc;
   const logs: string[] = [];
   createInterface({ input: proc.stderr }).on("line", (l) => logs.push(l));
@@ -306,7 +306,7 @@ test("an agent whose NATS connection is refused (bad credentials) exits 1 naming
         "--http-host",
         "127.0.0.1",
       ],
-      { reject: false, env: { FACTSWEEP_TOKEN: "" } },
+      { reject: false, env: { FACTSWEEP_TOKEN: undefined, FACTSWEEP_AGENT_TOKEN: undefined } },
     );
     const r = await proc;
     assert.equal(r.exitCode, 1);

@@ -42,6 +42,8 @@ interface Flags {
   httpPort: number;
   httpHost: string;
   token?: string;
+  agentToken?: string;
+  agentTokenFile?: string;
   tlsCa?: string;
   tlsCert?: string;
   tlsKey?: string;
@@ -68,8 +70,10 @@ export function program(): Command {
     .option("--max-slots <n>", "use at most this many workers (GPUs beyond it stay idle)", int("--max-slots", 1))
     .option("--agent-id <id>", "unique agent id", `${hostname()}-${process.pid}`)
     .option("--http-port <port>", "port of /metrics, /healthz, /readyz (0: a free port, printed in the ready line)", int("--http-port", 0), 9470)
-    .option("--http-host <host>", "address the HTTP server binds", "0.0.0.0")
-    .option("--token <token>", "agent token the coordinator requires (default: env FACTSWEEP_TOKEN)", process.env.FACTSWEEP_TOKEN)
+    .option("--http-host <host>", "address the HTTP server binds (unauthenticated, read-only; 0.0.0.0 to let Prometheus and probes in)", "127.0.0.1")
+    .option("--agent-token <token>", "the coordinator's agent token (--agent-token there; default: env FACTSWEEP_AGENT_TOKEN)")
+    .option("--agent-token-file <file>", "read --agent-token from this file (a mounted secret; one trailing newline dropped)")
+    .option("--token <token>", "same as --agent-token (compatibility; default: env FACTSWEEP_TOKEN)")
     .option("--tls-ca <file>", "PEM CA that signed the coordinator's certificate (enables TLS)")
     .option("--tls-cert <file>", "PEM client certificate of this agent (mTLS; needs --tls-key)")
     .option("--tls-key <file>", "PEM private key of --tls-cert")
@@ -90,6 +94,39 @@ export function program(): Command {
     .option("--engine-root <dir>", "folder holding the engine/ package (PYTHONPATH of the workers)", REPO_ROOT)
     .option("--log-level <level>", "debug | info | warn | error", "info")
     .exitOverride();
+}
+
+/**
+ * The agent token: --agent-token-file, --agent-token, --token, env FACTSWEEP_AGENT_TOKEN, env FACTSWEEP_TOKEN, in that
+ * order. An empty one is an error (it would silently send no token), never "no token".
+ */
+function agentToken(flags: Flags): string | undefined {
+  if (flags.agentTokenFile !== undefined) {
+    const t = readFlagFile("--agent-token-file", flags.agentTokenFile)
+      .toString("utf8")
+      .replace(/\r?\n$/, "");
+    if (t === "")
+      throw new ConfigError("--agent-token-file", `--agent-token-file ${flags.agentTokenFile} is empty: write the coordinator's agent token into it`);
+    return t;
+  }
+  const sources: Array<[string, string | undefined]> = [
+    ["--agent-token", flags.agentToken],
+    ["--token", flags.token],
+    ["FACTSWEEP_AGENT_TOKEN", process.env.FACTSWEEP_AGENT_TOKEN],
+    ["FACTSWEEP_TOKEN", process.env.FACTSWEEP_TOKEN],
+  ];
+  for (const [name, value] of sources) {
+    if (value === undefined) continue;
+    if (value === "") {
+      const what = name.startsWith("--") ? `${name} is empty` : `${name} is set but empty`;
+      throw new ConfigError(
+        name.startsWith("--") ? name : "--agent-token",
+        `${what}: an empty token does not turn authentication off; give the coordinator's agent token, or unset ${name.startsWith("--") ? "it" : name}`,
+      );
+    }
+    return value;
+  }
+  return undefined;
 }
 
 async function enginePython(flags: Flags): Promise<string> {
@@ -113,6 +150,7 @@ async function main(argv: string[]): Promise<number> {
   if (!["debug", "info", "warn", "error"].includes(flags.logLevel)) {
     throw new ConfigError("--log-level", `expected \`--log-level\` to be one of debug, info, warn, error, got \`${flags.logLevel}\``);
   }
+  const token = agentToken(flags);
   const log = createLogger(`agent[${flags.agentId}]`, { level: flags.logLevel });
   if (!/^[^:\s]+:\d+$/.test(flags.coordinator) && !/^\[[^\]]+\]:\d+$/.test(flags.coordinator)) {
     throw new ConfigError("--coordinator", `expected \`--coordinator\` as host:port, got \`${flags.coordinator}\`; e.g. --coordinator 10.0.0.5:7070`);
@@ -147,7 +185,7 @@ async function main(argv: string[]): Promise<number> {
     coordinator: flags.coordinator,
     natsUrl: flags.natsUrl,
     natsCreds,
-    token: flags.token,
+    token,
     tls,
     slots: discovery.slots,
     engineCommand: { file: python, args: ["-m", "engine"], env: { PYTHONPATH: flags.engineRoot, FACTSWEEP_KERNEL_CACHE: kernelCache(flags) } },

@@ -1,0 +1,95 @@
+/**
+ * Closed by default (issue 15), the agent's side: its HTTP server binds loopback unless
+ * --http-host says otherwise, an empty token is an error naming the flag or variable, and
+ * --agent-token / FACTSWEEP_AGENT_TOKEN is the token it presents (--token / FACTSWEEP_TOKEN kept).
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { connect } from "node:net";
+import { networkInterfaces } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { execa } from "execa";
+import { REPO_ROOT, ScriptedCoordinator, skipWithoutGolden, startNatsServer } from "@factsweep/testing";
+
+const MAIN = join(REPO_ROOT, "node-agent", "dist", "main.js");
+const noTokenEnv = { FACTSWEEP_TOKEN: undefined, FACTSWEEP_AGENT_TOKEN: undefined };
+
+test("an empty agent token is an error (exit 2) naming the flag or variable, not 'no token'", async () => {
+  for (const [args, env, name] of [
+    [["--token", ""], {}, "--token is empty"],
+    [["--agent-token", ""], {}, "--agent-token is empty"],
+    [[], { FACTSWEEP_TOKEN: "" }, "FACTSWEEP_TOKEN is set but empty"],
+    [[], { FACTSWEEP_AGENT_TOKEN: "" }, "FACTSWEEP_AGENT_TOKEN is set but empty"],
+  ] as const) {
+    const r = await execa(process.execPath, [MAIN, "--coordinator", "127.0.0.1:1", "--nats-url", "nats://127.0.0.1:1", "--cpu", ...args], {
+      reject: false,
+      timeout: 20_000,
+      env: { ...noTokenEnv, ...env },
+    });
+    assert.equal(r.exitCode, 2, `${name}: ${r.stderr}`);
+    assert.ok(r.stderr.includes(name), `${name}: ${r.stderr}`);
+  }
+});
+
+const outsideAddress = (): string | undefined =>
+  Object.values(networkInterfaces())
+    .flat()
+    .find((a) => a && a.family === "IPv4" && !a.internal)?.address;
+const reachable = (host: string, port: number) =>
+  new Promise<boolean>((res) => {
+    const s = connect({ host, port }, () => {
+      s.destroy();
+      res(true);
+    });
+    s.on("error", () => res(false));
+  });
+
+const skip = skipWithoutGolden() || (outsideAddress() === undefined && "no non-loopback address here");
+
+test("without --http-host the agent serves /metrics on loopback only, and presents --agent-token over --token", { skip }, async () => {
+  const nats = await startNatsServer();
+  const coord = new ScriptedCoordinator();
+  const port = await coord.start();
+  const proc = execa(
+    process.execPath,
+    [
+      MAIN,
+      "--coordinator",
+      `127.0.0.1:${port}`,
+      "--nats-url",
+      nats.url,
+      "--cpu",
+      "--workers",
+      "1",
+      "--http-port",
+      "0",
+      "--agent-id",
+      "closed",
+      "--agent-token",
+      "agent-tok",
+      "--token",
+      "old",
+    ],
+    { stdout: "pipe", stderr: "pipe", reject: false, buffer: false, env: { ...noTokenEnv, FACTSWEEP_TOKEN: "from-env" } },
+  );
+  const logs: string[] = [];
+  createInterface({ input: proc.stderr }).on("line", (l) => logs.push(l));
+  const ready = new Promise<string>((res, rej) => {
+    createInterface({ input: proc.stdout }).on("line", (l) => l.startsWith("factsweep-agent ready") && res(l));
+    void proc.then((r) => rej(new Error(`agent exited (${r.exitCode}) before ready:\n${logs.join("\n")}`)));
+  });
+  try {
+    const line = await ready;
+    const s = await coord.nextStream(0);
+    const hello = (await s.next("hello")).hello;
+    assert.equal(hello.token, "agent-tok");
+    const httpPort = Number(/http_port=(\d+)/.exec(line)![1]);
+    assert.equal(await reachable("127.0.0.1", httpPort), true);
+    assert.equal(await reachable(outsideAddress()!, httpPort), false, "not on the host's other addresses");
+  } finally {
+    proc.kill("SIGKILL");
+    coord.kill();
+    await nats.stop();
+  }
+});
