@@ -162,7 +162,9 @@ export class TestAgent {
       }
       const result = await (this.opts.compute ?? fakeEngine)(shard, this.opts.agentId);
       const data = sweep.ShardResult.encode(result).finish();
-      const ack = this.opts.skipPublish ? { seq: 0 } : await this.js.publish(resultsSubject(shard.sweepId), data, { msgID: resultMsgId(shard.shardId, shard.attempt) });
+      const ack = this.opts.skipPublish
+        ? { seq: 0 }
+        : await this.js.publish(resultsSubject(shard.sweepId), data, { msgID: resultMsgId(shard.shardId, shard.attempt) });
       if (this.opts.publishTwice) await this.js.publish(resultsSubject(shard.sweepId), data, { msgID: resultMsgId(shard.shardId, shard.attempt) });
       if (this.closed || !this.held.has(l.leaseId)) return;
       this.held.delete(l.leaseId);
