@@ -1,5 +1,9 @@
 """Load a local Hugging Face checkpoint folder into our own model code (``mamba.py``, ``gpt_neox.py``).
 
+long-file: the loader and its hand-written safetensors reader with the issue-15 input checks (paths,
+header, offsets, config before allocation) are one trust boundary; a split into a ``safetensors``
+module of its own is the next step.
+
 A folder holds ``config.json`` and the weights as ``model.safetensors``, a sharded
 ``model.safetensors.index.json`` (+ its shards), or, only when ``allow_pickle`` is set,
 ``pytorch_model.bin`` (a pickle: loading it can execute code, so it is refused by default).
