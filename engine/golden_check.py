@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from .checkpoint import read_safetensors
+from .checkpoint_files import read_safetensors
 from .errors import EngineError
 from .runtime import CellSpec, Engine, NoiseSpec, SwapSpec
 

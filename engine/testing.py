@@ -21,7 +21,7 @@ import torch
 
 from . import gpt_neox, mamba
 from .errors import InvalidArgument
-from .checkpoint import save_safetensors
+from .checkpoint_files import save_safetensors
 
 
 def mamba_config(**overrides) -> dict:

@@ -79,7 +79,7 @@ def make_prompts(vocab: int, n: int, seed: int) -> list:
 def cmd_models(args) -> None:
     import torch
 
-    from engine.checkpoint import save_safetensors
+    from engine.checkpoint_files import save_safetensors
     from engine.testing import random_state
 
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[args.dtype]

@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from engine.checkpoint import load_checkpoint, read_safetensors, save_safetensors
+from engine.checkpoint import load_checkpoint
+from engine.checkpoint_files import read_safetensors, save_safetensors
 from engine.errors import CheckpointError, InvalidArgument, NotFound, NumericError
 from engine.runtime import Engine, SwapSpec
 from engine.testing import mamba_config, neox_config, random_state, write_checkpoint, write_random_checkpoint

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.checkpoint import MAX_HEADER_BYTES, load_checkpoint, read_safetensors, save_safetensors
+from engine.checkpoint import load_checkpoint
+from engine.checkpoint_files import MAX_HEADER_BYTES, read_safetensors, save_safetensors
 from engine.errors import CheckpointError, CheckpointFormatError, CheckpointPathError, NotFound
 from engine.testing import mamba_config, neox_config, random_state, write_checkpoint
 

@@ -4,7 +4,7 @@ passes when the references agree and exits non-zero when one value is off."""
 import torch
 
 from engine import golden_check
-from engine.checkpoint import save_safetensors
+from engine.checkpoint_files import save_safetensors
 from engine.runtime import CellSpec, Engine, NoiseSpec, SwapSpec
 from engine.testing import write_random_checkpoint
 
