@@ -155,6 +155,20 @@ def _open_regular(real: str, shown: str, expect=None):
     return f
 
 
+def _open_checked(real: str, shown: str):
+    """Opens ``real`` (an already resolved path) after checking it is a regular file: a FIFO or a
+    device is refused before it is opened, so it cannot block."""
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise NotFound(f"{shown} not found", field="path") from None
+    except OSError as e:
+        raise NotFound(f"cannot open {shown}: {e.strerror}", field="path") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointPathError(f"{shown}: not a regular file", field="path")
+    return _open_regular(real, shown, expect=st)
+
+
 def _open_in_folder(folder: str, name: str):
     """Open ``folder/name`` for reading. Its real path (every link resolved) must lie inside the folder's
     real path: a link to another file of the folder (or of a subfolder) is followed, since it reaches
@@ -169,15 +183,7 @@ def _open_in_folder(folder: str, name: str):
             "(copy the file into the folder)",
             field="path",
         )
-    try:
-        st = os.stat(real)
-    except FileNotFoundError:
-        raise NotFound(f"{shown} not found", field="path") from None
-    except OSError as e:
-        raise NotFound(f"cannot open {shown}: {e.strerror}", field="path") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise CheckpointPathError(f"{shown}: not a regular file", field="path")
-    return _open_regular(real, shown, expect=st)
+    return _open_checked(real, shown)
 
 
 # ---- safetensors ----------------------------------------------------------------------------------
@@ -307,15 +313,7 @@ def read_safetensors(path: str) -> dict[str, torch.Tensor]:
     checkpoint folder, ``read_weights`` also keeps every file within the folder."""
     shown = str(path)
     real = os.path.realpath(shown)
-    try:
-        st = os.stat(real)
-    except FileNotFoundError:
-        raise NotFound(f"{shown} not found", field="path") from None
-    except OSError as e:
-        raise NotFound(f"cannot open {shown}: {e.strerror}", field="path") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise CheckpointPathError(f"{shown}: not a regular file", field="path")
-    with _open_regular(real, shown, expect=st) as f:
+    with _open_checked(real, shown) as f:
         return _read_safetensors_file(f, shown)
 
 

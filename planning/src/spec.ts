@@ -16,8 +16,6 @@ export { resolveLayers, type LayersSpec } from "./layers.js";
 
 /** Kinds of experiment a sweep can be (one module each in kinds/, listed in kinds/index.ts). */
 export const SWEEP_KINDS = ALL_SWEEP_KINDS;
-/** Kinds not implemented yet (none now; kept so callers that list them keep compiling). */
-export const PLANNED_SWEEP_KINDS = [] as const;
 
 const kind = z.enum(SWEEP_KINDS, { error: `expected one of ${SWEEP_KINDS.join(", ")}` });
 
