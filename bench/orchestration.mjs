@@ -10,7 +10,8 @@ import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir, cpus } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { EngineClient, parseSweepSpec, planSweep } from "@factsweep/shared";
+import { EngineClient } from "@factsweep/node-agent";
+import { parseSweepSpec, planSweep } from "@factsweep/planning";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const args = process.argv.slice(2);
@@ -37,15 +38,7 @@ async function engineAlone() {
   let cells = 0;
   for (const shard of plan.shards) {
     const p = shard.prompt;
-    await engine.preparePrompt({
-      modelId: "m",
-      promptKey: p.promptKey,
-      inputIds: p.inputIds,
-      subjectStart: p.subjectStart,
-      subjectEnd: p.subjectEnd,
-      corruption: p.corruption,
-      answerId: p.answerId,
-    });
+    await engine.preparePromptSpec("m", p.promptKey, p);
     await engine.runCells({ modelId: "m", promptKey: p.promptKey, cells: shard.cells, slowPath: false });
     cells += shard.cells.length;
   }

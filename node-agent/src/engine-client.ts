@@ -4,7 +4,7 @@
  * requests out, and rejects everything pending when the stream ends.
  */
 import type { Readable, Writable } from "node:stream";
-import { engine, ENGINE_PROTOCOL_VERSION } from "@factsweep/proto";
+import { engine, ENGINE_PROTOCOL_VERSION, type sweep } from "@factsweep/proto";
 import { encodeFrame, FrameDecoder } from "./engine-framing.js";
 import { EngineClosedError, EngineProtocolError, EngineRequestError, EngineTimeoutError } from "./engine-errors.js";
 
@@ -147,6 +147,12 @@ export class EngineClient {
   /** Run (or find cached) the clean and corrupted runs of one prompt. */
   async preparePrompt(req: Partial<engine.PreparePrompt> & { modelId: string; promptKey: string }, opts?: { timeoutMs?: number }): Promise<engine.PromptInfo> {
     return this.expect(await this.request({ $case: "preparePrompt", preparePrompt: engine.PreparePrompt.fromPartial(req) }, opts), "prompt");
+  }
+
+  /** PreparePrompt for a planned prompt (its tokens, subject span, corruption and answer) under `promptKey`. */
+  async preparePromptSpec(modelId: string, promptKey: string, p: sweep.PromptSpec, opts?: { timeoutMs?: number }): Promise<engine.PromptInfo> {
+    const { inputIds, subjectStart, subjectEnd, corruption, answerId } = p;
+    return this.preparePrompt({ modelId, promptKey, inputIds, subjectStart, subjectEnd, corruption, answerId }, opts);
   }
 
   /** Run cells of a prepared prompt; results come back in the order of `cells`. */

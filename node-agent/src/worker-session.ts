@@ -126,18 +126,7 @@ export class WorkerSession {
     const { client, generation } = this.current!;
     if (this.prepared?.generation === generation) return this.prepared.info;
     const p = this.prompt;
-    const info = await client.preparePrompt(
-      {
-        modelId: this.model.modelId,
-        promptKey: this.promptKey,
-        inputIds: p.inputIds,
-        subjectStart: p.subjectStart,
-        subjectEnd: p.subjectEnd,
-        corruption: p.corruption,
-        answerId: p.answerId,
-      },
-      { timeoutMs: this.timeoutMs },
-    );
+    const info = await client.preparePromptSpec(this.model.modelId, this.promptKey, p, { timeoutMs: this.timeoutMs });
     (info.cacheHit ? this.opts.metrics.cacheHits : this.opts.metrics.cacheMisses).inc();
     this.worker.cachedPrompts.set(this.promptKey, info.cacheBytes);
     this.prepared = { generation, info };

@@ -261,15 +261,7 @@ export async function engineReference(specPath: string): Promise<Map<string, num
     await engine.loadModel({ modelId: "m", path: model.path, dtype: model.dtype || "float32", device: "cpu", allowPickle: false, cacheBudgetBytes: 0 });
     for (const shard of plan.shards) {
       const p = shard.prompt!;
-      await engine.preparePrompt({
-        modelId: "m",
-        promptKey: p.promptKey,
-        inputIds: p.inputIds,
-        subjectStart: p.subjectStart,
-        subjectEnd: p.subjectEnd,
-        corruption: p.corruption,
-        answerId: p.answerId,
-      });
+      await engine.preparePromptSpec("m", p.promptKey, p);
       const res = await engine.runCells({ modelId: "m", promptKey: p.promptKey, cells: shard.cells, slowPath: false });
       shard.cells.forEach((c, i) => {
         out.set(cellKey({ prompt_index: p.index, site: siteFromEnum(c.site), layer: c.layer, token: c.token, window: c.window }), res.p[i]!);

@@ -40,15 +40,7 @@ async function engineAlone(specPath: string): Promise<KindRow[]> {
       const p = sh.prompt!;
       let info;
       if (sh.kind === "knockout" || sh.kind === "sever") {
-        info = await engine.preparePrompt({
-          modelId: "m",
-          promptKey: p.promptKey,
-          inputIds: p.inputIds,
-          subjectStart: p.subjectStart,
-          subjectEnd: p.subjectEnd,
-          corruption: p.corruption,
-          answerId: p.answerId,
-        });
+        info = await engine.preparePromptSpec("m", p.promptKey, p);
       }
       const r = await engine.runExperiment({ modelId: "m", kind: sh.kind, promptKey: p.promptKey, paramsJson: sh.paramsJson }, { timeoutMs: 300_000 });
       agg.add({
