@@ -4,14 +4,12 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { connect } from "node:net";
-import { networkInterfaces } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { execa } from "execa";
 import { AGENT_PROTOCOL_VERSION, control, type agent } from "@factsweep/proto";
-import { agentStream, call, startHarness } from "@factsweep/testing";
+import { agentStream, call, outsideAddress, reachable, startHarness } from "@factsweep/testing";
 import { isLoopbackHost, listenRefusal } from "./auth.js";
 import { Coordinator, type CoordinatorOptions } from "./coordinator.js";
 
@@ -74,20 +72,6 @@ test("an empty token is an error naming the flag or variable, not 'auth off'", a
   }
   await assert.rejects(Coordinator.start({ natsUrl: "nats://127.0.0.1:1", modelRoots: [], token: "" }), /token is empty/);
 });
-
-/** This host's addresses other than loopback (IPv4). */
-const outsideAddress = (): string | undefined =>
-  Object.values(networkInterfaces())
-    .flat()
-    .find((a) => a && a.family === "IPv4" && !a.internal)?.address;
-const reachable = (host: string, port: number) =>
-  new Promise<boolean>((res) => {
-    const s = connect({ host, port }, () => {
-      s.destroy();
-      res(true);
-    });
-    s.on("error", () => res(false));
-  });
 
 test(
   "the coordinator binds gRPC and HTTP to loopback when no host is given",

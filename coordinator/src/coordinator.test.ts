@@ -9,22 +9,19 @@ import { RESULTS_CONSUMER, RESULTS_STREAM, SHARDS_BUCKET } from "@factsweep/shar
 import { siteToEnum, type SiteName } from "@factsweep/planning";
 import { goldenSpec, GOLDEN_DIR, metricValue, startHarness, type Harness } from "@factsweep/testing";
 import { Coordinator, type CoordinatorOptions } from "./coordinator.js";
-import { fakeEngine, fakeP, TestAgent, until } from "@factsweep/testing";
+import { fakeEngine, fakeP, FakeAgents, until, type TestAgentOptions } from "@factsweep/testing";
 import { service as HealthService } from "grpc-health-check";
 
 let h: Harness<Coordinator, CoordinatorOptions> | undefined;
-const agents: TestAgent[] = [];
+const fleet = new FakeAgents();
+const agents = fleet.list;
 afterEach(async () => {
-  for (const a of agents.splice(0)) await a.kill().catch(() => undefined);
+  await fleet.killAll();
   await h?.close();
   h = undefined;
 });
 
-const agentOf = async (o: Partial<ConstructorParameters<typeof TestAgent>[0]> & { agentId: string }) => {
-  const a = await new TestAgent({ addr: h!.addr, natsUrl: h!.nats.url, ...o }).start();
-  agents.push(a);
-  return a;
-};
+const agentOf = (o: Partial<TestAgentOptions> & { agentId: string }) => fleet.start(h!, o);
 const launch = (spec: string, sweepId: string) => h!.coord.launch({ spec, sweepId, specDir: GOLDEN_DIR });
 const finished = (id: string) => until(() => ["done", "failed", "cancelled"].includes(h!.coord.get(id).state), `sweep ${id} to end`);
 

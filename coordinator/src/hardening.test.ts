@@ -8,24 +8,33 @@ import { connect } from "@nats-io/transport-node";
 import { sweep, type control } from "@factsweep/proto";
 import { resultsSubject } from "@factsweep/shared";
 import { siteToEnum, type SiteName } from "@factsweep/planning";
-import { fakeEngine, fakeP, goldenSpec, GOLDEN_DIR, metricValue, startHarness, TestAgent, until, type Harness } from "@factsweep/testing";
+import {
+  fakeEngine,
+  fakeP,
+  FakeAgents,
+  goldenSpec,
+  GOLDEN_DIR,
+  metricValue,
+  startHarness,
+  TestAgent,
+  until,
+  type Harness,
+  type TestAgentOptions,
+} from "@factsweep/testing";
 import { Coordinator, type CoordinatorOptions } from "./coordinator.js";
 import { CREDIT_PER_WORKER } from "./agent-pool.js";
 import { DEAD_LETTER_HEADERS, DEAD_LETTER_STREAM } from "./results-consumer.js";
 
 let h: Harness<Coordinator, CoordinatorOptions> | undefined;
-const agents: TestAgent[] = [];
+const fleet = new FakeAgents();
+const agents = fleet.list;
 afterEach(async () => {
-  for (const a of agents.splice(0)) await a.kill().catch(() => undefined);
+  await fleet.killAll();
   await h?.close();
   h = undefined;
 });
 
-const agentOf = async (o: Partial<ConstructorParameters<typeof TestAgent>[0]> & { agentId: string }) => {
-  const a = await new TestAgent({ addr: h!.addr, natsUrl: h!.nats.url, ...o }).start();
-  agents.push(a);
-  return a;
-};
+const agentOf = (o: Partial<TestAgentOptions> & { agentId: string }) => fleet.start(h!, o);
 const dropAgent = async (a: TestAgent) => {
   await a.kill();
   agents.splice(agents.indexOf(a), 1);

@@ -5,12 +5,10 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { connect } from "node:net";
-import { networkInterfaces } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { execa } from "execa";
-import { REPO_ROOT, ScriptedCoordinator, skipWithoutGolden, startNatsServer } from "@factsweep/testing";
+import { outsideAddress, reachable, REPO_ROOT, ScriptedCoordinator, skipWithoutGolden, startNatsServer } from "@factsweep/testing";
 
 const MAIN = join(REPO_ROOT, "node-agent", "dist", "main.js");
 const noTokenEnv = { FACTSWEEP_TOKEN: undefined, FACTSWEEP_AGENT_TOKEN: undefined };
@@ -31,19 +29,6 @@ test("an empty agent token is an error (exit 2) naming the flag or variable, not
     assert.ok(r.stderr.includes(name), `${name}: ${r.stderr}`);
   }
 });
-
-const outsideAddress = (): string | undefined =>
-  Object.values(networkInterfaces())
-    .flat()
-    .find((a) => a && a.family === "IPv4" && !a.internal)?.address;
-const reachable = (host: string, port: number) =>
-  new Promise<boolean>((res) => {
-    const s = connect({ host, port }, () => {
-      s.destroy();
-      res(true);
-    });
-    s.on("error", () => res(false));
-  });
 
 const skip = skipWithoutGolden() || (outsideAddress() === undefined && "no non-loopback address here");
 

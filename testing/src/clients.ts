@@ -1,4 +1,6 @@
 /** Clients for tests: promise-form gRPC calls, an agent stream, Prometheus text samples. */
+import { connect } from "node:net";
+import { networkInterfaces } from "node:os";
 import * as grpc from "@grpc/grpc-js";
 import { agent, control } from "@factsweep/proto";
 
@@ -30,3 +32,19 @@ export function metricValue(text: string, name: string, labels: Record<string, s
   }
   return undefined;
 }
+
+/** This host's first IPv4 address other than loopback, if it has one (to show a server is not reachable there). */
+export const outsideAddress = (): string | undefined =>
+  Object.values(networkInterfaces())
+    .flat()
+    .find((a) => a && a.family === "IPv4" && !a.internal)?.address;
+
+/** Whether a TCP connection to host:port is accepted. */
+export const reachable = (host: string, port: number) =>
+  new Promise<boolean>((res) => {
+    const s = connect({ host, port }, () => {
+      s.destroy();
+      res(true);
+    });
+    s.on("error", () => res(false));
+  });

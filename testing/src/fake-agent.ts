@@ -217,3 +217,18 @@ export async function until(cond: () => boolean | Promise<boolean>, what: string
     await new Promise((r) => setTimeout(r, 25));
   }
 }
+
+/** Fake agents started against one harness, killed together after each test. */
+export class FakeAgents {
+  readonly list: TestAgent[] = [];
+
+  async start(at: { addr: string; nats: { url: string } }, o: Partial<TestAgentOptions> & { agentId: string }): Promise<TestAgent> {
+    const a = await new TestAgent({ addr: at.addr, natsUrl: at.nats.url, ...o }).start();
+    this.list.push(a);
+    return a;
+  }
+
+  async killAll(): Promise<void> {
+    for (const a of this.list.splice(0)) await a.kill().catch(() => undefined);
+  }
+}
