@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import sys
 
-from . import gpt_neox, mamba
+from . import gpt_neox, mamba, mamba2
 from .architecture import Architecture
 from .errors import CheckpointError
 
-ARCHITECTURES = {a.model_type: a for a in (mamba.ARCHITECTURE, gpt_neox.ARCHITECTURE)}
+ARCHITECTURES = {a.model_type: a for a in (mamba.ARCHITECTURE, mamba2.ARCHITECTURE, gpt_neox.ARCHITECTURE)}
 
 
 def get(model_type: str) -> Architecture:

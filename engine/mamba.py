@@ -374,8 +374,11 @@ def kept_state_bytes_per_token(c: Config, dtype_bytes: int) -> int:
 
 
 def _claims_config(cfg: dict) -> bool:
-    """The original state-spaces config (no model_type; ``d_model``/``n_layer``/``ssm_cfg``)."""
-    return {"d_model", "n_layer"} <= set(cfg) and "ssm_cfg" in cfg
+    """The original state-spaces config (no model_type; ``d_model``/``n_layer``/``ssm_cfg``), unless its
+    ``ssm_cfg.layer`` names another block (``"Mamba2"``: ``mamba2.py``)."""
+    ssm = cfg.get("ssm_cfg")
+    layer = ssm.get("layer", "Mamba1") if isinstance(ssm, dict) else "Mamba1"
+    return {"d_model", "n_layer"} <= set(cfg) and "ssm_cfg" in cfg and layer == "Mamba1"
 
 
 #: What the rest of the engine knows about Mamba (``engine.architecture``).

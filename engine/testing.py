@@ -19,7 +19,7 @@ from typing import Optional
 
 import torch
 
-from . import gpt_neox, mamba
+from . import gpt_neox, mamba, mamba2
 from .errors import InvalidArgument
 from .checkpoint_files import save_safetensors
 
@@ -31,6 +31,20 @@ def mamba_config(**overrides) -> dict:
         "num_hidden_layers": 4, "state_size": 4, "conv_kernel": 4, "expand": 2, "intermediate_size": 32,
         "time_step_rank": 2, "layer_norm_epsilon": 1e-5, "residual_in_fp32": True, "use_bias": False,
         "use_conv_bias": True, "tie_word_embeddings": True, "vocab_size": 64, "hidden_act": "silu",
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def mamba2_config(**overrides) -> dict:
+    """An HF ``Mamba2Config`` dict for a tiny model: 4 heads of 8 in 2 groups (so heads share B and C),
+    ``time_step_limit`` written as transformers 5 writes it."""
+    cfg = {
+        "model_type": "mamba2", "architectures": ["Mamba2ForCausalLM"], "hidden_size": 16,
+        "num_hidden_layers": 4, "num_heads": 4, "head_dim": 8, "n_groups": 2, "state_size": 4, "conv_kernel": 4,
+        "expand": 2, "chunk_size": 8, "layer_norm_epsilon": 1e-5, "residual_in_fp32": True, "use_bias": False,
+        "use_conv_bias": True, "tie_word_embeddings": True, "vocab_size": 64, "hidden_act": "silu",
+        "rms_norm": True, "norm_before_gate": False, "time_step_limit": [0.0, {"__float__": "Infinity"}],
     }
     cfg.update(overrides)
     return cfg
@@ -69,6 +83,19 @@ def random_state(config: dict, seed: int = 0, device: Optional[str] = None) -> d
                     lin.weight.mul_(3.0)
         with torch.no_grad():
             model.backbone.embeddings.weight.mul_(0.5)
+    elif config.get("model_type") == "mamba2":
+        c = mamba2.Config.from_hf(config)
+        model = mamba2.LM(c)
+        with torch.no_grad():
+            for layer in model.layers:
+                mx = layer.mixer
+                mx.A_log.copy_(torch.log(torch.rand(c.nheads) * 15 + 1))  # A in −[1, 16]
+                dt = torch.exp(torch.rand(c.nheads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+                mx.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt)
+                mx.norm.weight.uniform_(0.5, 1.5)
+                for lin in (mx.in_proj, mx.out_proj):
+                    lin.weight.mul_(3.0)
+            model.backbone.embeddings.weight.mul_(2.0)
     else:
         c = gpt_neox.Config.from_hf(config)
         model = gpt_neox.LM(c)
@@ -91,8 +118,8 @@ def write_checkpoint(folder, config: dict, tensors: dict, filename: str = "model
 
 
 def write_random_checkpoint(folder, model_type: str, seed: int = 0, state: Optional[dict] = None, **overrides) -> str:
-    """A tiny random ``mamba`` or ``gpt_neox`` checkpoint folder (config overrides as keyword arguments)."""
-    config = mamba_config(**overrides) if model_type == "mamba" else neox_config(**overrides)
+    """A tiny random ``mamba``, ``mamba2`` or ``gpt_neox`` checkpoint folder (config overrides as keyword arguments)."""
+    config = {"mamba": mamba_config, "mamba2": mamba2_config}.get(model_type, neox_config)(**overrides)
     return write_checkpoint(folder, config, state if state is not None else random_state(config, seed))
 
 

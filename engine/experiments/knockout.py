@@ -132,7 +132,8 @@ def corpus_means(engine, model_id: str, model, corpus: list):
         return hit[1], hit[2], h
     device = next(model.parameters()).device
     L = len(model.layers)
-    sums = torch.zeros(L, model.config.d_inner, dtype=torch.float64, device=device)
+    width = getattr(model.config, model.SITES["in_ssm"].width)  # Mamba: d_inner; Mamba-2: xBC, d_inner + 2·g·n
+    sums = torch.zeros(L, width, dtype=torch.float64, device=device)
     by_len: dict = {}
     for seq in corpus:
         by_len.setdefault(len(seq), []).append(seq)

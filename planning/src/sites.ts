@@ -24,6 +24,7 @@ const TO_ENUM: Record<SiteName, engine.Site> = {
 /** Model types (config.json `model_type`) the engine implements, with the sites each one has. */
 export const SITES_BY_MODEL_TYPE = {
   mamba: ["embed", "residual", "mixer", "ssm", "gate", "conv", "in_ssm"],
+  mamba2: ["embed", "residual", "mixer", "ssm", "gate", "conv", "in_ssm"],
   gpt_neox: ["embed", "residual", "attn", "mlp"],
 } as const satisfies Record<string, readonly SiteName[]>;
 /** A supported `model_type`. */

@@ -23,7 +23,7 @@ type EditSpec = SpecOf<typeof own.specFields>;
 type RelationSample = Relation["samples"][number];
 
 /** Editable matrices per model type (engine/experiments/rome). */
-export const EDIT_MATRICES = { mamba: ["W_o", "W_a", "W_g"], gpt_neox: ["dense_4h_to_h"] } as const;
+export const EDIT_MATRICES = { mamba: ["W_o", "W_a", "W_g"], mamba2: ["W_o", "W_a", "W_g"], gpt_neox: ["dense_4h_to_h"] } as const;
 
 /** ROME hyperparameters the engine knows (rome HPARAMS); unknown keys are refused at spec time. */
 export const EDIT_HPARAMS = [

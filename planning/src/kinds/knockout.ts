@@ -50,7 +50,7 @@ export const knockoutKind: SweepKindModule<"knockout", typeof own.specFields, Kn
     const planSpec = { ...spec, corruption: { kind: "noise" as const, scale: 3, std: 1, samples: 1, seed: 1 } };
     const plan = planKindPrompts(ctx, planSpec);
     let corpus: number[][] | undefined;
-    if (modelConfig.modelType === "mamba" && plan.prompts.length > 0) {
+    if ((modelConfig.modelType === "mamba" || modelConfig.modelType === "mamba2") && plan.prompts.length > 0) {
       const c = loadCorpus(
         k.corpus,
         "knockout.corpus",

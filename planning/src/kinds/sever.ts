@@ -27,9 +27,17 @@ import type { SpecOf, SweepKindModule } from "./kind.js";
 type SeverSpec = SpecOf<typeof own.specFields>;
 
 /** Paths a sever cell may freeze, per model type; `none` is plain restoration. */
-export const SEVER_PATHS = { mamba: ["none", "ssm", "gate", "mixer", "in_ssm", "conv"], gpt_neox: ["none", "attn", "mlp"] } as const;
+export const SEVER_PATHS = {
+  mamba: ["none", "ssm", "gate", "mixer", "in_ssm", "conv"],
+  mamba2: ["none", "ssm", "gate", "mixer", "in_ssm", "conv"],
+  gpt_neox: ["none", "attn", "mlp"],
+} as const;
 /** Default sever paths per model type (the paper's figure: none, s, g, the whole block o). */
-export const DEFAULT_SEVER_PATHS = { mamba: ["none", "ssm", "gate", "mixer"], gpt_neox: ["none", "attn", "mlp"] } as const;
+export const DEFAULT_SEVER_PATHS = {
+  mamba: ["none", "ssm", "gate", "mixer"],
+  mamba2: ["none", "ssm", "gate", "mixer"],
+  gpt_neox: ["none", "attn", "mlp"],
+} as const;
 
 export const severSection = z.strictObject({
   /** Paths to freeze; default per model type ({@link DEFAULT_SEVER_PATHS}). */
