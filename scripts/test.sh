@@ -19,6 +19,13 @@ if [ -d "$golden" ]; then
 else
   echo "golden folder $golden not found; set GOLDEN_DIR to run the golden check" >&2
 fi
+golden2=${GOLDEN_MAMBA2_DIR:-$root/../shared/golden-mamba2}
+if [ -d "$golden2" ]; then
+  step "engine: golden check against $golden2 (Mamba-2)"
+  bash scripts/engine-python.sh -m engine.golden_check --golden "$golden2"
+else
+  echo "golden folder $golden2 not found; set GOLDEN_MAMBA2_DIR to run the Mamba-2 golden check" >&2
+fi
 step "TypeScript unit tests"
 units=$(find shared/dist planning/dist testing/dist coordinator/dist sweepctl/dist node-agent/dist -name '*.test.js' 2>/dev/null | sort)
 [ -z "$units" ] || node --test $units
