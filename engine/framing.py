@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import select
+import time
 import struct
 from typing import BinaryIO, Optional
 
@@ -108,14 +109,15 @@ class FrameReader:
         self._buf = bytearray()
         self._eof = False
 
-    def _fill(self, want: int, block: bool) -> bool:
+    def _fill(self, want: int, block: bool, wait: float = 0.0) -> bool:
         """Appends what the stream has (up to about ``want`` bytes); ``block``: wait for at least one
-        byte. False at the end of the stream, or (not blocking) when nothing is readable now."""
+        byte. False at the end of the stream, or (not blocking) when nothing is readable within ``wait``
+        seconds."""
         if self._eof:
             return False
         size = max(self.CHUNK, want)
         if self._fd is not None:
-            if not block and not select.select([self._fd], [], [], 0)[0]:
+            if not block and not select.select([self._fd], [], [], wait)[0]:
                 return False
             chunk = os.read(self._fd, size)
         elif not block:
@@ -152,10 +154,12 @@ class FrameReader:
         del self._buf[:end]
         return payload
 
-    def ready_frame(self) -> Optional[bytes]:
+    def ready_frame(self, wait: float = 0.0) -> Optional[bytes]:
         """The next frame's payload if all of it is already here (buffered, or readable without
-        blocking), without consuming it (:meth:`read_frame` returns it next); otherwise ``None`` (also
-        for a frame over ``max_bytes``, left to :meth:`read_frame` to refuse)."""
+        blocking; with ``wait``, arriving within about that many seconds), without consuming it
+        (:meth:`read_frame` returns it next); otherwise ``None`` (also for a frame over ``max_bytes``,
+        left to :meth:`read_frame` to refuse)."""
+        deadline = time.monotonic() + wait
         while True:
             length = self._length()
             if length is not None:
@@ -164,7 +168,7 @@ class FrameReader:
                 if len(self._buf) >= HEADER.size + length:
                     return bytes(self._buf[HEADER.size:HEADER.size + length])
             want = HEADER.size + (length or 0) - len(self._buf)
-            if not self._fill(want, False):
+            if not self._fill(want, False, max(0.0, deadline - time.monotonic())):
                 return None
 
 

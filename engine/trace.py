@@ -264,6 +264,11 @@ class PendingCells:
     def __len__(self) -> int:
         return len(self._cells)
 
+    def busy(self) -> bool:
+        """Whether the device is still computing these cells (CUDA; never on the CPU, where the work is
+        done by the time the object exists)."""
+        return self._done is not None and self._array is None and not self._done.query()
+
     def array(self) -> np.ndarray:
         """(cells, 2) float64: p(answer) and answer logit per cell, in request order (the run dtype's
         values, exactly). ``NumericError`` (field ``cells``) for NaN/inf."""

@@ -68,9 +68,10 @@ class _Deferred:
     """A handler's answer whose device work is queued but not waited for (RunCells): ``finish()``
     waits for it and returns the response body. Between the two the worker may look ahead."""
 
-    def __init__(self, field: str, finish: Callable):
+    def __init__(self, field: str, finish: Callable, busy: Callable[[], bool] = lambda: False):
         self.field = field
         self.finish = finish
+        self.busy = busy  # whether its device work is still running (the lookahead waits for a frame meanwhile)
 
 
 def lookahead_enabled() -> bool:
@@ -86,6 +87,8 @@ class Worker:
         self._in = FrameReader(frames_in, options.max_frame_bytes)
         self._out = frames_out
         self._lookahead = lookahead_enabled()
+        self.grids = 0  # RunCells requests begun, and how many of them had the next PreparePrompt run behind them
+        self.looked_ahead = 0
         self._engine = None
         self._greeted = False
         self._hidden_size: Dict[str, int] = {}  # model_id -> d, to shape explicit noise
@@ -160,9 +163,17 @@ class Worker:
     def _look_ahead(self, started) -> "Tuple[pb.EngineResponse, bool] | None":
         """While ``started``'s device work runs: answer the next request now if it is a PreparePrompt
         that has already arrived whole (consumed here); ``None`` otherwise (nothing consumed)."""
-        if not self._lookahead or not isinstance(started[1], _Deferred) or self._stop_requested:
+        if not isinstance(started[1], _Deferred):
             return None
+        self.grids += 1
+        if not self._lookahead or self._stop_requested:
+            return None
+        # The agent writes the next shard's PreparePrompt right behind this RunCells, so it is usually
+        # here already; if not, wait for it while the grid still runs (a frame arriving after the grid
+        # is done gains nothing from going first).
         payload = self._in.ready_frame()
+        while payload is None and started[1].busy() and not self._stop_requested:
+            payload = self._in.ready_frame(wait=0.002)
         if payload is None:
             return None
         try:
@@ -172,6 +183,7 @@ class Worker:
         if request.WhichOneof("body") != "prepare_prompt":
             return None
         self._in.read_frame()  # the same frame, now consumed
+        self.looked_ahead += 1
         log.debug("request %d prepare_prompt looked ahead during request %d", request.request_id, started[0])
         return self.finish_payload(self.start_payload(payload))
 
@@ -306,7 +318,7 @@ class Worker:
             return pb.CellResults(prompt_key=req.prompt_key, seconds=pending.seconds,
                                   p=values[:, 0].tolist(), logit=values[:, 1].tolist())
 
-        return "cells", _Deferred("cells", finish)
+        return "cells", _Deferred("cells", finish, pending.busy)
 
     def _evict(self, req):
         if not req.prompt_keys and not req.all:
@@ -417,5 +429,7 @@ def main(argv=None) -> int:
     except Exception:
         log.exception("engine worker failed")
         code = EXIT_INTERNAL
+    if worker.grids:  # how often a prepare ran behind a grid (the agent's pipelining at work)
+        log.info("the next prompt's prepare ran behind %d of %d grids", worker.looked_ahead, worker.grids)
     log.info("exit %d", code)
     return code

@@ -1,8 +1,11 @@
+# long-file: the Python side of one benchmark (checkpoints, the engine-side measurements, the check), sharing its loading and grid
 """The Python side of bench/scaleout (run.sh calls it; see bench/scaleout/README.md).
 
     python3 -m bench.scaleout.engine_side models   --shapes mamba-2.8b,pythia-2.8b --prompts 500 --work DIR
     python3 -m bench.scaleout.engine_side inproc   --work DIR --model mamba-2.8b --device cuda:0 --out FILE
     python3 -m bench.scaleout.engine_side protocol --work DIR --model mamba-2.8b --device cuda:0 --out FILE
+    python3 -m bench.scaleout.engine_side overlap  --work DIR --model mamba-2.8b --device cuda:0 --out FILE
+    python3 -m bench.scaleout.engine_side check    --work DIR --model mamba-2.8b --spec check-bfloat16.json --results R.jsonl --out FILE
 
 ``models`` writes, per shape, a checkpoint with random weights in Hugging Face layout
 (``DIR/models/<shape>/config.json`` + ``model.safetensors``, in the run dtype), the pre-tokenized
@@ -13,6 +16,9 @@ all layers and tokens, one shard per prompt unless --shard-cells).
 ``inproc`` times the engine's API in this process, ``protocol`` one ``python -m engine`` worker driven
 over its framed protobuf protocol (Hello, LoadModel, then PreparePrompt + RunCells per prompt, one at a
 time, as the agent does). Both run one untimed warm-up prompt first, then every prompt; they write JSON.
+``overlap`` measures what a worker's lookahead can hide: per prompt, the grid alone, the prepare alone,
+and the grid of prompt i queued with the prepare of prompt i + 1 behind it (what the worker does when
+the agent's next PreparePrompt is already there), plus the prepare's kernel time from the profiler.
 """
 
 from __future__ import annotations
@@ -126,6 +132,17 @@ def cmd_models(args) -> None:
         }
         with open(os.path.join(out, "spec.json"), "w") as f:
             json.dump(spec, f)
+        # primer.json: a 4-prompt sweep of the same model run first, so the measured sweep meets a warm
+        # cluster (model loaded, kernels compiled), as every sweep after a cluster's first does;
+        # check-<dtype>.json: sampled prompts whose system results `check` compares with the engine alone.
+        picks = sorted({0, len(prompts) // 3, len(prompts) - 1})
+        extra = {"primer.json": dict(spec, name=spec["name"] + "-primer", dataset={"prompts": prompts[:4]})}
+        for dt in sorted({args.dtype, "float32"}):
+            extra[f"check-{dt}.json"] = dict(spec, name=f"{spec['name']}-check-{dt}", model=dict(spec["model"], dtype=dt),
+                                             dataset={"prompts": [prompts[i] for i in picks]})
+        for fname, body in extra.items():
+            with open(os.path.join(out, fname), "w") as f:
+                json.dump(body, f)
         row = {"model": name, "params": params, "dtype": args.dtype, "prompts": len(prompts), "cells_per_prompt": per_prompt,
                "shard_cells": spec["shard_cells"], "checkpoint_bytes": os.path.getsize(os.path.join(folder, "model.safetensors")),
                "write_s": round(written, 2)}
@@ -136,7 +153,7 @@ def cmd_models(args) -> None:
 
 
 def _load(args):
-    with open(os.path.join(args.work, args.model, "spec.json")) as f:
+    with open(os.path.join(args.work, args.model, getattr(args, "spec", None) or "spec.json")) as f:
         spec = json.load(f)
     with open(os.path.join(spec["model"]["path"], "config.json")) as f:
         cfg = json.load(f)
@@ -269,6 +286,109 @@ def cmd_protocol(args) -> None:
         json.dump(res, f, indent=1)
 
 
+def cmd_overlap(args) -> None:
+    """Grid alone, prepare alone and grid(i) + prepare(i+1) queued together, per prompt (medians), and
+    the CUDA kernel time of one prepare (torch.profiler): how much of a prepare is host launches that a
+    lookahead hides behind the running grid, and how much is device time that stays serial."""
+    import torch
+
+    from engine.corruption import SwapSpec
+    from engine.runtime import Engine
+    from engine.trace import CellSpec
+
+    spec, cfg, prompts, cells = _load(args)
+    specs = [CellSpec(s, l, t, w) for s, l, t, w in cells]
+    eng = Engine()
+    eng.load_model("m", spec["model"]["path"], dtype=spec["model"]["dtype"], device=args.device)
+
+    def prep(key, p):
+        eng.prepare_prompt("m", key, p["input_ids"], tuple(p["subject"]), SwapSpec(p["corrupted_ids"]))
+
+    def med(xs):
+        return 1e3 * sorted(xs)[len(xs) // 2]
+
+    prep("w", prompts[0])
+    eng.run_cells("m", "w", specs)
+    alone_prep, alone_grid, together = [], [], []
+    for i, p in enumerate(prompts):
+        _sync(args.device)
+        a = time.perf_counter()
+        prep(f"a{i}", p)
+        _sync(args.device)
+        b = time.perf_counter()
+        eng.run_cells("m", f"a{i}", specs)
+        c = time.perf_counter()
+        alone_prep.append(b - a)
+        alone_grid.append(c - b)
+        eng.evict("m", [f"a{i}"])
+    prep("o0", prompts[0])
+    _sync(args.device)
+    for i in range(len(prompts) - 1):
+        a = time.perf_counter()
+        pending = eng.run_cells_launch("m", f"o{i}", specs)
+        prep(f"o{i + 1}", prompts[i + 1])
+        pending.array()
+        together.append(time.perf_counter() - a)
+        eng.evict("m", [f"o{i}"])
+    kernel_ms = None
+    if args.device.startswith("cuda"):
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            prep("prof", prompts[-1])
+            _sync(args.device)
+        kernel_ms = sum(e.self_device_time_total if hasattr(e, "self_device_time_total") else e.self_cuda_time_total
+                        for e in prof.key_averages()) / 1e3
+    res = {"mode": "overlap", "model": args.model, "device": args.device, "prompts": len(prompts),
+           "cells_per_prompt": len(cells), "grid_ms": med(alone_grid), "prepare_ms": med(alone_prep),
+           "grid_then_prepare_ms": med(alone_grid) + med(alone_prep), "grid_with_next_prepare_ms": med(together),
+           "prepare_kernel_ms": kernel_ms}
+    res["hidden_share_of_prepare"] = (res["grid_then_prepare_ms"] - res["grid_with_next_prepare_ms"]) / res["prepare_ms"]
+    log(f"overlap {args.model}: grid {res['grid_ms']:.1f} ms, prepare {res['prepare_ms']:.1f} ms "
+        f"(kernels {kernel_ms if kernel_ms is None else round(kernel_ms, 1)} ms), grid + next prepare queued "
+        f"{res['grid_with_next_prepare_ms']:.1f} ms: {100 * res['hidden_share_of_prepare']:.0f}% of the prepare hidden")
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+
+
+def cmd_check(args) -> None:
+    """The system's results of a check sweep (``sweepctl results --format jsonl``) against the engine
+    alone on the same prompts and cells, in this process: every cell present once, and the largest
+    |p_system - p_engine|."""
+    from engine.corruption import SwapSpec
+    from engine.runtime import Engine
+    from engine.trace import CellSpec
+
+    spec, cfg, prompts, cells = _load(args)
+    got = {}
+    with open(args.results) as f:
+        for line in f:
+            r = json.loads(line)
+            key = (int(r["prompt_index"]), r["site"], int(r["layer"]), int(r["token"]), int(r["window"]))
+            got.setdefault(key, []).append(float(r["p"]))
+    eng = Engine()
+    eng.load_model("m", spec["model"]["path"], dtype=spec["model"]["dtype"], device=args.device)
+    specs = [CellSpec(s, l, t, w) for s, l, t, w in cells]
+    compared, missing, repeated, worst = 0, 0, 0, 0.0
+    for i, p in enumerate(prompts):
+        eng.prepare_prompt("m", f"c{i}", p["input_ids"], tuple(p["subject"]), SwapSpec(p["corrupted_ids"]))
+        for (s, l, t, w), (pv, _) in zip(cells, eng.run_cells("m", f"c{i}", specs)):
+            seen = got.get((i, s, l, t, min(w, 2 * cfg["num_hidden_layers"])))  # the planner cuts windows to 2 × layers
+            if not seen:
+                missing += 1
+                continue
+            repeated += len(seen) > 1
+            compared += 1
+            worst = max(worst, abs(seen[0] - pv))
+    res = {"mode": "check", "model": args.model, "dtype": spec["model"]["dtype"], "device": args.device,
+           "prompts": len(prompts), "cells_compared": compared, "cells_missing": missing, "cells_repeated": repeated,
+           "rows": sum(len(v) for v in got.values()), "max_abs_diff_p": worst}
+    log(f"check {args.model} {spec['model']['dtype']}: {compared} cells compared, {missing} missing, {repeated} repeated, "
+        f"max |p_system - p_engine| = {worst:.3g}")
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -280,14 +400,24 @@ def main(argv=None) -> None:
     m.add_argument("--dtype", default="bfloat16")
     m.add_argument("--shard-cells", type=int, default=0, help="cells per shard (0: one shard per prompt)")
     m.set_defaults(fn=cmd_models)
-    for name, fn in (("inproc", cmd_inproc), ("protocol", cmd_protocol)):
+    for name, fn in (("inproc", cmd_inproc), ("protocol", cmd_protocol), ("overlap", cmd_overlap)):
         p = sub.add_parser(name)
         p.add_argument("--work", required=True)
         p.add_argument("--model", required=True)
         p.add_argument("--device", default="cuda:0")
         p.add_argument("--limit", type=int, default=0, help="first N prompts only (0: all)")
         p.add_argument("--out", required=True)
+        p.add_argument("--spec", default="", help="spec file under DIR/<model>/ (default spec.json)")
         p.set_defaults(fn=fn)
+    c = sub.add_parser("check", help="compare a check sweep's exported results with the engine alone")
+    c.add_argument("--work", required=True)
+    c.add_argument("--model", required=True)
+    c.add_argument("--spec", required=True, help="the check sweep's spec file under DIR/<model>/")
+    c.add_argument("--results", required=True, help="its results as sweepctl results --format jsonl wrote them")
+    c.add_argument("--device", default="cuda:0")
+    c.add_argument("--limit", type=int, default=0)
+    c.add_argument("--out", required=True)
+    c.set_defaults(fn=cmd_check)
     args = ap.parse_args(argv)
     args.fn(args)
 

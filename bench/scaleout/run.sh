@@ -14,11 +14,13 @@
 # at most 2)  --cpu  --shard-cells N (default: one shard per prompt)  --name NAME (default h200, cpu)
 # --work DIR (default /tmp/factsweep-scaleout)  --deadline S  --step-timeout S  --commit SHA  --skip a,b,c,d
 # --unpack (use .scaleout's node and nats-server even where the host has its own: tests the packing)
+# --no-primer (the measured sweep is the cluster's first of its model: LoadModel and warm-up inside it)
+# --overlap-prompts N (prompts of the overlap row, default 40); --skip takes a,b,o,c,d,check
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 shape=2.8b models="" prompts=500 gpus="" cpu=0 shard_cells=0 name="" work=/tmp/factsweep-scaleout
-deadline=100000 step_timeout=400 commit="" skip="" unpack=0
+deadline=100000 step_timeout=400 commit="" skip="" unpack=0 primer=1 overlap_prompts=40
 while [ $# -gt 0 ]; do
   case "$1" in
     --shape) shape=$2; shift 2 ;;
@@ -34,7 +36,9 @@ while [ $# -gt 0 ]; do
     --commit) commit=$2; shift 2 ;;
     --skip) skip=$2; shift 2 ;;
     --unpack) unpack=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --no-primer) primer=0; shift ;;
+    --overlap-prompts) overlap_prompts=$2; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "run: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -47,6 +51,9 @@ rm -rf "$work/results" "$work/logs" "$work/js"
 res=$work/results logs=$work/logs
 mkdir -p "$res" "$logs"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$root
+# One Triton kernel cache for every row, as on a host whose agent has run workers before (the agent's
+# --kernel-cache default is per user; here the in-process row fills it and every worker after reuses it).
+export FACTSWEEP_KERNEL_CACHE=${FACTSWEEP_KERNEL_CACHE:-$work/kernels}
 # This workplace's GPU hosts: NVLink multicast stays off, also for processes started from here.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 say() { echo "[scaleout $(date +%T) +${SECONDS}s] $*"; }
@@ -139,16 +146,40 @@ stop_agent() {
   kill -KILL "$agent_pid" 2>/dev/null
   wait "$agent_pid" 2>/dev/null
 }
-system_run() {  # $1 workers, $2 model, $3 tag
+launch() {  # $1 spec file, $2 sweep id, $3 result file: one sweep through system.mjs
+  local t; t=$(left); [ "$t" -gt "$step_timeout" ] && t=$step_timeout
+  node bench/scaleout/system.mjs --coordinator "127.0.0.1:$gport" --spec "$1" --id "$2" --timeout "$t" > "$3" 2> "$logs/$2.driver.log"
+  local rc=$?
+  [ $rc = 0 ] || { say "sweep $2 did not finish (rc $rc)"; tail -5 "$logs/$2.driver.log"; }
+  return $rc
+}
+system_run() {  # $1 workers, $2 model, $3 tag, $4 "check" to compare sampled prompts with the engine alone
   local n=$1 m=$2 tag=$3 id=${3//./_}  # sweep ids take no dots (they are NATS subject tokens)
   start_agent "$n" "$tag" || return 1
-  local t; t=$(left); [ "$t" -gt "$step_timeout" ] && t=$step_timeout
-  say "($tag) sweepctl launch $work/$m/spec.json with $n worker(s), timeout ${t}s"
-  node bench/scaleout/system.mjs --coordinator "127.0.0.1:$gport" --spec "$work/$m/spec.json" --id "$id" --timeout "$t" \
-    > "$res/$tag.json" 2> "$logs/$tag.driver.log"
-  local rc=$?
-  [ $rc = 0 ] || { say "($tag) sweep did not finish (rc $rc)"; tail -5 "$logs/$tag.driver.log"; }
+  if [ $primer = 1 ]; then  # the cluster's first sweep of this model (cold: LoadModel and warm-up at the first lease)
+    say "($tag) primer: sweepctl launch $work/$m/primer.json (4 prompts) with $n worker(s)"
+    launch "$work/$m/primer.json" "$id-primer" "$res/$tag.primer.json"
+  fi
+  say "($tag) sweepctl launch $work/$m/spec.json with $n worker(s)$([ $primer = 1 ] && echo ', after the primer')"
+  launch "$work/$m/spec.json" "$id" "$res/$tag.json"
+  if [ "${4:-}" = check ]; then
+    for f in "$work/$m"/check-*.json; do
+      local dt; dt=$(basename "$f" .json); dt=${dt#check-}
+      [ "$(left)" -gt 60 ] || break
+      say "($tag) check: sampled prompts in $dt through the system, then the engine alone"
+      launch "$f" "$id-check-$dt" "$res/$tag.check-$dt.sweep.json" &&
+        node sweepctl/dist/cli.js --coordinator "127.0.0.1:$gport" results "$id-check-$dt" --format jsonl --out "$res/$tag.check-$dt.jsonl" 2>> "$logs/$tag.driver.log" &&
+        echo "$f $res/$tag.check-$dt.jsonl" >> "$res/$tag.checks"
+    done
+  fi
   stop_agent
+  if [ -f "$res/$tag.checks" ]; then
+    while read -r f r; do
+      local dt; dt=$(basename "$f" .json); dt=${dt#check-}
+      timeout "$(step_t)" $PY -m bench.scaleout.engine_side check --work "$work" --model "$m" --spec "$(basename "$f")" --results "$r" \
+        --device "$([ $cpu = 1 ] && echo cpu || echo cuda:0)" --out "$res/$m.check-$dt.json" 2>&1 | tail -1
+    done < "$res/$tag.checks"
+  fi
   grep -h "ready: pid\|worker.*lost\|restarting\|ERROR" "$logs/$tag.agent.log" | cut -c1-220 | head -8
   $PY -c "import json,sys; r=json.load(open(sys.argv[1])); print('  ', {k: r[k] for k in ('state','cells','first_result_s','done_s','cells_per_s','steady_cells_per_s')})" "$res/$tag.json" 2>/dev/null
 }
@@ -168,9 +199,14 @@ for m in "${mlist[@]}"; do
     timeout "$(step_t)" $PY -m bench.scaleout.engine_side protocol --work "$work" --model "$m" --device "$d0" --out "$res/$m.protocol.json" 2>&1 | tail -3
     cp "$res/$m.protocol.json.stderr" "$logs/$m.protocol-worker.log" 2>/dev/null
   fi
+  if ! skipped o && [ "$(left)" -gt 30 ]; then
+    say "(o) what a lookahead can hide: grid alone, prepare alone, grid + the next prepare queued ($overlap_prompts prompts)"
+    timeout "$(step_t)" $PY -m bench.scaleout.engine_side overlap --work "$work" --model "$m" --device "$d0" --limit "$overlap_prompts" \
+      --out "$res/$m.overlap.json" 2>&1 | tail -1
+  fi
   if ! skipped c && [ "$(left)" -gt 30 ]; then
     say "(c) the whole system, 1 $([ $cpu = 1 ] && echo 'CPU worker' || echo GPU)"
-    system_run 1 "$m" "$m-system1"
+    system_run 1 "$m" "$m-system1" "$(skipped check || echo check)"
   fi
   if ! skipped d && [ "$gpus" -ge 2 ] && [ "$(left)" -gt 30 ]; then
     say "(d) the whole system, 2 $([ $cpu = 1 ] && echo 'CPU workers' || echo GPUs) (one agent)"

@@ -62,6 +62,10 @@ def main(argv=None) -> None:
         b = _json(os.path.join(res, f"{m}.protocol.json")) or {}
         s1 = _json(os.path.join(res, f"{m}-system1.json")) or {}
         s2 = _json(os.path.join(res, f"{m}-system2.json")) or {}
+        p1 = _json(os.path.join(res, f"{m}-system1.primer.json")) or {}
+        p2 = _json(os.path.join(res, f"{m}-system2.primer.json")) or {}
+        o = _json(os.path.join(res, f"{m}.overlap.json")) or {}
+        checks = [c for c in (_json(x) for x in sorted(glob.glob(os.path.join(res, f"{m}.check-*.json")))) if c]
         t1, t2 = agent_times(args.work, f"{m}-system1"), agent_times(args.work, f"{m}-system2")
         ok = lambda s: s.get("state") == "done"  # noqa: E731
         row = {
@@ -97,6 +101,15 @@ def main(argv=None) -> None:
             "system_2gpu_first_result_s": s2.get("first_result_s"),
             "system_2gpu_worker_ready_s": t2.get("worker_ready_s"),
             "cells": s1.get("cells") or b.get("cells") or a.get("cells"),
+            # the cluster's first sweep of the model (the primer; absent with --no-primer): LoadModel + warm-up inside
+            "cold_first_result_s": p1.get("first_result_s"),
+            "cold_done_s": p1.get("done_s"),
+            "system_2gpu_cold_first_result_s": p2.get("first_result_s"),
+            "launch_s": s1.get("launch_s"),
+            "overlap": {k: o.get(k) for k in ("prompts", "grid_ms", "prepare_ms", "prepare_kernel_ms", "grid_with_next_prepare_ms",
+                                              "hidden_share_of_prepare")} if o else None,
+            "system_equals_engine": [{k: c.get(k) for k in ("dtype", "prompts", "cells_compared", "cells_missing", "cells_repeated",
+                                                            "max_abs_diff_p")} for c in checks],
         }
         rows.append(row)
     with open(args.out, "w") as f:
@@ -122,6 +135,15 @@ def main(argv=None) -> None:
     print()
     print("× = ratio to the in-process grid rate (run_cells alone). System rates: cells / (sweepctl launch -> the last result);")
     print("steady = cells after the first result / (first -> last result). first result and worker ready: 1-GPU run.")
+    for x in rows:
+        o = x["overlap"]
+        if o:
+            print(f"{x['model']} overlap: grid {f(o['grid_ms'], 1)} ms, prepare {f(o['prepare_ms'], 1)} ms (kernels "
+                  f"{f(o['prepare_kernel_ms'], 1)} ms), grid + next prepare queued {f(o['grid_with_next_prepare_ms'], 1)} ms")
+        print(f"{x['model']} cold first sweep: first result {f(x['cold_first_result_s'], 1)} s; warm: {f(x['first_result_s'], 1)} s")
+        for c in x["system_equals_engine"]:
+            print(f"{x['model']} system == engine ({c['dtype']}): {c['cells_compared']} cells, {c['cells_missing']} missing, "
+                  f"{c['cells_repeated']} repeated, max |dp| {c['max_abs_diff_p']}")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,10 @@ def test_a_prepare_behind_run_cells_gets_the_replies_of_one_request_at_a_time(wo
     assert [r.request_id for r in together] == [9001, 9002]
     assert [r.WhichOneof("body") for r in together] == ["cells", "prompt"], together
     assert together[1].prompt.cache_hit is False
-    assert (LOOKED_AHEAD in worker.stderr) == worker.lookahead
+    if worker.lookahead:  # the stderr reader thread may not have the line yet: wait for it
+        worker.wait_for_stderr(LOOKED_AHEAD)
+    else:
+        assert LOOKED_AHEAD not in worker.stderr
     after = worker.call(stats=pb.StatsRequest()).stats
     n = len(run_cells("a").cells)
     assert (after.cells_run - before.cells_run, after.cache_misses - before.cache_misses) == (n, 1)
@@ -122,7 +125,9 @@ def test_run_cells_then_prepare_then_shutdown_in_one_write_answers_all_then_exit
                                 pb.EngineRequest(request_id=9, shutdown=pb.Shutdown()))
         assert [(r.request_id, r.WhichOneof("body")) for r in replies] == [(7, "cells"), (8, "prompt"), (9, "shutdown")]
         assert worker.wait() == 0
-        assert LOOKED_AHEAD in worker.stderr
+        worker.wait_for_stderr(LOOKED_AHEAD)
+        # at exit the worker says how often the pipelining worked: here for the one grid it ran
+        worker.wait_for_stderr("the next prompt's prepare ran behind 1 of 1 grids")
     finally:
         worker.stop()
 
@@ -139,3 +144,34 @@ def test_run_cells_then_prepare_then_end_of_stdin_answers_both_then_exits_0(gold
         assert worker.wait() == 0
     finally:
         worker.stop()
+
+
+def test_ready_frame_waits_for_a_frame_that_arrives_within_its_wait():
+    """What the lookahead relies on while a grid runs: ``ready_frame(wait=…)`` returns a frame that
+    arrives (here in two pieces) within the wait, and ``None`` without consuming anything otherwise."""
+    import os
+    import threading
+    import time
+
+    from engine.framing import FrameReader
+
+    r, w = os.pipe()
+    try:
+        reader = FrameReader(os.fdopen(r, "rb", buffering=0))
+        frame = encode_frame(b"next request")
+        assert reader.ready_frame() is None and reader.ready_frame(wait=0.01) is None
+
+        def write_later():
+            time.sleep(0.05)
+            os.write(w, frame[:3])
+            time.sleep(0.05)
+            os.write(w, frame[3:])
+
+        writer = threading.Thread(target=write_later)
+        writer.start()
+        assert reader.ready_frame(wait=5.0) == b"next request"
+        writer.join()
+        assert reader.read_frame() == b"next request"  # not consumed by ready_frame
+        assert reader.ready_frame(wait=0.01) is None
+    finally:
+        os.close(w)
