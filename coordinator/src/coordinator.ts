@@ -26,6 +26,9 @@ import { StateStore } from "./state-store.js";
 import { Sweeps } from "./sweeps.js";
 import { StaleCoordinatorError } from "./errors.js";
 
+/** Default longest time one lease may be held (heartbeats renew its TTL, not this). */
+export const DEFAULT_MAX_LEASE_MS = 3_600_000;
+
 /** TLS files for the gRPC server; with `ca`, clients must present a certificate it signed (mTLS). */
 export interface TlsFiles {
   cert: string;
@@ -67,6 +70,8 @@ export interface CoordinatorOptions {
   retryBackoffMs?: number;
   /** A shard reported done whose result is not counted within this is leased again; default 3 lease TTLs. */
   uncountedTimeoutMs?: number;
+  /** Longest one lease may be held, heartbeats or not, before it is revoked and re-queued; 0: no limit. Default 1 hour. */
+  maxLeaseMs?: number;
   log?: (msg: string) => void;
 }
 
@@ -98,7 +103,12 @@ export class Coordinator extends EventEmitter implements SweepApi {
     this.log = opts.log ?? ((m) => console.error(`[coordinator] ${m}`));
     this.leaseTtlMs = opts.leaseTtlMs ?? 15_000;
     this.heartbeatMs = opts.heartbeatMs ?? Math.max(100, Math.floor(this.leaseTtlMs / 3));
-    this.table = new LeaseTable({ leaseTtlMs: this.leaseTtlMs, backoffBaseMs: opts.retryBackoffMs ?? 1000, uncountedTimeoutMs: opts.uncountedTimeoutMs });
+    this.table = new LeaseTable({
+      leaseTtlMs: this.leaseTtlMs,
+      backoffBaseMs: opts.retryBackoffMs ?? 1000,
+      uncountedTimeoutMs: opts.uncountedTimeoutMs,
+      maxLeaseMs: opts.maxLeaseMs ?? DEFAULT_MAX_LEASE_MS,
+    });
     // Process metrics prefixed, as the Grafana dashboards read them (factsweep_coordinator_process_*, _nodejs_*).
     collectDefaultMetrics({ register: this.registry, prefix: "factsweep_coordinator_" });
     this.metrics = new CoordinatorMetrics(this.registry, {

@@ -73,12 +73,15 @@ test("forged and broken results are refused, counted and dead-lettered; the swee
   const holder = await agentOf({ agentId: "holder", hold: true, slots: 2 });
   await launch(goldenSpec({ prompts: 2, shardCells: 24 }), "forge");
   await until(() => holder.heldLeases().length === 2, "both shards held");
-  const shard = holder.heldLeases()[0]!.shard!;
-  const good = fakeEngine(shard, "holder"); // what the holder would publish (attempt 1)
+  const [lease, other] = holder.heldLeases();
+  const shard = lease!.shard!;
+  const good = { ...fakeEngine(shard, "holder"), leaseId: lease!.leaseId }; // what the holder would publish
   const forged: [string, sweep.ShardResult][] = [
     ["unplanned_shard", { ...good, shardId: "forge.0.99" }],
     ["not_lease_holder", { ...good, agentId: "mallory" }],
-    ["not_lease_holder", { ...good, attempt: 2 }],
+    ["not_lease_holder", { ...good, leaseId: "" }],
+    ["not_lease_holder", { ...good, leaseId: "a-lease-never-granted" }],
+    ["not_lease_holder", { ...good, leaseId: other!.leaseId }],
     ["bad_value", { ...good, cells: good.cells.map((c, i) => (i === 0 ? { ...c, p: NaN } : c)) }],
     ["bad_value", { ...good, cells: good.cells.map((c, i) => (i === 0 ? { ...c, p: 42 } : c)) }],
     ["bad_value", { ...good, cells: good.cells.map((c, i) => (i === 0 ? { ...c, logit: Infinity } : c)) }],
@@ -94,7 +97,7 @@ test("forged and broken results are refused, counted and dead-lettered; the swee
   assert.equal(await rejected("cells_mismatch"), 4);
   assert.equal(await rejected("bad_value"), 3);
   assert.equal(await rejected("unplanned_shard"), 1);
-  assert.equal(await rejected("not_lease_holder"), 2);
+  assert.equal(await rejected("not_lease_holder"), 4);
   assert.equal(await rejected("wrong_prompt"), 1);
   assert.equal(h.coord.get("forge").counts?.doneCells, 0, "nothing forged was aggregated");
   await dropAgent(holder);

@@ -255,24 +255,81 @@ test("an agent's disconnects cost a shard one attempt at most; another agent's c
   assert.equal(t.disconnectAgent("b").newlyFailed, 1, "a second agent's disconnect spends the last attempt");
 });
 
-test("a result is accepted only from the agent and attempt a lease was granted to", () => {
+test("a result is accepted only under the shard's current lease, from its holder", () => {
   const { t, advance } = setup();
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "p0", 4));
+  t.restore(LeaseTable.pending("s1.0.1", "s1", "p0", 4));
+  t.connectAgent("a");
+  t.connectAgent("b");
+  t.addCredit("a", 2);
+  const [g0, g1] = t.schedule();
+  assert.equal(g0?.leaseId, "L1");
+  assert.equal(t.holdsLease("s1.0.0", "a", "L1"), true);
+  assert.equal(t.holdsLease("s1.0.0", "b", "L1"), false, "another agent quoting the lease");
+  assert.equal(t.holdsLease("s1.0.0", "a", g1!.leaseId), false, "the agent's lease of another shard");
+  assert.equal(t.holdsLease("s1.0.0", "a", ""), false, "no lease id");
+  assert.equal(t.holdsLease("s1.9.0", "a", "L1"), false, "a shard never planned");
+  t.complete("a", "L2", "s1.0.1");
+  assert.equal(t.holdsLease("s1.0.1", "a", "L2"), true, "reported done, result not counted yet: still its lease");
+  t.resultConsumed("s1.0.1");
+  assert.equal(t.holdsLease("s1.0.1", "a", "L2"), false, "counted: no lease any more (a repeat is a duplicate)");
+  advance(1_000);
+  t.expire();
+  assert.equal(t.holdsLease("s1.0.0", "a", "L1"), false, "an expired lease");
+  advance(200);
+  t.addCredit("b", 1);
+  const [g2] = t.schedule();
+  assert.equal(g2?.agentId, "b");
+  assert.equal(t.holdsLease("s1.0.0", "b", g2!.leaseId), true);
+  assert.equal(t.holdsLease("s1.0.0", "a", "L1"), false, "a late result of the expired lease is refused; b publishes it");
+});
+
+test("complete checks the holder: done from another agent or under another lease is ignored", () => {
+  const { t } = setup();
   t.restore(LeaseTable.pending("s1.0.0", "s1", "p0", 4));
   t.connectAgent("a");
   t.connectAgent("b");
   t.addCredit("a", 1);
+  const [g] = t.schedule();
+  assert.equal(t.complete("b", g!.leaseId, "s1.0.0").ignored, 1);
+  assert.equal(t.complete("a", "L-other", "s1.0.0").ignored, 1);
+  assert.equal(t.get("s1.0.0")?.state, "leased");
+  assert.equal(t.complete("a", g!.leaseId, "s1.0.0").ignored, 0);
+  assert.equal(t.get("s1.0.0")?.state, "done");
+});
+
+test("a lease held past the maximum lease time is revoked and re-queued, heartbeats or not", () => {
+  let now = 1_000_000;
+  let n = 0;
+  const t = new LeaseTable({ clock: () => now, leaseTtlMs: 1000, backoffBaseMs: 100, maxLeaseMs: 5_000, newLeaseId: () => `L${++n}` });
+  t.setSweep("s1", true, 3);
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "p0", 4));
+  t.connectAgent("a");
+  t.addCredit("a", 2);
   t.schedule();
-  assert.equal(t.granted("s1.0.0", "a", 1), true);
-  assert.equal(t.granted("s1.0.0", "a", 2), false);
-  assert.equal(t.granted("s1.0.0", "b", 1), false);
-  assert.equal(t.granted("s1.0.1", "a", 1), false);
-  advance(1_000);
-  t.expire();
-  advance(200);
-  t.addCredit("b", 1);
-  t.schedule();
-  assert.equal(t.granted("s1.0.0", "b", 2), true);
-  assert.equal(t.granted("s1.0.0", "a", 1), true, "a late result of the expired lease is still its agent's");
+  for (let i = 0; i < 4; i++) {
+    now += 900;
+    assert.equal(t.renew("a", ["L1"]), 1);
+    const ch = t.expire();
+    assert.equal(ch.overdue + ch.expirations, 0, "heartbeats keep it within the maximum");
+  }
+  now += 1_400; // 5,000 ms after the grant, renewed 800 ms ago
+  t.renew("a", ["L1"]);
+  const ch = t.expire();
+  assert.equal(ch.overdue, 1);
+  assert.deepEqual(
+    ch.revoked.map((r) => [r.agentId, r.leaseId]),
+    [["a", "L1"]],
+    "the holder is told to drop it",
+  );
+  assert.equal(t.get("s1.0.0")?.state, "pending");
+  assert.match(t.get("s1.0.0")!.lastError, /maximum lease time \(5000 ms, --max-lease-ms\)/);
+  assert.equal(t.holdsLease("s1.0.0", "a", "L1"), false);
+  now += 100;
+  const [g] = t.schedule();
+  assert.equal(g?.attempt, 2, "the revocation spent an attempt");
+  now += 4_999;
+  assert.equal(t.expire().overdue, 0, "the new lease has its own maximum");
 });
 
 test("cancel revokes leases and stops grants without spending attempts", () => {

@@ -29,8 +29,8 @@ export interface ShardEntry {
   lastError: string;
   /** The shard's ShardResult was aggregated (only then does it count as done for the sweep). */
   resultConsumed: boolean;
-  /** Recent grants as `<attempt>/<agent id>`: whose result is accepted for which attempt (absent in older records). */
-  grants?: string[];
+  /** When the current lease was granted: it is revoked `maxLeaseMs` later, heartbeats or not (absent in older records). */
+  leasedMs?: number;
   /** When an agent reported the shard done (its result not yet counted): re-leased after `uncountedTimeoutMs`. */
   doneMs?: number;
   /** Agents whose disconnect already cost this shard an attempt (a second one from the same agent is not counted). */
@@ -66,6 +66,8 @@ export interface Changes {
   newlyFailed: number;
   /** Done/failed reports for a lease the reporting agent does not hold (ignored). */
   ignored: number;
+  /** Leases held past `maxLeaseMs`, revoked and re-queued. */
+  overdue: number;
   /** Shards reported done whose result was not counted in time, re-queued. */
   uncounted: number;
 }
@@ -80,6 +82,8 @@ export interface LeaseTableOptions {
   newLeaseId?: () => string;
   /** A shard reported done whose result is not counted within this is leased again; default 3 lease TTLs. */
   uncountedTimeoutMs?: number;
+  /** Longest a lease may be held, however often heartbeats renew it; then revoked and re-queued. 0: no limit. Default 0. */
+  maxLeaseMs?: number;
 }
 
 interface SweepSlot {
@@ -87,12 +91,13 @@ interface SweepSlot {
   maxAttempts: number;
 }
 
-const emptyChanges = (): Changes => ({ changed: [], revoked: [], expirations: 0, retries: 0, newlyFailed: 0, ignored: 0, uncounted: 0 });
+const emptyChanges = (): Changes => ({ changed: [], revoked: [], expirations: 0, retries: 0, newlyFailed: 0, ignored: 0, uncounted: 0, overdue: 0 });
 
 /** Shard and agent scheduling state of the coordinator. Not thread-safe by design: one owner. */
 export class LeaseTable {
   readonly leaseTtlMs: number;
   readonly uncountedTimeoutMs: number;
+  readonly maxLeaseMs: number;
   private readonly clock: () => number;
   private readonly backoffBaseMs: number;
   private readonly backoffMaxMs: number;
@@ -115,6 +120,7 @@ export class LeaseTable {
     this.backoffMaxMs = opts.backoffMaxMs ?? 60_000;
     this.newLeaseId = opts.newLeaseId ?? randomUUID;
     this.uncountedTimeoutMs = opts.uncountedTimeoutMs ?? 3 * opts.leaseTtlMs;
+    this.maxLeaseMs = opts.maxLeaseMs ?? 0;
   }
 
   /** Registers a sweep's scheduling policy; inactive sweeps (cancelled, finished) get no grants. */
@@ -135,6 +141,7 @@ export class LeaseTable {
     const e = { ...entry };
     if (e.state === "leased") {
       e.leaseExpiresMs = this.clock() + this.leaseTtlMs;
+      e.leasedMs ??= this.clock();
       this.byLease.set(e.leaseId, e);
       this.promptHome.set(e.promptKey, e.agentId);
     }
@@ -289,7 +296,7 @@ export class LeaseTable {
       s.leaseId = leaseId;
       s.agentId = agent.agentId;
       s.leaseExpiresMs = now + this.leaseTtlMs;
-      s.grants = [...(s.grants ?? []), `${s.attempts}/${agent.agentId}`].slice(-HISTORY);
+      s.leasedMs = now;
       this.byLease.set(leaseId, s);
       this.promptHome.set(s.promptKey, agent.agentId);
       this.agents.granted(agent);
@@ -319,14 +326,21 @@ export class LeaseTable {
   }
 
   /**
-   * Leases past their TTL, and shards reported done whose result was not counted within
-   * `uncountedTimeoutMs` (rejected, lost, or a crash between the agent's publication and its
-   * consumption): re-queued with exponential backoff, or failed after max attempts.
+   * Leases past their TTL, leases held longer than `maxLeaseMs` (revoked: a hung or hostile agent
+   * that keeps heartbeating must not hold a shard forever), and shards reported done whose result
+   * was not counted within `uncountedTimeoutMs` (rejected, lost, or a crash between the agent's
+   * publication and its consumption): re-queued with exponential backoff, or failed after max attempts.
    */
   expire(): Changes {
     const now = this.clock();
     const out = emptyChanges();
     for (const s of [...this.byLease.values()]) {
+      if (this.maxLeaseMs > 0 && (s.leasedMs ?? now) + this.maxLeaseMs <= now) {
+        out.overdue++;
+        this.revoke(s, `lease held longer than the maximum lease time (${this.maxLeaseMs} ms)`, out);
+        this.retryOrFail(s, `lease ${s.leaseId} of agent ${s.agentId} revoked after the maximum lease time (${this.maxLeaseMs} ms, --max-lease-ms)`, out);
+        continue;
+      }
       if (s.leaseExpiresMs > now) continue;
       out.expirations++;
       this.retryOrFail(s, `lease ${s.leaseId} of agent ${s.agentId} expired (no heartbeat for ${this.leaseTtlMs} ms)`, out);
@@ -344,15 +358,15 @@ export class LeaseTable {
   }
 
   /**
-   * Whether a result of the shard from this agent and attempt comes from a lease the coordinator
-   * granted: the agent was given that attempt (or, for records older than the grant history, is
-   * the shard's current or last holder with its current attempt).
+   * Whether a result published by `agentId` under `leaseId` comes from the shard's current lease:
+   * the lease is the last one granted for the shard, the agent holds it, and it is still live or
+   * reported done (its result not yet counted). A result of an expired, revoked, re-leased or
+   * never granted lease is refused; the shard's current holder publishes it again.
    */
-  granted(shardId: string, agentId: string, attempt: number): boolean {
+  holdsLease(shardId: string, agentId: string, leaseId: string): boolean {
     const s = this.shards.get(shardId);
-    if (!s || attempt < 1 || !agentId) return false;
-    if (s.grants) return s.grants.includes(`${attempt}/${agentId}`);
-    return s.agentId === agentId && s.attempts === attempt;
+    if (!s || !leaseId || !agentId) return false;
+    return s.leaseId === leaseId && s.agentId === agentId && (s.state === "leased" || (s.state === "done" && !s.resultConsumed));
   }
 
   /**

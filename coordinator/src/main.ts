@@ -7,7 +7,7 @@ import { readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { DEFAULT_PLAN_LIMITS } from "@factsweep/planning";
 import { listenRefusal } from "./auth.js";
-import { Coordinator } from "./coordinator.js";
+import { Coordinator, DEFAULT_MAX_LEASE_MS } from "./coordinator.js";
 
 const int =
   (name: string, min: number) =>
@@ -52,6 +52,12 @@ const program = new Command("factsweep-coordinator")
     "--uncounted-timeout-ms <ms>",
     "a shard reported done whose result is not counted within it is leased again (default 3 lease TTLs)",
     int("--uncounted-timeout-ms", 100),
+  )
+  .option(
+    "--max-lease-ms <ms>",
+    "longest one lease may be held however often heartbeats renew it; then it is revoked (CancelLease) and re-queued as a retry (0: no limit)",
+    int("--max-lease-ms", 0),
+    DEFAULT_MAX_LEASE_MS,
   )
   .addOption(new Option("--user-token <token>", "token sweepctl must present (SweepService)").env("FACTSWEEP_USER_TOKEN"))
   .addOption(new Option("--agent-token <token>", "token node agents must present (AgentService)").env("FACTSWEEP_AGENT_TOKEN"))
@@ -117,6 +123,7 @@ const program = new Command("factsweep-coordinator")
       heartbeatMs: o.heartbeatMs,
       retryBackoffMs: o.retryBackoffMs,
       uncountedTimeoutMs: o.uncountedTimeoutMs,
+      maxLeaseMs: o.maxLeaseMs,
       userToken,
       agentToken,
       tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa } : undefined,

@@ -34,7 +34,11 @@ export class CoordinatorMetrics {
       registers,
     });
     this.shards = new Counter({ name: METRICS.shardsTotal, help: "Shards finished or retried, by status", labelNames: ["status"], registers });
-    this.leaseExpirations = new Counter({ name: METRICS.leaseExpirations, help: "Leases that expired without a heartbeat", registers });
+    this.leaseExpirations = new Counter({
+      name: METRICS.leaseExpirations,
+      help: "Leases that expired without a heartbeat, or were revoked after the maximum lease time (--max-lease-ms)",
+      registers,
+    });
     this.retries = new Counter({ name: METRICS.retries, help: "Shards re-queued for another attempt (expiry, retryable failure, agent loss)", registers });
     this.resultsConsumed = new Counter({
       name: METRICS.resultsConsumed,

@@ -196,6 +196,8 @@ const memoryStore = () =>
   }) as unknown as StateStore;
 
 let world: { sweeps: Sweeps; table: LeaseTable; scheduler: Scheduler; shards: sweep.Shard[] } | undefined;
+/** The lease each planned shard was granted under, by shard id. */
+const leaseOf = new Map<string, string>();
 
 before(async () => {
   if (noGolden) return;
@@ -217,6 +219,7 @@ before(async () => {
   const grants = table.schedule();
   assert.ok(grants.length > 0 && grants.every((g) => g.agentId === "holder" && g.attempt === 1));
   const shards = grants.map((g) => scheduler.plannedShard(g.shardId)!);
+  for (const g of grants) leaseOf.set(g.shardId, g.leaseId);
   world = { sweeps, table, scheduler, shards };
 });
 
@@ -227,13 +230,14 @@ const goodFor = (shard: sweep.Shard): sweep.ShardResult =>
     promptIndex: shard.prompt!.index,
     agentId: "holder",
     attempt: 1,
+    leaseId: leaseOf.get(shard.shardId),
     pClean: 0.9,
     pCorrupt: 0.1,
     cells: shard.cells.map((cell, i) => ({ cell, p: (i % 10) / 10, logit: i })),
   });
 
 test(
-  "through Sweeps: wrong ids, subject, agent or attempt, and every content mutation are refused with a reason and nothing is aggregated",
+  "through Sweeps: wrong ids, subject, agent or lease id, and every content mutation are refused with a reason and nothing is aggregated",
   { skip: noGolden },
   () => {
     const { sweeps, table, shards } = world!;
@@ -249,9 +253,9 @@ test(
             .filter((a) => a !== "holder")
             .map((agentId): Mutant => ({ expect: "not_lease_holder", r: { ...good, agentId } })),
           fc
-            .integer({ min: 0, max: 2 ** 32 - 1 })
-            .filter((a) => a !== 1)
-            .map((attempt): Mutant => ({ expect: "not_lease_holder", r: { ...good, attempt } })),
+            .oneof(fc.string({ maxLength: 10 }), fc.constantFrom(...leaseOf.values()))
+            .filter((l) => l !== good.leaseId)
+            .map((leaseId): Mutant => ({ expect: "not_lease_holder", r: { ...good, leaseId } })),
           fc.nat({ max: 5 }).map((part): Mutant => ({ expect: "unplanned_shard", r: { ...good, shardId: `prop.${shard.prompt!.index}.${part + 50}` } })),
           fc.constantFrom("other", "prop2", "x-1").map((sweepId): Mutant => ({ expect: "unknown_sweep", r: { ...good, sweepId, shardId: `${sweepId}.0.0` } })),
           idChars

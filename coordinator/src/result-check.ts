@@ -1,7 +1,7 @@
 /**
  * What a ShardResult read from the results stream must be before it is aggregated. Anyone who can
  * publish on NATS can put a message on the results stream, so a result is taken only for a
- * planned shard, from the agent and attempt the coordinator leased it to, with exactly the
+ * planned shard, from the agent holding its current lease (lease_id), with exactly the
  * shard's planned cells (each once) and finite probabilities in [0, 1] (trace), or a parseable
  * `result_json` of bounded size (the other kinds). Everything else is refused with one of
  * {@link REJECT_REASONS}, counted, logged and dead-lettered by the results consumer.
@@ -15,7 +15,7 @@ export const REJECT_REASONS = [
   "subject_mismatch", // published on another sweep's subject
   "unknown_sweep", // no such sweep on this coordinator
   "unplanned_shard", // the sweep planned no shard with this id
-  "not_lease_holder", // agent_id/attempt of no lease the coordinator granted for the shard
+  "not_lease_holder", // lease_id is not the shard's current lease, or agent_id not its holder
   "wrong_prompt", // prompt_index is not the shard's prompt
   "cells_mismatch", // not exactly the planned cells, each once
   "bad_value", // p, logit, p_clean or p_corrupt not finite, or a probability outside [0, 1]

@@ -226,7 +226,7 @@ export class Scheduler extends EventEmitter implements AgentStreams {
       this.sessions.get(r.agentId)?.send({ body: { $case: "cancel", cancel: { leaseId: r.leaseId, reason: r.reason } } });
     }
     if (this.metrics) {
-      this.metrics.leaseExpirations.inc(ch.expirations);
+      this.metrics.leaseExpirations.inc(ch.expirations + ch.overdue);
       this.metrics.shardsUncounted.inc(ch.uncounted);
       this.metrics.retries.inc(ch.retries);
       this.metrics.shards.inc({ status: "retried" }, ch.retries);
@@ -235,6 +235,7 @@ export class Scheduler extends EventEmitter implements AgentStreams {
       if (ch.newlyFailed > 0) this.metrics.cells.inc({ status: "failed" }, failedCells);
     }
     this.persist(ch.changed);
+    if (ch.overdue > 0) this.log(`${ch.overdue} lease(s) held past the maximum lease time revoked and re-queued`);
     if (ch.uncounted > 0) this.log(`${ch.uncounted} shard(s) reported done without a counted result re-queued`);
     for (const id of new Set(ch.changed.map((e) => e.sweepId))) this.emit("shards", id);
   }

@@ -141,7 +141,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
   /**
    * Checks a consumed result and aggregates it (idempotent by shard id). Ids are checked before
    * anything is looked up or written under them; a result is taken only for a planned shard of a
-   * sweep held here, from an agent and attempt it was leased to, with its planned content (see
+   * sweep held here, from the agent holding its current lease (lease_id), with its planned content (see
    * result-check.ts). A result of a shard already aggregated is a duplicate, whoever sent it.
    */
   add(r: sweep.ShardResult, subject?: string): AddOutcome {
@@ -186,10 +186,13 @@ export class Sweeps extends EventEmitter implements ResultSink {
     const planned = entry?.sweepId === r.sweepId ? this.d.scheduler.plannedShard(r.shardId) : undefined;
     if (!planned) return { reason: "unplanned_shard", detail: `sweep ${r.sweepId} planned no shard ${r.shardId}` };
     if (s.agg.has(r.shardId)) return undefined; // a duplicate: ignored by the aggregator
-    if (!this.d.table.granted(r.shardId, r.agentId, r.attempt)) {
+    if (!this.d.table.holdsLease(r.shardId, r.agentId, r.leaseId)) {
+      const why = r.leaseId
+        ? `lease ${JSON.stringify(r.leaseId.slice(0, 100))} is not its current lease`
+        : "lease_id is empty (an agent older than this coordinator?)";
       return {
         reason: "not_lease_holder",
-        detail: `shard ${r.shardId}: agent ${JSON.stringify(r.agentId.slice(0, 100))} attempt ${r.attempt} holds no lease of it (holder ${entry!.agentId || "none"}, attempt ${entry!.attempts})`,
+        detail: `shard ${r.shardId}: agent ${JSON.stringify(r.agentId.slice(0, 100))}, ${why} (current lease ${entry!.leaseId || "none"} of ${entry!.agentId || "no agent"}, ${entry!.state})`,
       };
     }
     return checkResultContent(planned, r);

@@ -300,7 +300,7 @@ export class Agent {
       const out = await runShard({
         shard: lease.shard,
         worker,
-        publisher: this.publisher,
+        publisher: this.publisher.forLease(() => lease.leaseId),
         agentId: this.opts.agentId,
         metrics: this.metrics,
         log: this.log,

@@ -60,3 +60,24 @@ test("a result larger than the server's max_payload is refused as not retryable,
     await nats.stop();
   }
 });
+
+test("forLease stamps each result with the lease id current when it is published", async () => {
+  const nats = await startResultsNats();
+  try {
+    let lease = "L1";
+    const publisher = new ResultPublisher(nats.nc).forLease(() => lease);
+    await publisher.publish(result("sw-pub.1.0"));
+    lease = "L2"; // re-leased while running: the next publish carries the new lease
+    await publisher.publish(result("sw-pub.2.0"));
+    const stored = await storedResults(nats.jsm, "sw-pub");
+    assert.deepEqual(
+      stored.map((s) => [s.result.shardId, s.result.leaseId]),
+      [
+        ["sw-pub.1.0", "L1"],
+        ["sw-pub.2.0", "L2"],
+      ],
+    );
+  } finally {
+    await nats.stop();
+  }
+});

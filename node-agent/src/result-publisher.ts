@@ -1,7 +1,8 @@
 /**
  * Publishes ShardResults to JetStream with `Nats-Msg-Id = <shard_id>/<attempt>` (resultMsgId), so
  * an attempt published twice (a retry, an agent restarted between publish and ShardDone) is stored
- * once; the coordinator counts a shard once across attempts. Keeps
+ * once; the coordinator counts a shard once across attempts, and only a result carrying the
+ * shard's current lease id (`forLease`) from that lease's holder. Keeps
  * retrying while NATS is away: results reach JetStream whatever happens to the gRPC link.
  */
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
@@ -24,6 +25,8 @@ export interface Published {
 export class ResultPublisher {
   private js: Promise<JetStreamClient>;
   private nc: Promise<NatsConnection>;
+  /** Set on the publishers `forLease` makes: the lease id each result is stamped with. */
+  private leaseId: (() => string) | undefined;
 
   constructor(
     nc: NatsConnection | Promise<NatsConnection>,
@@ -36,11 +39,22 @@ export class ResultPublisher {
   }
 
   /**
+   * This publisher, stamping every result's `lease_id` with `leaseId()` read at publish time (a
+   * shard re-leased while it runs is published under its new lease). Shares the connection.
+   */
+  forLease(leaseId: () => string): ResultPublisher {
+    const p = Object.create(this) as ResultPublisher;
+    p.leaseId = leaseId;
+    return p;
+  }
+
+  /**
    * Publishes `result` on `factsweep.results.<sweep_id>` and waits for JetStream's ack, retrying
    * with backoff on any transient error (no server, no stream yet, timeout) until `signal` aborts.
    * @throws ShardError (not retryable) when the encoded result exceeds the server's max_payload.
    */
   async publish(result: sweep.ShardResult, signal?: AbortSignal): Promise<Published> {
+    if (this.leaseId) result = { ...result, leaseId: this.leaseId() };
     const data = sweep.ShardResult.encode(result).finish();
     const subject = resultsSubject(result.sweepId);
     const nc = await this.nc;

@@ -196,6 +196,7 @@ export class WorkerSession {
       promptIndex: this.prompt.index,
       agentId: this.opts.agentId,
       attempt: shard.attempt,
+      leaseId: "", // stamped by the agent's ResultPublisher.forLease at publish time
       worker: this.worker.name,
       ...own,
     };

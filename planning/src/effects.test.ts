@@ -37,6 +37,7 @@ function result(
     promptIndex,
     agentId: "a",
     attempt: 0,
+    leaseId: "",
     answerId: 5,
     pClean,
     pCorrupt,

@@ -161,6 +161,7 @@ export class TestAgent {
         return;
       }
       const result = await (this.opts.compute ?? fakeEngine)(shard, this.opts.agentId);
+      result.leaseId ||= l.leaseId; // as the real agent stamps it (a compute may set another to forge)
       const data = sweep.ShardResult.encode(result).finish();
       const ack = this.opts.skipPublish
         ? { seq: 0 }

@@ -70,7 +70,10 @@ export interface CellOutcome {
   logit: number;
 }
 
-/** Published on subject results.<sweep_id> with Nats-Msg-Id = shard_id (deduplicated). */
+/**
+ * Published on subject results.<sweep_id> with Nats-Msg-Id = <shard_id>/<attempt> (deduplicated).
+ * The coordinator aggregates it only when lease_id is the shard's current lease and agent_id its holder.
+ */
 export interface ShardResult {
   sweepId: string;
   shardId: string;
@@ -86,6 +89,8 @@ export interface ShardResult {
   worker: string;
   /** kinds other than trace: the experiment's result (JSON) */
   resultJson: string;
+  /** the LeaseGrant.lease_id the shard ran under (the agent's lease when it published) */
+  leaseId: string;
 }
 
 function createBasePromptSpec(): PromptSpec {
@@ -848,6 +853,7 @@ function createBaseShardResult(): ShardResult {
     engineSeconds: 0,
     worker: "",
     resultJson: "",
+    leaseId: "",
   };
 }
 
@@ -888,6 +894,9 @@ export const ShardResult: MessageFns<ShardResult> = {
     }
     if (message.resultJson !== "") {
       writer.uint32(98).string(message.resultJson);
+    }
+    if (message.leaseId !== "") {
+      writer.uint32(106).string(message.leaseId);
     }
     return writer;
   },
@@ -1001,6 +1010,14 @@ export const ShardResult: MessageFns<ShardResult> = {
             message.resultJson = reader.string();
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.leaseId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1065,6 +1082,11 @@ export const ShardResult: MessageFns<ShardResult> = {
         : isSet(object.result_json)
         ? globalThis.String(object.result_json)
         : "",
+      leaseId: isSet(object.leaseId)
+        ? globalThis.String(object.leaseId)
+        : isSet(object.lease_id)
+        ? globalThis.String(object.lease_id)
+        : "",
     };
   },
 
@@ -1106,6 +1128,9 @@ export const ShardResult: MessageFns<ShardResult> = {
     if (message.resultJson !== "") {
       obj.resultJson = message.resultJson;
     }
+    if (message.leaseId !== "") {
+      obj.leaseId = message.leaseId;
+    }
     return obj;
   },
 
@@ -1126,6 +1151,7 @@ export const ShardResult: MessageFns<ShardResult> = {
     message.engineSeconds = object.engineSeconds ?? 0;
     message.worker = object.worker ?? "";
     message.resultJson = object.resultJson ?? "";
+    message.leaseId = object.leaseId ?? "";
     return message;
   },
 };

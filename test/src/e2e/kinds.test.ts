@@ -49,6 +49,7 @@ async function engineAlone(specPath: string): Promise<KindRow[]> {
         promptIndex: p.index,
         agentId: "",
         attempt: 0,
+        leaseId: "",
         answerId: info?.answerId ?? 0,
         pClean: 0,
         pCorrupt: 0,
