@@ -95,7 +95,7 @@ def random_state(config: dict, seed: int = 0, device: Optional[str] = None) -> d
                 mx.norm.weight.uniform_(0.5, 1.5)
                 for lin in (mx.in_proj, mx.out_proj):
                     lin.weight.mul_(3.0)
-            model.backbone.embeddings.weight.mul_(2.0)
+            model.backbone.embeddings.weight.mul_(0.5)
     else:
         c = gpt_neox.Config.from_hf(config)
         model = gpt_neox.LM(c)

@@ -17,6 +17,7 @@ SWAP = [5, 50, 12, 2, 41, 9, 60]
 CORPUS = [[3, 8, 21, 40, 7], [11, 12, 13], [60, 2, 2, 9, 30, 31]]
 MODELS = {
     "mamba": ("mamba", {"num_hidden_layers": 5}),
+    "mamba2": ("mamba2", {"num_hidden_layers": 5}),
     "neox-parallel": ("gpt_neox", {"num_hidden_layers": 5, "use_parallel_residual": True}),
     "neox-sequential": ("gpt_neox", {"num_hidden_layers": 5, "use_parallel_residual": False}),
 }

@@ -20,6 +20,7 @@ SUBJECT = (1, 3)
 SWAP = [5, 50, 12, 2, 41, 9, 60]
 MODELS = {
     "mamba": ("mamba", {"num_hidden_layers": 4}, ["ssm", "gate", "mixer", "in_ssm", "conv"]),
+    "mamba2": ("mamba2", {"num_hidden_layers": 4}, ["ssm", "gate", "mixer", "in_ssm", "conv"]),
     "neox-parallel": ("gpt_neox", {"num_hidden_layers": 4, "use_parallel_residual": True}, ["attn", "mlp"]),
     "neox-sequential": ("gpt_neox", {"num_hidden_layers": 4, "use_parallel_residual": False}, ["attn", "mlp"]),
 }

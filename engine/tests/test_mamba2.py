@@ -1,0 +1,181 @@
+"""Mamba-2 (``engine/mamba2.py``): config.json parsing and its refusals, the scan against SSD's other
+(quadratic, attention-like) form, the state-spaces checkpoint layout, resuming from a kept state, and
+ROME's edit targets on the Mamba-2 block."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from engine import experiments, mamba2
+from engine.architectures import get as architecture_of, model_type_of
+from engine.checkpoint import load_checkpoint
+from engine.errors import CheckpointError
+from engine.runtime import Engine, SwapSpec
+from engine.testing import mamba2_config, random_state, write_checkpoint, write_random_checkpoint
+
+IDS = [5, 17, 33, 2, 41, 9, 60]
+
+
+def test_config_json_as_transformers_5_writes_it_parses_with_an_infinite_time_step_limit():
+    c = mamba2.Config.from_hf(json.loads(json.dumps(mamba2_config())))
+    assert (c.dt_min, c.dt_max) == (0.0, math.inf)
+    assert (c.nheads, c.head_dim, c.ngroups, c.d_inner, c.conv_dim) == (4, 8, 2, 32, 32 + 2 * 2 * 4)
+    c = mamba2.Config.from_hf(mamba2_config(time_step_limit=[0.001, 0.5]))
+    assert (c.dt_min, c.dt_max) == (0.001, 0.5)
+    assert mamba2.Config.from_hf({k: v for k, v in mamba2_config().items() if k != "time_step_limit"}).dt_max == math.inf
+
+
+@pytest.mark.parametrize("overrides,field,says", [
+    ({"num_heads": 3}, "num_heads", "expected 32"),
+    ({"n_groups": 3}, "n_groups", "divisor of num_heads (4)"),
+    ({"time_step_limit": [0.0, {"__float__": "Inf"}]}, "time_step_limit", "expected [low, high]"),
+    ({"time_step_limit": [0.5, 0.1]}, "time_step_limit", "0 <= low <= high"),
+    ({"time_step_limit": 0.1}, "time_step_limit", "expected [low, high]"),
+    ({"rms_norm": False}, "rms_norm", "only true"),
+    ({"hidden_act": "gelu"}, "hidden_act", "expected 'silu'"),
+    ({"head_dim": "8"}, "head_dim", "expected an integer"),
+    ({"num_heads": None}, "num_heads", "lacks 'num_heads'"),
+])
+def test_a_bad_config_value_is_a_checkpoint_error_naming_the_field(tmp_path, overrides, field, says):
+    cfg = mamba2_config(**overrides)
+    with pytest.raises(CheckpointError) as err:
+        mamba2.Config.from_hf(cfg)
+    assert err.value.field == field and says in err.value.message
+    # the same through loading a folder, before any weight is read
+    write_checkpoint(tmp_path, cfg, random_state(mamba2_config()))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(tmp_path))
+    assert err.value.field == field
+
+
+def test_the_scan_equals_ssds_quadratic_form():
+    """SSD's duality: the recurrence S_t = exp(Δ_t A) S_{t−1} + Δ_t x_t B_tᵀ, y_t = S_t C_t + D x_t equals
+    y_t = Σ_{s≤t} (C_t·B_s) exp(A Σ_{s<r≤t} Δ_r) Δ_s x_s + D x_t, computed here directly in float64."""
+    torch.manual_seed(0)
+    c = mamba2.Config.from_hf(mamba2_config())
+    mixer = mamba2.LM(c).double().layers[0].mixer
+    with torch.no_grad():
+        mixer.A_log.copy_(torch.log(torch.rand(c.nheads) * 4 + 0.5))
+        mixer.D.uniform_(-1, 1)
+        b, l = 2, 9
+        cv, dt = torch.randn(b, l, c.conv_dim, dtype=torch.float64), torch.randn(b, l, c.nheads, dtype=torch.float64)
+        y, _ = mixer.ssm(cv, dt, None, keep=False)  # (b, l, d_in)
+
+        x, B, C = cv.split([c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
+        x = x.view(b, l, c.nheads, c.head_dim)
+        group = torch.arange(c.nheads) // (c.nheads // c.ngroups)  # the group of each head
+        B, C = B.view(b, l, c.ngroups, c.d_state)[:, :, group], C.view(b, l, c.ngroups, c.d_state)[:, :, group]
+        delta = torch.nn.functional.softplus(dt + mixer.dt_bias)  # (b, l, H)
+        A = -torch.exp(mixer.A_log)
+        cum = torch.cumsum(delta * A, dim=1)  # (b, l, H)
+        want = torch.zeros(b, l, c.nheads, c.head_dim, dtype=torch.float64)
+        for t in range(l):
+            for s in range(t + 1):
+                w = (C[:, t] * B[:, s]).sum(-1) * torch.exp(cum[:, t] - cum[:, s]) * delta[:, s]  # (b, H)
+                want[:, t] += w[..., None] * x[:, s]
+        want += mixer.D[:, None] * x
+    # the scan runs in float32 whatever the model's dtype (its state is a long product of decays)
+    torch.testing.assert_close(y, want.reshape(b, l, c.d_inner), rtol=1e-5, atol=2e-5 * float(want.abs().max()))
+
+
+def test_heads_of_one_group_share_b_and_c_and_groups_do_not():
+    """Changing the B of group 1 changes the output of heads 2 and 3 (group 1) only."""
+    torch.manual_seed(1)
+    c = mamba2.Config.from_hf(mamba2_config())
+    mixer = mamba2.LM(c).layers[0].mixer
+    cv, dt = torch.randn(1, 5, c.conv_dim), torch.randn(1, 5, c.nheads)
+    with torch.no_grad():
+        y0, _ = mixer.ssm(cv, dt, None, False)
+        cv2 = cv.clone()
+        cv2[..., c.d_inner + c.d_state:c.d_inner + 2 * c.d_state] += 1.0  # B of group 1
+        y1, _ = mixer.ssm(cv2, dt, None, False)
+    moved = (y1 - y0).abs().view(5, c.nheads, c.head_dim).amax(dim=(0, 2))
+    assert moved[:2].max() == 0 and moved[2:].min() > 1e-3
+
+
+def test_the_state_spaces_layout_loads_as_mamba2_and_gives_the_hf_layouts_logits(tmp_path):
+    hf = mamba2_config()
+    state = random_state(hf, seed=4)
+    write_checkpoint(tmp_path / "hf", hf, state)
+    ss_cfg = {"d_model": 16, "n_layer": 4, "vocab_size": 64, "pad_vocab_size_multiple": 8, "tie_embeddings": True,
+              "residual_in_fp32": True, "ssm_cfg": {"layer": "Mamba2", "d_state": 4, "d_conv": 4, "expand": 2,
+                                                    "headdim": 8, "ngroups": 2, "chunk_size": 8}}
+    assert model_type_of(ss_cfg) == "mamba2" and model_type_of(dict(ss_cfg, ssm_cfg={"d_state": 4})) == "mamba"
+    ss_state = {("backbone.embedding.weight" if k == "backbone.embeddings.weight" else k): v for k, v in state.items()}
+    write_checkpoint(tmp_path / "ss", ss_cfg, ss_state)
+    a, b = load_checkpoint(str(tmp_path / "hf")), load_checkpoint(str(tmp_path / "ss"))
+    assert b.model_type == "mamba2"
+    with torch.no_grad():
+        torch.testing.assert_close(a.model(torch.tensor([IDS]))[0], b.model(torch.tensor([IDS]))[0], rtol=0, atol=0)
+    with pytest.raises(CheckpointError) as err:
+        mamba2.Config.from_hf(dict(ss_cfg, ssm_cfg=dict(ss_cfg["ssm_cfg"], D_has_hdim=True)))
+    assert err.value.field == "D_has_hdim"
+
+
+def test_a_tensor_of_the_wrong_shape_is_refused_naming_it(tmp_path):
+    state = random_state(mamba2_config())
+    state["backbone.layers.1.mixer.dt_bias"] = torch.zeros(5)
+    write_checkpoint(tmp_path, mamba2_config(), state)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(tmp_path))
+    assert "dt_bias" in err.value.field and "[4]" in err.value.message
+
+
+def test_resuming_from_a_kept_state_continues_the_full_run_exactly():
+    """What sever, ROME and lre rely on: the block run on tokens t.. from resume_state(kept, t) gives the
+    full run's outputs there, at every t (0, inside the conv window and after it)."""
+    torch.manual_seed(2)
+    c = mamba2.Config.from_hf(mamba2_config(conv_kernel=4))
+    model = mamba2.LM(c)
+    model.load_state_dict(random_state(mamba2_config(conv_kernel=4), seed=2))
+    with torch.no_grad():
+        h = model.embed(torch.tensor([IDS, IDS[::-1]])).float()  # (2, T, d)
+        block = model.layers[1]
+        full, kept = block(h, keep=True)
+        rows = torch.tensor([1, 0])
+        for t in range(len(IDS)):
+            part, _ = block(h[rows, t:], state=block.resume_state(kept, t, rows), pos0=t)
+            torch.testing.assert_close(part, full[rows, t:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    eng = Engine()
+    eng.load_model("m2", write_random_checkpoint(tmp_path_factory.mktemp("m2"), "mamba2", seed=8))
+    eng.prepare_prompt("m2", "p", IDS, (1, 3), SwapSpec([5, 50, 12, 2, 41, 9, 60]))
+    return eng
+
+
+@pytest.mark.parametrize("matrix,rows,drop", [("W_o", (0, 16), 1.0), ("W_a", (32, 64), 1.0), ("W_g", (0, 32), 0.02)])
+def test_a_rome_edit_of_each_mamba2_matrix_moves_the_answer_changes_only_its_rows_and_is_undone(engine, matrix, rows, drop):
+    # rows: out_proj's output rows (all of d_model); in_proj's x rows d_in..2·d_in and z rows 0..d_in
+    model = engine.checkpoint("m2").model
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    res = experiments.run(engine, "m2", "edit", "", edit_params(matrix, 1))
+    target = architecture_of("mamba2").edit_targets[matrix]
+    assert res["module"] == target.module_name(1) and res["rows"] == list(rows)
+    assert res["post"]["rewrite"]["nll_new"] < res["pre"]["rewrite"]["nll_new"] - drop
+    assert res["update"]["value_error"] < 1e-3 and res["restored"] is True
+    after = model.state_dict()
+    assert [k for k in before if not torch.equal(before[k], after[k])] == []
+
+
+@pytest.mark.parametrize("matrix", ["W_o", "W_g"])
+def test_an_edit_of_a_per_token_matrix_in_the_last_layer_cannot_reach_a_later_token(engine, matrix):
+    """Known answer: in the last block, o and g at the subject's last token feed only that token's
+    residual, which the last token's prediction never reads; W_a feeds the scan, so it does."""
+    L = engine.model_info("m2").num_layers
+    res = experiments.run(engine, "m2", "edit", "", edit_params(matrix, L - 1))
+    assert res["post"]["rewrite"]["nll_new"] == res["pre"]["rewrite"]["nll_new"]
+    res = experiments.run(engine, "m2", "edit", "", edit_params("W_a", L - 1))
+    assert res["post"]["rewrite"]["nll_new"] < res["pre"]["rewrite"]["nll_new"] - 1.0
+
+
+def edit_params(matrix: str, layer: int) -> dict:
+    corpus = [[(7 * i + 3 * j) % 64 for j in range(12)] for i in range(40)]
+    return {"matrix": matrix, "layer": layer, "rewrite": {"ids": IDS[:5], "subject": [1, 3]},
+            "target_new_ids": [11], "target_true_ids": [29], "corpus": corpus, "generation": None,
+            "hparams": {"context_template_length_params": [[3, 2]], "v_num_grad_steps": 25, "kl_factor": 0.0,
+                        "cov_ridge": 1e-2}}
