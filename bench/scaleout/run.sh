@@ -16,11 +16,12 @@
 # --unpack (use .scaleout's node and nats-server even where the host has its own: tests the packing)
 # --no-primer (the measured sweep is the cluster's first of its model: LoadModel and warm-up inside it)
 # --overlap-prompts N (prompts of the overlap row, default 40); --skip takes a,b,o,c,d,check
+# --parallel (2 GPUs: rows a and o on the second GPU while b and c run on the first; fits 500 prompts in 10 minutes)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 shape=2.8b models="" prompts=500 gpus="" cpu=0 shard_cells=0 name="" work=/tmp/factsweep-scaleout
-deadline=100000 step_timeout=400 commit="" skip="" unpack=0 primer=1 overlap_prompts=40
+deadline=100000 step_timeout=400 commit="" skip="" unpack=0 primer=1 overlap_prompts=40 parallel=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --shape) shape=$2; shift 2 ;;
@@ -37,8 +38,9 @@ while [ $# -gt 0 ]; do
     --skip) skip=$2; shift 2 ;;
     --unpack) unpack=1; shift ;;
     --no-primer) primer=0; shift ;;
+    --parallel) parallel=1; shift ;;
     --overlap-prompts) overlap_prompts=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "run: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -190,24 +192,40 @@ IFS=, read -ra mlist <<< "$models"
 for m in "${mlist[@]}"; do
   say "==== $m"
   d0=$([ $cpu = 1 ] && echo cpu || echo cuda:0)
+  # --parallel: the engine-side rows (a) and (o) run on the second GPU beside (b) and (c) on the first
+  da=$d0 bg="" bgpid=""
+  [ $parallel = 1 ] && [ $cpu = 0 ] && [ "$gpus" -ge 2 ] && da=cuda:1 bg=1
   if ! skipped a && [ "$(left)" -gt 30 ]; then
-    say "(a) in-process"
-    timeout "$(step_t)" $PY -m bench.scaleout.engine_side inproc --work "$work" --model "$m" --device "$d0" --out "$res/$m.inproc.json" 2>&1 | grep -v "^$" | tail -3
+    say "(a) in-process on $da$([ -n "$bg" ] && echo ', beside (b)')"
+    if [ -n "$bg" ]; then
+      (timeout "$(step_t)" $PY -m bench.scaleout.engine_side inproc --work "$work" --model "$m" --device "$da" --out "$res/$m.inproc.json" 2>&1 | grep -v "^$" | tail -3) &
+      bgpid=$!
+    else
+      timeout "$(step_t)" $PY -m bench.scaleout.engine_side inproc --work "$work" --model "$m" --device "$da" --out "$res/$m.inproc.json" 2>&1 | grep -v "^$" | tail -3
+    fi
   fi
   if ! skipped b && [ "$(left)" -gt 30 ]; then
     say "(b) one worker over its protocol"
     timeout "$(step_t)" $PY -m bench.scaleout.engine_side protocol --work "$work" --model "$m" --device "$d0" --out "$res/$m.protocol.json" 2>&1 | tail -3
     cp "$res/$m.protocol.json.stderr" "$logs/$m.protocol-worker.log" 2>/dev/null
   fi
+  [ -n "$bgpid" ] && wait "$bgpid"; bgpid=""
   if ! skipped o && [ "$(left)" -gt 30 ]; then
-    say "(o) what a lookahead can hide: grid alone, prepare alone, grid + the next prepare queued ($overlap_prompts prompts)"
-    timeout "$(step_t)" $PY -m bench.scaleout.engine_side overlap --work "$work" --model "$m" --device "$d0" --limit "$overlap_prompts" \
-      --out "$res/$m.overlap.json" 2>&1 | tail -1
+    say "(o) what a lookahead can hide on $da: grid alone, prepare alone, grid + the next prepare queued ($overlap_prompts prompts)"
+    if [ -n "$bg" ]; then
+      (timeout "$(step_t)" $PY -m bench.scaleout.engine_side overlap --work "$work" --model "$m" --device "$da" --limit "$overlap_prompts" \
+        --out "$res/$m.overlap.json" 2>&1 | tail -1) &
+      bgpid=$!
+    else
+      timeout "$(step_t)" $PY -m bench.scaleout.engine_side overlap --work "$work" --model "$m" --device "$da" --limit "$overlap_prompts" \
+        --out "$res/$m.overlap.json" 2>&1 | tail -1
+    fi
   fi
   if ! skipped c && [ "$(left)" -gt 30 ]; then
     say "(c) the whole system, 1 $([ $cpu = 1 ] && echo 'CPU worker' || echo GPU)"
     system_run 1 "$m" "$m-system1" "$(skipped check || echo check)"
   fi
+  [ -n "$bgpid" ] && wait "$bgpid"; bgpid=""
   if ! skipped d && [ "$gpus" -ge 2 ] && [ "$(left)" -gt 30 ]; then
     say "(d) the whole system, 2 $([ $cpu = 1 ] && echo 'CPU workers' || echo GPUs) (one agent)"
     system_run 2 "$m" "$m-system2"
