@@ -68,6 +68,11 @@ export class ResultAggregator {
     return this.shardIds.size;
   }
 
+  /** Number of prompts the sweep planned (the facts a finished sweep has results for, unless some failed). */
+  get plannedPrompts(): number {
+    return this.prompts.size;
+  }
+
   /** Number of cells added (duplicates not counted). */
   get cells(): number {
     return this.cellCount;
@@ -204,6 +209,42 @@ export class ResultAggregator {
     const p: (number | null)[][] = Array.from({ length: meta.numTokens }, () => layers.map(() => null));
     for (const [t, l, v] of cells) p[t]![layers.indexOf(l)] = v;
     return { layers, p, pClean: probs[0], pCorrupt: probs[1] };
+  }
+
+  /**
+   * Per-fact IE of one token group for (site, window): ie[fact][layer] (mean over the fact's
+   * cells of that group at that layer; null where none or IE undefined), one row per prompt with
+   * results, in prompt order. What a bootstrap over facts resamples. Empty when the state was
+   * restored without cells (`toJSON({ cells: false })`).
+   */
+  factRows(site: SiteName, window: number, group: TokenGroup): { layers: number[]; prompts: number[]; ie: (number | null)[][] } {
+    const sums = new Map<number, Map<number, [number, number]>>(); // prompt -> layer -> [sum IE, n]
+    const layerSet = new Set<number>();
+    for (const sh of this.shards.values()) {
+      const meta = this.prompts.get(sh.promptIndex);
+      if (!sh.cells || !meta) continue;
+      for (let i = 0; i < sh.cells.length; i += 6) {
+        if (siteFromEnum(sh.cells[i]!) !== site || sh.cells[i + 3] !== window) continue;
+        const layer = sh.cells[i + 1]!;
+        layerSet.add(layer);
+        if (!tokenGroups(sh.cells[i + 2]!, [meta.subjectStart, meta.subjectEnd], meta.numTokens, this.scheme).includes(group)) continue;
+        const ie = indirectEffect(sh.cells[i + 4]!, sh.pCorrupt, sh.pClean);
+        if (ie === null) continue;
+        let byLayer = sums.get(sh.promptIndex);
+        if (!byLayer) sums.set(sh.promptIndex, (byLayer = new Map()));
+        const cur = byLayer.get(layer) ?? [0, 0];
+        byLayer.set(layer, [cur[0] + ie, cur[1] + 1]);
+      }
+    }
+    const layers = [...layerSet].sort((a, b) => a - b);
+    const prompts = [...sums.keys()].sort((a, b) => a - b);
+    const ie = prompts.map((pi) =>
+      layers.map((l) => {
+        const v = sums.get(pi)!.get(l);
+        return v ? v[0] / v[1] : null;
+      }),
+    );
+    return { layers, prompts, ie };
   }
 
   /**

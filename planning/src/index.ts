@@ -23,6 +23,7 @@ export * from "./tokenizer.js";
 export * from "./datasets.js";
 export * from "./prompts.js";
 export * from "./random.js";
+export * from "./progress.js";
 export * from "./grid.js";
 export * from "./plan.js";
 export * from "./effects.js";

@@ -103,6 +103,8 @@ export const baseSpecFields = {
   token_groups: z.enum(TOKEN_GROUP_SCHEMES).default("rome"),
   shard_cells: shardCells,
   max_attempts: posInt.max(100).default(3),
+  /** Tracing report: check the paper's findings (a replication: true) or not (false); left out: by model type. */
+  findings: z.boolean().optional(),
 };
 
 /** A validated spec as every kind sees it: the common fields and the kind's name. */

@@ -21,7 +21,19 @@ export interface TraceMeta {
   corruption: string;
   /** Prompt errors of the sweep (skipped prompts), grouped into reasons by the caller or here. */
   promptErrors?: { message: string }[];
+  /** The sweep's state when the view was made ("running", "done", …); a view of a sweep not `done` is partial. */
+  state?: string;
+  /** The spec's `findings` flag: check the paper's findings (true), not (false), or by model type (undefined). */
+  findings?: boolean;
 }
+
+/** Per-fact values kept in a view at most (facts × layers × grids × 2 rows); above it the bootstrap is left out. */
+export const MAX_FACT_VALUES = 250_000;
+
+/** Rows of the token groups the findings read (last subject token, last token), per fact, for bootstrap intervals. */
+const FACT_GROUPS: TokenGroup[] = ["subject_last", "last"];
+
+const round = (v: number | null): number | null => (v === null ? null : Math.round(v * 1e4) / 1e4);
 
 /** Collapses per-prompt error messages into reasons with counts ("subject not found" × 3). */
 function reasons(errors: { message: string }[]): { reason: string; count: number }[] {
@@ -37,12 +49,25 @@ function reasons(errors: { message: string }[]): { reason: string; count: number
 /** The report's view of one finished trace sweep, from its aggregator (live or saved). */
 export function modelTrace(agg: ResultAggregator, meta: TraceMeta): ModelTrace {
   const summary = agg.summary();
+  const grids = agg.grids();
+  const perFact: FactRows[] = [];
+  if (summary.prompts * grids.length * FACT_GROUPS.length * Math.max(1, ...grids.map((g) => agg.heatmap(g.site, g.window).layers.length)) <= MAX_FACT_VALUES) {
+    for (const { site, window } of grids)
+      for (const g of FACT_GROUPS) {
+        const r = agg.factRows(site, window, g);
+        if (r.prompts.length) perFact.push({ site, window, group: GROUP_LABELS[g], layers: r.layers, ie: r.ie.map((row) => row.map(round)) });
+      }
+  }
   return {
     label: meta.label,
     modelType: meta.modelType,
     sweepId: meta.sweepId,
     corruption: meta.corruption,
     facts: summary.prompts,
+    plannedFacts: agg.plannedPrompts,
+    ...(meta.state ? { state: meta.state } : {}),
+    ...(meta.findings !== undefined ? { findings: meta.findings } : {}),
+    ...(perFact.length ? { perFact } : {}),
     skipped: reasons(meta.promptErrors ?? []),
     heatmaps: agg.grids().map(({ site, window }) => {
       const h = agg.heatmap(site, window);
@@ -75,6 +100,16 @@ export interface HeatmapData {
   count: number[][];
 }
 
+/** One token group's IE per fact for (site, window): ie[fact][layer]; what a bootstrap over facts resamples. */
+export interface FactRows {
+  site: string;
+  window: number;
+  /** Display label of the group (GROUP_LABELS), as in the heatmap's rows. */
+  group: string;
+  layers: number[];
+  ie: (number | null)[][];
+}
+
 export interface ModelTrace {
   /** Display label, e.g. "mamba-facts". */
   label: string;
@@ -85,6 +120,14 @@ export interface ModelTrace {
   corruption: string;
   /** Prompts whose results are averaged. */
   facts: number;
+  /** Prompts the sweep planned; `facts < plannedFacts` or a `state` other than "done" means the view is partial. */
+  plannedFacts?: number;
+  /** The sweep's state when the view was made; absent in views saved before it was recorded. */
+  state?: string;
+  /** The spec's `findings` flag (see TraceMeta). */
+  findings?: boolean;
+  /** Per-fact rows of the last-subject-token and last-token groups (absent when over MAX_FACT_VALUES or restored without cells). */
+  perFact?: FactRows[];
   /** Prompts skipped (subject not found, no swap partner, too long), with the reason counts. */
   skipped: { reason: string; count: number }[];
   heatmaps: HeatmapData[];

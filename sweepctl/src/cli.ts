@@ -271,10 +271,15 @@ program
   .option("--from <dirs...>", "output folders of `sweepctl local` runs (holding trace.json or kind.json)", [] as string[])
   .option("--out <dir>", "folder for report.html and report.csv", ".")
   .option("--title <title>", "report title", "Causal tracing report")
-  .action(async (sweeps: string[], opts: { from: string[]; out: string; title: string }) => {
+  .addOption(
+    new Option("--findings <mode>", "check the paper's findings: on, off, or auto (as each spec's `findings` says; by model type when unset)")
+      .choices(["auto", "on", "off"])
+      .default("auto"),
+  )
+  .action(async (sweeps: string[], opts: { from: string[]; out: string; title: string; findings: "auto" | "on" | "off" }) => {
     if (sweeps.length === 0 && opts.from.length === 0)
       throw new CliExit(EXIT.usage, "report: name finished sweeps (sweepctl report <id>...) or local output folders (--from <dir>...)");
-    const { readTraces, writeReport, TRACE_FILE } = await import("./report/index.js"); // vega loads only for this command
+    const { readTraces, writeReport, TRACE_FILE, findingLine, partialText } = await import("./report/index.js"); // vega loads only for this command
     const { readKindAggregates, kindSections } = await import("./report/kinds.js");
     const dirs = opts.from.map((d) => resolve(d));
     const missing = dirs.filter((d) => !existsSync(join(d, TRACE_FILE)) && !existsSync(join(d, KIND_AGGREGATE_FILE)));
@@ -286,13 +291,18 @@ program
     const traces = readTraces(dirs.filter((d) => existsSync(join(d, TRACE_FILE))));
     const kinds = readKindAggregates(dirs);
     for (const id of sweeps) {
+      const info = await unary(g(), (c) => c.get, { sweepId: id }); // the state: a report of a running sweep is partial
       const data = await unary(g(), (c) => c.report, { sweepId: id });
-      if (data.traceJson) traces.push(JSON.parse(data.traceJson));
+      if (data.traceJson) traces.push({ ...JSON.parse(data.traceJson), state: info.state });
       else kinds.push(JSON.parse(data.aggregateJson));
     }
+    if (opts.findings !== "auto") for (const t of traces) t.findings = opts.findings === "on";
+    for (const t of traces) {
+      const p = partialText(t);
+      if (p) console.error(`${t.label}: ${p}; findings are not judged on partial data`);
+    }
     const r = await writeReport(traces, resolve(opts.out), opts.title, kinds.length ? await kindSections(kinds) : []);
-    for (const f of r.findings)
-      console.error(`${f.reproduced === null ? "not checked" : f.reproduced ? "reproduced" : "NOT reproduced"}: ${f.model}: ${f.claim} (${f.measured})`);
+    for (const f of r.findings) console.error(findingLine(f));
     console.log(r.html);
     console.error(`report written: ${r.html} and ${r.csv}`);
   });

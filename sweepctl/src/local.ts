@@ -117,7 +117,9 @@ export async function runLocal(file: string, o: LocalOpts): Promise<number> {
     writeFileSync(join(out, "summary.json"), JSON.stringify(coord.summary(last.sweepId), null, 2));
     if (spec.kind === "trace") {
       const { TRACE_FILE } = await import("./report/index.js");
-      writeFileSync(join(out, TRACE_FILE), JSON.stringify(coord.traceView(last.sweepId)));
+      // The state (a cancelled or failed run's report is partial) and the spec's findings flag travel with the view.
+      const view = { ...coord.traceView(last.sweepId), state: last.state, ...(spec.findings !== undefined ? { findings: spec.findings } : {}) };
+      writeFileSync(join(out, TRACE_FILE), JSON.stringify(view));
     } else {
       writeFileSync(join(out, KIND_AGGREGATE_FILE), JSON.stringify(coord.summary(last.sweepId))); // the kind's aggregate, read by `sweepctl report`
     }

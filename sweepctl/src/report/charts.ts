@@ -2,18 +2,28 @@ import type { TopLevelSpec } from "vega-lite";
 import type { ColorScheme } from "vega-typings";
 import type { HeatmapData, ModelTrace } from "./types.js";
 
-/** Colour scheme per site, following ROME's figures (Purples: states, Greens: MLP, Reds: attention). */
-const SCHEME: Record<string, ColorScheme> = {
-  residual: "purples",
-  embed: "purples",
-  mixer: "greens",
-  mlp: "greens",
-  ssm: "reds",
-  attn: "reds",
-  gate: "blues",
-  conv: "oranges",
-  in_ssm: "oranges",
+/**
+ * Colours per site, following ROME's figures (purples: states, greens: MLP / mixer, reds: attention /
+ * SSM): the heatmap's scheme and the line plot's colour (a dark shade of the same scheme), so a site
+ * has one colour on the whole page.
+ */
+const SITE_COLOUR: Record<string, { scheme: ColorScheme; line: string }> = {
+  residual: { scheme: "purples", line: "#6a51a3" },
+  embed: { scheme: "greys", line: "#525252" },
+  mixer: { scheme: "greens", line: "#238b45" },
+  mlp: { scheme: "greens", line: "#238b45" },
+  ssm: { scheme: "reds", line: "#cb181d" },
+  attn: { scheme: "reds", line: "#cb181d" },
+  gate: { scheme: "blues", line: "#2171b5" },
+  conv: { scheme: "oranges", line: "#d94801" },
+  in_ssm: { scheme: "browns", line: "#8c510a" },
 };
+const OTHER = { scheme: "viridis" as ColorScheme, line: "#35b779" };
+export const siteColour = (site: string): { scheme: ColorScheme; line: string } => SITE_COLOUR[site] ?? OTHER;
+
+/** Heatmap size: wide enough to read 64 layers, rows tall enough to hover. */
+export const HEATMAP_WIDTH = 520;
+export const HEATMAP_ROW = 30;
 
 const SITE_TITLE: Record<string, string> = {
   residual: "residual h",
@@ -44,9 +54,16 @@ export function heatmapSpec(model: ModelTrace, h: HeatmapData, vmax: number): To
   return {
     $schema: "https://vega.github.io/schema/vega-lite/v6.json",
     title: { text: `${model.label}: ${siteTitle(h.site, h.window)}`, fontSize: 13 },
-    width: Math.max(160, 14 * h.layers.length),
-    height: 22 * h.groups.length,
+    width: HEATMAP_WIDTH,
+    height: HEATMAP_ROW * h.groups.length,
     data: { values },
+    // The hover text of a cell (an SVG <title>, see render.ts): its values, as the CSV has them.
+    transform: [
+      {
+        calculate: `datum.group + ", layer " + datum.layer + ": IE " + (datum.ie === null ? "n/a" : format(datum.ie, ".3f")) + ", AIE " + (datum.aie === null ? "n/a" : format(datum.aie, ".4f")) + ", " + datum.n + " cells"`,
+        as: "hover",
+      },
+    ],
     mark: { type: "rect" },
     encoding: {
       x: {
@@ -60,15 +77,9 @@ export function heatmapSpec(model: ModelTrace, h: HeatmapData, vmax: number): To
         field: "ie",
         type: "quantitative",
         title: "IE",
-        scale: { scheme: SCHEME[h.site] ?? ("viridis" as ColorScheme), domain: [0, vmax], clamp: true },
+        scale: { scheme: siteColour(h.site).scheme, domain: [0, vmax], clamp: true },
       },
-      tooltip: [
-        { field: "group", type: "nominal" },
-        { field: "layer", type: "ordinal" },
-        { field: "ie", type: "quantitative", format: ".3f" },
-        { field: "aie", type: "quantitative", format: ".4f", title: "AIE" },
-        { field: "n", type: "quantitative", title: "cells" },
-      ],
+      description: { field: "hover", type: "nominal" },
     },
   };
 }
@@ -81,17 +92,33 @@ export function lineSpec(model: ModelTrace, rowLabel: string, which: RegExp): To
     return h.layers.map((layer, li) => ({ site: siteTitle(h.site, h.window), layer, ie: h.ie[gi]?.[li] ?? null }));
   });
   if (values.length === 0) return undefined;
+  const series = model.heatmaps.filter((h) => h.groups.some((g) => which.test(g)));
+  const maxLayer = Math.max(...values.map((v) => v.layer));
   return {
     $schema: "https://vega.github.io/schema/vega-lite/v6.json",
     title: { text: `${model.label}: ${rowLabel}`, fontSize: 13 },
-    width: 320,
-    height: 180,
+    width: HEATMAP_WIDTH,
+    height: 200,
     data: { values },
     mark: { type: "line", point: true },
     encoding: {
-      x: { field: "layer", type: "quantitative", title: "layer (window centre)" },
+      // Layers are integers: ticks on whole layers only, at most ~16 of them.
+      x: {
+        field: "layer",
+        type: "quantitative",
+        title: "layer (window centre)",
+        scale: { domain: [0, maxLayer] },
+        axis: { format: "d", tickMinStep: Math.max(1, Math.ceil(maxLayer / 16)) },
+      },
       y: { field: "ie", type: "quantitative", title: "mean IE" },
-      color: { field: "site", type: "nominal", title: "site", legend: { labelLimit: 240 } },
+      // The legend below the plot, labels never cut (labelLimit 0: no limit), colours as the heatmaps'.
+      color: {
+        field: "site",
+        type: "nominal",
+        title: "site",
+        scale: { domain: series.map((h) => siteTitle(h.site, h.window)), range: series.map((h) => siteColour(h.site).line) },
+        legend: { orient: "bottom", direction: "vertical", labelLimit: 0, columns: 2 },
+      },
     },
   };
 }

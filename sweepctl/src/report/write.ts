@@ -12,7 +12,14 @@ export function readTraces(dirs: string[]): ModelTrace[] {
   return dirs.map((d) => {
     const f = join(d, TRACE_FILE);
     if (!existsSync(f)) throw new Error(`${f} not found: expected the output folder of a finished \`sweepctl local\` run`);
-    return JSON.parse(readFileSync(f, "utf8")) as ModelTrace;
+    const trace = JSON.parse(readFileSync(f, "utf8")) as ModelTrace;
+    // Views saved before the state was recorded: the run's sweep.json says how it ended.
+    const info = join(d, "sweep.json");
+    if (trace.state === undefined && existsSync(info)) {
+      const state = (JSON.parse(readFileSync(info, "utf8")) as { state?: unknown }).state;
+      if (typeof state === "string") trace.state = state;
+    }
+    return trace;
   });
 }
 
