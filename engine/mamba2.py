@@ -25,6 +25,7 @@ The block (one layer), with the sites (``SITES``) where they are made:
     per head h (group of h: h // (H/g)):  S_t = exp(Δ_t A_h) S_{t−1} + Δ_t x_t ⊗ B_t   (P, n)
                                           y_t = S_t C_t + D_h x_t                      (P,)
     ssm    = y                                       (b, l, d_in): scan output incl. the D skip, before the gate
+    ssm.h<k> = y[..., k·P:(k+1)·P]                   (b, l, P): head k's part of ssm (per-head restores)
     mixer  = out_proj(GatedRMSNorm(y, gate))         (b, l, d): added to the residual stream
 GatedRMSNorm(y, g) = w ⊙ (y ⊙ g) / rms(y ⊙ g), the rms taken over each group's d_in/g channels
 (``norm_before_gate``: w ⊙ y / rms(y) ⊙ g). ``embed`` and ``residual`` are the model-level sites.
@@ -62,7 +63,9 @@ from .architecture import (MAX_HIDDEN, MAX_INTERMEDIATE, MAX_LAYERS, MAX_SMALL, 
 from .errors import CheckpointError
 from .sites import BLOCK, INPUT, OUTPUT, BlockHook, HookedLM, Site, call, site_table
 
-#: The intervention sites of Mamba-2 (design vocabulary). Width names a Config attribute.
+#: The intervention sites of Mamba-2 (design vocabulary). Width names a Config attribute. The per-head
+#: sites ``ssm.h<k>`` (``head_sites``) are added per model (their number is the config's); they are cell
+#: sites of the engine (``LM.CELL_SITES``), not yet of the wire protocol.
 SITES = site_table(
     Site("embed", INPUT, "d_model", "token embeddings, the input of layer 0"),
     Site("residual", OUTPUT, "d_model", "h: residual stream after block l", dtype="residual"),
@@ -72,6 +75,16 @@ SITES = site_table(
     Site("ssm", BLOCK, "d_inner", "y: the scan output of every head incl. the D skip, before the gated norm"),
     Site("mixer", BLOCK, "d_model", "o = out_proj(GatedRMSNorm(y, g)), the block output added to the residual"),
 )
+
+
+HEAD_SITE = "ssm.h{}"
+
+
+def head_sites(nheads: int) -> dict:
+    """The per-head variants of ``ssm``: ``ssm.h<k>`` = head k's P channels of y (restoring it restores
+    that head's output at the token; its state and the other heads are the corrupted run's)."""
+    return site_table(*(Site(HEAD_SITE.format(k), BLOCK, "head_dim", f"y of head {k}: ssm[..., {k}·P:{k + 1}·P]")
+                        for k in range(nheads)))
 
 
 @dataclass
@@ -279,6 +292,9 @@ class Mamba2Mixer(nn.Module):
         h0 = state[1] if state is not None else None
         y, states = self.ssm(cv, dt, h0, keep)  # (b, l, d_in), (b, l, H, P, n) or None
         y = call(hook, "ssm", y)
+        if hook is not None:  # the per-head sites, each a (b, l, P) slice of y
+            P = c.head_dim
+            y = torch.cat([hook(HEAD_SITE.format(k), y[..., k * P:(k + 1) * P]) for k in range(c.nheads)], dim=-1)
         o = call(hook, "mixer", self.out_proj(self.norm(y, g)))  # (b, l, d)
         return o, ((xBC, states) if keep else None)
 
@@ -387,6 +403,11 @@ class Mamba2Block(nn.Module):
                         pk.row_off[:R], pk.row_len[:R])  # (n, H, P)
         y = (y + xh * m.D.float()[:, None]).reshape(n, c.d_inner).to(cv.dtype)
         y = pk.patch("ssm", j, y)
+        for k in range(c.nheads):  # per-head restores: head k's channels of the clean ssm
+            p = pk.patches(HEAD_SITE.format(k), j)
+            if p is not None:
+                cols = slice(k * c.head_dim, (k + 1) * c.head_dim)
+                y[p[1], cols] = pk.clean_rows("ssm")[p[2], cols].to(y.dtype)
         g = pk.patch("gate", j, F.silu(z).contiguous())  # (n, d_in)
         o = pk.patch("mixer", j, m.out_proj(m.norm(y, g)))  # (n, d)
         return x.add_(o)  # float32 residual += o, promoted in the add
@@ -399,7 +420,8 @@ class Mamba2Block(nn.Module):
         S, T = pp.samples, pp.num_tokens
         x3 = x.view(pp.rows, T, -1)
         y, kept = self(x3[:S], None, keep=True)
-        y_clean, _ = self(x3[S:], pp.hook(j))
+        record = pp.hook(j)  # the clean row's sites; a head's value is a slice of ssm's, not cached twice
+        y_clean, _ = self(x3[S:], lambda site, v: v if site.startswith("ssm.h") else record(site, v))
         return torch.cat([y, y_clean]).reshape(x.shape), kept
 
 
@@ -419,6 +441,7 @@ class LM(HookedLM):
     def __init__(self, c: Config):
         super().__init__()
         self.config = c
+        self.CELL_SITES = {**SITES, **head_sites(c.nheads)}  # what a cell may restore (``trace.plan_cells``)
         self.backbone = Mamba2Backbone(c)
         self.lm_head = None if c.tie_embeddings else nn.Linear(c.d_model, c.vocab_size, bias=False)
 

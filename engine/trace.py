@@ -79,7 +79,7 @@ class Plans:
 
 def plan_cells(model, cells: list, num_tokens: int) -> Plans:
     """Validate cells against the model and prompt and plan them (errors name the first bad cell)."""
-    sites, L = model.SITES, model.config.num_layers
+    sites, L = getattr(model, "CELL_SITES", model.SITES), model.config.num_layers  # Mamba-2 adds per-head ssm sites
     kinds = ["input"] + [n for n, site in sites.items() if site.where not in (INPUT, OUTPUT)]
     code = {n: (0 if site.where in (INPUT, OUTPUT) else kinds.index(n)) for n, site in sites.items()}
     where = {n: site.where for n, site in sites.items()}
