@@ -18,6 +18,11 @@ mamba          ``W_a`` = in_proj rows        norm(h) (d_model)        a = in_pro
                0..d_inner
 mamba          ``W_g`` = in_proj rows        norm(h) (d_model)        z = in_proj(·)[d_inner:]
                d_inner..2·d_inner                                     (before SiLU)
+mamba2         ``W_o`` = mixer.out_proj      GatedRMSNorm(y, g)       o (d_model)
+mamba2         ``W_a`` = in_proj rows        norm(h) (d_model)        x = in_proj(·)[d_inner:2·d_inner]
+               d_inner..2·d_inner                                     (x of xBC, before the conv)
+mamba2         ``W_g`` = in_proj rows 0..    norm(h) (d_model)        z = in_proj(·)[:d_inner]
+               d_inner                                                (before SiLU)
 gpt_neox       ``dense_4h_to_h`` (mlp)       GELU(dense_h_to_4h(LN2 h)) mlp output (incl. bias)
 ============== ============================ ======================== ==============================
 
