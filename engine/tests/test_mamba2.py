@@ -179,3 +179,32 @@ def edit_params(matrix: str, layer: int) -> dict:
             "target_new_ids": [11], "target_true_ids": [29], "corpus": corpus, "generation": None,
             "hparams": {"context_template_length_params": [[3, 2]], "v_num_grad_steps": 25, "kl_factor": 0.0,
                         "cov_ridge": 1e-2}}
+
+
+def test_the_worker_loads_mamba2_and_runs_its_cells_over_the_protocol(tmp_path):
+    """The real ``python -m engine`` process: ModelInfo names Mamba-2's sites by the proto enum, and
+    RunCells gives the numbers of the engine in-process."""
+    from engine.proto import engine_pb2 as pb
+    from engine.testing import worker_session
+    from engine.wire import site_value
+    from engine.runtime import CellSpec
+
+    path = write_random_checkpoint(tmp_path / "m", "mamba2", seed=8, num_hidden_layers=3)
+    swap = [5, 50, 12, 2, 41, 9, 60]
+    sites = ["embed", "residual", "in_ssm", "gate", "conv", "ssm", "mixer"]
+    cells = [CellSpec(s, l, t, 3) for s in sites for l in range(3) for t in range(len(IDS))]
+    local = Engine()
+    local.load_model("m", path)
+    local.prepare_prompt("m", "k", IDS, (1, 3), SwapSpec(swap))
+    want = local.run_cells("m", "k", cells)
+    with worker_session(path) as client:
+        loaded = client.call(load_model=pb.LoadModel(model_id="again", path=str(path)))
+        assert loaded.model.model_type == "mamba2" and list(loaded.model.sites) == [site_value(s) for s in sites]
+        prep = client.call(prepare_prompt=pb.PreparePrompt(
+            model_id="m", prompt_key="k", input_ids=IDS, subject_start=1, subject_end=3,
+            corruption=pb.Corruption(swap=pb.SwapCorruption(corrupted_ids=swap))))
+        assert prep.WhichOneof("body") == "prompt", prep
+        reply = client.call(run_cells=pb.RunCells(model_id="m", prompt_key="k", cells=[
+            pb.Cell(site=site_value(c.site), layer=c.layer, token=c.token, window=c.window) for c in cells]))
+        assert reply.WhichOneof("body") == "cells", reply
+        assert list(reply.cells.p) == pytest.approx([p for p, _ in want], abs=1e-7)

@@ -16,6 +16,8 @@ SWAP = [5, 50, 12, 2, 41, 9, 60]
 SUBJECT = (1, 3)
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "golden-mamba2", "mamba2-tiny")
 P_TOL = 1e-5  # the golden check's tolerance for trace cells
+# FACTSWEEP_TEST_DEVICE=cuda:0 runs the fast path against the slow path on a GPU (float32, TF32 off).
+DEVICE = os.environ.get("FACTSWEEP_TEST_DEVICE", "cpu")
 
 # (name, config overrides): 2 groups of 2 heads; 1 group with a longer conv than the prompt's edge tokens;
 # a gate applied after the norm.
@@ -29,11 +31,14 @@ MODELS = [n for n, _ in RANDOM] + (["mamba2-tiny"] if os.path.isfile(os.path.joi
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
+    if DEVICE != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     eng = Engine(trace_rows=64)  # small micro-batches: splitting a call's cells is exercised too
     for name, over in RANDOM:
-        eng.load_model(name, write_random_checkpoint(tmp_path_factory.mktemp(name), "mamba2", seed=3, **over))
+        eng.load_model(name, write_random_checkpoint(tmp_path_factory.mktemp(name), "mamba2", seed=3, **over), device=DEVICE)
     if "mamba2-tiny" in MODELS:
-        eng.load_model("mamba2-tiny", GOLDEN)
+        eng.load_model("mamba2-tiny", GOLDEN, device=DEVICE)
     return eng
 
 
@@ -90,7 +95,7 @@ def test_prepare_equals_the_reference_prepare(engine, corruption):
     # every cached tensor the fast path resumes from, the kept conv inputs and per-head SSM states included.
     name = "m2-groups"
     model = engine.models[name].model
-    ids = torch.tensor(IDS)
+    ids = torch.tensor(IDS, device=DEVICE)
     _, key = prepare(engine, name, corruption)
     _, corrupted = engine.prompt_inputs(name, key)
     with torch.no_grad():
