@@ -14,7 +14,8 @@ from engine.testing import write_random_checkpoint
 IDS = [5, 17, 33, 2, 41, 9, 60]  # 7 tokens, subject [1, 3)
 SWAP = [5, 50, 12, 2, 41, 9, 60]
 SUBJECT = (1, 3)
-GOLDEN = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "golden-mamba2", "mamba2-tiny")
+GOLDEN = os.path.join(os.environ.get("GOLDEN_MAMBA2_DIR") or os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared",
+                                                                          "golden-mamba2"), "mamba2-tiny")
 P_TOL = 1e-5  # the golden check's tolerance for trace cells
 # FACTSWEEP_TEST_DEVICE=cuda:0 runs the fast path against the slow path on a GPU (float32, TF32 off).
 DEVICE = os.environ.get("FACTSWEEP_TEST_DEVICE", "cpu")
@@ -190,3 +191,18 @@ def test_per_head_restores_add_up_to_the_all_head_restore_where_each_head_is_its
             (p_site, _), = eng.run_cells("m", "k", [CellSpec("ssm", layer, token, 1)])
             answer = eng.prepare_prompt("m", "k", IDS, (1, 3), SwapSpec(swap)).answer_id
             assert p_all[answer].item() == pytest.approx(p_site, abs=1e-6)
+
+
+def test_bfloat16_runs_and_its_fast_path_matches_its_slow_path(tmp_path):
+    eng = Engine()
+    path = write_random_checkpoint(tmp_path / "m", "mamba2", seed=3)
+    eng.load_model("f32", path)
+    eng.load_model("bf16", path, dtype="bfloat16")
+    p32 = eng.prepare_prompt("f32", "k", IDS, SUBJECT, SwapSpec(SWAP))
+    p16 = eng.prepare_prompt("bf16", "k", IDS, SUBJECT, SwapSpec(SWAP))
+    assert p16.answer_id == p32.answer_id
+    assert p16.p_clean == pytest.approx(p32.p_clean, abs=0.05)
+    cells = [CellSpec(s, l, t) for s in ("residual", "ssm", "ssm.h1") for l in range(4) for t in range(len(IDS))]
+    fast = torch.tensor(eng.run_cells("bf16", "k", cells))
+    slow = torch.tensor(eng.run_cells("bf16", "k", cells, slow_path=True))
+    assert (fast - slow)[:, 0].abs().max() <= 1e-2
