@@ -5,7 +5,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-bash scripts/setup.sh
+bash scripts/setup.sh demo
 out=${FACTSWEEP_DEMO_OUT:-$root/runs/demo-kinds}
 agents=${FACTSWEEP_DEMO_AGENTS:-2}
 kinds=${FACTSWEEP_DEMO_KINDS:-knockout sever lre edit}
@@ -13,7 +13,7 @@ dirs=()
 for kind in $kinds; do
   for model in mamba neox; do
     echo "=== $model $kind ($agents local agents, CPU)" >&2
-    node sweepctl/dist/cli.js local "examples/demo/$model-$kind.yaml" --agents "$agents" --workers 1 --out "$out/$model-$kind"
+    node sweepctl/dist/cli.js local "examples/demo/$model-$kind.yaml" --agents "$agents" --workers 1 --out "$out/$model-$kind" --overwrite
     dirs+=("$out/$model-$kind")
   done
 done

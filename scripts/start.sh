@@ -5,7 +5,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-bash scripts/setup.sh
+bash scripts/setup.sh demo
 out=${FACTSWEEP_DEMO_OUT:-$root/runs/demo}
 agents=${FACTSWEEP_DEMO_AGENTS:-2}
 mkdir -p "$out"
@@ -14,7 +14,7 @@ started=$(date +%s)
 dirs=()
 for spec in mamba-swap neox-swap mamba-noise neox-noise; do
   echo "=== sweep $spec ($agents local agents, CPU)" >&2
-  sweepctl local "examples/demo/$spec.yaml" --agents "$agents" --workers 1 --out "$out/$spec"
+  sweepctl local "examples/demo/$spec.yaml" --agents "$agents" --workers 1 --out "$out/$spec" --overwrite # the demo replaces its last run
   dirs+=("$out/$spec")
 done
 sweepctl report --from "${dirs[@]}" --out "$out" --title "Causal tracing of the shipped tiny models (npm start)"

@@ -4,7 +4,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-bash scripts/setup.sh
+bash scripts/setup.sh test
 golden=$(cd "${GOLDEN_DIR:-$root/../shared/golden}" 2>/dev/null && pwd || echo "${GOLDEN_DIR:-$root/../shared/golden}")
 step() { echo; echo "=== $*"; }
 step "generated code is current"

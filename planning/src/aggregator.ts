@@ -276,7 +276,7 @@ export class ResultAggregator {
           ie: indirectEffect(p, sh.pCorrupt, sh.pClean) ?? NaN,
           corruption: this.corruption,
           kind: "trace",
-          fieldsJson: "",
+          fieldsJson: JSON.stringify({ answer_id: sh.answerId }), // provenance: the token whose p is measured
         };
       }
     }

@@ -7,6 +7,7 @@ import { SingleBar, Presets } from "cli-progress";
 import { status } from "@grpc/grpc-js";
 import type { control } from "@factsweep/proto";
 import { kindCsvColumns, kindRowRecord } from "@factsweep/planning";
+import { PROVENANCE_COLUMNS, answerIdOf, type ProvenanceRecord } from "./provenance.js";
 
 /** sweepctl exit codes (documented in sweepctl/README.md). */
 export const EXIT = {
@@ -209,29 +210,44 @@ export function rowRecord(r: control.ResultRow): Record<(typeof RESULT_COLUMNS)[
   };
 }
 
-const csvCell = (v: string | number | boolean | null): string => {
+/** One CSV field, quoted when it holds a comma, quote or line break. */
+export const csvCell = (v: string | number | boolean | null): string => {
   const s = v === null ? "" : String(v);
   return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 };
 
 const isKindRow = (r: Pick<control.ResultRow, "kind">): boolean => Boolean(r.kind) && r.kind !== "trace";
 
+/** A trace row's provenance columns: from the sweep's plan when known (`Provenance.record`), else only the answer id the row carries. */
+export type ProvenanceOf = (r: control.ResultRow) => ProvenanceRecord;
+const bareProvenance: ProvenanceOf = (r) => ({
+  answer_id: answerIdOf(r) ?? "",
+  answer: "",
+  prompt: "",
+  relation: "",
+  object: "",
+  token_str: "",
+  swap_subject: "",
+  corrupted_prompt: "",
+});
+
 /** CSV header line; a row of an experiment kind (knockout, sever, lre, edit) has that kind's columns. */
 export const csvHeader = (first?: Pick<control.ResultRow, "kind">): string =>
-  (first && isKindRow(first) ? kindCsvColumns(first.kind) : RESULT_COLUMNS).join(",");
+  (first && isKindRow(first) ? kindCsvColumns(first.kind) : [...RESULT_COLUMNS, ...PROVENANCE_COLUMNS]).join(",");
 /** One CSV line. */
-export const csvLine = (r: control.ResultRow): string => {
+export const csvLine = (r: control.ResultRow, prov: ProvenanceOf = bareProvenance): string => {
   if (isKindRow(r)) {
     const rec = kindRowRecord(r);
     return kindCsvColumns(r.kind)
       .map((k) => csvCell(rec[k] ?? ""))
       .join(",");
   }
-  const rec = rowRecord(r);
-  return RESULT_COLUMNS.map((k) => csvCell(rec[k])).join(",");
+  const rec: Record<string, string | number> = { ...rowRecord(r), ...prov(r) };
+  return [...RESULT_COLUMNS, ...PROVENANCE_COLUMNS].map((k) => csvCell(rec[k] ?? "")).join(",");
 };
 /** One JSON line. */
-export const jsonLine = (r: control.ResultRow): string => JSON.stringify(isKindRow(r) ? kindRowRecord(r) : rowRecord(r));
+export const jsonLine = (r: control.ResultRow, prov: ProvenanceOf = bareProvenance): string =>
+  JSON.stringify(isKindRow(r) ? kindRowRecord(r) : { ...rowRecord(r), ...prov(r) });
 
 /** An error that ends sweepctl with a given exit code and message. */
 export class CliExit extends Error {
@@ -249,13 +265,14 @@ export async function writeResults(
   rows: AsyncIterable<control.ResultRow> | Iterable<control.ResultRow>,
   format: "csv" | "jsonl",
   out?: string,
+  prov?: ProvenanceOf,
 ): Promise<number> {
   const sink = out ? createWriteStream(out) : process.stdout;
   const write = (s: string) => new Promise<void>((res) => (sink.write(s) ? res() : sink.once("drain", () => res())));
   let n = 0;
   for await (const r of rows) {
     if (format === "csv" && n === 0) await write(csvHeader(r) + "\n"); // the columns depend on the sweep's kind
-    await write((format === "csv" ? csvLine(r) : jsonLine(r)) + "\n");
+    await write((format === "csv" ? csvLine(r, prov) : jsonLine(r, prov)) + "\n");
     n++;
   }
   if (format === "csv" && n === 0) await write(csvHeader() + "\n");

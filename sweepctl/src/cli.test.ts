@@ -42,7 +42,10 @@ test("launch --detach prints the sweep id and exits 0; watch follows it to done 
   const c = await sweepctl("results", "cli-ok", "--format", "csv", "--out", out);
   assert.equal(c.exitCode, 0, c.stderr);
   const lines = readFileSync(out, "utf8").trim().split("\n");
-  assert.equal(lines[0], "sweep_id,model,prompt_index,subject,site,layer,token,window,token_group,p,p_clean,p_corrupt,ie,corruption");
+  assert.equal(
+    lines[0],
+    "sweep_id,model,prompt_index,subject,site,layer,token,window,token_group,p,p_clean,p_corrupt,ie,corruption,answer_id,answer,prompt,relation,object,token_str,swap_subject,corrupted_prompt",
+  );
   assert.equal(lines.length, 49);
   const s = await sweepctl("status", "cli-ok");
   assert.equal(s.exitCode, 0);
@@ -116,4 +119,19 @@ test("a sweep whose shards fail exits 1 from watch and status", async () => {
   await until(() => h.coord.get("cli-fail").state === "failed", "failed");
   assert.equal((await sweepctl("status", "cli-fail")).exitCode, 1);
   assert.equal((await sweepctl("watch", "cli-fail", "--quiet")).exitCode, 1);
+});
+
+test("report on a running sweep says it is partial, on the page and in its output, and judges no finding", async () => {
+  await worker.kill();
+  worker = await new TestAgent({ addr: h.addr, natsUrl: h.nats.url, agentId: "cli-worker", token: "tok", hold: true }).start();
+  const l = await sweepctl("launch", tempSpec(goldenSpec({ prompts: 2, shardCells: 24 })), "--id", "cli-partial", "--detach");
+  assert.equal(l.exitCode, 0, l.stderr);
+  const out = mkdtempSync(join(tmpdir(), "cli-report-"));
+  const r = await sweepctl("report", "cli-partial", "--out", out);
+  assert.equal(r.exitCode, 0, r.stderr);
+  assert.match(r.stderr, /partial: 0 of 2 facts \(sweep running\); findings are not judged on partial data/);
+  assert.doesNotMatch(r.stderr, /^reproduced|NOT reproduced/m);
+  const html = readFileSync(join(out, "report.html"), "utf8");
+  assert.match(html, /Partial report: .*partial: 0 of 2 facts \(sweep running\)/);
+  await sweepctl("cancel", "cli-partial");
 });

@@ -249,7 +249,11 @@ program
   .argument("<spec>", "sweep spec file")
   .option("--agents <n>", "node agents to start", (v) => positive(v, "--agents"), 2)
   .option("--workers <n>", "engine workers per agent (CPU)", (v) => positive(v, "--workers"), 1)
-  .option("--out <dir>", "output folder (results.csv, results.jsonl, summary.json, sweep.json, logs)", "out")
+  .option(
+    "--out <dir>",
+    "output folder (results.csv/.jsonl with each prompt's text and tokens, prompts.csv, run.json: spec, code version, seeds, model fingerprint; summary.json, sweep.json, logs)",
+    "out",
+  )
   .option("--id <sweep-id>", "sweep id")
   .option("--model-root <dir>", "model root (default: the folder holding the spec's model)", (v: string, p: string[]) => [...p, v], [] as string[])
   .option("--agent-bin <file>", "node agent entry (default: node-agent/dist/main.js of this checkout)")
@@ -258,6 +262,7 @@ program
   .option("--http-port <port>", "coordinator HTTP port for /metrics (default: any free port)", (v) => Number(v), 0)
   .option("--lease-ttl-ms <ms>", "lease TTL", (v) => positive(v, "--lease-ttl-ms"), 10_000)
   .option("--quiet", "no progress bar")
+  .option("--overwrite", "replace the run already in --out (without it, an --out holding a run is refused)")
   .action(async (file: string, opts: LocalOpts) => {
     exitCode = await runLocal(file, opts);
   });
@@ -270,13 +275,13 @@ program
   .argument("[sweeps...]", "ids of finished sweeps on the coordinator (--coordinator)")
   .option("--from <dirs...>", "output folders of `sweepctl local` runs (holding trace.json or kind.json)", [] as string[])
   .option("--out <dir>", "folder for report.html and report.csv", ".")
-  .option("--title <title>", "report title", "Causal tracing report")
+  .option("--title <title>", 'report title (default "Causal tracing report", or "Experiment report" without a trace sweep)')
   .addOption(
     new Option("--findings <mode>", "check the paper's findings: on, off, or auto (as each spec's `findings` says; by model type when unset)")
       .choices(["auto", "on", "off"])
       .default("auto"),
   )
-  .action(async (sweeps: string[], opts: { from: string[]; out: string; title: string; findings: "auto" | "on" | "off" }) => {
+  .action(async (sweeps: string[], opts: { from: string[]; out: string; title?: string; findings: "auto" | "on" | "off" }) => {
     if (sweeps.length === 0 && opts.from.length === 0)
       throw new CliExit(EXIT.usage, "report: name finished sweeps (sweepctl report <id>...) or local output folders (--from <dir>...)");
     const { readTraces, writeReport, TRACE_FILE, findingLine, partialText } = await import("./report/index.js"); // vega loads only for this command
@@ -301,7 +306,8 @@ program
       const p = partialText(t);
       if (p) console.error(`${t.label}: ${p}; findings are not judged on partial data`);
     }
-    const r = await writeReport(traces, resolve(opts.out), opts.title, kinds.length ? await kindSections(kinds) : []);
+    const title = opts.title ?? (traces.length ? "Causal tracing report" : "Experiment report");
+    const r = await writeReport(traces, resolve(opts.out), title, kinds.length ? await kindSections(kinds) : []);
     for (const f of r.findings) console.error(findingLine(f));
     console.log(r.html);
     console.error(`report written: ${r.html} and ${r.csv}`);

@@ -3,13 +3,47 @@
  * nats-server, a coordinator in-process and N node agents on the CPU as child processes; the
  * sweep's results, summary and report input are written to the output folder.
  */
-import { createWriteStream, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { createWriteStream, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, extname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { control } from "@factsweep/proto";
 import { KIND_AGGREGATE_FILE, parseSweepSpec } from "@factsweep/planning";
 import { startNatsServer } from "@factsweep/testing";
-import { CliExit, EXIT, ProgressView, describeSweep, exitCodeOfState, isTerminal, writeResults } from "./cli-output.js";
+import { CliExit, EXIT, ProgressView, csvCell, describeSweep, exitCodeOfState, isTerminal, writeResults } from "./cli-output.js";
+import { Provenance, runRecord } from "./provenance.js";
+
+/** What a run writes to its --out folder (all replaced by --overwrite, so nothing of an older run stays). */
+export const RUN_FILES = [
+  "run.json",
+  "sweep.json",
+  "results.csv",
+  "results.jsonl",
+  "prompts.csv",
+  "summary.json",
+  "trace.json",
+  "kind.json",
+  "coordinator.log",
+];
+
+/**
+ * Refuses an --out folder holding another run unless `overwrite`; with it, removes that run's files
+ * (and its `spec.*` copy and agent logs) first.
+ */
+export function claimOutDir(out: string, overwrite: boolean): void {
+  const run = join(out, "run.json");
+  const sweep = join(out, "sweep.json");
+  if (!existsSync(run) && !existsSync(sweep) && !existsSync(join(out, "results.csv"))) return;
+  if (!overwrite) {
+    const held = [run, sweep].filter((f) => existsSync(f)).map((f) => JSON.parse(readFileSync(f, "utf8")) as { sweep_id?: string; sweepId?: string });
+    const id = held.map((h) => h.sweep_id ?? h.sweepId).find(Boolean);
+    throw new CliExit(
+      EXIT.usage,
+      `--out ${out} already holds the results of ${id ? `sweep ${id}` : "another run"}; choose another --out, or pass --overwrite to replace them`,
+    );
+  }
+  for (const f of readdirSync(out))
+    if (RUN_FILES.includes(f) || /^spec\.(ya?ml|json)$/.test(f) || /^local-\d+\.log$/.test(f)) rmSync(join(out, f), { force: true });
+}
 
 /** A spec file's text and folder. @throws CliExit when it does not exist. */
 export function readSpec(file: string): { text: string; dir: string } {
@@ -30,6 +64,7 @@ export interface LocalOpts {
   httpPort: number;
   leaseTtlMs: number;
   quiet?: boolean;
+  overwrite?: boolean;
 }
 
 /** `sweepctl local`: the whole system on this machine, for the demo and for laptops. */
@@ -47,6 +82,8 @@ export async function runLocal(file: string, o: LocalOpts): Promise<number> {
   if (!existsSync(agentBin)) throw new CliExit(EXIT.usage, `node agent entry "${agentBin}" not found; build it with \`npx tsc -b\` or pass --agent-bin`);
   const out = resolve(o.out);
   mkdirSync(out, { recursive: true });
+  claimOutDir(out, o.overwrite === true);
+  const started = Date.now();
   const roots = o.modelRoot.length > 0 ? o.modelRoot : [dirname(spec.model.path)];
 
   const { execa } = await import("execa");
@@ -97,6 +134,10 @@ export async function runLocal(file: string, o: LocalOpts): Promise<number> {
   try {
     const info = await coord.launch({ spec: text, sweepId: o.id ?? "", specDir: dir });
     for (const e of info.promptErrors) console.error(`prompt ${e.promptIndex} skipped: ${e.message}`);
+    // Provenance before anything runs: the spec as given, the code, the seeds, the model's fingerprint.
+    const record = { sweepId: info.sweepId, specFile: resolve(file), specText: text, spec, startedMs: started };
+    writeFileSync(join(out, `spec${extname(file) === ".json" ? ".json" : ".yaml"}`), text);
+    writeFileSync(join(out, "run.json"), JSON.stringify(runRecord(record), null, 2));
     const last = await new Promise<control.SweepInfo>((res, rej) => {
       for (const a of agents) {
         void a.p.then((r) => {
@@ -112,8 +153,12 @@ export async function runLocal(file: string, o: LocalOpts): Promise<number> {
       });
     });
     view?.stop();
-    const n = await writeResults(coord.results(last.sweepId), "csv", join(out, "results.csv"));
-    await writeResults(coord.results(last.sweepId), "jsonl", join(out, "results.jsonl"));
+    // The plan again (deterministic: the same spec and id plan the same prompts) gives each row its prompt's text and tokens.
+    const prov = spec.kind === "trace" ? Provenance.fromSpec(spec, last.sweepId) : undefined;
+    const n = await writeResults(coord.results(last.sweepId), "csv", join(out, "results.csv"), prov && ((r) => prov.record(r)));
+    await writeResults(coord.results(last.sweepId), "jsonl", join(out, "results.jsonl"), prov && ((r) => prov.record(r)));
+    if (prov) writeFileSync(join(out, "prompts.csv"), csvTable([...prov.promptRows()]));
+    writeFileSync(join(out, "run.json"), JSON.stringify(runRecord({ ...record, state: last.state }), null, 2));
     writeFileSync(join(out, "summary.json"), JSON.stringify(coord.summary(last.sweepId), null, 2));
     if (spec.kind === "trace") {
       const { TRACE_FILE } = await import("./report/index.js");
@@ -126,7 +171,7 @@ export async function runLocal(file: string, o: LocalOpts): Promise<number> {
     writeFileSync(join(out, "sweep.json"), JSON.stringify(control.SweepInfo.toJSON(last), null, 2));
     console.error(describeSweep(last));
     console.error(
-      `${n} rows written to ${join(out, "results.csv")} and results.jsonl; summary.json has IE/AIE by token group; \`sweepctl report --from ${out}\` draws the heatmaps`,
+      `${n} rows written to ${join(out, "results.csv")} and results.jsonl (with each prompt's text, tokens and swap partner; prompts.csv per prompt); run.json has the spec, code version, seeds and model fingerprint; summary.json has IE/AIE by token group; \`sweepctl report --from ${out}\` draws the heatmaps`,
     );
     code = exitCodeOfState(last.state);
   } finally {
@@ -140,4 +185,10 @@ export async function runLocal(file: string, o: LocalOpts): Promise<number> {
     logFile.end();
   }
   return code;
+}
+
+/** Rows as CSV with a header from the first row's keys. */
+function csvTable(rows: Record<string, string | number>[]): string {
+  const keys = Object.keys(rows[0] ?? {});
+  return [keys.join(","), ...rows.map((r) => keys.map((k) => csvCell(r[k] ?? "")).join(","))].join("\n") + "\n";
 }

@@ -62,9 +62,11 @@ function vegaSpec(c: ChartView): TopLevelSpec {
   const layer = {
     mark: { type: "line", point: true },
     encoding: {
-      x: { field: c.x.field, type: "quantitative", title: c.x.title ?? c.x.field, axis: { tickMinStep: 1 } },
+      // Layers are integers: no 0.5 ticks.
+      x: { field: c.x.field, type: "quantitative", title: c.x.title ?? c.x.field, axis: { tickMinStep: 1, ...(c.x.field === "layer" ? { format: "d" } : {}) } },
       y: { field: c.y.field, type: "quantitative", ...title(c.y), ...scale(c.y) },
-      color: { field: c.color, type: "nominal", title: c.color.replace("_", " "), legend: { labelLimit: 300 } },
+      // Below the plot, labels never cut (labelLimit 0: no limit).
+      color: { field: c.color, type: "nominal", title: c.color.replace("_", " "), legend: { orient: "bottom", direction: "vertical", labelLimit: 0 } },
     },
   };
   if (c.facet) {
