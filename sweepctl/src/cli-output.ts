@@ -59,10 +59,27 @@ const fmtEta = (s: number): string => {
   return h > 0 ? `${h}h${String(m).padStart(2, "0")}m` : m > 0 ? `${m}m${String(sec).padStart(2, "0")}s` : `${sec}s`;
 };
 
+/** Seconds without a progress update after which a running sweep's rate is shown as stalled. */
+export const STALL_SECONDS = 30;
+
+/**
+ * What a running sweep's rate and ETA say: "waiting for agents" while no shard is leased (nobody
+ * serves it), "stalled" when no result came for STALL_SECONDS, no ETA before the coordinator has one.
+ */
+export function rateText(info: control.SweepInfo, sinceUpdateS = 0): { rate: string; eta: string } {
+  const c = info.counts;
+  if (info.state !== "running") return { rate: "-", eta: "-" };
+  if ((c?.shardsLeased ?? 0) === 0 && (c?.shardsPending ?? 0) > 0) return { rate: "0.0", eta: "waiting for agents" };
+  if (sinceUpdateS >= STALL_SECONDS) return { rate: "0.0", eta: `stalled (no result for ${Math.round(sinceUpdateS)}s)` };
+  return { rate: info.cellsPerSecond.toFixed(1), eta: info.etaSeconds > 0 ? fmtEta(info.etaSeconds) : "-" };
+}
+
 /** A progress bar of a sweep (cells done of planned, cells/s, ETA) on stderr. */
 export class ProgressView {
   private readonly bar: SingleBar;
   private started = false;
+  private last?: { info: control.SweepInfo; at: number };
+  private readonly timer: NodeJS.Timeout;
 
   constructor() {
     this.bar = new SingleBar(
@@ -76,14 +93,24 @@ export class ProgressView {
       },
       Presets.shades_classic,
     );
+    // Watch sends nothing while no result arrives: redraw so a stalled sweep does not keep its last rate.
+    this.timer = setInterval(() => this.last && this.draw(this.last.info, (Date.now() - this.last.at) / 1000), 5000);
+    this.timer.unref();
   }
 
   update(info: control.SweepInfo): void {
+    const prevDone = this.last?.info.counts?.doneCells;
+    this.last = { info, at: prevDone === info.counts?.doneCells && this.last ? this.last.at : Date.now() };
+    this.draw(info, (Date.now() - this.last.at) / 1000);
+  }
+
+  private draw(info: control.SweepInfo, sinceUpdateS: number): void {
     const c = info.counts;
+    const { rate, eta } = rateText(info, sinceUpdateS);
     const payload = {
       sweep: info.sweepId,
-      rate: info.cellsPerSecond.toFixed(1),
-      etaText: fmtEta(info.etaSeconds),
+      rate,
+      etaText: eta,
       done: c?.shardsDone ?? 0,
       shards: c?.shardsTotal ?? 0,
       leased: c?.shardsLeased ?? 0,
@@ -100,6 +127,7 @@ export class ProgressView {
   }
 
   stop(): void {
+    clearInterval(this.timer);
     if (this.started) this.bar.stop();
     this.started = false;
   }
@@ -111,8 +139,7 @@ export function describeSweep(info: control.SweepInfo): string {
   const lines = [
     `sweep      ${info.sweepId}  (${info.name}, ${info.kind})`,
     `state      ${info.state}`,
-    `cells      ${c?.doneCells ?? 0}/${c?.plannedCells ?? 0}` +
-      (info.state === "running" ? `  ${info.cellsPerSecond.toFixed(1)} cells/s  ETA ${fmtEta(info.etaSeconds)}` : ""),
+    `cells      ${c?.doneCells ?? 0}/${c?.plannedCells ?? 0}` + (info.state === "running" ? ((r) => `  ${r.rate} cells/s  ETA ${r.eta}`)(rateText(info)) : ""),
     `shards     ${c?.shardsDone ?? 0} done, ${c?.shardsLeased ?? 0} leased, ${c?.shardsPending ?? 0} pending, ${c?.shardsFailed ?? 0} failed (of ${c?.shardsTotal ?? 0}); ${c?.retries ?? 0} retries`,
     `created    ${new Date(info.createdMs).toISOString()}` + (info.finishedMs ? `  finished ${new Date(info.finishedMs).toISOString()}` : ""),
   ];
