@@ -205,7 +205,7 @@ function evaluate(m: ModelTrace, check: Check): Finding {
   return { ...base, measured, verdict, support, intervals };
 }
 
-/** Checks the paper's headline findings (paper-methods §2, §9.8) on each traced model whose spec did not turn them off. */
+/** Checks the paper's headline findings (docs/methods.md) on each traced model whose spec did not turn them off. */
 export function findings(models: ModelTrace[]): Finding[] {
   return models
     .filter((m) => m.findings !== false)
