@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -30,6 +31,13 @@ from .sites import BLOCK
 from .trace import CellSpec, PendingCells
 
 log = logging.getLogger("engine.runtime")
+
+
+def on_device(device: torch.device):
+    """The model's GPU as the current CUDA device while its work is launched: Triton launches on the
+    current device, so a model on cuda:1 in a process whose current device is cuda:0 fails otherwise
+    (found on a 2-GPU host; workers see one GPU each and never hit it)."""
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
 
 __all__ = ["Engine", "PendingCells", "ModelInfo", "PromptInfo", "EngineStats", "PreparedPrompt", "NoiseSpec", "SwapSpec", "CellSpec"]
 
@@ -168,6 +176,10 @@ class Engine:
         ck = self.checkpoint(model_id)
         if ck.device.type != "cuda":
             return 0.0
+        with on_device(ck.device):
+            return self._warm_up(model_id, ck, num_tokens)
+
+    def _warm_up(self, model_id: str, ck: Checkpoint, num_tokens: int) -> float:
         t0 = time.perf_counter()
         c, model = ck.config, ck.model
         L, V = c.num_layers, c.vocab_size
@@ -279,7 +291,7 @@ class Engine:
         return ids, corrupted_embeddings(ck.model, ids, spec.subject, spec.corruption)
 
     def _build(self, ck: Checkpoint, spec: PromptSpec) -> PromptRuns:
-        with torch.no_grad():
+        with torch.no_grad(), on_device(ck.device):
             ids, corrupted = self._inputs(ck, spec)
             return prepare.build_runs(ck.model, ids, corrupted, spec.answer_id)
 
@@ -315,19 +327,23 @@ class Engine:
         ck = self.checkpoint(model_id)
         spec = self._spec(model_id, prompt_key)
         cells = [CellSpec(c.site, int(c.layer), int(c.token), int(c.window) or 1) for c in cells]
+        with torch.no_grad(), on_device(ck.device):
+            return self._launch(ck, spec, model_id, prompt_key, cells, slow_path, started)
+
+    def _launch(self, ck: Checkpoint, spec: PromptSpec, model_id: str, prompt_key: str, cells: list, slow_path: bool,
+                started: float) -> "PendingCells":
         begin = trace.device_clock(ck.device)
-        with torch.no_grad():
-            if slow_path:
-                ids, corrupted = self._inputs(ck, spec)
-                out = trace.run_cells_slow(ck.model, ids, corrupted, spec.answer_id, cells)
-            else:
-                out = trace.run_cells_fast(ck.model, self.prepared(model_id, prompt_key).runs, cells, self.trace_rows)
+        if slow_path:
+            ids, corrupted = self._inputs(ck, spec)
+            out = trace.run_cells_slow(ck.model, ids, corrupted, spec.answer_id, cells)
+        else:
+            out = trace.run_cells_fast(ck.model, self.prepared(model_id, prompt_key).runs, cells, self.trace_rows)
         return PendingCells(out, cells, prompt_key, begin, started, ck.device, self._count_cells)
 
     def _count_cells(self, n: int) -> None:
         self.cells_run += n
 
-    # -- cache ----    # -- cache ----------------------------------------------------------------------------
+    # -- cache ----------------------------------------------------------------------------
     def evict(self, model_id: str, prompt_keys: Optional[list] = None, all: bool = False) -> tuple:
         """Forget prompts (their specs and cached runs): the given keys, or all of ``model_id`` (all models
         if ``model_id`` is empty) when ``all``. Returns (prompts forgotten, cache bytes now)."""

@@ -65,7 +65,7 @@ async function runTwoShards(tag: string, cellsPerCall: number): Promise<Run> {
 const sent = (run: Run, request: string) => run.events.filter((e) => e.phase === "sent" && e.request === request);
 const indexOf = (run: Run, phase: EngineActivity["phase"], requestId: number) => run.events.findIndex((e) => e.phase === phase && e.requestId === requestId);
 
-/** The second shard's PreparePrompt went out after the first shard's last RunCells was sent and before that call was answered. */
+/** The second shard's PreparePrompt went out after the first shard's last RunCells was sent and before that call was answered, its first RunCells right behind it. */
 function assertPrepareOverlapsLastCall(run: Run, callsPerShard: number): void {
   const prepares = sent(run, "preparePrompt");
   const calls = sent(run, "runCells");
@@ -79,9 +79,17 @@ function assertPrepareOverlapsLastCall(run: Run, callsPerShard: number): void {
     nextPrepare < indexOf(run, "answered", lastOfFirst.requestId),
     `the next prepare is sent before the first shard's last RunCells is answered: ${run.events.map((e) => `${e.phase} ${e.request}#${e.requestId}`).join(", ")}`,
   );
+  // The first RunCells of a shard is written right behind its PreparePrompt (the worker answers in
+  // order), so the shard's last call, and with it the next shard's prepare, goes out at once.
+  const firstOfSecond = calls[callsPerShard]!;
+  assert.ok(indexOf(run, "sent", firstOfSecond.requestId) > nextPrepare, "the second shard's cells follow its prepare");
   assert.ok(
-    calls.slice(callsPerShard).every((c) => indexOf(run, "sent", c.requestId) > indexOf(run, "answered", prepares[1]!.requestId)),
-    "the second shard's cells run after its prepare",
+    indexOf(run, "sent", firstOfSecond.requestId) < indexOf(run, "answered", prepares[1]!.requestId),
+    "the second shard's first RunCells is sent without waiting for its prepare's answer",
+  );
+  assert.ok(
+    calls.slice(callsPerShard + 1).every((c) => indexOf(run, "sent", c.requestId) > indexOf(run, "answered", prepares[1]!.requestId)),
+    "its later batches after the prepare's answer",
   );
 }
 

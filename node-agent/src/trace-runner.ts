@@ -31,16 +31,29 @@ export async function runTraceShard(opts: ShardRunOptions): Promise<ShardOutcome
   let engineSeconds = 0;
   let reprepares = 0;
 
+  // One RunCells request for the cells from `from` on (a batch); its rejection is handled where it is awaited.
+  const send = (from: number) => {
+    s.throwIfCancelled();
+    const batch = cells.slice(from, from + batchSize);
+    const call = s.client.runCells({ modelId: s.model.modelId, promptKey: s.promptKey, cells: batch }, { timeoutMs: s.timeoutMs });
+    call.catch(() => undefined); // awaited below, or not needed once the prepare failed
+    if (from + batch.length === cells.length) s.lastCallSent();
+    return { batch, call };
+  };
+
   const info = await s.run(
     async () => {
       for (;;) {
-        const info = await s.prepare();
+        // The first RunCells is written right behind the PreparePrompt, not after its answer: the
+        // worker answers in order, and the shard's last call is then on its way at once, so the next
+        // shard's PreparePrompt reaches the worker while this grid runs (its lookahead prepares it
+        // there, hiding the prepare; measured on an H200: half the shards missed it otherwise).
+        const preparing = s.prepare();
+        let next = ps.length < cells.length ? send(ps.length) : undefined;
         try {
-          while (ps.length < cells.length) {
-            s.throwIfCancelled();
-            const batch = cells.slice(ps.length, ps.length + batchSize);
-            const call = s.client.runCells({ modelId: s.model.modelId, promptKey: s.promptKey, cells: batch }, { timeoutMs: s.timeoutMs });
-            if (ps.length + batch.length === cells.length) s.lastCallSent();
+          const info = await preparing;
+          while (next) {
+            const { batch, call } = next;
             const r = await call;
             if (r.p.length !== batch.length || r.logit.length !== batch.length) {
               throw new ShardError(
@@ -55,6 +68,7 @@ export async function runTraceShard(opts: ShardRunOptions): Promise<ShardOutcome
             }
             engineSeconds += r.seconds;
             s.recordWork(r.seconds, batch.length, ps.length);
+            next = ps.length < cells.length ? send(ps.length) : undefined;
           }
           return info;
         } catch (err) {
