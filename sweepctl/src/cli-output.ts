@@ -272,9 +272,11 @@ export const csvLine = (r: control.ResultRow, prov: ProvenanceOf = bareProvenanc
   const rec: Record<string, string | number> = { ...rowRecord(r), ...prov(r) };
   return [...RESULT_COLUMNS, ...PROVENANCE_COLUMNS].map((k) => csvCell(rec[k] ?? "")).join(",");
 };
+/** A result row as the record every export writes (a kind's columns, or trace columns with provenance). */
+export const resultRecord = (r: control.ResultRow, prov: ProvenanceOf = bareProvenance): Record<string, string | number | boolean | null> =>
+  isKindRow(r) ? kindRowRecord(r) : { ...rowRecord(r), ...prov(r) };
 /** One JSON line. */
-export const jsonLine = (r: control.ResultRow, prov: ProvenanceOf = bareProvenance): string =>
-  JSON.stringify(isKindRow(r) ? kindRowRecord(r) : { ...rowRecord(r), ...prov(r) });
+export const jsonLine = (r: control.ResultRow, prov: ProvenanceOf = bareProvenance): string => JSON.stringify(resultRecord(r, prov));
 
 /** An error that ends sweepctl with a given exit code and message. */
 export class CliExit extends Error {
@@ -287,13 +289,23 @@ export class CliExit extends Error {
   }
 }
 
-/** Writes result rows as CSV or JSON lines to a file or stdout; returns the row count. */
+/** Writes result rows as CSV or JSON lines to a file or stdout, or as Parquet to a file; returns the row count. */
 export async function writeResults(
   rows: AsyncIterable<control.ResultRow> | Iterable<control.ResultRow>,
-  format: "csv" | "jsonl",
+  format: "csv" | "jsonl" | "parquet",
   out?: string,
   prov?: ProvenanceOf,
 ): Promise<number> {
+  if (format === "parquet") {
+    if (!out) throw new CliExit(EXIT.usage, "--format parquet writes a file: add --out <file.parquet>");
+    const { writeParquet } = await import("./parquet.js");
+    return writeParquet(
+      (async function* () {
+        for await (const r of rows) yield resultRecord(r, prov);
+      })(),
+      out,
+    );
+  }
   const sink = out ? createWriteStream(out) : process.stdout;
   const write = (s: string) => new Promise<void>((res) => (sink.write(s) ? res() : sink.once("drain", () => res())));
   let n = 0;

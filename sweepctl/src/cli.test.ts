@@ -2,8 +2,9 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { execa } from "execa";
+import { parquetReadObjects } from "hyparquet";
 import { Coordinator, type CoordinatorOptions } from "@factsweep/coordinator";
 import { freePort, goldenSpec, GOLDEN_DIR, REPO_ROOT, startHarness, tempSpec, TestAgent, until, type Harness } from "@factsweep/testing";
 
@@ -47,6 +48,16 @@ test("launch --detach prints the sweep id and exits 0; watch follows it to done 
     "sweep_id,model,prompt_index,subject,site,layer,token,window,token_group,p,p_clean,p_corrupt,ie,corruption,answer_id,answer,prompt,relation,object,token_str,swap_subject,corrupted_prompt",
   );
   assert.equal(lines.length, 49);
+  const pq = join(dirname(out), "r.parquet");
+  const p = await sweepctl("results", "cli-ok", "--format", "parquet", "--out", pq);
+  assert.equal(p.exitCode, 0, p.stderr);
+  const buf = readFileSync(pq);
+  const table = await parquetReadObjects({ file: buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength) });
+  assert.equal(table.length, 48);
+  assert.deepEqual(Object.keys(table[0]!), lines[0]!.split(","), "the Parquet file has the CSV's columns");
+  const noOut = await sweepctl("results", "cli-ok", "--format", "parquet");
+  assert.equal(noOut.exitCode, 2);
+  assert.match(noOut.stderr, /--format parquet writes a file: add --out/);
   const s = await sweepctl("status", "cli-ok");
   assert.equal(s.exitCode, 0);
   assert.match(s.stdout, /cells\s+48\/48/);

@@ -227,9 +227,9 @@ program
   .command("results")
   .description("export a sweep's aggregated cells")
   .argument("<sweep-id>")
-  .addOption(new Option("--format <format>", "output format").choices(["csv", "jsonl"]).default("csv"))
+  .addOption(new Option("--format <format>", "output format (parquet: to --out only)").choices(["csv", "jsonl", "parquet"]).default("csv"))
   .option("--out <file>", "write to a file instead of stdout")
-  .action(async (id: string, opts: { format: "csv" | "jsonl"; out?: string }) => {
+  .action(async (id: string, opts: { format: "csv" | "jsonl" | "parquet"; out?: string }) => {
     const n = await writeResults(resultsRemote(g(), id), opts.format, opts.out);
     if (opts.out) console.error(`${n} rows written to ${opts.out}`);
   });

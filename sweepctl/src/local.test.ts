@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { execa } from "execa";
 import { REPO_ROOT } from "@factsweep/testing";
+import { parquetReadObjects } from "hyparquet";
 
 const CLI = join(REPO_ROOT, "sweepctl", "dist", "cli.js");
 const MODEL = join(REPO_ROOT, "models", "mamba-facts");
@@ -54,6 +55,16 @@ test("sweepctl local keeps provenance with its results and refuses to overwrite 
     assert.ok(String(r.swap_subject).length > 0 && r.swap_subject !== r.subject, `swap partner "${r.swap_subject}" of "${r.subject}"`);
     assert.ok(String(r.corrupted_prompt).includes(String(r.swap_subject)));
   }
+  // The Parquet export, read back by a Parquet reader: the same rows and every provenance column.
+  const buf = readFileSync(join(out, "results.parquet"));
+  const table = await parquetReadObjects({ file: buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength) });
+  assert.equal(table.length, rows.length);
+  for (const k of ["prompt", "relation", "object", "token_str", "answer", "answer_id", "swap_subject", "corrupted_prompt", "ie", "layer"])
+    assert.ok(k in table[0]!, `parquet lacks ${k}`);
+  assert.deepEqual(
+    table.map((r) => [r.prompt_index, r.layer, r.token, r.prompt, r.token_str, r.swap_subject, r.p]),
+    rows.map((r) => [BigInt(r.prompt_index!), BigInt(r.layer!), BigInt(r.token!), r.prompt, r.token_str, r.swap_subject, r.p]),
+  );
   const header = readFileSync(join(out, "results.csv"), "utf8").split("\n")[0]!;
   assert.match(header, /,answer_id,answer,prompt,relation,object,token_str,swap_subject,corrupted_prompt$/);
   assert.equal(readFileSync(join(out, "prompts.csv"), "utf8").trim().split("\n").length, 1 + new Set(rows.map((r) => r.prompt_index)).size);

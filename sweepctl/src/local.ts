@@ -157,6 +157,7 @@ export async function runLocal(file: string, o: LocalOpts): Promise<number> {
     const prov = spec.kind === "trace" ? Provenance.fromSpec(spec, last.sweepId) : undefined;
     const n = await writeResults(coord.results(last.sweepId), "csv", join(out, "results.csv"), prov && ((r) => prov.record(r)));
     await writeResults(coord.results(last.sweepId), "jsonl", join(out, "results.jsonl"), prov && ((r) => prov.record(r)));
+    await writeResults(coord.results(last.sweepId), "parquet", join(out, "results.parquet"), prov && ((r) => prov.record(r)));
     if (prov) writeFileSync(join(out, "prompts.csv"), csvTable([...prov.promptRows()]));
     writeFileSync(join(out, "run.json"), JSON.stringify(runRecord({ ...record, state: last.state }), null, 2));
     writeFileSync(join(out, "summary.json"), JSON.stringify(coord.summary(last.sweepId), null, 2));
@@ -171,7 +172,7 @@ export async function runLocal(file: string, o: LocalOpts): Promise<number> {
     writeFileSync(join(out, "sweep.json"), JSON.stringify(control.SweepInfo.toJSON(last), null, 2));
     console.error(describeSweep(last));
     console.error(
-      `${n} rows written to ${join(out, "results.csv")} and results.jsonl (with each prompt's text, tokens and swap partner; prompts.csv per prompt); run.json has the spec, code version, seeds and model fingerprint; summary.json has IE/AIE by token group; \`sweepctl report --from ${out}\` draws the heatmaps`,
+      `${n} rows written to ${join(out, "results.csv")}, results.jsonl and results.parquet (with each prompt's text, tokens and swap partner; prompts.csv per prompt); run.json has the spec, code version, seeds and model fingerprint; summary.json has IE/AIE by token group; \`sweepctl report --from ${out}\` draws the heatmaps`,
     );
     code = exitCodeOfState(last.state);
   } finally {
