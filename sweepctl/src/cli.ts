@@ -5,11 +5,12 @@
  * and N node agents as child processes. Exit codes: see EXIT in cli-output.ts and the README.
  */
 import { existsSync, readFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { extname, join, resolve } from "node:path";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import * as grpc from "@grpc/grpc-js";
 import { control } from "@factsweep/proto";
-import { KIND_AGGREGATE_FILE } from "@factsweep/planning";
+import { KIND_AGGREGATE_FILE, parseSweepSpec } from "@factsweep/planning";
+import { Provenance, type ProvenanceRecord } from "./provenance.js";
 import { CliExit, EXIT, ProgressView, agentTable, describeSweep, exitCodeOf, exitCodeOfState, isTerminal, sweepTable, writeResults } from "./cli-output.js";
 import { readSpec, runLocal, type LocalOpts } from "./local.js";
 
@@ -229,8 +230,19 @@ program
   .argument("<sweep-id>")
   .addOption(new Option("--format <format>", "output format (parquet: to --out only)").choices(["csv", "jsonl", "parquet"]).default("csv"))
   .option("--out <file>", "write to a file instead of stdout")
-  .action(async (id: string, opts: { format: "csv" | "jsonl" | "parquet"; out?: string }) => {
-    const n = await writeResults(resultsRemote(g(), id), opts.format, opts.out);
+  .option(
+    "--spec <file>",
+    "the sweep's spec, to add each trace row's prompt text, relation, token string, answer and swap partner (planned here again: needs the model's config.json, tokenizer and dataset at the spec's paths)",
+  )
+  .action(async (id: string, opts: { format: "csv" | "jsonl" | "parquet"; out?: string; spec?: string }) => {
+    let prov: ((r: control.ResultRow) => ProvenanceRecord) | undefined;
+    if (opts.spec) {
+      const { text, dir } = readSpec(opts.spec);
+      const spec = parseSweepSpec(text, { baseDir: dir, format: extname(opts.spec) === ".json" ? "json" : "yaml" });
+      const p = Provenance.fromSpec(spec, id);
+      prov = (r) => p.record(r);
+    }
+    const n = await writeResults(resultsRemote(g(), id), opts.format, opts.out, prov);
     if (opts.out) console.error(`${n} rows written to ${opts.out}`);
   });
 
