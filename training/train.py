@@ -1,6 +1,6 @@
-"""Trains one tiny fact-recall model (Mamba or GPT-NeoX) on the synthetic fact world.
+"""Trains one tiny fact-recall model (Mamba, Mamba-2 or GPT-NeoX) on the synthetic fact world.
 
-Hugging Face ``transformers`` models (``MambaForCausalLM``, ``GPTNeoXForCausalLM``) trained from
+Hugging Face ``transformers`` models (``MambaForCausalLM``, ``Mamba2ForCausalLM``, ``GPTNeoXForCausalLM``) trained from
 scratch with next-token cross-entropy on every token of the world's sentences: each fact in each
 training template ("<template with subject> <object>.") plus fact-free filler, one sentence per row
 (so a prompt starts at position 0 with no BOS, as the sweep feeds it), an ``<|endoftext|>`` after
@@ -44,6 +44,7 @@ PAD_ID = 0  # <|endoftext|>: also the end-of-sentence token
 # weights.
 ARCH_DEFAULTS = {
     "mamba": {"layers": 8, "d_model": 128, "lr": 3e-3, "steps": 2000},
+    "mamba2": {"layers": 8, "d_model": 128, "lr": 3e-3, "steps": 2000},
     "neox": {"layers": 6, "d_model": 128, "lr": 2e-3, "steps": 4000},
 }
 
@@ -60,6 +61,15 @@ def build_model(arch: str, vocab_size: int, layers: int, d_model: int):
             pad_token_id=PAD_ID, bos_token_id=PAD_ID, eos_token_id=PAD_ID,
         )
         return transformers.MambaForCausalLM(cfg)
+    if arch == "mamba2":  # 8 heads of 32 (d_inner 256), one group, state 16: Mamba-1's widths
+        cfg = transformers.Mamba2Config(
+            vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=layers, state_size=16,
+            expand=2, num_heads=2 * d_model // 32, head_dim=32, n_groups=1, conv_kernel=4, chunk_size=64,
+            use_bias=False, use_conv_bias=True, hidden_act="silu", residual_in_fp32=True, rms_norm=True,
+            norm_before_gate=False, rescale_prenorm_residual=False, tie_word_embeddings=True,
+            pad_token_id=PAD_ID, bos_token_id=PAD_ID, eos_token_id=PAD_ID,
+        )
+        return transformers.Mamba2ForCausalLM(cfg)
     if arch == "neox":
         rope = {}
         if int(transformers.__version__.split(".")[0]) >= 5:
@@ -74,7 +84,7 @@ def build_model(arch: str, vocab_size: int, layers: int, d_model: int):
             bos_token_id=PAD_ID, eos_token_id=PAD_ID, **rope,
         )
         return transformers.GPTNeoXForCausalLM(cfg)
-    raise ValueError(f"--arch: expected 'mamba' or 'neox', got {arch!r}")
+    raise ValueError(f"--arch: expected 'mamba', 'mamba2' or 'neox', got {arch!r}")
 
 
 def encode_rows(tok, texts: list[str], add_eot: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -162,7 +172,8 @@ def model_card(arch: str, args, info: dict) -> str:
     rel_rows = "\n".join(
         f"| `{k}` | {first['by_relation'][k]:.4f} | {held['by_relation'][k]:.4f} |" for k in first["by_relation"])
     held_rows = "\n".join(f"- `{k}`: " + "; ".join(f"`{t}`" for t in v) for k, v in info["held_out_templates"].items())
-    kind = "MambaForCausalLM" if arch == "mamba" else "GPTNeoXForCausalLM (parallel residual, rotary on 25% of each head)"
+    kind = {"mamba": "MambaForCausalLM", "mamba2": "Mamba2ForCausalLM"}.get(
+        arch, "GPTNeoXForCausalLM (parallel residual, rotary on 25% of each head)")
     return f"""# {name}
 
 A tiny {kind} trained from scratch by this project on its synthetic fact world
@@ -219,7 +230,7 @@ each relation file's `held_out_templates` field):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arch", required=True, choices=["mamba", "neox"])
+    ap.add_argument("--arch", required=True, choices=["mamba", "mamba2", "neox"])
     ap.add_argument("--world", type=Path, default=Path("models/world"))
     ap.add_argument("--tokenizer", type=Path, default=Path("models/world/tokenizer.json"))
     ap.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
@@ -332,6 +343,9 @@ def main() -> None:
     ckpt_bytes = (args.out / "model.safetensors").stat().st_size
     if args.arch == "mamba":
         shape = f"{args.layers} Mamba blocks, d_model {args.d_model}, d_inner {2 * args.d_model}, state 16, conv 4, tied embeddings"
+    elif args.arch == "mamba2":
+        shape = (f"{args.layers} Mamba-2 blocks, d_model {args.d_model}, d_inner {2 * args.d_model} = {2 * args.d_model // 32} "
+                 "heads of 32, 1 group, state 16, conv 4, tied embeddings")
     else:
         shape = (f"{args.layers} layers, d_model {args.d_model}, {max(1, args.d_model // 32)} heads, MLP {4 * args.d_model}, "
                  f"rotary on 25% of each head, untied embeddings")
