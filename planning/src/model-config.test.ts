@@ -27,7 +27,7 @@ test("a missing folder, a folder without config.json and an unknown model_type a
       (e: unknown) => e instanceof ModelConfigError && /config\.json not found/.test(e.message),
     );
     writeFileSync(join(dir, "config.json"), JSON.stringify({ model_type: "llama", num_hidden_layers: 2 }));
-    assert.throws(() => readModelConfig(dir), /unsupported model_type "llama" \(string\); supported: mamba, gpt_neox/);
+    assert.throws(() => readModelConfig(dir), /unsupported model_type "llama" \(string\); supported: mamba, mamba2, gpt_neox/);
     writeFileSync(join(dir, "config.json"), JSON.stringify({ model_type: "mamba", n_layer: 2, d_model: 8 }));
     assert.throws(() => readModelConfig(dir), /missing vocabulary size/);
   } finally {
