@@ -345,22 +345,24 @@ def ssd_scan(x, delta, A, B, C, h0=None, keep=False):
     return torch.stack(ys, dim=1), (torch.stack(hs, dim=1) if keep else None)
 
 
-def scan_packed(x, delta, A, B, C, H, h0_idx, off, length):
+def scan_packed(x, delta, A, B, C, H, h0_idx, off, length, steps: int):
     """The SSD recurrence on packed rows (``trace.Pack``): row r holds positions off_r .. off_r+len_r−1 and
-    starts from the cached state H[h0_idx[r]] (−1: zeros). Step k of every row at once.
+    starts from the cached state H[h0_idx[r]] (−1: zeros). Step k of every row at once, ``steps`` (≥ the
+    longest row, a host int) steps: a row past its end repeats its last position with its update masked
+    off, so no step asks the device which rows are left (no host synchronisation on CUDA).
 
     x: (n, H, P); delta: (n, H); A: (H,); B, C: (n, H, n_s) (all float32); H: (S·T, H, P, n_s) cached
     states. Returns y (n, H, P) (without the D skip)."""
     h = torch.where((h0_idx >= 0)[:, None, None, None], H[h0_idx.clamp(min=0)], H.new_zeros(()))  # (R, H, P, n)
     y = x.new_empty(x.shape)
     decay = torch.exp(delta * A)  # (n, H)
-    for k in range(int(length.max())):
-        rows = (length > k).nonzero().squeeze(1)
-        p = off[rows] + k
-        dBx = (delta[p].unsqueeze(-1) * x[p]).unsqueeze(-1) * B[p].unsqueeze(-2)  # (r, H, P, n)
-        hk = decay[p][:, :, None, None] * h[rows] + dBx
-        h[rows] = hk
-        y[p] = torch.matmul(hk, C[p].unsqueeze(-1)).squeeze(-1)
+    last = length - 1  # (R,)
+    for k in range(steps):
+        live = (last >= k)[:, None, None, None]  # (R, 1, 1, 1)
+        p = off + torch.minimum(last, torch.full_like(last, k))  # (R,) each row's position at step k (or its last)
+        dBx = (delta[p].unsqueeze(-1) * x[p]).unsqueeze(-1) * B[p].unsqueeze(-2)  # (R, H, P, n)
+        h = torch.where(live, decay[p][:, :, None, None] * h + dBx, h)
+        y[p] = torch.matmul(h, C[p].unsqueeze(-1)).squeeze(-1)  # a finished row writes its last y again
     return y
 
 
@@ -400,7 +402,7 @@ class Mamba2Block(nn.Module):
         Bh, Ch = (m.by_head(t.float().view(n, c.ngroups, c.d_state)) for t in (B, C))  # (n, H, n_s)
         A = -torch.exp(m.A_log.float())  # (H,)
         y = scan_packed(xh, m.delta(dt), A, Bh, Ch, Hc.reshape(-1, *Hc.shape[2:]), pk.h0_idx[:R],
-                        pk.row_off[:R], pk.row_len[:R])  # (n, H, P)
+                        pk.row_off[:R], pk.row_len[:R], pk.runs.num_tokens)  # (n, H, P)
         y = (y + xh * m.D.float()[:, None]).reshape(n, c.d_inner).to(cv.dtype)
         y = pk.patch("ssm", j, y)
         for k in range(c.nheads):  # per-head restores: head k's channels of the clean ssm
