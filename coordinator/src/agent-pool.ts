@@ -41,6 +41,8 @@ export const MAX_WORKERS_COUNTED = 256;
 /** The agents known to a lease table (a disconnected agent keeps its counters for when it returns). */
 export class AgentPool {
   private readonly slots = new Map<string, AgentSlot>();
+  /** Agents by the prompt keys they cache (the reverse of `cachedPromptKeys`), for affinity without a scan. */
+  private readonly holders = new Map<string, Set<AgentSlot>>();
   private seq = 0;
   private grantSeq = 0;
 
@@ -51,17 +53,34 @@ export class AgentPool {
   /** An agent said hello (or reconnected): its credit starts at zero until it sends Credit. */
   connect(agentId: string, cachedPromptKeys: Iterable<string>, workers = 1): void {
     const prev = this.slots.get(agentId);
-    this.slots.set(agentId, {
+    if (prev) this.index(prev, []);
+    const slot: AgentSlot = {
       agentId,
       connected: true,
       credit: 0,
       draining: false,
-      cachedPromptKeys: new Set(cachedPromptKeys),
+      cachedPromptKeys: new Set(),
       maxCredit: Math.max(1, Math.min(MAX_WORKERS_COUNTED, Math.floor(workers))) * CREDIT_PER_WORKER,
       seq: this.seq++,
       lastGrantSeq: prev?.lastGrantSeq ?? -1,
       shardsDone: prev?.shardsDone ?? 0,
-    });
+    };
+    this.slots.set(agentId, slot);
+    this.index(slot, cachedPromptKeys);
+  }
+
+  /** Replaces the agent's cached prompt keys, keeping the reverse index in step. */
+  private index(a: AgentSlot, keys: Iterable<string>): void {
+    for (const k of a.cachedPromptKeys) {
+      const set = this.holders.get(k);
+      if (set?.delete(a) && set.size === 0) this.holders.delete(k);
+    }
+    a.cachedPromptKeys = new Set(keys);
+    for (const k of a.cachedPromptKeys) {
+      let set = this.holders.get(k);
+      if (!set) this.holders.set(k, (set = new Set()));
+      set.add(a);
+    }
   }
 
   /** The agent's stream ended: no credit until it connects again. */
@@ -89,7 +108,7 @@ export class AgentPool {
   /** Replaces the agent's cached prompt keys (from a heartbeat). */
   setCache(agentId: string, keys: Iterable<string>): void {
     const a = this.slots.get(agentId);
-    if (a) a.cachedPromptKeys = new Set(keys);
+    if (a) this.index(a, keys);
   }
 
   /** The agent gets no new leases. */
@@ -120,17 +139,92 @@ export class AgentPool {
     return this.connected().filter((a) => !a.draining && a.credit > 0);
   }
 
-  /** Fewest leases first (`load`); among equals the one granted to longest ago (round-robin). */
-  leastLoaded(cands: AgentSlot[], load: (a: AgentSlot) => number): AgentSlot {
-    return cands.reduce((best, a) => {
-      const d = load(a) - load(best);
-      return d < 0 || (d === 0 && a.lastGrantSeq < best.lastGrantSeq) ? a : best;
-    });
+  /**
+   * The agent to take a shard of `promptKey` for cache affinity: among the ready agents that cache
+   * the prompt or are its `home` (last granted it), the least loaded; undefined when none is ready.
+   * Costs the number of agents caching the prompt, not the number of agents.
+   */
+  affine(promptKey: string, home: string | undefined, load: (a: AgentSlot) => number): AgentSlot | undefined {
+    let best: AgentSlot | undefined;
+    const consider = (a: AgentSlot | undefined) => {
+      if (!a || !a.connected || a.draining || a.credit <= 0) return;
+      if (!best || before(a, best, load)) best = a;
+    };
+    for (const a of this.holders.get(promptKey) ?? []) consider(a);
+    if (home !== undefined) consider(this.slots.get(home));
+    return best;
   }
 
   /** The agent was granted a lease: one credit spent, last in the round-robin order. */
   granted(a: AgentSlot): void {
     a.credit -= 1;
     a.lastGrantSeq = this.grantSeq++;
+  }
+}
+
+/** Whether `a` comes before `b`: fewer leases, then granted to longer ago (round-robin). */
+function before(a: AgentSlot, b: AgentSlot, load: (a: AgentSlot) => number): boolean {
+  const d = load(a) - load(b);
+  return d < 0 || (d === 0 && a.lastGrantSeq < b.lastGrantSeq);
+}
+
+/**
+ * Ready agents ordered by load then round-robin place: a binary heap of snapshots. An agent whose
+ * load or place changed since it was pushed (granted elsewhere) is stale and skipped on `pop`;
+ * the caller pushes it again with its new key. O(log agents) a grant.
+ */
+export class AgentHeap {
+  private readonly items: { a: AgentSlot; load: number; seq: number }[] = [];
+
+  constructor(private readonly load: (a: AgentSlot) => number) {}
+
+  push(a: AgentSlot): void {
+    this.items.push({ a, load: this.load(a), seq: a.lastGrantSeq });
+    let i = this.items.length - 1;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (!this.less(i, p)) break;
+      this.swap(i, p);
+      i = p;
+    }
+  }
+
+  /** The least-loaded ready agent (removed from the heap), or undefined. */
+  pop(): AgentSlot | undefined {
+    while (this.items.length > 0) {
+      const top = this.items[0]!;
+      const last = this.items.pop()!;
+      if (this.items.length > 0) {
+        this.items[0] = last;
+        this.sift(0);
+      }
+      const a = top.a;
+      const current = a.connected && !a.draining && a.credit > 0 && top.load === this.load(a) && top.seq === a.lastGrantSeq;
+      if (current) return a;
+    }
+    return undefined;
+  }
+
+  private sift(i: number): void {
+    for (;;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let m = i;
+      if (l < this.items.length && this.less(l, m)) m = l;
+      if (r < this.items.length && this.less(r, m)) m = r;
+      if (m === i) return;
+      this.swap(i, m);
+      i = m;
+    }
+  }
+
+  private less(i: number, j: number): boolean {
+    const x = this.items[i]!;
+    const y = this.items[j]!;
+    return x.load < y.load || (x.load === y.load && x.seq < y.seq);
+  }
+
+  private swap(i: number, j: number): void {
+    [this.items[i], this.items[j]] = [this.items[j]!, this.items[i]!];
   }
 }

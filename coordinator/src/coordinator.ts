@@ -70,6 +70,8 @@ export interface CoordinatorOptions {
   retryBackoffMs?: number;
   /** A shard reported done whose result is not counted within this is leased again; default 3 lease TTLs. */
   uncountedTimeoutMs?: number;
+  /** Finished sweeps kept in memory (most recently used); older ones are loaded from the KV when asked for. Default 8. */
+  keepFinished?: number;
   /** Longest one lease may be held, heartbeats or not, before it is revoked and re-queued; 0: no limit. Default 1 hour. */
   maxLeaseMs?: number;
   log?: (msg: string) => void;
@@ -149,11 +151,13 @@ export class Coordinator extends EventEmitter implements SweepApi {
       roots: normalizeRoots(o.modelRoots),
       dataRoots: normalizeRoots(o.dataRoots && o.dataRoots.length > 0 ? o.dataRoots : o.modelRoots),
       limits: planLimits(o.limits),
+      keepFinished: o.keepFinished,
       isReady: () => this.isReady(),
       publish: (subject, data) => this.nc.publish(subject, data),
       log: this.log,
     });
     this.scheduler.on("shards", (id: string) => this.sweeps.shardsChanged(id));
+    this.scheduler.promptOf = (sweepId, index) => this.sweeps.promptOf(sweepId, index);
     this.sweeps.on("sweep", (id: string) => this.emit("sweep", id));
     void this.nc.closed().then(() => this.health.refresh());
 
@@ -252,6 +256,16 @@ export class Coordinator extends EventEmitter implements SweepApi {
   /** Resumes a cancelled or failed sweep: failed shards are re-queued with a fresh attempt budget. */
   resume(sweepId: string): control.SweepInfo {
     return this.sweeps.resume(sweepId);
+  }
+
+  /** Removes a finished, failed or cancelled sweep: record, shard records and stored results (not a running one). */
+  delete(sweepId: string): Promise<control.DeleteReply> {
+    return this.sweeps.delete(sweepId);
+  }
+
+  /** Loads a finished sweep that was let go from memory (results, report and resume need it held). */
+  open(sweepId: string): Promise<void> {
+    return this.sweeps.open(sweepId);
   }
 
   /** Every aggregated cell of the sweep as result rows, produced lazily. */

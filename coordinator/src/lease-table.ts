@@ -6,7 +6,7 @@
  * every entry this table reports as changed.
  */
 import { randomUUID } from "node:crypto";
-import { AgentPool, type AgentInfo } from "./agent-pool.js";
+import { AgentHeap, AgentPool, type AgentInfo, type AgentSlot } from "./agent-pool.js";
 
 /** Lifecycle of a shard: pending → leased → done, or back to pending (retry) or failed. */
 export type ShardState = "pending" | "leased" | "done" | "failed";
@@ -106,6 +106,14 @@ export class LeaseTable {
   /** Shards by sweep, so per-sweep counts do not scan every sweep's shards. */
   private readonly bySweep = new Map<string, Map<string, ShardEntry>>();
   private readonly byLease = new Map<string, ShardEntry>();
+  /** Leased shards by agent id, so an agent's load is a lookup, not a scan of every lease. */
+  private readonly byAgent = new Map<string, Set<ShardEntry>>();
+  /**
+   * Shards that may be pending in an active sweep, in the order they became so: `schedule` walks
+   * this, not every shard, and drops what is no longer pending (lazily) or belongs to an inactive
+   * sweep (put back when the sweep is activated).
+   */
+  private readonly queue = new Set<ShardEntry>();
   private readonly agents = new AgentPool();
   private readonly sweeps = new Map<string, SweepSlot>();
   /** Last agent a prompt was leased to: it is preparing or holds that prompt's runs. */
@@ -125,7 +133,10 @@ export class LeaseTable {
 
   /** Registers a sweep's scheduling policy; inactive sweeps (cancelled, finished) get no grants. */
   setSweep(sweepId: string, active: boolean, maxAttempts: number): void {
+    const was = this.sweeps.get(sweepId)?.active ?? false;
     this.sweeps.set(sweepId, { active, maxAttempts: Math.max(1, maxAttempts) });
+    // Activated: its pending shards (dropped from the grant queue while inactive) queue again.
+    if (active && !was) for (const s of this.bySweep.get(sweepId)?.values() ?? []) if (s.state === "pending") this.queue.add(s);
   }
 
   /** Whether the sweep is registered and active. */
@@ -139,10 +150,15 @@ export class LeaseTable {
    */
   restore(entry: ShardEntry): void {
     const e = { ...entry };
+    const prev = this.shards.get(e.shardId);
+    if (prev) {
+      this.dropLease(prev);
+      this.queue.delete(prev);
+    }
     if (e.state === "leased") {
       e.leaseExpiresMs = this.clock() + this.leaseTtlMs;
       e.leasedMs ??= this.clock();
-      this.byLease.set(e.leaseId, e);
+      this.addLease(e);
       this.promptHome.set(e.promptKey, e.agentId);
     }
     this.uncounted.delete(e.shardId);
@@ -150,8 +166,7 @@ export class LeaseTable {
       e.doneMs = this.clock(); // a fresh timeout, as for restored leases
       this.uncounted.set(e.shardId, e);
     }
-    const prev = this.shards.get(e.shardId);
-    if (prev?.leaseId) this.byLease.delete(prev.leaseId);
+    if (e.state === "pending") this.queue.add(e);
     this.shards.set(e.shardId, e);
     let m = this.bySweep.get(e.sweepId);
     if (!m) this.bySweep.set(e.sweepId, (m = new Map()));
@@ -190,7 +205,8 @@ export class LeaseTable {
     for (const s of this.shardsOf(sweepId)) {
       this.shards.delete(s.shardId);
       this.uncounted.delete(s.shardId);
-      if (s.leaseId) this.byLease.delete(s.leaseId);
+      this.queue.delete(s);
+      this.dropLease(s);
     }
     this.bySweep.delete(sweepId);
     this.sweeps.delete(sweepId);
@@ -222,7 +238,7 @@ export class LeaseTable {
 
   /** Adds Credit.slots to the agent's credit, capped (see AgentPool.addCredit); returns the slots refused. */
   addCredit(agentId: string, slots: number): number {
-    return this.agents.addCredit(agentId, slots, this.leasesOf(agentId).length);
+    return this.agents.addCredit(agentId, slots, this.leaseCount(agentId));
   }
 
   /** Replaces the agent's cached prompt keys (from a heartbeat). */
@@ -237,12 +253,37 @@ export class LeaseTable {
 
   /** Connected agents with their lease counts, for the Agents RPC and metrics. */
   agentList(): AgentInfo[] {
-    return this.agents.list((id) => this.leasesOf(id).length);
+    return this.agents.list((id) => this.leaseCount(id));
   }
 
   /** Shards currently leased to the agent. */
   leasesOf(agentId: string): ShardEntry[] {
-    return [...this.byLease.values()].filter((s) => s.agentId === agentId);
+    return [...(this.byAgent.get(agentId) ?? [])];
+  }
+
+  /** Number of shards leased to the agent. */
+  leaseCount(agentId: string): number {
+    return this.byAgent.get(agentId)?.size ?? 0;
+  }
+
+  private addLease(s: ShardEntry): void {
+    this.byLease.set(s.leaseId, s);
+    let set = this.byAgent.get(s.agentId);
+    if (!set) this.byAgent.set(s.agentId, (set = new Set()));
+    set.add(s);
+  }
+
+  /** The shard's lease (if any) ends in the indexes; the entry keeps its last lease id and agent. */
+  private dropLease(s: ShardEntry): void {
+    if (s.leaseId && this.byLease.get(s.leaseId) === s) this.byLease.delete(s.leaseId);
+    const set = this.byAgent.get(s.agentId);
+    if (set?.delete(s) && set.size === 0) this.byAgent.delete(s.agentId);
+  }
+
+  /** The shard is pending again: it joins the end of the grant queue. */
+  private requeue(s: ShardEntry): void {
+    s.state = "pending";
+    this.queue.add(s);
   }
 
   /**
@@ -258,9 +299,9 @@ export class LeaseTable {
     for (const s of this.leasesOf(agentId)) {
       const error = `${reason} (agent ${agentId}) while holding the lease`;
       if (s.disconnects?.includes(agentId)) {
-        this.byLease.delete(s.leaseId);
+        this.dropLease(s);
         s.attempts = Math.max(0, s.attempts - 1);
-        s.state = "pending";
+        this.requeue(s);
         s.lastError = `${error}; not counted as an attempt (this agent's disconnect already cost one)`;
         s.notBeforeMs = this.clock() + this.backoffMs(Math.max(1, s.attempts));
         out.changed.push(s);
@@ -277,19 +318,29 @@ export class LeaseTable {
   /**
    * Grants pending shards to agents with credit. A shard goes to an agent that holds (or is
    * preparing) its prompt's runs when one has credit; otherwise to the least-loaded agent, ties
-   * broken round-robin.
+   * broken round-robin. The cost is proportional to the shards walked and the grants made (each
+   * grant a heap operation over the ready agents, plus the agents caching its prompt), never
+   * agents × grants × leases.
    */
   schedule(): Grant[] {
     const now = this.clock();
     const grants: Grant[] = [];
-    let avail = this.agents.ready();
-    if (avail.length === 0) return grants;
-    for (const s of this.shards.values()) {
-      if (avail.length === 0) break;
-      if (s.state !== "pending" || s.notBeforeMs > now || !this.sweepActive(s.sweepId)) continue;
-      const home = this.promptHome.get(s.promptKey);
-      const affine = avail.filter((a) => a.cachedPromptKeys.has(s.promptKey) || a.agentId === home);
-      const agent = this.agents.leastLoaded(affine.length > 0 ? affine : avail, (a) => this.leasesOf(a.agentId).length);
+    const ready = this.agents.ready();
+    if (ready.length === 0) return grants;
+    const load = (a: AgentSlot) => this.leaseCount(a.agentId);
+    const heap = new AgentHeap(load);
+    for (const a of ready) heap.push(a);
+    let withCredit = ready.length;
+    for (const s of this.queue) {
+      if (withCredit === 0) break;
+      if (s.state !== "pending" || !this.sweepActive(s.sweepId)) {
+        this.queue.delete(s); // not pending any more, or its sweep inactive (re-queued when activated)
+        continue;
+      }
+      if (s.notBeforeMs > now) continue;
+      const agent = this.agents.affine(s.promptKey, this.promptHome.get(s.promptKey), load) ?? heap.pop();
+      if (!agent) break;
+      this.queue.delete(s);
       const leaseId = this.newLeaseId();
       s.state = "leased";
       s.attempts += 1;
@@ -297,11 +348,13 @@ export class LeaseTable {
       s.agentId = agent.agentId;
       s.leaseExpiresMs = now + this.leaseTtlMs;
       s.leasedMs = now;
-      this.byLease.set(leaseId, s);
+      this.addLease(s);
       this.promptHome.set(s.promptKey, agent.agentId);
       this.agents.granted(agent);
       grants.push({ agentId: agent.agentId, shardId: s.shardId, leaseId, attempt: s.attempts, ttlMs: this.leaseTtlMs });
-      if (agent.credit <= 0) avail = avail.filter((a) => a !== agent);
+      if (agent.credit > 0)
+        heap.push(agent); // its new load and round-robin place (an older entry of it is now stale)
+      else withCredit--;
     }
     return grants;
   }
@@ -383,7 +436,7 @@ export class LeaseTable {
     }
     const a = this.agents.get(agentId);
     if (a) a.shardsDone++;
-    this.byLease.delete(leaseId);
+    this.dropLease(s);
     s.state = "done";
     s.lastError = "";
     s.doneMs = this.clock();
@@ -426,7 +479,7 @@ export class LeaseTable {
     }
     if (retryable) this.retryOrFail(s, error, out);
     else {
-      this.byLease.delete(s.leaseId);
+      this.dropLease(s);
       s.state = "failed";
       s.lastError = error;
       out.newlyFailed++;
@@ -436,7 +489,7 @@ export class LeaseTable {
   }
 
   private retryOrFail(s: ShardEntry, error: string, out: Changes): void {
-    this.byLease.delete(s.leaseId);
+    this.dropLease(s);
     this.uncounted.delete(s.shardId);
     s.lastError = error;
     const max = this.sweeps.get(s.sweepId)?.maxAttempts ?? 3;
@@ -445,7 +498,7 @@ export class LeaseTable {
       s.lastError = `${error}; gave up after ${s.attempts} attempt(s) (max_attempts ${max})`;
       out.newlyFailed++;
     } else {
-      s.state = "pending";
+      this.requeue(s);
       s.notBeforeMs = this.clock() + this.backoffMs(s.attempts);
       out.retries++;
     }
@@ -460,13 +513,12 @@ export class LeaseTable {
   /** The agent holding the shard's lease is told to drop it; the lease ends. */
   private revoke(s: ShardEntry, reason: string, out: Changes): void {
     out.revoked.push({ agentId: s.agentId, leaseId: s.leaseId, shardId: s.shardId, reason });
-    this.byLease.delete(s.leaseId);
+    this.dropLease(s);
   }
 
   /** Marks a registered sweep active or not; returns its shards that are in `state`. */
   private activate(sweepId: string, active: boolean, state: ShardState): ShardEntry[] {
-    const slot = this.sweeps.get(sweepId);
-    if (slot) slot.active = active;
+    this.setSweep(sweepId, active, this.sweeps.get(sweepId)?.maxAttempts ?? 3);
     return this.shardsOf(sweepId).filter((s) => s.state === state);
   }
 
@@ -475,7 +527,7 @@ export class LeaseTable {
     const out = emptyChanges();
     for (const s of this.activate(sweepId, false, "leased")) {
       this.revoke(s, "sweep cancelled", out);
-      s.state = "pending";
+      this.requeue(s);
       s.attempts = Math.max(0, s.attempts - 1);
       out.changed.push(s);
     }
@@ -491,7 +543,7 @@ export class LeaseTable {
     const uncounted = this.activate(sweepId, true, "done").filter((s) => !s.resultConsumed);
     for (const s of [...this.activate(sweepId, true, "failed"), ...uncounted]) {
       this.uncounted.delete(s.shardId);
-      s.state = "pending";
+      this.requeue(s);
       s.attempts = 0;
       s.notBeforeMs = 0;
       out.changed.push(s);

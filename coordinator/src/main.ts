@@ -54,6 +54,12 @@ const program = new Command("factsweep-coordinator")
     int("--uncounted-timeout-ms", 100),
   )
   .option(
+    "--keep-finished <n>",
+    "finished sweeps kept in memory (most recently used); older ones are loaded from NATS KV when asked for",
+    int("--keep-finished", 0),
+    8,
+  )
+  .option(
     "--max-lease-ms <ms>",
     "longest one lease may be held however often heartbeats renew it; then it is revoked (CancelLease) and re-queued as a retry (0: no limit)",
     int("--max-lease-ms", 0),
@@ -124,6 +130,7 @@ const program = new Command("factsweep-coordinator")
       retryBackoffMs: o.retryBackoffMs,
       uncountedTimeoutMs: o.uncountedTimeoutMs,
       maxLeaseMs: o.maxLeaseMs,
+      keepFinished: o.keepFinished,
       userToken,
       agentToken,
       tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa } : undefined,

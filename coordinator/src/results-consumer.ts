@@ -166,6 +166,11 @@ export class ResultsConsumer {
         const consumer = await js.consumers.get(RESULTS_STREAM, RESULTS_CONSUMER);
         const iter = await consumer.consume({ max_messages: this.batch });
         this.iter = iter;
+        if (this.stopped) {
+          // stop() ran while the consumer was being opened (it had no iterator to stop yet).
+          iter.stop();
+          break;
+        }
         for await (const m of iter) {
           this.handle(m);
           if (this.pending.length >= this.batch) await this.flush();

@@ -57,6 +57,18 @@ export class Scheduler extends EventEmitter implements AgentStreams {
     this.timer = undefined;
   }
 
+  /**
+   * The full prompt of a granted shard: shard bodies hold only the prompt's index and key (each
+   * prompt is stored once per sweep, in its record); unset or unknown: the body's prompt as stored.
+   */
+  promptOf: ((sweepId: string, index: number) => sweep.PromptSpec | undefined) | undefined;
+
+  /** Drops a sweep's shards and their bodies from memory (they stay in the state store). */
+  forgetSweep(sweepId: string): void {
+    for (const s of this.table.shardsOf(sweepId)) this.bodies.delete(s.shardId);
+    this.table.forgetSweep(sweepId);
+  }
+
   /** Adds shards (new or loaded) to the table; `persist` writes new ones to the store. */
   addShards(records: ShardRecord[], persist: boolean): void {
     for (const r of records) {
@@ -213,6 +225,8 @@ export class Scheduler extends EventEmitter implements AgentStreams {
       const body = this.bodies.get(g.shardId);
       if (!session || !body) continue; // cannot happen: only connected agents get credit
       const shard = sweep.Shard.decode(Buffer.from(body, "base64"));
+      const prompt = shard.prompt && this.promptOf?.(shard.sweepId, shard.prompt.index);
+      if (prompt) shard.prompt = prompt;
       shard.attempt = g.attempt;
       session.send({ body: { $case: "lease", lease: { leaseId: g.leaseId, shard, ttlMs: g.ttlMs } } });
     }

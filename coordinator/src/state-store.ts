@@ -1,3 +1,4 @@
+// long-file: the KV records, their coalescing CAS writer and the fencing by epoch belong together; loading and deleting a sweep use the same revision map.
 /**
  * Durable sweep and shard state in JetStream KV, so a restarted coordinator carries on exactly.
  *
@@ -41,6 +42,11 @@ export interface SweepRecord {
   retries: number;
   createdMs: number;
   finishedMs: number;
+  /**
+   * control.SweepInfo (proto JSON) of a finished sweep, written when it leaves memory: a restarted
+   * coordinator lists it from this alone and loads its shards and results only when asked.
+   */
+  summary?: unknown;
 }
 
 /** The persisted shard: its scheduling entry plus the shard itself (sweep.Shard, base64 protobuf). */
@@ -205,23 +211,73 @@ export class StateStore {
     return out;
   }
 
-  /** Every sweep and shard record, for a (re)starting coordinator. */
-  async loadAll(): Promise<{ sweeps: SweepRecord[]; shards: ShardRecord[] }> {
+  /**
+   * Every sweep record, and the shard records of the sweeps `withShards` picks (default all), for
+   * a (re)starting coordinator: a finished sweep's shards stay in the KV until it is opened.
+   */
+  async loadAll(withShards: (rec: SweepRecord) => boolean = () => true): Promise<{ sweeps: SweepRecord[]; shards: ShardRecord[] }> {
     const sweeps = await this.loadBucket<SweepRecord>(this.sweeps, "s:");
-    const shards = await this.loadBucket<ShardRecord>(this.shards, "h:");
+    const picked = new Set(sweeps.filter(withShards).map((r) => r.sweepId));
+    // Shard ids are `<sweep>.<prompt>.<part>` and sweep ids have no dot.
+    const shards = await this.loadBucket<ShardRecord>(this.shards, "h:", (k) => picked.has(k.slice(0, k.indexOf("."))));
     return { sweeps, shards };
   }
 
-  private async loadBucket<T>(kv: KV, prefix: string): Promise<T[]> {
+  /** One sweep record, or undefined. */
+  async loadSweep(sweepId: string): Promise<SweepRecord | undefined> {
+    if (!isKvKey(sweepId)) throw new InvalidKeyError(sweepId);
+    const e = await this.sweeps.get(sweepId);
+    if (!e || e.operation !== "PUT") return undefined;
+    this.revisions.set(`s:${sweepId}`, e.revision);
+    return (JSON.parse(e.string()) as Envelope<SweepRecord>).data;
+  }
+
+  /** The shard records of one sweep. */
+  async loadShards(sweepId: string): Promise<ShardRecord[]> {
+    if (!isKvKey(sweepId)) throw new InvalidKeyError(sweepId);
+    return await this.loadBucket<ShardRecord>(this.shards, "h:", undefined, `${sweepId}.>`);
+  }
+
+  /**
+   * Removes a sweep from the KV: its record, its shard records and its stored results (each key
+   * purged, so no history of it remains). Resolves with the counts removed. Queued writes of its
+   * keys are dropped first, so none lands after the purge.
+   */
+  async deleteSweep(sweepId: string): Promise<{ shards: number; results: number }> {
+    this.checkFence();
+    if (!isKvKey(sweepId)) throw new InvalidKeyError(sweepId);
+    const keysOf = async (kv: KV): Promise<string[]> => {
+      const out: string[] = [];
+      for await (const k of await kv.keys(`${sweepId}.>`)) out.push(k);
+      return out;
+    };
+    const [shardKeys, resultKeys] = await Promise.all([keysOf(this.shards), keysOf(this.aggregates)]);
+    for (const k of [`s:${sweepId}`, ...shardKeys.map((k) => `h:${k}`)]) {
+      const w = this.writers.get(k);
+      if (w) w.pending = undefined;
+      await w?.running;
+      this.writers.delete(k);
+      this.revisions.delete(k);
+    }
+    for (let i = 0; i < shardKeys.length; i += 64) await Promise.all(shardKeys.slice(i, i + 64).map((k) => this.shards.purge(k)));
+    for (let i = 0; i < resultKeys.length; i += 64) await Promise.all(resultKeys.slice(i, i + 64).map((k) => this.aggregates.purge(k)));
+    await this.sweeps.purge(sweepId);
+    return { shards: shardKeys.length, results: resultKeys.length };
+  }
+
+  private async loadBucket<T>(kv: KV, prefix: string, keep: (key: string) => boolean = () => true, filter?: string): Promise<T[]> {
     const out: T[] = [];
     const keys: string[] = [];
-    for await (const k of await kv.keys()) if (!k.startsWith("_")) keys.push(k);
+    for await (const k of await kv.keys(filter)) if (!k.startsWith("_") && keep(k)) keys.push(k);
     keys.sort();
-    for (const k of keys) {
-      const e = await kv.get(k);
-      if (!e || e.operation !== "PUT") continue;
-      this.revisions.set(prefix + k, e.revision);
-      out.push((JSON.parse(e.string()) as Envelope<T>).data);
+    for (let i = 0; i < keys.length; i += 64) {
+      const slice = keys.slice(i, i + 64);
+      const got = await Promise.all(slice.map((k) => kv.get(k)));
+      got.forEach((e, j) => {
+        if (!e || e.operation !== "PUT") return;
+        this.revisions.set(prefix + slice[j], e.revision);
+        out.push((JSON.parse(e.string()) as Envelope<T>).data);
+      });
     }
     return out;
   }

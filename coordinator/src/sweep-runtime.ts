@@ -35,11 +35,16 @@ export function newSweepId(name: string): string {
   }-${randomBytes(3).toString("hex")}`;
 }
 
-/** A planned shard as a new, pending shard record (the shard's protobuf in base64, sent in its grants). */
+/**
+ * A planned shard as a new, pending shard record: the shard's protobuf in base64 with its prompt
+ * cut to the index and key, since the sweep record holds every prompt once (a prompt of many
+ * shards is not stored with each); the scheduler puts the full prompt back into each grant.
+ */
 export function shardRecord(sweepId: string, sh: sweep.Shard): ShardRecord {
+  const prompt = sh.prompt ? sweep.PromptSpec.fromPartial({ index: sh.prompt.index, promptKey: sh.prompt.promptKey }) : undefined;
   return {
     ...LeaseTable.pending(sh.shardId, sweepId, sh.prompt?.promptKey ?? `${sweepId}/${sh.prompt?.index ?? 0}`, shardUnits(sh)),
-    shard: Buffer.from(sweep.Shard.encode(sh).finish()).toString("base64"),
+    shard: Buffer.from(sweep.Shard.encode({ ...sh, prompt }).finish()).toString("base64"),
   };
 }
 

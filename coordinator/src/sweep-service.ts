@@ -21,6 +21,10 @@ export interface SweepApi {
   /** Calls `cb` with the SweepInfo now and on every change; returns an unsubscribe function. */
   watch(sweepId: string, cb: (info: control.SweepInfo) => void): () => void;
   results(sweepId: string): Iterable<control.ResultRow>;
+  /** Removes a finished, failed or cancelled sweep's state and results. */
+  delete(sweepId: string): Promise<control.DeleteReply>;
+  /** Loads a finished sweep let go from memory, before results, report or resume need it. */
+  open(sweepId: string): Promise<void>;
 }
 
 /** Options of {@link createSweepService}. */
@@ -52,9 +56,16 @@ export function createSweepService(coord: SweepApi, opts: SweepServiceOptions = 
     get: unary("Get", (r: control.SweepRef) => coord.get(r.sweepId)),
     list: unary("List", () => ({ sweeps: coord.list() })),
     cancel: unary("Cancel", (r: control.SweepRef) => coord.cancel(r.sweepId)),
-    resume: unary("Resume", (r: control.SweepRef) => coord.resume(r.sweepId)),
+    resume: unary("Resume", async (r: control.SweepRef) => {
+      await coord.open(r.sweepId);
+      return coord.resume(r.sweepId);
+    }),
     agents: unary("Agents", () => ({ agents: coord.agents() })),
-    report: unary("Report", (r: control.SweepRef) => coord.report(r.sweepId)),
+    report: unary("Report", async (r: control.SweepRef) => {
+      await coord.open(r.sweepId);
+      return coord.report(r.sweepId);
+    }),
+    delete: unary("Delete", (r: control.SweepRef) => coord.delete(r.sweepId)),
 
     watch(call: ServerWritableStream<control.SweepRef, control.SweepInfo>): void {
       let unsubscribe: (() => void) | undefined;
@@ -98,8 +109,9 @@ export function createSweepService(coord: SweepApi, opts: SweepServiceOptions = 
     },
 
     results(call: ServerWritableStream<control.SweepRef, control.ResultRow>): void {
-      try {
+      void (async () => {
         checkToken(call.metadata, opts.token);
+        await coord.open(call.request.sweepId);
         const rows = coord.results(call.request.sweepId)[Symbol.iterator]();
         // Respect back-pressure: write until the buffer is full, continue on drain.
         const pump = () => {
@@ -112,9 +124,7 @@ export function createSweepService(coord: SweepApi, opts: SweepServiceOptions = 
           call.end();
         };
         pump();
-      } catch (err) {
-        call.emit("error", grpcStatusOf(err, "SweepService/Results"));
-      }
+      })().catch((err: unknown) => call.emit("error", grpcStatusOf(err, "SweepService/Results")));
     },
   };
 }

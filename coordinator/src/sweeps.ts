@@ -17,11 +17,13 @@ import { checkResultContent, type Rejection } from "./result-check.js";
 import type { Scheduler } from "./scheduler.js";
 import { isKvKey, type StateStore, type SweepRecord } from "./state-store.js";
 import { newAggregator, newSweepId, plan, resultRows, shardRecord, type Aggregator } from "./sweep-runtime.js";
-import { InvalidSpecError, ModelNotFoundError, SweepExistsError, SweepNotFoundError, UnavailableError } from "./errors.js";
+import { InvalidSpecError, ModelNotFoundError, SweepExistsError, SweepNotFoundError, SweepStateError, UnavailableError } from "./errors.js";
 
 interface LiveSweep {
   rec: SweepRecord;
   spec: SweepSpec;
+  /** The sweep's prompts, held once: shard bodies carry only the index (see sweep-runtime.ts shardRecord). */
+  prompts: sweep.PromptSpec[];
   agg: Aggregator;
   /** (time, done cells) samples for cells/s and ETA. */
   samples: { t: number; cells: number }[];
@@ -45,6 +47,8 @@ export interface SweepsDeps {
   limits?: PlanLimits;
   /** Whether the coordinator takes requests that change state. */
   isReady: () => boolean;
+  /** Finished (done, failed, cancelled) sweeps kept in memory, most recently used; older ones are loaded on demand. Default 8. */
+  keepFinished?: number;
   /** Publishes a core NATS message (best effort: may throw while disconnected). */
   publish: (subject: string, data: string) => void;
   log: (msg: string) => void;
@@ -64,15 +68,24 @@ function rateAndEta(s: LiveSweep, doneCells: number): { rate: number; eta: numbe
  * It is the results consumer's sink (`add`, `persist`) and the scheduler's listener (`shardsChanged`).
  */
 export class Sweeps extends EventEmitter implements ResultSink {
+  /** Sweeps held in memory; insertion order is the order of use (a finished one is re-inserted when used). */
   private readonly live = new Map<string, LiveSweep>();
+  /** Finished sweeps not held in memory: their last SweepInfo (the record's `summary`); `open` loads one. */
+  private readonly finished = new Map<string, control.SweepInfo>();
+  private readonly opening = new Map<string, Promise<void>>();
 
   constructor(private readonly d: SweepsDeps) {
     super();
     this.setMaxListeners(0);
   }
 
-  /** Number of sweeps held. */
+  /** Number of sweeps known (held in memory or finished and stored). */
   get size(): number {
+    return this.live.size + this.finished.size;
+  }
+
+  /** Number of sweeps held in memory. */
+  get resident(): number {
     return this.live.size;
   }
 
@@ -86,27 +99,44 @@ export class Sweeps extends EventEmitter implements ResultSink {
     }));
   }
 
-  private hold(rec: SweepRecord, spec: SweepSpec, agg: Aggregator, samples: LiveSweep["samples"]): void {
-    this.live.set(rec.sweepId, { rec, spec, agg, samples, unpersisted: new Map(), lastEventMs: 0, lastEventState: "" });
+  private hold(rec: SweepRecord, spec: SweepSpec, agg: Aggregator, samples: LiveSweep["samples"], prompts: sweep.PromptSpec[]): void {
+    this.live.set(rec.sweepId, { rec, spec, prompts, agg, samples, unpersisted: new Map(), lastEventMs: 0, lastEventState: "" });
     this.d.table.setSweep(rec.sweepId, rec.state === "running", rec.maxAttempts);
   }
 
-  /** Loads every sweep and shard from the store; re-plans shards a crash during launch left unwritten. */
+  /** The full prompt of a sweep held here (granted shards carry it; stored shards only its index). */
+  promptOf(sweepId: string, index: number): sweep.PromptSpec | undefined {
+    return this.live.get(sweepId)?.prompts[index];
+  }
+
+  /** Holds a stored sweep: parses its spec and rebuilds its aggregate from the stored results. */
+  private async revive(rec: SweepRecord): Promise<boolean> {
+    let spec: SweepSpec;
+    try {
+      spec = parseSweepSpec(rec.spec, { baseDir: rec.specDir, limits: this.d.limits });
+    } catch (err) {
+      this.d.log(`sweep ${rec.sweepId}: stored spec no longer parses (${(err as Error).message}); skipped`);
+      return false;
+    }
+    const prompts = rec.prompts.map((p) => sweep.PromptSpec.fromJSON(p));
+    // The aggregate is the fold of the stored results: rebuild it.
+    const agg = newAggregator(spec, rec.sweepId, prompts);
+    for (const bytes of await this.d.store.loadResults(rec.sweepId)) agg.add(sweep.ShardResult.decode(bytes));
+    this.hold(rec, spec, agg, [], prompts);
+    return true;
+  }
+
+  /**
+   * Loads the running sweeps (and finished ones stored before summaries existed) with their shards
+   * and results; other finished sweeps are listed from their summary and loaded by `open`.
+   * Re-plans shards a crash during launch left unwritten.
+   */
   async load(): Promise<void> {
-    const { sweeps, shards } = await this.d.store.loadAll();
+    const held = (rec: SweepRecord) => rec.state === "running" || rec.summary === undefined;
+    const { sweeps, shards } = await this.d.store.loadAll(held);
     for (const rec of sweeps) {
-      let spec: SweepSpec;
-      try {
-        spec = parseSweepSpec(rec.spec, { baseDir: rec.specDir, limits: this.d.limits });
-      } catch (err) {
-        this.d.log(`sweep ${rec.sweepId}: stored spec no longer parses (${(err as Error).message}); skipped`);
-        continue;
-      }
-      const prompts = rec.prompts.map((p) => sweep.PromptSpec.fromJSON(p));
-      // The aggregate is the fold of the stored results: rebuild it.
-      const agg = newAggregator(spec, rec.sweepId, prompts);
-      for (const bytes of await this.d.store.loadResults(rec.sweepId)) agg.add(sweep.ShardResult.decode(bytes));
-      this.hold(rec, spec, agg, []);
+      if (held(rec)) await this.revive(rec);
+      else this.finished.set(rec.sweepId, control.SweepInfo.fromJSON(rec.summary));
     }
     const known = shards.filter((s) => this.live.has(s.sweepId));
     this.d.scheduler.addShards(known, false);
@@ -134,6 +164,72 @@ export class Sweeps extends EventEmitter implements ResultSink {
       }
     }
     for (const id of this.live.keys()) this.shardsChanged(id);
+    this.retireFinished();
+  }
+
+  /**
+   * Holds a finished sweep that was let go from memory again (its record, shards and results from
+   * the KV), so results, report and resume can serve it; a no-op for a held or unknown sweep.
+   */
+  async open(sweepId: string): Promise<void> {
+    const s = this.live.get(sweepId);
+    if (s) {
+      this.live.delete(sweepId); // most recently used
+      this.live.set(sweepId, s);
+      return;
+    }
+    if (!this.finished.has(sweepId)) return;
+    let p = this.opening.get(sweepId);
+    if (!p) {
+      p = (async () => {
+        const rec = await this.d.store.loadSweep(sweepId);
+        if (!rec || !this.finished.has(sweepId)) return; // deleted meanwhile
+        if (!(await this.revive(rec))) return;
+        this.finished.delete(sweepId);
+        this.d.scheduler.addShards(await this.d.store.loadShards(sweepId), false);
+        this.d.log(`sweep ${sweepId} loaded from the store on demand`);
+        this.retireFinished(sweepId);
+      })().finally(() => this.opening.delete(sweepId));
+      this.opening.set(sweepId, p);
+    }
+    await p;
+  }
+
+  /**
+   * Lets the least recently used finished sweeps beyond `keepFinished` go from memory: their
+   * SweepInfo is written into their record (`summary`) and kept; shards, prompts and aggregate go.
+   */
+  private retireFinished(keep?: string): void {
+    const cap = this.d.keepFinished ?? 8;
+    const done = [...this.live.values()].filter((s) => s.rec.state !== "running");
+    for (const s of done.slice(0, Math.max(0, done.length - cap))) {
+      const id = s.rec.sweepId;
+      if (id === keep || s.unpersisted.size > 0) continue;
+      const info = this.info(id);
+      s.rec.summary = control.SweepInfo.toJSON(info);
+      this.d.store.saveSweep(s.rec);
+      this.d.scheduler.forgetSweep(id);
+      this.live.delete(id);
+      this.finished.set(id, info);
+    }
+  }
+
+  /**
+   * Deletes a finished, failed or cancelled sweep: its record, shard records and aggregated results
+   * leave the KV and memory. A running sweep is refused (cancel it first).
+   */
+  async delete(sweepId: string): Promise<control.DeleteReply> {
+    this.requireReady();
+    const s = this.live.get(sweepId);
+    const state = s?.rec.state ?? this.finished.get(sweepId)?.state;
+    if (state === undefined && !(await this.d.store.sweepExists(sweepId))) throw new SweepNotFoundError(sweepId);
+    if (state === "running") throw new SweepStateError(sweepId, `sweep ${sweepId} is running; cancel it first (sweepctl cancel ${sweepId}), then delete it`);
+    if (s) this.d.scheduler.forgetSweep(sweepId);
+    this.live.delete(sweepId);
+    this.finished.delete(sweepId);
+    const removed = await this.d.store.deleteSweep(sweepId);
+    this.d.log(`sweep ${sweepId} deleted: ${removed.shards} shard record(s), ${removed.results} stored result(s)`);
+    return { sweepId, shardsRemoved: removed.shards, resultsRemoved: removed.results };
   }
 
   // ---- results --------------------------------------------------------------------------
@@ -145,6 +241,8 @@ export class Sweeps extends EventEmitter implements ResultSink {
    * result-check.ts). A result of a shard already aggregated is a duplicate, whoever sent it.
    */
   add(r: sweep.ShardResult, subject?: string): AddOutcome {
+    // A late copy for a finished sweep let go from memory: it ended with every shard counted once.
+    if (this.finished.has(r.sweepId) && (subject === undefined || subject === resultsSubject(r.sweepId))) return "duplicate";
     const refused = this.refusal(r, subject);
     if (refused) return refused;
     const s = this.live.get(r.sweepId)!;
@@ -235,6 +333,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     }
     this.saved(s);
     this.publishProgress(s);
+    if (rec.state !== "running") this.retireFinished(sweepId);
   }
 
   /** Writes the sweep's record and tells watchers. */
@@ -266,8 +365,14 @@ export class Sweeps extends EventEmitter implements ResultSink {
 
   private sweep(sweepId: string): LiveSweep {
     const s = this.live.get(sweepId);
-    if (!s) throw new SweepNotFoundError(sweepId);
-    return s;
+    if (s) return s;
+    if (this.finished.has(sweepId)) {
+      throw new SweepStateError(
+        sweepId,
+        `sweep ${sweepId} is finished and not held in memory; open(${JSON.stringify(sweepId)}) loads it (the SweepService does so)`,
+      );
+    }
+    throw new SweepNotFoundError(sweepId);
   }
 
   /** Parses, checks and plans a spec, persists the sweep and its shards, and starts it. */
@@ -281,7 +386,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     } catch (err) {
       throw new InvalidSpecError("sweep_id", (err as Error).message, { cause: err });
     }
-    if (this.live.has(sweepId) || (await this.d.store.sweepExists(sweepId))) {
+    if (this.live.has(sweepId) || this.finished.has(sweepId) || (await this.d.store.sweepExists(sweepId))) {
       throw new SweepExistsError(sweepId);
     }
     confineSweepSpec(spec, this.d.roots, this.d.dataRoots ?? this.d.roots); // every path, real paths, regular files only
@@ -315,7 +420,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     };
     const agg = newAggregator(spec, sweepId, p.prompts); // before anything is persisted
     await this.d.store.createSweep(rec);
-    this.hold(rec, spec, agg, [{ t: now, cells: 0 }]);
+    this.hold(rec, spec, agg, [{ t: now, cells: 0 }], p.prompts);
     this.d.scheduler.addShards(
       p.shards.map((sh) => shardRecord(sweepId, sh)),
       true,
@@ -330,6 +435,8 @@ export class Sweeps extends EventEmitter implements ResultSink {
 
   /** The sweep's current SweepInfo. */
   info(sweepId: string): control.SweepInfo {
+    const summary = this.finished.get(sweepId);
+    if (summary) return summary;
     const s = this.sweep(sweepId);
     const { table } = this.d;
     const c = table.counts(sweepId);
@@ -361,12 +468,12 @@ export class Sweeps extends EventEmitter implements ResultSink {
 
   /** Every sweep's SweepInfo, oldest first. */
   list(): control.SweepInfo[] {
-    return [...this.live.keys()].map((id) => this.info(id)).sort((a, b) => a.createdMs - b.createdMs);
+    return [...[...this.live.keys()].map((id) => this.info(id)), ...this.finished.values()].sort((a, b) => a.createdMs - b.createdMs);
   }
 
   /** Calls `cb` with the SweepInfo now and on every change; returns an unsubscribe function. */
   watch(sweepId: string, cb: (info: control.SweepInfo) => void): () => void {
-    this.sweep(sweepId);
+    if (!this.finished.has(sweepId)) this.sweep(sweepId);
     const on = (id: string) => {
       if (id === sweepId) cb(this.info(sweepId));
     };
@@ -378,12 +485,14 @@ export class Sweeps extends EventEmitter implements ResultSink {
   /** Cancels a running sweep: no more grants, leases revoked. Finished sweeps are left as they are. */
   cancel(sweepId: string): control.SweepInfo {
     this.requireReady();
+    if (this.finished.has(sweepId)) return this.info(sweepId);
     const s = this.sweep(sweepId);
     if (s.rec.state === "running") {
       s.rec.state = "cancelled";
       s.rec.finishedMs = Date.now();
       this.d.scheduler.cancelSweep(sweepId);
       this.saved(s);
+      this.retireFinished(sweepId);
     }
     return this.info(sweepId);
   }

@@ -126,6 +126,14 @@ export interface ReportData {
   aggregateJson: string;
 }
 
+export interface DeleteReply {
+  sweepId: string;
+  /** shard records removed */
+  shardsRemoved: number;
+  /** aggregated shard results removed */
+  resultsRemoved: number;
+}
+
 function createBaseLaunchRequest(): LaunchRequest {
   return { spec: "", sweepId: "", specDir: "" };
 }
@@ -1788,6 +1796,119 @@ export const ReportData: MessageFns<ReportData> = {
   },
 };
 
+function createBaseDeleteReply(): DeleteReply {
+  return { sweepId: "", shardsRemoved: 0, resultsRemoved: 0 };
+}
+
+export const DeleteReply: MessageFns<DeleteReply> = {
+  encode(message: DeleteReply, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.sweepId !== "") {
+      writer.uint32(10).string(message.sweepId);
+    }
+    if (message.shardsRemoved !== 0) {
+      writer.uint32(16).uint32(message.shardsRemoved);
+    }
+    if (message.resultsRemoved !== 0) {
+      writer.uint32(24).uint32(message.resultsRemoved);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteReply {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteReply();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.sweepId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.shardsRemoved = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.resultsRemoved = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteReply {
+    return {
+      sweepId: isSet(object.sweepId)
+        ? globalThis.String(object.sweepId)
+        : isSet(object.sweep_id)
+        ? globalThis.String(object.sweep_id)
+        : "",
+      shardsRemoved: isSet(object.shardsRemoved)
+        ? globalThis.Number(object.shardsRemoved)
+        : isSet(object.shards_removed)
+        ? globalThis.Number(object.shards_removed)
+        : 0,
+      resultsRemoved: isSet(object.resultsRemoved)
+        ? globalThis.Number(object.resultsRemoved)
+        : isSet(object.results_removed)
+        ? globalThis.Number(object.results_removed)
+        : 0,
+    };
+  },
+
+  toJSON(message: DeleteReply): unknown {
+    const obj: any = {};
+    if (message.sweepId !== "") {
+      obj.sweepId = message.sweepId;
+    }
+    if (message.shardsRemoved !== 0) {
+      obj.shardsRemoved = Math.round(message.shardsRemoved);
+    }
+    if (message.resultsRemoved !== 0) {
+      obj.resultsRemoved = Math.round(message.resultsRemoved);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DeleteReply>): DeleteReply {
+    return DeleteReply.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DeleteReply>): DeleteReply {
+    const message = createBaseDeleteReply();
+    message.sweepId = object.sweepId ?? "";
+    message.shardsRemoved = object.shardsRemoved ?? 0;
+    message.resultsRemoved = object.resultsRemoved ?? 0;
+    return message;
+  },
+};
+
 export type SweepServiceService = typeof SweepServiceService;
 export const SweepServiceService = {
   launch: {
@@ -1872,6 +1993,20 @@ export const SweepServiceService = {
     responseSerialize: (value: ReportData): Buffer => Buffer.from(ReportData.encode(value).finish()),
     responseDeserialize: (value: Buffer): ReportData => ReportData.decode(value),
   },
+  /**
+   * Removes a finished, failed or cancelled sweep: its record, shard records and aggregated
+   * results (FAILED_PRECONDITION while it runs: cancel it first). Its raw messages in the results
+   * stream are not purged (the stream denies purge); they age out with the stream's max_age.
+   */
+  delete: {
+    path: "/factsweep.control.v1.SweepService/Delete" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SweepRef): Buffer => Buffer.from(SweepRef.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SweepRef => SweepRef.decode(value),
+    responseSerialize: (value: DeleteReply): Buffer => Buffer.from(DeleteReply.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteReply => DeleteReply.decode(value),
+  },
 } as const;
 
 export interface SweepServiceServer extends UntypedServiceImplementation {
@@ -1885,6 +2020,12 @@ export interface SweepServiceServer extends UntypedServiceImplementation {
   agents: handleUnaryCall<AgentsRequest, AgentsReply>;
   /** What `sweepctl report` draws: a trace sweep's heatmaps (ModelTrace JSON) or a kind's aggregate. */
   report: handleUnaryCall<SweepRef, ReportData>;
+  /**
+   * Removes a finished, failed or cancelled sweep: its record, shard records and aggregated
+   * results (FAILED_PRECONDITION while it runs: cancel it first). Its raw messages in the results
+   * stream are not purged (the stream denies purge); they age out with the stream's max_age.
+   */
+  delete: handleUnaryCall<SweepRef, DeleteReply>;
 }
 
 export interface SweepServiceClient extends Client {
@@ -1979,6 +2120,23 @@ export interface SweepServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ReportData) => void,
+  ): ClientUnaryCall;
+  /**
+   * Removes a finished, failed or cancelled sweep: its record, shard records and aggregated
+   * results (FAILED_PRECONDITION while it runs: cancel it first). Its raw messages in the results
+   * stream are not purged (the stream denies purge); they age out with the stream's max_age.
+   */
+  delete(request: SweepRef, callback: (error: ServiceError | null, response: DeleteReply) => void): ClientUnaryCall;
+  delete(
+    request: SweepRef,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteReply) => void,
+  ): ClientUnaryCall;
+  delete(
+    request: SweepRef,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteReply) => void,
   ): ClientUnaryCall;
 }
 
