@@ -225,6 +225,15 @@ program
   });
 
 program
+  .command("delete")
+  .description("delete a finished, failed or cancelled sweep: its state and aggregated results leave NATS (cancel a running one first)")
+  .argument("<sweep-id>")
+  .action(async (id: string) => {
+    const r = await unary(g(), (c) => c.delete, { sweepId: id });
+    console.log(`sweep ${r.sweepId} deleted: ${r.shardsRemoved} shard record(s), ${r.resultsRemoved} stored result(s)`);
+  });
+
+program
   .command("results")
   .description("export a sweep's aggregated cells")
   .argument("<sweep-id>")
