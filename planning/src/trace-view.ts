@@ -36,7 +36,7 @@ const FACT_GROUPS: TokenGroup[] = ["subject_last", "last"];
 const round = (v: number | null): number | null => (v === null ? null : Math.round(v * 1e4) / 1e4);
 
 /** Collapses per-prompt error messages into reasons with counts ("subject not found" × 3). */
-function reasons(errors: { message: string }[]): { reason: string; count: number }[] {
+export function promptErrorReasons(errors: { message: string }[]): { reason: string; count: number }[] {
   const counts = new Map<string, number>();
   for (const e of errors) {
     // Messages name the prompt's subject or ids; keep the part before the first quote or colon as the reason.
@@ -68,7 +68,7 @@ export function modelTrace(agg: ResultAggregator, meta: TraceMeta): ModelTrace {
     ...(meta.state ? { state: meta.state } : {}),
     ...(meta.findings !== undefined ? { findings: meta.findings } : {}),
     ...(perFact.length ? { perFact } : {}),
-    skipped: reasons(meta.promptErrors ?? []),
+    skipped: promptErrorReasons(meta.promptErrors ?? []),
     heatmaps: agg.grids().map(({ site, window }) => {
       const h = agg.heatmap(site, window);
       return {

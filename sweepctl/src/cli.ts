@@ -5,12 +5,12 @@
  * and N node agents as child processes. Exit codes: see EXIT in cli-output.ts and the README.
  */
 import { existsSync, readFileSync } from "node:fs";
-import { extname, join, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { Command, CommanderError, InvalidArgumentError, Option } from "commander";
 import * as grpc from "@grpc/grpc-js";
 import { control } from "@factsweep/proto";
-import { KIND_AGGREGATE_FILE, parseSweepSpec } from "@factsweep/planning";
-import { Provenance, type ProvenanceRecord } from "./provenance.js";
+import { KIND_AGGREGATE_FILE } from "@factsweep/planning";
+import { Provenance } from "./provenance.js";
 import { CliExit, EXIT, ProgressView, agentTable, describeSweep, exitCodeOf, exitCodeOfState, isTerminal, sweepTable, writeResults } from "./cli-output.js";
 import { readSpec, runLocal, type LocalOpts } from "./local.js";
 
@@ -140,6 +140,11 @@ function positive(v: string, name: string): number {
   if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`expected ${name} to be a positive integer, got "${v}"`);
   return n;
 }
+function positiveNumber(v: string, name: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`expected ${name} to be a positive number, got "${v}"`);
+  return n;
+}
 const g = (): GlobalOpts => program.opts<GlobalOpts>();
 let exitCode: number = EXIT.ok;
 
@@ -150,7 +155,11 @@ program
   .option("--id <sweep-id>", "sweep id (default: from the spec's name plus a random suffix)")
   .option("--detach", "print the sweep id and return without following it")
   .option("--quiet", "no progress bar")
-  .action(async (file: string, opts: { id?: string; detach?: boolean; quiet?: boolean }) => {
+  .option("--dry-run", "print the plan (as `sweepctl plan`) and launch nothing")
+  .option("--rate <forwards/s>", "with --dry-run: as `plan --rate`", (v) => positiveNumber(v, "--rate"))
+  .option("--rate-from <dirs...>", "with --dry-run: as `plan --rate-from`")
+  .action(async (file: string, opts: { id?: string; detach?: boolean; quiet?: boolean; dryRun?: boolean; rate?: number; rateFrom?: string[] }) => {
+    if (opts.dryRun) return (await import("./plan.js")).printPlan(file, opts);
     const { text, dir } = readSpec(file);
     const info = await unary(g(), (c) => c.launch, { spec: text, sweepId: opts.id ?? "", specDir: dir });
     console.log(info.sweepId);
@@ -167,6 +176,21 @@ program
     console.error(describeSweep(last));
     exitCode = exitCodeOfState(last.state);
   });
+
+const planOptions = (c: Command): Command =>
+  c
+    .option("--rate <forwards/s>", "measured corrupted forwards per second of this model (a swap cell is one, a noise cell `samples`)", (v) =>
+      positiveNumber(v, "--rate"),
+    )
+    .option("--rate-from <dirs...>", "finished `sweepctl local` run folders: the rate of the one with this model");
+
+planOptions(
+  program
+    .command("plan")
+    .description("plan a spec on this machine as the coordinator would: prompts kept and skipped (with reasons), cells, shards, a time estimate")
+    .argument("<spec>", "sweep spec file (.yaml, .yml or .json)")
+    .option("--json", "print as JSON"),
+).action(async (file: string, opts: { rate?: number; rateFrom?: string[]; json?: boolean }) => (await import("./plan.js")).printPlan(file, opts));
 
 program
   .command("status")
@@ -244,14 +268,9 @@ program
     "the sweep's spec, to add each trace row's prompt text, relation, token string, answer and swap partner (planned here again: needs the model's config.json, tokenizer and dataset at the spec's paths)",
   )
   .action(async (id: string, opts: { format: "csv" | "jsonl" | "parquet"; out?: string; spec?: string }) => {
-    let prov: ((r: control.ResultRow) => ProvenanceRecord) | undefined;
-    if (opts.spec) {
-      const { text, dir } = readSpec(opts.spec);
-      const spec = parseSweepSpec(text, { baseDir: dir, format: extname(opts.spec) === ".json" ? "json" : "yaml" });
-      const p = Provenance.fromSpec(spec, id);
-      prov = (r) => p.record(r);
-    }
-    const n = await writeResults(resultsRemote(g(), id), opts.format, opts.out, prov);
+    if (opts.spec && !existsSync(opts.spec)) throw new CliExit(EXIT.usage, `--spec ${opts.spec}: file not found`);
+    const p = opts.spec ? Provenance.fromSpecFile(opts.spec, id) : undefined;
+    const n = await writeResults(resultsRemote(g(), id), opts.format, opts.out, p && ((r) => p.record(r)));
     if (opts.out) console.error(`${n} rows written to ${opts.out}`);
   });
 

@@ -83,6 +83,15 @@ test("sweepctl local keeps provenance with its results and refuses to overwrite 
   assert.equal(trace.findings, false);
   assert.equal(trace.state, "done");
 
+  // plan: the cells and shards the run had, and an estimate from the run's own measured rate.
+  const plan = await execa(process.execPath, [CLI, "plan", specFile, "--json", "--rate-from", out], { reject: false });
+  assert.equal(plan.exitCode, 0, plan.stderr);
+  const planned = JSON.parse(plan.stdout) as { cells: number; shards: number; prompts: number; estimate?: { seconds: number } };
+  const info = JSON.parse(readFileSync(join(out, "sweep.json"), "utf8")) as { counts: { plannedCells: number; shardsTotal: number; doneCells: number } };
+  assert.equal(planned.cells, info.counts.plannedCells);
+  assert.equal(planned.shards, info.counts.shardsTotal);
+  assert.ok(planned.estimate && planned.estimate.seconds > 0, plan.stdout);
+
   // A second run into the same folder: refused (exit 2, naming the sweep and the fix), nothing changed.
   const again = await local(specFile, out, "--id", "prov-b");
   assert.equal(again.exitCode, 2, again.stderr);

@@ -135,7 +135,7 @@ export async function runLocal(file: string, o: LocalOpts): Promise<number> {
     const info = await coord.launch({ spec: text, sweepId: o.id ?? "", specDir: dir });
     for (const e of info.promptErrors) console.error(`prompt ${e.promptIndex} skipped: ${e.message}`);
     // Provenance before anything runs: the spec as given, the code, the seeds, the model's fingerprint.
-    const record = { sweepId: info.sweepId, specFile: resolve(file), specText: text, spec, startedMs: started };
+    const record = { sweepId: info.sweepId, specFile: resolve(file), specText: text, spec, startedMs: started, agents: o.agents, workers: o.workers };
     writeFileSync(join(out, `spec${extname(file) === ".json" ? ".json" : ".yaml"}`), text);
     writeFileSync(join(out, "run.json"), JSON.stringify(runRecord(record), null, 2));
     const last = await new Promise<control.SweepInfo>((res, rej) => {

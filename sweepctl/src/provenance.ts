@@ -7,10 +7,10 @@
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { dirname, extname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { control, sweep } from "@factsweep/proto";
-import { loadSpecTokenizer, planSweep, type PromptTokenizer, type SweepSpec } from "@factsweep/planning";
+import { loadSpecTokenizer, parseSweepSpec, planSweep, type PromptTokenizer, type SweepSpec } from "@factsweep/planning";
 
 /** Columns a trace row gets from its prompt (after RESULT_COLUMNS). */
 export const PROVENANCE_COLUMNS = ["answer_id", "answer", "prompt", "relation", "object", "token_str", "swap_subject", "corrupted_prompt"] as const;
@@ -37,6 +37,12 @@ export class Provenance {
     const tokenizer = loadSpecTokenizer(spec);
     const plan = planSweep(spec, sweepId, { tokenizer });
     return new Provenance(new Map(plan.prompts.map((p) => [p.index, promptInfo(p, tokenizer)])), tokenizer);
+  }
+
+  /** {@link fromSpec} of a spec file (relative paths against its folder). */
+  static fromSpecFile(file: string, sweepId: string): Provenance {
+    const p = resolve(file);
+    return Provenance.fromSpec(parseSweepSpec(readFileSync(p, "utf8"), { baseDir: dirname(p), format: extname(p) === ".json" ? "json" : "yaml" }), sweepId);
   }
 
   /** The provenance columns of a trace row (answer_id from the row itself; the rest from the plan). */
@@ -152,12 +158,16 @@ export function runRecord(o: {
   specText: string;
   spec: SweepSpec;
   startedMs: number;
+  /** Local agents and engine workers per agent the run used (for rates measured from it). */
+  agents?: number;
+  workers?: number;
   state?: string;
 }): Record<string, unknown> {
   return {
     sweep_id: o.sweepId,
     spec_file: o.specFile,
     spec: o.specText,
+    ...(o.agents ? { agents: o.agents, workers: o.workers ?? 1 } : {}),
     seeds: seedsOf(o.spec),
     code: codeVersion(),
     node: process.version,

@@ -1,0 +1,126 @@
+/**
+ * `sweepctl plan <spec>` (and `launch --dry-run`): what a sweep would run, planned on this machine
+ * exactly as the coordinator plans it (the same planSweep): prompts kept and skipped with the
+ * reasons, cells, shards, and a time estimate from a measured rate: `--rate`, or earlier `local`
+ * runs of the same model (`--rate-from`, their run.json and sweep.json). The work of a cell is one
+ * corrupted forward (a noise cell runs `samples` of them), so rates carry across corruptions.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { extname, join, resolve } from "node:path";
+import { parseSweepSpec, planSweep, promptErrorReasons, type SweepSpec } from "@factsweep/planning";
+import { CliExit, EXIT } from "./cli-output.js";
+import { readSpec } from "./local.js";
+
+/** Work units of a cell: noise runs `samples` corrupted copies, swap one. */
+export const workPerCell = (spec: SweepSpec): number => (spec.corruption.kind === "noise" ? spec.corruption.samples : 1);
+
+/** A measured rate: work units per second of a finished run of one model, and where it came from. */
+export interface MeasuredRate {
+  model: string;
+  workPerSecond: number;
+  source: string;
+  agents?: number;
+  workers?: number;
+}
+
+/** The rate of a finished `sweepctl local` run folder (run.json: spec and agents; sweep.json: cells and times). */
+export function rateOfRun(dir: string): MeasuredRate {
+  const runFile = join(dir, "run.json");
+  const sweepFile = join(dir, "sweep.json");
+  if (!existsSync(runFile) || !existsSync(sweepFile))
+    throw new Error(`${dir}: no run.json and sweep.json; expected the --out folder of a finished \`sweepctl local\` run`);
+  const run = JSON.parse(readFileSync(runFile, "utf8")) as { spec: string; agents?: number; workers?: number };
+  const info = JSON.parse(readFileSync(sweepFile, "utf8")) as {
+    state: string;
+    createdMs: string | number;
+    finishedMs: string | number;
+    counts?: { doneCells?: number };
+  };
+  if (info.state !== "done") throw new Error(`${dir}: the run ended ${info.state}, not done; its rate would mislead`);
+  const spec = parseSweepSpec(run.spec, { baseDir: dir });
+  const seconds = (Number(info.finishedMs) - Number(info.createdMs)) / 1000;
+  return {
+    model: spec.model.id,
+    workPerSecond: ((info.counts?.doneCells ?? 0) * workPerCell(spec)) / seconds,
+    source: dir,
+    ...(run.agents ? { agents: run.agents } : {}),
+    ...(run.workers ? { workers: run.workers } : {}),
+  };
+}
+
+/** What `plan` prints, as data. */
+export interface PlanSummary {
+  name: string;
+  kind: string;
+  model: string;
+  layers: number;
+  prompts: number;
+  skipped: { reason: string; count: number }[];
+  cells: number;
+  shards: number;
+  cellsPerShard: { min: number; median: number; max: number };
+  work: number;
+  estimate?: { seconds: number; rate: MeasuredRate };
+}
+
+/** Plans `spec` here (reads config.json, tokenizer, dataset) and estimates its time from `rates` of the same model. */
+export function planSummary(spec: SweepSpec, rates: MeasuredRate[] = []): PlanSummary {
+  const plan = planSweep(spec, "plan");
+  const sizes = plan.shards.map((s) => s.units || s.cells.length).sort((a, b) => a - b);
+  const work = plan.plannedCells * workPerCell(spec);
+  const rate = rates.find((r) => r.model === spec.model.id);
+  return {
+    name: spec.name,
+    kind: spec.kind,
+    model: spec.model.id,
+    layers: plan.model.numLayers,
+    prompts: plan.prompts.length,
+    skipped: promptErrorReasons(plan.promptErrors),
+    cells: plan.plannedCells,
+    shards: plan.shards.length,
+    cellsPerShard: { min: sizes[0] ?? 0, median: sizes[Math.floor(sizes.length / 2)] ?? 0, max: sizes.at(-1) ?? 0 },
+    work,
+    ...(rate ? { estimate: { seconds: work / rate.workPerSecond, rate } } : {}),
+  };
+}
+
+const dur = (s: number): string => (s < 90 ? `${Math.round(s)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`);
+
+/** The plan as the CLI prints it. */
+export function describePlan(p: PlanSummary, spec: SweepSpec): string {
+  const lines = [
+    `sweep      ${p.name} (${p.kind}), model ${p.model} (${p.layers} layers)`,
+    `prompts    ${p.prompts} planned, ${p.skipped.reduce((n, s) => n + s.count, 0)} skipped`,
+    ...p.skipped.map((s) => `  ${s.count} × ${s.reason}`),
+    `cells      ${p.cells}` + (workPerCell(spec) > 1 ? ` (× ${workPerCell(spec)} noise samples = ${p.work} corrupted forwards)` : ""),
+    `shards     ${p.shards} (cells per shard: min ${p.cellsPerShard.min}, median ${p.cellsPerShard.median}, max ${p.cellsPerShard.max})`,
+  ];
+  if (p.estimate) {
+    const r = p.estimate.rate;
+    const who = r.agents ? ` with ${r.agents} agent(s) × ${r.workers ?? 1} worker(s)` : "";
+    lines.push(
+      `estimate   ${dur(p.estimate.seconds)} at ${r.workPerSecond.toFixed(1)} forwards/s, measured by ${r.source}${who} (same machines and agents assumed)`,
+    );
+  } else {
+    lines.push(`estimate   none: no measured rate of ${p.model}; pass --rate <cells/s> or --rate-from <a finished local run of this model>`);
+  }
+  return lines.join("\n");
+}
+
+/** `plan` and `launch --dry-run`: the spec planned here, printed, with a time estimate when a rate is known. */
+export async function printPlan(file: string, o: { rate?: number; rateFrom?: string[]; json?: boolean }): Promise<void> {
+  const { text, dir } = readSpec(file);
+  const spec = parseSweepSpec(text, { baseDir: dir, format: extname(file) === ".json" ? "json" : "yaml" });
+  const rates = [
+    ...(o.rate ? [{ model: spec.model.id, workPerSecond: o.rate, source: "--rate" }] : []),
+    ...(o.rateFrom ?? []).map((d) => {
+      try {
+        return rateOfRun(resolve(d));
+      } catch (err) {
+        throw new CliExit(EXIT.usage, `--rate-from ${(err as Error).message}`);
+      }
+    }),
+  ];
+  const p = planSummary(spec, rates);
+  console.log(o.json ? JSON.stringify(p, null, 2) : describePlan(p, spec));
+}
