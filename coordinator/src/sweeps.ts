@@ -8,7 +8,16 @@
 import { EventEmitter } from "node:events";
 import { control, sweep } from "@factsweep/proto";
 import { EVENTS_SUBJECT_PREFIX, resultsSubject } from "@factsweep/shared";
-import { KindAggregator, modelTrace, parseSweepSpec, validateSweepId, type ModelTrace, type PlanLimits, type SweepSpec } from "@factsweep/planning";
+import {
+  KindAggregator,
+  modelTrace,
+  parseSweepSpec,
+  ProgressRate,
+  validateSweepId,
+  type ModelTrace,
+  type PlanLimits,
+  type SweepSpec,
+} from "@factsweep/planning";
 import type { LeaseTable } from "./lease-table.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import { confineSweepSpec } from "./model-roots.js";
@@ -25,8 +34,8 @@ interface LiveSweep {
   /** The sweep's prompts, held once: shard bodies carry only the index (see sweep-runtime.ts shardRecord). */
   prompts: sweep.PromptSpec[];
   agg: Aggregator;
-  /** (time, done cells) samples for cells/s and ETA. */
-  samples: { t: number; cells: number }[];
+  /** Cells/s over the last 30 s and the ETA (planning's ProgressRate: 0 when no result arrives; time not running not counted). */
+  progress: ProgressRate;
   lastEventMs: number;
   lastEventState: string;
   /** Results aggregated in memory, not yet durable (first adds, to store) and every shard id seen since the last persist. */
@@ -54,13 +63,9 @@ export interface SweepsDeps {
   log: (msg: string) => void;
 }
 
-/** Cells per second over the kept samples, and the seconds left at that rate (0 when not running). */
+/** Cells per second over the last window, and the seconds left at that rate (0 when not running or not yet known). */
 function rateAndEta(s: LiveSweep, doneCells: number): { rate: number; eta: number } {
-  const first = s.samples[0];
-  const last = s.samples[s.samples.length - 1];
-  const dt = first && last ? (last.t - first.t) / 1000 : 0;
-  const rate = first && last && dt > 0 ? (last.cells - first.cells) / dt : 0;
-  return { rate, eta: s.rec.state === "running" && rate > 0 ? (s.rec.plannedCells - doneCells) / rate : 0 };
+  return s.progress.at(Date.now(), doneCells, s.rec.plannedCells);
 }
 
 /**
@@ -99,8 +104,10 @@ export class Sweeps extends EventEmitter implements ResultSink {
     }));
   }
 
-  private hold(rec: SweepRecord, spec: SweepSpec, agg: Aggregator, samples: LiveSweep["samples"], prompts: sweep.PromptSpec[]): void {
-    this.live.set(rec.sweepId, { rec, spec, prompts, agg, samples, unpersisted: new Map(), lastEventMs: 0, lastEventState: "" });
+  private hold(rec: SweepRecord, spec: SweepSpec, agg: Aggregator, prompts: sweep.PromptSpec[]): void {
+    const progress = new ProgressRate();
+    if (rec.state === "running") progress.start(Date.now(), rec.doneCells); // launch, or a restart: the rate counts from now
+    this.live.set(rec.sweepId, { rec, spec, prompts, agg, progress, unpersisted: new Map(), lastEventMs: 0, lastEventState: "" });
     this.d.table.setSweep(rec.sweepId, rec.state === "running", rec.maxAttempts);
   }
 
@@ -122,7 +129,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     // The aggregate is the fold of the stored results: rebuild it.
     const agg = newAggregator(spec, rec.sweepId, prompts);
     for (const bytes of await this.d.store.loadResults(rec.sweepId)) agg.add(sweep.ShardResult.decode(bytes));
-    this.hold(rec, spec, agg, [], prompts);
+    this.hold(rec, spec, agg, prompts);
     return true;
   }
 
@@ -321,13 +328,13 @@ export class Sweeps extends EventEmitter implements ResultSink {
     if (!s) return;
     const c = this.d.table.counts(sweepId);
     const now = Date.now();
-    s.samples.push({ t: now, cells: c.doneCells });
-    while (s.samples.length > 2 && now - s.samples[0]!.t > 30_000) s.samples.shift();
+    s.progress.sample(now, c.doneCells);
     const rec = s.rec;
     rec.doneCells = c.doneCells;
     if (rec.state === "running" && c.pending === 0 && c.leased === 0) {
       rec.state = c.failed > 0 || c.total === 0 ? "failed" : "done";
       rec.finishedMs = now;
+      s.progress.stop();
       this.d.table.setSweep(sweepId, false, rec.maxAttempts);
       this.d.log(`sweep ${sweepId} ${rec.state}: ${c.done}/${c.total} shards done, ${c.failed} failed`);
     }
@@ -420,7 +427,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     };
     const agg = newAggregator(spec, sweepId, p.prompts); // before anything is persisted
     await this.d.store.createSweep(rec);
-    this.hold(rec, spec, agg, [{ t: now, cells: 0 }], p.prompts);
+    this.hold(rec, spec, agg, p.prompts);
     this.d.scheduler.addShards(
       p.shards.map((sh) => shardRecord(sweepId, sh)),
       true,
@@ -490,6 +497,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     if (s.rec.state === "running") {
       s.rec.state = "cancelled";
       s.rec.finishedMs = Date.now();
+      s.progress.stop();
       this.d.scheduler.cancelSweep(sweepId);
       this.saved(s);
       this.retireFinished(sweepId);
@@ -507,6 +515,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     if (s.rec.state !== "done") {
       const c = this.d.table.counts(sweepId);
       if (c.total === 0) return this.info(sweepId);
+      if (s.rec.state !== "running") s.progress.start(Date.now(), c.doneCells); // the time it was stopped is not counted
       s.rec.state = "running";
       s.rec.finishedMs = 0;
       this.d.scheduler.resumeSweep(sweepId, s.rec.maxAttempts);
