@@ -1,6 +1,7 @@
 /** API token checks: `authorization: Bearer <token>` metadata on every gRPC call when configured. */
 import { timingSafeEqual } from "node:crypto";
 import type { Metadata } from "@grpc/grpc-js";
+import { isLoopbackHost } from "@factsweep/shared";
 import { UnauthenticatedError } from "./errors.js";
 
 /** The bearer token of a call's metadata, or undefined. */
@@ -28,14 +29,7 @@ export function checkToken(md: Metadata, expected: string | undefined): void {
   if (!tokenMatches(got, expected)) throw new UnauthenticatedError("wrong API token (sweepctl --token or FACTSWEEP_TOKEN)");
 }
 
-/** Whether a listen address reaches only this host (127.0.0.0/8, ::1, localhost). */
-export function isLoopbackHost(host: string): boolean {
-  const h = host
-    .trim()
-    .replace(/^\[(.*)\]$/, "$1")
-    .toLowerCase();
-  return h === "localhost" || h === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || h === "::ffff:127.0.0.1";
-}
+export { isLoopbackHost }; // listen addresses; shared with the node agent's dial check
 
 /** What the coordinator's gRPC listener is given: where it binds, TLS, both tokens, the override. */
 export interface ListenSecurity {
@@ -65,4 +59,26 @@ export function listenRefusal(s: ListenSecurity): string | undefined {
     (s.tls ? "" : `; on a closed network --insecure-listen allows plaintext gRPC (the tokens are still required)`) +
     ` (deploy/README.md, "Security")`
   );
+}
+
+/** Shortest token the coordinator accepts (`openssl rand -hex 32` makes 64 characters). */
+export const MIN_TOKEN_LENGTH = 16;
+
+/** Words of the placeholder values the deployment files ship (and their usual kin). */
+const PLACEHOLDER = /placeholder|replace|change[-_ ]?me|example|your[-_ ]?token|<[^>]*>|todo|xxxx/i;
+
+/**
+ * Why a configured token must not be used, or undefined when it may: a placeholder left from the
+ * deployment files, or one too short to resist guessing. `name` is the flag or variable it came from.
+ */
+export function weakTokenRefusal(name: string, token: string | undefined): string | undefined {
+  if (token === undefined) return undefined;
+  const t = token.trim();
+  if (PLACEHOLDER.test(t)) {
+    return `${name} is a placeholder (${JSON.stringify(t.slice(0, 24))}${t.length > 24 ? "..." : ""}), not a secret: replace it with a random token (openssl rand -hex 32) in your secret or environment file`;
+  }
+  if (t.length < MIN_TOKEN_LENGTH || /^(.)\1*$/.test(t)) {
+    return `${name} is ${t.length} character(s) long (or one character repeated): give at least ${MIN_TOKEN_LENGTH} random characters (openssl rand -hex 32)`;
+  }
+  return undefined;
 }

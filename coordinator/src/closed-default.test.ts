@@ -1,6 +1,6 @@
 /**
  * Closed by default (issue 15): loopback binds unless told otherwise, no non-loopback gRPC without
- * TLS and tokens, no empty tokens, separate user (SweepService) and agent (AgentService) tokens.
+ * TLS and tokens, no empty, placeholder or short tokens, separate user (SweepService) and agent (AgentService) tokens.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -10,7 +10,7 @@ import * as grpc from "@grpc/grpc-js";
 import { execa } from "execa";
 import { AGENT_PROTOCOL_VERSION, control, type agent } from "@factsweep/proto";
 import { agentStream, call, outsideAddress, reachable, startHarness } from "@factsweep/testing";
-import { isLoopbackHost, listenRefusal } from "./auth.js";
+import { isLoopbackHost, listenRefusal, weakTokenRefusal } from "./auth.js";
 import { Coordinator, type CoordinatorOptions } from "./coordinator.js";
 
 const MAIN = join(dirname(fileURLToPath(import.meta.url)), "main.js");
@@ -71,6 +71,39 @@ test("an empty token is an error naming the flag or variable, not 'auth off'", a
     assert.ok(r.stderr.includes(name), `${name}: ${r.stderr}`);
   }
   await assert.rejects(Coordinator.start({ natsUrl: "nats://127.0.0.1:1", modelRoots: [], token: "" }), /token is empty/);
+});
+
+const SECRETS = join(dirname(fileURLToPath(import.meta.url)), "../../deploy/kubernetes/overlays/production/secrets");
+
+test("placeholder and too-short tokens are refused at start-up with exit code 2, naming where they came from", async () => {
+  const strong = "3f9c2a7be41d08c5a96e7d21f0b4c8e2";
+  for (const [args, env, want] of [
+    [["--token", "t0ken"], {}, /--token \/ FACTSWEEP_TOKEN is 5 character\(s\) long.*at least 16/],
+    [["--user-token", strong, "--agent-token", "changeme-changeme-changeme"], {}, /--agent-token is a placeholder/],
+    [
+      ["--agent-token", strong],
+      { FACTSWEEP_USER_TOKEN: "aaaaaaaaaaaaaaaaaaaa" },
+      /FACTSWEEP_USER_TOKEN is 20 character\(s\) long \(or one character repeated\)/,
+    ],
+    // The files the production overlay ships, mounted as they are.
+    [
+      ["--user-token-file", join(SECRETS, "user-token"), "--agent-token-file", join(SECRETS, "agent-token")],
+      {},
+      /--user-token-file .*user-token is a placeholder/,
+    ],
+    [
+      ["--user-token", strong, "--agent-token-file", join(SECRETS, "agent-token")],
+      {},
+      /--agent-token-file .*agent-token is a placeholder.*openssl rand -hex 32/,
+    ],
+  ] as const) {
+    const r = await coordinator([...args], env);
+    assert.equal(r.exitCode, 2, `${args.join(" ")}: ${r.stderr}`);
+    assert.match(r.stderr, want);
+    assert.doesNotMatch(r.stderr, new RegExp(strong), "a good token is never echoed");
+  }
+  assert.equal(weakTokenRefusal("--token", strong), undefined);
+  assert.equal(weakTokenRefusal("--token", undefined), undefined, "no token: loopback-only use, decided by listenRefusal");
 });
 
 test(

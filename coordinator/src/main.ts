@@ -6,7 +6,7 @@
 import { readFileSync } from "node:fs";
 import { Command, InvalidArgumentError, Option } from "commander";
 import { DEFAULT_PLAN_LIMITS } from "@factsweep/planning";
-import { listenRefusal } from "./auth.js";
+import { listenRefusal, weakTokenRefusal } from "./auth.js";
 import { Coordinator, DEFAULT_MAX_LEASE_MS } from "./coordinator.js";
 
 const int =
@@ -103,6 +103,21 @@ const program = new Command("factsweep-coordinator")
     const agentToken: string | undefined = o.agentToken ?? o.token;
     const refusal = listenRefusal({ grpcHost: o.grpcHost, tls: Boolean(o.tlsCert), userToken, agentToken, insecureListen: o.insecureListen });
     if (refusal) program.error(refusal, { exitCode: 2 });
+    // Closed by default: a token left at the deployment files' placeholder, or too short, is no secret.
+    const named = (key: "userToken" | "agentToken", flag: string, env: string, file?: string): string =>
+      file !== undefined
+        ? `${flag}-file ${file}`
+        : o[key] !== undefined
+          ? program.getOptionValueSource(key) === "env"
+            ? env
+            : flag
+          : "--token / FACTSWEEP_TOKEN";
+    for (const weak of [
+      weakTokenRefusal(named("userToken", "--user-token", "FACTSWEEP_USER_TOKEN", o.userTokenFile), userToken),
+      weakTokenRefusal(named("agentToken", "--agent-token", "FACTSWEEP_AGENT_TOKEN", o.agentTokenFile), agentToken),
+    ]) {
+      if (weak) program.error(`refusing to start: ${weak}`, { exitCode: 2 });
+    }
     if (o.insecureListen && !o.tlsCert) console.error(`[coordinator] warning: --insecure-listen: plaintext gRPC on ${o.grpcHost}; tokens travel unencrypted`);
     if (o.modelRoot.length === 0) console.error("[coordinator] warning: no --model-root given: every launch will be refused until one is configured");
     const coord = await Coordinator.start({

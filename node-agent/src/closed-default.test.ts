@@ -1,7 +1,8 @@
 /**
  * Closed by default (issue 15), the agent's side: its HTTP server binds loopback unless
  * --http-host says otherwise, an empty token is an error naming the flag or variable, and
- * --agent-token / FACTSWEEP_AGENT_TOKEN is the token it presents (--token / FACTSWEEP_TOKEN kept).
+ * --agent-token / FACTSWEEP_AGENT_TOKEN is the token it presents (--token / FACTSWEEP_TOKEN kept),
+ * and it refuses plaintext gRPC to a coordinator on another host unless --insecure.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -27,6 +28,33 @@ test("an empty agent token is an error (exit 2) naming the flag or variable, not
     });
     assert.equal(r.exitCode, 2, `${name}: ${r.stderr}`);
     assert.ok(r.stderr.includes(name), `${name}: ${r.stderr}`);
+  }
+});
+
+test("a plaintext connection to a coordinator on another host is refused (exit 2) unless --insecure; loopback and TLS need nothing", async () => {
+  const agent = (args: string[]) =>
+    execa(process.execPath, [MAIN, "--nats-url", "nats://127.0.0.1:1", "--cpu", "--engine-root", "/nonexistent", ...args], {
+      reject: false,
+      timeout: 20_000,
+      env: noTokenEnv,
+    });
+  for (const addr of ["10.0.0.5:7070", "coordinator:7070", "[2001:db8::1]:7070"]) {
+    const r = await agent(["--coordinator", addr]);
+    assert.equal(r.exitCode, 2, `${addr}: ${r.stderr}`);
+    assert.match(r.stderr, new RegExp(`refusing a plaintext connection to ${addr.replace(/[[\]]/g, "\\$&")}`));
+    for (const flag of ["--tls-ca", "--insecure", "--insecure-listen"]) assert.ok(r.stderr.includes(flag), `names ${flag}: ${r.stderr}`);
+  }
+  // Past the check, each stops at the next one (--engine-root): the connection itself was allowed.
+  for (const args of [
+    ["--coordinator", "10.0.0.5:7070", "--insecure"],
+    ["--coordinator", "127.0.0.1:7070"],
+    ["--coordinator", "localhost:7070"],
+    ["--coordinator", "[::1]:7070"],
+  ]) {
+    const r = await agent(args);
+    assert.equal(r.exitCode, 2, r.stderr);
+    assert.doesNotMatch(r.stderr, /plaintext/, args.join(" "));
+    assert.match(r.stderr, /--engine-root/, args.join(" "));
   }
 });
 

@@ -11,6 +11,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, CommanderError, InvalidArgumentError } from "commander";
 import { execa } from "execa";
+import { isLoopbackHost } from "@factsweep/shared";
 import { Agent } from "./agent.js";
 import { ConfigError } from "./errors.js";
 import { discoverSlots } from "./gpu-discovery.js";
@@ -47,6 +48,7 @@ interface Flags {
   tlsCa?: string;
   tlsCert?: string;
   tlsKey?: string;
+  insecure?: boolean;
   natsCreds?: string;
   maxSlots?: number;
   batchSize?: number;
@@ -77,6 +79,10 @@ export function program(): Command {
     .option("--tls-ca <file>", "PEM CA that signed the coordinator's certificate (enables TLS)")
     .option("--tls-cert <file>", "PEM client certificate of this agent (mTLS; needs --tls-key)")
     .option("--tls-key <file>", "PEM private key of --tls-cert")
+    .option(
+      "--insecure",
+      "connect to a coordinator on another host without TLS (a closed network only: the agent token crosses it in plaintext; the coordinator's --insecure-listen)",
+    )
     .option("--nats-creds <file>", "NATS credentials file (.creds)")
     .option(
       "--batch-size <n>",
@@ -159,6 +165,15 @@ async function main(argv: string[]): Promise<number> {
     throw new ConfigError(
       "--tls-cert",
       `--tls-cert and --tls-key go together (mTLS client certificate and its key); got only ${flags.tlsCert ? "--tls-cert" : "--tls-key"}`,
+    );
+  }
+  const coordinatorHost = flags.coordinator.replace(/:\d+$/, "");
+  if (!flags.tlsCa && !flags.tlsCert && !flags.insecure && !isLoopbackHost(coordinatorHost)) {
+    throw new ConfigError(
+      "--insecure",
+      `refusing a plaintext connection to ${flags.coordinator}, another host: the agent token and every lease would cross the network unencrypted. ` +
+        `Give --tls-ca (the CA of the coordinator's certificate; --tls-cert/--tls-key for mTLS), or --insecure on a closed network ` +
+        `(the coordinator's --insecure-listen); a coordinator on this host (127.0.0.1) needs neither`,
     );
   }
   if (!existsSync(join(flags.engineRoot, "engine", "__init__.py"))) {
