@@ -4,10 +4,12 @@ Mamba-2 (SSD) language model with named intervention sites, in plain PyTorch.
 
 The maths is that of Hugging Face ``Mamba2ForCausalLM`` (its PyTorch path) and of state-spaces'
 ``mamba_ssm.modules.mamba2.Mamba2``; module and parameter names match the checkpoint keys, so loading
-is a rename of the original state-spaces embedding name plus a strict load. The scan here is the
-sequential recurrence (one step a token, every head at once): SSD's chunked algorithm computes the
-same numbers in another order, and the golden check (``shared/golden-mamba2``, made by transformers'
-chunked path in float64) holds the two equal.
+is a rename of the original state-spaces embedding name plus a strict load. Whole rows (the model's
+forward: prepare, the slow path) run SSD's chunked form (``ssd_chunked``, ``chunk_size`` tokens a
+chunk, no per-token loop); the packed fast path runs the per-token recurrence (``scan_packed``: rows
+of different lengths), whose plain form ``ssd_scan`` is the reference the tests hold the chunked one
+to. The golden check (``shared/golden-mamba2``, transformers' chunked path in float64) holds both to
+transformers.
 
 References:
     Dao & Gu, "Transformers are SSMs: Generalized Models and Efficient Algorithms Through Structured
@@ -306,7 +308,7 @@ class Mamba2Mixer(nn.Module):
         xh = x.float().view(b, l, c.nheads, c.head_dim)  # (b, l, H, P)
         Bh, Ch = (self.by_head(t.float().view(b, l, c.ngroups, c.d_state)) for t in (B, C))  # (b, l, H, n)
         A = -torch.exp(self.A_log.float())  # (H,)
-        y, states = ssd_scan(xh, self.delta(dt), A, Bh, Ch, h0, keep)  # (b, l, H, P)
+        y, states = ssd_chunked(xh, self.delta(dt), A, Bh, Ch, h0, keep, c.chunk_size)  # (b, l, H, P)
         y = y + xh * self.D.float()[:, None]  # D skip
         return y.reshape(b, l, c.d_inner).to(cv.dtype), states
 
@@ -343,6 +345,41 @@ def ssd_scan(x, delta, A, B, C, h0=None, keep=False):
         if keep:
             hs.append(h)
     return torch.stack(ys, dim=1), (torch.stack(hs, dim=1) if keep else None)
+
+
+def ssd_chunked(x, delta, A, B, C, h0=None, keep=False, chunk: int = 64):
+    """SSD's chunked form of :func:`ssd_scan` (the same numbers up to float32 rounding): within a chunk
+    of Q tokens the "attention" form y_t = Σ_{s≤t} (C_t·B_s) exp(cum_t − cum_s) Δ_s x_s (cum: the running
+    sum of Δ A) plus the state entering the chunk decayed to t; between chunks the recurrence on
+    their end states. No per-token loop: what a GPU wants for whole prompts (the model's forward,
+    hence prepare and the slow path); the packed fast path keeps the per-step scan (rows of
+    different lengths). Shapes as :func:`ssd_scan`."""
+    b, l, H, P = x.shape
+    h = h0.float() if h0 is not None else x.new_zeros(b, H, P, B.shape[-1])  # (b, H, P, n)
+    ys, hs = [], []
+    for c0 in range(0, l, chunk):
+        sl = slice(c0, min(l, c0 + chunk))
+        u = delta[:, sl].unsqueeze(-1) * x[:, sl]  # (b, Q, H, P): Δ_s x_s
+        cum = torch.cumsum(delta[:, sl] * A, dim=1)  # (b, Q, H)
+        Q = cum.shape[1]
+        seg = cum[:, :, None] - cum[:, None, :]  # (b, Q, Q, H): cum_t − cum_s
+        causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()[None, :, :, None]
+        decay = torch.exp(seg.masked_fill(~causal, float("-inf")))  # (b, Q, Q, H), 0 above the diagonal
+        into = torch.exp(cum)  # (b, Q, H): decay of the entering state to t
+        if keep:  # every token's state, then y from it
+            V = u.unsqueeze(-1) * B[:, sl].unsqueeze(-2)  # (b, Q, H, P, n)
+            St = torch.einsum("btsh,bshk->bthk", decay, V.flatten(3)).view(V.shape)  # (b, Q, H, P, n)
+            St = St + into[..., None, None] * h.unsqueeze(1)
+            ys.append(torch.einsum("bthpn,bthn->bthp", St, C[:, sl]))
+            hs.append(St)
+            h = St[:, -1]
+        else:
+            scores = torch.einsum("bthn,bshn->btsh", C[:, sl], B[:, sl]) * decay  # (b, Q, Q, H)
+            y = torch.einsum("btsh,bshp->bthp", scores, u)  # (b, Q, H, P)
+            ys.append(y + into[..., None] * torch.einsum("bhpn,bthn->bthp", h, C[:, sl]))
+            last = torch.exp(cum[:, -1:] - cum)  # (b, Q, H): decay from s to the chunk's end
+            h = into[:, -1, :, None, None] * h + torch.einsum("bsh,bshp,bshn->bhpn", last, u, B[:, sl])
+    return torch.cat(ys, dim=1), (torch.cat(hs, dim=1) if keep else None)
 
 
 def scan_packed(x, delta, A, B, C, H, h0_idx, off, length, steps: int):

@@ -51,7 +51,7 @@ def test_a_bad_config_value_is_a_checkpoint_error_naming_the_field(tmp_path, ove
 
 
 def test_the_scan_equals_ssds_quadratic_form():
-    """SSD's duality: the recurrence S_t = exp(Δ_t A) S_{t−1} + Δ_t x_t B_tᵀ, y_t = S_t C_t + D x_t equals
+    """SSD's duality: the model's scan (``Mamba2Mixer.ssm``), like the recurrence S_t = exp(Δ_t A) S_{t−1} + Δ_t x_t B_tᵀ, y_t = S_t C_t + D x_t equals
     y_t = Σ_{s≤t} (C_t·B_s) exp(A Σ_{s<r≤t} Δ_r) Δ_s x_s + D x_t, computed here directly in float64."""
     torch.manual_seed(0)
     c = mamba2.Config.from_hf(mamba2_config())
@@ -78,6 +78,26 @@ def test_the_scan_equals_ssds_quadratic_form():
         want += mixer.D[:, None] * x
     # the scan runs in float32 whatever the model's dtype (its state is a long product of decays)
     torch.testing.assert_close(y, want.reshape(b, l, c.d_inner), rtol=1e-5, atol=2e-5 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 8, 64])
+def test_the_chunked_scan_equals_the_per_token_recurrence_from_any_state(chunk):
+    """The model's forward uses SSD's chunked form; ``ssd_scan`` is the plain recurrence. Same y and the
+    same state after every token (what the cache keeps), from zeros and from a given state."""
+    torch.manual_seed(3)
+    b, l, H, P, n = 2, 11, 4, 8, 4
+    x, delta = torch.randn(b, l, H, P), torch.rand(b, l, H) * 0.5
+    A = -torch.rand(H) * 8 - 0.5
+    B, C = torch.randn(b, l, H, n), torch.randn(b, l, H, n)
+    h0 = torch.randn(b, H, P, n)
+    for start in (None, h0):
+        y_ref, S_ref = mamba2.ssd_scan(x, delta, A, B, C, start, keep=True)
+        y, S = mamba2.ssd_chunked(x, delta, A, B, C, start, keep=True, chunk=chunk)
+        torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(S, S_ref, rtol=1e-5, atol=1e-5)
+        y2, none = mamba2.ssd_chunked(x, delta, A, B, C, start, keep=False, chunk=chunk)
+        assert none is None
+        torch.testing.assert_close(y2, y_ref, rtol=1e-5, atol=1e-5)
 
 
 def test_heads_of_one_group_share_b_and_c_and_groups_do_not():
