@@ -20,7 +20,7 @@ References:
 The block (one layer), with the sites (``SITES``) where they are made:
     u = RMSNorm(h)                                   h: residual stream entering the block
     [z, xBC, dt] = in_proj(u)                        no x_proj, no dt_proj: B, C and Δ come from in_proj
-    in_ssm = xBC                                     (b, l, d_in + 2·g·n), the conv's input
+    in_ssm = [xBC, dt]                               (b, l, d_in + 2·g·n + H): all in_proj feeds the SSM
     gate   = SiLU(z)                                 (b, l, d_in)
     conv   = SiLU(causal depthwise conv1d(xBC))      (b, l, d_in + 2·g·n), then split into x, B, C
     Δ = clamp(softplus(dt + dt_bias), time_step_limit)          (b, l, H)
@@ -71,7 +71,7 @@ from .sites import BLOCK, INPUT, OUTPUT, BlockHook, HookedLM, Site, call, site_t
 SITES = site_table(
     Site("embed", INPUT, "d_model", "token embeddings, the input of layer 0"),
     Site("residual", OUTPUT, "d_model", "h: residual stream after block l", dtype="residual"),
-    Site("in_ssm", BLOCK, "conv_dim", "xBC = in_proj(norm(h))[x, B, C rows], the conv's input (Δ not included)"),
+    Site("in_ssm", BLOCK, "ssm_in_dim", "[xBC, dt] = in_proj(norm(h)) but z: the conv's input and Δ before softplus"),
     Site("gate", BLOCK, "d_inner", "g = SiLU(z), z = in_proj(norm(h))[z rows]"),
     Site("conv", BLOCK, "conv_dim", "SiLU(causal depthwise conv1d(xBC)): x, B and C of the scan"),
     Site("ssm", BLOCK, "d_inner", "y: the scan output of every head incl. the D skip, before the gated norm"),
@@ -139,6 +139,11 @@ class Config:
     def conv_dim(self) -> int:
         """Width of the conv (x, B and C): d_in + 2·g·n."""
         return self.d_inner + 2 * self.ngroups * self.d_state
+
+    @property
+    def ssm_in_dim(self) -> int:
+        """Width of ``in_ssm``: what in_proj gives the SSM branch, xBC and dt (e + H)."""
+        return self.conv_dim + self.nheads
 
     @classmethod
     def from_hf(cls, cfg: dict) -> "Config":
@@ -267,9 +272,12 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=c.bias)
 
     def split_in(self, zxbcdt: torch.Tensor):
-        """in_proj's output (..., d_in + e + H) → z (..., d_in), xBC (..., e), dt (..., H)."""
-        c = self.c
-        return zxbcdt.split([c.d_inner, c.conv_dim, c.nheads], dim=-1)
+        """in_proj's output (..., d_in + e + H) → z (..., d_in), [xBC, dt] (..., e + H): the gate and ``in_ssm``."""
+        return zxbcdt.split([self.c.d_inner, self.c.ssm_in_dim], dim=-1)
+
+    def split_ssm_in(self, a: torch.Tensor):
+        """``in_ssm`` (..., e + H) → xBC (..., e), the conv's input, and dt (..., H)."""
+        return a.split([self.c.conv_dim, self.c.nheads], dim=-1)
 
     def delta(self, dt: torch.Tensor) -> torch.Tensor:
         """Δ = clamp(softplus(dt + dt_bias), time_step_limit) in float32, (..., H)."""
@@ -281,8 +289,8 @@ class Mamba2Mixer(nn.Module):
         every token's conv input and SSM state, from which any later call resumes."""
         b, l, _ = u.shape
         c = self.c
-        z, xBC, dt = self.split_in(self.in_proj(u))  # (b, l, d_in), (b, l, e), (b, l, H)
-        xBC = call(hook, "in_ssm", xBC)
+        z, a = self.split_in(self.in_proj(u))  # (b, l, d_in), (b, l, e + H)
+        xBC, dt = self.split_ssm_in(call(hook, "in_ssm", a))  # (b, l, e), (b, l, H)
         g = call(hook, "gate", F.silu(z))  # (b, l, d_in)
 
         k = c.d_conv
@@ -430,8 +438,8 @@ class Mamba2Block(nn.Module):
         m, c = self.mixer, self.c
         n, R = x.shape[0], pk.rows_at[j]
         cache_xbc, Hc = pk.runs.kept[j]
-        z, xBC, dt = m.split_in(m.in_proj(self.norm(x)))  # (n, d_in), (n, e), (n, H)
-        xBC = pk.patch("in_ssm", j, xBC.contiguous())
+        z, a = m.split_in(m.in_proj(self.norm(x)))  # (n, d_in), (n, e + H)
+        xBC, dt = m.split_ssm_in(pk.patch("in_ssm", j, a.contiguous()))  # (n, e), (n, H)
         cv = kernels.conv_packed(xBC, cache_xbc, m.conv1d.weight, m.conv1d.bias, pk.pos_first, pk.pos_cache, pk.pos_token)
         cv = pk.patch("conv", j, cv)  # (n, e)
         xs, B, C = cv.split([c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)

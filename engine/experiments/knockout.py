@@ -9,8 +9,9 @@ probability.
   window, the SSM-branch input a (site ``in_ssm``, = W_a·norm(h), before the convolution) at the
   set's positions is replaced by that layer's mean a over a corpus, and a at every other position
   except the last token is restored to its clean value, so only the last token sees the change.
-  Mamba-2: the same on its ``in_ssm``, xBC (x, B and C before the conv; Δ comes from in_proj
-  apart and is not ablated).
+  Mamba-2: the same on its ``in_ssm``, [xBC, dt] (x, B and C before the conv, and Δ's
+  projection, which in Mamba-2 comes from in_proj directly: left out, the set's Δ would still
+  reach the last token through the decays).
   The per-layer mean is over all tokens of all ``corpus`` sequences (each run alone, from its first
   token); it is computed once per (loaded model, corpus) and kept in this process, keyed by a hash
   of the corpus.

@@ -86,20 +86,22 @@ def test_neox_knockout_of_every_earlier_position_in_every_layer_is_the_model_on_
     assert 0.0 <= res["rows"][0]["p_knocked"] <= 1.0
 
 
-def test_mamba_knockout_of_every_earlier_position_in_every_layer_leaves_p_depending_on_the_last_token_only(engine):
+@pytest.mark.parametrize("name", ["mamba", "mamba2"])
+def test_mamba_knockout_of_every_earlier_position_in_every_layer_leaves_p_depending_on_the_last_token_only(engine, name):
     """Mamba mean-ablation is not the one-token run (the ablated positions still feed the conv and
     the scan, with the corpus mean of a), but with every position before the last replaced in every
     layer the last token's states depend only on its own id and the prompt length: two prompts
-    that share only their last token give the same p_knocked."""
+    that share only their last token give the same p_knocked. Mamba-2: its ``in_ssm`` holds Δ's
+    projection too (Δ comes from in_proj, not from the conv), so the same holds."""
     other = [7, 44, 19, 3, 27, 61, 60]  # same length and last token as IDS, every other token differs
     T = len(IDS)
     every = [{"name": "before_last", "positions": list(range(T - 1))}]
-    prepare(engine, "mamba", key="a")
-    a = run(engine, "mamba", key="a", layer=2, window=10, token_sets=every)
+    prepare(engine, name, key="a")
+    a = run(engine, name, key="a", layer=2, window=10, token_sets=every)
     assert a["rows"][0]["layers"] == [0, 1, 2, 3, 4]
     # the same answer token measured in the other prompt
-    engine.prepare_prompt("mamba", "b", other, SUBJECT, SwapSpec(SWAP), answer_id=a["answer_id"])
-    b = run(engine, "mamba", key="b", layer=2, window=10, token_sets=every)
+    engine.prepare_prompt(name, "b", other, SUBJECT, SwapSpec(SWAP), answer_id=a["answer_id"])
+    b = run(engine, name, key="b", layer=2, window=10, token_sets=every)
     assert b["rows"][0]["p_knocked"] == pytest.approx(a["rows"][0]["p_knocked"], abs=1e-6)
     assert abs(b["p"] - a["p"]) > 1e-3  # without the knockout the two prompts differ
 
