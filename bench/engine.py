@@ -23,7 +23,7 @@ share is ``warm_up_s``; on CUDA unless --no-warm-up), the first prompt after rea
 (``prepare_first_s``, ``run_cells_first_s``, ``first_prompt_s``), steady ones (``prepare_steady_s``:
 median over --prepare-repeats fresh prompts; ``run_cells_s`` = ``engine_s``; ``steady_prompt_s``),
 ``first_over_steady``, ``prepare_share_of_grid`` (steady prepare over the grid's run_cells) and
-``prepare_reference_s`` (the per-token reference prepare, ``trace.build_runs_slow``: the prepare
+``prepare_reference_s`` (the per-token reference prepare, ``prepare.build_runs_slow``: the prepare
 before issue 14). --engine-only skips every baseline.
 """
 
@@ -42,7 +42,7 @@ import torch
 from engine.checkpoint import build_checkpoint
 from engine.corruption import NoiseSpec, SwapSpec, corrupted_embeddings
 from engine.runtime import Engine
-from engine import trace
+from engine import prepare, trace
 from engine.runtime import PromptSpec
 from engine.prepare import record_clean
 from engine.trace import CellSpec, window_layers
@@ -52,17 +52,23 @@ from .hf_baselines import Cell, batched_hooks, clean_values, naive
 SHAPES = {
     "mamba-2.8b": dict(model_type="mamba", hidden_size=2560, num_hidden_layers=64, state_size=16, conv_kernel=4, expand=2,
                        time_step_rank=160, vocab_size=50280),
+    # mamba2-2.7b (state-spaces): 64 blocks, d 2560, 80 heads of 64, state 128, 1 group; vocab 50277 padded to 50288
+    "mamba2-2.7b": dict(model_type="mamba2", hidden_size=2560, num_hidden_layers=64, num_heads=80, head_dim=64,
+                        state_size=128, n_groups=1, conv_kernel=4, expand=2, chunk_size=256, vocab_size=50288),
     "pythia-2.8b": dict(model_type="gpt_neox", hidden_size=2560, num_hidden_layers=32, num_attention_heads=32,
                         intermediate_size=10240, rotary_pct=0.25, use_parallel_residual=True, vocab_size=50304,
                         max_position_embeddings=2048),
     # --quick: same code paths, tiny sizes
     "mamba-tiny": dict(model_type="mamba", hidden_size=64, num_hidden_layers=4, state_size=16, conv_kernel=4, expand=2,
                        time_step_rank=4, vocab_size=1000),
+    "mamba2-tiny": dict(model_type="mamba2", hidden_size=64, num_hidden_layers=4, num_heads=8, head_dim=16,
+                        state_size=16, n_groups=1, conv_kernel=4, expand=2, chunk_size=8, vocab_size=1000),
     "pythia-tiny": dict(model_type="gpt_neox", hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
                         intermediate_size=256, rotary_pct=0.25, use_parallel_residual=True, vocab_size=1000,
                         max_position_embeddings=128),
 }
 GRIDS = {"mamba": [("residual", 1), ("mixer", 10), ("ssm", 10), ("gate", 10)],
+         "mamba2": [("residual", 1), ("mixer", 10), ("ssm", 10), ("gate", 10)],
          "gpt_neox": [("residual", 1), ("attn", 10), ("mlp", 10)]}
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -100,6 +106,9 @@ def flops_per_token_layer(cfg: dict) -> float:
         di = cfg["expand"] * d
         r, n = cfg["time_step_rank"], cfg["state_size"]
         return 2 * (d * 2 * di + di * (r + 2 * n) + r * di + di * d) + 10 * di * n  # projections + scan
+    if cfg["model_type"] == "mamba2":
+        di, n, g, H = cfg["expand"] * d, cfg["state_size"], cfg["n_groups"], cfg["num_heads"]
+        return 2 * (d * (2 * di + 2 * g * n + H) + di * d) + 6 * di * n  # in_proj, out_proj + scan (update, readout)
     ff = cfg["intermediate_size"]
     return 2 * (d * 3 * d + d * d + 2 * d * ff)  # qkv, dense, mlp (attention scores are small at T <= 32)
 
@@ -125,6 +134,10 @@ def hf_model(name: str, dtype, device, seed: int, need_slow: bool = False):
     if mt == "mamba":
         config = transformers.MambaConfig(**cfg, residual_in_fp32=True, use_bias=False, use_conv_bias=True, tie_word_embeddings=True)
         cls = transformers.MambaForCausalLM
+    elif mt == "mamba2":
+        config = transformers.Mamba2Config(**cfg, residual_in_fp32=True, use_bias=False, use_conv_bias=True,
+                                           tie_word_embeddings=True, rms_norm=True, norm_before_gate=False)
+        cls = transformers.Mamba2ForCausalLM
     else:
         config = transformers.GPTNeoXConfig(**cfg, tie_word_embeddings=False, hidden_act="gelu")
         cls = transformers.GPTNeoXForCausalLM
@@ -134,6 +147,10 @@ def hf_model(name: str, dtype, device, seed: int, need_slow: bool = False):
     # clean answer has a probability worth restoring.
     with torch.no_grad():
         model.get_input_embeddings().weight.mul_(8.0)
+    if mt == "mamba2" and need_slow:
+        # transformers' Mamba2 mixer applies the gate inside its gated norm, and its hooks
+        # (bench/hf_baselines.py) know Mamba-1's mixer only: its s and g are not reachable.
+        return model, config.to_dict(), "transformers' Mamba2Mixer gates inside its norm: the ssm and gate sites cannot be hooked"
     if mt == "mamba" and need_slow:
         # On CUDA transformers 5.x applies the gate inside its fused scan, so s and g are never
         # separate values a hook can reach; only a release with a `slow_forward` exposes them.
@@ -213,7 +230,7 @@ def prepare_timing(engine, cfg: dict, ids: list, subject: tuple, spec, corruptio
                 x_ids, corrupted = engine._inputs(ck, PromptSpec(p_ids, subject, p_spec, None, ""))
                 sync(device)
                 t0 = time.perf_counter()
-                trace.build_runs_slow(ck.model, x_ids, corrupted, None)
+                prepare.build_runs_slow(ck.model, x_ids, corrupted, None)
                 sync(device)
                 ref_times.append(time.perf_counter() - t0)
     out = {"prepare_steady_s": statistics.median(times), "prepare_times_s": times}
@@ -223,7 +240,7 @@ def prepare_timing(engine, cfg: dict, ids: list, subject: tuple, spec, corruptio
         ck = engine.checkpoint("m")
         with torch.no_grad():
             x_ids, corrupted = engine._inputs(ck, PromptSpec(ids, subject, spec, None, ""))
-            out["prepare_profile"] = profile_table(lambda: trace.build_runs(ck.model, x_ids, corrupted, None), device, rows=12)
+            out["prepare_profile"] = profile_table(lambda: prepare.build_runs(ck.model, x_ids, corrupted, None), device, rows=12)
         print(out["prepare_profile"], flush=True)
     return out
 
@@ -426,7 +443,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")
-    ap.add_argument("--configs", default="mamba-2.8b:bf16:16:swap,pythia-2.8b:bf16:16:swap,mamba-2.8b:fp32:16:swap,mamba-2.8b:bf16:16:noise:residual",
+    ap.add_argument("--configs", default="mamba-2.8b:bf16:16:swap,pythia-2.8b:bf16:16:swap,mamba-2.8b:fp32:16:swap,mamba-2.8b:bf16:16:noise:residual,"
+                    "mamba2-2.7b:bf16:16:swap",
                     help="comma-separated model:dtype:tokens:corruption[:residual] (':residual' times the residual grid only)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rows", type=int, default=256, help="rows a forward of the batched-hooks baselines")
@@ -449,7 +467,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     configs = [(c.split(":") + [""])[:5] for c in args.configs.split(",")]
     if args.quick:
-        configs = [[m.replace("2.8b", "tiny"), d, t, c, r] for m, d, t, c, r in configs]
+        configs = [[m.replace("2.8b", "tiny").replace("2.7b", "tiny"), d, t, c, r] for m, d, t, c, r in configs]
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "triton_cache_dir": os.environ.get("TRITON_CACHE_DIR", ""), "kernel_cache": os.environ.get("FACTSWEEP_KERNEL_CACHE", "")}
     results = []
