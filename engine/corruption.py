@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .errors import InvalidArgument
+from .kernels import host_to_device
 
 
 @dataclass
@@ -81,7 +82,7 @@ def corrupted_embeddings(model, ids: torch.Tensor, subject: tuple, spec: Corrupt
                 f"their last token), got {len(cids)}; pad or choose a swap subject of the same token length",
                 field="corrupted_ids",
             )
-        return model.embed(torch.tensor(cids, dtype=torch.long, device=ids.device)[None])  # (1, T, d)
+        return model.embed(host_to_device(torch.tensor(cids, dtype=torch.long), ids.device)[None])  # (1, T, d)
     if not isinstance(spec, NoiseSpec):
         raise InvalidArgument(f"corruption: expected NoiseSpec or SwapSpec, got {type(spec).__name__}", field="corruption")
     if spec.explicit is not None:
@@ -94,7 +95,7 @@ def corrupted_embeddings(model, ids: torch.Tensor, subject: tuple, spec: Corrupt
             )
         if not bool(torch.isfinite(noise).all()):
             raise InvalidArgument("explicit_noise: contains NaN or inf", field="explicit_noise")
-        return clean + noise.to(device=clean.device, dtype=clean.dtype)  # (S, T, d)
+        return clean + host_to_device(noise.to(clean.dtype), clean.device)  # (S, T, d)
     b, e = subject
     samples = spec.samples or 10
     if samples < 1:
@@ -105,7 +106,7 @@ def corrupted_embeddings(model, ids: torch.Tensor, subject: tuple, spec: Corrupt
         raise InvalidArgument(f"std: expected a finite number ≥ 0 (or none to compute it), got {spec.std}", field="std")
     std = spec.std if spec.std else clean[0, b:e].float().std()  # ROME: scalar std of the subject embeddings
     draw = np.random.RandomState(spec.seed % 2**32).randn(samples, e - b, d)  # ROME's prng(...)
-    noise = torch.from_numpy(draw).to(device=clean.device, dtype=torch.float32) * (spec.scale * std)  # (S, e-b, d)
+    noise = host_to_device(torch.from_numpy(draw).float(), clean.device) * (spec.scale * std)  # (S, e-b, d)
     x = clean.expand(samples, T, d).clone()  # (S, T, d)
     x[:, b:e] += noise.to(x.dtype)
     return x

@@ -49,6 +49,16 @@ except Exception:  # pragma: no cover - depends on the install
     triton = None
 
 
+def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without waiting for the work already queued there: on CUDA a copy
+    from pageable memory blocks the host until the stream drains, so a prepare begun while a grid runs
+    (the worker's lookahead) would wait for that grid before launching anything; from pinned memory
+    the copy is queued like a kernel (the pinned block is kept until the copy is done)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def use_triton(t: torch.Tensor, d_state: int = 16) -> bool:
     """Triton kernels for CUDA tensors when Triton imports and the state size is a power of two
     (``FACTSWEEP_NO_TRITON=1`` turns them off)."""

@@ -115,7 +115,7 @@ def _finish_runs(last: torch.Tensor, corrupt_last: torch.Tensor, clean: dict, st
                  T: int, S: int, answer_id: Optional[int]) -> PromptRuns:
     """PromptRuns from the clean run's last-token logits (V,), the corrupted rows' (S, V) and the cache."""
     argmax = last.argmax()
-    answer = argmax if answer_id is None else torch.tensor(answer_id, device=last.device)
+    answer = argmax if answer_id is None else torch.full((), answer_id, dtype=argmax.dtype, device=last.device)  # no host copy
     m_clean = answer_measures(last[None], answer)[0]  # (2,)
     m_corrupt = answer_measures(corrupt_last, answer).mean(0)  # (2,)
     finite = torch.isfinite(last).all() & torch.isfinite(corrupt_last).all()

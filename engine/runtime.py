@@ -27,6 +27,7 @@ from .cache import PromptCache, PromptRuns, prompt_cache_bytes
 from .checkpoint import Checkpoint, load_checkpoint
 from .corruption import NoiseSpec, SwapSpec, corrupted_embeddings, validate_ids
 from .errors import InvalidArgument, NotFound, NumericError
+from .kernels import host_to_device
 from .sites import BLOCK
 from .trace import CellSpec, PendingCells
 
@@ -287,7 +288,7 @@ class Engine:
         return spec
 
     def _inputs(self, ck: Checkpoint, spec: PromptSpec):
-        ids = torch.tensor(spec.ids, dtype=torch.long, device=ck.device)
+        ids = host_to_device(torch.tensor(spec.ids, dtype=torch.long), ck.device)
         return ids, corrupted_embeddings(ck.model, ids, spec.subject, spec.corruption)
 
     def _build(self, ck: Checkpoint, spec: PromptSpec) -> PromptRuns:

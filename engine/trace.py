@@ -215,7 +215,7 @@ def run_cells_fast(model, runs: PromptRuns, cells: list, max_rows: Optional[int]
     # kernels on pointer alignment) compiles one variant per kernel, not one per alignment pattern.
     parts = [order.astype(np.int64)] + [a for h in hosts for a in h[1].values()]
     flat = np.concatenate([np.pad(a, (0, a.size % 2)) for a in parts])
-    dev = torch.from_numpy(flat).to(device)  # the one host→device transfer
+    dev = kernels.host_to_device(torch.from_numpy(flat), device)  # the one host→device transfer
     dev_order, at = dev[: len(order)], _even(len(order))
     results = []
     for (meta, arrays) in hosts:
