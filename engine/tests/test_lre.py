@@ -9,7 +9,7 @@ from engine import experiments
 from engine.errors import InvalidArgument
 from engine.experiments.lre import jacobian_and_bias
 from engine.runtime import Engine
-from engine.testing import mamba_config, neox_config, random_state, write_checkpoint, write_random_checkpoint
+from engine.testing import mamba2_config, mamba_config, neox_config, random_state, write_checkpoint, write_random_checkpoint
 
 L = 4
 PROMPTS = [[5, 17, 33, 2], [8, 40, 12, 9, 61], [3, 3, 20], [44, 7, 19, 30, 2, 6]]
@@ -18,10 +18,10 @@ PROMPTS = [[5, 17, 33, 2], [8, 40, 12, 9, 61], [3, 3, 20], [44, 7, 19, 30, 2, 6]
 def identity_after(model_type: str, layer: int) -> tuple:
     """A random checkpoint whose blocks after ``layer`` add nothing to the residual stream (their
     output projections are zero), so the last block's output is exactly h at layer ``layer``."""
-    config = (mamba_config if model_type == "mamba" else neox_config)(num_hidden_layers=L)
+    config = {"mamba": mamba_config, "mamba2": mamba2_config}.get(model_type, neox_config)(num_hidden_layers=L)
     state = random_state(config, seed=4)
     for j in range(layer + 1, L):
-        if model_type == "mamba":
+        if model_type in ("mamba", "mamba2"):
             state[f"backbone.layers.{j}.mixer.out_proj.weight"].zero_()
         else:
             for mod in ("attention.dense", "mlp.dense_4h_to_h"):
@@ -35,7 +35,7 @@ def top1(model, ids) -> int:
         return int(model(torch.tensor([ids]))[0][0, -1].argmax())
 
 
-@pytest.mark.parametrize("model_type", ["mamba", "gpt_neox"])
+@pytest.mark.parametrize("model_type", ["mamba", "mamba2", "gpt_neox"])
 @pytest.mark.parametrize("layer", [-1, 1])
 def test_on_a_model_whose_map_from_h_to_the_output_is_the_identity_the_lre_is_exact_and_faithful(tmp_path, model_type, layer):
     """Blocks after ℓ add nothing and the subject's last token is the prompt's last, so z = h: the
@@ -61,7 +61,7 @@ def test_on_a_model_whose_map_from_h_to_the_output_is_the_identity_the_lre_is_ex
     assert all(t["lre_top1"][1] == t["model_top1"] for t in res["tests"])
 
 
-@pytest.mark.parametrize("model_type", ["mamba", "gpt_neox"])
+@pytest.mark.parametrize("model_type", ["mamba", "mamba2", "gpt_neox"])
 @pytest.mark.parametrize("layer", [-1, 0, 2])
 def test_the_jacobian_matches_central_finite_differences_on_a_random_model(tmp_path, model_type, layer):
     eng = Engine()
@@ -91,7 +91,7 @@ def test_the_jacobian_matches_central_finite_differences_on_a_random_model(tmp_p
     assert torch.allclose(J1, J, atol=1e-6)
 
 
-@pytest.mark.parametrize("model_type", ["mamba", "gpt_neox"])
+@pytest.mark.parametrize("model_type", ["mamba", "mamba2", "gpt_neox"])
 def test_an_lre_fit_on_one_prompt_reproduces_that_prompts_prediction_at_beta_one(tmp_path, model_type):
     eng = Engine()
     eng.load_model("m", write_random_checkpoint(tmp_path / "m", model_type, seed=9, num_hidden_layers=L))
