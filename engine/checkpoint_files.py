@@ -81,6 +81,13 @@ def _no_constant(name: str):
     raise _JsonRefused("NaN or Infinity")
 
 
+def _infinity(name: str) -> float:
+    """``Infinity`` / ``-Infinity`` as floats; NaN stays refused."""
+    if name == "NaN":
+        raise _JsonRefused("NaN")
+    return float(name)
+
+
 def _unique_keys(pairs):
     out = {}
     for k, v in pairs:
@@ -90,15 +97,16 @@ def _unique_keys(pairs):
     return out
 
 
-def _parse_json(raw: bytes, label: str, what: str, unique: bool = True):
-    """``raw`` as JSON (``unique``: a key twice in an object is refused); errors are
+def _parse_json(raw: bytes, label: str, what: str, unique: bool = True, infinity: bool = False):
+    """``raw`` as JSON (``unique``: a key twice in an object is refused; ``infinity``: the non-standard
+    ``Infinity`` / ``-Infinity`` are read as floats, NaN is refused either way); errors are
     CheckpointFormatErrors that quote none of ``raw``."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise CheckpointFormatError(f"{label}: {what} is not UTF-8 text", field="path") from None
     try:
-        return json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant,
+        return json.loads(text, parse_int=_bounded_int, parse_constant=_infinity if infinity else _no_constant,
                           object_pairs_hook=_unique_keys if unique else None)
     except json.JSONDecodeError as e:
         raise CheckpointFormatError(f"{label}: {what} is not valid JSON (line {e.lineno}, column {e.colno})",
@@ -410,7 +418,9 @@ def read_config(path: str) -> dict:
         raise NotFound(f"{cfg_path} not found: a checkpoint folder needs config.json", field="path")
     with _open_in_folder(path, "config.json") as f:
         raw = _read_bounded(f, MAX_JSON_BYTES, cfg_path, "config.json")
-    cfg = _parse_json(raw, cfg_path, "config.json", unique=False)
+    # transformers 4.x writes Mamba-2's time_step_limit as [0.0, Infinity] (5.x: {"__float__": "Infinity"});
+    # each model's parser checks its values' ranges, finite where a value must be.
+    cfg = _parse_json(raw, cfg_path, "config.json", unique=False, infinity=True)
     if not isinstance(cfg, dict):
         raise CheckpointFormatError(f"{cfg_path}: expected a JSON object", field="path")
     return cfg

@@ -228,3 +228,21 @@ def test_the_worker_loads_mamba2_and_runs_its_cells_over_the_protocol(tmp_path):
             pb.Cell(site=site_value(c.site), layer=c.layer, token=c.token, window=c.window) for c in cells]))
         assert reply.WhichOneof("body") == "cells", reply
         assert list(reply.cells.p) == pytest.approx([p for p, _ in want], abs=1e-7)
+
+
+def test_a_config_json_with_a_bare_infinity_as_transformers_4_writes_it_loads_and_nan_does_not(tmp_path):
+    state = random_state(mamba2_config())
+    write_checkpoint(tmp_path / "v4", mamba2_config(), state)
+    cfg = dict(mamba2_config(), time_step_limit=[0.0, "INF"])
+    (tmp_path / "v4" / "config.json").write_text(json.dumps(cfg).replace('"INF"', "Infinity"))
+    ck = load_checkpoint(str(tmp_path / "v4"))
+    assert ck.config.dt_max == math.inf
+    (tmp_path / "v4" / "config.json").write_text(json.dumps(cfg).replace('"INF"', "NaN"))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(tmp_path / "v4"))
+    assert "NaN" in err.value.message
+    # an infinity where a finite number is needed is refused by the field's check
+    (tmp_path / "v4" / "config.json").write_text(json.dumps(dict(cfg, time_step_limit=None, layer_norm_epsilon="EPS")).replace('"EPS"', "Infinity"))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(tmp_path / "v4"))
+    assert err.value.field == "layer_norm_epsilon"

@@ -28,6 +28,15 @@ export const MAX_VOCAB_SIZE = 4_194_304;
 const LAYER_KEYS = ["num_hidden_layers", "n_layer", "n_layers", "num_layers"];
 const HIDDEN_KEYS = ["hidden_size", "d_model", "n_embd"];
 
+/**
+ * transformers 4.x writes Mamba-2's `time_step_limit` as `[0.0, Infinity]`, which is not JSON: a bare
+ * `Infinity` / `-Infinity` (outside strings) is read as `null` (planning reads no such field); NaN
+ * stays invalid.
+ */
+function bareInfinityAsNull(text: string): string {
+  return text.replace(/"(?:[^"\\]|\\.)*"|-?\bInfinity\b/g, (m) => (m.startsWith('"') ? m : "null"));
+}
+
 function pick(cfg: Record<string, unknown>, keys: string[], file: string, modelPath: string, what: string): number {
   for (const k of keys) {
     const v = cfg[k];
@@ -64,7 +73,7 @@ export function readModelConfig(path: string, limits: Pick<PlanLimits, "maxLayer
       { cause },
     );
   const cfg = parseJsonFile(
-    readRegularFile(file, "config file", MAX_CONFIG_BYTES, fail),
+    bareInfinityAsNull(readRegularFile(file, "config file", MAX_CONFIG_BYTES, fail)),
     "config file",
     file,
     (msg, cause) => new ModelConfigError(msg, path, { cause }),
