@@ -151,6 +151,12 @@ class Config:
         ``ssm_cfg`` (``layer: "Mamba2"``); every value checked (type, range), a bad one a CheckpointError."""
         if "d_model" in cfg and "hidden_size" not in cfg:  # original state-spaces config
             ssm = config_object(cfg, "ssm_cfg")
+            if cfg.get("d_intermediate") not in (None, 0) or cfg.get("attn_layer_idx") not in (None, []):
+                key = "attn_layer_idx" if cfg.get("attn_layer_idx") not in (None, []) else "d_intermediate"
+                raise CheckpointError(f"config.json {key}: a hybrid Mamba-2 (attention layers or an MLP a block) is not "
+                                      "implemented; expected 0 / [] (pure Mamba-2 blocks)", field=key)
+            if not config_bool(cfg, "rms_norm", True):
+                raise CheckpointError("config.json rms_norm: only true (RMSNorm blocks) is implemented", field="rms_norm")
             for key, ok in (("D_has_hdim", False), ("learnable_init_states", False), ("rmsnorm", True)):
                 if config_bool(ssm, key, ok) != ok:
                     raise CheckpointError(f"config.json ssm_cfg.{key}: only {str(ok).lower()} is implemented", field=key)

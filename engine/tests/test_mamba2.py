@@ -129,9 +129,17 @@ def test_the_state_spaces_layout_loads_as_mamba2_and_gives_the_hf_layouts_logits
     assert b.model_type == "mamba2"
     with torch.no_grad():
         torch.testing.assert_close(a.model(torch.tensor([IDS]))[0], b.model(torch.tensor([IDS]))[0], rtol=0, atol=0)
-    with pytest.raises(CheckpointError) as err:
-        mamba2.Config.from_hf(dict(ss_cfg, ssm_cfg=dict(ss_cfg["ssm_cfg"], D_has_hdim=True)))
-    assert err.value.field == "D_has_hdim"
+    for bad, field in ((dict(ss_cfg, ssm_cfg=dict(ss_cfg["ssm_cfg"], D_has_hdim=True)), "D_has_hdim"),
+                       (dict(ss_cfg, d_intermediate=64), "d_intermediate"), (dict(ss_cfg, attn_layer_idx=[1]), "attn_layer_idx"),
+                       (dict(ss_cfg, rms_norm=False), "rms_norm")):
+        with pytest.raises(CheckpointError) as err:
+            mamba2.Config.from_hf(bad)
+        assert err.value.field == field
+    # the state-spaces defaults (mamba2-130m's config.json names only the layer): d_state 128, headdim 64
+    c = mamba2.Config.from_hf({"d_model": 768, "d_intermediate": 0, "n_layer": 24, "vocab_size": 50277,
+                               "ssm_cfg": {"layer": "Mamba2"}, "attn_layer_idx": [], "rms_norm": True,
+                               "pad_vocab_size_multiple": 16, "tie_embeddings": True})
+    assert (c.nheads, c.head_dim, c.d_state, c.ngroups, c.vocab_size) == (24, 64, 128, 1, 50288)
 
 
 def test_a_tensor_of_the_wrong_shape_is_refused_naming_it(tmp_path):
