@@ -310,7 +310,7 @@ class Mamba2Mixer(nn.Module):
         y = call(hook, "ssm", y)
         if hook is not None:  # the per-head sites, each a (b, l, P) slice of y
             P = c.head_dim
-            y = torch.cat([hook(HEAD_SITE.format(k), y[..., k * P:(k + 1) * P]) for k in range(c.nheads)], dim=-1)
+            y = torch.cat([hook(HEAD_SITE.format(h), y[..., h * P:(h + 1) * P]) for h in range(c.nheads)], dim=-1)
         o = call(hook, "mixer", self.out_proj(self.norm(y, g)))  # (b, l, d)
         return o, ((xBC, states) if keep else None)
 
