@@ -21,6 +21,7 @@ import { LeaseTable } from "./lease-table.js";
 import { CoordinatorMetrics } from "./metrics.js";
 import { normalizeRoots } from "./model-roots.js";
 import { ResultsConsumer } from "./results-consumer.js";
+import { natsLimits, type NatsLimits } from "./nats-limits.js";
 import { Scheduler } from "./scheduler.js";
 import { StateStore } from "./state-store.js";
 import { Sweeps } from "./sweeps.js";
@@ -44,6 +45,8 @@ export interface CoordinatorOptions {
   natsUser?: string;
   natsPass?: string;
   natsToken?: string;
+  /** CA (PEM file) of the NATS server's certificate: TLS to NATS (a tls:// URL, or a server that requires it). */
+  natsTlsCa?: string;
   /** Default 127.0.0.1 (this host only); main.ts refuses other addresses without TLS and tokens. */
   grpcHost?: string;
   /** 0: any free port (read `grpcPort` after start). */
@@ -70,6 +73,8 @@ export interface CoordinatorOptions {
   retryBackoffMs?: number;
   /** A shard reported done whose result is not counted within this is leased again; default 3 lease TTLs. */
   uncountedTimeoutMs?: number;
+  /** Replicas and limits of the results streams and KV buckets; unset ones keep DEFAULT_NATS_LIMITS (nats-limits.ts). */
+  natsLimits?: Partial<NatsLimits>;
   /** Finished sweeps kept in memory (most recently used); older ones are loaded from the KV when asked for. Default 8. */
   keepFinished?: number;
   /** Longest one lease may be held, heartbeats or not, before it is revoked and re-queued; 0: no limit. Default 1 hour. */
@@ -133,8 +138,11 @@ export class Coordinator extends EventEmitter implements SweepApi {
 
   private async init(): Promise<void> {
     const o = this.opts;
+    const limits = natsLimits(o.natsLimits);
     this.nc = await connectNats(o);
     this.store = await StateStore.open(this.nc, {
+      limits,
+      log: this.log,
       onWriteError: (k, e) => {
         this.log(`state write of ${k} failed: ${(e as Error).message}`);
         // Fenced off by a newer coordinator: stop claiming readiness so traffic goes to the new one.
@@ -207,6 +215,7 @@ export class Coordinator extends EventEmitter implements SweepApi {
       sink: this.sweeps,
       onConsumed: (dup) => this.metrics.resultsConsumed.inc({ duplicate: String(dup) }),
       onRejected: (reason) => this.metrics.resultsRejected.inc({ reason }),
+      limits,
       log: this.log,
     });
     await this.consumer.start();
@@ -350,6 +359,9 @@ function connectNats(o: CoordinatorOptions): Promise<NatsConnection> {
   const natsOpts: ConnectionOptions = {
     servers: o.natsUrl,
     name: "factsweep-coordinator",
+    // Its own reply subjects: agents may subscribe to _INBOX.> (their publish acks) and must not see
+    // the coordinator's replies (KV reads) there (deploy/nats/accounts.conf).
+    inboxPrefix: "_INBOX_coordinator",
     maxReconnectAttempts: -1,
     reconnectTimeWait: 250,
     waitOnFirstConnect: true,
@@ -357,6 +369,7 @@ function connectNats(o: CoordinatorOptions): Promise<NatsConnection> {
   if (o.natsCreds) natsOpts.authenticator = credsAuthenticator(readFileSync(o.natsCreds));
   if (o.natsUser) Object.assign(natsOpts, { user: o.natsUser, pass: o.natsPass ?? "" });
   if (o.natsToken) natsOpts.token = o.natsToken;
+  if (o.natsTlsCa) natsOpts.tls = { ca: readFileSync(o.natsTlsCa, "utf8") };
   return connect(natsOpts);
 }
 

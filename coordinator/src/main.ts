@@ -8,6 +8,7 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import { DEFAULT_PLAN_LIMITS } from "@factsweep/planning";
 import { listenRefusal, weakTokenRefusal } from "./auth.js";
 import { Coordinator, DEFAULT_MAX_LEASE_MS } from "./coordinator.js";
+import { DEFAULT_NATS_LIMITS, natsLimits } from "./nats-limits.js";
 
 const int =
   (name: string, min: number) =>
@@ -34,8 +35,10 @@ const program = new Command("factsweep-coordinator")
   .option("--http-port <port>", "HTTP port for /metrics, /healthz, /readyz (-1: none)", int("--http-port", -1), 9464)
   .addOption(new Option("--nats-url <url>", "NATS server with JetStream").default("nats://127.0.0.1:4222").env("FACTSWEEP_NATS_URL"))
   .option("--nats-creds <file>", "NATS credentials file (.creds)")
-  .option("--nats-user <user>", "NATS user")
+  .option("--nats-user <user>", "NATS user (deploy/nats/accounts.conf: coordinator)")
+  .option("--nats-tls-ca <file>", "CA (PEM) of the NATS server's certificate: TLS to NATS (deploy/nats/factsweep.conf requires it)")
   .addOption(new Option("--nats-pass <pass>", "NATS password").env("FACTSWEEP_NATS_PASS"))
+  .option("--nats-pass-file <file>", "read --nats-pass from this file (a mounted secret; one trailing newline dropped)")
   .option("--model-root <dir>", "folder model checkpoints must lie in (repeatable)", collect, [] as string[])
   .option("--data-root <dir>", "folder dataset files, relation folders and corpora must lie in (repeatable; default: the model roots)", collect, [] as string[])
   .option("--max-spec-bytes <n>", `largest sweep spec (default ${DEFAULT_PLAN_LIMITS.maxSpecBytes})`, int("--max-spec-bytes", 1))
@@ -52,6 +55,26 @@ const program = new Command("factsweep-coordinator")
     "--uncounted-timeout-ms <ms>",
     "a shard reported done whose result is not counted within it is leased again (default 3 lease TTLs)",
     int("--uncounted-timeout-ms", 100),
+  )
+  .option(
+    "--nats-replicas <n>",
+    `replicas of the results streams and KV buckets: 1 on one nats-server, 3 on a 3-node cluster (default ${DEFAULT_NATS_LIMITS.replicas})`,
+    int("--nats-replicas", 1),
+  )
+  .option(
+    "--results-max-bytes <n>",
+    `largest results stream; when full, agents' results are refused and retried (default ${DEFAULT_NATS_LIMITS.resultsMaxBytes})`,
+    int("--results-max-bytes", 1),
+  )
+  .option(
+    "--results-max-age-ms <ms>",
+    `results older than this leave the stream (counted ones live on in KV; default ${DEFAULT_NATS_LIMITS.resultsMaxAgeMs}, 30 days)`,
+    int("--results-max-age-ms", 1),
+  )
+  .option(
+    "--kv-max-bytes <n>",
+    `largest size of each KV bucket (sweeps, shards, aggregates; default ${DEFAULT_NATS_LIMITS.kvMaxBytes})`,
+    int("--kv-max-bytes", 1),
   )
   .option(
     "--keep-finished <n>",
@@ -99,10 +122,22 @@ const program = new Command("factsweep-coordinator")
       const from = program.getOptionValueSource(key) === "env" ? `${env} is set but empty` : `${flag} is empty`;
       program.error(`${from}: an empty token does not turn authentication off; give a token, or unset ${env} and leave ${flag} out`, { exitCode: 2 });
     }
+    if (o.natsPassFile !== undefined) {
+      try {
+        o.natsPass = readFileSync(o.natsPassFile, "utf8").replace(/\r?\n$/, "");
+      } catch (err) {
+        program.error(`cannot read --nats-pass-file ${o.natsPassFile}: ${(err as Error).message}`, { exitCode: 2 });
+      }
+    }
     const userToken: string | undefined = o.userToken ?? o.token;
     const agentToken: string | undefined = o.agentToken ?? o.token;
     const refusal = listenRefusal({ grpcHost: o.grpcHost, tls: Boolean(o.tlsCert), userToken, agentToken, insecureListen: o.insecureListen });
     if (refusal) program.error(refusal, { exitCode: 2 });
+    try {
+      natsLimits({ replicas: o.natsReplicas, resultsMaxBytes: o.resultsMaxBytes, resultsMaxAgeMs: o.resultsMaxAgeMs, kvMaxBytes: o.kvMaxBytes });
+    } catch (err) {
+      program.error((err as Error).message, { exitCode: 2 });
+    }
     // Closed by default: a token left at the deployment files' placeholder, or too short, is no secret.
     const named = (key: "userToken" | "agentToken", flag: string, env: string, file?: string): string =>
       file !== undefined
@@ -125,6 +160,7 @@ const program = new Command("factsweep-coordinator")
       natsCreds: o.natsCreds,
       natsUser: o.natsUser,
       natsPass: o.natsPass,
+      natsTlsCa: o.natsTlsCa,
       grpcHost: o.grpcHost,
       grpcPort: o.grpcPort,
       httpHost: o.httpHost,
@@ -146,6 +182,7 @@ const program = new Command("factsweep-coordinator")
       uncountedTimeoutMs: o.uncountedTimeoutMs,
       maxLeaseMs: o.maxLeaseMs,
       keepFinished: o.keepFinished,
+      natsLimits: { replicas: o.natsReplicas, resultsMaxBytes: o.resultsMaxBytes, resultsMaxAgeMs: o.resultsMaxAgeMs, kvMaxBytes: o.kvMaxBytes },
       userToken,
       agentToken,
       tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa } : undefined,

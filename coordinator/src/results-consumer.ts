@@ -17,6 +17,7 @@ import { headers, nanos, type NatsConnection } from "@nats-io/transport-node";
 import { sweep } from "@factsweep/proto";
 import { RESULTS_CONSUMER, RESULTS_STREAM, RESULTS_SUBJECT_PREFIX } from "@factsweep/shared";
 import type { Rejection, RejectReason } from "./result-check.js";
+import { DEFAULT_NATS_LIMITS, ensureStream, resultsStreamLimits, type NatsLimits } from "./nats-limits.js";
 
 /** Duplicate window of the results stream: a republished shard inside it is dropped by the server. */
 export const RESULTS_DUPLICATE_WINDOW_MS = 10 * 60_000;
@@ -58,51 +59,55 @@ export interface ResultsConsumerOptions {
   onConsumed?: (duplicate: boolean) => void;
   /** A message was refused (then dead-lettered and acked). */
   onRejected?: (reason: RejectReason) => void;
+  /** Replicas and limits of the results and dead-letter streams; default DEFAULT_NATS_LIMITS. */
+  limits?: NatsLimits;
   log?: (msg: string) => void;
 }
 
-/** Creates the dead-letter stream if absent (file storage, bounded by age, count and bytes; oldest dropped). */
-export async function ensureDeadLetterStream(jsm: JetStreamManager): Promise<void> {
-  try {
-    await jsm.streams.info(DEAD_LETTER_STREAM);
-  } catch {
-    try {
-      await jsm.streams.add({
-        name: DEAD_LETTER_STREAM,
-        subjects: [DEAD_LETTER_SUBJECT],
-        storage: StorageType.File,
-        max_age: nanos(DEAD_LETTER_MAX_AGE_MS),
-        max_msgs: DEAD_LETTER_MAX_MSGS,
-        max_bytes: DEAD_LETTER_MAX_BYTES,
-        discard: DiscardPolicy.Old,
-      });
-    } catch (err) {
-      await jsm.streams.info(DEAD_LETTER_STREAM).catch(() => {
-        throw err;
-      });
-    }
-  }
+/** Creates the dead-letter stream if absent (file storage, bounded by age, count and bytes; oldest dropped; no delete or purge), or brings it in line. */
+export async function ensureDeadLetterStream(
+  jsm: JetStreamManager,
+  limits: NatsLimits = DEFAULT_NATS_LIMITS,
+  log: (m: string) => void = () => undefined,
+): Promise<void> {
+  await ensureStream(
+    jsm,
+    {
+      name: DEAD_LETTER_STREAM,
+      subjects: [DEAD_LETTER_SUBJECT],
+      storage: StorageType.File,
+      max_age: nanos(DEAD_LETTER_MAX_AGE_MS),
+      max_msgs: DEAD_LETTER_MAX_MSGS,
+      max_bytes: DEAD_LETTER_MAX_BYTES,
+      discard: DiscardPolicy.Old,
+      num_replicas: limits.replicas,
+      deny_delete: true,
+      deny_purge: true,
+    },
+    log,
+  );
 }
 
-/** Creates the results stream if absent (file storage, duplicate window for Nats-Msg-Id dedup). */
-export async function ensureResultsStream(jsm: JetStreamManager): Promise<void> {
-  try {
-    await jsm.streams.info(RESULTS_STREAM);
-  } catch {
-    try {
-      await jsm.streams.add({
-        name: RESULTS_STREAM,
-        subjects: [`${RESULTS_SUBJECT_PREFIX}.>`],
-        storage: StorageType.File,
-        duplicate_window: nanos(RESULTS_DUPLICATE_WINDOW_MS),
-      });
-    } catch (err) {
-      // An agent may have created it at the same moment.
-      await jsm.streams.info(RESULTS_STREAM).catch(() => {
-        throw err;
-      });
-    }
-  }
+/**
+ * Creates the results stream if absent (file storage, duplicate window for Nats-Msg-Id dedup, the
+ * configured replicas and limits, no delete or purge), or brings an existing one in line.
+ */
+export async function ensureResultsStream(
+  jsm: JetStreamManager,
+  limits: NatsLimits = DEFAULT_NATS_LIMITS,
+  log: (m: string) => void = () => undefined,
+): Promise<void> {
+  await ensureStream(
+    jsm,
+    {
+      name: RESULTS_STREAM,
+      subjects: [`${RESULTS_SUBJECT_PREFIX}.>`],
+      storage: StorageType.File,
+      duplicate_window: nanos(RESULTS_DUPLICATE_WINDOW_MS),
+      ...resultsStreamLimits(limits),
+    },
+    log,
+  );
 }
 
 /** The coordinator's durable consumer of the results stream. */
@@ -132,8 +137,8 @@ export class ResultsConsumer {
   /** Ensures stream and durable consumer exist, then consumes until `stop`. */
   async start(): Promise<void> {
     const jsm = await jetstreamManager(this.nc);
-    await ensureResultsStream(jsm);
-    await ensureDeadLetterStream(jsm);
+    await ensureResultsStream(jsm, this.opts.limits, this.log);
+    await ensureDeadLetterStream(jsm, this.opts.limits, this.log);
     const config = {
       durable_name: RESULTS_CONSUMER,
       ack_policy: AckPolicy.Explicit,

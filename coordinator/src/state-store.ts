@@ -10,12 +10,13 @@
  * (fencing: this one stops writing), one from our own or an older epoch (a write whose reply was
  * lost in a NATS restart, or a dead predecessor) is adopted.
  */
-import { Kvm, type KV } from "@nats-io/kv";
+import type { KV } from "@nats-io/kv";
 import { JetStreamApiError, JetStreamApiCodes } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { AGGREGATES_BUCKET, SHARDS_BUCKET, SWEEPS_BUCKET } from "@factsweep/shared";
 import { StaleCoordinatorError, SweepExistsError } from "./errors.js";
 import type { ShardEntry } from "./lease-table.js";
+import { DEFAULT_NATS_LIMITS, ensureBucket, type NatsLimits } from "./nats-limits.js";
 
 /** Terminal and non-terminal states of a sweep. */
 export type SweepState = "running" | "done" | "failed" | "cancelled";
@@ -87,6 +88,10 @@ export interface StateStoreOptions {
   retryMs?: number;
   /** Background writes in flight at most; default 128. */
   maxInFlight?: number;
+  /** Replicas and byte limit of the buckets; default DEFAULT_NATS_LIMITS. */
+  limits?: NatsLimits;
+  /** Where bucket updates (limits brought in line) are reported. */
+  log?: (msg: string) => void;
 }
 
 /** One key's coalescing writer: the newest pending value and whether a write is running. */
@@ -135,11 +140,12 @@ export class StateStore {
 
   /** Opens (creating if absent) the three buckets and claims the next coordinator epoch. */
   static async open(nc: NatsConnection, opts: StateStoreOptions = {}): Promise<StateStore> {
-    const kvm = new Kvm(nc);
+    const limits = opts.limits ?? DEFAULT_NATS_LIMITS;
+    const log = opts.log ?? (() => undefined);
     const [sweeps, shards, aggregates] = await Promise.all([
-      kvm.create(SWEEPS_BUCKET, { history: 1 }),
-      kvm.create(SHARDS_BUCKET, { history: 1 }),
-      kvm.create(AGGREGATES_BUCKET, { history: 1 }),
+      ensureBucket(nc, SWEEPS_BUCKET, limits, log),
+      ensureBucket(nc, SHARDS_BUCKET, limits, log),
+      ensureBucket(nc, AGGREGATES_BUCKET, limits, log),
     ]);
     // Claim an epoch with CAS so two coordinators starting together get different ones.
     let epoch = 0;

@@ -31,6 +31,9 @@ export interface AgentOptions {
   natsUrl: string;
   /** Contents of a NATS credentials (.creds) file. */
   natsCreds?: string;
+  /** NATS user and password (a server config with users per role, deploy/nats/accounts.conf). */
+  natsUser?: string;
+  natsPass?: string;
   /** Agent token the coordinator requires (sent in the hello and as `authorization: Bearer`). */
   token?: string;
   /** mTLS to the coordinator: CA to verify it, and this agent's certificate and key. */
@@ -194,6 +197,7 @@ export class Agent {
       reconnectTimeWait: 500,
       waitOnFirstConnect: true,
       authenticator: this.opts.natsCreds ? credsAuthenticator(new TextEncoder().encode(this.opts.natsCreds)) : undefined,
+      ...(this.opts.natsUser ? { user: this.opts.natsUser, pass: this.opts.natsPass ?? "" } : {}),
     });
     this.natsConnected = true;
     this.log.info(`connected to NATS ${this.opts.natsUrl}`);

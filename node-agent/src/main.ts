@@ -50,6 +50,8 @@ interface Flags {
   tlsKey?: string;
   insecure?: boolean;
   natsCreds?: string;
+  natsUser?: string;
+  natsPassFile?: string;
   maxSlots?: number;
   batchSize?: number;
   kernelCache?: string;
@@ -84,6 +86,8 @@ export function program(): Command {
       "connect to a coordinator on another host without TLS (a closed network only: the agent token crosses it in plaintext; the coordinator's --insecure-listen)",
     )
     .option("--nats-creds <file>", "NATS credentials file (.creds)")
+    .option("--nats-user <user>", "NATS user (a server config with a user per role: the agent user may only publish results)")
+    .option("--nats-pass-file <file>", "read the NATS password of --nats-user from this file (default: env FACTSWEEP_NATS_PASS)")
     .option(
       "--batch-size <n>",
       "cells per engine RunCells request on every worker (0: the whole shard; default: the whole shard on a GPU, where the engine sizes its batches itself, 512 cells on the CPU)",
@@ -191,6 +195,11 @@ async function main(argv: string[]): Promise<number> {
         }
       : undefined;
   const natsCreds = flags.natsCreds ? readFlagFile("--nats-creds", flags.natsCreds).toString("utf8") : undefined;
+  const natsPass = flags.natsPassFile
+    ? readFlagFile("--nats-pass-file", flags.natsPassFile)
+        .toString("utf8")
+        .replace(/\r?\n$/, "")
+    : process.env.FACTSWEEP_NATS_PASS;
   const python = await enginePython(flags);
   const discovery = await discoverSlots({ cpu: flags.cpu, workers: flags.workers, maxSlots: flags.maxSlots, log: (l) => log.warn(l) });
   log.info(`${discovery.mode} mode: ${discovery.slots.length} worker(s): ${discovery.slots.map((s) => s.name).join(", ")}`);
@@ -200,6 +209,8 @@ async function main(argv: string[]): Promise<number> {
     coordinator: flags.coordinator,
     natsUrl: flags.natsUrl,
     natsCreds,
+    natsUser: flags.natsUser,
+    natsPass,
     token,
     tls,
     slots: discovery.slots,

@@ -24,9 +24,17 @@ test("docker-compose validates deploy/docker-compose.yml against the compose sch
 test("compose runs NATS with JetStream on a named volume, the coordinator, GPU agents, Prometheus and Grafana", () => {
   const { services, volumes } = compose();
   assert.deepEqual(Object.keys(services).sort(), ["agent", "coordinator", "grafana", "nats", "prometheus"]);
-  assert.ok(services.nats!.command!.includes("--jetstream"));
-  const store = services.nats!.command![services.nats!.command!.indexOf("--store_dir") + 1];
+  const nats = services.nats!.command!.join(" ");
+  assert.match(nats, /exec nats-server --config \/etc\/factsweep\/nats\/compose\.conf --jetstream /);
+  const store = /--store_dir (\S+)/.exec(nats)?.[1];
   assert.ok(services.nats!.volumes!.includes(`nats-data:${store}`), "JetStream's store_dir is on the nats-data volume");
+  assert.ok(services.nats!.volumes!.includes("./nats:/etc/factsweep/nats:ro"), "the users-per-role config is mounted");
+  // Each client as its own NATS user, its password a compose secret.
+  assert.ok(services.coordinator!.command!.includes("--nats-user=coordinator"));
+  assert.ok(services.coordinator!.command!.includes("--nats-pass-file=/run/secrets/factsweep_nats_coordinator_pass"));
+  const agent = services.agent!.command!;
+  assert.equal(agent[agent.indexOf("--nats-user") + 1], "agent");
+  assert.equal(agent[agent.indexOf("--nats-pass-file") + 1], "/run/secrets/factsweep_nats_agent_pass");
   assert.ok("nats-data" in volumes);
   const devices = services.agent!.deploy.resources.reservations.devices;
   assert.deepEqual(devices, [{ driver: "nvidia", count: "all", capabilities: ["gpu"] }]);
@@ -36,7 +44,7 @@ test("every file compose builds from or mounts exists in the repository", () => 
   for (const [name, s] of Object.entries(compose().services)) {
     if (s.build) assert.ok(existsSync(resolve(deployDir, "..", s.build.dockerfile)), `${name}: ${s.build.dockerfile}`);
     for (const v of s.volumes ?? []) {
-      if (typeof v !== "string" || !v.startsWith("../")) continue;
+      if (typeof v !== "string" || !(v.startsWith("../") || v.startsWith("./"))) continue;
       const src = v.split(":")[0]!;
       assert.ok(existsSync(resolve(deployDir, src)), `${name}: mount source ${src}`);
     }
