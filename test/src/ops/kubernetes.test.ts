@@ -124,14 +124,23 @@ test("the NATS Helm values run 3 JetStream servers on persistent volumes, and th
   const mount = values.container.patch[0].value.mountPath as string;
   assert.equal(join("/etc/nats-config", values.config.merge.$include), join(mount, "resolver.conf"));
   const objs = renderKustomization(join(kubernetesDir, "overlays", "production"));
-  const creds = find(objs, "Secret", "factsweep-nats-credentials") as any;
-  assert.deepEqual(Object.keys(creds.data), ["nats.creds"]);
-  for (const kind of ["Deployment", "DaemonSet"]) {
+  // One NATS user per role: the coordinator's credentials and the agents' (publish results only).
+  for (const [kind, secret] of [
+    ["Deployment", "factsweep-nats-credentials"],
+    ["DaemonSet", "factsweep-nats-agent-credentials"],
+  ] as const) {
+    assert.deepEqual(Object.keys((find(objs, "Secret", secret) as any).data), ["nats.creds"]);
     const o = objs.find((x) => x.kind === kind)!;
-    const c = podSpecOf(o).containers[0];
+    const pod = podSpecOf(o);
+    const c = pod.containers[0];
     const mountPath = c.volumeMounts.find((m: any) => m.name === "nats-credentials").mountPath;
+    assert.equal(pod.volumes.find((v: any) => v.name === "nats-credentials").secret.secretName, secret, `${objectKey(o)} mounts its own role's credentials`);
     assert.ok(c.args.includes(`--nats-creds=${mountPath}/nats.creds`), `${objectKey(o)} passes the mounted credentials file`);
+    assert.ok(c.args.includes("--nats-url=tls://$(NATS_HOST)"), `${objectKey(o)} reaches NATS over TLS`);
   }
+  assert.equal(values.config.nats.tls.enabled, true);
+  assert.equal(find(objs, "Secret", values.config.nats.tls.secretName).type, "kubernetes.io/tls");
+  assert.ok(podSpecOf(find(objs, "Deployment", "factsweep-coordinator")).containers[0].args.includes("--nats-replicas=3"), "3 replicas on the 3 NATS nodes");
 });
 
 test("the sweep specs shipped in the factsweep-sweeps ConfigMap are valid and read checkpoints from the model root", () => {

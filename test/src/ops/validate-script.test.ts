@@ -27,7 +27,7 @@ test("deploy/validate.sh does not pass while the production overlay's secrets ar
   const r = await run("bash", [join(deployDir, "validate.sh"), "--secrets-only"]);
   assert.equal(r.exitCode, 1, r.output);
   assert.match(r.output, /^FAIL {2}no placeholder secrets/m);
-  for (const f of ["user-token", "agent-token", "nats.creds", "tls.crt", "tls.key", "ca.crt"]) {
+  for (const f of ["user-token", "agent-token", "nats.creds", "nats-agent.creds", "nats-tls.crt", "nats-tls.key", "tls.crt", "tls.key", "ca.crt"]) {
     assert.match(r.output, new RegExp(`overlays/production/secrets/${f.replace(".", "\\.")}$`, "m"), `names ${f}`);
   }
   assert.doesNotMatch(r.output, /all checks passed/);
