@@ -74,6 +74,10 @@ class _Deferred:
         self.busy = busy  # whether its device work is still running (the lookahead waits for a frame meanwhile)
 
 
+# Stats requests the lookahead may take on its way to a PreparePrompt (see Worker._look_ahead).
+_LOOKAHEAD_STATS = 4
+
+
 def lookahead_enabled() -> bool:
     """``FACTSWEEP_LOOKAHEAD=0`` turns the worker's lookahead off (see ``Worker.serve``)."""
     return os.environ.get("FACTSWEEP_LOOKAHEAD", "1") != "0"
@@ -147,9 +151,7 @@ class Worker:
                 return EXIT_OK
             started = self.start_payload(payload)
             ahead = self._look_ahead(started)
-            responses = [self.finish_payload(started)]
-            if ahead is not None:
-                responses.append(ahead)
+            responses = [self.finish_payload(started)] + [answer() for answer in ahead]
             for response, stop in responses:
                 try:
                     write_message(self._out, response)
@@ -160,32 +162,46 @@ class Worker:
                     log.info("shutdown requested; exiting")
                     return EXIT_OK
 
-    def _look_ahead(self, started) -> "Tuple[pb.EngineResponse, bool] | None":
-        """While ``started``'s device work runs: answer the next request now if it is a PreparePrompt
-        that has already arrived whole (consumed here); ``None`` otherwise (nothing consumed)."""
+    def _look_ahead(self, started) -> list:
+        """While ``started``'s device work runs: take the next requests if they have already arrived
+        whole, up to and including a PreparePrompt, which runs now; Stats requests before it (the agent
+        asks after every shard, so one often sits between a grid and the next prepare) are taken too and
+        answered after the grid, before the prepare's reply, their snapshot then including what that
+        prepare cached. Returns thunks giving the taken requests' replies in request order (empty: nothing
+        consumed; anything else stops the lookahead, left to the main loop)."""
         if not isinstance(started[1], _Deferred):
-            return None
+            return []
         self.grids += 1
         if not self._lookahead or self._stop_requested:
-            return None
-        # The agent writes the next shard's PreparePrompt right behind this RunCells, so it is usually
-        # here already; if not, wait for it while the grid still runs (a frame arriving after the grid
-        # is done gains nothing from going first).
-        payload = self._in.ready_frame()
-        while payload is None and started[1].busy() and not self._stop_requested:
-            payload = self._in.ready_frame(wait=0.002)
-        if payload is None:
-            return None
-        try:
-            request = pb.EngineRequest.FromString(payload)
-        except DecodeError:
-            return None  # the main loop answers it as usual
-        if request.WhichOneof("body") != "prepare_prompt":
-            return None
-        self._in.read_frame()  # the same frame, now consumed
-        self.looked_ahead += 1
-        log.debug("request %d prepare_prompt looked ahead during request %d", request.request_id, started[0])
-        return self.finish_payload(self.start_payload(payload))
+            return []
+        taken: list = []
+        while len(taken) <= _LOOKAHEAD_STATS:
+            # The agent writes the next shard's PreparePrompt right behind this RunCells, so it is often
+            # here already; if not, wait for it while the grid still runs (a frame arriving after the
+            # grid is done gains nothing from going first).
+            payload = self._in.ready_frame()
+            while payload is None and started[1].busy() and not self._stop_requested:
+                payload = self._in.ready_frame(wait=0.002)
+            if payload is None:
+                break
+            try:
+                request = pb.EngineRequest.FromString(payload)
+            except DecodeError:
+                break  # the main loop answers it as usual
+            kind = request.WhichOneof("body")
+            if kind == "stats" and self._greeted:
+                self._in.read_frame()  # the same frame, now consumed; answered after the grid
+                taken.append(lambda payload=payload: self.finish_payload(self.start_payload(payload)))
+                continue
+            if kind != "prepare_prompt":
+                break
+            self._in.read_frame()
+            self.looked_ahead += 1
+            log.debug("request %d prepare_prompt looked ahead during request %d", request.request_id, started[0])
+            done = self.finish_payload(self.start_payload(payload))
+            taken.append(lambda done=done: done)
+            break
+        return taken
 
     def _try_send(self, response) -> None:
         try:

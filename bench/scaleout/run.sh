@@ -16,12 +16,13 @@
 # --unpack (use .scaleout's node and nats-server even where the host has its own: tests the packing)
 # --no-primer (the measured sweep is the cluster's first of its model: LoadModel and warm-up inside it)
 # --overlap-prompts N (prompts of the overlap row, default 40); --skip takes a,b,o,c,d,check
+# --prefetch N (the agent's --prefetch: leases queued per worker beyond the running one)
 # --parallel (2 GPUs: rows a and o on the second GPU while b and c run on the first; fits 500 prompts in 10 minutes)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 shape=2.8b models="" prompts=500 gpus="" cpu=0 shard_cells=0 name="" work=/tmp/factsweep-scaleout
-deadline=100000 step_timeout=400 commit="" skip="" unpack=0 primer=1 overlap_prompts=40 parallel=0
+deadline=100000 step_timeout=400 commit="" skip="" unpack=0 primer=1 overlap_prompts=40 parallel=0 prefetch=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --shape) shape=$2; shift 2 ;;
@@ -39,8 +40,9 @@ while [ $# -gt 0 ]; do
     --unpack) unpack=1; shift ;;
     --no-primer) primer=0; shift ;;
     --parallel) parallel=1; shift ;;
+    --prefetch) prefetch=$2; shift 2 ;;
     --overlap-prompts) overlap_prompts=$2; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "run: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -124,11 +126,11 @@ start_agent() {
   vis=$(seq -s, 0 $((n - 1)))
   date +%s%3N > "$res/$tag.agent-start-ms"
   if [ $cpu = 1 ]; then
-    node node-agent/dist/main.js --coordinator "127.0.0.1:$gport" --nats-url "nats://127.0.0.1:$nport" --cpu --workers "$n" \
+    node node-agent/dist/main.js --coordinator "127.0.0.1:$gport" --nats-url "nats://127.0.0.1:$nport" --cpu --workers "$n" ${prefetch:+--prefetch "$prefetch"} \
       --http-port 0 --agent-id "$tag" --engine-python "$PY" --engine-root "$root" > "$logs/$tag.agent.out" 2> "$logs/$tag.agent.log" &
   else
     CUDA_VISIBLE_DEVICES=$vis node node-agent/dist/main.js --coordinator "127.0.0.1:$gport" --nats-url "nats://127.0.0.1:$nport" \
-      --max-slots "$n" --http-port 0 --agent-id "$tag" --engine-python "$PY" --engine-root "$root" > "$logs/$tag.agent.out" 2> "$logs/$tag.agent.log" &
+      --max-slots "$n" ${prefetch:+--prefetch "$prefetch"} --http-port 0 --agent-id "$tag" --engine-python "$PY" --engine-root "$root" > "$logs/$tag.agent.out" 2> "$logs/$tag.agent.log" &
   fi
   agent_pid=$!
   pids+=($agent_pid)

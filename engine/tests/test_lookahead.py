@@ -95,6 +95,27 @@ def test_a_prepare_behind_run_cells_gets_the_replies_of_one_request_at_a_time(wo
     evict(worker, "a", "b")
 
 
+def test_a_stats_between_run_cells_and_the_next_prepare_does_not_stop_the_lookahead(worker):
+    """The agent asks for Stats after every shard, so one often sits between a grid and the next
+    shard's PreparePrompt: the prepare still runs during the grid; the replies keep request order, and
+    the Stats snapshot is taken after the grid (its cells counted) and includes what the prepare cached."""
+    assert worker.call(prepare_prompt=prepare("s1")).WhichOneof("body") == "prompt"
+    before = worker.call(stats=pb.StatsRequest()).stats
+    marker = f"request 9302 prepare_prompt {LOOKED_AHEAD} 9300"
+    together = send_together(worker, pb.EngineRequest(request_id=9300, run_cells=run_cells("s1")),
+                             pb.EngineRequest(request_id=9301, stats=pb.StatsRequest()),
+                             pb.EngineRequest(request_id=9302, prepare_prompt=prepare("s2", swap=[5, 7, 8, 99, 411, 8, 73])))
+    assert [(r.request_id, r.WhichOneof("body")) for r in together] == [(9300, "cells"), (9301, "stats"), (9302, "prompt")]
+    stats = together[1].stats
+    assert stats.cells_run - before.cells_run == len(run_cells("s1").cells)
+    if worker.lookahead:
+        worker.wait_for_stderr(marker)
+        assert "s2" in stats.cached_prompt_keys
+    else:
+        assert marker not in worker.stderr and "s2" not in stats.cached_prompt_keys
+    evict(worker, "s1", "s2")
+
+
 def test_an_invalid_prepare_behind_run_cells_gets_its_error_and_the_cells_are_intact(worker):
     assert worker.call(prepare_prompt=prepare("c")).WhichOneof("body") == "prompt"
     want = worker.call(run_cells=run_cells("c"))
