@@ -21,6 +21,20 @@ test("the golden example spec plans 3 prompts × (residual, mixer, ssm) × 4 lay
   assert.ok(plan.shards.every((s) => s.cells.length <= 32));
 });
 
+const GOLDEN2 = sharedPath("golden-mamba2/mamba2-tiny");
+
+test(
+  "the Mamba-2 golden example spec plans 3 prompts × (residual, mixer, ssm, in_ssm) × 4 layers × every token",
+  { skip: !GOLDEN2 && "shared/golden-mamba2 is absent" },
+  () => {
+    const spec = parseSweepSpec(readFileSync(join(EXAMPLES, "golden-mamba2.yaml"), "utf8"), { baseDir: EXAMPLES });
+    spec.model.path = GOLDEN2!; // the example's relative path assumes the main checkout layout
+    const plan = planSweep(spec, "golden2");
+    assert.deepEqual(plan.promptErrors, []);
+    assert.equal(plan.plannedCells, 4 * 4 * (7 + 12 + 17));
+  },
+);
+
 test("the relations example spec parses and its prompts plan with the real tokenizer", { skip: !DATA && "shared/data is absent" }, () => {
   const spec = parseSweepSpec(readFileSync(join(EXAMPLES, "relations-mamba-2.8b.yaml"), "utf8"), { baseDir: EXAMPLES });
   spec.model.tokenizer = join(DATA!, "tokenizers/gpt-neox-20b/tokenizer.json");
