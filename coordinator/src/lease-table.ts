@@ -207,6 +207,7 @@ export class LeaseTable {
       this.uncounted.delete(s.shardId);
       this.queue.delete(s);
       this.dropLease(s);
+      this.promptHome.delete(s.promptKey);
     }
     this.bySweep.delete(sweepId);
     this.sweeps.delete(sweepId);

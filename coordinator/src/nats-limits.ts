@@ -21,6 +21,9 @@ export interface NatsLimits {
   kvMaxBytes: number;
 }
 
+/** Duplicate window of the results stream: a republished shard inside it is dropped by the server (max age may not be shorter). */
+export const RESULTS_DUPLICATE_WINDOW_MS = 10 * 60_000;
+
 const MiB = 1024 ** 2;
 /**
  * Defaults that fit a small host: JetStream reserves each stream's max_bytes from the server's
@@ -44,6 +47,11 @@ export function natsLimits(over: Partial<NatsLimits> = {}): NatsLimits {
     ["kvMaxBytes", "--kv-max-bytes"],
   ] as const) {
     if (!Number.isInteger(l[k]) || l[k] < 1) throw new Error(`${flag} must be a positive integer, got ${l[k]}`);
+  }
+  if (l.resultsMaxAgeMs < RESULTS_DUPLICATE_WINDOW_MS) {
+    throw new Error(
+      `--results-max-age-ms must be at least the results stream's duplicate window (${RESULTS_DUPLICATE_WINDOW_MS} ms), got ${l.resultsMaxAgeMs}`,
+    );
   }
   return l;
 }
@@ -74,11 +82,24 @@ export async function ensureStream(jsm: JetStreamManager, cfg: Partial<StreamCon
   const differ = CHECKED.filter((k) => want[k] !== undefined && current[k] !== want[k]);
   if (differ.length === 0) return;
   const changes = differ.map((k) => `${k} ${String(current[k])} -> ${String(want[k])}`).join(", ");
+  const apply = async (keys: readonly string[]) => jsm.streams.update(cfg.name, { ...info.config, ...Object.fromEntries(keys.map((k) => [k, want[k]])) });
   try {
-    await jsm.streams.update(cfg.name, { ...info.config, ...Object.fromEntries(differ.map((k) => [k, want[k]])) });
+    await apply(differ);
     log(`stream ${cfg.name} updated: ${changes}`);
   } catch (err) {
-    log(`stream ${cfg.name}: cannot change ${changes} (${(err as Error).message}); kept as it is`);
+    // Replicas cannot change on a single server (or without enough cluster nodes): apply the rest.
+    const rest = differ.filter((k) => k !== "num_replicas");
+    const ok =
+      rest.length > 0 &&
+      rest.length < differ.length &&
+      (await apply(rest).then(
+        () => true,
+        () => false,
+      ));
+    log(
+      `stream ${cfg.name}: cannot change ${changes} (${(err as Error).message})` +
+        (ok ? `; applied all but num_replicas (kept ${String(current.num_replicas)})` : "; kept as it is"),
+    );
   }
 }
 

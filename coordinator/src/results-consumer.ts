@@ -17,10 +17,9 @@ import { headers, nanos, type NatsConnection } from "@nats-io/transport-node";
 import { sweep } from "@factsweep/proto";
 import { RESULTS_CONSUMER, RESULTS_STREAM, RESULTS_SUBJECT_PREFIX } from "@factsweep/shared";
 import type { Rejection, RejectReason } from "./result-check.js";
-import { DEFAULT_NATS_LIMITS, ensureStream, resultsStreamLimits, type NatsLimits } from "./nats-limits.js";
+import { DEFAULT_NATS_LIMITS, ensureStream, RESULTS_DUPLICATE_WINDOW_MS, resultsStreamLimits, type NatsLimits } from "./nats-limits.js";
 
-/** Duplicate window of the results stream: a republished shard inside it is dropped by the server. */
-export const RESULTS_DUPLICATE_WINDOW_MS = 10 * 60_000;
+export { RESULTS_DUPLICATE_WINDOW_MS };
 
 /** Dead-letter stream of refused results; its subject lies outside the results stream's `factsweep.results.>`. */
 export const DEAD_LETTER_STREAM = "FACTSWEEP_RESULTS_DEAD";
