@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+// long-file: every command's options, help text and wiring is one commander program; the commands' work is in local.ts, plan.ts, serve.ts, report/ and cli-output.ts.
 /**
  * `sweepctl`: the command line of factsweep. Talks to a coordinator's SweepService over gRPC, or
  * (`sweepctl local`) runs a whole system on this machine: a nats-server, a coordinator in-process
@@ -272,6 +273,18 @@ program
     const p = opts.spec ? Provenance.fromSpecFile(opts.spec, id) : undefined;
     const n = await writeResults(resultsRemote(g(), id), opts.format, opts.out, p && ((r) => p.record(r)));
     if (opts.out) console.error(`${n} rows written to ${opts.out}`);
+  });
+
+program
+  .command("serve")
+  .description("serve the report of sweeps on the coordinator as a live page: updated in place as results arrive, partial figures marked")
+  .argument("<sweeps...>", "sweep ids on the coordinator (--coordinator)")
+  .option("--host <host>", "address to listen on", "127.0.0.1")
+  .option("--port <port>", "port (0: any free port)", (v) => Number(v), 8080)
+  .option("--title <title>", "page title", "Causal tracing report (live)")
+  .action(async (ids: string[], opts: { host: string; port: number; title: string }) => {
+    const load = async (sweepId: string) => ({ info: await unary(g(), (c) => c.get, { sweepId }), data: await unary(g(), (c) => c.report, { sweepId }) });
+    await (await import("./serve.js")).serveUntilSignal({ ...opts, ids, load, onError: (e) => console.error(`sweepctl serve: ${e.message}`) });
   });
 
 program

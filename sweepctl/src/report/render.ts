@@ -101,12 +101,15 @@ export async function renderReport(report: TraceReport, extraSections: string[] 
   const columns = new Map<ModelTrace, string>();
   for (const m of report.models) {
     const parts: string[] = [];
+    const partial = partialText(m);
+    // A figure of a sweep not done says so under it, with its fact count.
+    const cap = partial ? `<figcaption class="partial">${esc(partial)}</figcaption>` : "";
     const heatmaps = [...m.heatmaps].sort((a, b) => siteRank(a.site) - siteRank(b.site) || a.window - b.window);
     for (const h of heatmaps) {
       const svg = withHoverTitles(await renderSvg(heatmapSpec(m, h, Math.min(1, vmax))));
       parts.push(
         `<figure class="heatmap" data-model="${esc(m.label)}" data-site="${esc(h.site)}" data-window="${h.window}" ` +
-          `data-groups="${h.groups.length}" data-layers="${h.layers.length}">${svg}</figure>`,
+          `data-groups="${h.groups.length}" data-layers="${h.layers.length}">${svg}${cap}</figure>`,
       );
     }
     for (const [label, re] of [
@@ -114,10 +117,9 @@ export async function renderReport(report: TraceReport, extraSections: string[] 
       ["last token", /^last( token)?$|^last_token$/i],
     ] as const) {
       const spec = lineSpec(m, label, re);
-      if (spec) parts.push(`<figure class="lines" data-model="${esc(m.label)}" data-row="${esc(label)}">${await renderSvg(spec)}</figure>`);
+      if (spec) parts.push(`<figure class="lines" data-model="${esc(m.label)}" data-row="${esc(label)}">${await renderSvg(spec)}${cap}</figure>`);
     }
     const skipped = m.skipped.length ? `<ul>${m.skipped.map((s) => `<li>${s.count} skipped: ${esc(s.reason)}</li>`).join("")}</ul>` : "";
-    const partial = partialText(m);
     columns.set(
       m,
       `<section class="model" data-model="${esc(m.label)}"><h2>${esc(m.label)} <small>(${esc(m.modelType)}, ${esc(m.corruption)} corruption, sweep ${esc(m.sweepId)})</small></h2>` +
