@@ -363,9 +363,8 @@ def ssd_scan(x, delta, A, B, C, h0=None, keep=False):
 
 def ssd_chunked(x, delta, A, B, C, h0=None, keep=False, chunk: int = 64):
     """SSD's chunked form of :func:`ssd_scan` (the same numbers up to float32 rounding): within a chunk
-    of Q tokens the "attention" form y_t = Σ_{s≤t} (C_t·B_s) exp(cum_t − cum_s) Δ_s x_s (cum: the running
-    sum of Δ A) plus the state entering the chunk decayed to t; between chunks the recurrence on
-    their end states. No per-token loop: what a GPU wants for whole prompts (the model's forward,
+    of Q tokens the "attention" form y_t = Σ_{s≤t} (C_t·B_s) exp(Σ_{s<r≤t} Δ_r A) Δ_s x_s plus the state
+    entering the chunk decayed to t; between chunks the recurrence on their end states. No per-token loop: what a GPU wants for whole prompts (the model's forward,
     hence prepare and the slow path); the packed fast path keeps the per-step scan (rows of
     different lengths). Shapes as :func:`ssd_scan`."""
     b, l, H, P = x.shape
@@ -374,9 +373,12 @@ def ssd_chunked(x, delta, A, B, C, h0=None, keep=False, chunk: int = 64):
     for c0 in range(0, l, chunk):
         sl = slice(c0, min(l, c0 + chunk))
         u = delta[:, sl].unsqueeze(-1) * x[:, sl]  # (b, Q, H, P): Δ_s x_s
-        cum = torch.cumsum(delta[:, sl] * A, dim=1)  # (b, Q, H)
+        a = delta[:, sl] * A  # (b, Q, H): log-decay of each step
+        cum = torch.cumsum(a, dim=1)  # (b, Q, H)
         Q = cum.shape[1]
-        seg = cum[:, :, None] - cum[:, None, :]  # (b, Q, Q, H): cum_t − cum_s
+        # seg[t, s] = Σ_{s<r≤t} a_r summed as such (SSD's segsum), not as cum_t − cum_s: no cancellation
+        strict = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril(-1)[None, :, :, None]  # r > s
+        seg = torch.cumsum(a.unsqueeze(2).expand(-1, -1, Q, -1).masked_fill(~strict, 0.0), dim=1)  # (b, Q(t), Q(s), H)
         causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()[None, :, :, None]
         decay = torch.exp(seg.masked_fill(~causal, float("-inf")))  # (b, Q, Q, H), 0 above the diagonal
         into = torch.exp(cum)  # (b, Q, H): decay of the entering state to t
@@ -391,7 +393,7 @@ def ssd_chunked(x, delta, A, B, C, h0=None, keep=False, chunk: int = 64):
             scores = torch.einsum("bthn,bshn->btsh", C[:, sl], B[:, sl]) * decay  # (b, Q, Q, H)
             y = torch.einsum("btsh,bshp->bthp", scores, u)  # (b, Q, H, P)
             ys.append(y + into[..., None] * torch.einsum("bhpn,bthn->bthp", h, C[:, sl]))
-            last = torch.exp(cum[:, -1:] - cum)  # (b, Q, H): decay from s to the chunk's end
+            last = decay[:, -1]  # (b, Q, H): decay from s to the chunk's end
             h = into[:, -1, :, None, None] * h + torch.einsum("bsh,bshp,bshn->bhpn", last, u, B[:, sl])
     return torch.cat(ys, dim=1), (torch.cat(hs, dim=1) if keep else None)
 
