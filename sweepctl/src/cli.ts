@@ -276,6 +276,26 @@ program
   });
 
 program
+  .command("compare")
+  .description("compare two traced sweeps: difference heatmaps (a − b) and per-row mean IE with bootstrap intervals, to compare.html")
+  .argument("<a>", "a `local` run folder (holding trace.json) or a sweep id on the coordinator")
+  .argument("<b>", "the same for the other sweep")
+  .option("--out <dir>", "folder for compare.html", ".")
+  .action(async (a: string, b: string, opts: { out: string }) => {
+    const { readTraces, TRACE_FILE } = await import("./report/index.js");
+    const { compareTraces, writeComparison, comparisonLines } = await import("./report/compare.js");
+    const view = async (x: string) => {
+      if (existsSync(join(x, TRACE_FILE))) return readTraces([resolve(x)])[0]!;
+      const data = await unary(g(), (c) => c.report, { sweepId: x });
+      if (!data.traceJson) throw new CliExit(EXIT.usage, `compare: sweep ${x} is kind ${data.kind}, not trace`);
+      return JSON.parse(data.traceJson) as import("./report/types.js").ModelTrace;
+    };
+    const c = compareTraces(await view(a), await view(b));
+    for (const line of comparisonLines(c)) console.error(line);
+    console.log(await writeComparison(c, resolve(opts.out)));
+  });
+
+program
   .command("serve")
   .description("serve the report of sweeps on the coordinator as a live page: updated in place as results arrive, partial figures marked")
   .argument("<sweeps...>", "sweep ids on the coordinator (--coordinator)")

@@ -39,7 +39,7 @@ function measuredCell(f: Finding): string {
 }
 
 /** SVG <title> children from vega's aria-labels, so hovering a heatmap cell shows its values in any browser. */
-const withHoverTitles = (svg: string): string =>
+export const withHoverTitles = (svg: string): string =>
   svg.replace(
     /<path aria-label="([^"]*)" role="graphics-symbol" aria-roledescription="rect mark"([^>]*?)\/>/g,
     (_, label: string, rest: string) => `<path role="graphics-symbol"${rest}><title>${label}</title></path>`,
