@@ -111,3 +111,22 @@ tokens: [subject_last, last]
   assert.deepEqual(await cluster.results("e2e-first"), before);
   assert.equal((await cluster.sweepctl("list")).exitCode, 0);
 });
+
+test("sweepctl delete removes a finished sweep's state and results, and refuses a running one until it is cancelled", async () => {
+  const small = cluster.writeSpec("del.yaml", goldenMambaSpec({ prompts: 1 }));
+  assert.equal((await cluster.sweepctl("launch", small, "--id", "e2e-del", "--quiet")).exitCode, 0);
+  const del = await cluster.sweepctl("delete", "e2e-del");
+  assert.equal(del.exitCode, 0, del.stderr);
+  assert.match(del.stdout, /sweep e2e-del deleted: \d+ shard record\(s\), \d+ stored result\(s\)/);
+  assert.equal((await cluster.sweepctl("status", "e2e-del")).exitCode, 3, "gone");
+  const list = JSON.parse((await cluster.sweepctl("list", "--json")).stdout) as { sweeps?: { sweepId: string }[] };
+  assert.ok(!(list.sweeps ?? []).some((s) => s.sweepId === "e2e-del"));
+
+  const big = cluster.writeSpec("del-running.yaml", goldenMambaSpec({ prompts: 30 }));
+  assert.equal((await cluster.sweepctl("launch", big, "--id", "e2e-del-run", "--detach")).exitCode, 0);
+  const refused = await cluster.sweepctl("delete", "e2e-del-run");
+  assert.notEqual(refused.exitCode, 0);
+  assert.match(refused.stderr, /running; cancel it first \(sweepctl cancel e2e-del-run\)/);
+  assert.equal((await cluster.sweepctl("cancel", "e2e-del-run")).exitCode, 0);
+  assert.equal((await cluster.sweepctl("delete", "e2e-del-run")).exitCode, 0);
+});
