@@ -6,6 +6,7 @@
  * lease grants, cancels and drains flow out. When the stream ends the agent's leases are re-queued.
  */
 import { randomUUID } from "node:crypto";
+import type { PeerCertificate } from "node:tls";
 import { status, type ServerDuplexStream } from "@grpc/grpc-js";
 import { agent, AGENT_PROTOCOL_VERSION } from "@factsweep/proto";
 import { RESULTS_SUBJECT_PREFIX } from "@factsweep/shared";
@@ -45,6 +46,11 @@ export interface AgentServiceOptions {
   token?: string;
   /** Protocol version this coordinator speaks; default AGENT_PROTOCOL_VERSION (tests override). */
   protocolVersion?: number;
+  /**
+   * mTLS: an agent's hello.agent_id must be its client certificate's subject CN or a DNS name of its
+   * subjectAltName, so that a certificate is one agent and no client can take another's id.
+   */
+  agentIdFromCertificate?: boolean;
   /** False while the coordinator loads its state: agents are told to come back later. */
   isReady?: () => boolean;
   log?: (msg: string) => void;
@@ -91,6 +97,14 @@ export function createAgentService(opts: AgentServiceOptions): agent.AgentServic
           if (!h.agentId) {
             fail(status.INVALID_ARGUMENT, "AgentService/Connect: hello.agent_id is empty; give every agent a unique id (--agent-id)");
             return;
+          }
+          if (opts.agentIdFromCertificate) {
+            const refusal = certificateRefusal(h.agentId, call.getAuthContext().sslPeerCertificate);
+            if (refusal) {
+              log(refusal.details);
+              fail(refusal.code, refusal.details);
+              return;
+            }
           }
           if (opts.isReady && !opts.isReady()) {
             fail(status.UNAVAILABLE, "coordinator is starting (loading state); retry shortly");
@@ -155,5 +169,33 @@ export function createAgentService(opts: AgentServiceOptions): agent.AgentServic
       call.on("error", () => end("stream error"));
       call.on("close", () => end("stream closed"));
     },
+  };
+}
+
+/** The names a client certificate vouches for: its subject CN and the DNS names of its subjectAltName. */
+export function certificateNames(cert: PeerCertificate | undefined): string[] {
+  if (!cert || !cert.subject) return [];
+  const cn = cert.subject.CN;
+  const names = Array.isArray(cn) ? [...cn] : cn ? [cn] : [];
+  for (const entry of (cert.subjectaltname ?? "").split(",")) {
+    const m = /^\s*DNS:(.+?)\s*$/.exec(entry);
+    if (m) names.push(m[1]!);
+  }
+  return names;
+}
+
+/** Why an agent may not use `agentId` with this client certificate (undefined: it may). */
+export function certificateRefusal(agentId: string, cert: PeerCertificate | undefined): { code: status; details: string } | undefined {
+  const names = certificateNames(cert);
+  if (names.length === 0) {
+    return {
+      code: status.UNAUTHENTICATED,
+      details: `agent "${agentId}" refused: the coordinator binds agent ids to client certificates (--agent-id-from-cert) and this connection presented none with a CN or DNS name; start the agent with --tls-cert/--tls-key`,
+    };
+  }
+  if (names.includes(agentId)) return undefined;
+  return {
+    code: status.PERMISSION_DENIED,
+    details: `agent "${agentId}" refused: its client certificate names ${names.map((n) => `"${n}"`).join(", ")}; an agent's id must be one of them (--agent-id-from-cert): start it with --agent-id ${names[0]} or issue it a certificate for its id`,
   };
 }

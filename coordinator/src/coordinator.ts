@@ -69,6 +69,8 @@ export interface CoordinatorOptions {
   /** Required of node agents on AgentService; unset: AgentService is open (loopback use). Never "". */
   agentToken?: string;
   tls?: TlsFiles;
+  /** mTLS only (tls.ca): an agent's id must be its client certificate's CN or a DNS name of its subjectAltName. */
+  agentIdFromCertificate?: boolean;
   /** Backoff base for retried shards; default 1000 ms. */
   retryBackoffMs?: number;
   /** A shard reported done whose result is not counted within this is leased again; default 3 lease TTLs. */
@@ -131,6 +133,7 @@ export class Coordinator extends EventEmitter implements SweepApi {
     for (const k of ["token", "userToken", "agentToken"] as const) {
       if (opts[k] === "") throw new Error(`${k} is empty: give a token, or leave it unset to serve without one on loopback only`);
     }
+    if (opts.agentIdFromCertificate && !opts.tls?.ca) throw new Error("agentIdFromCertificate needs mTLS: set tls.ca (and tls.cert, tls.key)");
     const c = new Coordinator(opts);
     await c.init();
     return c;
@@ -182,6 +185,7 @@ export class Coordinator extends EventEmitter implements SweepApi {
         leaseTtlMs: this.leaseTtlMs,
         heartbeatMs: this.heartbeatMs,
         token: o.agentToken ?? o.token,
+        agentIdFromCertificate: o.agentIdFromCertificate,
         isReady: () => this.ready,
         log: this.log,
       }),

@@ -97,9 +97,14 @@ const program = new Command("factsweep-coordinator")
   .option("--tls-cert <file>", "server certificate (PEM) for gRPC TLS")
   .option("--tls-key <file>", "server private key (PEM)")
   .option("--tls-ca <file>", "CA (PEM) that signs client certificates: enables mTLS (clients must present one)")
+  .option(
+    "--agent-id-from-cert",
+    "mTLS: an agent's --agent-id must be its client certificate's CN or a DNS name of its subjectAltName (one certificate per agent; no client can take another's id)",
+  )
   .action(async (o) => {
     if ((o.tlsCert && !o.tlsKey) || (!o.tlsCert && o.tlsKey)) program.error("--tls-cert and --tls-key go together; give both or neither", { exitCode: 2 });
     if (o.tlsCa && !o.tlsCert) program.error("--tls-ca (mTLS) needs --tls-cert and --tls-key", { exitCode: 2 });
+    if (o.agentIdFromCert && !o.tlsCa) program.error("--agent-id-from-cert needs mTLS: give --tls-ca (and --tls-cert, --tls-key)", { exitCode: 2 });
     for (const [key, flag] of [
       ["userToken", "--user-token-file"],
       ["agentToken", "--agent-token-file"],
@@ -186,6 +191,7 @@ const program = new Command("factsweep-coordinator")
       userToken,
       agentToken,
       tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa } : undefined,
+      agentIdFromCertificate: Boolean(o.agentIdFromCert),
     });
     let stopping = false;
     const stop = (sig: string) => {

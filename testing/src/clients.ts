@@ -15,8 +15,11 @@ export function call<Req, Res>(
 }
 
 /** Opens an AgentService stream. */
-export function agentStream(addr: string): grpc.ClientDuplexStream<agent.AgentMessage, agent.CoordinatorMessage> & { client: agent.AgentServiceClient } {
-  const client = new agent.AgentServiceClient(addr, grpc.credentials.createInsecure());
+export function agentStream(
+  addr: string,
+  creds: grpc.ChannelCredentials = grpc.credentials.createInsecure(),
+): grpc.ClientDuplexStream<agent.AgentMessage, agent.CoordinatorMessage> & { client: agent.AgentServiceClient } {
+  const client = new agent.AgentServiceClient(addr, creds);
   const s = client.connect() as grpc.ClientDuplexStream<agent.AgentMessage, agent.CoordinatorMessage> & { client: agent.AgentServiceClient };
   s.client = client;
   return s;
