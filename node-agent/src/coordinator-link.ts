@@ -6,7 +6,7 @@
  * messages mean (leases, credit, drain) is the agent's business: it answers through the handlers.
  */
 import { hostname } from "node:os";
-import { credentials, Metadata, status as grpcStatus, type ClientDuplexStream, type ServiceError } from "@grpc/grpc-js";
+import { credentials, Metadata, status as grpcStatus, type ChannelOptions, type ClientDuplexStream, type ServiceError } from "@grpc/grpc-js";
 import { agent, AGENT_PROTOCOL_VERSION } from "@factsweep/proto";
 import { CoordinatorRefusedError } from "./errors.js";
 import type { Logger } from "./log.js";
@@ -41,6 +41,12 @@ export interface CoordinatorLinkOptions {
   tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer };
   reconnectInitialMs?: number;
   reconnectMaxMs?: number;
+  /**
+   * Extra gRPC channel options. grpc-js shares one connection among clients of the same target in a
+   * process; bench/coordinator-load passes `grpc.use_local_subchannel_pool` so each of its simulated
+   * agents has its own connection, as separate agent processes do.
+   */
+  channelOptions?: ChannelOptions;
   log: Logger;
   handlers: CoordinatorLinkHandlers;
 }
@@ -108,6 +114,7 @@ export class CoordinatorLink {
       "grpc.keepalive_time_ms": 10_000,
       "grpc.keepalive_timeout_ms": 5_000,
       "grpc.keepalive_permit_without_calls": 1,
+      ...this.opts.channelOptions,
     });
   }
 

@@ -17,6 +17,7 @@ export * from "./result-publisher.js";
 export * from "./metrics.js";
 export * from "./log.js";
 export * from "./agent.js";
+export * from "./coordinator-link.js";
 export * from "./engine-errors.js";
 export * from "./engine-framing.js";
 export * from "./engine-client.js";
