@@ -13,5 +13,10 @@ export * as control from "./generated/control.js";
 
 /** Version of the agent <-> engine worker protocol (engine.proto); the worker refuses others. */
 export const ENGINE_PROTOCOL_VERSION = 2;
-/** Version of the coordinator <-> agent protocol (agent.proto); the coordinator refuses others. */
-export const AGENT_PROTOCOL_VERSION = 1;
+/**
+ * Version of the coordinator <-> agent protocol (agent.proto, and the ShardResult agents publish); the
+ * coordinator refuses others. 2: results carry the lease id (ShardResult.lease_id) and are counted only
+ * under the shard's current lease, so an agent of version 1 is refused at connect rather than having
+ * every result dead-lettered.
+ */
+export const AGENT_PROTOCOL_VERSION = 2;
