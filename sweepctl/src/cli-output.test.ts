@@ -23,6 +23,8 @@ test("status says 'waiting for agents' with no rate or ETA while no shard is lea
   assert.deepEqual(rateText(info({ shardsLeased: 0 })), { rate: "0.0", eta: "waiting for agents" });
   assert.match(describeSweep(info({ shardsLeased: 0 })), /cells\s+500\/1000\s+0\.0 cells\/s\s+ETA waiting for agents/);
   assert.deepEqual(rateText(info({}), STALL_SECONDS + 1), { rate: "0.0", eta: "stalled (no result for 31s)" });
+  // Before the first result (engines loading) it is not called stalled.
+  assert.deepEqual(rateText(info({ doneCells: 0 }, 0, 0), STALL_SECONDS + 5), { rate: "0.0", eta: "- (no result yet: workers loading the model)" });
   // No ETA until the coordinator has one (too few results yet).
   assert.equal(rateText(info({}, 12, 0)).eta, "-");
 });

@@ -70,6 +70,7 @@ export function rateText(info: control.SweepInfo, sinceUpdateS = 0): { rate: str
   const c = info.counts;
   if (info.state !== "running") return { rate: "-", eta: "-" };
   if ((c?.shardsLeased ?? 0) === 0 && (c?.shardsPending ?? 0) > 0) return { rate: "0.0", eta: "waiting for agents" };
+  if ((c?.doneCells ?? 0) === 0) return { rate: "0.0", eta: "- (no result yet: workers loading the model)" };
   if (sinceUpdateS >= STALL_SECONDS) return { rate: "0.0", eta: `stalled (no result for ${Math.round(sinceUpdateS)}s)` };
   return { rate: info.cellsPerSecond.toFixed(1), eta: info.etaSeconds > 0 ? fmtEta(info.etaSeconds) : "-" };
 }
