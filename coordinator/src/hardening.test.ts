@@ -217,7 +217,7 @@ test("done and failed for a lease the agent does not hold are ignored and counte
   const l = holder.heldLeases()[0]!;
   const evil = await agentOf({ agentId: "evil", hold: true, slots: 0 });
   evil.sendRaw({ $case: "done", done: { leaseId: l.leaseId, shardId: l.shard!.shardId, publishedSeq: 1 } });
-  evil.sendRaw({ $case: "failed", failed: { leaseId: l.leaseId, shardId: l.shard!.shardId, error: "nope", retryable: false } });
+  evil.sendRaw({ $case: "failed", failed: { leaseId: l.leaseId, shardId: l.shard!.shardId, error: "nope", retryable: false, handedBack: false } });
   await until(async () => metricValue(await metrics(), "factsweep_lease_reports_ignored_total", { report: "failed" }) === 1, "the reports ignored");
   assert.equal(metricValue(await metrics(), "factsweep_lease_reports_ignored_total", { report: "done" }), 1);
   const info = h.coord.get("steal");

@@ -557,6 +557,27 @@ export class LeaseTable {
     return this.tallyAll(out);
   }
 
+  /**
+   * The agent hands the lease back unrun or unfinished (drain, shutdown, drain timeout): no failure
+   * of the shard's, so the attempt its grant counted is given back and it is re-queued without
+   * backoff (another agent takes it at once). A lease the agent does not hold is ignored.
+   */
+  handBack(agentId: string, leaseId: string, shardId: string, reason: string): Changes {
+    const out = emptyChanges();
+    const s = this.shards.get(shardId);
+    if (!s || s.leaseId !== leaseId || s.state !== "leased" || s.agentId !== agentId) {
+      out.ignored++;
+      return this.tallyAll(out);
+    }
+    this.dropLease(s);
+    s.attempts = Math.max(0, s.attempts - 1);
+    s.notBeforeMs = 0;
+    s.lastError = `handed back by agent ${agentId}: ${reason} (not counted as an attempt)`;
+    this.requeue(s);
+    out.changed.push(s);
+    return this.tallyAll(out);
+  }
+
   private retryOrFail(s: ShardEntry, error: string, out: Changes): void {
     this.dropLease(s);
     this.uncounted.delete(s.shardId);

@@ -162,8 +162,11 @@ export class Scheduler extends EventEmitter implements AgentStreams {
 
   failed(session: AgentSession, f: agent.ShardFailed): void {
     session.lastSeenMs = Date.now();
-    this.log(`shard ${f.shardId} failed on agent ${session.agentId} (${f.retryable ? "retryable" : "not retryable"}): ${f.error}`);
-    const ch = this.table.fail(session.agentId, f.leaseId, f.shardId, f.error, f.retryable);
+    if (f.handedBack) this.log(`shard ${f.shardId} handed back by agent ${session.agentId}: ${f.error}`);
+    else this.log(`shard ${f.shardId} failed on agent ${session.agentId} (${f.retryable ? "retryable" : "not retryable"}): ${f.error}`);
+    const ch = f.handedBack
+      ? this.table.handBack(session.agentId, f.leaseId, f.shardId, f.error)
+      : this.table.fail(session.agentId, f.leaseId, f.shardId, f.error, f.retryable);
     if (ch.ignored > 0) {
       this.metrics?.leaseReportsIgnored.inc({ report: "failed" });
       this.log(`agent ${session.agentId}: failed for lease ${f.leaseId} (shard ${f.shardId}) it does not hold; ignored`);
@@ -206,19 +209,28 @@ export class Scheduler extends EventEmitter implements AgentStreams {
     this.kick();
   }
 
-  /** Runs a tick soon (coalesced), e.g. after credit arrived. */
+  /**
+   * Grants soon (coalesced), e.g. after credit arrived. Expiry waits for the timer's tick: it walks
+   * every lease, and running it on each kick (every done and credit) took 4% of the coordinator's
+   * CPU at 1,000 agents with nothing to expire (bench/coordinator-load).
+   */
   kick(): void {
     if (this.scheduled) return;
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;
-      this.tick();
+      this.grant();
     });
   }
 
   /** Expires leases, grants pending shards, sends the grants, persists the changes. */
   tick(): void {
     this.apply(this.table.expire());
+    this.grant();
+  }
+
+  /** Grants pending shards, sends the grants, persists the changes. */
+  private grant(): void {
     const grants = this.table.schedule();
     for (const g of grants) {
       const session = this.sessions.get(g.agentId);

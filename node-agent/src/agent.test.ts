@@ -230,7 +230,7 @@ test(
       s.send({ $case: "lease", lease: { leaseId: "L2", shard: other, ttlMs: 30_000 } });
 
       const failed = (await s.next("failed")).failed;
-      assert.deepEqual([failed.leaseId, failed.retryable], ["L2", true]);
+      assert.deepEqual([failed.leaseId, failed.retryable, failed.handedBack], ["L2", true, true], "handed back: no attempt spent");
       assert.match(failed.error, /draining/);
       const done = (await s.next("done")).done;
       assert.equal(done.leaseId, "L1");
@@ -257,7 +257,7 @@ test("a second SIGTERM hands the running shard back as retryable without publish
     await sigterm(a);
     a.proc.kill("SIGTERM");
     const failed = (await s.next("failed")).failed;
-    assert.deepEqual([failed.leaseId, failed.shardId, failed.retryable], ["L1", shard.shardId, true]);
+    assert.deepEqual([failed.leaseId, failed.shardId, failed.retryable, failed.handedBack], ["L1", shard.shardId, true, true]);
     assert.match(failed.error, /handed back by agent agent-term2/);
     const r = await a.proc;
     assert.equal(r.exitCode, 0, a.logs.join("\n"));

@@ -220,9 +220,12 @@ export class Agent {
     if (!this.draining && !this.stopped && slots > 0) this.link.send({ body: { $case: "credit", credit: { slots } } });
   }
 
-  /** Reports a lease failed (waits in the outbox while the coordinator is away). */
-  private failed(leaseId: string, shardId: string, error: string, retryable: boolean): void {
-    this.link.send({ body: { $case: "failed", failed: { leaseId, shardId, error, retryable } } });
+  /**
+   * Reports a lease failed (waits in the outbox while the coordinator is away); `handedBack`: given
+   * back unrun or unfinished (drain, shutdown), which costs the shard no attempt.
+   */
+  private failed(leaseId: string, shardId: string, error: string, retryable: boolean, handedBack = false): void {
+    this.link.send({ body: { $case: "failed", failed: { leaseId, shardId, error, retryable, handedBack } } });
   }
 
   /** Leases this agent holds at most: one running per worker plus `prefetch` queued per worker. */
@@ -254,7 +257,7 @@ export class Agent {
       return;
     }
     if (this.draining) {
-      this.failed(grant.leaseId, shard.shardId, `agent ${this.opts.agentId} is draining`, true);
+      this.failed(grant.leaseId, shard.shardId, `agent ${this.opts.agentId} is draining`, true, true);
       return;
     }
     const lease: Lease = { leaseId: grant.leaseId, shard, worker: undefined, cellsDone: 0, abort: new AbortController(), startedAt: Date.now() };
@@ -321,7 +324,7 @@ export class Agent {
       if (err instanceof ShardCancelledError) {
         outcome = "cancelled";
         if (lease.abortKind === "handback") {
-          this.failed(lease.leaseId, shardId, `handed back by agent ${this.opts.agentId}: ${err.reason}`, true);
+          this.failed(lease.leaseId, shardId, `handed back by agent ${this.opts.agentId}: ${err.reason}`, true, true);
         }
       } else {
         outcome = "failed";
@@ -368,7 +371,7 @@ export class Agent {
     this.drainPromise = (async () => {
       for (const lease of this.queue.splice(0)) {
         this.leases.delete(lease.shard.shardId);
-        this.failed(lease.leaseId, lease.shard.shardId, `agent ${this.opts.agentId} draining: ${reason}`, true);
+        this.failed(lease.leaseId, lease.shard.shardId, `agent ${this.opts.agentId} draining: ${reason}`, true, true);
       }
       const timer = setTimeout(
         () => this.handBackRunning(`drain timeout after ${this.opts.drainTimeoutMs ?? 600_000} ms`),
@@ -396,7 +399,15 @@ export class Agent {
     if (this.stopped) return;
     this.stopped = true;
     this.link.stop();
-    for (const l of this.leases.values()) l.abort.abort("agent stopping");
+    // Leases still held are handed back now, while the stream is open (no attempt spent); their
+    // runs then end without a further report.
+    for (const l of this.leases.values()) {
+      if (!l.abort.signal.aborted) {
+        l.abortKind = "cancel";
+        this.failed(l.leaseId, l.shard.shardId, `agent ${this.opts.agentId} stopping`, true, true);
+      }
+      l.abort.abort("agent stopping");
+    }
     // Let the done/failed of the last shards reach the coordinator before the stream closes.
     await this.link.close();
     await this.supervisor.stop();

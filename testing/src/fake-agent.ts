@@ -156,7 +156,7 @@ export class TestAgent {
     try {
       if (this.opts.failWith) {
         this.held.delete(l.leaseId);
-        this.send({ $case: "failed", failed: { leaseId: l.leaseId, shardId: shard.shardId, ...this.opts.failWith } });
+        this.send({ $case: "failed", failed: { leaseId: l.leaseId, shardId: shard.shardId, ...this.opts.failWith, handedBack: false } });
         this.send({ $case: "credit", credit: { slots: 1 } });
         return;
       }
@@ -174,7 +174,7 @@ export class TestAgent {
       this.send({ $case: "credit", credit: { slots: 1 } });
     } catch (err) {
       this.held.delete(l.leaseId);
-      this.send({ $case: "failed", failed: { leaseId: l.leaseId, shardId: shard.shardId, error: (err as Error).message, retryable: true } });
+      this.send({ $case: "failed", failed: { leaseId: l.leaseId, shardId: shard.shardId, error: (err as Error).message, retryable: true, handedBack: false } });
       this.send({ $case: "credit", credit: { slots: 1 } });
     }
   }

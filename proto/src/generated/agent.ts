@@ -77,6 +77,11 @@ export interface ShardFailed {
   error: string;
   /** false: bad input (e.g. prompt too long), do not retry */
   retryable: boolean;
+  /**
+   * The agent gives the lease back without having failed it (drain, shutdown, drain timeout): the
+   * shard is re-queued at once and the attempt is not counted.
+   */
+  handedBack: boolean;
 }
 
 export interface AgentMessage {
@@ -789,7 +794,7 @@ export const ShardDone: MessageFns<ShardDone> = {
 };
 
 function createBaseShardFailed(): ShardFailed {
-  return { leaseId: "", shardId: "", error: "", retryable: false };
+  return { leaseId: "", shardId: "", error: "", retryable: false, handedBack: false };
 }
 
 export const ShardFailed: MessageFns<ShardFailed> = {
@@ -805,6 +810,9 @@ export const ShardFailed: MessageFns<ShardFailed> = {
     }
     if (message.retryable !== false) {
       writer.uint32(32).bool(message.retryable);
+    }
+    if (message.handedBack !== false) {
+      writer.uint32(40).bool(message.handedBack);
     }
     return writer;
   },
@@ -854,6 +862,14 @@ export const ShardFailed: MessageFns<ShardFailed> = {
             message.retryable = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.handedBack = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -880,6 +896,11 @@ export const ShardFailed: MessageFns<ShardFailed> = {
         : "",
       error: isSet(object.error) ? globalThis.String(object.error) : "",
       retryable: isSet(object.retryable) ? globalThis.Boolean(object.retryable) : false,
+      handedBack: isSet(object.handedBack)
+        ? globalThis.Boolean(object.handedBack)
+        : isSet(object.handed_back)
+        ? globalThis.Boolean(object.handed_back)
+        : false,
     };
   },
 
@@ -897,6 +918,9 @@ export const ShardFailed: MessageFns<ShardFailed> = {
     if (message.retryable !== false) {
       obj.retryable = message.retryable;
     }
+    if (message.handedBack !== false) {
+      obj.handedBack = message.handedBack;
+    }
     return obj;
   },
 
@@ -909,6 +933,7 @@ export const ShardFailed: MessageFns<ShardFailed> = {
     message.shardId = object.shardId ?? "";
     message.error = object.error ?? "";
     message.retryable = object.retryable ?? false;
+    message.handedBack = object.handedBack ?? false;
     return message;
   },
 };
