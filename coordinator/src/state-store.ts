@@ -337,6 +337,8 @@ export class StateStore {
       writer.running = this.drain(kv, revKey, key, writer).finally(() => {
         writer.running = undefined;
         if (writer.pending && !this.closed && !this.fenced) this.enqueue(kv, revKey, key, writer.pending);
+        // An idle writer is dropped: one kept per key ever written held a million objects at 1M shards.
+        else if (!writer.pending && this.writers.get(revKey) === writer) this.writers.delete(revKey);
       });
     }
   }
