@@ -13,3 +13,15 @@ test("`npx sweepctl` runs the built CLI from the workspace bin npm linked, offli
   assert.match(r.stdout, /^Usage: sweepctl /);
   assert.match(r.stdout, /report \[options\]/);
 });
+
+test("`npx factsweep-coordinator` and `npx factsweep-agent` run the built daemons from their committed bin shims, offline", async () => {
+  for (const [name, dir] of [
+    ["factsweep-coordinator", "coordinator"],
+    ["factsweep-agent", "node-agent"],
+  ] as const) {
+    assert.equal(realpathSync(join(REPO_ROOT, "node_modules", ".bin", name)), join(REPO_ROOT, dir, "bin", `${name}.js`));
+    const r = await execa("npx", ["--no-install", name, "--help"], { cwd: REPO_ROOT, reject: false, env: { npm_config_offline: "true" } });
+    assert.equal(r.exitCode, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`^Usage: ${name} `));
+  }
+});
