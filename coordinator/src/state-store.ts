@@ -109,7 +109,9 @@ export class StateStore {
   private closed = false;
   /** Writes in flight and waiters for a slot: a launch of thousands of shards must not flood NATS with requests that then time out. */
   private inFlight = 0;
-  private readonly slotWaiters: (() => void)[] = [];
+  /** Waiters for a slot, first at `slotHead` (Array.shift is a copy of the rest: O(n²) over a 1M-shard launch's writes). */
+  private slotWaiters: ((() => void) | undefined)[] = [];
+  private slotHead = 0;
   private readonly maxInFlight: number;
 
   private constructor(
@@ -132,7 +134,17 @@ export class StateStore {
   }
 
   private release(): void {
-    const next = this.slotWaiters.shift();
+    const next = this.slotWaiters[this.slotHead];
+    if (next) {
+      this.slotWaiters[this.slotHead++] = undefined;
+      if (this.slotHead === this.slotWaiters.length) {
+        this.slotWaiters = [];
+        this.slotHead = 0;
+      } else if (this.slotHead >= 4096 && this.slotHead * 2 >= this.slotWaiters.length) {
+        this.slotWaiters = this.slotWaiters.slice(this.slotHead);
+        this.slotHead = 0;
+      }
+    }
     if (next)
       next(); // the slot passes to the waiter
     else this.inFlight--;
@@ -185,6 +197,24 @@ export class StateStore {
   /** Writes the sweep record (coalesced, CAS, retried in the background). */
   saveSweep(rec: SweepRecord): void {
     this.enqueue(this.sweeps, `s:${rec.sweepId}`, rec.sweepId, this.encode(rec));
+  }
+
+  /**
+   * Creates new shard records (a launch) and resolves once all are durable: `concurrency` requests
+   * in flight, each record encoded only when its turn comes. A record already there (a retried
+   * launch) is adopted as for background writes. Rejects on the first write that fails.
+   */
+  async createShards(records: ShardRecord[], concurrency = 256): Promise<void> {
+    this.checkFence();
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < records.length) {
+        const r = records[next++]!;
+        const revKey = `h:${r.shardId}`;
+        this.revisions.set(revKey, await this.createOrAdopt(this.shards, revKey, r.shardId, this.encode(r)));
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(concurrency, records.length) }, worker));
   }
 
   /** Writes a shard record (coalesced, CAS, retried in the background). */

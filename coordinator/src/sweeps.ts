@@ -278,6 +278,11 @@ export class Sweeps extends EventEmitter implements ResultSink {
       const cells = r.cells.length || (this.d.table.get(r.shardId)?.cells ?? 0);
       this.d.metrics.cells.inc({ status: "done" }, cells);
       this.d.metrics.shards.inc({ status: "done" });
+      // The agent's measured speed on this model (sweepctl plan --agents estimates from it).
+      if (r.cells.length > 0) {
+        const perCell = s.spec.corruption.kind === "noise" ? s.spec.corruption.samples : 1;
+        this.d.scheduler.recordRate(r.agentId, s.spec.model.id, r.cells.length * perCell, r.engineSeconds);
+      }
     }
     return added ? "added" : "duplicate";
   }
@@ -454,12 +459,21 @@ export class Sweeps extends EventEmitter implements ResultSink {
     };
     const agg = newAggregator(spec, sweepId, p.prompts); // before anything is persisted
     await this.d.store.createSweep(rec);
+    // The shard records are written before the shards are scheduled, in bounded batches awaited
+    // here: the sweep is durable before the caller learns its id. (Queued through the background
+    // writer, a 1M-shard launch held a million pending writes, and the store-wide flush it waited
+    // for need not end while agents keep other shards' records changing: bench/coordinator-load.)
+    const records = p.shards.map((sh) => shardRecord(sweepId, sh));
+    let written = true;
+    try {
+      await this.d.store.createShards(records);
+    } catch (err) {
+      written = false; // NATS away: the background writer retries until it is back
+      this.d.log(`sweep ${sweepId}: writing its ${records.length} shard records failed (${(err as Error).message}); retrying in the background`);
+    }
     this.hold(rec, spec, agg, p.prompts);
-    this.d.scheduler.addShards(
-      p.shards.map((sh) => shardRecord(sweepId, sh)),
-      true,
-    );
-    await this.d.store.flush(); // the sweep is durable before the caller learns its id
+    this.d.scheduler.addShards(records, !written);
+    if (!written) await this.d.store.flush();
     this.d.log(
       `sweep ${sweepId} launched: ${p.prompts.length} prompts (${p.promptErrors.length} with errors), ${p.shards.length} shards, ${p.plannedCells} cells`,
     );
