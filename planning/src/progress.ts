@@ -15,6 +15,9 @@ export interface ProgressRateOptions {
   minEtaCells?: number;
 }
 
+/** Samples closer together than this are merged into one (the rate's resolution). */
+const SAMPLE_SPACING_MS = 100;
+
 /** What {@link ProgressRate.at} says. */
 export interface ProgressEstimate {
   /** Cells per second over the window; 0 when none arrived within it. */
@@ -70,9 +73,19 @@ export class ProgressRate {
       this.base.firstResultMs = now;
       this.samples = [{ t: now, cells: last.cells }]; // the wait for the first result is not the rate
     }
-    this.samples.push({ t: now, cells });
+    // Samples closer than SAMPLE_SPACING_MS to the one before are merged: a coordinator samples on
+    // every grant and result, and an array of every sample of the window, shifted one at a time,
+    // took 14% of its CPU at 1,000 agents (bench/coordinator-load).
+    const cur = this.samples.at(-1);
+    const prev = this.samples.at(-2);
+    if (cur && prev && now - prev.t < SAMPLE_SPACING_MS && this.samples.length > 2) {
+      cur.t = now;
+      cur.cells = cells;
+    } else this.samples.push({ t: now, cells });
     // Keep one sample at or before the window's start, so the window is always covered.
-    while (this.samples.length > 2 && now - this.samples[1]!.t >= this.windowMs) this.samples.shift();
+    let drop = 0;
+    while (this.samples.length - drop > 2 && now - this.samples[drop + 1]!.t >= this.windowMs) drop++;
+    if (drop > 0) this.samples.splice(0, drop);
   }
 
   /** Rate over the last window ending `now`, and the ETA for `planned` cells. */
