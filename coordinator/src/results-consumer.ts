@@ -128,7 +128,9 @@ export class ResultsConsumer {
     private readonly nc: NatsConnection,
     private readonly opts: ResultsConsumerOptions,
   ) {
-    this.batch = opts.batch ?? 256;
+    // 1,024: a flush's KV writes are awaited together, so results counted a second grow with the batch;
+    // at 256, 1,000 simulated agents published 76k results in 43 s while 27k were counted (bench/coordinator-load).
+    this.batch = opts.batch ?? 1024;
     this.flushMs = opts.flushMs ?? 250;
     this.log = opts.log ?? (() => undefined);
   }
