@@ -49,6 +49,8 @@ const engineMs = Number(flag("--engine-ms", "0"));
 const sites = Number(flag("--sites", "4"));
 const outPath = resolve(flag("--out", join(root, "bench/results/coordinator-load-cpu.json")));
 const note = flag("--note", "");
+const coordMain = resolve(flag("--coordinator", join(root, "coordinator/dist/main.js")));
+const label = flag("--label", "");
 const coordFlags = (flag("--coord-flags", "") || "").split(" ").filter(Boolean);
 
 const INCLUSIVE = "counts,shardsChanged,saveSweep,saveShard,saveResult,persist,tick,schedule,done,resultConsumed,add,handle,flush,encode,decode,info";
@@ -68,7 +70,7 @@ async function startCoordinator(natsUrl, profDir, shards) {
   const big = shards > 200_000;
   const argv = [
     ...nodeArgs,
-    join(root, "coordinator/dist/main.js"),
+    coordMain,
     "--nats-url",
     natsUrl,
     "--grpc-port",
@@ -189,6 +191,11 @@ async function oneRun(agents, shards) {
   const natsCores = last.n && n0 ? (last.n.cpu - n0.cpu) / wall : null;
   const genCores = last.g && g0 ? (last.g.cpu - g0.cpu) / wall : null;
 
+  // The coordinator's V8 heap in use (its default metrics), to tell live data from what RSS keeps.
+  const heapUsed = await fetch(`http://127.0.0.1:${coord.httpPort}/metrics`)
+    .then((r) => r.text())
+    .then((t) => Number(/^factsweep_coordinator_nodejs_heap_size_used_bytes(?:\{[^}]*\})? (\S+)/m.exec(t)?.[1] ?? NaN))
+    .catch(() => NaN);
   await Promise.all(sims.map((s) => s.stop()));
   await Promise.all(ncs.map((nc) => nc.close().catch(() => undefined)));
   client.close();
@@ -233,6 +240,7 @@ async function oneRun(agents, shards) {
     rss_mb: mb(peakRss),
     rss_before_launch_mb: mb(rss0),
     rss_after_launch_mb: mb(rssLaunched),
+    heap_used_end_mb: Number.isFinite(heapUsed) ? mb(heapUsed) : null,
     coord_cpu_cores: r3(coordCores),
     results_per_s_per_coord_core: coordCores ? r3(rate / coordCores) : null,
     nats_cpu_cores: r3(natsCores),
@@ -272,6 +280,8 @@ const out = {
   note,
   machine: { cpus: cpus().length, cpu: cpus()[0]?.model, mem_gb: Math.round(totalmem() / 2 ** 30), node: process.version },
   split: { coordinator: split.coord ?? "any", nats_server: split.nats ?? "any", generator: split.gen ?? "any" },
+  label,
+  coordinator: coordMain.startsWith(root) ? coordMain.slice(root.length + 1) : coordMain,
   options: { max_seconds: maxSeconds, agents_per_nats_connection: perNats, engine_ms: engineMs, sites, coordinator_flags: coordFlags },
   baseline: `${base.agents}x${base.shards}`,
   rows,
