@@ -73,3 +73,27 @@ test("counts() kept up to date equal a scan after every operation of a seeded ra
   assert.equal(t.counts("s2").total, 0);
   check("forget");
 });
+
+test("a result counted from the open lease of its holder ends that lease without a CancelLease, and the holder's later done is accepted", () => {
+  let n = 0;
+  const t = new LeaseTable({ leaseTtlMs: 1000, backoffBaseMs: 0, newLeaseId: () => `L${++n}` });
+  t.setSweep("s1", true, 3);
+  t.restore(LeaseTable.pending("s1.0.0", "s1", "s1/0", 4));
+  t.restore(LeaseTable.pending("s1.1.0", "s1", "s1/1", 4));
+  t.connectAgent("a", [], 2);
+  t.addCredit("a", 2);
+  const [g0, g1] = t.schedule();
+  t.resultFrom("s1.0.0", g0!.leaseId);
+  const ch = t.resultConsumed("s1.0.0");
+  assert.deepEqual(ch.revoked, [], "no CancelLease for the lease whose result was counted");
+  assert.equal(t.leaseCount("a"), 1);
+  assert.equal(t.complete("a", g0!.leaseId, "s1.0.0").ignored, 0, "its done is not an ignored report");
+  assert.equal(t.complete("b", g0!.leaseId, "s1.0.0").ignored, 1, "another agent's still is");
+  // A result of an earlier lease while another is open: that other lease is revoked, as before.
+  t.resultFrom("s1.1.0", "L-old");
+  assert.deepEqual(
+    t.resultConsumed("s1.1.0").revoked.map((r) => r.leaseId),
+    [g1!.leaseId],
+  );
+  assert.equal(t.counts("s1").done, 2);
+});

@@ -271,8 +271,10 @@ export class Sweeps extends EventEmitter implements ResultSink {
       // A result that does not fit its sweep (unknown prompt, token outside it): refused, never aggregated.
       return { reason: "invalid_result", detail: `shard ${r.shardId}: ${(err as Error).message}` };
     }
-    if (added) s.unpersisted.set(r.shardId, r);
-    else if (!s.unpersisted.has(r.shardId)) s.unpersisted.set(r.shardId, undefined);
+    if (added) {
+      s.unpersisted.set(r.shardId, r);
+      this.d.table.resultFrom(r.shardId, r.leaseId); // checked above: the shard's current lease
+    } else if (!s.unpersisted.has(r.shardId)) s.unpersisted.set(r.shardId, undefined);
     if (added) {
       // Experiment kinds publish no cells; count the shard's planned units as its progress does.
       const cells = r.cells.length || (this.d.table.get(r.shardId)?.cells ?? 0);
