@@ -85,7 +85,19 @@ export class Scheduler extends EventEmitter implements AgentStreams {
     return [...this.sessions.values()];
   }
 
-  /** Connected agents with their leases, cache and work done (the Agents RPC). */
+  /** Forwards and engine seconds each agent's counted results reported, per model (its measured speed). */
+  private readonly rates = new Map<string, Map<string, { forwards: number; seconds: number }>>();
+
+  /** A counted result of `agentId` on `model`: `forwards` corrupted forwards in `engineSeconds` of one worker's engine time. */
+  recordRate(agentId: string, model: string, forwards: number, engineSeconds: number): void {
+    if (!(engineSeconds > 0) || !(forwards > 0)) return;
+    let byModel = this.rates.get(agentId);
+    if (!byModel) this.rates.set(agentId, (byModel = new Map()));
+    const r = byModel.get(model) ?? { forwards: 0, seconds: 0 };
+    byModel.set(model, { forwards: r.forwards + forwards, seconds: r.seconds + engineSeconds });
+  }
+
+  /** Connected agents with their leases, cache, work done and measured rates (the Agents RPC). */
   agentStatuses(): control.AgentStatus[] {
     const byId = new Map(this.table.agentList().map((a) => [a.agentId, a]));
     return this.agents().map((s) => {
@@ -98,6 +110,11 @@ export class Scheduler extends EventEmitter implements AgentStreams {
         cachedPrompts: a?.cachedPrompts ?? 0,
         lastSeenMs: s.lastSeenMs,
         shardsDone: a?.shardsDone ?? 0,
+        rates: [...(this.rates.get(s.agentId) ?? new Map<string, { forwards: number; seconds: number }>())].map(([model, r]) => ({
+          model,
+          forwards: r.forwards,
+          engineSeconds: r.seconds,
+        })),
       };
     });
   }

@@ -6,7 +6,18 @@ import { dirname, join } from "node:path";
 import { execa } from "execa";
 import { parquetReadObjects } from "hyparquet";
 import { Coordinator, type CoordinatorOptions } from "@factsweep/coordinator";
-import { freePort, goldenSpec, GOLDEN_DIR, REPO_ROOT, startHarness, tempSpec, TestAgent, until, type Harness } from "@factsweep/testing";
+import {
+  FAKE_ENGINE_SECONDS_PER_CELL,
+  freePort,
+  goldenSpec,
+  GOLDEN_DIR,
+  REPO_ROOT,
+  startHarness,
+  tempSpec,
+  TestAgent,
+  until,
+  type Harness,
+} from "@factsweep/testing";
 
 const CLI = join(REPO_ROOT, "sweepctl", "dist", "cli.js");
 let h: Harness<Coordinator, CoordinatorOptions>;
@@ -145,4 +156,27 @@ test("report on a running sweep says it is partial, on the page and in its outpu
   const html = readFileSync(join(out, "report.html"), "utf8");
   assert.match(html, /Partial report: .*partial: 0 of 2 facts \(sweep running\)/);
   await sweepctl("cancel", "cli-partial");
+});
+
+test("plan --agents estimates from what the connected agents' counted results of the model took", async () => {
+  const spec = tempSpec(goldenSpec({ prompts: 2, shardCells: 24 }));
+  const before = await sweepctl("plan", spec, "--agents", "--json");
+  assert.equal(before.exitCode, 0, before.stderr);
+  const l = await sweepctl("launch", spec, "--id", "cli-rate", "--quiet");
+  assert.equal(l.exitCode, 0, l.stderr);
+  const agents = await sweepctl("agents", "--json");
+  const rates = (
+    JSON.parse(agents.stdout) as { agents: { agentId: string; rates?: { model: string; forwards: number; engineSeconds: number }[] }[] }
+  ).agents.find((a) => a.agentId === "cli-worker")!.rates!;
+  assert.ok(rates.length === 1 && rates[0]!.forwards >= 48, `the worker's rate is listed: ${agents.stdout}`);
+  const p = await sweepctl("plan", spec, "--agents", "--json");
+  assert.equal(p.exitCode, 0, p.stderr);
+  const plan = JSON.parse(p.stdout) as { work: number; estimate: { seconds: number; workerSeconds: number; rate: { workPerSecond: number; agents: number } } };
+  // The test agent's engine reports FAKE_ENGINE_SECONDS_PER_CELL a cell (swap: a forward a cell), one worker.
+  assert.ok(Math.abs(plan.estimate.rate.workPerSecond - 1 / FAKE_ENGINE_SECONDS_PER_CELL) < 1e-6, p.stdout);
+  assert.equal(plan.estimate.rate.agents, 1);
+  assert.ok(Math.abs(plan.estimate.seconds - plan.work * FAKE_ENGINE_SECONDS_PER_CELL) < 1e-9);
+  assert.ok(Math.abs(plan.estimate.workerSeconds - plan.estimate.seconds) < 1e-9, "one worker: worker time = wall time");
+  const text = await sweepctl("plan", spec, "--agents");
+  assert.match(text.stdout, /estimate .* forwards\/s, measured by the coordinator's connected agents \(cli-worker;/);
 });

@@ -159,31 +159,36 @@ program
   .option("--dry-run", "print the plan (as `sweepctl plan`) and launch nothing")
   .option("--rate <forwards/s>", "with --dry-run: as `plan --rate`", (v) => positiveNumber(v, "--rate"))
   .option("--rate-from <dirs...>", "with --dry-run: as `plan --rate-from`")
-  .action(async (file: string, opts: { id?: string; detach?: boolean; quiet?: boolean; dryRun?: boolean; rate?: number; rateFrom?: string[] }) => {
-    if (opts.dryRun) return (await import("./plan.js")).printPlan(file, opts);
-    const { text, dir } = readSpec(file);
-    const info = await unary(g(), (c) => c.launch, { spec: text, sweepId: opts.id ?? "", specDir: dir });
-    console.log(info.sweepId);
-    if (info.promptErrors.length > 0) {
-      console.error(`${info.promptErrors.length} prompt(s) skipped:`);
-      for (const e of info.promptErrors.slice(0, 20)) console.error(`  prompt ${e.promptIndex}: ${e.message}`);
-    }
-    if (isTerminal(info.state)) console.error(describeSweep(info));
-    if (opts.detach || isTerminal(info.state)) {
-      exitCode = exitCodeOfState(info.state);
-      return;
-    }
-    const last = await watchRemote(g(), info.sweepId, opts.quiet === true, info);
-    console.error(describeSweep(last));
-    exitCode = exitCodeOfState(last.state);
-  });
+  .option("--agents", "with --dry-run: as `plan --agents`")
+  .action(
+    async (file: string, opts: { id?: string; detach?: boolean; quiet?: boolean; dryRun?: boolean; rate?: number; rateFrom?: string[]; agents?: boolean }) => {
+      if (opts.dryRun)
+        return (await import("./plan.js")).printPlan(file, opts, opts.agents ? async () => (await unary(g(), (c) => c.agents, {})).agents : undefined);
+      const { text, dir } = readSpec(file);
+      const info = await unary(g(), (c) => c.launch, { spec: text, sweepId: opts.id ?? "", specDir: dir });
+      console.log(info.sweepId);
+      if (info.promptErrors.length > 0) {
+        console.error(`${info.promptErrors.length} prompt(s) skipped:`);
+        for (const e of info.promptErrors.slice(0, 20)) console.error(`  prompt ${e.promptIndex}: ${e.message}`);
+      }
+      if (isTerminal(info.state)) console.error(describeSweep(info));
+      if (opts.detach || isTerminal(info.state)) {
+        exitCode = exitCodeOfState(info.state);
+        return;
+      }
+      const last = await watchRemote(g(), info.sweepId, opts.quiet === true, info);
+      console.error(describeSweep(last));
+      exitCode = exitCodeOfState(last.state);
+    },
+  );
 
 const planOptions = (c: Command): Command =>
   c
     .option("--rate <forwards/s>", "measured corrupted forwards per second of this model (a swap cell is one, a noise cell `samples`)", (v) =>
       positiveNumber(v, "--rate"),
     )
-    .option("--rate-from <dirs...>", "finished `sweepctl local` run folders: the rate of the one with this model");
+    .option("--rate-from <dirs...>", "finished `sweepctl local` run folders: the rate of the one with this model")
+    .option("--agents", "estimate from the coordinator's connected agents: what their counted results of this model took (--coordinator)");
 
 planOptions(
   program
@@ -191,7 +196,9 @@ planOptions(
     .description("plan a spec on this machine as the coordinator would: prompts kept and skipped (with reasons), cells, shards, a time estimate")
     .argument("<spec>", "sweep spec file (.yaml, .yml or .json)")
     .option("--json", "print as JSON"),
-).action(async (file: string, opts: { rate?: number; rateFrom?: string[]; json?: boolean }) => (await import("./plan.js")).printPlan(file, opts));
+).action(async (file: string, opts: { rate?: number; rateFrom?: string[]; json?: boolean; agents?: boolean }) =>
+  (await import("./plan.js")).printPlan(file, opts, opts.agents ? async () => (await unary(g(), (c) => c.agents, {})).agents : undefined),
+);
 
 program
   .command("status")

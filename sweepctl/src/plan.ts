@@ -1,12 +1,14 @@
 /**
  * `sweepctl plan <spec>` (and `launch --dry-run`): what a sweep would run, planned on this machine
  * exactly as the coordinator plans it (the same planSweep): prompts kept and skipped with the
- * reasons, cells, shards, and a time estimate from a measured rate: `--rate`, or earlier `local`
- * runs of the same model (`--rate-from`, their run.json and sweep.json). The work of a cell is one
+ * reasons, cells, shards, and a time estimate from a measured rate: the connected agents' (`--agents`:
+ * the coordinator's Agents, what their results took), `--rate`, or earlier `local` runs of the same
+ * model (`--rate-from`, their run.json and sweep.json). The work of a cell is one
  * corrupted forward (a noise cell runs `samples` of them), so rates carry across corruptions.
  */
 import { existsSync, readFileSync } from "node:fs";
 import { extname, join, resolve } from "node:path";
+import type { control } from "@factsweep/proto";
 import { parseSweepSpec, planSweep, promptErrorReasons, type SweepSpec } from "@factsweep/planning";
 import { CliExit, EXIT } from "./cli-output.js";
 import { readSpec } from "./local.js";
@@ -48,6 +50,26 @@ export function rateOfRun(dir: string): MeasuredRate {
   };
 }
 
+/**
+ * The rate of the connected agents on `model` (the coordinator's Agents: forwards over engine seconds
+ * of each agent's counted results, per worker): the sum over the agents that have run the model of
+ * their per-worker rate × their workers. Undefined when none has.
+ */
+export function rateOfAgents(agents: control.AgentStatus[], model: string): MeasuredRate | undefined {
+  const measured = agents.flatMap((a) =>
+    a.rates.filter((r) => r.model === model && r.engineSeconds > 0).map((r) => ({ a, perWorker: r.forwards / r.engineSeconds })),
+  );
+  if (measured.length === 0) return undefined;
+  const workers = measured.reduce((n, m) => n + Math.max(1, m.a.workers), 0);
+  return {
+    model,
+    workPerSecond: measured.reduce((sum, m) => sum + m.perWorker * Math.max(1, m.a.workers), 0),
+    source: `the coordinator's connected agents (${measured.map((m) => m.a.agentId).join(", ")}; engine time of their counted results)`,
+    agents: measured.length,
+    workers,
+  };
+}
+
 /** What `plan` prints, as data. */
 export interface PlanSummary {
   name: string;
@@ -60,7 +82,8 @@ export interface PlanSummary {
   shards: number;
   cellsPerShard: { min: number; median: number; max: number };
   work: number;
-  estimate?: { seconds: number; rate: MeasuredRate };
+  /** Wall time at the rate, and worker-seconds (GPU-seconds on GPU workers) when the rate says how many workers made it. */
+  estimate?: { seconds: number; workerSeconds?: number; rate: MeasuredRate };
 }
 
 /** Plans `spec` here (reads config.json, tokenizer, dataset) and estimates its time from `rates` of the same model. */
@@ -80,7 +103,9 @@ export function planSummary(spec: SweepSpec, rates: MeasuredRate[] = []): PlanSu
     shards: plan.shards.length,
     cellsPerShard: { min: sizes[0] ?? 0, median: sizes[Math.floor(sizes.length / 2)] ?? 0, max: sizes.at(-1) ?? 0 },
     work,
-    ...(rate ? { estimate: { seconds: work / rate.workPerSecond, rate } } : {}),
+    ...(rate
+      ? { estimate: { seconds: work / rate.workPerSecond, ...(rate.workers ? { workerSeconds: (work / rate.workPerSecond) * rate.workers } : {}), rate } }
+      : {}),
   };
 }
 
@@ -99,19 +124,29 @@ export function describePlan(p: PlanSummary, spec: SweepSpec): string {
     const r = p.estimate.rate;
     const who = r.agents ? ` with ${r.agents} agent(s) × ${r.workers ?? 1} worker(s)` : "";
     lines.push(
-      `estimate   ${dur(p.estimate.seconds)} at ${r.workPerSecond.toFixed(1)} forwards/s, measured by ${r.source}${who} (same machines and agents assumed)`,
+      `estimate   ${dur(p.estimate.seconds)} at ${r.workPerSecond.toFixed(1)} forwards/s, measured by ${r.source}${who} (same machines and agents assumed)` +
+        (p.estimate.workerSeconds !== undefined ? `; ${dur(p.estimate.workerSeconds)} of worker time (GPU time on GPU workers)` : ""),
     );
   } else {
-    lines.push(`estimate   none: no measured rate of ${p.model}; pass --rate <cells/s> or --rate-from <a finished local run of this model>`);
+    lines.push(
+      `estimate   none: no measured rate of ${p.model}; pass --agents (the coordinator's agents that have run it), --rate <forwards/s> or --rate-from <a finished local run of this model>`,
+    );
   }
   return lines.join("\n");
 }
 
 /** `plan` and `launch --dry-run`: the spec planned here, printed, with a time estimate when a rate is known. */
-export async function printPlan(file: string, o: { rate?: number; rateFrom?: string[]; json?: boolean }): Promise<void> {
+export async function printPlan(
+  file: string,
+  o: { rate?: number; rateFrom?: string[]; json?: boolean },
+  agents?: () => Promise<control.AgentStatus[]>,
+): Promise<void> {
   const { text, dir } = readSpec(file);
   const spec = parseSweepSpec(text, { baseDir: dir, format: extname(file) === ".json" ? "json" : "yaml" });
+  const fromAgents = agents ? rateOfAgents(await agents(), spec.model.id) : undefined;
+  if (agents && !fromAgents) console.error(`plan: no connected agent has run ${spec.model.id} yet; no estimate from the agents`);
   const rates = [
+    ...(fromAgents ? [fromAgents] : []),
     ...(o.rate ? [{ model: spec.model.id, workPerSecond: o.rate, source: "--rate" }] : []),
     ...(o.rateFrom ?? []).map((d) => {
       try {

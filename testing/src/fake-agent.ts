@@ -20,6 +20,9 @@ export type Compute = (shard: sweep.Shard, agentId: string) => Promise<sweep.Sha
  * fixed function of (prompt, site, layer, token, window), so "every cell exactly once with its
  * value" is checkable. Numbers of the real engine are checked in engine/ and test/.
  */
+/** The engine seconds `fakeEngine` reports a cell (it answers at once): a measured rate of 1,000 cells a worker-second. */
+export const FAKE_ENGINE_SECONDS_PER_CELL = 0.001;
+
 export const fakeEngine = (shard: sweep.Shard, agentId: string): sweep.ShardResult => {
   const pi = shard.prompt?.index ?? 0;
   return sweep.ShardResult.fromPartial({
@@ -31,7 +34,7 @@ export const fakeEngine = (shard: sweep.Shard, agentId: string): sweep.ShardResu
     answerId: 7,
     pClean: 0.9,
     pCorrupt: 0.1,
-    engineSeconds: 0,
+    engineSeconds: shard.cells.length * FAKE_ENGINE_SECONDS_PER_CELL,
     worker: "fake:0",
     cells: shard.cells.map((c) => ({ cell: c, p: fakeP(pi, c.site, c.layer, c.token, c.window), logit: 0 })),
   });

@@ -111,6 +111,18 @@ export interface AgentStatus {
   cachedPrompts: number;
   lastSeenMs: number;
   shardsDone: number;
+  /** what its workers measured, per model (from the engine seconds of its counted results) */
+  rates: ModelRate[];
+}
+
+/**
+ * An agent's measured speed on one model: corrupted forwards (a swap cell is one, a noise cell its
+ * samples) over the engine seconds its results reported; per worker, since each result is one worker's.
+ */
+export interface ModelRate {
+  model: string;
+  forwards: number;
+  engineSeconds: number;
 }
 
 export interface AgentsReply {
@@ -1418,7 +1430,16 @@ export const AgentsRequest: MessageFns<AgentsRequest> = {
 };
 
 function createBaseAgentStatus(): AgentStatus {
-  return { agentId: "", hostname: "", workers: 0, leases: 0, cachedPrompts: 0, lastSeenMs: 0, shardsDone: 0 };
+  return {
+    agentId: "",
+    hostname: "",
+    workers: 0,
+    leases: 0,
+    cachedPrompts: 0,
+    lastSeenMs: 0,
+    shardsDone: 0,
+    rates: [],
+  };
 }
 
 export const AgentStatus: MessageFns<AgentStatus> = {
@@ -1443,6 +1464,9 @@ export const AgentStatus: MessageFns<AgentStatus> = {
     }
     if (message.shardsDone !== 0) {
       writer.uint32(56).uint64(message.shardsDone);
+    }
+    for (const v of message.rates) {
+      ModelRate.encode(v!, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -1516,6 +1540,14 @@ export const AgentStatus: MessageFns<AgentStatus> = {
             message.shardsDone = longToNumber(reader.uint64());
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.rates.push(ModelRate.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1553,6 +1585,9 @@ export const AgentStatus: MessageFns<AgentStatus> = {
         : isSet(object.shards_done)
         ? globalThis.Number(object.shards_done)
         : 0,
+      rates: globalThis.Array.isArray(object?.rates)
+        ? object.rates.map((e: any) => ModelRate.fromJSON(e))
+        : [],
     };
   },
 
@@ -1579,6 +1614,9 @@ export const AgentStatus: MessageFns<AgentStatus> = {
     if (message.shardsDone !== 0) {
       obj.shardsDone = Math.round(message.shardsDone);
     }
+    if (message.rates?.length) {
+      obj.rates = message.rates.map((e) => ModelRate.toJSON(e));
+    }
     return obj;
   },
 
@@ -1594,6 +1632,112 @@ export const AgentStatus: MessageFns<AgentStatus> = {
     message.cachedPrompts = object.cachedPrompts ?? 0;
     message.lastSeenMs = object.lastSeenMs ?? 0;
     message.shardsDone = object.shardsDone ?? 0;
+    message.rates = object.rates?.map((e) => ModelRate.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseModelRate(): ModelRate {
+  return { model: "", forwards: 0, engineSeconds: 0 };
+}
+
+export const ModelRate: MessageFns<ModelRate> = {
+  encode(message: ModelRate, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.forwards !== 0) {
+      writer.uint32(16).uint64(message.forwards);
+    }
+    if (message.engineSeconds !== 0) {
+      writer.uint32(25).double(message.engineSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ModelRate {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseModelRate();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.forwards = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.engineSeconds = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ModelRate {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      forwards: isSet(object.forwards) ? globalThis.Number(object.forwards) : 0,
+      engineSeconds: isSet(object.engineSeconds)
+        ? globalThis.Number(object.engineSeconds)
+        : isSet(object.engine_seconds)
+        ? globalThis.Number(object.engine_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: ModelRate): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.forwards !== 0) {
+      obj.forwards = Math.round(message.forwards);
+    }
+    if (message.engineSeconds !== 0) {
+      obj.engineSeconds = floatToJson(message.engineSeconds);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ModelRate>): ModelRate {
+    return ModelRate.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ModelRate>): ModelRate {
+    const message = createBaseModelRate();
+    message.model = object.model ?? "";
+    message.forwards = object.forwards ?? 0;
+    message.engineSeconds = object.engineSeconds ?? 0;
     return message;
   },
 };
