@@ -167,7 +167,7 @@ export class SimAgent {
       this.stats.done++;
     } catch (err) {
       this.stats.errors++;
-      this.link.send({ body: { $case: "failed", failed: { leaseId: lease.leaseId, shardId: shard.shardId, error: err.message, retryable: true } } });
+      this.link.send({ body: { $case: "failed", failed: { leaseId: lease.leaseId, shardId: shard.shardId, error: err.message, retryable: true, handedBack: false } } });
     }
   }
 
