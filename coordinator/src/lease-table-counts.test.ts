@@ -4,9 +4,10 @@ import { LeaseTable } from "./lease-table.js";
 
 /** What counts() must say: a scan of the sweep's shards (the old implementation). */
 function scan(t: LeaseTable, sweepId: string) {
-  const c = { total: 0, pending: 0, leased: 0, done: 0, failed: 0, doneCells: 0, failedShards: [] as string[] };
+  const c = { total: 0, pending: 0, leased: 0, done: 0, failed: 0, doneCells: 0, retries: 0, failedShards: [] as string[] };
   for (const s of t.shardsOf(sweepId)) {
     c.total++;
+    c.retries += Math.max(0, s.attempts - 1);
     if (s.state === "done" && s.resultConsumed) {
       c.done++;
       c.doneCells += s.cells;

@@ -102,12 +102,15 @@ interface SweepTally {
   done: number;
   failed: number;
   doneCells: number;
+  /** Attempts beyond each shard's first, summed (the sweep's retries). */
+  retries: number;
   failedShards: Set<ShardEntry>;
 }
 
 /** The tally a shard is counted under (hidden from JSON: the entry is persisted as it is). */
 const TALLY = Symbol("tally");
-type Tallied = ShardEntry & { [TALLY]?: Tally };
+const RETRIES = Symbol("retries");
+type Tallied = ShardEntry & { [TALLY]?: Tally; [RETRIES]?: number };
 
 function tallyOf(s: ShardEntry): Tally {
   if (s.state === "done") return s.resultConsumed ? "done" : "pending"; // done by the agent, result not yet counted
@@ -184,6 +187,7 @@ export class LeaseTable {
       this.untally(prev);
     }
     delete (e as Tallied)[TALLY];
+    delete (e as Tallied)[RETRIES];
     if (e.state === "leased") {
       e.leaseExpiresMs = this.clock() + this.leaseTtlMs;
       e.leasedMs ??= this.clock();
@@ -208,9 +212,13 @@ export class LeaseTable {
     const e = s as Tallied;
     const now = tallyOf(e);
     const was = e[TALLY];
-    if (was === now) return;
+    const retries = Math.max(0, e.attempts - 1);
+    if (was === now && e[RETRIES] === retries) return;
     let t = this.tallies.get(e.sweepId);
-    if (!t) this.tallies.set(e.sweepId, (t = { total: 0, pending: 0, leased: 0, done: 0, failed: 0, doneCells: 0, failedShards: new Set() }));
+    if (!t) this.tallies.set(e.sweepId, (t = { total: 0, pending: 0, leased: 0, done: 0, failed: 0, doneCells: 0, retries: 0, failedShards: new Set() }));
+    t.retries += retries - (e[RETRIES] ?? 0);
+    e[RETRIES] = retries;
+    if (was === now) return;
     if (was === undefined) t.total++;
     else this.count(t, e, was, -1);
     this.count(t, e, now, 1);
@@ -224,7 +232,9 @@ export class LeaseTable {
     if (!t || e[TALLY] === undefined) return;
     this.count(t, e, e[TALLY], -1);
     t.total--;
+    t.retries -= e[RETRIES] ?? 0;
     delete e[TALLY];
+    delete e[RETRIES];
   }
 
   private count(t: SweepTally, e: ShardEntry, k: Tally, d: 1 | -1): void {
@@ -665,10 +675,19 @@ export class LeaseTable {
   }
 
   /** Counts of a sweep's shards by state, and its cells aggregated (kept up to date by `tally`: no scan). */
-  counts(sweepId: string): { total: number; pending: number; leased: number; done: number; failed: number; doneCells: number; failedShards: string[] } {
+  counts(sweepId: string): {
+    total: number;
+    pending: number;
+    leased: number;
+    done: number;
+    failed: number;
+    doneCells: number;
+    retries: number;
+    failedShards: string[];
+  } {
     const t = this.tallies.get(sweepId);
-    if (!t) return { total: 0, pending: 0, leased: 0, done: 0, failed: 0, doneCells: 0, failedShards: [] };
+    if (!t) return { total: 0, pending: 0, leased: 0, done: 0, failed: 0, doneCells: 0, retries: 0, failedShards: [] };
     const failedShards = [...t.failedShards].map((s) => s.shardId);
-    return { total: t.total, pending: t.pending, leased: t.leased, done: t.done, failed: t.failed, doneCells: t.doneCells, failedShards };
+    return { total: t.total, pending: t.pending, leased: t.leased, done: t.done, failed: t.failed, doneCells: t.doneCells, retries: t.retries, failedShards };
   }
 }

@@ -490,7 +490,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     const s = this.sweep(sweepId);
     const { table } = this.d;
     const c = table.counts(sweepId);
-    const retries = table.shardsOf(sweepId).reduce((n, e) => n + Math.max(0, e.attempts - 1), 0);
+    const retries = c.retries; // kept by the lease table (a scan of the sweep here was 9% of the coordinator's CPU at 1M shards, one Get a second)
     const { rate, eta } = rateAndEta(s, c.doneCells);
     return {
       sweepId,
