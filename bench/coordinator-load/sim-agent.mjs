@@ -167,7 +167,9 @@ export class SimAgent {
       this.stats.done++;
     } catch (err) {
       this.stats.errors++;
-      this.link.send({ body: { $case: "failed", failed: { leaseId: lease.leaseId, shardId: shard.shardId, error: err.message, retryable: true, handedBack: false } } });
+      this.link.send({
+        body: { $case: "failed", failed: { leaseId: lease.leaseId, shardId: shard.shardId, error: err.message, retryable: true, handedBack: false } },
+      });
     }
   }
 
