@@ -63,6 +63,8 @@ from . import kernels
 from .architecture import (MAX_HIDDEN, MAX_INTERMEDIATE, MAX_LAYERS, MAX_SMALL, MAX_VOCAB, Architecture,
                            EditTarget, describe_value, config_bool, config_float, config_int, config_object)
 from .errors import CheckpointError
+# The checkpoint naming and the block norm are Mamba-1's (same HF/state-spaces names, same RMSNorm).
+from .mamba import RMSNorm, ignorable_key, rename_keys
 from .sites import BLOCK, INPUT, OUTPUT, BlockHook, HookedLM, Site, call, site_table
 
 #: The intervention sites of Mamba-2 (design vocabulary). Width names a Config attribute. The per-head
@@ -220,27 +222,6 @@ def _limit(cfg: dict, key: str) -> tuple:
             f"config.json {key}: expected [low, high] with 0 <= low <= high (numbers, or {{\"__float__\": \"Infinity\"}}), "
             f"got {describe_value(value)}", field=key)
     return out[0], out[1]
-
-
-def rename_keys(tensors: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
-    """Accept the original state-spaces name ``backbone.embedding.weight`` (HF: ``embeddings``)."""
-    return {("backbone.embeddings.weight" if k == "backbone.embedding.weight" else k): v for k, v in tensors.items()}
-
-
-def ignorable_key(key: str, config: Config) -> bool:
-    """``lm_head.weight`` is a copy of the embeddings when they are tied."""
-    return key == "lm_head.weight" and config.tie_embeddings
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, d: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise in float32, return the weight's dtype (as ``mamba.RMSNorm``)."""
-        return kernels.rms_norm(x, self.weight, self.eps)
 
 
 class GatedRMSNorm(nn.Module):
