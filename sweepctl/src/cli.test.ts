@@ -158,7 +158,10 @@ test("report on a running sweep says it is partial, on the page and in its outpu
   await sweepctl("cancel", "cli-partial");
 });
 
-test("plan --agents estimates from what the connected agents' counted results of the model took", async () => {
+test("plan --agents estimates from what the connected agents' counted results of the model took", { timeout: 120_000 }, async () => {
+  // A worker that completes its leases (the test before left one that holds them).
+  await worker.kill();
+  worker = await new TestAgent({ addr: h.addr, natsUrl: h.nats.url, agentId: "cli-worker", token: "tok" }).start();
   const spec = tempSpec(goldenSpec({ prompts: 2, shardCells: 24 }));
   const before = await sweepctl("plan", spec, "--agents", "--json");
   assert.equal(before.exitCode, 0, before.stderr);
@@ -171,11 +174,18 @@ test("plan --agents estimates from what the connected agents' counted results of
   assert.ok(rates.length === 1 && rates[0]!.forwards >= 48, `the worker's rate is listed: ${agents.stdout}`);
   const p = await sweepctl("plan", spec, "--agents", "--json");
   assert.equal(p.exitCode, 0, p.stderr);
-  const plan = JSON.parse(p.stdout) as { work: number; estimate: { seconds: number; workerSeconds: number; rate: { workPerSecond: number; agents: number } } };
-  // The test agent's engine reports FAKE_ENGINE_SECONDS_PER_CELL a cell (swap: a forward a cell), one worker.
-  assert.ok(Math.abs(plan.estimate.rate.workPerSecond - 1 / FAKE_ENGINE_SECONDS_PER_CELL) < 1e-6, p.stdout);
+  const plan = JSON.parse(p.stdout) as {
+    cells: number;
+    work: number;
+    estimate: { seconds: number; workerSeconds: number; rate: { workPerSecond: number; agents: number } };
+  };
+  // The test agent's engine reports FAKE_ENGINE_SECONDS_PER_CELL a cell, one worker; a cell is work/cells
+  // corrupted forwards (this spec's noise samples), so the rate is that many forwards per cell-time and
+  // the estimate is the cells' engine time.
+  const perCell = plan.work / plan.cells;
+  assert.ok(Math.abs(plan.estimate.rate.workPerSecond - perCell / FAKE_ENGINE_SECONDS_PER_CELL) < 1e-6, p.stdout);
   assert.equal(plan.estimate.rate.agents, 1);
-  assert.ok(Math.abs(plan.estimate.seconds - plan.work * FAKE_ENGINE_SECONDS_PER_CELL) < 1e-9);
+  assert.ok(Math.abs(plan.estimate.seconds - plan.cells * FAKE_ENGINE_SECONDS_PER_CELL) < 1e-9, p.stdout);
   assert.ok(Math.abs(plan.estimate.workerSeconds - plan.estimate.seconds) < 1e-9, "one worker: worker time = wall time");
   const text = await sweepctl("plan", spec, "--agents");
   assert.match(text.stdout, /estimate .* forwards\/s, measured by the coordinator's connected agents \(cli-worker;/);
