@@ -181,6 +181,32 @@ export class Cluster {
     }
   }
 
+  /**
+   * Resolves once the results stream holds at least `atLeast` messages for the sweep, polled every
+   * 20 ms over one connection that outlives nats-server restarts. A trigger for faults at a point
+   * of a sweep's progress: `sweepctl status` starts a process per poll (~0.5 s here), slower than a
+   * warm cluster finishes a small sweep, so a fault meant for mid-sweep could miss it.
+   */
+  async waitForStored(sweepId: string, atLeast: number, timeoutMs = 120_000): Promise<number> {
+    this.watcher ??= await connect({ servers: this.nats.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+    const end = Date.now() + timeoutMs;
+    let stored = 0;
+    while (Date.now() < end) {
+      try {
+        const jsm = await jetstreamManager(this.watcher);
+        const info = await jsm.streams.info(RESULTS_STREAM, { subjects_filter: resultsSubject(sweepId) });
+        stored = Number(info.state.subjects?.[resultsSubject(sweepId)] ?? 0);
+        if (stored >= atLeast) return stored;
+      } catch {
+        /* nats-server is restarting; the connection reconnects on its own */
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    throw new Error(`sweep ${sweepId}: ${stored} results stored after ${timeoutMs} ms, ${atLeast} expected`);
+  }
+
+  private watcher: Awaited<ReturnType<typeof connect>> | undefined;
+
   /** Process ids of the engine workers (Python children) of an agent. */
   workerPids(agent: AgentProc): number[] {
     const pids: number[] = [];
@@ -208,6 +234,7 @@ export class Cluster {
     for (const a of this.agents) a.child.kill("SIGKILL");
     this.coordinator?.kill("SIGKILL");
     await Promise.allSettled([...this.agents.map((a) => a.child), this.coordinator]);
+    await this.watcher?.close().catch(() => undefined);
     await this.nats?.stop();
   }
 
@@ -246,6 +273,12 @@ export const cellKey = (r: { prompt_index: number; site: string; layer: number; 
  * The reference: the same planned cells computed by one engine worker alone, without coordinator,
  * agents or NATS. Returns p per cell key.
  */
+/** How many shards the coordinator plans for a spec (the planner is the coordinator's own). */
+export async function plannedShards(specPath: string): Promise<number> {
+  const spec = parseSweepSpec(readFileSync(specPath, "utf8"), { baseDir: dirname(specPath) });
+  return (await planSweep(spec, "count")).shards.length;
+}
+
 export async function engineReference(specPath: string): Promise<Map<string, number>> {
   const text = readFileSync(specPath, "utf8");
   const spec = parseSweepSpec(text, { baseDir: dirname(specPath) });

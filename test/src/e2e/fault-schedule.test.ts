@@ -6,7 +6,7 @@
 // Seeds: FACTSWEEP_FAULT_SEEDS (comma separated), default 1,2,3 (CI).
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Cluster, engineReference, goldenMambaSpec, type SweepStatus } from "./cluster.js";
+import { Cluster, engineReference, goldenMambaSpec, plannedShards } from "./cluster.js";
 import { assertCompleteAndEqual } from "./assertions.js";
 
 const SEEDS = (process.env.FACTSWEEP_FAULT_SEEDS ?? "1,2,3").split(",").map((s) => Number(s.trim()));
@@ -51,16 +51,21 @@ test(`seeded random faults (seeds ${SEEDS.join(", ")}) over sweeps: every cell c
     // One spec for every seed (each its own sweep id), so one engine-alone reference serves all.
     const spec = cluster.writeSpec("schedule.yaml", goldenMambaSpec({ prompts: 16, name: "schedule" }));
     const reference = await engineReference(spec);
+    const shards = await plannedShards(spec);
     for (const seed of SEEDS) {
       const id = `schedule-${seed}`;
       const schedule = faultSchedule(seed);
       const launched = await cluster.sweepctl("launch", spec, "--id", id, "--detach");
       assert.equal(launched.exitCode, 0, launched.stderr);
+      // The sweep's progress is read from the results stream itself, every 20 ms, so a fault
+      // strikes at its point even on a warm cluster that finishes the sweep in a few seconds
+      // (polling `sweepctl status`, a process per poll, missed seed 2's first fault in CI).
       const struck: string[] = [];
+      let firstStored: number | undefined;
       for (const f of schedule) {
-        const seen = await cluster.waitFor(id, (s: SweepStatus) => s.state !== "running" || s.counts.doneCells >= f.at * s.counts.plannedCells, 120_000);
-        if (seen.state !== "running") break; // finished before this fault's point: the rest do not strike
-        struck.push(`${f.fault}@${seen.counts.doneCells}/${seen.counts.plannedCells}`);
+        const stored = await cluster.waitForStored(id, Math.ceil(f.at * shards), 120_000);
+        struck.push(`${f.fault}@${stored}/${shards} results`);
+        firstStored ??= stored;
         if (f.fault === "agent") {
           const live = cluster.agents.filter((a) => a.child.exitCode === null && !a.child.killed);
           const victim = live[Math.floor(f.victim * live.length)]!;
@@ -82,7 +87,11 @@ test(`seeded random faults (seeds ${SEEDS.join(", ")}) over sweeps: every cell c
       const done = await cluster.waitFor(id, (s) => s.state !== "running", 180_000);
       t.diagnostic(`seed ${seed}: ${struck.join(", ") || "no fault struck"}; ${done.state}, retries ${done.counts.retries}`);
       assert.equal(done.state, "done", `seed ${seed}: sweep ${done.state} (${JSON.stringify(done.counts)})`);
-      assert.ok(struck.length >= 1, `seed ${seed}: the first fault (at ${schedule[0]!.at.toFixed(2)}) struck mid-sweep`);
+      assert.ok(
+        firstStored! < shards,
+        `seed ${seed}: the first fault (at ${schedule[0]!.at.toFixed(2)}) struck mid-sweep, at ${firstStored} of ${shards} results`,
+      );
+      assert.equal(done.counts.shardsTotal, shards, "the coordinator planned the shards the test counted");
       await assertCompleteAndEqual(cluster, id, reference, done.counts.shardsTotal, { retriedShards: true });
     }
   } catch (err) {
