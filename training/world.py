@@ -2,7 +2,7 @@
 
 Fictional people, companies and landmarks (the subjects, with names composed of syllables so a
 name spans several BPE tokens) and eight relations in the format of the factual relation files of
-Hernandez et al. (``../shared/data/relations/factual/*.json``: ``prompt_templates`` and
+Hernandez et al. (``relations/factual/*.json``, see docs/methods.md: ``prompt_templates`` and
 ``samples`` of ``{"subject", "object"}``). Objects are single words drawn from shared vocabularies
 (cities, countries, occupations, instruments, languages); cities and countries are the objects of
 several relations, and every object has many subjects, so swap corruption (another subject of the

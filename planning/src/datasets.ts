@@ -1,6 +1,6 @@
 /**
- * Dataset loaders for the formats in `../shared/data`: ROME's `known_1000.json` and the relation
- * files of Hernandez et al. (`relations/factual/*.json`), turned into uniform {@link Fact}s.
+ * Dataset loaders for ROME's `known_1000.json` and the relation files of Hernandez et al.
+ * (`relations/factual/*.json`; docs/methods.md says where to get both), turned into uniform {@link Fact}s.
  */
 import { readdirSync, statSync } from "node:fs";
 import { basename, join } from "node:path";

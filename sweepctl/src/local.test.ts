@@ -86,7 +86,18 @@ test("sweepctl local keeps provenance with its results and refuses to overwrite 
   // plan: the cells and shards the run had, and an estimate from the run's own measured rate.
   const plan = await execa(process.execPath, [CLI, "plan", specFile, "--json", "--rate-from", out], { reject: false });
   assert.equal(plan.exitCode, 0, plan.stderr);
-  const planned = JSON.parse(plan.stdout) as { cells: number; shards: number; prompts: number; estimate?: { seconds: number } };
+  const planned = JSON.parse(plan.stdout) as {
+    cells: number;
+    shards: number;
+    prompts: number;
+    estimate?: { seconds: number };
+    memory?: { weights: number; prompt_cache_max: number; prompt_cache_total: number; batch_min: { cpu: number }; minimum: { cpu: number } };
+  };
+  // Memory per worker, from the engine's arithmetic (engine/tests/test_estimate.py checks it against a
+  // loaded model and prepared prompts): the parts add up, and every prompt's runs are at least the largest.
+  const mem = planned.memory!;
+  assert.ok(mem.weights > 0 && mem.prompt_cache_max > 0 && mem.prompt_cache_total >= mem.prompt_cache_max, plan.stdout);
+  assert.equal(mem.minimum.cpu, mem.weights + mem.prompt_cache_max + mem.batch_min.cpu);
   const info = JSON.parse(readFileSync(join(out, "sweep.json"), "utf8")) as { counts: { plannedCells: number; shardsTotal: number; doneCells: number } };
   assert.equal(planned.cells, info.counts.plannedCells);
   assert.equal(planned.shards, info.counts.shardsTotal);

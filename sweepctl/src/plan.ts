@@ -5,11 +5,14 @@
  * the coordinator's Agents, what their results took), `--rate`, or earlier `local` runs of the same
  * model (`--rate-from`, their run.json and sweep.json). The work of a cell is one
  * corrupted forward (a noise cell runs `samples` of them), so rates carry across corruptions.
+ * Memory per worker is the engine's own arithmetic (`python -m engine.estimate`, from config.json
+ * alone), not a copy of it here: weights, the prompt cache, the smallest micro-batch.
  */
 import { existsSync, readFileSync } from "node:fs";
-import { extname, join, resolve } from "node:path";
+import { dirname, extname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import type { control } from "@factsweep/proto";
-import { parseSweepSpec, planSweep, promptErrorReasons, type SweepSpec } from "@factsweep/planning";
+import { parseSweepSpec, planSweep, promptErrorReasons, type SweepPlan, type SweepSpec } from "@factsweep/planning";
 import { CliExit, EXIT } from "./cli-output.js";
 import { readSpec } from "./local.js";
 
@@ -84,11 +87,66 @@ export interface PlanSummary {
   work: number;
   /** Wall time at the rate, and worker-seconds (GPU-seconds on GPU workers) when the rate says how many workers made it. */
   estimate?: { seconds: number; workerSeconds?: number; rate: MeasuredRate };
+  /** Bytes a worker needs (engine.estimate), or why there is no figure. */
+  memory?: WorkerMemory | { unknown: string };
+}
+
+/** What `python -m engine.estimate` prints (bytes; see engine/estimate.py). */
+export interface WorkerMemory {
+  model_type: string;
+  dtype: string;
+  weights: number;
+  prompt_cache_max: number;
+  prompt_cache_total: number;
+  longest_prompt_tokens: number;
+  batch_min: { gpu: number; cpu: number };
+  minimum: { gpu: number; cpu: number };
+}
+
+/** The repository holding engine/ and scripts/ (sweepctl/dist/.. /..). */
+const ENGINE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+
+/**
+ * Memory per worker for the planned prompts, from the engine's Python (scripts/find-python.sh:
+ * FACTSWEEP_PYTHON, then a python3 with torch). Only trace sweeps prepare prompts into the cache;
+ * the other kinds get the weights and the batch. No Python here is not an error: the figure is
+ * then unknown, with the reason.
+ */
+export async function workerMemory(spec: SweepSpec, plan: SweepPlan): Promise<WorkerMemory | { unknown: string }> {
+  const { execa } = await import("execa");
+  const tokens = plan.prompts.map((p) => p.inputIds.length).filter((n) => n > 0);
+  if (tokens.length === 0) return { unknown: "no prompt planned" };
+  const py = await execa("bash", [join(ENGINE_ROOT, "scripts", "find-python.sh")], { reject: false });
+  if (py.exitCode !== 0 || !py.stdout.trim()) return { unknown: `the engine's Python was not found here (${py.stderr.trim().split("\n")[0]})` };
+  const r = await execa(py.stdout.trim(), ["-m", "engine.estimate"], {
+    cwd: ENGINE_ROOT,
+    env: { PYTHONPATH: ENGINE_ROOT },
+    input: JSON.stringify({ path: spec.model.path, dtype: spec.model.dtype, samples: workPerCell(spec), tokens }),
+    reject: false,
+    timeout: 120_000,
+  });
+  if (r.exitCode !== 0) return { unknown: `engine.estimate failed: ${String(r.stderr).trim().split("\n").at(-1)}` };
+  const m = JSON.parse(String(r.stdout)) as WorkerMemory;
+  return spec.kind === "trace"
+    ? m
+    : { ...m, prompt_cache_max: 0, prompt_cache_total: 0, minimum: { gpu: m.minimum.gpu - m.prompt_cache_max, cpu: m.minimum.cpu - m.prompt_cache_max } };
+}
+
+const KiB = 1024;
+/** Bytes for people: 1.4 GiB, 312 MiB, 40 KiB. */
+export function formatBytes(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  let v = n;
+  while (v >= KiB && i < units.length - 1) {
+    v /= KiB;
+    i++;
+  }
+  return i === 0 ? `${n} B` : `${v < 10 ? v.toFixed(1) : Math.round(v)} ${units[i]}`;
 }
 
 /** Plans `spec` here (reads config.json, tokenizer, dataset) and estimates its time from `rates` of the same model. */
-export function planSummary(spec: SweepSpec, rates: MeasuredRate[] = []): PlanSummary {
-  const plan = planSweep(spec, "plan");
+export function planSummary(spec: SweepSpec, rates: MeasuredRate[] = [], plan: SweepPlan = planSweep(spec, "plan")): PlanSummary {
   const sizes = plan.shards.map((s) => s.units || s.cells.length).sort((a, b) => a - b);
   const work = plan.plannedCells * workPerCell(spec);
   const rate = rates.find((r) => r.model === spec.model.id);
@@ -132,6 +190,21 @@ export function describePlan(p: PlanSummary, spec: SweepSpec): string {
       `estimate   none: no measured rate of ${p.model}; pass --agents (the coordinator's agents that have run it), --rate <forwards/s> or --rate-from <a finished local run of this model>`,
     );
   }
+  const m = p.memory;
+  if (m && "unknown" in m) lines.push(`memory     unknown: ${m.unknown}`);
+  else if (m) {
+    const cache =
+      spec.kind === "trace"
+        ? ` + the longest prompt's (${m.longest_prompt_tokens} tokens) cached runs ${formatBytes(m.prompt_cache_max)}`
+        : " (a " + spec.kind + " sweep keeps no prompt cache)";
+    lines.push(
+      `memory     per worker at least ${formatBytes(m.minimum.gpu)} on a GPU, ${formatBytes(m.minimum.cpu)} on a CPU: weights ${formatBytes(m.weights)} (${m.dtype})${cache} + one cell's micro-batch (${formatBytes(m.batch_min.gpu)} GPU, ${formatBytes(m.batch_min.cpu)} CPU)`,
+    );
+    if (spec.kind === "trace")
+      lines.push(
+        `           every prompt's runs: ${formatBytes(m.prompt_cache_total)}; the engine gives half of what is free to its cache (least recently used out) and sizes micro-batches from the rest`,
+      );
+  }
   return lines.join("\n");
 }
 
@@ -156,6 +229,7 @@ export async function printPlan(
       }
     }),
   ];
-  const p = planSummary(spec, rates);
+  const plan = planSweep(spec, "plan");
+  const p: PlanSummary = { ...planSummary(spec, rates, plan), memory: await workerMemory(spec, plan) };
   console.log(o.json ? JSON.stringify(p, null, 2) : describePlan(p, spec));
 }
