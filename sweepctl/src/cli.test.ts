@@ -189,5 +189,8 @@ test("plan --agents estimates from what the connected agents' counted results of
   assert.ok(Math.abs(plan.estimate.workerSeconds - plan.estimate.seconds) < 1e-9, "one worker: worker time = wall time");
   const text = await sweepctl("plan", spec, "--agents");
   assert.match(text.stdout, /estimate .* forwards\/s, measured by the coordinator's connected agents \(cli-worker;/);
-  assert.match(text.stdout, /memory {5}per worker at least [\d.]+ \w?i?B on a GPU, [\d.]+ \w?i?B on a CPU: weights .* \+ the longest prompt's \(\d+ tokens\) cached runs/);
+  assert.match(
+    text.stdout,
+    /memory {5}per worker at least [\d.]+ \w?i?B on a GPU, [\d.]+ \w?i?B on a CPU: weights .* \+ the longest prompt's \(\d+ tokens\) cached runs/,
+  );
 });
