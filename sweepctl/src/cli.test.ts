@@ -194,3 +194,43 @@ test("plan --agents estimates from what the connected agents' counted results of
     /memory {5}per worker at least [\d.]+ \w?i?B on a GPU, [\d.]+ \w?i?B on a CPU: weights .* \+ the longest prompt's \(\d+ tokens\) cached runs/,
   );
 });
+
+test(
+  "archive writes a finished sweep to a run folder, checks every row, deletes it; a running sweep or a taken folder is refused and nothing is deleted",
+  { timeout: 120_000 },
+  async () => {
+    await worker.kill();
+    worker = await new TestAgent({ addr: h.addr, natsUrl: h.nats.url, agentId: "cli-worker", token: "tok" }).start();
+    const specFile = tempSpec(goldenSpec({ prompts: 2, shardCells: 24 }));
+    for (const id of ["cli-arch", "cli-arch2"]) assert.equal((await sweepctl("launch", specFile, "--id", id, "--quiet")).exitCode, 0);
+    const expected = (await sweepctl("results", "cli-arch", "--format", "jsonl")).stdout.trim().split("\n");
+    const dir = join(mkdtempSync(join(tmpdir(), "cli-archive-")), "cli-arch");
+    const a = await sweepctl("archive", "cli-arch", "--out", dir, "--spec", specFile);
+    assert.equal(a.exitCode, 0, a.stderr);
+    assert.match(a.stdout, /sweep cli-arch archived to .* and deleted: \d+ shard record\(s\), \d+ stored result\(s\)/);
+    // Every row, in every format, with provenance from the spec; the folder reads as a run folder.
+    const rows = readFileSync(join(dir, "results.jsonl"), "utf8").trim().split("\n");
+    assert.equal(rows.length, expected.length);
+    assert.equal(readFileSync(join(dir, "prompts.csv"), "utf8").trim().split("\n").length, 1 + 2, "prompts.csv: a row per prompt (from --spec)");
+    const buf = readFileSync(join(dir, "results.parquet"));
+    assert.equal((await parquetReadObjects({ file: buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength) })).length, expected.length);
+    assert.equal(readFileSync(join(dir, "spec.yaml"), "utf8"), readFileSync(specFile, "utf8"));
+    assert.equal((JSON.parse(readFileSync(join(dir, "sweep.json"), "utf8")) as { state: string }).state, "done");
+    const report = await sweepctl("report", "--from", dir, "--out", dir);
+    assert.equal(report.exitCode, 0, report.stderr);
+    assert.equal((await sweepctl("status", "cli-arch")).exitCode, 3, "deleted from the coordinator");
+    // A folder that holds another run: refused, and the second sweep is still there.
+    const taken = await sweepctl("archive", "cli-arch2", "--out", dir);
+    assert.equal(taken.exitCode, 2);
+    assert.match(taken.stderr, /already holds the results of sweep cli-arch/);
+    assert.equal((await sweepctl("status", "cli-arch2")).exitCode, 0);
+    // A running sweep: refused, nothing written.
+    await worker.kill();
+    worker = await new TestAgent({ addr: h.addr, natsUrl: h.nats.url, agentId: "cli-worker", token: "tok", hold: true }).start();
+    assert.equal((await sweepctl("launch", specFile, "--id", "cli-arch3", "--detach")).exitCode, 0);
+    const running = await sweepctl("archive", "cli-arch3", "--out", join(dir, "..", "running"));
+    assert.equal(running.exitCode, 2);
+    assert.match(running.stderr, /sweep cli-arch3 is running; archive takes a finished, failed or cancelled sweep/);
+    await sweepctl("cancel", "cli-arch3");
+  },
+);

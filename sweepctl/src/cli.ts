@@ -266,6 +266,30 @@ program
   });
 
 program
+  .command("archive")
+  .description(
+    "write a finished sweep to a run folder (results csv/jsonl/parquet, trace.json or kind.json, sweep.json), check every row is there, then delete it from the coordinator",
+  )
+  .argument("<sweep-id>")
+  .requiredOption("--out <dir>", "the run folder (refused if it holds another run, unless --overwrite)")
+  .option("--spec <file>", "the sweep's spec: kept in the folder, and each trace row gains its prompt's text, tokens and swap partner (as `results --spec`)")
+  .option("--overwrite", "replace a run already in --out")
+  .option("--keep", "write and check the folder, but leave the sweep on the coordinator")
+  .action(async (id: string, opts: { out: string; spec?: string; overwrite?: boolean; keep?: boolean }) => {
+    const { archiveSweep } = await import("./archive.js");
+    const r = await archiveSweep(id, opts, {
+      get: (sweepId) => unary(g(), (c) => c.get, { sweepId }),
+      report: (sweepId) => unary(g(), (c) => c.report, { sweepId }),
+      results: (sweepId) => resultsRemote(g(), sweepId),
+      delete: (sweepId) => unary(g(), (c) => c.delete, { sweepId }),
+    });
+    console.error(`${r.rows} rows written to ${r.dir} (results.csv, .jsonl, .parquet) and checked; \`sweepctl report --from ${r.dir}\` draws its report`);
+    if (r.deleted)
+      console.log(`sweep ${id} archived to ${r.dir} and deleted: ${r.deleted.shardsRemoved} shard record(s), ${r.deleted.resultsRemoved} stored result(s)`);
+    else console.log(`sweep ${id} archived to ${r.dir}; kept on the coordinator (--keep)`);
+  });
+
+program
   .command("results")
   .description("export a sweep's aggregated cells")
   .argument("<sweep-id>")

@@ -189,7 +189,7 @@ export async function runLocal(file: string, o: LocalOpts): Promise<number> {
 }
 
 /** Rows as CSV with a header from the first row's keys. */
-function csvTable(rows: Record<string, string | number>[]): string {
+export function csvTable(rows: Record<string, string | number>[]): string {
   const keys = Object.keys(rows[0] ?? {});
   return [keys.join(","), ...rows.map((r) => keys.map((k) => csvCell(r[k] ?? "")).join(","))].join("\n") + "\n";
 }
