@@ -81,6 +81,8 @@ export interface CoordinatorOptions {
   keepFinished?: number;
   /** Longest one lease may be held, heartbeats or not, before it is revoked and re-queued; 0: no limit. Default 1 hour. */
   maxLeaseMs?: number;
+  /** A running sweep left waiting for a grant gains one priority level per this many ms (0: never). Default 300,000. */
+  priorityAgingMs?: number;
   log?: (msg: string) => void;
 }
 
@@ -117,6 +119,7 @@ export class Coordinator extends EventEmitter implements SweepApi {
       backoffBaseMs: opts.retryBackoffMs ?? 1000,
       uncountedTimeoutMs: opts.uncountedTimeoutMs,
       maxLeaseMs: opts.maxLeaseMs ?? DEFAULT_MAX_LEASE_MS,
+      priorityAgingMs: opts.priorityAgingMs,
     });
     // Process metrics prefixed, as the Grafana dashboards read them (factsweep_coordinator_process_*, _nodejs_*).
     collectDefaultMetrics({ register: this.registry, prefix: "factsweep_coordinator_" });

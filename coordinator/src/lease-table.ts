@@ -84,11 +84,27 @@ export interface LeaseTableOptions {
   uncountedTimeoutMs?: number;
   /** Longest a lease may be held, however often heartbeats renew it; then revoked and re-queued. 0: no limit. Default 0. */
   maxLeaseMs?: number;
+  /** A sweep left waiting for a grant gains one priority level per this many ms (no sweep starves). Default 300,000. */
+  priorityAgingMs?: number;
 }
 
-interface SweepSlot {
+/** How a sweep shares the agents with others: see `schedule`. */
+export interface SweepShare {
+  /** Higher first. */
+  priority: number;
+  /** Share of the grants among sweeps of one priority, relative to the others' weights (> 0). */
+  weight: number;
+}
+
+const DEFAULT_SHARE: SweepShare = { priority: 0, weight: 1 };
+
+interface SweepSlot extends SweepShare {
   active: boolean;
   maxAttempts: number;
+  /** Grants so far over weight, in "virtual time" (stride scheduling): the lowest is served next. */
+  pass: number;
+  /** When it was last granted a shard (or activated): its priority ages from here. */
+  servedMs: number;
 }
 
 /** What a sweep's counts file a shard under: done only once its result is counted. */
@@ -124,6 +140,7 @@ export class LeaseTable {
   readonly leaseTtlMs: number;
   readonly uncountedTimeoutMs: number;
   readonly maxLeaseMs: number;
+  readonly priorityAgingMs: number;
   private readonly clock: () => number;
   private readonly backoffBaseMs: number;
   private readonly backoffMaxMs: number;
@@ -135,11 +152,13 @@ export class LeaseTable {
   /** Leased shards by agent id, so an agent's load is a lookup, not a scan of every lease. */
   private readonly byAgent = new Map<string, Set<ShardEntry>>();
   /**
-   * Shards that may be pending in an active sweep, in the order they became so: `schedule` walks
-   * this, not every shard, and drops what is no longer pending (lazily) or belongs to an inactive
-   * sweep (put back when the sweep is activated).
+   * Each sweep's shards that may be pending, in the order they became so: `schedule` walks these,
+   * not every shard, and drops what is no longer pending (lazily). An inactive sweep's queue is
+   * not walked; activation queues its pending shards again.
    */
-  private readonly queue = new Set<ShardEntry>();
+  private readonly queues = new Map<string, Set<ShardEntry>>();
+  /** The pass of the sweep served last: a sweep that rejoins the competition starts at least here. */
+  private virtualTime = 0;
   private readonly agents = new AgentPool();
   private readonly sweeps = new Map<string, SweepSlot>();
   /** Last agent a prompt was leased to: it is preparing or holds that prompt's runs. */
@@ -159,14 +178,53 @@ export class LeaseTable {
     this.newLeaseId = opts.newLeaseId ?? randomUUID;
     this.uncountedTimeoutMs = opts.uncountedTimeoutMs ?? 3 * opts.leaseTtlMs;
     this.maxLeaseMs = opts.maxLeaseMs ?? 0;
+    this.priorityAgingMs = opts.priorityAgingMs ?? 300_000;
   }
 
-  /** Registers a sweep's scheduling policy; inactive sweeps (cancelled, finished) get no grants. */
-  setSweep(sweepId: string, active: boolean, maxAttempts: number): void {
-    const was = this.sweeps.get(sweepId)?.active ?? false;
-    this.sweeps.set(sweepId, { active, maxAttempts: Math.max(1, maxAttempts) });
-    // Activated: its pending shards (dropped from the grant queue while inactive) queue again.
-    if (active && !was) for (const s of this.bySweep.get(sweepId)?.values() ?? []) if (s.state === "pending") this.queue.add(s);
+  /**
+   * Registers a sweep's scheduling policy; inactive sweeps (cancelled, finished) get no grants.
+   * `share` left out keeps the sweep's earlier one (default priority 0, weight 1).
+   */
+  setSweep(sweepId: string, active: boolean, maxAttempts: number, share?: SweepShare): void {
+    const prev = this.sweeps.get(sweepId);
+    const was = prev?.active ?? false;
+    const { priority, weight } = share ?? prev ?? DEFAULT_SHARE;
+    const slot: SweepSlot = {
+      active,
+      maxAttempts: Math.max(1, maxAttempts),
+      priority,
+      weight: weight > 0 ? weight : 1,
+      pass: prev?.pass ?? 0,
+      servedMs: prev?.servedMs ?? 0,
+    };
+    if (active && !was) {
+      // Arriving or resuming, it starts level with the sweeps being served: no burst to catch up
+      // on the grants it did not get while away (nor a debt for the ones it had before).
+      slot.pass = this.virtualTime;
+      slot.servedMs = this.clock();
+      // Its pending shards (a queue is not walked while inactive, nor kept exact) queue again.
+      for (const s of this.bySweep.get(sweepId)?.values() ?? []) if (s.state === "pending") this.enqueue(s);
+    }
+    this.sweeps.set(sweepId, slot);
+  }
+
+  /** The sweep's priority and weight (default ones if it is not registered). */
+  shareOf(sweepId: string): SweepShare {
+    const s = this.sweeps.get(sweepId);
+    return s ? { priority: s.priority, weight: s.weight } : { ...DEFAULT_SHARE };
+  }
+
+  /** The sweep's part of the leases in flight (0 when none is in flight). */
+  leaseShare(sweepId: string): number {
+    let all = 0;
+    for (const [id, s] of this.sweeps) if (s.active) all += this.tallies.get(id)?.leased ?? 0;
+    return all === 0 ? 0 : (this.tallies.get(sweepId)?.leased ?? 0) / all;
+  }
+
+  private enqueue(s: ShardEntry): void {
+    let q = this.queues.get(s.sweepId);
+    if (!q) this.queues.set(s.sweepId, (q = new Set()));
+    q.add(s);
   }
 
   /** Whether the sweep is registered and active. */
@@ -183,7 +241,7 @@ export class LeaseTable {
     const prev = this.shards.get(e.shardId);
     if (prev) {
       this.dropLease(prev);
-      this.queue.delete(prev);
+      this.queues.get(prev.sweepId)?.delete(prev);
       this.untally(prev);
     }
     delete (e as Tallied)[TALLY];
@@ -199,7 +257,7 @@ export class LeaseTable {
       e.doneMs = this.clock(); // a fresh timeout, as for restored leases
       this.uncounted.set(e.shardId, e);
     }
-    if (e.state === "pending") this.queue.add(e);
+    if (e.state === "pending") this.enqueue(e);
     this.shards.set(e.shardId, e);
     let m = this.bySweep.get(e.sweepId);
     if (!m) this.bySweep.set(e.sweepId, (m = new Map()));
@@ -283,12 +341,12 @@ export class LeaseTable {
     for (const s of this.shardsOf(sweepId)) {
       this.shards.delete(s.shardId);
       this.uncounted.delete(s.shardId);
-      this.queue.delete(s);
       this.dropLease(s);
       this.promptHome.delete(s.promptKey);
       this.resultLeases.delete(s.shardId);
     }
     this.bySweep.delete(sweepId);
+    this.queues.delete(sweepId);
     this.sweeps.delete(sweepId);
     this.tallies.delete(sweepId);
   }
@@ -364,7 +422,7 @@ export class LeaseTable {
   /** The shard is pending again: it joins the end of the grant queue. */
   private requeue(s: ShardEntry): void {
     s.state = "pending";
-    this.queue.add(s);
+    this.enqueue(s);
   }
 
   /**
@@ -397,11 +455,14 @@ export class LeaseTable {
   // ---- leases ---------------------------------------------------------------------------
 
   /**
-   * Grants pending shards to agents with credit. A shard goes to an agent that holds (or is
-   * preparing) its prompt's runs when one has credit; otherwise to the least-loaded agent, ties
-   * broken round-robin. The cost is proportional to the shards walked and the grants made (each
-   * grant a heap operation over the ready agents, plus the agents caching its prompt), never
-   * agents × grants × leases.
+   * Grants pending shards to agents with credit. The sweep served next is, among the active sweeps
+   * with a shard that may be granted now, the one of the highest priority (aged: +1 per
+   * `priorityAgingMs` since it was last served), then the lowest pass (grants over weight: stride
+   * scheduling, so weights 3:1 get 3 grants of 4 and 1); its oldest pending shard goes to an agent
+   * that holds (or is preparing) its prompt's runs when one has credit, otherwise to the
+   * least-loaded agent, ties broken round-robin. The cost is proportional to the shards walked and
+   * the grants made times the sweeps competing (each grant a heap operation over the ready agents,
+   * plus the agents caching its prompt), never agents × grants × leases.
    */
   schedule(): Grant[] {
     const now = this.clock();
@@ -412,16 +473,30 @@ export class LeaseTable {
     const heap = new AgentHeap(load);
     for (const a of ready) heap.push(a);
     let withCredit = ready.length;
-    for (const s of this.queue) {
-      if (withCredit === 0) break;
-      if (s.state !== "pending" || !this.sweepActive(s.sweepId)) {
-        this.queue.delete(s); // not pending any more, or its sweep inactive (re-queued when activated)
+    // One cursor per competing sweep: each queue is walked at most once a call.
+    const competing: { slot: SweepSlot; queue: Set<ShardEntry>; cursor: Iterator<ShardEntry>; rank: number }[] = [];
+    for (const [id, queue] of this.queues) {
+      const slot = this.sweeps.get(id);
+      if (!slot?.active || queue.size === 0) continue;
+      slot.pass = Math.max(slot.pass, this.virtualTime); // idle a while (nothing to grant): no burst after
+      competing.push({ slot, queue, cursor: queue.values(), rank: this.rank(slot, now) });
+    }
+    while (withCredit > 0 && competing.length > 0) {
+      let i = 0;
+      for (let j = 1; j < competing.length; j++) {
+        const a = competing[j]!;
+        const b = competing[i]!;
+        if (a.rank > b.rank || (a.rank === b.rank && a.slot.pass < b.slot.pass)) i = j;
+      }
+      const c = competing[i]!;
+      const s = this.nextGrantable(c.queue, c.cursor, now);
+      if (!s) {
+        competing.splice(i, 1); // nothing of this sweep may be granted now
         continue;
       }
-      if (s.notBeforeMs > now) continue;
       const agent = this.agents.affine(s.promptKey, this.promptHome.get(s.promptKey), load) ?? heap.pop();
       if (!agent) break;
-      this.queue.delete(s);
+      c.queue.delete(s);
       const leaseId = this.newLeaseId();
       s.state = "leased";
       s.attempts += 1;
@@ -433,12 +508,31 @@ export class LeaseTable {
       this.promptHome.set(s.promptKey, agent.agentId);
       this.agents.granted(agent);
       this.tally(s);
+      this.virtualTime = c.slot.pass;
+      c.slot.pass += 1 / c.slot.weight;
+      c.slot.servedMs = now;
+      c.rank = c.slot.priority; // served: its aging starts again
       grants.push({ agentId: agent.agentId, shardId: s.shardId, leaseId, attempt: s.attempts, ttlMs: this.leaseTtlMs });
       if (agent.credit > 0)
         heap.push(agent); // its new load and round-robin place (an older entry of it is now stale)
       else withCredit--;
     }
     return grants;
+  }
+
+  /** A sweep's priority, aged by how long it has waited for a grant. */
+  private rank(slot: SweepSlot, now: number): number {
+    return slot.priority + (this.priorityAgingMs > 0 ? Math.floor(Math.max(0, now - slot.servedMs) / this.priorityAgingMs) : 0);
+  }
+
+  /** The queue's next shard that may be granted now, dropping those no longer pending; undefined at its end. */
+  private nextGrantable(queue: Set<ShardEntry>, cursor: Iterator<ShardEntry>, now: number): ShardEntry | undefined {
+    for (let n = cursor.next(); !n.done; n = cursor.next()) {
+      const s = n.value;
+      if (s.state !== "pending") queue.delete(s);
+      else if (s.notBeforeMs <= now) return s;
+    }
+    return undefined;
   }
 
   /** Entries changed by `schedule` (call after it to persist the grants). */

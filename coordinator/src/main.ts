@@ -88,6 +88,12 @@ const program = new Command("factsweep-coordinator")
     int("--max-lease-ms", 0),
     DEFAULT_MAX_LEASE_MS,
   )
+  .option(
+    "--priority-aging-ms <ms>",
+    "a running sweep left waiting for a grant gains one priority level per this many ms, so no sweep starves behind higher-priority ones (0: never)",
+    int("--priority-aging-ms", 0),
+    300_000,
+  )
   .addOption(new Option("--user-token <token>", "token sweepctl must present (SweepService)").env("FACTSWEEP_USER_TOKEN"))
   .addOption(new Option("--agent-token <token>", "token node agents must present (AgentService)").env("FACTSWEEP_AGENT_TOKEN"))
   .option("--user-token-file <file>", "read --user-token from this file (a mounted secret; one trailing newline dropped)")
@@ -186,6 +192,7 @@ const program = new Command("factsweep-coordinator")
       retryBackoffMs: o.retryBackoffMs,
       uncountedTimeoutMs: o.uncountedTimeoutMs,
       maxLeaseMs: o.maxLeaseMs,
+      priorityAgingMs: o.priorityAgingMs,
       keepFinished: o.keepFinished,
       natsLimits: { replicas: o.natsReplicas, resultsMaxBytes: o.resultsMaxBytes, resultsMaxAgeMs: o.resultsMaxAgeMs, kvMaxBytes: o.kvMaxBytes },
       userToken,

@@ -119,7 +119,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     const progress = new ProgressRate();
     if (rec.state === "running") progress.start(Date.now(), rec.doneCells); // launch, or a restart: the rate counts from now
     this.live.set(rec.sweepId, { rec, spec, prompts, agg, progress, unpersisted: new Map(), lastEventMs: 0, lastEventState: "", lastSaveMs: 0 });
-    this.d.table.setSweep(rec.sweepId, rec.state === "running", rec.maxAttempts);
+    this.d.table.setSweep(rec.sweepId, rec.state === "running", rec.maxAttempts, { priority: spec.priority, weight: spec.weight });
   }
 
   /** The full prompt of a sweep held here (granted shards carry it; stored shards only its index). */
@@ -513,6 +513,8 @@ export class Sweeps extends EventEmitter implements ResultSink {
       finishedMs: s.rec.finishedMs,
       promptErrors: s.rec.promptErrors.map((e) => ({ promptIndex: e.index, message: e.message })),
       failedShards: c.failedShards.map((id) => `${id}: ${table.get(id)?.lastError ?? ""}`),
+      ...table.shareOf(sweepId),
+      leaseShare: table.leaseShare(sweepId),
     };
   }
 

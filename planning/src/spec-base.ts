@@ -103,6 +103,12 @@ export const baseSpecFields = {
   token_groups: z.enum(TOKEN_GROUP_SCHEMES).default("rome"),
   shard_cells: shardCells,
   max_attempts: posInt.max(100).default(3),
+  /**
+   * Sharing a cluster: sweeps of a higher `priority` are served first; sweeps of one priority share
+   * the agents in proportion to their `weight` (weighted fair share of the grants).
+   */
+  priority: z.number().int().min(-100).max(100).default(0),
+  weight: z.number().positive().max(1000).default(1),
   /** Tracing report: check the paper's findings (a replication: true) or not (false); left out: by model type. */
   findings: z.boolean().optional(),
 };

@@ -142,6 +142,9 @@ export function describeSweep(info: control.SweepInfo): string {
     `state      ${info.state}`,
     `cells      ${c?.doneCells ?? 0}/${c?.plannedCells ?? 0}` + (info.state === "running" ? ((r) => `  ${r.rate} cells/s  ETA ${r.eta}`)(rateText(info)) : ""),
     `shards     ${c?.shardsDone ?? 0} done, ${c?.shardsLeased ?? 0} leased, ${c?.shardsPending ?? 0} pending, ${c?.shardsFailed ?? 0} failed (of ${c?.shardsTotal ?? 0}); ${c?.retries ?? 0} retries`,
+    ...(info.state === "running"
+      ? [`share      ${Math.round((info.leaseShare ?? 0) * 100)}% of the leases in flight (priority ${info.priority ?? 0}, weight ${info.weight || 1})`]
+      : []),
     `created    ${new Date(info.createdMs).toISOString()}` + (info.finishedMs ? `  finished ${new Date(info.finishedMs).toISOString()}` : ""),
   ];
   if (info.promptErrors.length > 0) {
@@ -158,13 +161,17 @@ export function describeSweep(info: control.SweepInfo): string {
 
 /** One line per sweep. */
 export function sweepTable(sweeps: control.SweepInfo[]): string {
-  const rows = [["SWEEP", "STATE", "CELLS", "SHARDS FAILED", "CREATED", "NAME"]];
+  // SHARE: the sweep's part of the leases in flight (running sweeps share the agents by PRIO, then WEIGHT).
+  const rows = [["SWEEP", "STATE", "CELLS", "SHARDS FAILED", "PRIO", "WEIGHT", "SHARE", "CREATED", "NAME"]];
   for (const s of sweeps) {
     rows.push([
       s.sweepId,
       s.state,
       `${s.counts?.doneCells ?? 0}/${s.counts?.plannedCells ?? 0}`,
       String(s.counts?.shardsFailed ?? 0),
+      String(s.priority ?? 0),
+      String(s.weight || 1),
+      s.state === "running" ? `${Math.round((s.leaseShare ?? 0) * 100)}%` : "-",
       new Date(s.createdMs).toISOString(),
       s.name,
     ]);

@@ -73,6 +73,13 @@ export interface SweepInfo {
   /** prompts skipped (subject not found, too long) */
   promptErrors: PromptError[];
   failedShards: string[];
+  /**
+   * Sharing the cluster: the spec's priority and weight, and the sweep's part of the leases in
+   * flight among running sweeps (0..1).
+   */
+  priority: number;
+  weight: number;
+  leaseShare: number;
 }
 
 export interface ListReply {
@@ -700,6 +707,9 @@ function createBaseSweepInfo(): SweepInfo {
     finishedMs: 0,
     promptErrors: [],
     failedShards: [],
+    priority: 0,
+    weight: 0,
+    leaseShare: 0,
   };
 }
 
@@ -737,6 +747,15 @@ export const SweepInfo: MessageFns<SweepInfo> = {
     }
     for (const v of message.failedShards) {
       writer.uint32(90).string(v!);
+    }
+    if (message.priority !== 0) {
+      writer.uint32(96).int32(message.priority);
+    }
+    if (message.weight !== 0) {
+      writer.uint32(105).double(message.weight);
+    }
+    if (message.leaseShare !== 0) {
+      writer.uint32(113).double(message.leaseShare);
     }
     return writer;
   },
@@ -842,6 +861,30 @@ export const SweepInfo: MessageFns<SweepInfo> = {
             message.failedShards.push(reader.string());
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.priority = reader.int32();
+            continue;
+          }
+          case 13: {
+            if (tag !== 105) {
+              break;
+            }
+
+            message.weight = reader.double();
+            continue;
+          }
+          case 14: {
+            if (tag !== 113) {
+              break;
+            }
+
+            message.leaseShare = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -895,6 +938,13 @@ export const SweepInfo: MessageFns<SweepInfo> = {
         : globalThis.Array.isArray(object?.failed_shards)
         ? object.failed_shards.map((e: any) => globalThis.String(e))
         : [],
+      priority: isSet(object.priority) ? globalThis.Number(object.priority) : 0,
+      weight: isSet(object.weight) ? globalThis.Number(object.weight) : 0,
+      leaseShare: isSet(object.leaseShare)
+        ? globalThis.Number(object.leaseShare)
+        : isSet(object.lease_share)
+        ? globalThis.Number(object.lease_share)
+        : 0,
     };
   },
 
@@ -933,6 +983,15 @@ export const SweepInfo: MessageFns<SweepInfo> = {
     if (message.failedShards?.length) {
       obj.failedShards = message.failedShards;
     }
+    if (message.priority !== 0) {
+      obj.priority = Math.round(message.priority);
+    }
+    if (message.weight !== 0) {
+      obj.weight = floatToJson(message.weight);
+    }
+    if (message.leaseShare !== 0) {
+      obj.leaseShare = floatToJson(message.leaseShare);
+    }
     return obj;
   },
 
@@ -954,6 +1013,9 @@ export const SweepInfo: MessageFns<SweepInfo> = {
     message.finishedMs = object.finishedMs ?? 0;
     message.promptErrors = object.promptErrors?.map((e) => PromptError.fromPartial(e)) || [];
     message.failedShards = object.failedShards?.map((e) => e) || [];
+    message.priority = object.priority ?? 0;
+    message.weight = object.weight ?? 0;
+    message.leaseShare = object.leaseShare ?? 0;
     return message;
   },
 };

@@ -205,6 +205,18 @@ export class Cluster {
     throw new Error(`sweep ${sweepId}: ${stored} results stored after ${timeoutMs} ms, ${atLeast} expected`);
   }
 
+  /** Results stored for each sweep now (one poll of the results stream over the watcher connection). */
+  async storedNow(...sweepIds: string[]): Promise<number[]> {
+    this.watcher ??= await connect({ servers: this.nats.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+    const jsm = await jetstreamManager(this.watcher);
+    return Promise.all(
+      sweepIds.map(async (id) => {
+        const info = await jsm.streams.info(RESULTS_STREAM, { subjects_filter: resultsSubject(id) });
+        return Number(info.state.subjects?.[resultsSubject(id)] ?? 0);
+      }),
+    );
+  }
+
   private watcher: Awaited<ReturnType<typeof connect>> | undefined;
 
   /** Process ids of the engine workers (Python children) of an agent. */
