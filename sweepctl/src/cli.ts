@@ -193,7 +193,9 @@ const planOptions = (c: Command): Command =>
 planOptions(
   program
     .command("plan")
-    .description("plan a spec on this machine as the coordinator would: prompts kept and skipped (with reasons), cells, shards, a time estimate")
+    .description(
+      "plan a spec on this machine as the coordinator would: prompts kept and skipped (with reasons), cells, shards, a time estimate, memory per worker",
+    )
     .argument("<spec>", "sweep spec file (.yaml, .yml or .json)")
     .option("--json", "print as JSON"),
 ).action(async (file: string, opts: { rate?: number; rateFrom?: string[]; json?: boolean; agents?: boolean }) =>

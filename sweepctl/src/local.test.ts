@@ -102,6 +102,8 @@ test("sweepctl local keeps provenance with its results and refuses to overwrite 
   assert.equal(planned.cells, info.counts.plannedCells);
   assert.equal(planned.shards, info.counts.shardsTotal);
   assert.ok(planned.estimate && planned.estimate.seconds > 0, plan.stdout);
+  const est = planned.estimate as { seconds: number; workerSeconds: number };
+  assert.ok(Math.abs(est.workerSeconds - est.seconds * run.agents * run.workers) < 1e-6, "worker time: wall time × every engine worker of the run");
 
   // A second run into the same folder: refused (exit 2, naming the sweep and the fix), nothing changed.
   const again = await local(specFile, out, "--id", "prov-b");

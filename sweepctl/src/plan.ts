@@ -25,6 +25,7 @@ export interface MeasuredRate {
   workPerSecond: number;
   source: string;
   agents?: number;
+  /** Engine workers that made the rate, in all (agents × workers per agent). */
   workers?: number;
 }
 
@@ -49,7 +50,7 @@ export function rateOfRun(dir: string): MeasuredRate {
     workPerSecond: ((info.counts?.doneCells ?? 0) * workPerCell(spec)) / seconds,
     source: dir,
     ...(run.agents ? { agents: run.agents } : {}),
-    ...(run.workers ? { workers: run.workers } : {}),
+    ...(run.agents ? { workers: run.agents * (run.workers ?? 1) } : {}),
   };
 }
 
@@ -180,7 +181,7 @@ export function describePlan(p: PlanSummary, spec: SweepSpec): string {
   ];
   if (p.estimate) {
     const r = p.estimate.rate;
-    const who = r.agents ? ` with ${r.agents} agent(s) × ${r.workers ?? 1} worker(s)` : "";
+    const who = r.agents ? ` with ${r.agents} agent(s), ${r.workers ?? r.agents} engine worker(s) in all` : "";
     lines.push(
       `estimate   ${dur(p.estimate.seconds)} at ${r.workPerSecond.toFixed(1)} forwards/s, measured by ${r.source}${who} (same machines and agents assumed)` +
         (p.estimate.workerSeconds !== undefined ? `; ${dur(p.estimate.workerSeconds)} of worker time (GPU time on GPU workers)` : ""),
