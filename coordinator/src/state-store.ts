@@ -11,7 +11,7 @@
  * lost in a NATS restart, or a dead predecessor) is adopted.
  */
 import type { KV } from "@nats-io/kv";
-import { JetStreamApiError, JetStreamApiCodes } from "@nats-io/jetstream";
+import { DeliverPolicy, JetStreamApiError, JetStreamApiCodes, jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { AGGREGATES_BUCKET, SHARDS_BUCKET, SWEEPS_BUCKET } from "@factsweep/shared";
 import { StaleCoordinatorError, SweepExistsError } from "./errors.js";
@@ -115,6 +115,7 @@ export class StateStore {
   private readonly maxInFlight: number;
 
   private constructor(
+    private readonly js: JetStreamClient,
     private readonly sweeps: KV,
     private readonly shards: KV,
     private readonly aggregates: KV,
@@ -173,7 +174,7 @@ export class StateStore {
         if (!isWrongSequence(err)) throw err;
       }
     }
-    return new StateStore(sweeps, shards, aggregates, epoch, opts);
+    return new StateStore(jetstream(nc), sweeps, shards, aggregates, epoch, opts);
   }
 
   /** Creates a new sweep record; a sweep with this id already existing is refused. */
@@ -235,16 +236,34 @@ export class StateStore {
 
   /** Every stored ShardResult of a sweep, in shard-id order. */
   async loadResults(sweepId: string): Promise<Uint8Array[]> {
-    const keys: string[] = [];
-    for await (const k of await this.aggregates.keys(`${sweepId}.>`)) keys.push(k);
-    keys.sort();
-    const out: Uint8Array[] = [];
-    // Parallel gets in slices: a restart with thousands of shards should not take minutes.
-    for (let i = 0; i < keys.length; i += 64) {
-      const got = await Promise.all(keys.slice(i, i + 64).map((k) => this.aggregates.get(k)));
-      for (const e of got) if (e && e.operation === "PUT") out.push(e.value);
+    return (await this.readBucket(AGGREGATES_BUCKET, `${sweepId}.>`)).map((e) => e.value);
+  }
+
+  /**
+   * The last value of every key under `filter`, in key order, read in one ordered pass over the
+   * bucket's stream. A key at a time (`keys()`, then one `get` per key) is a round trip per
+   * record: a restart with 1M shard records and 1M results spent minutes there
+   * (bench/coordinator-load/restart.mjs).
+   */
+  private async readBucket(bucket: string, filter = ">"): Promise<{ key: string; value: Uint8Array; revision: number }[]> {
+    const prefix = `$KV.${bucket}.`;
+    const oc = await this.js.consumers.getPushConsumer(
+      `KV_${bucket}`,
+      { filter_subjects: prefix + filter, deliver_policy: DeliverPolicy.LastPerSubject } /* a string: filter_subject, nats-server 2.9 */,
+    );
+    const out: { key: string; value: Uint8Array; revision: number }[] = [];
+    if ((await oc.info(true)).num_pending === 0) return out;
+    const iter = await oc.consume();
+    try {
+      for await (const m of iter) {
+        const op = m.headers?.get("KV-Operation");
+        if (op !== "DEL" && op !== "PURGE") out.push({ key: m.subject.slice(prefix.length), value: m.data, revision: m.seq });
+        if (m.info.pending === 0) break;
+      }
+    } finally {
+      iter.stop();
     }
-    return out;
+    return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   }
 
   /**
@@ -252,10 +271,11 @@ export class StateStore {
    * a (re)starting coordinator: a finished sweep's shards stay in the KV until it is opened.
    */
   async loadAll(withShards: (rec: SweepRecord) => boolean = () => true): Promise<{ sweeps: SweepRecord[]; shards: ShardRecord[] }> {
-    const sweeps = await this.loadBucket<SweepRecord>(this.sweeps, "s:");
+    const sweeps = await this.loadBucket<SweepRecord>(SWEEPS_BUCKET, "s:");
     const picked = new Set(sweeps.filter(withShards).map((r) => r.sweepId));
-    // Shard ids are `<sweep>.<prompt>.<part>` and sweep ids have no dot.
-    const shards = await this.loadBucket<ShardRecord>(this.shards, "h:", (k) => picked.has(k.slice(0, k.indexOf("."))));
+    // Shard ids are `<sweep>.<prompt>.<part>` and sweep ids have no dot: one pass per picked sweep.
+    const shards: ShardRecord[] = [];
+    for (const id of [...picked].sort()) for (const r of await this.loadBucket<ShardRecord>(SHARDS_BUCKET, "h:", `${id}.>`)) shards.push(r);
     return { sweeps, shards };
   }
 
@@ -271,7 +291,7 @@ export class StateStore {
   /** The shard records of one sweep. */
   async loadShards(sweepId: string): Promise<ShardRecord[]> {
     if (!isKvKey(sweepId)) throw new InvalidKeyError(sweepId);
-    return await this.loadBucket<ShardRecord>(this.shards, "h:", undefined, `${sweepId}.>`);
+    return await this.loadBucket<ShardRecord>(SHARDS_BUCKET, "h:", `${sweepId}.>`);
   }
 
   /**
@@ -301,19 +321,13 @@ export class StateStore {
     return { shards: shardKeys.length, results: resultKeys.length };
   }
 
-  private async loadBucket<T>(kv: KV, prefix: string, keep: (key: string) => boolean = () => true, filter?: string): Promise<T[]> {
+  private async loadBucket<T>(bucket: string, prefix: string, filter?: string): Promise<T[]> {
     const out: T[] = [];
-    const keys: string[] = [];
-    for await (const k of await kv.keys(filter)) if (!k.startsWith("_") && keep(k)) keys.push(k);
-    keys.sort();
-    for (let i = 0; i < keys.length; i += 64) {
-      const slice = keys.slice(i, i + 64);
-      const got = await Promise.all(slice.map((k) => kv.get(k)));
-      got.forEach((e, j) => {
-        if (!e || e.operation !== "PUT") return;
-        this.revisions.set(prefix + slice[j], e.revision);
-        out.push((JSON.parse(e.string()) as Envelope<T>).data);
-      });
+    const dec = new TextDecoder();
+    for (const e of await this.readBucket(bucket, filter)) {
+      if (e.key.startsWith("_")) continue; // the epoch key
+      this.revisions.set(prefix + e.key, e.revision);
+      out.push((JSON.parse(dec.decode(e.value)) as Envelope<T>).data);
     }
     return out;
   }

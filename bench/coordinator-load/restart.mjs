@@ -1,0 +1,154 @@
+#!/usr/bin/env node
+// Coordinator restart with S aggregated results (issue 16): how long a restarted coordinator takes
+// to be ready (every running sweep's shard records and stored results loaded, its aggregate rebuilt)
+// and its RSS then, against a baseline coordinator build over the same NATS state.
+//
+//   node bench/coordinator-load/restart.mjs [--shards 100000,1000000] [--baseline <coordinator/dist/main.js>]
+//        [--out bench/results/coordinator-restart-cpu.json] [--note "..."]
+//
+// Per size: a fresh nats-server; the coordinator launches the load spec of S one-cell shards
+// (spec.mjs; the launch time is recorded: durable when the RPC returns) and is SIGKILLed; then every
+// shard gets its result as an agent would leave it (the `fakeEngine` test double's ShardResult in
+// the aggregates bucket, the shard record done and counted), written straight through the
+// coordinator's own StateStore; the sweep stays `running`, as after a crash a moment before its
+// last result, so a restart must load all of it. Then the baseline build (if given) and this build
+// are started in turn over that state; each reports the seconds from spawn to "ready", its RSS
+// then, and (this build) the sweep's counted cells, which must equal the planned ones.
+import { spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync, mkdirSync } from "node:fs";
+import { cpus, tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import * as grpc from "@grpc/grpc-js";
+import { connect } from "@nats-io/transport-node";
+import { control, sweep } from "@factsweep/proto";
+import { fakeEngine, freePort, startNatsServer } from "@factsweep/testing";
+import { StateStore } from "@factsweep/coordinator";
+import { procSample } from "./procstat.mjs";
+import { writeLoadSpec } from "./spec.mjs";
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const args = process.argv.slice(2);
+const flag = (name, dflt) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args.splice(i, 2)[1] : dflt;
+};
+const sizes = flag("--shards", "100000,1000000").split(",").map(Number);
+const baseline = flag("--baseline", "");
+const outPath = resolve(flag("--out", join(root, "bench/results/coordinator-restart-cpu.json")));
+const note = flag("--note", "");
+const current = join(root, "coordinator/dist/main.js");
+const profDir = flag("--cpu-prof-dir", ""); // profile this build's restart (stopped by SIGTERM so the profile is written)
+const mb = (b) => Math.round((b / 2 ** 20) * 10) / 10;
+const r2 = (x) => Math.round(x * 100) / 100;
+const call = (c, m, req) => new Promise((res, rej) => m.call(c, req, new grpc.Metadata(), { deadline: Date.now() + 900_000 }, (e, r) => (e ? rej(e) : res(r))));
+
+/** Starts a coordinator build; resolves with the seconds to "ready" and the process. */
+async function startCoordinator(main, natsUrl, shards, prof = "") {
+  const grpcPort = await freePort();
+  const big = shards > 200_000;
+  const argv = [
+    ...(big ? ["--max-old-space-size=8192"] : []),
+    ...(prof ? ["--cpu-prof", "--cpu-prof-dir", prof] : []),
+    main,
+    ...["--nats-url", natsUrl, "--grpc-port", String(grpcPort), "--http-port", "0", "--model-root", join(root, "models")],
+    ...["--max-shards", "2000000", "--max-spec-bytes", String(8 * 2 ** 20)],
+    ...["--results-max-bytes", String((big ? 4096 : 1024) * 2 ** 20), "--kv-max-bytes", String((big ? 4096 : 1024) * 2 ** 20)],
+  ];
+  const t0 = performance.now();
+  const child = spawn(process.execPath, argv, { cwd: root, stdio: ["ignore", "ignore", "pipe"] });
+  let log = "";
+  await new Promise((res, rej) => {
+    child.stderr.on("data", (d) => {
+      log = (log + d.toString()).slice(-20_000);
+      if (/ready: gRPC/.test(log)) res();
+    });
+    child.on("exit", (code) => rej(new Error(`coordinator ${main} exited ${code}:\n${log}`)));
+  });
+  const readyS = (performance.now() - t0) / 1000;
+  child.removeAllListeners("exit");
+  const exited = new Promise((r) => child.on("exit", r));
+  const stop = async () => {
+    child.kill(prof ? "SIGTERM" : "SIGKILL");
+    await exited;
+  };
+  return { child, readyS, rss: procSample(child.pid)?.rss ?? 0, addr: `127.0.0.1:${grpcPort}`, stop, log: () => log };
+}
+
+/** Every shard of the sweep done and counted, its result stored: what the agents would have left. */
+async function seedResults(natsUrl, sweepId, shards) {
+  const nc = await connect({ servers: natsUrl });
+  // The bucket limits the coordinator runs with (a smaller one here would shrink the buckets).
+  const big = shards > 200_000;
+  const limits = {
+    replicas: 1,
+    resultsMaxBytes: (big ? 4096 : 1024) * 2 ** 20,
+    resultsMaxAgeMs: 30 * 24 * 3600_000,
+    kvMaxBytes: (big ? 4096 : 1024) * 2 ** 20,
+  };
+  const store = await StateStore.open(nc, { limits });
+  const records = await store.loadShards(sweepId);
+  const t0 = performance.now();
+  for (let i = 0; i < records.length; i += 512) {
+    await Promise.all(
+      records.slice(i, i + 512).map(async (rec) => {
+        const shard = sweep.Shard.decode(Buffer.from(rec.shard, "base64"));
+        const result = fakeEngine({ ...shard, sweepId, attempt: 1 }, "bench");
+        await store.saveResult(rec.shardId, sweep.ShardResult.encode(result).finish());
+        store.saveShard({ ...rec, state: "done", attempts: 1, agentId: "bench", resultConsumed: true });
+      }),
+    );
+    if (i % 65_536 === 0) await store.flush();
+  }
+  await store.flush();
+  await nc.close();
+  return { shards: records.length, seconds: (performance.now() - t0) / 1000 };
+}
+
+const rows = [];
+for (const shards of sizes) {
+  const work = mkdtempSync(join(tmpdir(), "coord-restart-"));
+  const spec = writeLoadSpec(work, join(root, "models/mamba-facts"), shards);
+  const nats = await startNatsServer({ readyTimeoutMs: 30_000 });
+  try {
+    const first = await startCoordinator(current, nats.url, spec.shards);
+    const client = new control.SweepServiceClient(first.addr, grpc.credentials.createInsecure());
+    const tl = performance.now();
+    await call(client, client.launch, { spec: spec.text, specDir: work, sweepId: "restart" });
+    const launchS = (performance.now() - tl) / 1000;
+    client.close();
+    await first.stop();
+    console.error(`${spec.shards} shards: launched (durable) in ${launchS.toFixed(1)} s; seeding results`);
+    const seeded = await seedResults(nats.url, "restart", spec.shards);
+    console.error(`  ${seeded.shards} results and records written in ${seeded.seconds.toFixed(1)} s`);
+    const row = { shards: spec.shards, launch_s: r2(launchS) };
+    for (const [name, main] of [...(baseline ? [["baseline", baseline]] : []), ["current", current]]) {
+      const c = await startCoordinator(main, nats.url, spec.shards, name === "current" ? profDir : "");
+      const cl = new control.SweepServiceClient(c.addr, grpc.credentials.createInsecure());
+      const info = await call(cl, cl.get, { sweepId: "restart" });
+      cl.close();
+      await c.stop();
+      const counted = Number(info.counts?.doneCells ?? 0);
+      console.error(`  ${name}: ready in ${c.readyS.toFixed(2)} s, RSS ${mb(c.rss)} MB, ${counted}/${info.counts?.plannedCells} cells counted`);
+      if (counted !== spec.shards) throw new Error(`${name}: ${counted} cells counted after the restart, ${spec.shards} stored`);
+      row[`${name}_restart_s`] = r2(c.readyS);
+      row[`${name}_rss_mb`] = mb(c.rss);
+    }
+    if (baseline) row.speedup = r2(row.baseline_restart_s / row.current_restart_s);
+    rows.push(row);
+  } finally {
+    await nats.stop();
+  }
+}
+const out = {
+  bench: "coordinator-restart",
+  command: `node bench/coordinator-load/restart.mjs --shards ${sizes.join(",")}${baseline ? ` --baseline ${baseline}` : ""}`,
+  hardware: `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}`,
+  date: new Date().toISOString(),
+  note,
+  rows,
+};
+mkdirSync(dirname(outPath), { recursive: true });
+writeFileSync(outPath, JSON.stringify(out, null, 2) + "\n");
+console.table(rows);
+console.error(`written ${outPath}`);
