@@ -361,8 +361,11 @@ export class Coordinator extends EventEmitter implements SweepApi {
   }
 }
 
-/** The NATS connection of the coordinator: reconnects forever, waits for the first connect. */
-function connectNats(o: CoordinatorOptions): Promise<NatsConnection> {
+/**
+ * The NATS connection of the coordinator: reconnects forever, waits for the first connect (NATS may
+ * start after it). A refusal of its credentials ends the start, naming the flags to check.
+ */
+async function connectNats(o: CoordinatorOptions): Promise<NatsConnection> {
   const natsOpts: ConnectionOptions = {
     servers: o.natsUrl,
     name: "factsweep-coordinator",
@@ -380,7 +383,18 @@ function connectNats(o: CoordinatorOptions): Promise<NatsConnection> {
   if (o.natsUser) Object.assign(natsOpts, { user: o.natsUser, pass: o.natsPass ?? "" });
   if (o.natsToken) natsOpts.token = o.natsToken;
   if (o.natsTlsCa) natsOpts.tls = { ca: readFileSync(o.natsTlsCa, "utf8") };
-  return connect(natsOpts);
+  try {
+    return await connect(natsOpts);
+  } catch (err) {
+    const msg = (err as Error).message;
+    if (!/authori[sz]ation|authentication/i.test(msg)) throw err;
+    throw new Error(
+      `NATS at ${o.natsUrl} refused the coordinator's credentials (${msg}); check --nats-user with --nats-pass, --nats-pass-file or FACTSWEEP_NATS_PASS, or --nats-creds`,
+      {
+        cause: err,
+      },
+    );
+  }
 }
 
 /** gRPC server credentials: insecure, TLS, or mTLS when a CA for client certificates is given. */

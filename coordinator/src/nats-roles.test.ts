@@ -68,6 +68,20 @@ test("without credentials, with a wrong password, or without TLS, no client gets
   await assert.rejects(connect({ servers: `127.0.0.1:${nats.port}`, user: "agent", pass: AGENT_PASS, maxReconnectAttempts: 0, tls: null }));
 });
 
+test("a coordinator whose NATS password is wrong stops at start with an error naming the flags to check", async () => {
+  const start = Coordinator.start({
+    natsUrl: `tls://127.0.0.1:${nats.port}`,
+    natsUser: "coordinator",
+    natsPass: "not-the-coordinator-password",
+    natsTlsCa: join(dir, "ca.crt"),
+    modelRoots: [GOLDEN_DIR],
+    grpcPort: 0,
+    httpPort: -1,
+    log: () => undefined,
+  });
+  await assert.rejects(start, /refused the coordinator's credentials \(.*Authorization Violation.*\); check --nats-user with --nats-pass/i);
+});
+
 test("the coordinator's streams and buckets are bounded as configured, and the results streams deny delete and purge", async () => {
   const nc = await as("coordinator", COORD_PASS, { inboxPrefix: "_INBOX_coordinator" });
   try {
