@@ -89,12 +89,21 @@ async function seedResults(natsUrl, sweepId, shards) {
   const store = await StateStore.open(nc, { limits });
   const records = await store.loadShards(sweepId);
   const t0 = performance.now();
-  for (let i = 0; i < records.length; i += 512) {
+  const put = async (shardId, bytes) => {
+    for (let tries = 1; ; tries++) {
+      try {
+        return await store.saveResult(shardId, bytes);
+      } catch (err) {
+        if (tries >= 5) throw err; // a busy machine: a KV put may time out; it is idempotent
+      }
+    }
+  };
+  for (let i = 0; i < records.length; i += 128) {
     await Promise.all(
-      records.slice(i, i + 512).map(async (rec) => {
+      records.slice(i, i + 128).map(async (rec) => {
         const shard = sweep.Shard.decode(Buffer.from(rec.shard, "base64"));
         const result = fakeEngine({ ...shard, sweepId, attempt: 1 }, "bench");
-        await store.saveResult(rec.shardId, sweep.ShardResult.encode(result).finish());
+        await put(rec.shardId, sweep.ShardResult.encode(result).finish());
         store.saveShard({ ...rec, state: "done", attempts: 1, agentId: "bench", resultConsumed: true });
       }),
     );
