@@ -7,6 +7,8 @@ import { planSweep } from "../plan.js";
 import { parseSweepSpec } from "../spec.js";
 import { KindAggregator, kindCsvColumns, kindRowRecord } from "./aggregate.js";
 import { severCells } from "./sever.js";
+import { ngramEntropy, wordTokens } from "./edit.js";
+import { loadTokenizer } from "../tokenizer.js";
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
 const RELATIONS = join(REPO, "models/world/relations");
@@ -95,6 +97,29 @@ test("edit: S is the harmonic mean of the mean ES, PS, NS over cases (ROME's sum
     [],
   );
   assert.equal(row.restored, true);
+});
+
+test("edit: generation entropy counts words of the decoded samples, as ROME's does; the engine's token-id entropy is kept beside it", () => {
+  const { agg, result, plan } = setup(
+    `kind: edit\ndataset: { relations: [${RELATIONS}] }\nedit: { cases: 1, matrices: [W_o], max_corpus: 4, generation: true }\nlayers: [2]\n`,
+  );
+  // The plan asks the engine for the sampled ids.
+  const params = JSON.parse(plan.shards[0]!.paramsJson) as { generation: unknown };
+  assert.deepEqual(params.generation, { return_ids: true });
+  const tok = loadTokenizer(join(REPO, "models/mamba-facts/tokenizer.json"));
+  const texts = ["The capital of Norvia is Tallin, the city of Tallin.", "He plays the cello. He plays the cello. He plays"];
+  const ids = texts.map((t) => tok.encode(t));
+  const ev = { ES: 1, PS: 1, NS: 1, S: 1, EM: 0.1, PM: 0.1, NM: 0.1 };
+  agg.add(result("a.0.0", { matrix: "W_o", layer: 2, pre: ev, post: { ...ev, generation: { entropy: 1.25, ids } }, restored: true }));
+  const words = texts.map((t) => ngramEntropy(wordTokens(tok.decode(tok.encode(t)))));
+  const row = kindRowRecord([...agg.rows()][0]!);
+  assert.ok(Math.abs(Number(row.entropy) - (words[0]! + words[1]!) / 2) < 1e-12, `${row.entropy}`);
+  assert.equal(row.entropy_tokens, 1.25);
+  assert.ok(Math.abs(agg.summary().edit!.points[0]!.entropy! - Number(row.entropy)) < 1e-12);
+  // nltk's word_tokenize splits these the same way; n-gram entropies as the engine's (rome.ngram_entropy).
+  assert.deepEqual(wordTokens("I don't know, it's 3.5 km from Paris!"), ["I", "do", "n't", "know", ",", "it", "'s", "3.5", "km", "from", "Paris", "!"]);
+  assert.equal(ngramEntropy([4, 4, 4, 4, 4]), 0);
+  assert.ok(Math.abs(ngramEntropy([1, 2, 3, 4, 5]) - (2 * (2 / 3) + Math.log2(3) * (4 / 3)) / 2) < 1e-12);
 });
 
 test("a result that is not JSON, or lacks the kind's fields, is refused naming the shard", () => {

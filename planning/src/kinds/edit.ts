@@ -5,6 +5,8 @@
  * mean of the means (ROME's summarize). scripts/engine/make_edit_cases.mjs builds the engine's test
  * fixture with {@link editCaseParams}.
  */
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import type { sweep } from "@factsweep/proto";
 import { FactsweepError } from "@factsweep/shared";
 import { z } from "zod";
@@ -12,7 +14,7 @@ import type { Relation } from "../datasets.js";
 import { SpecError } from "../errors.js";
 import { resolveLayers } from "../layers.js";
 import type { PlanError } from "../prompts.js";
-import type { PromptTokenizer } from "../tokenizer.js";
+import { loadTokenizer, type PromptTokenizer } from "../tokenizer.js";
 import { checkAllowed, corpusSchema, kindShard, loadCorpus, mix, needRelations, needTokenizer, resolveCorpus, sectionKind, shuffle, Sums } from "./common.js";
 import type { KindPlan, KindPlanContext, SpecOf, SweepKindModule } from "./kind.js";
 
@@ -79,6 +81,7 @@ export interface EditPoint {
   pre_ES: number | null;
   pre_PS: number | null;
   pre_NS: number | null;
+  /** ROME's generation entropy over words of the decoded samples (bits); null when generation is off. */
   entropy: number | null;
 }
 
@@ -171,7 +174,7 @@ function planEdit(ctx: KindPlanContext<EditSpec>): KindPlan {
           ...("ids" in corpus ? { corpus: corpus.ids } : { corpus_path: corpus.path }),
           bos_id: 0,
           hparams: e.hparams,
-          generation: e.generation ? {} : null,
+          generation: e.generation ? { return_ids: true } : null, // decoded here: the entropy counts words, as ROME's does
         };
         const prompt: sweep.PromptSpec = {
           index: prompts.length,
@@ -196,6 +199,42 @@ function planEdit(ctx: KindPlanContext<EditSpec>): KindPlan {
     }
   }
   return { prompts, promptErrors, shards, plannedCells: shards.length };
+}
+
+/**
+ * Words as nltk's `word_tokenize` (ROME's generation entropy) splits them, closely: runs of letters
+ * and digits (numbers keep inner "." and ","), contractions split off ("don't" → "do", "n't";
+ * "it's" → "it", "'s"), every other non-space character alone.
+ */
+export function wordTokens(text: string): string[] {
+  return text.match(/[\p{L}\p{N}]+(?=n't\b)|n't\b|'\p{L}+|\p{N}+(?:[.,]\p{N}+)+|[\p{L}\p{N}_]+|[^\s\p{L}\p{N}_]/gu) ?? [];
+}
+
+/** ROME's n-gram entropy of one sequence (bits): the mean of the 2- and 3-gram entropies weighted 2/3 and 4/3. */
+export function ngramEntropy(tokens: readonly (string | number)[], ns: readonly number[] = [2, 3], weights: readonly number[] = [2 / 3, 4 / 3]): number {
+  const ents = ns.map((n) => {
+    const counts = new Map<string, number>();
+    for (let i = 0; i + n <= tokens.length; i++) {
+      const g = JSON.stringify(tokens.slice(i, i + n));
+      counts.set(g, (counts.get(g) ?? 0) + 1);
+    }
+    const total = tokens.length - n + 1;
+    let h = 0;
+    for (const c of counts.values()) h -= (c / total) * Math.log2(c / total);
+    return total > 0 ? h : 0;
+  });
+  return ents.reduce((sum, h, i) => sum + h * weights[i]!, 0) / ents.length;
+}
+
+/** The spec's tokenizer (model.tokenizer or the model folder's), or null when none can be read here. */
+function specTokenizer(model: { path: string; tokenizer?: string }): PromptTokenizer | null {
+  try {
+    if (model.tokenizer) return loadTokenizer(model.tokenizer);
+    const inFolder = join(model.path, "tokenizer.json");
+    return existsSync(inFolder) ? loadTokenizer(inFolder) : null;
+  } catch {
+    return null;
+  }
 }
 
 const METRICS = ["ES", "PS", "NS", "EM", "PM", "NM"] as const;
@@ -226,19 +265,31 @@ export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummar
     "pre_PS",
     "pre_NS",
     "entropy",
+    "entropy_tokens",
     "restored",
   ],
-  aggregate() {
+  aggregate(opts: { spec: { model: { path: string; tokenizer?: string } } }) {
     const sums = new Sums();
+    let tok: PromptTokenizer | null | undefined; // loaded at the first sample that needs it
+    /** ROME's entropy over words of the decoded samples; the engine's over token ids when no tokenizer can be read. */
+    const entropyOf = (g: { entropy?: number; ids?: number[][] } | null | undefined): number | null => {
+      if (!g) return null;
+      if (Array.isArray(g.ids) && g.ids.length > 0 && (tok ??= specTokenizer(opts.spec.model))) {
+        const t = tok;
+        return g.ids.reduce((sum, ids) => sum + ngramEntropy(wordTokens(t.decode(ids))), 0) / g.ids.length;
+      }
+      return g.entropy ?? null;
+    };
     return {
       fold(r, { prompt, bad }) {
-        const post = r.post as (Record<string, number | null> & { generation?: { entropy?: number } | null }) | undefined;
+        const post = r.post as (Record<string, number | null> & { generation?: { entropy?: number; ids?: number[][] } | null }) | undefined;
         const pre = r.pre as Record<string, number | null> | undefined;
         if (!post || !pre) throw bad("pre/post evaluation");
         const key = `${r.matrix}|${r.layer}`;
+        const entropy = entropyOf(post.generation);
         for (const m of METRICS) sums.add(`${key}|${m}`, post[m]);
         for (const m of ["ES", "PS", "NS"]) sums.add(`${key}|pre_${m}`, pre[m]);
-        sums.add(`${key}|entropy`, post.generation?.entropy ?? null);
+        sums.add(`${key}|entropy`, entropy);
         sums.add(`${key}|cases`, 1);
         return [
           {
@@ -257,7 +308,8 @@ export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummar
             pre_ES: pre.ES ?? null,
             pre_PS: pre.PS ?? null,
             pre_NS: pre.NS ?? null,
-            entropy: post.generation?.entropy ?? null,
+            entropy,
+            entropy_tokens: post.generation?.entropy ?? null,
             restored: r.restored === true,
           },
         ];

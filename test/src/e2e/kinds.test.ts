@@ -167,7 +167,7 @@ test("an edit sweep on the tiny Mamba equals the engine run alone and restores t
     `kind: edit
 model: { id: mamba-facts, path: ${join(MODELS, "mamba-facts")} }
 dataset: { relations: [${join(RELATIONS, "company_country.json")}] }
-edit: { cases: 1, matrices: [W_o], max_corpus: 64, paraphrases: 2, neighbours: 2, hparams: { v_num_grad_steps: 5, context_template_length_params: [[5, 2]], cov_ridge: 0.01 } }
+edit: { cases: 1, matrices: [W_o], max_corpus: 64, paraphrases: 2, neighbours: 2, generation: true, hparams: { v_num_grad_steps: 5, context_template_length_params: [[5, 2]], cov_ridge: 0.01 } }
 layers: [2]
 `,
   );
@@ -175,4 +175,7 @@ layers: [2]
   assert.equal(rows.length, 1);
   assert.equal(rows[0]!.restored, true);
   assert.equal(rows[0]!.matrix, "W_o");
+  // Generation entropy: the engine's sampled ids, decoded by the coordinator and counted in words (ROME's measure).
+  assert.ok(typeof rows[0]!.entropy === "number" && rows[0]!.entropy > 0, JSON.stringify(rows[0]));
+  assert.ok(typeof rows[0]!.entropy_tokens === "number" && rows[0]!.entropy !== rows[0]!.entropy_tokens, JSON.stringify(rows[0]));
 });
