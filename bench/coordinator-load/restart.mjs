@@ -19,6 +19,7 @@ import { mkdtempSync, writeFileSync, mkdirSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { connect } from "@nats-io/transport-node";
 import { control, sweep } from "@factsweep/proto";
@@ -28,17 +29,22 @@ import { procSample } from "./procstat.mjs";
 import { writeLoadSpec } from "./spec.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const args = process.argv.slice(2);
-const flag = (name, dflt) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args.splice(i, 2)[1] : dflt;
-};
-const sizes = flag("--shards", "100000,1000000").split(",").map(Number);
-const baseline = flag("--baseline", "");
-const outPath = resolve(flag("--out", join(root, "bench/results/coordinator-restart-cpu.json")));
-const note = flag("--note", "");
+const { values: opt } = parseArgs({
+  options: {
+    shards: { type: "string", default: "100000,1000000" },
+    baseline: { type: "string", default: "" },
+    out: { type: "string", default: join(root, "bench/results/coordinator-restart-cpu.json") },
+    note: { type: "string", default: "" },
+    // Profile this build's restart (stopped by SIGTERM so the profile is written).
+    "cpu-prof-dir": { type: "string", default: "" },
+  },
+});
+const sizes = opt.shards.split(",").map(Number);
+const baseline = opt.baseline;
+const outPath = resolve(opt.out);
+const note = opt.note;
+const profDir = opt["cpu-prof-dir"];
 const current = join(root, "coordinator/dist/main.js");
-const profDir = flag("--cpu-prof-dir", ""); // profile this build's restart (stopped by SIGTERM so the profile is written)
 const mb = (b) => Math.round((b / 2 ** 20) * 10) / 10;
 const r2 = (x) => Math.round(x * 100) / 100;
 const call = (c, m, req) => new Promise((res, rej) => m.call(c, req, new grpc.Metadata(), { deadline: Date.now() + 900_000 }, (e, r) => (e ? rej(e) : res(r))));

@@ -174,7 +174,9 @@ export class StateStore {
         if (!isWrongSequence(err)) throw err;
       }
     }
-    return new StateStore(jetstream(nc), sweeps, shards, aggregates, epoch, opts);
+    // Bulk reads (readBucket) create a last-per-subject consumer over up to millions of keys: the
+    // server may take longer than the API's default 5 s to answer (a 1M-result restart timed out).
+    return new StateStore(jetstream(nc, { timeout: 120_000 }), sweeps, shards, aggregates, epoch, opts);
   }
 
   /** Creates a new sweep record; a sweep with this id already existing is refused. */
