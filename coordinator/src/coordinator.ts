@@ -9,7 +9,7 @@
 import { EventEmitter } from "node:events";
 import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
-import { connect, credsAuthenticator, type NatsConnection, type ConnectionOptions } from "@nats-io/transport-node";
+import type { NatsConnection } from "@nats-io/transport-node";
 import { collectDefaultMetrics, type Registry } from "prom-client";
 import { agent, control } from "@factsweep/proto";
 import { createRegistry, startHttpServer, type HttpServerHandle } from "@factsweep/shared";
@@ -22,6 +22,7 @@ import { CoordinatorMetrics } from "./metrics.js";
 import { normalizeRoots } from "./model-roots.js";
 import { ResultsConsumer } from "./results-consumer.js";
 import { natsLimits, type NatsLimits } from "./nats-limits.js";
+import { connectNats } from "./nats-connection.js";
 import { Scheduler } from "./scheduler.js";
 import { StateStore } from "./state-store.js";
 import { Sweeps } from "./sweeps.js";
@@ -358,42 +359,6 @@ export class Coordinator extends EventEmitter implements SweepApi {
   private async closeConnections(): Promise<void> {
     await this.http?.close();
     await this.nc?.close().catch(() => undefined);
-  }
-}
-
-/**
- * The NATS connection of the coordinator: reconnects forever, waits for the first connect (NATS may
- * start after it). A refusal of its credentials ends the start, naming the flags to check.
- */
-async function connectNats(o: CoordinatorOptions): Promise<NatsConnection> {
-  const natsOpts: ConnectionOptions = {
-    servers: o.natsUrl,
-    name: "factsweep-coordinator",
-    // Its own reply subjects: agents may subscribe to _INBOX.> (their publish acks) and must not see
-    // the coordinator's replies (KV reads) there (deploy/nats/accounts.conf).
-    inboxPrefix: "_INBOX_coordinator",
-    maxReconnectAttempts: -1,
-    reconnectTimeWait: 250,
-    waitOnFirstConnect: true,
-    // No stack-carrying error built ahead of every request (each KV write is one): that took 19% of
-    // the coordinator's CPU under load (bench/coordinator-load); a failed request still says what failed.
-    noAsyncTraces: true,
-  };
-  if (o.natsCreds) natsOpts.authenticator = credsAuthenticator(readFileSync(o.natsCreds));
-  if (o.natsUser) Object.assign(natsOpts, { user: o.natsUser, pass: o.natsPass ?? "" });
-  if (o.natsToken) natsOpts.token = o.natsToken;
-  if (o.natsTlsCa) natsOpts.tls = { ca: readFileSync(o.natsTlsCa, "utf8") };
-  try {
-    return await connect(natsOpts);
-  } catch (err) {
-    const msg = (err as Error).message;
-    if (!/authori[sz]ation|authentication/i.test(msg)) throw err;
-    throw new Error(
-      `NATS at ${o.natsUrl} refused the coordinator's credentials (${msg}); check --nats-user with --nats-pass, --nats-pass-file or FACTSWEEP_NATS_PASS, or --nats-creds`,
-      {
-        cause: err,
-      },
-    );
   }
 }
 
