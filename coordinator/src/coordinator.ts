@@ -22,7 +22,7 @@ import { CoordinatorMetrics } from "./metrics.js";
 import { normalizeRoots } from "./model-roots.js";
 import { ResultsConsumer } from "./results-consumer.js";
 import { natsLimits, type NatsLimits } from "./nats-limits.js";
-import { connectNats } from "./nats-connection.js";
+import { connectNats, type NatsConnectOptions } from "./nats-connection.js";
 import { Scheduler } from "./scheduler.js";
 import { StateStore } from "./state-store.js";
 import { Sweeps } from "./sweeps.js";
@@ -39,15 +39,7 @@ export interface TlsFiles {
 }
 
 /** Options of {@link Coordinator.start}. */
-export interface CoordinatorOptions {
-  natsUrl: string;
-  /** NATS credentials: a .creds file, or user/password, or a token. */
-  natsCreds?: string;
-  natsUser?: string;
-  natsPass?: string;
-  natsToken?: string;
-  /** CA (PEM file) of the NATS server's certificate: TLS to NATS (a tls:// URL, or a server that requires it). */
-  natsTlsCa?: string;
+export interface CoordinatorOptions extends NatsConnectOptions {
   /** Default 127.0.0.1 (this host only); main.ts refuses other addresses without TLS and tokens. */
   grpcHost?: string;
   /** 0: any free port (read `grpcPort` after start). */

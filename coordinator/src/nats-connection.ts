@@ -2,13 +2,15 @@
 import { readFileSync } from "node:fs";
 import { connect, credsAuthenticator, type NatsConnection, type ConnectionOptions } from "@nats-io/transport-node";
 
-/** The connection settings of `CoordinatorOptions` (see there). */
+/** Where the coordinator's NATS is and how it logs in (part of `CoordinatorOptions`). */
 export interface NatsConnectOptions {
   natsUrl: string;
+  /** NATS credentials: a .creds file, or user/password, or a token. */
   natsCreds?: string;
   natsUser?: string;
   natsPass?: string;
   natsToken?: string;
+  /** CA (PEM file) of the NATS server's certificate: TLS to NATS (a tls:// URL, or a server that requires it). */
   natsTlsCa?: string;
 }
 
