@@ -112,6 +112,8 @@ def cmd_models(args) -> None:
         written = time.perf_counter() - t0
 
         prompts = make_prompts(cfg["vocab_size"], args.prompts, seed=1)
+        if args.corruption == "noise":  # the planner refuses swap ids under noise corruption
+            prompts = [{k: v for k, v in p.items() if k != "corrupted_ids"} for p in prompts]
         out = os.path.join(args.work, name)
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "prompts.json"), "w") as f:
@@ -123,7 +125,8 @@ def cmd_models(args) -> None:
             "kind": "trace",
             "model": {"id": name, "path": os.path.abspath(folder), "dtype": args.dtype},
             "dataset": {"prompts": prompts},
-            "corruption": {"kind": "swap", "seed": 1},
+            "corruption": ({"kind": "swap", "seed": 1} if args.corruption == "swap"
+                           else {"kind": "noise", "scale": 3, "std": "auto", "samples": args.samples, "seed": 1}),
             "grid": [{"site": s, "window": w} for s, w in GRIDS[mt]],
             "layers": "all",
             "tokens": "all",
@@ -144,6 +147,7 @@ def cmd_models(args) -> None:
             with open(os.path.join(out, fname), "w") as f:
                 json.dump(body, f)
         row = {"model": name, "params": params, "dtype": args.dtype, "prompts": len(prompts), "cells_per_prompt": per_prompt,
+               "corruption": spec["corruption"],
                "shard_cells": spec["shard_cells"], "checkpoint_bytes": os.path.getsize(os.path.join(folder, "model.safetensors")),
                "write_s": round(written, 2)}
         log(f"{name}: {params / 1e9:.3f} B parameters, {row['checkpoint_bytes'] / 2**30:.2f} GiB written in {written:.1f} s; "
@@ -162,6 +166,17 @@ def _load(args):
     return spec, cfg, prompts, cells
 
 
+def corruption_of(spec: dict, p: dict):
+    """The engine's corruption for prompt p under the spec's: swap ids, or noise as the agent sends it
+    (std "auto" = 0: computed over the subject tokens' embeddings, as ROME does)."""
+    from engine.corruption import NoiseSpec, SwapSpec
+
+    c = spec["corruption"]
+    if c["kind"] == "swap":
+        return SwapSpec(p["corrupted_ids"])
+    return NoiseSpec(scale=c["scale"], std=None if c["std"] == "auto" else c["std"], samples=c["samples"], seed=c["seed"])
+
+
 def _sync(device: str) -> None:
     import torch
 
@@ -172,7 +187,6 @@ def _sync(device: str) -> None:
 def cmd_inproc(args) -> None:
     import torch
 
-    from engine.corruption import SwapSpec
     from engine.runtime import Engine
     from engine.trace import CellSpec
 
@@ -186,7 +200,7 @@ def cmd_inproc(args) -> None:
 
     def one(key, p):
         a = time.perf_counter()
-        eng.prepare_prompt("m", key, p["input_ids"], tuple(p["subject"]), SwapSpec(p["corrupted_ids"]))
+        eng.prepare_prompt("m", key, p["input_ids"], tuple(p["subject"]), corruption_of(spec, p))
         _sync(args.device)
         b = time.perf_counter()
         out = eng.run_cells("m", key, specs)  # returns host floats: synchronised
@@ -248,11 +262,18 @@ def cmd_protocol(args) -> None:
         call(load_model=pb.LoadModel(model_id="m", path=spec["model"]["path"], dtype=spec["model"]["dtype"], device=device))
         load_s = time.perf_counter() - t0
 
+        def wire_corruption(p):
+            c = spec["corruption"]
+            if c["kind"] == "swap":
+                return pb.Corruption(swap=pb.SwapCorruption(corrupted_ids=p["corrupted_ids"]))
+            return pb.Corruption(noise=pb.NoiseCorruption(scale=c["scale"], std=0 if c["std"] == "auto" else c["std"],
+                                                          samples=c["samples"], seed=c["seed"]))
+
         def one(key, p):
             a = time.perf_counter()
             call(prepare_prompt=pb.PreparePrompt(model_id="m", prompt_key=key, input_ids=p["input_ids"],
                                                  subject_start=p["subject"][0], subject_end=p["subject"][1],
-                                                 corruption=pb.Corruption(swap=pb.SwapCorruption(corrupted_ids=p["corrupted_ids"]))))
+                                                 corruption=wire_corruption(p)))
             b = time.perf_counter()
             r = call(run_cells=pb.RunCells(model_id="m", prompt_key=key, cells=pcells))
             c = time.perf_counter()
@@ -292,7 +313,6 @@ def cmd_overlap(args) -> None:
     lookahead hides behind the running grid, and how much is device time that stays serial."""
     import torch
 
-    from engine.corruption import SwapSpec
     from engine.runtime import Engine
     from engine.trace import CellSpec
 
@@ -302,7 +322,7 @@ def cmd_overlap(args) -> None:
     eng.load_model("m", spec["model"]["path"], dtype=spec["model"]["dtype"], device=args.device)
 
     def prep(key, p):
-        eng.prepare_prompt("m", key, p["input_ids"], tuple(p["subject"]), SwapSpec(p["corrupted_ids"]))
+        eng.prepare_prompt("m", key, p["input_ids"], tuple(p["subject"]), corruption_of(spec, p))
 
     def med(xs):
         return 1e3 * sorted(xs)[len(xs) // 2]
@@ -355,7 +375,6 @@ def cmd_check(args) -> None:
     """The system's results of a check sweep (``sweepctl results --format jsonl``) against the engine
     alone on the same prompts and cells, in this process: every cell present once, and the largest
     |p_system - p_engine|."""
-    from engine.corruption import SwapSpec
     from engine.runtime import Engine
     from engine.trace import CellSpec
 
@@ -371,7 +390,7 @@ def cmd_check(args) -> None:
     specs = [CellSpec(s, l, t, w) for s, l, t, w in cells]
     compared, missing, repeated, worst = 0, 0, 0, 0.0
     for i, p in enumerate(prompts):
-        eng.prepare_prompt("m", f"c{i}", p["input_ids"], tuple(p["subject"]), SwapSpec(p["corrupted_ids"]))
+        eng.prepare_prompt("m", f"c{i}", p["input_ids"], tuple(p["subject"]), corruption_of(spec, p))
         for (s, l, t, w), (pv, _) in zip(cells, eng.run_cells("m", f"c{i}", specs)):
             seen = got.get((i, s, l, t, min(w, 2 * cfg["num_hidden_layers"])))  # the planner cuts windows to 2 × layers
             if not seen:
@@ -399,6 +418,8 @@ def main(argv=None) -> None:
     m.add_argument("--device", default="cuda", help="where to draw the random weights (cpu or cuda)")
     m.add_argument("--dtype", default="bfloat16")
     m.add_argument("--shard-cells", type=int, default=0, help="cells per shard (0: one shard per prompt)")
+    m.add_argument("--corruption", choices=["swap", "noise"], default="swap")
+    m.add_argument("--samples", type=int, default=10, help="noise samples (with --corruption noise)")
     m.set_defaults(fn=cmd_models)
     for name, fn in (("inproc", cmd_inproc), ("protocol", cmd_protocol), ("overlap", cmd_overlap)):
         p = sub.add_parser(name)

@@ -43,6 +43,11 @@ def agent_times(work: str, tag: str) -> dict:
         out["workers_ready"] = len(ready)
     if done:
         out["agent_first_shard_done_s"] = (min(done) - start) / 1000
+    # the worker's lookahead at work: each worker logs at exit how many grids had the next prepare behind them
+    ahead = [re.search(r"prepare ran behind (\d+) of (\d+) grids", l) for l in lines]
+    ahead = [m for m in ahead if m]
+    if ahead:
+        out["lookahead_grids"] = [sum(int(m.group(1)) for m in ahead), sum(int(m.group(2)) for m in ahead)]
     return out
 
 
@@ -81,6 +86,7 @@ def main(argv=None) -> None:
             # detail
             "hardware": args.hardware,
             "dtype": made.get(m, {}).get("dtype"),
+            "corruption": made.get(m, {}).get("corruption"),
             "cells_per_prompt": made.get(m, {}).get("cells_per_prompt"),
             "shard_cells": made.get(m, {}).get("shard_cells"),
             "in_process_with_prepare_cells_per_s": a.get("cells_per_s"),
@@ -91,10 +97,15 @@ def main(argv=None) -> None:
             "worker_protocol_run_cells_ms_median": b.get("run_cells_ms_median"),
             "worker_protocol_spawn_to_hello_s": b.get("spawn_to_hello_s"),
             "worker_protocol_load_s": b.get("load_s"),
+            # warm start: the first prompt after LoadModel returned (prepare + run_cells) over a steady one (medians)
+            "first_prompt_over_steady": ((b["warm_up_prepare_s"] + b["warm_up_run_s"]) * 1e3 / (b["prepare_ms_median"] + b["run_cells_ms_median"])
+                                         if b.get("warm_up_run_s") is not None else None),
             "system_1gpu_steady_cells_per_s": s1.get("steady_cells_per_s"),
             "system_1gpu_done_s": s1.get("done_s"),
             "system_1gpu_state": s1.get("state"),
             "system_1gpu_agent_first_shard_done_s": t1.get("agent_first_shard_done_s"),
+            "system_1gpu_lookahead_grids": t1.get("lookahead_grids"),  # [grids with the next prepare behind, grids]
+            "system_2gpu_lookahead_grids": t2.get("lookahead_grids"),
             "system_2gpu_steady_cells_per_s": s2.get("steady_cells_per_s"),
             "system_2gpu_done_s": s2.get("done_s"),
             "system_2gpu_state": s2.get("state"),
@@ -140,7 +151,8 @@ def main(argv=None) -> None:
         if o:
             print(f"{x['model']} overlap: grid {f(o['grid_ms'], 1)} ms, prepare {f(o['prepare_ms'], 1)} ms (kernels "
                   f"{f(o['prepare_kernel_ms'], 1)} ms), grid + next prepare queued {f(o['grid_with_next_prepare_ms'], 1)} ms")
-        print(f"{x['model']} cold first sweep: first result {f(x['cold_first_result_s'], 1)} s; warm: {f(x['first_result_s'], 1)} s")
+        print(f"{x['model']} cold first sweep: first result {f(x['cold_first_result_s'], 1)} s; warm: {f(x['first_result_s'], 1)} s; "
+              f"worker's first prompt after LoadModel {f(x['first_prompt_over_steady'], 2)}x a steady one")
         for c in x["system_equals_engine"]:
             print(f"{x['model']} system == engine ({c['dtype']}): {c['cells_compared']} cells, {c['cells_missing']} missing, "
                   f"{c['cells_repeated']} repeated, max |dp| {c['max_abs_diff_p']}")
