@@ -80,6 +80,7 @@ Params (JSON object; token ids are pre-tokenized by the coordinator, spans are h
       "evaluate": true,                         # false: edit only (no pre/post evaluation)
       "cov_only": false,                        # true: compute/cache C and return its summary only
       "return_moment": false,                   # with cov_only: also the float32 sum of k kᵀ, base64
+      "corpus_slice": [0, 100],                 # optional: only these sequences of the corpus
       "moment_path": "/dir/part.f32",           # with cov_only: write that sum (float32, row-major) here;
                                                 # the result gains "moment_sha256" (the cluster's
                                                 # covariance shards: the agent uploads the file)

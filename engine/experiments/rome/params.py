@@ -164,6 +164,12 @@ def _corpus(params: dict, vocab: int) -> Tuple[Optional[List[List[int]]], str]:
         return None, ""
     if not isinstance(raw, list) or not raw:
         raise bad(where, "a non-empty list of token-id lists", raw)
+    cut = params.get("corpus_slice")
+    if cut is not None:  # a covariance shard's part of the corpus
+        if (not isinstance(cut, list) or len(cut) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in cut)
+                or not 0 <= cut[0] < cut[1] <= len(raw)):
+            raise bad("corpus_slice", f"[start, end) with 0 <= start < end <= {len(raw)} (the corpus' sequences)", cut)
+        raw = raw[cut[0]:cut[1]]
     seqs = [_ids(s, f"{where}[{i}]", vocab, 0) for i, s in enumerate(raw)]
     digest = hashlib.sha256(json.dumps(seqs, separators=(",", ":")).encode()).hexdigest()[:16]
     return seqs, digest
