@@ -171,7 +171,11 @@ export class Covariances {
     for (let i = 0; i < C.length; i++) C[i] = sum![i]! / tokens;
     if (!C.every(Number.isFinite)) throw new Error("C holds non-finite values");
     await this.os.putBlob(
-      { name: object, description: `ROME key covariance from ${w.parts} part(s)`, metadata: { tokens: String(tokens), dim: String(dim), parts: String(w.parts) } },
+      {
+        name: object,
+        description: `ROME key covariance from ${w.parts} part(s)`,
+        metadata: { tokens: String(tokens), dim: String(dim), parts: String(w.parts) },
+      },
       new Uint8Array(C.buffer),
     );
     this.d.counter.inc({ source: "computed" });

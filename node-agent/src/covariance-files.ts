@@ -99,8 +99,17 @@ export class AgentCovariances {
       if (!blob) throw new Error(`ROME covariance ${object} vanished from the object store while being read`);
       const dim = Number(info.metadata?.dim);
       const tokens = Number(info.metadata?.tokens);
-      if (!Number.isSafeInteger(dim) || dim < 1 || dim > MAX_COVARIANCE_DIM || dim * dim * 4 !== blob.byteLength || !Number.isSafeInteger(tokens) || tokens < 1) {
-        throw new Error(`ROME covariance ${object}: ${blob.byteLength} bytes with metadata dim ${info.metadata?.dim}, tokens ${info.metadata?.tokens}: not a float32 dim x dim matrix`);
+      if (
+        !Number.isSafeInteger(dim) ||
+        dim < 1 ||
+        dim > MAX_COVARIANCE_DIM ||
+        dim * dim * 4 !== blob.byteLength ||
+        !Number.isSafeInteger(tokens) ||
+        tokens < 1
+      ) {
+        throw new Error(
+          `ROME covariance ${object}: ${blob.byteLength} bytes with metadata dim ${info.metadata?.dim}, tokens ${info.metadata?.tokens}: not a float32 dim x dim matrix`,
+        );
       }
       const path = join(this.dir, `${object}.f32`);
       const tmp = `${path}.${randomBytes(4).toString("hex")}.tmp`;

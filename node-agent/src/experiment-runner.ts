@@ -33,7 +33,10 @@ export async function runExperimentShard(opts: ShardRunOptions): Promise<ShardOu
     async () => {
       if (NEEDS_PROMPT.has(kind)) await s.prepare();
       s.throwIfCancelled();
-      const call = s.client.runExperiment({ modelId: s.model.modelId, kind, promptKey: s.promptKey, paramsJson: prepared.paramsJson }, { timeoutMs: s.timeoutMs });
+      const call = s.client.runExperiment(
+        { modelId: s.model.modelId, kind, promptKey: s.promptKey, paramsJson: prepared.paramsJson },
+        { timeoutMs: s.timeoutMs },
+      );
       s.lastCallSent();
       const r = await call;
       s.recordWork(r.seconds, units, units);

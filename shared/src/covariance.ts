@@ -52,7 +52,10 @@ export function covarianceRefOf(paramsJson: string): CovarianceRef | undefined {
   const c = (params as { covariance?: unknown } | null)?.covariance;
   if (c === undefined || c === null) return undefined;
   const { object, part, parts } = c as CovarianceRef;
-  if (!isCovarianceObjectName(object)) throw new Error(`params.covariance.object: expected a covariance object name (cov.<model>.l<layer>.<module>.<corpus>.m<len>), got ${JSON.stringify(object)?.slice(0, 120)}`);
+  if (!isCovarianceObjectName(object))
+    throw new Error(
+      `params.covariance.object: expected a covariance object name (cov.<model>.l<layer>.<module>.<corpus>.m<len>), got ${JSON.stringify(object)?.slice(0, 120)}`,
+    );
   if (part === undefined && parts === undefined) return { object };
   if (!Number.isInteger(parts) || parts! < 1 || parts! > MAX_COVARIANCE_PARTS || !Number.isInteger(part) || part! < 0 || part! >= parts!) {
     throw new Error(`params.covariance: expected part in [0, parts) and parts in [1, ${MAX_COVARIANCE_PARTS}], got part ${part}, parts ${parts}`);

@@ -34,7 +34,9 @@ const sha16 = (data: string | Buffer): string => createHash("sha256").update(dat
  * every launch would cost minutes; new weights written there change the time).
  */
 export function modelFingerprint(path: string, dtype: string): string {
-  const h = createHash("sha256").update(readFileSync(join(path, "config.json"))).update(`\0${dtype}\0`);
+  const h = createHash("sha256")
+    .update(readFileSync(join(path, "config.json")))
+    .update(`\0${dtype}\0`);
   for (const f of readdirSync(path).sort()) {
     if (!/\.(safetensors|bin|pt)$|index\.json$/.test(f)) continue;
     const st = statSync(join(path, f));

@@ -89,7 +89,10 @@ test("a 2-agent edit sweep computes each C once, every edit fetches it, and the 
       assert.equal(row.case, want.case);
       for (const m of ["ES", "PS", "NS", "S", "pre_ES", "pre_PS", "pre_NS"]) assert.equal(row[m], want[m], `${what} row ${i} ${m}`);
       for (const m of ["EM", "PM", "NM"]) {
-        assert.ok(Math.abs(Number(row[m]) - Number(want[m])) <= 1e-4 * Math.max(1, Math.abs(Number(want[m]))), `${what} row ${i} ${m}: ${row[m]} vs ${want[m]}`);
+        assert.ok(
+          Math.abs(Number(row[m]) - Number(want[m])) <= 1e-4 * Math.max(1, Math.abs(Number(want[m]))),
+          `${what} row ${i} ${m}: ${row[m]} vs ${want[m]}`,
+        );
       }
       assert.equal(row.restored, true);
     });
