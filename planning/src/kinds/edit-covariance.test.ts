@@ -14,9 +14,12 @@ const MAMBA = join(REPO, "models/mamba-facts");
 const RELATIONS = join(REPO, "models/world/relations");
 
 function plan(edit: string, layers = "[1, 3]") {
-  const spec = parseSweepSpec(`name: t\nkind: edit\nmodel: { id: m, path: ${MAMBA} }\ndataset: { relations: [${RELATIONS}] }\nedit: ${edit}\nlayers: ${layers}\n`, {
-    baseDir: REPO,
-  });
+  const spec = parseSweepSpec(
+    `name: t\nkind: edit\nmodel: { id: m, path: ${MAMBA} }\ndataset: { relations: [${RELATIONS}] }\nedit: ${edit}\nlayers: ${layers}\n`,
+    {
+      baseDir: REPO,
+    },
+  );
   const shards = planSweep(spec, "e").shards.map((sh) => ({ id: sh.shardId, params: JSON.parse(sh.paramsJson) as Record<string, unknown> }));
   return {
     edits: shards.filter((s) => s.params.cov_only !== true),
@@ -46,7 +49,10 @@ test("one C per (layer, key module): W_a and W_g share in_proj's, each C in cov_
       parts.flatMap((c) => c.params.corpus as number[][]),
       edits[0]!.params.corpus,
     );
-    assert.ok(parts.every((c) => c.params.matrix !== undefined && !("rewrite" in c.params)), "a covariance shard carries no case");
+    assert.ok(
+      parts.every((c) => c.params.matrix !== undefined && !("rewrite" in c.params)),
+      "a covariance shard carries no case",
+    );
   }
 });
 
