@@ -22,18 +22,26 @@ after(async () => {
   await cluster?.stop();
 });
 
-/** An edit sweep of 2 cases × (W_o, W_a) at layer 2: two distinct C (out_proj's and in_proj's input). */
-const spec = (covShards: number) => `kind: edit
+/** An edit sweep of 2 cases × (W_o, W_a) at one layer: two distinct C (out_proj's and in_proj's input). */
+const spec = (covShards: number, layer = 2) => `kind: edit
 model: { id: mamba-facts, path: ${join(MODELS, "mamba-facts")} }
 dataset: { relations: [${RELATION}] }
 edit: { cases: 2, matrices: [W_o, W_a], max_corpus: 64, cov_shards: ${covShards}, paraphrases: 1, neighbours: 1, hparams: { v_num_grad_steps: 3, context_template_length_params: [[5, 2]], cov_ridge: 0.01 } }
-layers: [2]
+layers: [${layer}]
 `;
 
-async function run(id: string, body: string): Promise<{ rows: KindRow[]; shards: number }> {
+async function launch(id: string, body: string): Promise<void> {
   const path = cluster.writeSpec(`${id}.yaml`, `name: ${id}\n${body}`);
-  const launched = await cluster.sweepctl("launch", path, "--id", id, "--quiet");
+  const launched = await cluster.sweepctl("launch", path, "--id", id, "--detach");
   assert.equal(launched.exitCode, 0, `launch failed: ${launched.stderr}\n${cluster.logs()}`);
+}
+
+async function run(id: string, body: string): Promise<{ rows: KindRow[]; shards: number }> {
+  await launch(id, body);
+  return await finished(id);
+}
+
+async function finished(id: string): Promise<{ rows: KindRow[]; shards: number }> {
   const info = await cluster.waitFor(id, (s) => s.state !== "running", 600_000);
   assert.equal(info.state, "done", `${id}: ${JSON.stringify(info)}\n${cluster.logs()}`);
   const out = await cluster.sweepctl("results", id, "--format", "jsonl");
@@ -43,6 +51,8 @@ async function run(id: string, body: string): Promise<{ rows: KindRow[]; shards:
     .filter((l) => l.trim())
     .map((l) => JSON.parse(l) as KindRow)
     .sort((a, b) => Number(a.case) - Number(b.case) || String(a.matrix).localeCompare(String(b.matrix)));
+  // No retry: no edit ran before its C was stored (it would have failed to fetch it).
+  assert.equal(info.counts.retries ?? 0, 0, `${id}: ${JSON.stringify(info)}\n${cluster.logs()}`);
   return { rows, shards: info.counts.shardsTotal };
 }
 
@@ -78,23 +88,38 @@ test("a 2-agent edit sweep computes each C once, every edit fetches it, and the 
   await second;
   const one = await run("cov-one", spec(0));
   assert.equal(one.shards, 4);
-  for (const [what, rows] of [
-    ["two agents", two.rows],
-    ["again", again.rows],
-  ] as const) {
-    assert.equal(rows.length, one.rows.length);
-    rows.forEach((row, i) => {
-      const want = one.rows[i]!;
-      assert.equal(row.matrix, want.matrix);
-      assert.equal(row.case, want.case);
-      for (const m of ["ES", "PS", "NS", "S", "pre_ES", "pre_PS", "pre_NS"]) assert.equal(row[m], want[m], `${what} row ${i} ${m}`);
-      for (const m of ["EM", "PM", "NM"]) {
-        assert.ok(
-          Math.abs(Number(row[m]) - Number(want[m])) <= 1e-4 * Math.max(1, Math.abs(Number(want[m]))),
-          `${what} row ${i} ${m}: ${row[m]} vs ${want[m]}`,
-        );
-      }
-      assert.equal(row.restored, true);
-    });
-  }
+  assertSameScores(two.rows, one.rows, "two agents");
+  assertSameScores(again.rows, one.rows, "again");
+});
+
+function assertSameScores(rows: KindRow[], ref: KindRow[], what: string): void {
+  assert.equal(rows.length, ref.length);
+  rows.forEach((row, i) => {
+    const want = ref[i]!;
+    assert.equal(row.matrix, want.matrix);
+    assert.equal(row.case, want.case);
+    for (const m of ["ES", "PS", "NS", "S", "pre_ES", "pre_PS", "pre_NS"]) assert.equal(row[m], want[m], `${what} row ${i} ${m}`);
+    for (const m of ["EM", "PM", "NM"]) {
+      assert.ok(Math.abs(Number(row[m]) - Number(want[m])) <= 1e-4 * Math.max(1, Math.abs(Number(want[m]))), `${what} row ${i} ${m}: ${row[m]} vs ${want[m]}`);
+    }
+    assert.equal(row.restored, true);
+  });
+}
+
+test("a coordinator restarted while the edits wait for their C still holds them, and the sweep ends with a single agent's scores", async () => {
+  // No agent: the covariance shards stay pending and the edits held while the coordinator dies.
+  const first = cluster.agents[0]!.child;
+  first.kill("SIGTERM");
+  await first;
+  await launch("cov-restart", spec(2, 5));
+  cluster.coordinator.kill("SIGKILL");
+  await cluster.coordinator;
+  await cluster.startCoordinator();
+  const agent = await cluster.startAgent("agent-3");
+  const restarted = await finished("cov-restart");
+  assert.equal(restarted.shards, 8);
+  assert.equal(await counter(cluster.httpPort, "factsweep_covariances_total", 'source="computed"'), 2, cluster.logs());
+  const port = Number(/http_port=(\d+)/.exec(agent.log.join(""))?.[1]);
+  assert.equal(await counter(port, "factsweep_agent_covariances_total", 'source="fetched"'), 2);
+  assertSameScores(restarted.rows, (await run("cov-restart-one", spec(0, 5))).rows, "after a restart");
 });
