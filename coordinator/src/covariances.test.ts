@@ -111,3 +111,29 @@ test("a part that is not a float32 square matrix of its metadata's dim is never 
   assert.deepEqual(first!.ids, ["s.0.0"]);
   assert.match(first!.error!, /could not be computed .*engine error/);
 });
+
+test("an edit failing fails no other edit; a resumed sweep holds its pending edits again until the re-run part makes C", async () => {
+  const obj = object(4);
+  const { c, released } = covariances();
+  track(c, obj, 1);
+  c.partFailed(shard("s.0.0", { object: obj }), "an edit's own error");
+  assert.deepEqual(released, []);
+  c.partFailed(shard("s.0.1", { object: obj, part: 0, parts: 1 }), "engine error");
+  assert.equal(released.length, 1);
+  // The resume re-queued both (pending, not held): the edit is held before any grant.
+  const held: string[][] = [];
+  c.resumed(
+    [
+      { entry: { shardId: "s.0.0", state: "pending", notBeforeMs: 0 }, shard: shard("s.0.0", { object: obj }) },
+      { entry: { shardId: "s.0.1", state: "pending", notBeforeMs: 0 }, shard: shard("s.0.1", { object: obj, part: 0, parts: 1 }) },
+    ],
+    (ids) => held.push(ids),
+  );
+  assert.deepEqual(held, [["s.0.0"]]);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(released.length, 1, "no C yet: still held");
+  await putPart(obj, 0, 1, new Float32Array([1, 0, 0, 1]), 1);
+  c.partDone(shard("s.0.1", { object: obj, part: 0, parts: 1 }));
+  await until(() => released.length === 2);
+  assert.deepEqual(released[1], { ids: ["s.0.0"], error: undefined });
+});

@@ -102,6 +102,19 @@ export class Covariances {
     for (const object of new Set(held.map(([, r]) => r.object))) this.kick(object);
   }
 
+  /**
+   * A resumed sweep: its pending edits are held again until their C is stored (checked at once; a
+   * C that a failed part left unmade waits for its covariance shards, re-queued by the resume).
+   */
+  resumed(shards: { entry: { shardId: string; notBeforeMs: number; state: string }; shard: sweep.Shard }[], hold: (ids: string[]) => void): void {
+    const edits = shards.filter(
+      ({ entry, shard }) => entry.state === "pending" && shard.kind === "edit" && covarianceRefOf(shard.paramsJson)?.parts === undefined,
+    );
+    const ids = edits.filter(({ shard }) => covarianceRefOf(shard.paramsJson) !== undefined).map(({ entry }) => entry.shardId);
+    hold(ids);
+    this.track(shards.map(({ entry, shard }) => ({ entry: ids.includes(entry.shardId) ? { ...entry, notBeforeMs: HELD_MS } : entry, shard })));
+  }
+
   /** A covariance shard's result was counted: its part is stored, so C may now be complete. */
   partDone(shard: sweep.Shard): void {
     const ref = covarianceRefOf(shard.paramsJson);
@@ -111,8 +124,8 @@ export class Covariances {
   /** A covariance shard failed for good: the edits waiting for its C fail too (resume re-runs both). */
   partFailed(shard: sweep.Shard, error: string): void {
     const ref = covarianceRefOf(shard.paramsJson);
-    const w = ref && this.wanted.get(ref.object);
-    if (!w) return;
+    const w = ref?.parts !== undefined ? this.wanted.get(ref.object) : undefined; // an edit failing fails nothing else
+    if (!ref || !w) return;
     this.wanted.delete(ref.object);
     this.d.release([...w.held], `its ROME covariance ${ref.object} could not be computed (shard ${shard.shardId}: ${error})`);
   }

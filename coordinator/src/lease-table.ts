@@ -747,6 +747,18 @@ export class LeaseTable {
     return this.tallyAll(out);
   }
 
+  /** Pending shards are held ({@link HELD_MS}) until `release`: their input must be made (again) first. */
+  hold(shardIds: Iterable<string>): Changes {
+    const out = emptyChanges();
+    for (const id of shardIds) {
+      const s = this.shards.get(id);
+      if (!s || s.state !== "pending" || s.notBeforeMs === HELD_MS) continue;
+      s.notBeforeMs = HELD_MS;
+      out.changed.push(s);
+    }
+    return this.tallyAll(out);
+  }
+
   /** Backoff before the next attempt after `attempts` failed ones: base · 2^(attempts−1), capped. */
   backoffMs(attempts: number): number {
     return Math.min(this.backoffMaxMs, this.backoffBaseMs * 2 ** Math.max(0, attempts - 1));

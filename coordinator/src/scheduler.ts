@@ -222,6 +222,11 @@ export class Scheduler extends EventEmitter implements AgentStreams {
     this.kick();
   }
 
+  /** Pending shards wait until `release`; see LeaseTable.hold. */
+  hold(shardIds: Iterable<string>): void {
+    this.apply(this.table.hold(shardIds));
+  }
+
   cancelSweep(sweepId: string): void {
     this.apply(this.table.cancelSweep(sweepId));
   }

@@ -593,6 +593,14 @@ export class Sweeps extends EventEmitter implements ResultSink {
       s.rec.state = "running";
       s.rec.finishedMs = 0;
       this.d.scheduler.resumeSweep(sweepId, s.rec.maxAttempts);
+      if (s.spec.kind === "edit" && this.d.covariances) {
+        // Edits wait for their C again (a failed covariance shard failed them): held before any grant.
+        const shards = this.d.table.shardsOf(sweepId).flatMap((entry) => {
+          const shard = this.d.scheduler.plannedShard(entry.shardId);
+          return shard ? [{ entry, shard }] : [];
+        });
+        this.d.covariances.resumed(shards, (ids) => this.d.scheduler.hold(ids));
+      }
       this.shardsChanged(sweepId);
     }
     return this.info(sweepId);
