@@ -151,7 +151,7 @@ export class Coordinator extends EventEmitter implements SweepApi {
       },
     });
     this.scheduler = new Scheduler({ store: this.store, table: this.table, metrics: this.metrics, log: this.log });
-    const covariances = new Covariances(await openCovarianceStore(this.nc, limits.replicas, limits.resultsMaxBytes), {
+    const covariances = new Covariances(await openCovarianceStore(this.nc, limits.replicas, limits.covMaxBytes, this.log), {
       release: (ids, error) => this.scheduler.release(ids, error),
       counter: this.metrics.covariances,
       log: this.log,

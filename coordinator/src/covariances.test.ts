@@ -5,6 +5,7 @@
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { jetstreamManager } from "@nats-io/jetstream";
 import type { ObjectStore } from "@nats-io/obj";
 import { Counter, Registry } from "prom-client";
 import { sweep } from "@factsweep/proto";
@@ -19,7 +20,7 @@ let os: ObjectStore;
 before(async () => {
   nats = await startNatsServer();
   nc = await connect({ servers: nats.url });
-  os = await openCovarianceStore(nc, 1, 64 * 1024 * 1024);
+  os = await openCovarianceStore(nc, 1, 64 * 1024 * 1024, () => undefined);
 });
 after(async () => {
   await nc.close();
@@ -59,6 +60,13 @@ async function until(pred: () => boolean | Promise<boolean>, ms = 5000): Promise
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+test("an existing bucket is opened and its size limit brought in line", async () => {
+  const logs: string[] = [];
+  await openCovarianceStore(nc, 1, 32 * 1024 * 1024, (m) => logs.push(m));
+  const jsm = await jetstreamManager(nc);
+  assert.equal((await jsm.streams.info("OBJ_factsweep-cov")).config.max_bytes, 32 * 1024 * 1024, logs.join("\n"));
+});
 
 test("parts merge into C = Σ moments / Σ tokens once every part is stored, and the held edit is released", async () => {
   const obj = object(1);

@@ -7,10 +7,12 @@
  * of it lives in JetStream: a restarted coordinator re-reads the held shards and merges again.
  */
 import { Objm, StorageType, type ObjectStore } from "@nats-io/obj";
+import { jetstreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { sweep } from "@factsweep/proto";
 import { COVARIANCE_BUCKET, covariancePartName, covarianceRefOf, MAX_COVARIANCE_DIM, type CovarianceRef } from "@factsweep/shared";
 import { HELD_MS } from "./lease-table.js";
+import { ensureStream } from "./nats-limits.js";
 import type { Counter } from "prom-client";
 
 /** Where held shards go when their C exists (or cannot be made). */
@@ -36,9 +38,13 @@ interface CovMeta {
   dim: string;
 }
 
-/** Opens (creating) the covariance bucket, replicated like the coordinator's other streams. */
-export async function openCovarianceStore(nc: NatsConnection, replicas: number, maxBytes: number): Promise<ObjectStore> {
-  return await new Objm(nc).create(COVARIANCE_BUCKET, { storage: StorageType.File, replicas, max_bytes: maxBytes });
+/** Opens the covariance bucket, creating it, or bringing an existing one's limits in line (as the KV buckets). */
+export async function openCovarianceStore(nc: NatsConnection, replicas: number, maxBytes: number, log: (m: string) => void): Promise<ObjectStore> {
+  const objm = new Objm(nc);
+  const existing = await objm.open(COVARIANCE_BUCKET).catch(() => undefined);
+  if (!existing) return await objm.create(COVARIANCE_BUCKET, { storage: StorageType.File, replicas, max_bytes: maxBytes });
+  await ensureStream(await jetstreamManager(nc), { name: `OBJ_${COVARIANCE_BUCKET}`, num_replicas: replicas, max_bytes: maxBytes }, log);
+  return existing;
 }
 
 /** The ROME covariances of every edit sweep this coordinator holds. */
