@@ -112,3 +112,19 @@ def test_a_truncated_covariance_file_is_refused(eng, fixture, tmp_path):
                   hparams=dict(HP), covariance_file=dict(spec, sha256=hashlib.sha256(blob).hexdigest()))
     with pytest.raises(InvalidArgument, match="params.covariance_file.path: 262140 bytes"):
         experiments.run(eng, "mamba", "edit", "bad", params)
+
+
+def test_corpus_slice_of_a_corpus_file_is_the_moment_of_those_sequences_and_a_bad_slice_is_named(eng, fixture, tmp_path):
+    corpus = fixture["corpus"][:20]
+    path = tmp_path / "corpus.json"
+    path.write_text(json.dumps(corpus))
+    base = {"matrix": "W_a", "layer": 1, "cov_only": True, "return_moment": True}
+    sliced = experiments.run(eng, "mamba", "edit", "s", dict(base, corpus_path=str(path), corpus_slice=[5, 12]))
+    inline = experiments.run(eng, "mamba", "edit", "i", dict(base, corpus=corpus[5:12]))
+    assert sliced["covariance"]["tokens"] == sum(len(s) for s in corpus[5:12])
+    assert inline["covariance"]["cached"] is True  # the same sequences: the same C (its moment rebuilt as C · tokens)
+    got, want = (np.frombuffer(base64.b64decode(r["moment_b64"]), dtype=np.float32) for r in (sliced, inline))
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    for bad in ([5, 5], [0, 21], [-1, 3], "0:3"):
+        with pytest.raises(InvalidArgument, match="params.corpus_slice"):
+            experiments.run(eng, "mamba", "edit", "b", dict(base, corpus_path=str(path), corpus_slice=bad))
