@@ -85,6 +85,7 @@ test("parts merge into C = Σ moments / Σ tokens once every part is stored, and
   assert.deepEqual([...C], [1, 0.5, 0.5, 3]);
   assert.deepEqual((await os.info(obj))?.metadata, { tokens: "4", dim: "2", parts: "2" });
   assert.equal(await computed(), 1);
+  assert.equal(await c.has(covariancePartName(obj, 0, 2)), false, "the parts are deleted once C is stored");
   // At the next launch, C is there: its covariance shards are left out and the edit is not held.
   const { shards, held } = await c.prepare([shard("t.0.0", { object: obj }), shard("t.0.1", { object: obj, part: 0, parts: 2 })]);
   assert.deepEqual(

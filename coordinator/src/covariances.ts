@@ -3,7 +3,7 @@
  * edit sweep's launch, C already in the object store drops its covariance shards; the edit shards
  * whose C is missing are held (lease-table HELD_MS). Each covariance shard's agent uploads its
  * partial moment Σ k kᵀ as a part object; when every part of a C is there, this merges them (float64
- * sum over the summed token counts), stores C (float32) and releases the edits waiting for it. All
+ * sum over the summed token counts), stores C (float32), deletes the parts and releases the edits waiting for it. All
  * of it lives in JetStream: a restarted coordinator re-reads the held shards and merges again.
  */
 import { Objm, StorageType, type ObjectStore } from "@nats-io/obj";
@@ -198,6 +198,8 @@ export class Covariances {
       new Uint8Array(C.buffer),
     );
     this.d.counter.inc({ source: "computed" });
+    // C is stored: its parts are not needed again (a restart finds C); best effort, they only take room.
+    for (const name of names) await this.os.delete(name).catch((err: Error) => this.d.log(`covariance part ${name}: not deleted (${err.message})`));
     this.d.log(`covariance ${object}: merged ${w.parts} part(s), ${tokens} tokens, ${dim}x${dim}; released ${w.held.size} edit shard(s)`);
     return true;
   }
