@@ -356,6 +356,19 @@ const coordinator = build(
     [
       panel(
         "timeseries",
+        "ROME covariances",
+        "Edit sweeps' key covariances C: merged from their covariance shards by the coordinator (once per cluster), and used by edit shards on the agents, fetched from the object store or from the agent's own copy, per second.",
+        "ops",
+        [
+          [`sum(${rate("factsweep_covariances_total", COORD)})`, "computed"],
+          [`sum by (source) (${rate("factsweep_agent_covariances_total", AGENT)})`, "agents: {{source}}"],
+        ],
+        24,
+      ),
+    ],
+    [
+      panel(
+        "timeseries",
         "Lease expirations and retries",
         "Leases expired and shards re-leased per second.",
         "ops",

@@ -19,6 +19,7 @@ import { createSweepService, type SweepApi } from "./sweep-service.js";
 import { Health } from "./health-service.js";
 import { LeaseTable } from "./lease-table.js";
 import { CoordinatorMetrics } from "./metrics.js";
+import { Covariances, openCovarianceStore } from "./covariances.js";
 import { normalizeRoots } from "./model-roots.js";
 import { ResultsConsumer } from "./results-consumer.js";
 import { natsLimits, type NatsLimits } from "./nats-limits.js";
@@ -150,7 +151,13 @@ export class Coordinator extends EventEmitter implements SweepApi {
       },
     });
     this.scheduler = new Scheduler({ store: this.store, table: this.table, metrics: this.metrics, log: this.log });
+    const covariances = new Covariances(await openCovarianceStore(this.nc, limits.replicas, limits.covMaxBytes, this.log), {
+      release: (ids, error) => this.scheduler.release(ids, error),
+      counter: this.metrics.covariances,
+      log: this.log,
+    });
     this.sweeps = new Sweeps({
+      covariances,
       store: this.store,
       table: this.table,
       scheduler: this.scheduler,

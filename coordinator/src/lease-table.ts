@@ -37,6 +37,13 @@ export interface ShardEntry {
   disconnects?: string[];
 }
 
+/**
+ * `notBeforeMs` of a shard held until an input another shard makes exists (an edit waiting for its
+ * ROME covariance): never granted until {@link LeaseTable.release}; stored as is, so a restarted
+ * coordinator holds it too.
+ */
+export const HELD_MS = Number.MAX_SAFE_INTEGER;
+
 /** Grants and disconnecting agents remembered per shard. */
 const HISTORY = 16;
 
@@ -720,6 +727,36 @@ export class LeaseTable {
       out.retries++;
     }
     out.changed.push(s);
+  }
+
+  /** Held shards ({@link HELD_MS}) become grantable now, or, given `error`, fail with it (their input cannot be made). */
+  release(shardIds: Iterable<string>, error?: string): Changes {
+    const out = emptyChanges();
+    for (const id of shardIds) {
+      const s = this.shards.get(id);
+      if (!s || s.state !== "pending" || s.notBeforeMs !== HELD_MS) continue;
+      s.notBeforeMs = 0;
+      if (error !== undefined) {
+        s.state = "failed";
+        s.lastError = error;
+        this.queues.get(s.sweepId)?.delete(s);
+        out.newlyFailed++;
+      }
+      out.changed.push(s);
+    }
+    return this.tallyAll(out);
+  }
+
+  /** Pending shards are held ({@link HELD_MS}) until `release`: their input must be made (again) first. */
+  hold(shardIds: Iterable<string>): Changes {
+    const out = emptyChanges();
+    for (const id of shardIds) {
+      const s = this.shards.get(id);
+      if (!s || s.state !== "pending" || s.notBeforeMs === HELD_MS) continue;
+      s.notBeforeMs = HELD_MS;
+      out.changed.push(s);
+    }
+    return this.tallyAll(out);
   }
 
   /** Backoff before the next attempt after `attempts` failed ones: base · 2^(attempts−1), capped. */

@@ -77,6 +77,11 @@ const program = new Command("factsweep-coordinator")
     int("--kv-max-bytes", 1),
   )
   .option(
+    "--cov-max-bytes <n>",
+    `largest size of the ROME covariance object store factsweep-cov (edit sweeps' C and their parts; default ${DEFAULT_NATS_LIMITS.covMaxBytes})`,
+    int("--cov-max-bytes", 1),
+  )
+  .option(
     "--keep-finished <n>",
     "finished sweeps kept in memory (most recently used); older ones are loaded from NATS KV when asked for",
     int("--keep-finished", 0),
@@ -145,7 +150,13 @@ const program = new Command("factsweep-coordinator")
     const refusal = listenRefusal({ grpcHost: o.grpcHost, tls: Boolean(o.tlsCert), userToken, agentToken, insecureListen: o.insecureListen });
     if (refusal) program.error(refusal, { exitCode: 2 });
     try {
-      natsLimits({ replicas: o.natsReplicas, resultsMaxBytes: o.resultsMaxBytes, resultsMaxAgeMs: o.resultsMaxAgeMs, kvMaxBytes: o.kvMaxBytes });
+      natsLimits({
+        replicas: o.natsReplicas,
+        resultsMaxBytes: o.resultsMaxBytes,
+        resultsMaxAgeMs: o.resultsMaxAgeMs,
+        kvMaxBytes: o.kvMaxBytes,
+        covMaxBytes: o.covMaxBytes,
+      });
     } catch (err) {
       program.error((err as Error).message, { exitCode: 2 });
     }
@@ -194,7 +205,13 @@ const program = new Command("factsweep-coordinator")
       maxLeaseMs: o.maxLeaseMs,
       priorityAgingMs: o.priorityAgingMs,
       keepFinished: o.keepFinished,
-      natsLimits: { replicas: o.natsReplicas, resultsMaxBytes: o.resultsMaxBytes, resultsMaxAgeMs: o.resultsMaxAgeMs, kvMaxBytes: o.kvMaxBytes },
+      natsLimits: {
+        replicas: o.natsReplicas,
+        resultsMaxBytes: o.resultsMaxBytes,
+        resultsMaxAgeMs: o.resultsMaxAgeMs,
+        kvMaxBytes: o.kvMaxBytes,
+        covMaxBytes: o.covMaxBytes,
+      },
       userToken,
       agentToken,
       tls: o.tlsCert ? { cert: o.tlsCert, key: o.tlsKey, ca: o.tlsCa } : undefined,

@@ -24,6 +24,7 @@ export class CoordinatorMetrics {
   readonly resultsRejected: Counter<"reason">;
   readonly leaseReportsIgnored: Counter<"report">;
   readonly shardsUncounted: Counter;
+  readonly covariances: Counter<"source">;
 
   constructor(registry: Registry, source: GaugeSource) {
     const registers = [registry];
@@ -63,6 +64,13 @@ export class CoordinatorMetrics {
       help: "Shards reported done whose result was not counted in time, leased again",
       registers,
     });
+    this.covariances = new Counter({
+      name: METRICS.covariances,
+      help: "ROME key covariances merged from their covariance shards and stored in the object store (computed once per cluster)",
+      labelNames: ["source"],
+      registers,
+    });
+    this.covariances.inc({ source: "computed" }, 0);
     // Start every labelled counter at 0 so dashboards and rate() see the series from the start.
     for (const status of ["done", "failed"]) this.cells.inc({ status }, 0);
     for (const status of ["done", "failed", "retried"]) this.shards.inc({ status }, 0);

@@ -19,6 +19,8 @@ export interface NatsLimits {
   resultsMaxAgeMs: number;
   /** Each KV bucket (sweeps, shards, aggregates): largest size in bytes. */
   kvMaxBytes: number;
+  /** The ROME covariance object store (factsweep-cov): largest size in bytes (a mamba-2.8b W_o C is 105 MB, and as much again in parts). */
+  covMaxBytes: number;
 }
 
 /** Duplicate window of the results stream: a republished shard inside it is dropped by the server (max age may not be shorter). */
@@ -35,6 +37,7 @@ export const DEFAULT_NATS_LIMITS: NatsLimits = {
   resultsMaxBytes: 2048 * MiB,
   resultsMaxAgeMs: 30 * 24 * 3600_000,
   kvMaxBytes: 512 * MiB,
+  covMaxBytes: 2048 * MiB,
 };
 
 /** Completes partial limits with the defaults and checks them, naming the flag of a bad one. */
@@ -45,6 +48,7 @@ export function natsLimits(over: Partial<NatsLimits> = {}): NatsLimits {
     ["resultsMaxBytes", "--results-max-bytes"],
     ["resultsMaxAgeMs", "--results-max-age-ms"],
     ["kvMaxBytes", "--kv-max-bytes"],
+    ["covMaxBytes", "--cov-max-bytes"],
   ] as const) {
     if (!Number.isInteger(l[k]) || l[k] < 1) throw new Error(`${flag} must be a positive integer, got ${l[k]}`);
   }

@@ -11,9 +11,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
+import { Objm } from "@nats-io/obj";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { sweep } from "@factsweep/proto";
-import { RESULTS_STREAM, resultsSubject, SWEEPS_BUCKET } from "@factsweep/shared";
+import { COVARIANCE_BUCKET, RESULTS_STREAM, resultsSubject, SWEEPS_BUCKET } from "@factsweep/shared";
 import { GOLDEN_DIR, REPO_ROOT, startNatsServer, type NatsServerHandle } from "@factsweep/testing";
 import { Coordinator } from "./coordinator.js";
 import { DEAD_LETTER_STREAM } from "./results-consumer.js";
@@ -141,5 +142,28 @@ test("the agent's user publishes results, and can do nothing else", async () => 
     for (const s of reads) s.unsubscribe();
   } finally {
     await nc.close();
+  }
+});
+
+test("the agent's user reads a ROME covariance from the object store and uploads a part, and reaches no other stream's API", async () => {
+  const coordNc = await as("coordinator", COORD_PASS, { inboxPrefix: "_INBOX_coordinator" });
+  const nc = await as("agent", AGENT_PASS);
+  try {
+    // The coordinator's merged C (the bucket was created by Coordinator.start).
+    const C = new Uint8Array(4 * 4 * 4).map((_, i) => i);
+    await (await new Objm(coordNc).open(COVARIANCE_BUCKET)).putBlob({ name: "cov.roles", metadata: { dim: "4", tokens: "3" } }, C);
+    // What the agent does (covariance-files.ts): open, info, getBlob (an ordered consumer), putBlob.
+    const os = await new Objm(nc).open(COVARIANCE_BUCKET);
+    assert.equal((await os.info("cov.roles"))?.metadata?.dim, "4");
+    assert.ok(Buffer.from(C).equals(Buffer.from((await os.getBlob("cov.roles"))!)));
+    await os.putBlob({ name: "cov.roles.part0of1", metadata: { dim: "4", tokens: "3" } }, C);
+    await os.putBlob({ name: "cov.roles.part0of1", metadata: { dim: "4", tokens: "3" } }, C); // a retried upload replaces it
+    assert.equal((await os.info("cov.roles.part0of1"))?.size, C.length);
+    // Still no other stream: not the results stream's info, nor a consumer on it.
+    await assert.rejects(nc.request(`$JS.API.STREAM.INFO.${RESULTS_STREAM}`, undefined, { timeout: 1_000 }), /permission|timeout/i);
+    await assert.rejects(nc.request(`$JS.API.CONSUMER.CREATE.${RESULTS_STREAM}`, "{}", { timeout: 1_000 }), /permission|timeout/i);
+  } finally {
+    await nc.close();
+    await coordNc.close();
   }
 });

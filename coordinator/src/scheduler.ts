@@ -216,6 +216,17 @@ export class Scheduler extends EventEmitter implements AgentStreams {
     await this.store.shardsDurable(shardIds);
   }
 
+  /** Held shards become grantable (or fail with `error`); see LeaseTable.release. */
+  release(shardIds: Iterable<string>, error?: string): void {
+    this.apply(this.table.release(shardIds, error));
+    this.kick();
+  }
+
+  /** Pending shards wait until `release`; see LeaseTable.hold. */
+  hold(shardIds: Iterable<string>): void {
+    this.apply(this.table.hold(shardIds));
+  }
+
   cancelSweep(sweepId: string): void {
     this.apply(this.table.cancelSweep(sweepId));
   }

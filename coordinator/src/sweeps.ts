@@ -18,13 +18,14 @@ import {
   type PlanLimits,
   type SweepSpec,
 } from "@factsweep/planning";
-import type { LeaseTable } from "./lease-table.js";
+import type { Covariances } from "./covariances.js";
+import { HELD_MS, type LeaseTable } from "./lease-table.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import { confineSweepSpec } from "./model-roots.js";
 import type { AddOutcome, ResultSink } from "./results-consumer.js";
 import { checkResultContent, type Rejection } from "./result-check.js";
 import type { Scheduler } from "./scheduler.js";
-import { isKvKey, type StateStore, type SweepRecord } from "./state-store.js";
+import { isKvKey, type ShardRecord, type StateStore, type SweepRecord } from "./state-store.js";
 import { newAggregator, newSweepId, plan, resultRows, shardRecord, type Aggregator } from "./sweep-runtime.js";
 import { InvalidSpecError, ModelNotFoundError, SweepExistsError, SweepNotFoundError, SweepStateError, UnavailableError } from "./errors.js";
 
@@ -69,6 +70,8 @@ export interface SweepsDeps {
   isReady: () => boolean;
   /** Finished (done, failed, cancelled) sweeps kept in memory, most recently used; older ones are loaded on demand. Default 8. */
   keepFinished?: number;
+  /** ROME covariances once per cluster (edit sweeps); absent: each engine worker computes its own. */
+  covariances?: Covariances;
   /** Publishes a core NATS message (best effort: may throw while disconnected). */
   publish: (subject: string, data: string) => void;
   log: (msg: string) => void;
@@ -158,6 +161,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     }
     const known = shards.filter((s) => this.live.has(s.sweepId));
     this.d.scheduler.addShards(known, false);
+    this.trackCovariances(known.filter((r) => this.live.get(r.sweepId)?.spec.kind === "edit"));
     // A crash between storing a result and writing its shard record leaves the record short of
     // "consumed": the stored result is the authority (the aggregate already holds it).
     for (const r of known) {
@@ -204,7 +208,9 @@ export class Sweeps extends EventEmitter implements ResultSink {
         if (!rec || !this.finished.has(sweepId)) return; // deleted meanwhile
         if (!(await this.revive(rec))) return;
         this.finished.delete(sweepId);
-        this.d.scheduler.addShards(await this.d.store.loadShards(sweepId), false);
+        const shards = await this.d.store.loadShards(sweepId);
+        this.d.scheduler.addShards(shards, false);
+        this.trackCovariances(shards.filter(() => rec.kind === "edit"));
         this.d.log(`sweep ${sweepId} loaded from the store on demand`);
         this.retireFinished(sweepId);
       })().finally(() => this.opening.delete(sweepId));
@@ -275,6 +281,10 @@ export class Sweeps extends EventEmitter implements ResultSink {
       s.unpersisted.set(r.shardId, r);
       this.d.table.resultFrom(r.shardId, r.leaseId); // checked above: the shard's current lease
     } else if (!s.unpersisted.has(r.shardId)) s.unpersisted.set(r.shardId, undefined);
+    if (added && s.spec.kind === "edit" && this.d.covariances) {
+      const planned = this.d.scheduler.plannedShard(r.shardId);
+      if (planned) this.d.covariances.partDone(planned); // a covariance shard's part is stored: C may be complete
+    }
     if (added) {
       // Experiment kinds publish no cells; count the shard's planned units as its progress does.
       const cells = r.cells.length || (this.d.table.get(r.shardId)?.cells ?? 0);
@@ -349,6 +359,12 @@ export class Sweeps extends EventEmitter implements ResultSink {
     s.progress.sample(now, c.doneCells);
     const rec = s.rec;
     rec.doneCells = c.doneCells;
+    if (c.failed > 0 && s.spec.kind === "edit" && this.d.covariances) {
+      for (const id of c.failedShards) {
+        const planned = this.d.scheduler.plannedShard(id);
+        if (planned) this.d.covariances.partFailed(planned, this.d.table.get(id)?.lastError ?? "failed");
+      }
+    }
     if (rec.state === "running" && c.pending === 0 && c.leased === 0) {
       rec.state = c.failed > 0 || c.total === 0 ? "failed" : "done";
       rec.finishedMs = now;
@@ -459,13 +475,19 @@ export class Sweeps extends EventEmitter implements ResultSink {
       createdMs: now,
       finishedMs: p.shards.length === 0 ? now : 0,
     };
+    let held = new Set<string>();
+    if (spec.kind === "edit" && this.d.covariances) {
+      // C already stored: no covariance shards; edits whose C is missing wait for it.
+      ({ shards: p.shards, held } = await this.d.covariances.prepare(p.shards));
+      rec.plannedCells = rec.shardCount = p.shards.length;
+    }
     const agg = newAggregator(spec, sweepId, p.prompts); // before anything is persisted
     await this.d.store.createSweep(rec);
     // The shard records are written before the shards are scheduled, in bounded batches awaited
     // here: the sweep is durable before the caller learns its id. (Queued through the background
     // writer, a 1M-shard launch held a million pending writes, and the store-wide flush it waited
     // for need not end while agents keep other shards' records changing: bench/coordinator-load.)
-    const records = p.shards.map((sh) => shardRecord(sweepId, sh));
+    const records = p.shards.map((sh) => ({ ...shardRecord(sweepId, sh), ...(held.has(sh.shardId) ? { notBeforeMs: HELD_MS } : {}) }));
     let written = true;
     try {
       await this.d.store.createShards(records);
@@ -475,12 +497,19 @@ export class Sweeps extends EventEmitter implements ResultSink {
     }
     this.hold(rec, spec, agg, p.prompts);
     this.d.scheduler.addShards(records, !written);
+    if (held.size > 0) this.trackCovariances(records);
     if (!written) await this.d.store.flush();
     this.d.log(
       `sweep ${sweepId} launched: ${p.prompts.length} prompts (${p.promptErrors.length} with errors), ${p.shards.length} shards, ${p.plannedCells} cells`,
     );
     this.emit("sweep", sweepId);
     return this.info(sweepId);
+  }
+
+  /** Held edit shards wait for their ROME covariance (merged as soon as its parts are stored). */
+  private trackCovariances(records: ShardRecord[]): void {
+    if (!this.d.covariances || records.length === 0) return;
+    this.d.covariances.track(records.map((r) => ({ entry: r, shard: sweep.Shard.decode(Buffer.from(r.shard, "base64")) })));
   }
 
   /** The sweep's current SweepInfo. */
@@ -564,6 +593,14 @@ export class Sweeps extends EventEmitter implements ResultSink {
       s.rec.state = "running";
       s.rec.finishedMs = 0;
       this.d.scheduler.resumeSweep(sweepId, s.rec.maxAttempts);
+      if (s.spec.kind === "edit" && this.d.covariances) {
+        // Edits wait for their C again (a failed covariance shard failed them): held before any grant.
+        const shards = this.d.table.shardsOf(sweepId).flatMap((entry) => {
+          const shard = this.d.scheduler.plannedShard(entry.shardId);
+          return shard ? [{ entry, shard }] : [];
+        });
+        this.d.covariances.resumed(shards, (ids) => this.d.scheduler.hold(ids));
+      }
       this.shardsChanged(sweepId);
     }
     return this.info(sweepId);

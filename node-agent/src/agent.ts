@@ -11,11 +11,16 @@
  * long-file: one class holds the lease lifecycle (credit, queue, the worker a shard runs on, the next
  * shard pipelined behind the last engine call, cancel, drain); split, each part would need the others' state.
  */
+import { randomBytes } from "node:crypto";
+import { rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { connect, credsAuthenticator, type NatsConnection } from "@nats-io/transport-node";
 import type { agent, sweep } from "@factsweep/proto";
 import { createRegistry, startHttpServer, type HttpServerHandle } from "@factsweep/shared";
 import { EngineSupervisor, type EngineCommand, type EngineWorker } from "./engine-supervisor.js";
 import { CoordinatorLink } from "./coordinator-link.js";
+import { AgentCovariances } from "./covariance-files.js";
 import { ShardCancelledError, ShardError } from "./errors.js";
 import type { WorkerSlot } from "./gpu-discovery.js";
 import type { Logger } from "./log.js";
@@ -59,6 +64,8 @@ export interface AgentOptions {
   restartInitialMs?: number;
   log: Logger;
   metrics?: AgentMetrics;
+  /** Folder of this process' ROME covariance files (fetched C, moments being uploaded); default a fresh one under the OS temp folder. */
+  covarianceDir?: string;
 }
 
 /** A lease this agent holds: queued for a worker or running on one. */
@@ -100,6 +107,8 @@ export class Agent {
   private nc: Promise<NatsConnection> | undefined;
   private natsConnected = false;
   private publisher!: ResultPublisher;
+  private covariances: AgentCovariances | undefined;
+  private covarianceDir: string | undefined;
   private http: HttpServerHandle | undefined;
   private fatalError: Error | undefined;
 
@@ -185,6 +194,8 @@ export class Agent {
       (err: Error) => this.fail(new Error(`cannot connect to NATS ${this.opts.natsUrl}: ${err.message}; check --nats-url and --nats-creds`, { cause: err })),
     );
     this.publisher = new ResultPublisher(this.nc, { metrics: this.metrics, log: this.log });
+    this.covarianceDir = this.opts.covarianceDir ?? join(tmpdir(), `factsweep-agent-cov-${process.pid}-${randomBytes(3).toString("hex")}`);
+    this.covariances = new AgentCovariances(this.nc, this.covarianceDir, this.metrics.covariances);
     this.link.start();
     return { httpPort: this.http.port };
   }
@@ -308,6 +319,7 @@ export class Agent {
         shard: lease.shard,
         worker,
         publisher: this.publisher.forLease(() => lease.leaseId),
+        covariances: this.covariances,
         agentId: this.opts.agentId,
         metrics: this.metrics,
         log: this.log,
@@ -417,6 +429,8 @@ export class Agent {
       else void this.nc.then((c) => c.close()).catch(() => undefined);
     }
     await this.http?.close();
+    // A folder of its own (not --cov-dir): the copies of C go with the process.
+    if (this.covarianceDir && !this.opts.covarianceDir) rmSync(this.covarianceDir, { recursive: true, force: true });
     this.log.info(`stopped`);
   }
 

@@ -55,6 +55,7 @@ interface Flags {
   maxSlots?: number;
   batchSize?: number;
   kernelCache?: string;
+  covDir?: string;
   prefetch: number;
   cacheBudgetBytes?: number;
   drainTimeout: number;
@@ -101,6 +102,7 @@ export function program(): Command {
       "--kernel-cache <dir>",
       "folder of the GPU workers' compiled Triton kernels, kept across restarts (FACTSWEEP_KERNEL_CACHE; default: env FACTSWEEP_KERNEL_CACHE, else ~/.cache/factsweep/kernels)",
     )
+    .option("--cov-dir <dir>", "folder of the ROME covariances fetched from the object store (default: a fresh one under the OS temp folder, removed at exit)")
     .option("--engine-root <dir>", "folder holding the engine/ package (PYTHONPATH of the workers)", REPO_ROOT)
     .option("--log-level <level>", "debug | info | warn | error", "info")
     .exitOverride();
@@ -221,6 +223,7 @@ async function main(argv: string[]): Promise<number> {
     prefetch: flags.prefetch,
     cacheBudgetBytes: flags.cacheBudgetBytes,
     drainTimeoutMs: flags.drainTimeout * 1000,
+    covarianceDir: flags.covDir,
     log,
   });
   let signals = 0;

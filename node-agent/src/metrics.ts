@@ -18,6 +18,7 @@ export interface AgentMetrics {
   workersReady: Gauge;
   gpuMemoryBytes: Gauge<"worker">;
   cellsComputed: Counter;
+  covariances: Counter<"source">;
   workerBusyRatio: Gauge<"worker">;
   /** Read at each scrape for `workerBusyRatio` (set by the EngineSupervisor). */
   busyRatioSource?: () => { worker: string; ratio: number }[];
@@ -54,6 +55,12 @@ export function createAgentMetrics(registry: Registry = new Registry()): AgentMe
     workersReady: new Gauge({ name: METRICS.workersReady, help: "Engine workers that completed their handshake and are running", registers }),
     gpuMemoryBytes: new Gauge({ name: METRICS.gpuMemoryBytes, help: "Device memory a worker uses (engine Stats)", labelNames: ["worker"], registers }),
     cellsComputed: new Counter({ name: METRICS.agentCellsTotal, help: "Cells computed by this agent's workers", registers }),
+    covariances: new Counter({
+      name: METRICS.agentCovariances,
+      help: "ROME covariances an edit shard used: fetched from the object store, or this agent process' local copy",
+      labelNames: ["source"],
+      registers,
+    }),
     workerBusyRatio: new Gauge({
       name: METRICS.workerBusyRatio,
       help: "Share of the last 60 s in which a worker had an engine request in flight (its engine busy; requests are served in order)",
@@ -64,5 +71,6 @@ export function createAgentMetrics(registry: Registry = new Registry()): AgentMe
       },
     }),
   };
+  for (const source of ["fetched", "local"]) metrics.covariances.inc({ source }, 0);
   return metrics;
 }

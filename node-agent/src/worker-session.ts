@@ -6,6 +6,7 @@
  * `maxWorkerLosses`. Also the pieces around it: engine failures as ShardErrors, cancellation, the
  * common ShardResult fields, publishing, and the prompt key.
  */
+import type { AgentCovariances } from "./covariance-files.js";
 import type { engine, sweep } from "@factsweep/proto";
 import { EngineClosedError, EngineRequestError, EngineTimeoutError } from "./engine-errors.js";
 import { type EngineClient } from "./engine-client.js";
@@ -44,6 +45,8 @@ export interface ShardRunOptions {
   signal?: AbortSignal;
   /** Work units finished so far (cells, or `shard.units` of an experiment; for heartbeats). */
   onProgress?: (unitsDone: number) => void;
+  /** ROME covariances in the object store (edit shards); absent: the engine computes C from the corpus. */
+  covariances?: AgentCovariances;
 }
 
 /** A shard that ran and whose result JetStream acknowledged. */

@@ -11,3 +11,4 @@ export * from "./errors.js";
 export * from "./metrics.js";
 export * from "./http.js";
 export * from "./net.js";
+export * from "./covariance.js";

@@ -18,6 +18,7 @@ export const METRICS = {
   resultsRejected: "factsweep_results_rejected_total", // counter {reason}: refused results, each dead-lettered (reasons: coordinator/src/result-check.ts)
   leaseReportsIgnored: "factsweep_lease_reports_ignored_total", // counter {report="done"|"failed"}: for a lease the agent does not hold
   shardsUncounted: "factsweep_shards_uncounted_total", // counter: reported done, no result counted in time, re-queued
+  covariances: "factsweep_covariances_total", // counter {source="computed"}: ROME covariances merged from their shards and stored
   // agent
   shardDuration: "factsweep_shard_duration_seconds", // histogram
   engineBatch: "factsweep_engine_batch_seconds", // histogram
@@ -29,5 +30,6 @@ export const METRICS = {
   workersReady: "factsweep_workers_ready", // gauge
   gpuMemoryBytes: "factsweep_gpu_memory_used_bytes", // gauge {worker}
   agentCellsTotal: "factsweep_agent_cells_total", // counter: cells computed by this agent
+  agentCovariances: "factsweep_agent_covariances_total", // counter {source="fetched"|"local"}: ROME covariances an edit used, from the object store or this agent's disk copy
   workerBusyRatio: "factsweep_agent_worker_busy_ratio", // gauge {worker}: share of the last 60 s with an engine request in flight
 } as const;

@@ -22,3 +22,4 @@ export const SWEEPS_BUCKET = "factsweep-sweeps";
 export const SHARDS_BUCKET = "factsweep-shards";
 /** Aggregated per-sweep results (incremental sums), so a restarted coordinator does not re-read. */
 export const AGGREGATES_BUCKET = "factsweep-aggregates";
+/** The object store of ROME key covariances: `COVARIANCE_BUCKET` in covariance.ts. */

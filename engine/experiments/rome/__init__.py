@@ -79,7 +79,15 @@ Params (JSON object; token ids are pre-tokenized by the coordinator, spans are h
                      "return_ids": false} | null,   # default prompts: rewrite + paraphrases; null: skip
       "evaluate": true,                         # false: edit only (no pre/post evaluation)
       "cov_only": false,                        # true: compute/cache C and return its summary only
-      "return_moment": false                    # with cov_only: also the float32 sum of k kᵀ, base64
+      "return_moment": false,                   # with cov_only: also the float32 sum of k kᵀ, base64
+      "corpus_slice": [0, 100],                 # optional: only these sequences of the corpus
+      "moment_path": "/dir/part.f32",           # with cov_only: write that sum (float32, row-major) here;
+                                                # the result gains "moment_sha256" (the cluster's
+                                                # covariance shards: the agent uploads the file)
+      "covariance_file": {"path", "sha256", "dim", "tokens"}   # a C (float32 dim×dim, row-major)
+                                                # merged by the coordinator and fetched by the agent:
+                                                # used instead of computing C from the corpus; its
+                                                # dim, size, hash and values are checked first
     }
 
 Result (JSON object)::
@@ -104,7 +112,8 @@ Result (JSON object)::
             "generation": {"entropy", "ids"?} | null}
 
 With ``cov_only`` the result is ``{"kind", "cov_only": true, "matrix", "layer", "module",
-"covariance": {...}, "moment_b64"?, "seconds"}``. Bad params raise ``InvalidArgument`` naming
+"covariance": {...}, "moment_b64"?, "moment_sha256"?, "seconds"}``. With ``covariance_file``,
+``covariance`` is ``{"tokens", "dim", "trace", "fetched": true, "cached", "seconds"}``. Bad params raise ``InvalidArgument`` naming
 ``params.<field>`` (what was expected, what came); a singular C or a non-finite v* raises
 ``NumericError``; all are raised before the weights change, and an error while they are changed
 restores them first.
@@ -121,13 +130,14 @@ import time
 import torch
 
 from .. import register
-from .algorithm import Edit, applied, compute_edit, compute_v, context_prefixes, covariance, read_key_value
+from .algorithm import (Edit, applied, compute_edit, compute_v, context_prefixes, covariance, load_covariance, read_key_value,
+                        write_moment)
 from .evaluate import evaluate, hmean, ngram_entropy, summarize, target_nlls
 from .forward import Tap, Target, sample, target_of
 from .params import GENERATION, HPARAMS, Case, Prompt, parse_params
 
 __all__ = ["run_edit", "parse_params", "HPARAMS", "GENERATION", "Case", "Prompt", "Target", "Tap", "target_of",
-           "covariance", "context_prefixes", "read_key_value", "compute_v", "compute_edit", "Edit", "applied",
+           "covariance", "load_covariance", "write_moment", "context_prefixes", "read_key_value", "compute_v", "compute_edit", "Edit", "applied",
            "evaluate", "target_nlls", "sample", "ngram_entropy", "hmean", "summarize"]
 
 
@@ -144,16 +154,22 @@ def run_edit(engine, model_id: str, prompt_key: str, params: dict) -> dict:
             "layer": case.layer, "module": target.name, "rows": list(target.rows)}
 
     C, cov = None, None
-    if case.corpus is not None and (case.hp["mom2_adjustment"] or case.cov_only):
+    if case.covariance_file is not None and case.hp["mom2_adjustment"]:
+        t = time.perf_counter()
+        C, cov = load_covariance(model, target, case.covariance_file)
+        times["covariance"] = time.perf_counter() - t
+    elif case.corpus is not None and (case.hp["mom2_adjustment"] or case.cov_only):
         t = time.perf_counter()
         C, cov = covariance(model, target, case.corpus, case.corpus_hash, case.hp["mom2_max_len"], case.hp["mom2_batch_tokens"])
         times["covariance"] = time.perf_counter() - t
         moment = cov.pop("moment_sum", None)
         if case.cov_only:
             out = dict(base, cov_only=True, covariance=cov)
+            m = moment if moment is not None else C * cov["tokens"]
             if case.return_moment:
-                m = moment if moment is not None else C * cov["tokens"]
                 out["moment_b64"] = base64.b64encode(m.float().cpu().contiguous().numpy().tobytes()).decode()
+            if case.moment_path is not None:
+                out["moment_sha256"] = write_moment(case.moment_path, m)
             out["seconds"] = dict(times, total=time.perf_counter() - started)
             return out
 

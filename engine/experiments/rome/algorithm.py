@@ -4,8 +4,10 @@ applied for the duration of a block and restored bit for bit. Steps 1–5 of ``r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import time
 import weakref
 from collections import OrderedDict
@@ -16,7 +18,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ...errors import NumericError
+from ...errors import InvalidArgument, NotFound, NumericError
 from .._common import embed, run_layers
 from .forward import Tap, Target, frozen, idx, log_probs_at, pad, sample
 from .params import Case, Prompt
@@ -68,6 +70,57 @@ def covariance(model, target: Target, corpus: List[List[int]], corpus_hash: str,
     cache.move_to_end(key)
     _trim_cov_cache()
     return C, dict(summary, cached=False, moment_sum=total)
+
+
+def load_covariance(model, target: Target, spec: dict):
+    """(C, summary) from ``params.covariance_file`` (float32, row-major, dim × dim, written by the agent
+    from the cluster's object store): its dim, size, sha256 and values are checked before use; cached
+    per model like a computed C, under the file's hash."""
+    cache = _COV.setdefault(model, OrderedDict())
+    key = (target.name, "sha256:" + spec["sha256"])
+    if key in cache:
+        cache.move_to_end(key)
+        C, summary = cache[key]
+        return C, dict(summary, cached=True)
+    started = time.perf_counter()
+    dim = target.module.in_features
+    if spec["dim"] != dim:
+        raise InvalidArgument(f"params.covariance_file.dim: expected {dim} (the input width of {target.name}), got {spec['dim']}; "
+                              "the covariance belongs to another model or matrix", field="params.covariance_file.dim")
+    try:
+        with open(spec["path"], "rb") as f:
+            blob = f.read(dim * dim * 4 + 1)
+    except OSError as e:
+        raise NotFound(f"params.covariance_file.path: cannot read {spec['path']!r} ({e.strerror})", field="params.covariance_file.path") from e
+    if len(blob) != dim * dim * 4:
+        raise InvalidArgument(f"params.covariance_file.path: {len(blob)} bytes, expected {dim * dim * 4} ({dim}x{dim} float32)",
+                              field="params.covariance_file.path")
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != spec["sha256"]:
+        raise InvalidArgument(f"params.covariance_file.sha256: the file's sha256 is {digest}, expected {spec['sha256']}; it changed or "
+                              "was cut short", field="params.covariance_file.sha256")
+    C = torch.frombuffer(bytearray(blob), dtype=torch.float32).view(dim, dim).to(target.module.weight.device)
+    if not bool(torch.isfinite(C).all()):
+        raise NumericError("params.covariance_file: C holds non-finite values", field="params.covariance_file.path")
+    summary = {"tokens": spec["tokens"], "sequences": None, "dim": dim, "corpus_hash": None, "trace": float(torch.trace(C)),
+               "seconds": time.perf_counter() - started, "fetched": True}
+    cache[key] = (C, summary)
+    _trim_cov_cache()
+    return C, dict(summary, cached=False)
+
+
+def write_moment(path: str, moment: torch.Tensor) -> str:
+    """The float32 sum of k kᵀ to ``path`` (row-major; written beside and renamed, so a reader never
+    sees half a file); returns its sha256."""
+    blob = moment.float().cpu().contiguous().numpy().tobytes()
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise NotFound(f"params.moment_path: cannot write {path!r} ({e.strerror})", field="params.moment_path") from e
+    return hashlib.sha256(blob).hexdigest()
 
 
 def _trim_cov_cache() -> None:

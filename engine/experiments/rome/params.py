@@ -62,6 +62,10 @@ class Case:
     evaluate: bool
     cov_only: bool
     return_moment: bool
+    #: A C computed elsewhere (the cluster's object store, fetched by the agent): path, sha256, dim, tokens.
+    covariance_file: Optional[dict] = None
+    #: With cov_only: write the float32 sum of k kᵀ (row-major) to this file (the agent uploads it).
+    moment_path: Optional[str] = None
 
 
 def _ids(value, field: str, vocab: int, max_pos: int) -> List[int]:
@@ -160,6 +164,12 @@ def _corpus(params: dict, vocab: int) -> Tuple[Optional[List[List[int]]], str]:
         return None, ""
     if not isinstance(raw, list) or not raw:
         raise bad(where, "a non-empty list of token-id lists", raw)
+    cut = params.get("corpus_slice")
+    if cut is not None:  # a covariance shard's part of the corpus
+        if (not isinstance(cut, list) or len(cut) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in cut)
+                or not 0 <= cut[0] < cut[1] <= len(raw)):
+            raise bad("corpus_slice", f"[start, end) with 0 <= start < end <= {len(raw)} (the corpus' sequences)", cut)
+        raw = raw[cut[0]:cut[1]]
     seqs = [_ids(s, f"{where}[{i}]", vocab, 0) for i, s in enumerate(raw)]
     digest = hashlib.sha256(json.dumps(seqs, separators=(",", ":")).encode()).hexdigest()[:16]
     return seqs, digest
@@ -189,6 +199,24 @@ def _generation(gen, rewrite: Prompt, paraphrases: List[List[int]], vocab: int, 
     return g
 
 
+def _covariance_file(raw) -> Optional[dict]:
+    """params.covariance_file: {path, sha256, dim, tokens} of a float32 C the agent fetched (input from
+    outside: the size and hash are checked when it is read)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise bad("covariance_file", '{"path", "sha256", "dim", "tokens"}', raw)
+    path, sha, dim, tokens = raw.get("path"), raw.get("sha256"), raw.get("dim"), raw.get("tokens")
+    if not isinstance(path, str) or not path:
+        raise bad("covariance_file.path", "a file path", path)
+    if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise bad("covariance_file.sha256", "64 lower-case hex digits", sha)
+    for k, v in (("dim", dim), ("tokens", tokens)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise bad(f"covariance_file.{k}", "a positive integer", v)
+    return {"path": path, "sha256": sha, "dim": dim, "tokens": tokens}
+
+
 def parse_params(architecture, config, params: dict) -> Case:
     """Validate the request for a model of ``architecture`` (its ``edit_targets``) and ``config``."""
     vocab, max_pos = config.vocab_size, config.max_positions
@@ -203,7 +231,11 @@ def parse_params(architecture, config, params: dict) -> Case:
     hp = _hparams(params.get("hparams"))
     corpus, digest = _corpus(params, vocab)
     cov_only = bool(params.get("cov_only", False))
-    if (hp["mom2_adjustment"] or cov_only) and corpus is None:
+    cov_file = None if cov_only else _covariance_file(params.get("covariance_file"))
+    moment_path = params.get("moment_path") if cov_only else None
+    if moment_path is not None and (not isinstance(moment_path, str) or not moment_path):
+        raise bad("moment_path", "a file path", moment_path)
+    if (hp["mom2_adjustment"] or cov_only) and corpus is None and cov_file is None:
         raise bad("corpus", "token-id lists (or params.corpus_path) for the key covariance C", None,
                   "or set hparams.mom2_adjustment to false")
     bos = params.get("bos_id", 0)
@@ -211,7 +243,7 @@ def parse_params(architecture, config, params: dict) -> Case:
         raise bad("bos_id", f"a token id in [0, {vocab})", bos)
     if cov_only:
         return Case(matrix, layer, None, None, [], [], [], [], [], corpus, digest, bos, hp, None, False, True,
-                    bool(params.get("return_moment", False)))
+                    bool(params.get("return_moment", False)), None, moment_path)
 
     subject_ids = params.get("subject_ids")
     if subject_ids is not None:
@@ -248,4 +280,4 @@ def parse_params(architecture, config, params: dict) -> Case:
             raise bad("rewrite.in_context.ids", f"a context prefix, the prompt and the target within the model's {max_pos} "
                       "positions", f"{need} tokens")
     return Case(matrix, layer, rewrite, in_context, tnew, ttrue, paraphrases, neighbourhood, kl_prompts, corpus, digest,
-                bos, hp, gen, bool(params.get("evaluate", True)), False, False)
+                bos, hp, gen, bool(params.get("evaluate", True)), False, False, cov_file)

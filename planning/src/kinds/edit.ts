@@ -16,6 +16,7 @@ import { resolveLayers } from "../layers.js";
 import type { PlanError } from "../prompts.js";
 import { loadTokenizer, type PromptTokenizer } from "../tokenizer.js";
 import { checkAllowed, corpusSchema, kindShard, loadCorpus, mix, needRelations, needTokenizer, resolveCorpus, sectionKind, shuffle, Sums } from "./common.js";
+import { planCovariance } from "./edit-covariance.js";
 import type { KindPlan, KindPlanContext, SpecOf, SweepKindModule } from "./kind.js";
 
 /** A spec as this kind sees it. */
@@ -58,6 +59,12 @@ export const editSection = z.strictObject({
   /** Covariance corpus: "dataset", a text file, or a .json of token-id lists (then sent as a path agents read, like model.path). */
   corpus: corpusSchema.default("dataset"),
   max_corpus: posInt.max(4096).default(256),
+  /**
+   * Covariance shards per C (ROME's key covariance, with mom2_adjustment): C of each (layer, key
+   * module) is computed once per cluster from this many corpus slices, merged by the coordinator into
+   * its object store and fetched by every agent; 0: each engine worker computes its own C.
+   */
+  cov_shards: z.number().int().min(0).max(256).default(2),
   corpus_tokens: posInt.max(2048).default(64),
   hparams: z.partialRecord(z.enum(EDIT_HPARAMS), z.unknown()).default({}),
   /** Sample continuations for generation entropy (slow; off by default as in the paper's sweeps). */
@@ -198,6 +205,15 @@ function planEdit(ctx: KindPlanContext<EditSpec>): KindPlan {
       }
     }
   }
+  if (e.cov_shards > 0 && e.hparams.mom2_adjustment !== false && prompts.length > 0) {
+    // C once per cluster: covariance shards after the edits (on the first case's prompt); each edit names its C.
+    const cov = planCovariance(ctx, prompts[0]!, layers.length * matrices.length, layers, matrices, corpus, e.hparams, e.cov_shards);
+    for (const sh of shards) {
+      const p = JSON.parse(sh.paramsJson) as { layer: number; matrix: string };
+      sh.paramsJson = JSON.stringify({ ...p, covariance: { object: cov.objectOf.get(`${p.layer}|${p.matrix}`) } });
+    }
+    shards.push(...cov.shards);
+  }
   return { prompts, promptErrors, shards, plannedCells: shards.length };
 }
 
@@ -282,6 +298,7 @@ export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummar
     };
     return {
       fold(r, { prompt, bad }) {
+        if (r.cov_only === true) return []; // a covariance shard: its moment went to the object store
         const post = r.post as (Record<string, number | null> & { generation?: { entropy?: number; ids?: number[][] } | null }) | undefined;
         const pre = r.pre as Record<string, number | null> | undefined;
         if (!post || !pre) throw bad("pre/post evaluation");

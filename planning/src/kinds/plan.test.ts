@@ -159,7 +159,8 @@ test("edit plans (case, layer, matrix) shards with a rewrite, paraphrases, neigh
   );
   const plan = planSweep(s, "e");
   assert.equal(plan.prompts.length, 4);
-  assert.equal(plan.shards.length, 4 * 2 * 2);
+  // 4 cases × 2 layers × 2 matrices, then 2 covariance shards per (layer, key module) (edit-covariance.test.ts)
+  assert.equal(plan.shards.length, 4 * 2 * 2 + 2 * 2 * 2);
   const sh = plan.shards[0]!;
   const p = JSON.parse(sh.paramsJson) as Record<string, unknown> & {
     rewrite: { ids: number[]; subject: [number, number] };

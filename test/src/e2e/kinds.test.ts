@@ -162,12 +162,14 @@ layers: [6]
 });
 
 test("an edit sweep on the tiny Mamba equals the engine run alone and restores the weights after each case", async () => {
+  // cov_shards 1: the cluster's C (one covariance shard, fetched by the agents) is bit-identical to the
+  // engine's own, so rows match to 1e-6; several shards sum in another order (covariance.test.ts).
   const { rows, reference } = await runKind(
     "e2e-edit",
     `kind: edit
 model: { id: mamba-facts, path: ${join(MODELS, "mamba-facts")} }
 dataset: { relations: [${join(RELATIONS, "company_country.json")}] }
-edit: { cases: 1, matrices: [W_o], max_corpus: 64, paraphrases: 2, neighbours: 2, generation: true, hparams: { v_num_grad_steps: 5, context_template_length_params: [[5, 2]], cov_ridge: 0.01 } }
+edit: { cases: 1, matrices: [W_o], max_corpus: 64, cov_shards: 1, paraphrases: 2, neighbours: 2, generation: true, hparams: { v_num_grad_steps: 5, context_template_length_params: [[5, 2]], cov_ridge: 0.01 } }
 layers: [2]
 `,
   );
