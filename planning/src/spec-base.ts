@@ -66,7 +66,7 @@ const noise = z.strictObject({
 });
 const corruption = z.discriminatedUnion("kind", [swap, noise], { error: 'expected kind "swap" or "noise"' });
 
-const layers = z.union(
+const layerList = z.union(
   [
     z.literal("all"),
     z.array(nonNegInt).min(1),
@@ -74,6 +74,24 @@ const layers = z.union(
   ],
   { error: 'expected "all", a list of layer numbers, or a range "start:end[:step]" (end exclusive)' },
 );
+
+/**
+ * `edit` only: the layers come from a finished trace sweep (its id, or a run folder written by
+ * `sweepctl local` / `sweepctl archive`: a value with a "/"). Each case is edited at the layer of
+ * its fact's peak indirect effect at the last subject token on the site its matrix writes, unless
+ * `edit_layers` is given: then every case at those layers, the trace drawn beside them.
+ */
+export const fromTraceLayers = z.strictObject({
+  from_trace: z.string().min(1).max(4096),
+  /** The traced window to read when the trace has several for a site. */
+  window: posInt.optional(),
+  edit_layers: layerList.optional(),
+});
+export type FromTraceLayers = z.infer<typeof fromTraceLayers>;
+
+const layers = z.union([layerList, fromTraceLayers], {
+  error: 'expected "all", a list of layer numbers, a range "start:end[:step]" (end exclusive), or (kind edit) { from_trace: <trace sweep id or run folder> }',
+});
 
 /**
  * `shard_cells` of `"prompt"` (the default): one shard per prompt, a prompt's whole grid, so a GPU

@@ -12,9 +12,10 @@ import { FactsweepError } from "@factsweep/shared";
 import { z } from "zod";
 import type { Relation } from "../datasets.js";
 import { SpecError } from "../errors.js";
-import { resolveLayers } from "../layers.js";
+import { isFromTrace, resolveLayers } from "../layers.js";
 import type { PlanError } from "../prompts.js";
 import { loadTokenizer, type PromptTokenizer } from "../tokenizer.js";
+import { isTraceFolder, traceFactOf, type TraceLayers } from "./edit-trace.js";
 import { checkAllowed, corpusSchema, kindShard, loadCorpus, mix, needRelations, needTokenizer, resolveCorpus, sectionKind, shuffle, Sums } from "./common.js";
 import type { KindPlan, KindPlanContext, SpecOf, SweepKindModule } from "./kind.js";
 
@@ -85,9 +86,18 @@ export interface EditPoint {
   entropy: number | null;
 }
 
+/** The trace beside the edit scores (`layers: { from_trace }`): per matrix, the mean IE at the last subject token per layer. */
+export interface EditTraceCurve {
+  sweepId: string;
+  /** Each case was edited at its own peak layer (false: at `edit_layers`, the trace drawn beside). */
+  chosen: boolean;
+  matrices: { matrix: string; site: string; window: number; layers: number[]; meanIE: (number | null)[]; facts: number }[];
+}
+
 /** The edit aggregate. */
 export interface EditSummary {
   points: EditPoint[];
+  trace?: EditTraceCurve;
 }
 
 /** The edit matrices of a spec for a model type, checked. */
@@ -140,13 +150,31 @@ export function editCaseParams(
   };
 }
 
+/**
+ * The (matrix, layer) edits of one case taken from a trace: each matrix at its fact's peak layer,
+ * or every `edit_layers` layer (then a fact the trace lacks is edited all the same).
+ * @throws FactsweepError (the case is skipped, with the reason) when the trace has no peak for it.
+ */
+function traceEdits(t: TraceLayers, c: { subject: string; relation: string; text: string }, matrices: readonly string[]): { matrix: string; layer: number }[] {
+  if (t.editLayers) return t.editLayers.flatMap((layer) => matrices.map((matrix) => ({ matrix, layer })));
+  const fact = traceFactOf(t, c);
+  if (!fact) throw new FactsweepError(`trace sweep ${t.sweepId} has no prompt of this fact (subject and relation or prompt text); not edited`);
+  return matrices.map((matrix) => {
+    const peak = fact.peaks[matrix];
+    if (!peak) throw new FactsweepError(`trace sweep ${t.sweepId}: the fact's IE at the last subject token is undefined at every layer for ${matrix} (p_clean = p_corrupt); not edited`);
+    return { matrix, layer: peak.layer };
+  });
+}
+
 /** Cases: per relation a seeded order, taken round-robin until `edit.cases` (every relation represented). */
 function planEdit(ctx: KindPlanContext<EditSpec>): KindPlan {
   const { spec, modelConfig } = ctx;
   const e = spec.edit!;
   const tok = needTokenizer(ctx);
   const rels = needRelations(ctx);
-  const layers = resolveLayers(spec.layers, modelConfig.numLayers);
+  const trace = ctx.traceLayers;
+  // layers: { from_trace } is resolved by planSweep (a trace's peaks per fact); otherwise one list for every case.
+  const layers = trace ? [] : resolveLayers(spec.layers, modelConfig.numLayers);
   const matrices = editMatrices(spec, modelConfig.modelType);
   const queues = rels.map((rel, r) => shuffle(rel.samples.slice(0, spec.dataset.per_relation ?? Infinity), mix(e.seed, r)).map((s) => ({ rel, s })));
   const prompts: sweep.PromptSpec[] = [];
@@ -188,9 +216,9 @@ function planEdit(ctx: KindPlanContext<EditSpec>): KindPlan {
           subjectEnd: params.rewrite.subject[1],
           corruption: undefined,
         };
-        layers.forEach((layer, li) =>
-          matrices.forEach((matrix, mi) => shards.push(kindShard(ctx, prompt, li * matrices.length + mi, { matrix, layer, ...params }))),
-        );
+        // Part = position in (layer, matrix) order: li × matrices + mi for a layer list.
+        const edits = trace ? traceEdits(trace, prompt, matrices) : layers.flatMap((layer) => matrices.map((matrix) => ({ matrix, layer })));
+        edits.forEach(({ matrix, layer }, part) => shards.push(kindShard(ctx, prompt, part, { matrix, layer, ...params })));
         prompts.push(prompt);
       } catch (err) {
         if (err instanceof SpecError) throw err;
@@ -244,7 +272,10 @@ const own = sectionKind("edit", editSection);
 /** Rank-one model editing. */
 export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummary> = {
   ...own,
-  resolvePaths: (spec, resolve) => resolveCorpus(spec.edit, resolve),
+  resolvePaths: (spec, resolve) => {
+    resolveCorpus(spec.edit, resolve);
+    if (isFromTrace(spec.layers) && isTraceFolder(spec.layers.from_trace)) spec.layers.from_trace = resolve(spec.layers.from_trace);
+  },
   plan: planEdit,
   units: () => 1,
   columns: [
@@ -267,9 +298,12 @@ export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummar
     "entropy",
     "entropy_tokens",
     "restored",
+    "trace_layer",
+    "trace_ie",
   ],
-  aggregate(opts: { spec: { model: { path: string; tokenizer?: string } } }) {
+  aggregate(opts: { spec: { model: { path: string; tokenizer?: string } }; traceLayers?: TraceLayers }) {
     const sums = new Sums();
+    const trace = opts.traceLayers;
     let tok: PromptTokenizer | null | undefined; // loaded at the first sample that needs it
     /** ROME's entropy over words of the decoded samples; the engine's over token ids when no tokenizer can be read. */
     const entropyOf = (g: { entropy?: number; ids?: number[][] } | null | undefined): number | null => {
@@ -311,6 +345,8 @@ export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummar
             entropy,
             entropy_tokens: post.generation?.entropy ?? null,
             restored: r.restored === true,
+            // The fact's peak in the trace (layers: { from_trace }): where its IE at the last subject token was highest.
+            ...tracePeakColumns(trace, prompt, String(r.matrix)),
           },
         ];
       },
@@ -337,7 +373,8 @@ export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummar
             entropy: g("entropy"),
           };
         });
-        return { points: points.sort((a, b) => a.matrix.localeCompare(b.matrix) || a.layer - b.layer) };
+        points.sort((a, b) => a.matrix.localeCompare(b.matrix) || a.layer - b.layer);
+        return trace ? { points, trace: { sweepId: trace.sweepId, chosen: !trace.editLayers, matrices: trace.matrices } } : { points };
       },
     };
   },
@@ -354,13 +391,69 @@ export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummar
         color: "metric",
         facet: "matrix",
       }),
+      (s, label) =>
+        s.trace
+          ? {
+              mark: "line",
+              title: `${label}: causal trace beside the edit, per layer (figure 4)`,
+              values: figure4Values(s),
+              x: { field: "layer", title: "layer" },
+              y: { field: "value", title: "% (IE: mean over traced facts)" },
+              color: "series",
+              facet: "matrix",
+            }
+          : null,
     ],
+    note: (s) =>
+      s.trace
+        ? s.trace.chosen
+          ? `layers from trace sweep ${s.trace.sweepId}: each case edited at its fact's peak IE at the last subject token (${s.trace.matrices.map((m) => `${m.matrix} ← ${m.site}, window ${m.window}`).join("; ")}); a layer's scores average the cases whose peak it was`
+          : `trace sweep ${s.trace.sweepId} drawn beside every case edited at every layer (${s.trace.matrices.map((m) => `${m.matrix} ← ${m.site}, window ${m.window}`).join("; ")})`
+        : "",
     table: {
-      head: ["matrix", "layer", "cases", ...SHOWN],
-      rows: (s) => s.points.map((p) => [p.matrix, p.layer, p.cases, ...SHOWN.map((m) => (p[m] === null ? "" : (100 * p[m]!).toFixed(1)))]),
+      head: ["matrix", "layer", "cases", ...SHOWN, "trace IE"],
+      rows: (s) =>
+        s.points.map((p) => {
+          const ie = traceIEAt(s, p.matrix, p.layer);
+          return [p.matrix, p.layer, p.cases, ...SHOWN.map((m) => (p[m] === null ? "" : (100 * p[m]!).toFixed(1))), ie === null ? "" : (100 * ie).toFixed(1)];
+        }),
     },
   },
 };
+
+/** The trace's mean IE for a matrix at a layer, or null. */
+function traceIEAt(s: EditSummary, matrix: string, layer: number): number | null {
+  const m = s.trace?.matrices.find((x) => x.matrix === matrix);
+  return m?.meanIE[m.layers.indexOf(layer)] ?? null;
+}
+
+/**
+ * Figure 4's series per matrix and layer, in %: the trace's mean IE at the last subject token, the
+ * edit's ES/PS/NS, and (layers chosen per case) the share of cases whose peak was that layer.
+ */
+function figure4Values(s: EditSummary): object[] {
+  const t = s.trace!;
+  const out: object[] = [];
+  for (const m of t.matrices) {
+    m.layers.forEach((layer, i) => {
+      const v = m.meanIE[i];
+      if (v !== null && v !== undefined) out.push({ matrix: m.matrix, layer, series: `trace IE (${m.site}, last subject token)`, value: 100 * v });
+    });
+    const points = s.points.filter((p) => p.matrix === m.matrix);
+    const cases = points.reduce((n, p) => n + p.cases, 0);
+    for (const p of points) {
+      for (const k of ["ES", "PS", "NS"] as const) if (p[k] !== null) out.push({ matrix: p.matrix, layer: p.layer, series: `edit ${k}`, value: 100 * p[k]! });
+      if (t.chosen && cases > 0) out.push({ matrix: p.matrix, layer: p.layer, series: "cases edited at this layer", value: (100 * p.cases) / cases });
+    }
+  }
+  return out;
+}
+
+/** A row's trace columns: the fact's peak layer and IE for the matrix (null without a trace or a peak). */
+function tracePeakColumns(t: TraceLayers | undefined, prompt: sweep.PromptSpec, matrix: string): { trace_layer: number | null; trace_ie: number | null } {
+  const peak = t ? traceFactOf(t, prompt)?.peaks[matrix] : undefined;
+  return { trace_layer: peak?.layer ?? null, trace_ie: peak?.ie ?? null };
+}
 
 /** ROME's S: the harmonic mean, null if a value is missing, 0 if one is 0. */
 function harmonic(xs: (number | null)[]): number | null {

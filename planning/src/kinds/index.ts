@@ -94,3 +94,4 @@ export * from "./knockout.js";
 export * from "./sever.js";
 export * from "./lre.js";
 export * from "./edit.js";
+export * from "./edit-trace.js";
