@@ -45,7 +45,11 @@ export function plan(spec: SweepSpec, sweepId: string, trace: Pick<SweepDeps, "t
 }
 
 /** What an edit's `layers: { from_trace: <id> }` reads of a trace sweep held here (kind, state, model, last-subject-token IE per fact). */
-export function traceEvidence(held: { rec: { sweepId: string; kind: string; state: string; model: unknown }; prompts: sweep.PromptSpec[]; agg: Aggregator }): TraceEvidence {
+export function traceEvidence(held: {
+  rec: { sweepId: string; kind: string; state: string; model: unknown };
+  prompts: sweep.PromptSpec[];
+  agg: Aggregator;
+}): TraceEvidence {
   const model = sweep.ModelRef.fromJSON(held.rec.model);
   const meta = {
     sweepId: held.rec.sweepId,

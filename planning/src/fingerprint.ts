@@ -35,7 +35,8 @@ export function modelFingerprint(dir: string, tokenizerPath?: string): ModelFing
 /** Why two fingerprints are not of the same weights (config or weight files differ), or undefined when they agree. */
 export function fingerprintMismatch(a: Pick<ModelFingerprint, "sha256" | "weights">, b: Pick<ModelFingerprint, "sha256" | "weights">): string | undefined {
   for (const k of new Set([...Object.keys(a.sha256 ?? {}), ...Object.keys(b.sha256 ?? {})]))
-    if (a.sha256?.[k] !== b.sha256?.[k]) return `${k} differs (sha256 ${a.sha256?.[k]?.slice(0, 12) ?? "absent"} vs ${b.sha256?.[k]?.slice(0, 12) ?? "absent"})`;
+    if (a.sha256?.[k] !== b.sha256?.[k])
+      return `${k} differs (sha256 ${a.sha256?.[k]?.slice(0, 12) ?? "absent"} vs ${b.sha256?.[k]?.slice(0, 12) ?? "absent"})`;
   const w = (f: Pick<ModelFingerprint, "weights">) => JSON.stringify([...(f.weights ?? [])].sort((x, y) => x.file.localeCompare(y.file)));
   if (w(a) !== w(b)) return `the weight files differ (${w(a)} vs ${w(b)})`;
   return undefined;

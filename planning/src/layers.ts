@@ -32,8 +32,7 @@ export function resolveLayers(layersSpec: LayersSpec, numLayers: number, path = 
     const start = a ? Number(a) : 0;
     const end = b ? Number(b) : numLayers;
     const step = c ? Number(c) : 1;
-    if (step < 1)
-      throw new SpecError(`${path}: expected a step >= 1, got ${describeValue(layersSpec)}`, { path, expected: "step >= 1", received: layersSpec });
+    if (step < 1) throw new SpecError(`${path}: expected a step >= 1, got ${describeValue(layersSpec)}`, { path, expected: "step >= 1", received: layersSpec });
     out = [];
     for (let l = start; l < Math.min(end, numLayers); l += step) out.push(l);
     if (end > numLayers) {

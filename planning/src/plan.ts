@@ -15,7 +15,8 @@ import type { PlanError } from "./prompts.js";
 import type { SweepSpec } from "./spec.js";
 import { loadTokenizer, type PromptTokenizer } from "./tokenizer.js";
 import { editMatrices, KIND_MODULES, planKind } from "./kinds/index.js";
-import { isTraceFolder, traceEvidenceFromRunFolder, traceLayersFor, traceLayersFrom, type TraceEvidence, type TraceLayers } from "./kinds/edit-trace.js";
+import { traceLayersFor, traceLayersFrom, type TraceLayers } from "./kinds/edit-trace.js";
+import { isTraceFolder, traceEvidenceFromRunFolder, type TraceEvidence } from "./kinds/trace-evidence.js";
 
 /** What {@link planSweep} needs besides the spec; read from the spec's paths when not given. */
 export interface SweepDeps {
@@ -63,7 +64,8 @@ export function planSweep(spec: SweepSpec, sweepId: string, deps: SweepDeps = {}
   const modelConfig = deps.model ?? readModelConfig(spec.model.path, limits);
   for (const k of KIND_MODULES) k.check?.(spec, modelConfig);
   let traceLayers: TraceLayers | undefined;
-  if (isFromTrace(spec.layers) && spec.kind === "edit") traceLayers = deps.traceLayers ?? resolveTrace(spec, spec.layers, modelConfig, deps.traceEvidence, limits);
+  if (isFromTrace(spec.layers) && spec.kind === "edit")
+    traceLayers = deps.traceLayers ?? resolveTrace(spec, spec.layers, modelConfig, deps.traceEvidence, limits);
   else resolveLayers(spec.layers, modelConfig.numLayers); // fail on the spec before any prompt work
   const tokenizer = deps.tokenizer !== undefined ? deps.tokenizer : loadSpecTokenizer(spec, limits.maxFileBytes);
   const model: sweep.ModelRef = {

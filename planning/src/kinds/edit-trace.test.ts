@@ -11,7 +11,8 @@ import { modelFingerprint } from "../fingerprint.js";
 import { planSweep, type SweepPlan } from "../plan.js";
 import { siteFromEnum } from "../sites.js";
 import { parseSweepSpec, type SweepSpec } from "../spec.js";
-import { peakLayer, traceEvidenceFromAggregator, type TraceEvidence } from "./edit-trace.js";
+import { peakLayer } from "./edit-trace.js";
+import { traceEvidenceFromAggregator, type TraceEvidence } from "./trace-evidence.js";
 import { KindAggregator } from "./aggregate.js";
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../../..");
@@ -36,7 +37,10 @@ test("the peak layer is the highest defined IE; a tie goes to the lowest layer; 
 function syntheticTrace(opts: { extraWindow?: boolean } = {}): { plan: SweepPlan; agg: ResultAggregator; peaks: Map<string, Record<string, number>> } {
   const grid = ["mixer", "ssm", "gate"].map((s) => `{ site: ${s}, window: 1 }`);
   if (opts.extraWindow) grid.push("{ site: mixer, window: 3 }");
-  const plan = planSweep(spec(`kind: trace\nmodel: { id: mamba-facts, path: ${MAMBA} }\ndataset: { relations: [${REL}], per_relation: 4 }\ngrid: [${grid.join(", ")}]\n`), "tr");
+  const plan = planSweep(
+    spec(`kind: trace\nmodel: { id: mamba-facts, path: ${MAMBA} }\ndataset: { relations: [${REL}], per_relation: 4 }\ngrid: [${grid.join(", ")}]\n`),
+    "tr",
+  );
   const agg = new ResultAggregator({ sweepId: "tr", prompts: plan.prompts, model: "mamba-facts" });
   const siteIndex: Record<string, number> = { mixer: 0, ssm: 1, gate: 2 };
   const peaks = new Map<string, Record<string, number>>();
@@ -51,7 +55,21 @@ function syntheticTrace(opts: { extraWindow?: boolean } = {}): { plan: SweepPlan
       if (cell.token !== p.subjectEnd - 1) v = cell.layer === 7 ? 0.99 : 0.9;
       return { cell, p: v, logit: 0 };
     });
-    agg.add({ sweepId: "tr", shardId: sh.shardId, promptIndex: p.index, agentId: "", attempt: 0, answerId: 1, pClean: 1, pCorrupt: 0, cells, engineSeconds: 0, worker: "", resultJson: "", leaseId: "" });
+    agg.add({
+      sweepId: "tr",
+      shardId: sh.shardId,
+      promptIndex: p.index,
+      agentId: "",
+      attempt: 0,
+      answerId: 1,
+      pClean: 1,
+      pCorrupt: 0,
+      cells,
+      engineSeconds: 0,
+      worker: "",
+      resultJson: "",
+      leaseId: "",
+    });
   }
   return { plan, agg, peaks };
 }
@@ -113,11 +131,24 @@ test("layers: { from_trace } edits each case at its fact's peak IE at the last s
   );
 
   // Rows say where each case's peak was and what its IE was; the summary carries the trace curve.
-  const agg = new KindAggregator({ sweepId: "ed", spec: editSpec("{ from_trace: tr }"), prompts: plan.prompts, modelType: "mamba", numLayers: 8, traceLayers: plan.traceLayers });
+  const agg = new KindAggregator({
+    sweepId: "ed",
+    spec: editSpec("{ from_trace: tr }"),
+    prompts: plan.prompts,
+    modelType: "mamba",
+    numLayers: 8,
+    traceLayers: plan.traceLayers,
+  });
   for (const sh of plan.shards) {
     const { matrix, layer } = JSON.parse(sh.paramsJson) as { matrix: string; layer: number };
     const scores = { ES: 1, PS: 0.5, NS: 0.9, S: 0.7, EM: 0.1, PM: 0.1, NM: 0.1 };
-    agg.add({ ...emptyResult, sweepId: "ed", shardId: sh.shardId, promptIndex: sh.prompt!.index, resultJson: JSON.stringify({ matrix, layer, post: scores, pre: scores, restored: true }) });
+    agg.add({
+      ...emptyResult,
+      sweepId: "ed",
+      shardId: sh.shardId,
+      promptIndex: sh.prompt!.index,
+      resultJson: JSON.stringify({ matrix, layer, post: scores, pre: scores, restored: true }),
+    });
   }
   const rows = [...agg.rows()].map((r) => JSON.parse(r.fieldsJson) as Record<string, unknown>);
   assert.equal(rows.length, 12);
@@ -130,7 +161,21 @@ test("layers: { from_trace } edits each case at its fact's peak IE at the last s
   assert.equal(summary.trace!.matrices[0]!.meanIE.length, 8);
 });
 
-const emptyResult: sweep.ShardResult = { sweepId: "", shardId: "", promptIndex: 0, agentId: "", attempt: 0, answerId: 0, pClean: 0, pCorrupt: 0, cells: [], engineSeconds: 0, worker: "", resultJson: "", leaseId: "" };
+const emptyResult: sweep.ShardResult = {
+  sweepId: "",
+  shardId: "",
+  promptIndex: 0,
+  agentId: "",
+  attempt: 0,
+  answerId: 0,
+  pClean: 0,
+  pCorrupt: 0,
+  cells: [],
+  engineSeconds: 0,
+  worker: "",
+  resultJson: "",
+  leaseId: "",
+};
 
 test("layers: { from_trace, edit_layers } edits every case at those layers and keeps each row's trace peak beside it", () => {
   const t = syntheticTrace();
@@ -160,13 +205,19 @@ test("a trace that cannot choose the layers is refused, naming the field and the
   planSweep(editSpec("{ from_trace: tr }", ", matrices: [W_o, W_g]"), "ed", { traceEvidence: noSsm }); // without W_a it plans
   const two = syntheticTrace({ extraWindow: true });
   refused(evidence(two), undefined, "", /several windows \(1, 3\); choose one with layers.window/, "layers.window");
-  assert.equal(planSweep(editSpec("{ from_trace: tr, window: 3 }", ", matrices: [W_o]"), "ed", { traceEvidence: evidence(two) }).traceLayers!.matrices[0]!.window, 3);
+  assert.equal(
+    planSweep(editSpec("{ from_trace: tr, window: 3 }", ", matrices: [W_o]"), "ed", { traceEvidence: evidence(two) }).traceLayers!.matrices[0]!.window,
+    3,
+  );
   refused(evidence(two), "{ from_trace: tr, window: 5 }", ", matrices: [W_o]", /not 5; set layers.window/, "layers.window");
   const none = evidence(t);
   none.grids = none.grids.map((g) => ({ ...g, facts: g.facts.map((f) => ({ ...f, subject: `${f.subject}-x` })) }));
   refused(none, undefined, "", /has none of this sweep's facts/);
   // A sweep id without the coordinator; from_trace on a kind that is not edit.
-  assert.throws(() => planSweep(editSpec("{ from_trace: tr }"), "ed"), (e: SpecError) => e.path === "layers.from_trace" && /only the coordinator/.test(e.message));
+  assert.throws(
+    () => planSweep(editSpec("{ from_trace: tr }"), "ed"),
+    (e: SpecError) => e.path === "layers.from_trace" && /only the coordinator/.test(e.message),
+  );
   assert.throws(
     () => planSweep(spec(`kind: trace\nmodel: { id: m, path: ${MAMBA} }\ndataset: { relations: [${REL}] }\nlayers: { from_trace: tr }\n`), "x"),
     (e: SpecError) => e.path === "layers.from_trace" && /kind edit only/.test(e.message),
@@ -196,13 +247,23 @@ test("a run folder (sweep.json, run.json, results.jsonl as sweepctl writes them)
   );
   writeFileSync(join(dir, "results.jsonl"), lines.join("\n") + "\n");
   writeFileSync(join(dir, "sweep.json"), JSON.stringify({ sweepId: "tr", state: "done", kind: "trace" }));
-  writeFileSync(join(dir, "run.json"), JSON.stringify({ sweep_id: "tr", spec: "name: t\nmodel: { id: mamba-facts, path: x }\n", model: modelFingerprint(MAMBA) }));
+  writeFileSync(
+    join(dir, "run.json"),
+    JSON.stringify({ sweep_id: "tr", spec: "name: t\nmodel: { id: mamba-facts, path: x }\n", model: modelFingerprint(MAMBA) }),
+  );
   const fromFolder = planSweep(editSpec(`{ from_trace: ${dir}/ }`), "ed");
   const fromAgg = planSweep(editSpec("{ from_trace: tr }"), "ed", { traceEvidence: evidence(t) });
   assert.deepEqual(editedLayers(fromFolder), editedLayers(fromAgg));
   assert.equal(fromFolder.traceLayers!.sweepId, "tr");
 
-  writeFileSync(join(dir, "run.json"), JSON.stringify({ sweep_id: "tr", spec: "model: { id: mamba-facts }", model: { ...modelFingerprint(MAMBA), weights: [{ file: "model.safetensors", bytes: 1 }] } }));
+  writeFileSync(
+    join(dir, "run.json"),
+    JSON.stringify({
+      sweep_id: "tr",
+      spec: "model: { id: mamba-facts }",
+      model: { ...modelFingerprint(MAMBA), weights: [{ file: "model.safetensors", bytes: 1 }] },
+    }),
+  );
   assert.throws(
     () => planSweep(editSpec(`{ from_trace: ${dir}/ }`), "ed"),
     (e: SpecError) => e.path === "layers.from_trace" && /traced another model \(its checkpoint's the weight files differ/.test(e.message),

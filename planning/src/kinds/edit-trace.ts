@@ -10,42 +10,16 @@
  * peaks per fact and the mean curve), which the coordinator keeps with the edit sweep so a re-plan
  * and the aggregation see the same choices.
  */
-import { closeSync, openSync, readSync, statSync } from "node:fs";
-import { join } from "node:path";
 import type { sweep } from "@factsweep/proto";
-import { parse as parseYaml } from "yaml";
-import type { ResultAggregator } from "../aggregator.js";
+import { FactsweepError } from "@factsweep/shared";
 import { SpecError } from "../errors.js";
-import { parseJsonFile, readRegularFile, typeOfValue } from "../files.js";
 import { fingerprintMismatch, type ModelFingerprint } from "../fingerprint.js";
 import { resolveLayers, type LayersSpec } from "../layers.js";
 import type { ModelConfig } from "../model-config.js";
-import type { SiteName } from "../sites.js";
-
-/** The traced site whose state each editable matrix writes. */
-export const TRACE_SITE_OF_MATRIX = { W_o: "mixer", W_a: "ssm", W_g: "gate", dense_4h_to_h: "mlp" } as const satisfies Record<string, SiteName>;
-const TRACE_SITES: readonly string[] = Object.values(TRACE_SITE_OF_MATRIX);
+import { TRACE_SITE_OF_MATRIX, type TraceEvidence } from "./trace-evidence.js";
 
 const FIELD = "layers.from_trace";
-
-/** One traced fact: its prompt and its IE at the last subject token per layer of its grid (null: undefined IE or no cell). */
-export interface TraceFact {
-  subject: string;
-  relation: string;
-  text: string;
-  ie: (number | null)[];
-}
-
-/** What a trace sweep offers for choosing edit layers. */
-export interface TraceEvidence {
-  sweepId: string;
-  /** "done", "running", … */
-  state: string;
-  kind: string;
-  model: { id: string; modelType?: string; numLayers?: number; path?: string; fingerprint?: Pick<ModelFingerprint, "sha256" | "weights"> };
-  /** Every (site, window) traced; `facts` are read for the sites a matrix needs (empty for others). */
-  grids: { site: string; window: number; layers: number[]; facts: TraceFact[] }[];
-}
+const specError = (message: string, expected: string, received?: unknown, path = FIELD) => new SpecError(`${path}: ${message}`, { path, expected, received });
 
 /** The peak of one fact for one matrix. */
 export interface TracePeak {
@@ -78,123 +52,6 @@ export function peakLayer(layers: readonly number[], ie: readonly (number | null
     if (!best || v > best.ie || (v === best.ie && layer < best.layer)) best = { layer, ie: v };
   });
   return best;
-}
-
-/** Whether a `from_trace` value names a run folder rather than a sweep id (sweep ids have no "/"). */
-export const isTraceFolder = (source: string): boolean => source.includes("/") || source === "." || source === "..";
-
-const specError = (message: string, expected: string, received?: unknown, path = FIELD) => new SpecError(`${path}: ${message}`, { path, expected, received });
-
-/** The trace view of a coordinator's aggregate: facts at the last subject token for the sites a matrix writes. */
-export function traceEvidenceFromAggregator(agg: ResultAggregator, prompts: readonly sweep.PromptSpec[], meta: Omit<TraceEvidence, "grids">): TraceEvidence {
-  const byIndex = new Map(prompts.map((p) => [p.index, p]));
-  const grids = agg.grids().map(({ site, window }) => {
-    if (!TRACE_SITES.includes(site)) return { site, window, layers: [], facts: [] };
-    const r = agg.factRows(site, window, "subject_last");
-    const facts = r.prompts.map((pi, i) => {
-      const p = byIndex.get(pi);
-      return { subject: p?.subject ?? "", relation: p?.relation ?? "", text: p?.text ?? "", ie: r.ie[i]! };
-    });
-    return { site, window, layers: r.layers, facts };
-  });
-  return { ...meta, grids };
-}
-
-/** Each line of a text file, read in 1 MiB pieces (a trace's results.jsonl may be far larger than a file read whole). */
-function* lines(file: string): Generator<string> {
-  const fd = openSync(file, "r");
-  try {
-    const buf = Buffer.alloc(1 << 20);
-    let rest = "";
-    for (let n; (n = readSync(fd, buf, 0, buf.length, null)) > 0; ) {
-      const parts = (rest + buf.toString("utf8", 0, n)).split("\n");
-      rest = parts.pop()!;
-      yield* parts;
-    }
-    if (rest) yield rest;
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/**
- * The trace view of a run folder (`sweepctl local --out`, `sweepctl archive --out`): sweep.json
- * (id, state, kind), run.json (the spec's model id and the model's fingerprint, when written by
- * `local`) and results.jsonl (the cells; rows of the last subject token are read).
- */
-export function traceEvidenceFromRunFolder(dir: string, maxFileBytes: number): TraceEvidence {
-  const json = (name: string, required: boolean): Record<string, unknown> | undefined => {
-    const file = join(dir, name);
-    let st;
-    try {
-      st = statSync(file);
-    } catch {
-      if (!required) return undefined;
-      throw specError(`${dir} has no ${name}: it is not a run folder; give the folder \`sweepctl local --out\` or \`sweepctl archive --out\` wrote, or a trace sweep's id`, "a run folder", dir);
-    }
-    if (!st.isFile()) throw specError(`${file} is not a file`, "a run folder", dir);
-    const fail = (msg: string, cause?: unknown) => new SpecError(`${FIELD}: ${msg}`, { path: FIELD, expected: "a run folder", received: dir }, { cause });
-    const v = parseJsonFile(readRegularFile(file, name, maxFileBytes, fail), name, file, fail);
-    if (!v || typeof v !== "object" || Array.isArray(v)) throw specError(`${file} must hold a JSON object, got ${typeOfValue(v)}`, "a run folder", dir);
-    return v as Record<string, unknown>;
-  };
-  const info = json("sweep.json", true)!;
-  const run = json("run.json", false);
-  const str = (v: unknown): string => (typeof v === "string" ? v : "");
-  let specModel: { id?: unknown } = {};
-  if (run && typeof run.spec === "string") {
-    try {
-      specModel = ((parseYaml(run.spec) as { model?: { id?: unknown } } | null)?.model ?? {}) as { id?: unknown };
-    } catch {
-      specModel = {};
-    }
-  }
-  const fp = run?.model as ModelFingerprint | undefined;
-  const model: TraceEvidence["model"] = {
-    id: str(specModel.id),
-    ...(fp && typeof fp === "object" ? { path: str(fp.path), ...(fp.sha256 && Array.isArray(fp.weights) ? { fingerprint: fp } : {}) } : {}),
-  };
-  const byGrid = new Map<string, { site: string; window: number; layers: Set<number>; facts: Map<number, TraceFact & { at: Map<number, number | null> }> }>();
-  const file = join(dir, "results.jsonl");
-  try {
-    if (!statSync(file).isFile()) throw new Error("not a file");
-  } catch {
-    throw specError(`${dir} has no results.jsonl (the trace's cells); write the run folder with \`sweepctl local\` or \`sweepctl archive\``, "a run folder", dir);
-  }
-  let lineNo = 0;
-  for (const line of lines(file)) {
-    lineNo++;
-    if (!line.trim()) continue;
-    let r: Record<string, unknown>;
-    try {
-      r = JSON.parse(line) as Record<string, unknown>;
-    } catch (err) {
-      throw new SpecError(`${FIELD}: ${file} line ${lineNo} is not JSON (${(err as Error).message})`, { path: FIELD, expected: "results.jsonl of a trace", received: dir }, { cause: err });
-    }
-    if (!model.id && typeof r.model === "string") model.id = r.model;
-    const site = str(r.site);
-    if (!site) continue;
-    const window = Number(r.window);
-    const key = `${site}|${window}`;
-    let g = byGrid.get(key);
-    if (!g) byGrid.set(key, (g = { site, window, layers: new Set(), facts: new Map() }));
-    if (!TRACE_SITES.includes(site)) continue;
-    const layer = Number(r.layer);
-    g.layers.add(layer);
-    if (r.token_group !== "subject_last") continue;
-    const pi = Number(r.prompt_index);
-    let f = g.facts.get(pi);
-    if (!f) g.facts.set(pi, (f = { subject: str(r.subject), relation: str(r.relation), text: str(r.prompt), ie: [], at: new Map() }));
-    f.at.set(layer, typeof r.ie === "number" && Number.isFinite(r.ie) ? r.ie : null);
-  }
-  const grids = [...byGrid.values()].map((g) => {
-    const layers = [...g.layers].sort((a, b) => a - b);
-    const facts = [...g.facts.entries()]
-      .sort((a, b) => a[0] - b[0])
-      .map(([, f]) => ({ subject: f.subject, relation: f.relation, text: f.text, ie: layers.map((l) => f.at.get(l) ?? null) }));
-    return { site: g.site, window: g.window, layers, facts };
-  });
-  return { sweepId: str(info.sweepId) || str(run?.sweep_id), state: str(info.state) || str(run?.state), kind: str(info.kind) || "trace", model, grids };
 }
 
 /** Facts of a trace keyed by subject (what a case is looked up by first). */
@@ -246,7 +103,11 @@ export function traceLayersFrom(
       src,
     );
   const other = (what: string) =>
-    specError(`${name} traced another model (${what}); trace model ${model.id} (${model.path}) first, or edit the traced one`, `a trace of model ${model.id}`, src);
+    specError(
+      `${name} traced another model (${what}); trace model ${model.id} (${model.path}) first, or edit the traced one`,
+      `a trace of model ${model.id}`,
+      src,
+    );
   if (ev.model.id && ev.model.id !== model.id) throw other(`model.id ${ev.model.id}, this spec's ${model.id}`);
   if (ev.model.modelType && ev.model.modelType !== modelConfig.modelType) throw other(`a ${ev.model.modelType} model, this one is ${modelConfig.modelType}`);
   if (ev.model.numLayers && ev.model.numLayers !== modelConfig.numLayers) throw other(`${ev.model.numLayers} layers, this model has ${modelConfig.numLayers}`);
@@ -260,7 +121,13 @@ export function traceLayersFrom(
   const out: TraceLayers["matrices"] = [];
   for (const matrix of matrices) {
     const site = (TRACE_SITE_OF_MATRIX as Record<string, string>)[matrix];
-    if (!site) throw specError(`edit matrix ${matrix} has no traced site to choose its layer from`, Object.keys(TRACE_SITE_OF_MATRIX).join("|"), matrix, "edit.matrices");
+    if (!site)
+      throw specError(
+        `edit matrix ${matrix} has no traced site to choose its layer from`,
+        Object.keys(TRACE_SITE_OF_MATRIX).join("|"),
+        matrix,
+        "edit.matrices",
+      );
     const all = ev.grids.filter((g) => g.site === site);
     if (all.length === 0)
       throw specError(
@@ -271,12 +138,27 @@ export function traceLayersFrom(
     let grid = all[0]!;
     if (layers.window !== undefined) {
       const w = all.find((g) => g.window === layers.window);
-      if (!w) throw specError(`${name} traced \`${site}\` with window ${all.map((g) => g.window).join(", ")}, not ${layers.window}; set layers.window to one of them`, all.map((g) => g.window).join("|"), layers.window, "layers.window");
+      if (!w)
+        throw specError(
+          `${name} traced \`${site}\` with window ${all.map((g) => g.window).join(", ")}, not ${layers.window}; set layers.window to one of them`,
+          all.map((g) => g.window).join("|"),
+          layers.window,
+          "layers.window",
+        );
       grid = w;
     } else if (all.length > 1)
-      throw specError(`${name} traced \`${site}\` with several windows (${all.map((g) => g.window).join(", ")}); choose one with layers.window`, all.map((g) => g.window).join("|"), undefined, "layers.window");
+      throw specError(
+        `${name} traced \`${site}\` with several windows (${all.map((g) => g.window).join(", ")}); choose one with layers.window`,
+        all.map((g) => g.window).join("|"),
+        undefined,
+        "layers.window",
+      );
     if (grid.facts.length === 0)
-      throw specError(`${name} has no result at the last subject token for \`${site}\` (window ${grid.window}); trace with tokens: all (or subject_last)`, "results at the last subject token", src);
+      throw specError(
+        `${name} has no result at the last subject token for \`${site}\` (window ${grid.window}); trace with tokens: all (or subject_last)`,
+        "results at the last subject token",
+        src,
+      );
     // A fact traced more than once (the same subject and relation in several prompts): its IEs are averaged per layer.
     const sums = new Map<number, { sum: number; n: number }>();
     for (const f of grid.facts) {
@@ -316,4 +198,107 @@ export function traceLayersFrom(
 export function traceLayersFor(t: TraceLayers, cases: readonly Pick<sweep.PromptSpec, "subject" | "relation" | "text">[]): TraceLayers {
   const keep = new Set(cases.map((c) => traceFactOf(t, c)).filter((f) => f !== undefined));
   return { ...t, facts: t.facts.filter((f) => keep.has(f)) };
+}
+
+/**
+ * The (matrix, layer) edits of one case taken from a trace: each matrix at its fact's peak layer,
+ * or every `edit_layers` layer (then a fact the trace lacks is edited all the same).
+ * @throws FactsweepError (the case is skipped, with the reason) when the trace has no peak for it.
+ */
+export function traceEdits(
+  t: TraceLayers,
+  c: { subject: string; relation: string; text: string },
+  matrices: readonly string[],
+): { matrix: string; layer: number }[] {
+  if (t.editLayers) return t.editLayers.flatMap((layer) => matrices.map((matrix) => ({ matrix, layer })));
+  const fact = traceFactOf(t, c);
+  if (!fact) throw new FactsweepError(`trace sweep ${t.sweepId} has no prompt of this fact (subject and relation or prompt text); not edited`);
+  return matrices.map((matrix) => {
+    const peak = fact.peaks[matrix];
+    if (!peak)
+      throw new FactsweepError(
+        `trace sweep ${t.sweepId}: the fact's IE at the last subject token is undefined at every layer for ${matrix} (p_clean = p_corrupt); not edited`,
+      );
+    return { matrix, layer: peak.layer };
+  });
+}
+
+/** The trace beside the edit scores (`layers: { from_trace }`): per matrix, the mean IE at the last subject token per layer. */
+export interface EditTraceCurve {
+  sweepId: string;
+  /** Each case was edited at its own peak layer (false: at `edit_layers`, the trace drawn beside). */
+  chosen: boolean;
+  matrices: { matrix: string; site: string; window: number; layers: number[]; meanIE: (number | null)[]; facts: number }[];
+}
+
+/** What figure 4 reads of an edit point (kinds/edit.ts EditPoint). */
+interface EditPointScores {
+  matrix: string;
+  layer: number;
+  cases: number;
+  ES: number | null;
+  PS: number | null;
+  NS: number | null;
+}
+
+/** The trace's mean IE for a matrix at a layer, or null. */
+export function traceIEAt(s: { trace?: EditTraceCurve }, matrix: string, layer: number): number | null {
+  const m = s.trace?.matrices.find((x) => x.matrix === matrix);
+  return m?.meanIE[m.layers.indexOf(layer)] ?? null;
+}
+
+/**
+ * Figure 4's series per matrix and layer, in %: the trace's mean IE at the last subject token, the
+ * edit's ES/PS/NS, and (layers chosen per case) the share of cases whose peak was that layer.
+ */
+export function figure4Values(s: { trace?: EditTraceCurve; points: EditPointScores[] }): object[] {
+  const t = s.trace!;
+  const out: object[] = [];
+  for (const m of t.matrices) {
+    m.layers.forEach((layer, i) => {
+      const v = m.meanIE[i];
+      if (v !== null && v !== undefined) out.push({ matrix: m.matrix, layer, series: `trace IE (${m.site}, last subject token)`, value: 100 * v });
+    });
+    const points = s.points.filter((p) => p.matrix === m.matrix);
+    const cases = points.reduce((n, p) => n + p.cases, 0);
+    for (const p of points) {
+      for (const k of ["ES", "PS", "NS"] as const) if (p[k] !== null) out.push({ matrix: p.matrix, layer: p.layer, series: `edit ${k}`, value: 100 * p[k]! });
+      if (t.chosen && cases > 0) out.push({ matrix: p.matrix, layer: p.layer, series: "cases edited at this layer", value: (100 * p.cases) / cases });
+    }
+  }
+  return out;
+}
+
+/** A row's trace columns: the fact's peak layer and IE for the matrix (null without a trace or a peak). */
+export function tracePeakColumns(
+  t: TraceLayers | undefined,
+  prompt: sweep.PromptSpec,
+  matrix: string,
+): { trace_layer: number | null; trace_ie: number | null } {
+  const peak = t ? traceFactOf(t, prompt)?.peaks[matrix] : undefined;
+  return { trace_layer: peak?.layer ?? null, trace_ie: peak?.ie ?? null };
+}
+
+/** The figure-4 panel of an edit sweep with a trace (none without): a line ChartView of kind.ts (not imported: kind.ts imports this file). */
+export function figure4Chart(s: { trace?: EditTraceCurve; points: EditPointScores[] }, label: string) {
+  if (!s.trace) return null;
+  return {
+    mark: "line" as const,
+    title: `${label}: causal trace beside the edit, per layer (figure 4)`,
+    values: figure4Values(s),
+    x: { field: "layer", title: "layer" },
+    y: { field: "value", title: "% (IE: mean over traced facts)" },
+    color: "series",
+    facet: "matrix",
+  };
+}
+
+/** The report's line on where an edit sweep's layers came from ("" without a trace). */
+export function traceNote(s: { trace?: EditTraceCurve }): string {
+  const t = s.trace;
+  if (!t) return "";
+  const sites = t.matrices.map((m) => `${m.matrix} ← ${m.site}, window ${m.window}`).join("; ");
+  return t.chosen
+    ? `layers from trace sweep ${t.sweepId}: each case edited at its fact's peak IE at the last subject token (${sites}); a layer's scores average the cases whose peak it was`
+    : `trace sweep ${t.sweepId} drawn beside every case edited at every layer (${sites})`;
 }

@@ -15,7 +15,8 @@ import { SpecError } from "../errors.js";
 import { isFromTrace, resolveLayers } from "../layers.js";
 import type { PlanError } from "../prompts.js";
 import { loadTokenizer, type PromptTokenizer } from "../tokenizer.js";
-import { isTraceFolder, traceFactOf, type TraceLayers } from "./edit-trace.js";
+import { figure4Chart, traceEdits, traceIEAt, traceNote, tracePeakColumns, type EditTraceCurve, type TraceLayers } from "./edit-trace.js";
+import { isTraceFolder } from "./trace-evidence.js";
 import { checkAllowed, corpusSchema, kindShard, loadCorpus, mix, needRelations, needTokenizer, resolveCorpus, sectionKind, shuffle, Sums } from "./common.js";
 import type { KindPlan, KindPlanContext, SpecOf, SweepKindModule } from "./kind.js";
 
@@ -86,14 +87,6 @@ export interface EditPoint {
   entropy: number | null;
 }
 
-/** The trace beside the edit scores (`layers: { from_trace }`): per matrix, the mean IE at the last subject token per layer. */
-export interface EditTraceCurve {
-  sweepId: string;
-  /** Each case was edited at its own peak layer (false: at `edit_layers`, the trace drawn beside). */
-  chosen: boolean;
-  matrices: { matrix: string; site: string; window: number; layers: number[]; meanIE: (number | null)[]; facts: number }[];
-}
-
 /** The edit aggregate. */
 export interface EditSummary {
   points: EditPoint[];
@@ -148,22 +141,6 @@ export function editCaseParams(
     neighbourhood: neighbours.map((x) => tok.encode(templates[0]!.replace("{}", x))),
     kl_prompts: [withSpan(tok, `${subject} is a`, subject)],
   };
-}
-
-/**
- * The (matrix, layer) edits of one case taken from a trace: each matrix at its fact's peak layer,
- * or every `edit_layers` layer (then a fact the trace lacks is edited all the same).
- * @throws FactsweepError (the case is skipped, with the reason) when the trace has no peak for it.
- */
-function traceEdits(t: TraceLayers, c: { subject: string; relation: string; text: string }, matrices: readonly string[]): { matrix: string; layer: number }[] {
-  if (t.editLayers) return t.editLayers.flatMap((layer) => matrices.map((matrix) => ({ matrix, layer })));
-  const fact = traceFactOf(t, c);
-  if (!fact) throw new FactsweepError(`trace sweep ${t.sweepId} has no prompt of this fact (subject and relation or prompt text); not edited`);
-  return matrices.map((matrix) => {
-    const peak = fact.peaks[matrix];
-    if (!peak) throw new FactsweepError(`trace sweep ${t.sweepId}: the fact's IE at the last subject token is undefined at every layer for ${matrix} (p_clean = p_corrupt); not edited`);
-    return { matrix, layer: peak.layer };
-  });
 }
 
 /** Cases: per relation a seeded order, taken round-robin until `edit.cases` (every relation represented). */
@@ -391,25 +368,9 @@ export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummar
         color: "metric",
         facet: "matrix",
       }),
-      (s, label) =>
-        s.trace
-          ? {
-              mark: "line",
-              title: `${label}: causal trace beside the edit, per layer (figure 4)`,
-              values: figure4Values(s),
-              x: { field: "layer", title: "layer" },
-              y: { field: "value", title: "% (IE: mean over traced facts)" },
-              color: "series",
-              facet: "matrix",
-            }
-          : null,
+      figure4Chart,
     ],
-    note: (s) =>
-      s.trace
-        ? s.trace.chosen
-          ? `layers from trace sweep ${s.trace.sweepId}: each case edited at its fact's peak IE at the last subject token (${s.trace.matrices.map((m) => `${m.matrix} ← ${m.site}, window ${m.window}`).join("; ")}); a layer's scores average the cases whose peak it was`
-          : `trace sweep ${s.trace.sweepId} drawn beside every case edited at every layer (${s.trace.matrices.map((m) => `${m.matrix} ← ${m.site}, window ${m.window}`).join("; ")})`
-        : "",
+    note: traceNote,
     table: {
       head: ["matrix", "layer", "cases", ...SHOWN, "trace IE"],
       rows: (s) =>
@@ -420,40 +381,6 @@ export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummar
     },
   },
 };
-
-/** The trace's mean IE for a matrix at a layer, or null. */
-function traceIEAt(s: EditSummary, matrix: string, layer: number): number | null {
-  const m = s.trace?.matrices.find((x) => x.matrix === matrix);
-  return m?.meanIE[m.layers.indexOf(layer)] ?? null;
-}
-
-/**
- * Figure 4's series per matrix and layer, in %: the trace's mean IE at the last subject token, the
- * edit's ES/PS/NS, and (layers chosen per case) the share of cases whose peak was that layer.
- */
-function figure4Values(s: EditSummary): object[] {
-  const t = s.trace!;
-  const out: object[] = [];
-  for (const m of t.matrices) {
-    m.layers.forEach((layer, i) => {
-      const v = m.meanIE[i];
-      if (v !== null && v !== undefined) out.push({ matrix: m.matrix, layer, series: `trace IE (${m.site}, last subject token)`, value: 100 * v });
-    });
-    const points = s.points.filter((p) => p.matrix === m.matrix);
-    const cases = points.reduce((n, p) => n + p.cases, 0);
-    for (const p of points) {
-      for (const k of ["ES", "PS", "NS"] as const) if (p[k] !== null) out.push({ matrix: p.matrix, layer: p.layer, series: `edit ${k}`, value: 100 * p[k]! });
-      if (t.chosen && cases > 0) out.push({ matrix: p.matrix, layer: p.layer, series: "cases edited at this layer", value: (100 * p.cases) / cases });
-    }
-  }
-  return out;
-}
-
-/** A row's trace columns: the fact's peak layer and IE for the matrix (null without a trace or a peak). */
-function tracePeakColumns(t: TraceLayers | undefined, prompt: sweep.PromptSpec, matrix: string): { trace_layer: number | null; trace_ie: number | null } {
-  const peak = t ? traceFactOf(t, prompt)?.peaks[matrix] : undefined;
-  return { trace_layer: peak?.layer ?? null, trace_ie: peak?.ie ?? null };
-}
 
 /** ROME's S: the harmonic mean, null if a value is missing, 0 if one is 0. */
 function harmonic(xs: (number | null)[]): number | null {

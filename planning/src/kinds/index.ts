@@ -95,3 +95,4 @@ export * from "./sever.js";
 export * from "./lre.js";
 export * from "./edit.js";
 export * from "./edit-trace.js";
+export * from "./trace-evidence.js";
