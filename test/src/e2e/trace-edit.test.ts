@@ -98,6 +98,16 @@ tokens: all
   const arch = await cluster.sweepctl("archive", "e2e-fromtrace-trace", "--keep", "--out", folder, "--spec", join(cluster.dir, "e2e-fromtrace-trace.yaml"));
   assert.equal(arch.exitCode, 0, arch.stderr);
   check(await run("e2e-fromtrace-folder", editSpec(folder)), "by run folder");
+  // `sweepctl plan` reads the folder on this machine and shows the cases per chosen layer; a sweep id it cannot look up.
+  const planned = await cluster.sweepctl("plan", cluster.writeSpec("plan.yaml", `name: plan\n${editSpec(folder)}`));
+  assert.equal(planned.exitCode, 0, planned.stderr);
+  const perLayer = new Map<number, number>();
+  for (const w of want.values()) perLayer.set(w.layer, (perLayer.get(w.layer) ?? 0) + 1);
+  const shown = [...perLayer].sort((a, b) => a[0] - b[0]).map(([l, n]) => `layer ${l} × ${n}`);
+  assert.match(planned.stdout, new RegExp(`W_o ← mixer \\(window 2\\): ${shown.join(", ")}\n`));
+  const byId = await cluster.sweepctl("plan", cluster.writeSpec("plan-id.yaml", `name: plan\n${editSpec("e2e-fromtrace-trace")}`));
+  assert.notEqual(byId.exitCode, 0);
+  assert.match(byId.stderr, /layers\.from_trace: "e2e-fromtrace-trace" is a sweep id, which only the coordinator that ran it can look up/);
 
   // Refused at launch, naming the field: an unknown id, and a sweep that is not a trace.
   const bad = async (from: string, re: RegExp) => {
