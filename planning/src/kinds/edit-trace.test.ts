@@ -273,3 +273,53 @@ test("a run folder (sweep.json, run.json, results.jsonl as sweepctl writes them)
     (e: SpecError) => e.path === "layers.from_trace" && /has no sweep.json: it is not a run folder/.test(e.message),
   );
 });
+
+test("NeoX: dense_4h_to_h takes its layer from the trace's mlp site; a trace of attn alone is refused naming mlp", () => {
+  const NEOX = join(REPO, "models/neox-facts");
+  const traced = (site: string) => {
+    const plan = planSweep(
+      spec(`kind: trace\nmodel: { id: neox-facts, path: ${NEOX} }\ndataset: { relations: [${REL}], per_relation: 2 }\ngrid: [{ site: ${site}, window: 1 }]\n`),
+      "nt",
+    );
+    const agg = new ResultAggregator({ sweepId: "nt", prompts: plan.prompts });
+    for (const sh of plan.shards) {
+      const p = sh.prompt!;
+      // IE rises to layer 3 and falls after it, at the last subject token only.
+      const cells = sh.cells.map((cell) => ({ cell, p: cell.token === p.subjectEnd - 1 ? 1 - Math.abs(cell.layer - 3) / 6 : 0.99, logit: 0 }));
+      agg.add({ ...emptyResult, sweepId: "nt", shardId: sh.shardId, promptIndex: p.index, pClean: 1, pCorrupt: 0, cells });
+    }
+    return traceEvidenceFromAggregator(agg, plan.prompts, {
+      sweepId: "nt",
+      state: "done",
+      kind: "trace",
+      model: { id: "neox-facts", modelType: "gpt_neox", numLayers: 6 },
+    });
+  };
+  const neoxEdit = spec(
+    `kind: edit\nmodel: { id: neox-facts, path: ${NEOX} }\ndataset: { relations: [${REL}], per_relation: 2 }\nedit: { cases: 2, max_corpus: 4 }\nlayers: { from_trace: nt }\n`,
+  );
+  const plan = planSweep(neoxEdit, "ne", { traceEvidence: traced("mlp") });
+  assert.deepEqual(
+    plan.shards.map((s) => JSON.parse(s.paramsJson) as { matrix: string; layer: number }).map((x) => [x.matrix, x.layer]),
+    [
+      ["dense_4h_to_h", 3],
+      ["dense_4h_to_h", 3],
+    ],
+  );
+  assert.throws(
+    () => planSweep(neoxEdit, "ne", { traceEvidence: traced("attn") }),
+    (e: SpecError) => e.path === "layers.from_trace" && /traced no `mlp` site, which edit matrix dense_4h_to_h needs \(traced: attn\)/.test(e.message),
+  );
+});
+
+test("the spec refuses a malformed from_trace, naming the field", () => {
+  const bad = (layers: string, re: RegExp) =>
+    assert.throws(
+      () => editSpec(layers),
+      (e: Error) => re.test(e.message),
+    );
+  bad('{ from_trace: "" }', /layers\.from_trace: Too small/);
+  bad("{ from_trace: tr, windw: 2 }", /unknown field `windw` in layers/);
+  bad("{ from_trace: tr, window: 0 }", /layers\.window: Too small/);
+  assert.deepEqual(editSpec("{ from_trace: runs/trace }").layers, { from_trace: join(REPO, "runs/trace") }, "a folder resolves against the spec's folder");
+});
