@@ -5,7 +5,7 @@ import { SpecError } from "./errors.js";
 /** A list of layers: "all", a list, or a range "start:end[:step]". */
 export type LayerList = "all" | number[] | string;
 /** The `layers` field of a spec: a {@link LayerList}, or (kind edit) the layers of a trace's peaks (kinds/edit-trace.ts). */
-export type LayersSpec = LayerList | { from_trace: string; window?: number; edit_layers?: LayerList };
+export type LayersSpec = LayerList | { from_trace: string; window?: number; sites?: Record<string, string>; edit_layers?: LayerList };
 
 /** Whether a spec's layers come from a trace sweep (`layers: { from_trace }`). */
 export const isFromTrace = (l: LayersSpec): l is Extract<LayersSpec, { from_trace: string }> => typeof l === "object" && !Array.isArray(l);

@@ -4,6 +4,7 @@
  * own fields, so they need not import the full schema (spec.ts), which is built from them.
  */
 import { z } from "zod";
+import { SITE_NAMES } from "./sites.js";
 import { TOKEN_GROUP_SCHEMES } from "./token-groups.js";
 
 const DTYPES = ["float32", "bfloat16", "float16"] as const;
@@ -78,13 +79,15 @@ const layerList = z.union(
 /**
  * `edit` only: the layers come from a finished trace sweep (its id, or a run folder written by
  * `sweepctl local` / `sweepctl archive`: a value with a "/"). Each case is edited at the layer of
- * its fact's peak indirect effect at the last subject token on the site its matrix writes, unless
+ * its fact's peak indirect effect at the last subject token on the site paired with its matrix, unless
  * `edit_layers` is given: then every case at those layers, the trace drawn beside them.
  */
 export const fromTraceLayers = z.strictObject({
   from_trace: z.string().min(1).max(4096),
   /** The traced window to read when the trace has several for a site. */
   window: posInt.optional(),
+  /** The traced site per edited matrix, where not the default (kinds/edit-trace.ts TRACE_SITE_OF_MATRIX), e.g. { W_a: in_ssm }. */
+  sites: z.record(z.string().min(1), z.enum(SITE_NAMES)).optional(),
   edit_layers: layerList.optional(),
 });
 export type FromTraceLayers = z.infer<typeof fromTraceLayers>;

@@ -203,6 +203,14 @@ test("a trace that cannot choose the layers is refused, naming the field and the
   noSsm.grids = noSsm.grids.filter((g) => g.site !== "ssm");
   refused(noSsm, undefined, "", /traced no `ssm` site, which edit matrix W_a needs.*leave W_a out of edit.matrices/);
   planSweep(editSpec("{ from_trace: tr }", ", matrices: [W_o, W_g]"), "ed", { traceEvidence: noSsm }); // without W_a it plans
+  // layers.sites: another traced site for a matrix (W_a from g here), checked against the edited matrices and the model's sites.
+  const viaGate = planSweep(editSpec("{ from_trace: tr, sites: { W_a: gate } }", ", matrices: [W_a]"), "ed", { traceEvidence: noSsm });
+  assert.deepEqual(
+    viaGate.prompts.map((p) => (JSON.parse(viaGate.shards.find((s) => s.prompt!.index === p.index)!.paramsJson) as { layer: number }).layer),
+    viaGate.prompts.map((p) => t.peaks.get(p.subject)!.gate),
+  );
+  refused(evidence(t), "{ from_trace: tr, sites: { W_x: gate } }", "", /"W_x" is not an edited matrix/, "layers.sites.W_x");
+  refused(evidence(t), "{ from_trace: tr, sites: { W_o: mlp } }", "", /"mlp" is not a site of mamba models/, "layers.sites.W_o");
   const two = syntheticTrace({ extraWindow: true });
   refused(evidence(two), undefined, "", /several windows \(1, 3\); choose one with layers.window/, "layers.window");
   assert.equal(

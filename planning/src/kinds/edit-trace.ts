@@ -1,7 +1,7 @@
 /**
  * `layers: { from_trace }` of the edit kind (issue 17, the paper's figure 4): tracing chooses the
  * edit. A finished trace sweep of the same model gives, per fact, the indirect effect at the last
- * subject token on the site each edited matrix writes (Mamba: W_o → `mixer` (o), W_a → `ssm` (s),
+ * subject token on the site paired with each edited matrix (Mamba: W_o → `mixer` (o), W_a → `ssm` (s),
  * W_g → `gate` (g); NeoX: dense_4h_to_h → `mlp`), per layer (window as traced). Each case is
  * edited at its fact's peak layer; or, with `edit_layers`, at those layers with the trace beside.
  *
@@ -16,7 +16,15 @@ import { SpecError } from "../errors.js";
 import { fingerprintMismatch, type ModelFingerprint } from "../fingerprint.js";
 import { resolveLayers, type LayersSpec } from "../layers.js";
 import type { ModelConfig } from "../model-config.js";
-import { TRACE_SITE_OF_MATRIX, type TraceEvidence } from "./trace-evidence.js";
+import { SITES_BY_MODEL_TYPE, type SiteName } from "../sites.js";
+import type { TraceEvidence } from "./trace-evidence.js";
+
+/**
+ * The traced site each editable matrix is matched with by default (the paper's figure 4): W_o
+ * with o (`mixer`, its output), W_a with s (`ssm`, the SSM path it feeds), W_g with g (`gate`, its
+ * output after SiLU); NeoX dense_4h_to_h with `mlp`. `layers.sites` overrides one (e.g. W_a: in_ssm, a itself).
+ */
+export const TRACE_SITE_OF_MATRIX = { W_o: "mixer", W_a: "ssm", W_g: "gate", dense_4h_to_h: "mlp" } as const satisfies Record<string, SiteName>;
 
 const FIELD = "layers.from_trace";
 const specError = (message: string, expected: string, received?: unknown, path = FIELD) => new SpecError(`${path}: ${message}`, { path, expected, received });
@@ -119,8 +127,25 @@ export function traceLayersFrom(
   const editLayers = layers.edit_layers === undefined ? undefined : resolveLayers(layers.edit_layers, modelConfig.numLayers, "layers.edit_layers");
   const facts = new Map<string, TraceLayers["facts"][number] & { sums: Map<string, { layers: number[]; sum: number[]; n: number[] }> }>();
   const out: TraceLayers["matrices"] = [];
+  const allowed = (SITES_BY_MODEL_TYPE as Record<string, readonly string[]>)[modelConfig.modelType] ?? [];
+  for (const [m, site] of Object.entries(layers.sites ?? {})) {
+    if (!matrices.includes(m))
+      throw specError(
+        `"${m}" is not an edited matrix (edit.matrices: ${matrices.join(", ")}); remove it or edit it`,
+        matrices.join("|"),
+        m,
+        `layers.sites.${m}`,
+      );
+    if (!allowed.includes(site))
+      throw specError(
+        `"${site}" is not a site of ${modelConfig.modelType} models; expected one of ${allowed.join(", ")}`,
+        allowed.join("|"),
+        site,
+        `layers.sites.${m}`,
+      );
+  }
   for (const matrix of matrices) {
-    const site = (TRACE_SITE_OF_MATRIX as Record<string, string>)[matrix];
+    const site = layers.sites?.[matrix] ?? (TRACE_SITE_OF_MATRIX as Record<string, string>)[matrix];
     if (!site)
       throw specError(
         `edit matrix ${matrix} has no traced site to choose its layer from`,

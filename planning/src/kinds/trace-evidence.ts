@@ -1,7 +1,7 @@
 /**
  * The trace sweep an edit's `layers: { from_trace }` reads ({@link TraceEvidence}): from a
  * coordinator's aggregate, or from a run folder of `sweepctl local` / `sweepctl archive`. What is
- * read: per fact, the IE at its last subject token per layer, for the sites edited matrices write.
+ * read: per fact, the IE at its last subject token per layer, for every traced site.
  * Checking it and choosing the layers is edit-trace.ts.
  */
 import { closeSync, openSync, readSync, statSync } from "node:fs";
@@ -12,11 +12,6 @@ import type { ResultAggregator } from "../aggregator.js";
 import { SpecError } from "../errors.js";
 import { parseJsonFile, readRegularFile, typeOfValue } from "../files.js";
 import type { ModelFingerprint } from "../fingerprint.js";
-import type { SiteName } from "../sites.js";
-
-/** The traced site whose state each editable matrix writes. */
-export const TRACE_SITE_OF_MATRIX = { W_o: "mixer", W_a: "ssm", W_g: "gate", dense_4h_to_h: "mlp" } as const satisfies Record<string, SiteName>;
-const TRACE_SITES: readonly string[] = Object.values(TRACE_SITE_OF_MATRIX);
 
 const FIELD = "layers.from_trace";
 
@@ -35,7 +30,7 @@ export interface TraceEvidence {
   state: string;
   kind: string;
   model: { id: string; modelType?: string; numLayers?: number; path?: string; fingerprint?: Pick<ModelFingerprint, "sha256" | "weights"> };
-  /** Every (site, window) traced; `facts` are read for the sites a matrix needs (empty for others). */
+  /** Every (site, window) traced, with its facts. */
   grids: { site: string; window: number; layers: number[]; facts: TraceFact[] }[];
 }
 
@@ -44,11 +39,10 @@ export const isTraceFolder = (source: string): boolean => source.includes("/") |
 
 const specError = (message: string, expected: string, received?: unknown, path = FIELD) => new SpecError(`${path}: ${message}`, { path, expected, received });
 
-/** The trace view of a coordinator's aggregate: facts at the last subject token for the sites a matrix writes. */
+/** The trace view of a coordinator's aggregate: each fact's IE at its last subject token per (site, window) and layer. */
 export function traceEvidenceFromAggregator(agg: ResultAggregator, prompts: readonly sweep.PromptSpec[], meta: Omit<TraceEvidence, "grids">): TraceEvidence {
   const byIndex = new Map(prompts.map((p) => [p.index, p]));
   const grids = agg.grids().map(({ site, window }) => {
-    if (!TRACE_SITES.includes(site)) return { site, window, layers: [], facts: [] };
     const r = agg.factRows(site, window, "subject_last");
     const facts = r.prompts.map((pi, i) => {
       const p = byIndex.get(pi);
@@ -149,7 +143,6 @@ export function traceEvidenceFromRunFolder(dir: string, maxFileBytes: number): T
     const key = `${site}|${window}`;
     let g = byGrid.get(key);
     if (!g) byGrid.set(key, (g = { site, window, layers: new Set(), facts: new Map() }));
-    if (!TRACE_SITES.includes(site)) continue;
     const layer = Number(r.layer);
     g.layers.add(layer);
     if (r.token_group !== "subject_last") continue;
