@@ -118,4 +118,12 @@ tokens: all
   };
   await bad("no-such-sweep", /layers\.from_trace: no sweep "no-such-sweep" on this coordinator/);
   await bad("e2e-fromtrace-edit", /layers\.from_trace: trace sweep e2e-fromtrace-edit is kind edit, not trace/);
+
+  // The edit sweep keeps the launch's choice: with the trace deleted and the coordinator SIGKILLed and
+  // restarted (its aggregate rebuilt from the stored results and record), the rows still say so.
+  assert.equal((await cluster.sweepctl("delete", "e2e-fromtrace-trace")).exitCode, 0);
+  cluster.coordinator.kill("SIGKILL");
+  await cluster.coordinator.catch(() => undefined);
+  await cluster.startCoordinator();
+  check(await jsonl("e2e-fromtrace-edit"), "after the trace's deletion and a coordinator restart");
 });
