@@ -264,6 +264,19 @@ test("a run folder (sweep.json, run.json, results.jsonl as sweepctl writes them)
   assert.deepEqual(editedLayers(fromFolder), editedLayers(fromAgg));
   assert.equal(fromFolder.traceLayers!.sweepId, "tr");
 
+  // Rows without relation and prompt text (`sweepctl archive` without --spec): a subject traced once
+  // still matches; one traced in two prompts (here a copy as another prompt) is ambiguous: skipped.
+  const bare = lines.map((l) => {
+    const { relation: _r, prompt: _p, ...rest } = JSON.parse(l) as Record<string, unknown>;
+    return rest;
+  });
+  const twice = String(bare[0]!.subject);
+  const copy = bare.filter((r) => r.subject === twice).map((r) => JSON.stringify({ ...r, prompt_index: 99 }));
+  writeFileSync(join(dir, "results.jsonl"), [...bare.map((r) => JSON.stringify(r)), ...copy].join("\n") + "\n");
+  const fromBare = planSweep(editSpec(`{ from_trace: ${dir}/ }`), "ed");
+  assert.deepEqual([...editedLayers(fromBare).keys()].sort(), [...editedLayers(fromAgg).keys()].filter((s) => s !== twice).sort());
+  assert.ok(fromBare.promptErrors.some((e) => e.message.includes(twice) && /has no prompt of this fact/.test(e.message)));
+
   writeFileSync(
     join(dir, "run.json"),
     JSON.stringify({

@@ -187,7 +187,8 @@ export function traceLayersFrom(
     // A fact traced more than once (the same subject and relation in several prompts): its IEs are averaged per layer.
     const sums = new Map<number, { sum: number; n: number }>();
     for (const f of grid.facts) {
-      const key = `${f.relation}\u0000${f.subject}\u0000${f.relation ? "" : f.text}`;
+      // The fact: subject and relation, else subject and text; without either (a folder archived without --spec) only the prompt itself.
+      const key = f.relation ? `r\u0000${f.relation}\u0000${f.subject}` : f.text ? `t\u0000${f.text}\u0000${f.subject}` : `p\u0000${f.prompt}`;
       let e = facts.get(key);
       if (!e) facts.set(key, (e = { subject: f.subject, relation: f.relation, text: f.text, peaks: {}, sums: new Map() }));
       let s = e.sums.get(matrix);
@@ -237,7 +238,10 @@ export function traceEdits(
 ): { matrix: string; layer: number }[] {
   if (t.editLayers) return t.editLayers.flatMap((layer) => matrices.map((matrix) => ({ matrix, layer })));
   const fact = traceFactOf(t, c);
-  if (!fact) throw new FactsweepError(`trace sweep ${t.sweepId} has no prompt of this fact (subject and relation or prompt text); not edited`);
+  if (!fact)
+    throw new FactsweepError(
+      `trace sweep ${t.sweepId} has no prompt of this fact (matched by subject and relation, or subject and prompt text; rows without either, as \`sweepctl archive\` writes without --spec, match a subject traced once); not edited`,
+    );
   return matrices.map((matrix) => {
     const peak = fact.peaks[matrix];
     if (!peak)

@@ -17,6 +17,8 @@ const FIELD = "layers.from_trace";
 
 /** One traced fact: its prompt and its IE at the last subject token per layer of its grid (null: undefined IE or no cell). */
 export interface TraceFact {
+  /** The trace's prompt index (tells apart facts a folder without prompt texts cannot). */
+  prompt: number;
   subject: string;
   relation: string;
   text: string;
@@ -46,7 +48,7 @@ export function traceEvidenceFromAggregator(agg: ResultAggregator, prompts: read
     const r = agg.factRows(site, window, "subject_last");
     const facts = r.prompts.map((pi, i) => {
       const p = byIndex.get(pi);
-      return { subject: p?.subject ?? "", relation: p?.relation ?? "", text: p?.text ?? "", ie: r.ie[i]! };
+      return { prompt: pi, subject: p?.subject ?? "", relation: p?.relation ?? "", text: p?.text ?? "", ie: r.ie[i]! };
     });
     return { site, window, layers: r.layers, facts };
   });
@@ -148,14 +150,14 @@ export function traceEvidenceFromRunFolder(dir: string, maxFileBytes: number): T
     if (r.token_group !== "subject_last") continue;
     const pi = Number(r.prompt_index);
     let f = g.facts.get(pi);
-    if (!f) g.facts.set(pi, (f = { subject: str(r.subject), relation: str(r.relation), text: str(r.prompt), ie: [], at: new Map() }));
+    if (!f) g.facts.set(pi, (f = { prompt: pi, subject: str(r.subject), relation: str(r.relation), text: str(r.prompt), ie: [], at: new Map() }));
     f.at.set(layer, typeof r.ie === "number" && Number.isFinite(r.ie) ? r.ie : null);
   }
   const grids = [...byGrid.values()].map((g) => {
     const layers = [...g.layers].sort((a, b) => a - b);
     const facts = [...g.facts.entries()]
       .sort((a, b) => a[0] - b[0])
-      .map(([, f]) => ({ subject: f.subject, relation: f.relation, text: f.text, ie: layers.map((l) => f.at.get(l) ?? null) }));
+      .map(([, f]) => ({ prompt: f.prompt, subject: f.subject, relation: f.relation, text: f.text, ie: layers.map((l) => f.at.get(l) ?? null) }));
     return { site: g.site, window: g.window, layers, facts };
   });
   return { sweepId: str(info.sweepId) || str(run?.sweep_id), state: str(info.state) || str(run?.state), kind: str(info.kind) || "trace", model, grids };
