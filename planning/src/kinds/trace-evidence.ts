@@ -6,6 +6,7 @@
  */
 import { closeSync, openSync, readSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { StringDecoder } from "node:string_decoder";
 import type { sweep } from "@factsweep/proto";
 import { parse as parseYaml } from "yaml";
 import type { ResultAggregator } from "../aggregator.js";
@@ -60,9 +61,10 @@ function* lines(file: string): Generator<string> {
   const fd = openSync(file, "r");
   try {
     const buf = Buffer.alloc(1 << 20);
+    const utf8 = new StringDecoder("utf8"); // a character cut at a piece's end is completed by the next
     let rest = "";
     for (let n; (n = readSync(fd, buf, 0, buf.length, null)) > 0;) {
-      const parts = (rest + buf.toString("utf8", 0, n)).split("\n");
+      const parts = (rest + utf8.write(buf.subarray(0, n))).split("\n");
       rest = parts.pop()!;
       yield* parts;
     }
