@@ -222,8 +222,16 @@ export function traceLayersFrom(
 
 /** The trace cut to the facts of planned cases (what the sweep's record keeps). */
 export function traceLayersFor(t: TraceLayers, cases: readonly Pick<sweep.PromptSpec, "subject" | "relation" | "text">[]): TraceLayers {
-  const keep = new Set(cases.map((c) => traceFactOf(t, c)).filter((f) => f !== undefined));
-  return { ...t, facts: t.facts.filter((f) => keep.has(f)) };
+  // A fact matched by its relation is found by it again: its prompt text need not be kept (the record stays small).
+  const byRelation = new Set<object>();
+  const keep = new Set<object>();
+  for (const c of cases) {
+    const f = traceFactOf(t, c);
+    if (!f) continue;
+    keep.add(f);
+    if (f.relation !== "" && f.relation === c.relation) byRelation.add(f);
+  }
+  return { ...t, facts: t.facts.filter((f) => keep.has(f)).map((f) => (byRelation.has(f) ? { ...f, text: "" } : f)) };
 }
 
 /**
