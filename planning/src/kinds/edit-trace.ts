@@ -292,15 +292,17 @@ export function figure4Values(s: { trace?: EditTraceCurve; points: EditPointScor
   const t = s.trace!;
   const out: object[] = [];
   for (const m of t.matrices) {
+    // One panel per matrix, titled with its traced site; the series keep one colour across panels.
+    const panel = `${m.matrix} ← ${m.site} (window ${m.window})`;
     m.layers.forEach((layer, i) => {
       const v = m.meanIE[i];
-      if (v !== null && v !== undefined) out.push({ matrix: m.matrix, layer, series: `trace IE (${m.site}, last subject token)`, value: 100 * v });
+      if (v !== null && v !== undefined) out.push({ matrix: panel, layer, series: "trace IE, last subject token", value: 100 * v });
     });
     const points = s.points.filter((p) => p.matrix === m.matrix);
     const cases = points.reduce((n, p) => n + p.cases, 0);
     for (const p of points) {
-      for (const k of ["ES", "PS", "NS"] as const) if (p[k] !== null) out.push({ matrix: p.matrix, layer: p.layer, series: `edit ${k}`, value: 100 * p[k]! });
-      if (t.chosen && cases > 0) out.push({ matrix: p.matrix, layer: p.layer, series: "cases edited at this layer", value: (100 * p.cases) / cases });
+      for (const k of ["ES", "PS", "NS"] as const) if (p[k] !== null) out.push({ matrix: panel, layer: p.layer, series: `edit ${k}`, value: 100 * p[k]! });
+      if (t.chosen && cases > 0) out.push({ matrix: panel, layer: p.layer, series: "cases edited at this layer", value: (100 * p.cases) / cases });
     }
   }
   return out;
@@ -324,7 +326,7 @@ export function figure4Chart(s: { trace?: EditTraceCurve; points: EditPointScore
     title: `${label}: causal trace beside the edit, per layer (figure 4)`,
     values: figure4Values(s),
     x: { field: "layer", title: "layer" },
-    y: { field: "value", title: "% (IE: mean over traced facts)" },
+    y: { field: "value", title: "% (trace IE: mean over its facts)" },
     color: "series",
     facet: "matrix",
   };
