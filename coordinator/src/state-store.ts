@@ -14,6 +14,7 @@ import type { KV } from "@nats-io/kv";
 import { DeliverPolicy, JetStreamApiError, JetStreamApiCodes, jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { AGGREGATES_BUCKET, SHARDS_BUCKET, SWEEPS_BUCKET } from "@factsweep/shared";
+import type { TraceLayers } from "@factsweep/planning";
 import { StaleCoordinatorError, SweepExistsError } from "./errors.js";
 import type { ShardEntry } from "./lease-table.js";
 import { DEFAULT_NATS_LIMITS, ensureBucket, type NatsLimits } from "./nats-limits.js";
@@ -48,6 +49,8 @@ export interface SweepRecord {
    * coordinator lists it from this alone and loads its shards and results only when asked.
    */
   summary?: unknown;
+  /** An edit sweep's `layers: { from_trace }` as resolved at launch (planning's TraceLayers): re-plans and the aggregate read it, not the trace. */
+  traceLayers?: TraceLayers;
 }
 
 /** The persisted shard: its scheduling entry plus the shard itself (sweep.Shard, base64 protobuf). */

@@ -5,7 +5,18 @@
  */
 import { randomBytes } from "node:crypto";
 import { sweep, type control } from "@factsweep/proto";
-import { KindAggregator, planSweep, shardUnits, readModelConfig, ResultAggregator, type SweepSpec } from "@factsweep/planning";
+import {
+  KindAggregator,
+  planSweep,
+  shardUnits,
+  readModelConfig,
+  ResultAggregator,
+  traceEvidenceFromAggregator,
+  type SweepDeps,
+  type SweepSpec,
+  type TraceEvidence,
+  type TraceLayers,
+} from "@factsweep/planning";
 import { LeaseTable } from "./lease-table.js";
 import type { ShardRecord } from "./state-store.js";
 
@@ -16,12 +27,37 @@ export interface Plan {
   promptErrors: { index: number; message: string }[];
   shards: sweep.Shard[];
   plannedCells: number;
+  /** `layers: { from_trace }` of an edit sweep: the trace's peaks for the planned cases (kept in the sweep's record). */
+  traceLayers?: TraceLayers;
 }
 
-/** Plans the sweep (tokenization, subject spans, swap partners, grid, shards). */
-export function plan(spec: SweepSpec, sweepId: string): Plan {
-  const p = planSweep(spec, sweepId);
-  return { model: p.model, prompts: p.prompts, promptErrors: p.promptErrors, shards: p.shards, plannedCells: p.plannedCells };
+/** Plans the sweep (tokenization, subject spans, swap partners, grid, shards); `trace`: an edit's trace sweep, looked up or as recorded. */
+export function plan(spec: SweepSpec, sweepId: string, trace: Pick<SweepDeps, "traceEvidence" | "traceLayers"> = {}): Plan {
+  const p = planSweep(spec, sweepId, trace);
+  return {
+    model: p.model,
+    prompts: p.prompts,
+    promptErrors: p.promptErrors,
+    shards: p.shards,
+    plannedCells: p.plannedCells,
+    ...(p.traceLayers ? { traceLayers: p.traceLayers } : {}),
+  };
+}
+
+/** What an edit's `layers: { from_trace: <id> }` reads of a trace sweep held here (kind, state, model, last-subject-token IE per fact). */
+export function traceEvidence(held: {
+  rec: { sweepId: string; kind: string; state: string; model: unknown };
+  prompts: sweep.PromptSpec[];
+  agg: Aggregator;
+}): TraceEvidence {
+  const model = sweep.ModelRef.fromJSON(held.rec.model);
+  const meta = {
+    sweepId: held.rec.sweepId,
+    state: held.rec.state,
+    kind: held.rec.kind,
+    model: { id: model.modelId, modelType: model.modelType, numLayers: model.numLayers, path: model.path },
+  };
+  return held.agg instanceof ResultAggregator ? traceEvidenceFromAggregator(held.agg, held.prompts, meta) : { ...meta, grids: [] };
 }
 
 /** A sweep id from the spec's name: lower-case, dashes, at most 40 characters, and a random suffix. */
@@ -52,10 +88,10 @@ export function shardRecord(sweepId: string, sh: sweep.Shard): ShardRecord {
 export type Aggregator = ResultAggregator | KindAggregator;
 
 /** A new, empty aggregator for a sweep's prompts. */
-export function newAggregator(spec: SweepSpec, sweepId: string, prompts: sweep.PromptSpec[]): Aggregator {
+export function newAggregator(spec: SweepSpec, sweepId: string, prompts: sweep.PromptSpec[], traceLayers?: TraceLayers): Aggregator {
   if (spec.kind !== "trace") {
     const cfg = readModelConfig(spec.model.path); // sever re-derives each shard's cells from the model's layers
-    return new KindAggregator({ sweepId, spec, prompts, modelType: cfg.modelType, numLayers: cfg.numLayers });
+    return new KindAggregator({ sweepId, spec, prompts, modelType: cfg.modelType, numLayers: cfg.numLayers, ...(traceLayers ? { traceLayers } : {}) });
   }
   return new ResultAggregator({ sweepId, prompts, scheme: spec.token_groups, model: spec.model.id, corruption: spec.corruption.kind });
 }

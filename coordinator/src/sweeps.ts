@@ -9,6 +9,8 @@ import { EventEmitter } from "node:events";
 import { control, sweep } from "@factsweep/proto";
 import { EVENTS_SUBJECT_PREFIX, resultsSubject } from "@factsweep/shared";
 import {
+  isFromTrace,
+  isTraceFolder,
   KindAggregator,
   modelTrace,
   parseSweepSpec,
@@ -17,6 +19,7 @@ import {
   type ModelTrace,
   type PlanLimits,
   type SweepSpec,
+  type TraceEvidence,
 } from "@factsweep/planning";
 import type { Covariances } from "./covariances.js";
 import { HELD_MS, type LeaseTable } from "./lease-table.js";
@@ -26,7 +29,7 @@ import type { AddOutcome, ResultSink } from "./results-consumer.js";
 import { checkResultContent, type Rejection } from "./result-check.js";
 import type { Scheduler } from "./scheduler.js";
 import { isKvKey, type ShardRecord, type StateStore, type SweepRecord } from "./state-store.js";
-import { newAggregator, newSweepId, plan, resultRows, shardRecord, type Aggregator } from "./sweep-runtime.js";
+import { newAggregator, newSweepId, plan, resultRows, shardRecord, traceEvidence, type Aggregator } from "./sweep-runtime.js";
 import { InvalidSpecError, ModelNotFoundError, SweepExistsError, SweepNotFoundError, SweepStateError, UnavailableError } from "./errors.js";
 
 interface LiveSweep {
@@ -141,7 +144,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     }
     const prompts = rec.prompts.map((p) => sweep.PromptSpec.fromJSON(p));
     // The aggregate is the fold of the stored results: rebuild it.
-    const agg = newAggregator(spec, rec.sweepId, prompts);
+    const agg = newAggregator(spec, rec.sweepId, prompts, rec.traceLayers);
     for (const bytes of await this.d.store.loadResults(rec.sweepId)) agg.add(sweep.ShardResult.decode(bytes));
     this.hold(rec, spec, agg, prompts);
     return true;
@@ -175,7 +178,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
       const have = new Set(known.filter((r) => r.sweepId === s.rec.sweepId).map((r) => r.shardId));
       if (have.size >= s.rec.shardCount) continue;
       try {
-        const missing = plan(s.spec, s.rec.sweepId).shards.filter((sh) => !have.has(sh.shardId));
+        const missing = plan(s.spec, s.rec.sweepId, s.rec.traceLayers ? { traceLayers: s.rec.traceLayers } : {}).shards.filter((sh) => !have.has(sh.shardId));
         this.d.log(`sweep ${s.rec.sweepId}: ${have.size}/${s.rec.shardCount} shards were persisted before a crash; re-planned ${missing.length}`);
         this.d.scheduler.addShards(
           missing.map((sh) => shardRecord(s.rec.sweepId, sh)),
@@ -447,9 +450,10 @@ export class Sweeps extends EventEmitter implements ResultSink {
       throw new SweepExistsError(sweepId);
     }
     confineSweepSpec(spec, this.d.roots, this.d.dataRoots ?? this.d.roots); // every path, real paths, regular files only
+    const traceEvidence = await this.traceOf(spec);
     let p;
     try {
-      p = plan(spec, sweepId);
+      p = plan(spec, sweepId, traceEvidence ? { traceEvidence } : {});
     } catch (err) {
       const e = err as Error;
       if (e.name === "ModelConfigError") throw new ModelNotFoundError(spec.model.path, e.message, { cause: err });
@@ -474,6 +478,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
       retries: 0,
       createdMs: now,
       finishedMs: p.shards.length === 0 ? now : 0,
+      ...(p.traceLayers ? { traceLayers: p.traceLayers } : {}),
     };
     let held = new Set<string>();
     if (spec.kind === "edit" && this.d.covariances) {
@@ -481,7 +486,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
       ({ shards: p.shards, held } = await this.d.covariances.prepare(p.shards));
       rec.plannedCells = rec.shardCount = p.shards.length;
     }
-    const agg = newAggregator(spec, sweepId, p.prompts); // before anything is persisted
+    const agg = newAggregator(spec, sweepId, p.prompts, p.traceLayers); // before anything is persisted
     await this.d.store.createSweep(rec);
     // The shard records are written before the shards are scheduled, in bounded batches awaited
     // here: the sweep is durable before the caller learns its id. (Queued through the background
@@ -504,6 +509,21 @@ export class Sweeps extends EventEmitter implements ResultSink {
     );
     this.emit("sweep", sweepId);
     return this.info(sweepId);
+  }
+
+  /** The trace sweep an edit's `layers: { from_trace: <id> }` names, as planning reads it (a run folder path is read by planning). */
+  private async traceOf(spec: SweepSpec): Promise<TraceEvidence | undefined> {
+    const l = spec.layers;
+    if (spec.kind !== "edit" || !isFromTrace(l) || isTraceFolder(l.from_trace)) return undefined;
+    const id = l.from_trace;
+    await this.open(id);
+    const held = this.live.get(id);
+    if (!held)
+      throw new InvalidSpecError(
+        "layers.from_trace",
+        `layers.from_trace: no sweep "${id}" on this coordinator; give the id of a finished trace sweep (sweepctl status lists them) or the path of its run folder (with a "/")`,
+      );
+    return traceEvidence(held);
   }
 
   /** Held edit shards wait for their ROME covariance (merged as soon as its parts are stored). */

@@ -57,4 +57,5 @@ test("the paper-scale kind examples parse with the paper's settings", () => {
   const lre = read("lre-mamba-2.8b.yaml");
   assert.deepEqual([lre.lre!.icl, lre.lre!.trials, lre.lre!.betas.at(-1), lre.layers], [5, 3, 12, "0:64:2"]);
   assert.equal(read("edit-pythia-2.8b.yaml").edit!.cases, 2000);
+  assert.deepEqual(read("edit-from-trace-mamba-2.8b.yaml").layers, { from_trace: "mamba-2.8b-relations-3f2a1c" });
 });

@@ -4,7 +4,7 @@
  * field and the path, never bytes of the file). {@link confinePath} / {@link confineSpecPaths}
  * keep every path of a spec inside configured roots, comparing real paths on both sides.
  */
-import { closeSync, constants, fstatSync, openSync, readdirSync, readSync, realpathSync, statSync, type Stats } from "node:fs";
+import { closeSync, constants, existsSync, fstatSync, openSync, readdirSync, readSync, realpathSync, statSync, type Stats } from "node:fs";
 import { basename, dirname, join, resolve, sep } from "node:path";
 import { FactsweepError } from "@factsweep/shared";
 import { raiseHint } from "./limits.js";
@@ -169,6 +169,9 @@ export function confinePath(p: string, field: string, want: "file" | "folder" | 
   return real;
 }
 
+/** The files `layers.from_trace` reads from a trace's run folder (kinds/edit-trace.ts). */
+export const TRACE_RUN_FILES = ["sweep.json", "run.json", "results.jsonl"] as const;
+
 /** What a spec's paths are confined to. */
 export interface SpecRoots {
   model: RootsInfo;
@@ -180,6 +183,7 @@ export interface SpecPaths {
   kind: string;
   model: { path: string; tokenizer?: string | undefined };
   dataset: { known?: string | undefined; relations?: string | string[] | undefined };
+  layers?: unknown;
   [section: string]: unknown;
 }
 
@@ -197,7 +201,7 @@ export function confineSpecPaths<S extends SpecPaths>(spec: S, roots: SpecRoots)
 /**
  * Confines a spec's data paths to the data roots and replaces each with its real path:
  * `dataset.known`, `dataset.relations` (files, folders, and the `.json` files in those folders) and
- * the kind section's `corpus` file.
+ * the kind section's `corpus` file, and a trace run folder of `layers.from_trace` (with the files read from it).
  * @throws PathDeniedError, PathUnusableError naming the field.
  */
 export function confineDataPaths<S extends SpecPaths>(spec: S, data: RootsInfo): S {
@@ -218,6 +222,12 @@ export function confineDataPaths<S extends SpecPaths>(spec: S, data: RootsInfo):
   const section = spec[spec.kind] as { corpus?: unknown } | undefined;
   if (section && typeof section.corpus === "string" && section.corpus !== "dataset") {
     section.corpus = confinePath(section.corpus, `${spec.kind}.corpus`, "file", data);
+  }
+  const layers = spec.layers as { from_trace?: unknown } | undefined;
+  if (layers && typeof layers === "object" && typeof layers.from_trace === "string" && layers.from_trace.includes("/")) {
+    const real = confinePath(layers.from_trace, "layers.from_trace", "folder", data);
+    for (const f of TRACE_RUN_FILES) if (existsSync(join(real, f))) confinePath(join(real, f), "layers.from_trace", "file", data);
+    layers.from_trace = real;
   }
   return spec;
 }

@@ -19,6 +19,7 @@ export * from "./sites.js";
 export * from "./token-groups.js";
 export * from "./spec.js";
 export * from "./model-config.js";
+export * from "./fingerprint.js";
 export * from "./tokenizer.js";
 export * from "./datasets.js";
 export * from "./prompts.js";

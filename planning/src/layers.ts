@@ -2,14 +2,27 @@
 import { describeValue } from "@factsweep/shared";
 import { SpecError } from "./errors.js";
 
-/** The `layers` field of a spec: "all", a list, or a range "start:end[:step]". */
-export type LayersSpec = "all" | number[] | string;
+/** A list of layers: "all", a list, or a range "start:end[:step]". */
+export type LayerList = "all" | number[] | string;
+/** The `layers` field of a spec: a {@link LayerList}, or (kind edit) the layers of a trace's peaks (kinds/edit-trace.ts). */
+export type LayersSpec = LayerList | { from_trace: string; window?: number; sites?: Record<string, string>; edit_layers?: LayerList };
+
+/** Whether a spec's layers come from a trace sweep (`layers: { from_trace }`). */
+export const isFromTrace = (l: LayersSpec): l is Extract<LayersSpec, { from_trace: string }> => typeof l === "object" && !Array.isArray(l);
 
 /**
- * Resolve the spec's `layers` against a model with `numLayers` layers.
- * @throws SpecError (path `layers`) for a layer out of range or an empty range.
+ * Resolve the spec's `layers` (or another layer list, at `path`) against a model with `numLayers` layers.
+ * @throws SpecError (path `layers`) for a layer out of range or an empty range, or for
+ *   `{ from_trace }` (only kind edit takes it, and resolves it with the trace: kinds/edit-trace.ts).
  */
-export function resolveLayers(layersSpec: LayersSpec, numLayers: number): number[] {
+export function resolveLayers(layersSpec: LayersSpec, numLayers: number, path = "layers"): number[] {
+  if (isFromTrace(layersSpec)) {
+    throw new SpecError(`${path}: { from_trace } chooses the layers of kind edit only; give this sweep "all", a list or a range of layers`, {
+      path: `${path}.from_trace`,
+      expected: '"all", a list of layers or a range',
+      received: layersSpec,
+    });
+  }
   if (layersSpec === "all") return Array.from({ length: numLayers }, (_, i) => i);
   let out: number[];
   if (Array.isArray(layersSpec)) {
@@ -19,15 +32,14 @@ export function resolveLayers(layersSpec: LayersSpec, numLayers: number): number
     const start = a ? Number(a) : 0;
     const end = b ? Number(b) : numLayers;
     const step = c ? Number(c) : 1;
-    if (step < 1)
-      throw new SpecError(`layers: expected a step >= 1, got ${describeValue(layersSpec)}`, { path: "layers", expected: "step >= 1", received: layersSpec });
+    if (step < 1) throw new SpecError(`${path}: expected a step >= 1, got ${describeValue(layersSpec)}`, { path, expected: "step >= 1", received: layersSpec });
     out = [];
     for (let l = start; l < Math.min(end, numLayers); l += step) out.push(l);
     if (end > numLayers) {
       throw new SpecError(
-        `layers: range end ${end} is beyond the model's ${numLayers} layers (valid 0..${numLayers - 1}, end exclusive), got ${describeValue(layersSpec)}`,
+        `${path}: range end ${end} is beyond the model's ${numLayers} layers (valid 0..${numLayers - 1}, end exclusive), got ${describeValue(layersSpec)}`,
         {
-          path: "layers",
+          path,
           expected: `a range within 0:${numLayers}`,
           received: layersSpec,
         },
@@ -36,15 +48,15 @@ export function resolveLayers(layersSpec: LayersSpec, numLayers: number): number
   }
   const bad = out.find((l) => l >= numLayers);
   if (bad !== undefined) {
-    throw new SpecError(`layers: expected layer numbers in 0..${numLayers - 1} (the model has ${numLayers} layers), got ${bad}`, {
-      path: "layers",
+    throw new SpecError(`${path}: expected layer numbers in 0..${numLayers - 1} (the model has ${numLayers} layers), got ${bad}`, {
+      path,
       expected: `0..${numLayers - 1}`,
       received: layersSpec,
     });
   }
   if (out.length === 0) {
-    throw new SpecError(`layers: the range selects no layer, got ${describeValue(layersSpec)}`, {
-      path: "layers",
+    throw new SpecError(`${path}: the range selects no layer, got ${describeValue(layersSpec)}`, {
+      path,
       expected: "a non-empty range",
       received: layersSpec,
     });

@@ -5,14 +5,18 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { sweep } from "@factsweep/proto";
+import { SpecError } from "./errors.js";
+import { modelFingerprint } from "./fingerprint.js";
 import { validateSweepId } from "./grid.js";
-import { resolveLayers } from "./layers.js";
+import { isFromTrace, resolveLayers } from "./layers.js";
 import { limitsOf, overLimit, type PlanLimits } from "./limits.js";
 import { readModelConfig, type ModelConfig } from "./model-config.js";
 import type { PlanError } from "./prompts.js";
 import type { SweepSpec } from "./spec.js";
 import { loadTokenizer, type PromptTokenizer } from "./tokenizer.js";
-import { KIND_MODULES, planKind } from "./kinds/index.js";
+import { editMatrices, KIND_MODULES, planKind } from "./kinds/index.js";
+import { traceLayersFor, traceLayersFrom, type TraceLayers } from "./kinds/edit-trace.js";
+import { isTraceFolder, traceEvidenceFromRunFolder, type TraceEvidence } from "./kinds/trace-evidence.js";
 
 /** What {@link planSweep} needs besides the spec; read from the spec's paths when not given. */
 export interface SweepDeps {
@@ -22,6 +26,10 @@ export interface SweepDeps {
   tokenizer?: PromptTokenizer | null;
   /** Caps; default the limits the spec was parsed under ({@link limitsOf}), else DEFAULT_PLAN_LIMITS. */
   limits?: PlanLimits;
+  /** `layers: { from_trace: <sweep id> }`: the trace sweep as the coordinator holds it (a run folder is read here). */
+  traceEvidence?: TraceEvidence;
+  /** `layers: { from_trace }` already resolved (a sweep's record: the re-plan sees the launch's choices). */
+  traceLayers?: TraceLayers;
 }
 
 /** A planned sweep: its prompts, the prompts skipped, its shards and cell count. */
@@ -33,6 +41,8 @@ export interface SweepPlan {
   promptErrors: PlanError[];
   shards: sweep.Shard[];
   plannedCells: number;
+  /** `layers: { from_trace }`: the trace's peaks, cut to the planned cases' facts (kept with the sweep). */
+  traceLayers?: TraceLayers;
 }
 
 /** The tokenizer a spec names, or the one in the model folder, or null. */
@@ -53,7 +63,10 @@ export function planSweep(spec: SweepSpec, sweepId: string, deps: SweepDeps = {}
   const limits = deps.limits ?? limitsOf(spec);
   const modelConfig = deps.model ?? readModelConfig(spec.model.path, limits);
   for (const k of KIND_MODULES) k.check?.(spec, modelConfig);
-  resolveLayers(spec.layers, modelConfig.numLayers); // fail on the spec before any prompt work
+  let traceLayers: TraceLayers | undefined;
+  if (isFromTrace(spec.layers) && spec.kind === "edit")
+    traceLayers = deps.traceLayers ?? resolveTrace(spec, spec.layers, modelConfig, deps.traceEvidence, limits);
+  else resolveLayers(spec.layers, modelConfig.numLayers); // fail on the spec before any prompt work
   const tokenizer = deps.tokenizer !== undefined ? deps.tokenizer : loadSpecTokenizer(spec, limits.maxFileBytes);
   const model: sweep.ModelRef = {
     modelId: spec.model.id,
@@ -62,8 +75,32 @@ export function planSweep(spec: SweepSpec, sweepId: string, deps: SweepDeps = {}
     modelType: modelConfig.modelType,
     numLayers: modelConfig.numLayers,
   };
-  const plan = planKind({ spec, sweepId, modelConfig, model, tokenizer, limits });
+  const plan = planKind({ spec, sweepId, modelConfig, model, tokenizer, limits, ...(traceLayers ? { traceLayers } : {}) });
   if (plan.plannedCells > limits.maxCells) throw overLimit("", "the sweep's planned cells (work units)", plan.plannedCells, "maxCells", limits.maxCells);
   if (plan.shards.length > limits.maxShards) throw overLimit("shard_cells", "the sweep's shards", plan.shards.length, "maxShards", limits.maxShards);
-  return { sweepId, model, modelConfig, ...plan };
+  if (traceLayers && plan.prompts.length === 0)
+    throw new SpecError(
+      `layers.from_trace: trace sweep ${traceLayers.sweepId} has none of this sweep's facts (${plan.promptErrors.length} skipped); trace the edit's dataset (the same relations), or edit the traced facts`,
+      { path: "layers.from_trace", expected: "a trace of the edit's facts", received: traceLayers.source },
+    );
+  return { sweepId, model, modelConfig, ...plan, ...(traceLayers ? { traceLayers: traceLayersFor(traceLayers, plan.prompts) } : {}) };
+}
+
+/** The trace of `layers: { from_trace }`: a run folder read here, or a sweep the caller (the coordinator) looked up. */
+function resolveTrace(
+  spec: SweepSpec,
+  layers: Extract<SweepSpec["layers"], { from_trace: string }>,
+  modelConfig: ModelConfig,
+  evidence: TraceEvidence | undefined,
+  limits: PlanLimits,
+): TraceLayers {
+  const src = layers.from_trace;
+  const ev = evidence ?? (isTraceFolder(src) ? traceEvidenceFromRunFolder(src, limits.maxFileBytes) : undefined);
+  if (!ev)
+    throw new SpecError(
+      `layers.from_trace: "${src}" is a sweep id, which only the coordinator that ran it can look up (launch there); here give the trace's run folder (sweepctl local --out, or sweepctl archive --keep --out) as a path with a "/"`,
+      { path: "layers.from_trace", expected: "a run folder path", received: src },
+    );
+  const model = { id: spec.model.id, path: spec.model.path, fingerprint: () => modelFingerprint(spec.model.path) };
+  return traceLayersFrom(ev, layers, model, modelConfig, editMatrices(spec as Parameters<typeof editMatrices>[0], modelConfig.modelType));
 }

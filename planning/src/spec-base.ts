@@ -4,6 +4,7 @@
  * own fields, so they need not import the full schema (spec.ts), which is built from them.
  */
 import { z } from "zod";
+import { SITE_NAMES } from "./sites.js";
 import { TOKEN_GROUP_SCHEMES } from "./token-groups.js";
 
 const DTYPES = ["float32", "bfloat16", "float16"] as const;
@@ -66,7 +67,7 @@ const noise = z.strictObject({
 });
 const corruption = z.discriminatedUnion("kind", [swap, noise], { error: 'expected kind "swap" or "noise"' });
 
-const layers = z.union(
+const layerList = z.union(
   [
     z.literal("all"),
     z.array(nonNegInt).min(1),
@@ -74,6 +75,26 @@ const layers = z.union(
   ],
   { error: 'expected "all", a list of layer numbers, or a range "start:end[:step]" (end exclusive)' },
 );
+
+/**
+ * `edit` only: the layers come from a finished trace sweep (its id, or a run folder written by
+ * `sweepctl local` / `sweepctl archive`: a value with a "/"). Each case is edited at the layer of
+ * its fact's peak indirect effect at the last subject token on the site paired with its matrix, unless
+ * `edit_layers` is given: then every case at those layers, the trace drawn beside them.
+ */
+export const fromTraceLayers = z.strictObject({
+  from_trace: z.string().min(1).max(4096),
+  /** The traced window to read when the trace has several for a site. */
+  window: posInt.optional(),
+  /** The traced site per edited matrix, where not the default (kinds/edit-trace.ts TRACE_SITE_OF_MATRIX), e.g. { W_a: in_ssm }. */
+  sites: z.record(z.string().min(1), z.enum(SITE_NAMES)).optional(),
+  edit_layers: layerList.optional(),
+});
+export type FromTraceLayers = z.infer<typeof fromTraceLayers>;
+
+const layers = z.union([layerList, fromTraceLayers], {
+  error: 'expected "all", a list of layer numbers, a range "start:end[:step]" (end exclusive), or (kind edit) { from_trace: <trace sweep id or run folder> }',
+});
 
 /**
  * `shard_cells` of `"prompt"` (the default): one shard per prompt, a prompt's whole grid, so a GPU

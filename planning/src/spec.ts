@@ -12,7 +12,7 @@ import { attachLimits, DEFAULT_PLAN_LIMITS, overLimit, type PlanLimits } from ".
 import { baseSpecFields } from "./spec-base.js";
 import { ALL_SWEEP_KINDS, applyKindDefaults, checkKindSections, KIND_SPEC_FIELDS, resolveKindPaths } from "./kinds/index.js";
 
-export { resolveLayers, type LayersSpec } from "./layers.js";
+export { isFromTrace, resolveLayers, type LayerList, type LayersSpec } from "./layers.js";
 
 /** Kinds of experiment a sweep can be (one module each in kinds/, listed in kinds/index.ts). */
 export const SWEEP_KINDS = ALL_SWEEP_KINDS;

@@ -7,7 +7,7 @@ import { createWriteStream, existsSync, mkdirSync, readFileSync, readdirSync, rm
 import { dirname, extname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { control } from "@factsweep/proto";
-import { KIND_AGGREGATE_FILE, parseSweepSpec } from "@factsweep/planning";
+import { isFromTrace, isTraceFolder, KIND_AGGREGATE_FILE, parseSweepSpec } from "@factsweep/planning";
 import { startNatsServer } from "@factsweep/testing";
 import { CliExit, EXIT, ProgressView, csvCell, describeSweep, exitCodeOfState, isTerminal, writeResults } from "./cli-output.js";
 import { Provenance, runRecord } from "./provenance.js";
@@ -98,6 +98,8 @@ export async function runLocal(file: string, o: LocalOpts): Promise<number> {
     httpHost: "127.0.0.1",
     httpPort: o.httpPort,
     modelRoots: roots,
+    // A trace run folder an edit's layers come from (layers.from_trace) is read by this coordinator too.
+    dataRoots: isFromTrace(spec.layers) && isTraceFolder(spec.layers.from_trace) ? [...roots, spec.layers.from_trace] : roots,
     leaseTtlMs: o.leaseTtlMs,
     log: (m) => logFile.write(`${new Date().toISOString()} ${m}\n`),
   });

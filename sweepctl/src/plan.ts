@@ -90,6 +90,8 @@ export interface PlanSummary {
   estimate?: { seconds: number; workerSeconds?: number; rate: MeasuredRate };
   /** Bytes a worker needs (engine.estimate), or why there is no figure. */
   memory?: WorkerMemory | { unknown: string };
+  /** An edit's `layers: { from_trace }`: the trace and, per matrix, how many cases each layer edits. */
+  fromTrace?: { sweepId: string; chosen: boolean; matrices: { matrix: string; site: string; window: number; cases: Record<number, number> }[] };
 }
 
 /** What `python -m engine.estimate` prints (bytes; see engine/estimate.py). */
@@ -162,10 +164,23 @@ export function planSummary(spec: SweepSpec, rates: MeasuredRate[] = [], plan: S
     shards: plan.shards.length,
     cellsPerShard: { min: sizes[0] ?? 0, median: sizes[Math.floor(sizes.length / 2)] ?? 0, max: sizes.at(-1) ?? 0 },
     work,
+    ...(plan.traceLayers ? { fromTrace: fromTraceSummary(plan) } : {}),
     ...(rate
       ? { estimate: { seconds: work / rate.workPerSecond, ...(rate.workers ? { workerSeconds: (work / rate.workPerSecond) * rate.workers } : {}), rate } }
       : {}),
   };
+}
+
+/** Cases per edited layer of each matrix, from the planned shards' params. */
+function fromTraceSummary(plan: SweepPlan): NonNullable<PlanSummary["fromTrace"]> {
+  const t = plan.traceLayers!;
+  const matrices = t.matrices.map((m) => ({ matrix: m.matrix, site: m.site, window: m.window, cases: {} as Record<number, number> }));
+  for (const sh of plan.shards) {
+    const { matrix, layer } = JSON.parse(sh.paramsJson) as { matrix: string; layer: number };
+    const m = matrices.find((x) => x.matrix === matrix);
+    if (m) m.cases[layer] = (m.cases[layer] ?? 0) + 1;
+  }
+  return { sweepId: t.sweepId, chosen: !t.editLayers, matrices };
 }
 
 const dur = (s: number): string => (s < 90 ? `${Math.round(s)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`);
@@ -179,6 +194,16 @@ export function describePlan(p: PlanSummary, spec: SweepSpec): string {
     `cells      ${p.cells}` + (workPerCell(spec) > 1 ? ` (× ${workPerCell(spec)} noise samples = ${p.work} corrupted forwards)` : ""),
     `shards     ${p.shards} (cells per shard: min ${p.cellsPerShard.min}, median ${p.cellsPerShard.median}, max ${p.cellsPerShard.max})`,
   ];
+  if (p.fromTrace) {
+    const how = p.fromTrace.chosen ? "each case at its fact's peak IE at the last subject token" : "every case at each of edit_layers, the trace beside";
+    lines.push(`layers     from trace sweep ${p.fromTrace.sweepId} (${how}); cases per layer:`);
+    for (const m of p.fromTrace.matrices)
+      lines.push(
+        `  ${m.matrix} ← ${m.site} (window ${m.window}): ${Object.entries(m.cases)
+          .map(([l, n]) => `layer ${l} × ${n}`)
+          .join(", ")}`,
+      );
+  }
   if (p.estimate) {
     const r = p.estimate.rate;
     const who = r.agents ? ` with ${r.agents} agent(s), ${r.workers ?? r.agents} engine worker(s) in all` : "";

@@ -5,12 +5,11 @@
  * the seeds and a fingerprint of the model and tokenizer files.
  */
 import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
-import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { dirname, extname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { control, sweep } from "@factsweep/proto";
-import { loadSpecTokenizer, parseSweepSpec, planSweep, type PromptTokenizer, type SweepSpec } from "@factsweep/planning";
+import { loadSpecTokenizer, modelFingerprint as folderFingerprint, parseSweepSpec, planSweep, type PromptTokenizer, type SweepSpec } from "@factsweep/planning";
 
 /** Columns a trace row gets from its prompt (after RESULT_COLUMNS). */
 export const PROVENANCE_COLUMNS = ["answer_id", "answer", "prompt", "relation", "object", "token_str", "swap_subject", "corrupted_prompt"] as const;
@@ -116,24 +115,9 @@ export function codeVersion(): { commit?: string; dirty?: boolean; version: stri
   }
 }
 
-const sha256 = (file: string): string => createHash("sha256").update(readFileSync(file)).digest("hex");
-
-/**
- * A fingerprint of the model folder that stays cheap for 2.8B checkpoints: sha256 of config.json,
- * of the tokenizer and of each safetensors index, and the name and size of every weight file.
- */
+/** The model folder's fingerprint (planning's modelFingerprint: config and index hashes, weight file sizes, tokenizer hash). */
 export function modelFingerprint(spec: SweepSpec): Record<string, unknown> {
-  const dir = spec.model.path;
-  const files = existsSync(dir) ? readdirSync(dir).sort() : [];
-  const hashed = files.filter((f) => f === "config.json" || f.endsWith(".index.json"));
-  const weights = files.filter((f) => /\.(safetensors|bin|pt)$/.test(f)).map((f) => ({ file: f, bytes: statSync(join(dir, f)).size }));
-  const tokenizer = spec.model.tokenizer ?? (files.includes("tokenizer.json") ? join(dir, "tokenizer.json") : undefined);
-  return {
-    path: dir,
-    sha256: Object.fromEntries(hashed.map((f) => [f, sha256(join(dir, f))])),
-    weights,
-    ...(tokenizer && existsSync(tokenizer) ? { tokenizer: { path: tokenizer, sha256: sha256(tokenizer) } } : {}),
-  };
+  return { ...folderFingerprint(spec.model.path, spec.model.tokenizer) };
 }
 
 /** Every seed of a spec, by field path (corruption.seed, <kind>.seed). */

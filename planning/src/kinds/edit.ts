@@ -12,9 +12,11 @@ import { FactsweepError } from "@factsweep/shared";
 import { z } from "zod";
 import type { Relation } from "../datasets.js";
 import { SpecError } from "../errors.js";
-import { resolveLayers } from "../layers.js";
+import { isFromTrace, resolveLayers } from "../layers.js";
 import type { PlanError } from "../prompts.js";
 import { loadTokenizer, type PromptTokenizer } from "../tokenizer.js";
+import { figure4Chart, traceEdits, traceIEAt, traceNote, tracePeakColumns, type EditTraceCurve, type TraceLayers } from "./edit-trace.js";
+import { isTraceFolder } from "./trace-evidence.js";
 import { checkAllowed, corpusSchema, kindShard, loadCorpus, mix, needRelations, needTokenizer, resolveCorpus, sectionKind, shuffle, Sums } from "./common.js";
 import { planCovariance } from "./edit-covariance.js";
 import type { KindPlan, KindPlanContext, SpecOf, SweepKindModule } from "./kind.js";
@@ -95,6 +97,7 @@ export interface EditPoint {
 /** The edit aggregate. */
 export interface EditSummary {
   points: EditPoint[];
+  trace?: EditTraceCurve;
 }
 
 /** The edit matrices of a spec for a model type, checked. */
@@ -153,7 +156,9 @@ function planEdit(ctx: KindPlanContext<EditSpec>): KindPlan {
   const e = spec.edit!;
   const tok = needTokenizer(ctx);
   const rels = needRelations(ctx);
-  const layers = resolveLayers(spec.layers, modelConfig.numLayers);
+  const trace = ctx.traceLayers;
+  // layers: { from_trace } is resolved by planSweep (a trace's peaks per fact); otherwise one list for every case.
+  const layers = trace ? [] : resolveLayers(spec.layers, modelConfig.numLayers);
   const matrices = editMatrices(spec, modelConfig.modelType);
   const queues = rels.map((rel, r) => shuffle(rel.samples.slice(0, spec.dataset.per_relation ?? Infinity), mix(e.seed, r)).map((s) => ({ rel, s })));
   const prompts: sweep.PromptSpec[] = [];
@@ -195,9 +200,9 @@ function planEdit(ctx: KindPlanContext<EditSpec>): KindPlan {
           subjectEnd: params.rewrite.subject[1],
           corruption: undefined,
         };
-        layers.forEach((layer, li) =>
-          matrices.forEach((matrix, mi) => shards.push(kindShard(ctx, prompt, li * matrices.length + mi, { matrix, layer, ...params }))),
-        );
+        // Part = position in (layer, matrix) order: li × matrices + mi for a layer list.
+        const edits = trace ? traceEdits(trace, prompt, matrices) : layers.flatMap((layer) => matrices.map((matrix) => ({ matrix, layer })));
+        edits.forEach(({ matrix, layer }, part) => shards.push(kindShard(ctx, prompt, part, { matrix, layer, ...params })));
         prompts.push(prompt);
       } catch (err) {
         if (err instanceof SpecError) throw err;
@@ -260,7 +265,10 @@ const own = sectionKind("edit", editSection);
 /** Rank-one model editing. */
 export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummary> = {
   ...own,
-  resolvePaths: (spec, resolve) => resolveCorpus(spec.edit, resolve),
+  resolvePaths: (spec, resolve) => {
+    resolveCorpus(spec.edit, resolve);
+    if (isFromTrace(spec.layers) && isTraceFolder(spec.layers.from_trace)) spec.layers.from_trace = resolve(spec.layers.from_trace);
+  },
   plan: planEdit,
   units: () => 1,
   columns: [
@@ -283,9 +291,12 @@ export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummar
     "entropy",
     "entropy_tokens",
     "restored",
+    "trace_layer",
+    "trace_ie",
   ],
-  aggregate(opts: { spec: { model: { path: string; tokenizer?: string } } }) {
+  aggregate(opts: { spec: { model: { path: string; tokenizer?: string } }; traceLayers?: TraceLayers }) {
     const sums = new Sums();
+    const trace = opts.traceLayers;
     let tok: PromptTokenizer | null | undefined; // loaded at the first sample that needs it
     /** ROME's entropy over words of the decoded samples; the engine's over token ids when no tokenizer can be read. */
     const entropyOf = (g: { entropy?: number; ids?: number[][] } | null | undefined): number | null => {
@@ -328,6 +339,8 @@ export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummar
             entropy,
             entropy_tokens: post.generation?.entropy ?? null,
             restored: r.restored === true,
+            // The fact's peak in the trace (layers: { from_trace }): where its IE at the last subject token was highest.
+            ...tracePeakColumns(trace, prompt, String(r.matrix)),
           },
         ];
       },
@@ -354,7 +367,8 @@ export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummar
             entropy: g("entropy"),
           };
         });
-        return { points: points.sort((a, b) => a.matrix.localeCompare(b.matrix) || a.layer - b.layer) };
+        points.sort((a, b) => a.matrix.localeCompare(b.matrix) || a.layer - b.layer);
+        return trace ? { points, trace: { sweepId: trace.sweepId, chosen: !trace.editLayers, matrices: trace.matrices } } : { points };
       },
     };
   },
@@ -371,10 +385,16 @@ export const editKind: SweepKindModule<"edit", typeof own.specFields, EditSummar
         color: "metric",
         facet: "matrix",
       }),
+      figure4Chart,
     ],
+    note: traceNote,
     table: {
-      head: ["matrix", "layer", "cases", ...SHOWN],
-      rows: (s) => s.points.map((p) => [p.matrix, p.layer, p.cases, ...SHOWN.map((m) => (p[m] === null ? "" : (100 * p[m]!).toFixed(1)))]),
+      head: ["matrix", "layer", "cases", ...SHOWN, "trace IE"],
+      rows: (s) =>
+        s.points.map((p) => {
+          const ie = traceIEAt(s, p.matrix, p.layer);
+          return [p.matrix, p.layer, p.cases, ...SHOWN.map((m) => (p[m] === null ? "" : (100 * p[m]!).toFixed(1))), ie === null ? "" : (100 * ie).toFixed(1)];
+        }),
     },
   },
 };

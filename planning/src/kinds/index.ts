@@ -94,3 +94,5 @@ export * from "./knockout.js";
 export * from "./sever.js";
 export * from "./lre.js";
 export * from "./edit.js";
+export * from "./edit-trace.js";
+export * from "./trace-evidence.js";

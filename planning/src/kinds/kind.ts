@@ -12,6 +12,7 @@ import type { ModelConfig } from "../model-config.js";
 import type { PlanError } from "../prompts.js";
 import type { BaseSpec } from "../spec-base.js";
 import type { PromptTokenizer } from "../tokenizer.js";
+import type { TraceLayers } from "./edit-trace.js";
 
 /** A spec as a kind sees it: the common fields and the kind's own (`Fields`). */
 export type SpecOf<Fields extends z.ZodRawShape> = BaseSpec & z.output<z.ZodObject<Fields>>;
@@ -25,6 +26,8 @@ export interface KindPlanContext<S extends BaseSpec = BaseSpec> {
   tokenizer: PromptTokenizer | null;
   /** The sweep's caps (cells, shards, tokens per prompt, file sizes). */
   limits: PlanLimits;
+  /** `layers: { from_trace }` resolved (kind edit): the trace's peaks per fact. */
+  traceLayers?: TraceLayers;
 }
 
 /** The plan of a sweep of one kind (`plannedCells` counts the kind's work units). */
@@ -45,6 +48,8 @@ export interface KindAggregatorOptions<S extends BaseSpec = BaseSpec> {
   prompts: sweep.PromptSpec[];
   modelType: string;
   numLayers: number;
+  /** `layers: { from_trace }` resolved (kind edit): each row gets its fact's peak, the summary the trace curve. */
+  traceLayers?: TraceLayers;
 }
 
 /** Where a shard result being folded belongs. */
@@ -88,8 +93,8 @@ export interface KindReport<Summary> {
   intro: string;
   /** A line per model under the intro (text). */
   note?(summary: Summary): string;
-  /** Rows of charts; each row has one chart per model. `label` is "<model> (<architecture>)". */
-  charts: ((summary: Summary, label: string) => ChartView)[];
+  /** Rows of charts; each row has one chart per model (null: none for this summary). `label` is "<model> (<architecture>)". */
+  charts: ((summary: Summary, label: string) => ChartView | null)[];
   /** A table of every model's values (after a `model` column). */
   table?: { head: string[]; rows(summary: Summary): (string | number)[][] };
 }

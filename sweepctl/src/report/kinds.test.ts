@@ -83,3 +83,39 @@ test("readKindAggregates reads kind.json from sweepctl local folders and skips f
   const file = await writeKindReport(read, join(dir, "out"));
   assert.match(readFileSync(file, "utf8"), /Path blocking/);
 });
+
+test("an edit sweep with a trace gets the figure-4 panel (trace IE beside ES/PS/NS per layer) and its note; without a trace, neither", async () => {
+  const editPoint = (layer: number, cases: number, ES: number) => ({
+    matrix: "W_o",
+    layer,
+    cases,
+    ES,
+    PS: 0.5,
+    NS: 0.9,
+    S: 0.6,
+    EM: 0,
+    PM: 0,
+    NM: 0,
+    pre_ES: 0,
+    pre_PS: 0,
+    pre_NS: 1,
+    entropy: null,
+  });
+  const trace = { sweepId: "tr-1", matrices: [{ matrix: "W_o", site: "mixer", window: 2, layers: [0, 1, 2], meanIE: [0.2, 0.4, 0.1], facts: 5 }] };
+  const withTrace = (chosen: boolean): KindAggregate => ({
+    ...base("edit", "mamba", "mamba-facts"),
+    edit: { points: [editPoint(0, 1, 1), editPoint(1, 3, 0.5)], trace: { ...trace, chosen } },
+  });
+  const [chosen] = await kindSections([withTrace(true)]);
+  assert.match(chosen!, /causal trace beside the edit, per layer \(figure 4\)/);
+  assert.match(chosen!, /layers from trace sweep tr-1: each case edited at its fact&#39;s peak IE at the last subject token \(W_o ← mixer, window 2\)/);
+  assert.match(chosen!, /cases edited at this layer/);
+  // The table's trace IE column: the trace's mean IE at the point's layer.
+  assert.match(chosen!, /<td>W_o<\/td><td>1<\/td><td>3<\/td><td>50\.0<\/td><td>50\.0<\/td><td>90\.0<\/td><td>60\.0<\/td><td>40\.0<\/td>/);
+  const [beside] = await kindSections([withTrace(false)]);
+  assert.match(beside!, /trace sweep tr-1 drawn beside every case edited at every layer/);
+  assert.doesNotMatch(beside!, /cases edited at this layer/);
+  const [plain] = await kindSections([aggs[4]!]);
+  assert.doesNotMatch(plain!, /figure 4|trace sweep/);
+  assert.equal((plain!.match(/<svg/g) ?? []).length, 1, "only the scores chart");
+});

@@ -82,9 +82,13 @@ async function row(charts: TopLevelSpec[]): Promise<string> {
 
 /** One kind's section from its module's report description, the models side by side. */
 async function section<S>(report: KindReport<S>, aggs: { agg: KindAggregate; summary: S }[]): Promise<string> {
-  const notes = report.note ? `<ul>${aggs.map(({ agg, summary }) => `<li>${esc(label(agg))}: ${esc(report.note!(summary))}</li>`).join("")}</ul>` : "";
+  const noted = report.note ? aggs.map(({ agg, summary }) => ({ agg, text: report.note!(summary) })).filter((n) => n.text) : [];
+  const notes = noted.length ? `<ul>${noted.map(({ agg, text }) => `<li>${esc(label(agg))}: ${esc(text)}</li>`).join("")}</ul>` : "";
   const rows: string[] = [];
-  for (const chart of report.charts) rows.push(await row(aggs.map(({ agg, summary }) => vegaSpec(chart(summary, label(agg))))));
+  for (const chart of report.charts) {
+    const views = aggs.map(({ agg, summary }) => chart(summary, label(agg))).filter((v): v is ChartView => v !== null);
+    if (views.length) rows.push(await row(views.map(vegaSpec)));
+  }
   const t = report.table;
   const table = t
     ? `<table><tr>${["model", ...t.head].map((h) => `<th>${esc(h)}</th>`).join("")}</tr>${aggs.flatMap(({ agg, summary }) => t.rows(summary).map((cells) => `<tr>${[agg.model, ...cells].map((c) => `<td>${esc(String(c))}</td>`).join("")}</tr>`)).join("")}</table>`
