@@ -33,7 +33,6 @@ const cellArb = fc.record({
   layer: fc.integer({ min: 0, max: 70 }),
   token: fc.integer({ min: 0, max: 40 }),
   window: fc.integer({ min: 1, max: 20 }),
-  head: fc.option(fc.integer({ min: 0, max: 7 }), { nil: undefined }), // a per-head cell, or the whole site
 });
 
 /** A planned trace shard: distinct cells of one prompt. */
@@ -73,14 +72,7 @@ function contentMutation(shard: sweep.Shard, good: sweep.ShardResult): fc.Arbitr
   const at = fc.nat({ max: n - 1 });
   const withCells = (cells: sweep.ShardResult["cells"]) => ({ ...good, cells });
   const planned = new Set(shard.cells.map(cellKey));
-  // A per-head cell reported as its whole site (what an agent that drops Cell.head would send).
-  const wholeSite = (c: sweep.CellOutcome) => ({ ...c, cell: { ...c.cell!, head: undefined } });
-  const headed = good.cells.flatMap((c, i) => (c.cell?.head !== undefined && !planned.has(cellKey(wholeSite(c).cell)) ? [i] : []));
-  const headDropped = headed.length
-    ? [fc.constantFrom(...headed).map((i): Mutant => ({ expect: "cells_mismatch", r: withCells(good.cells.map((x, j) => (j === i ? wholeSite(x) : x))) }))]
-    : [];
   return fc.oneof(
-    ...headDropped,
     at.map((i): Mutant => ({ expect: "cells_mismatch", r: withCells(good.cells.filter((_, j) => j !== i)) })),
     fc
       .tuple(at, at)
@@ -121,7 +113,7 @@ test("a result with exactly the planned cells (any order) and valid values is ac
   );
 });
 
-test("any single content mutation (cell dropped, duplicated, added, moved, its head dropped; p or logit not finite or out of [0, 1]; wrong prompt) is refused with its reason", () => {
+test("any single content mutation (cell dropped, duplicated, added, moved; p or logit not finite or out of [0, 1]; wrong prompt) is refused with its reason", () => {
   run(
     fc.property(
       plannedShard.chain((s) => validResult(s).chain((good) => contentMutation(s, good).map((m) => [s, m] as const))),

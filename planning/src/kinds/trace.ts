@@ -80,7 +80,9 @@ function checkHeads(g: { site: SiteName; heads?: "all" | readonly number[] }, i:
   const path = `grid[${i}].heads`;
   const headSites = HEAD_SITES_BY_MODEL_TYPE[modelConfig.modelType] as readonly SiteName[];
   if (!headSites.includes(g.site)) {
-    const which = headSites.length ? `only ${headSites.join(", ")} has per-head restores` : `${modelConfig.modelType} models have no per-head sites (Mamba-2's ssm has)`;
+    const which = headSites.length
+      ? `only ${headSites.join(", ")} has per-head restores`
+      : `${modelConfig.modelType} models have no per-head sites (Mamba-2's ssm has)`;
     throw new SpecError(`${path}: site "${g.site}" of ${modelConfig.modelType} has no heads: ${which}; remove heads to restore the whole site`, {
       path,
       expected: headSites.length ? `heads only with site ${headSites.join("|")}` : "no heads",
