@@ -33,7 +33,7 @@ from . import kernels
 from .cache import PromptRuns
 from .errors import InvalidArgument, NumericError
 from .prepare import answer_measures, record_clean
-from .sites import INPUT, OUTPUT
+from .sites import INPUT, OUTPUT, refuse_head
 
 
 @dataclass
@@ -87,7 +87,7 @@ def plan_cells(model, cells: list, num_tokens: int) -> Plans:
     names = [c.site for c in cells]
     bad = next((i for i, name in enumerate(names) if name not in code), None)
     if bad is not None:
-        _refuse_head(model, sites, bad, names[bad])
+        refuse_head(model, sites, bad, names[bad])
         raise InvalidArgument(
             f"cells[{bad}].site: unknown site {names[bad]!r} for {type(model).__module__.split('.')[-1]}; valid: {list(sites)}",
             field="site",
@@ -112,22 +112,6 @@ def plan_cells(model, cells: list, num_tokens: int) -> Plans:
     j0 = start.copy()
     nj = np.where(w_in, 1, hi - lo)
     return Plans(token=token, start=start, kind=kind, j0=j0, nj=nj, kinds=kinds)
-
-
-def _refuse_head(model, sites: dict, i: int, name: str) -> None:
-    """A per-head site (``ssm.h<k>``) the model does not have: say which heads it has, or that it has none."""
-    site, dot, head = name.partition(".h")
-    if not dot or not head.isdigit():
-        return
-    arch = type(model).__module__.split('.')[-1]
-    if site not in sites:
-        raise InvalidArgument(f"cells[{i}].site: unknown site {site!r} for {arch}; valid: {list(model.SITES)}", field="site")
-    heads = sorted(int(n[len(site) + 2:]) for n in sites if n.startswith(site + ".h") and n[len(site) + 2:].isdigit())
-    if not heads:
-        raise InvalidArgument(f"cells[{i}].head: {arch} models have no per-head {site} restores (only Mamba-2's ssm); "
-                              "expected the cell without a head", field="head")
-    raise InvalidArgument(f"cells[{i}].head: expected 0..{heads[-1]} (this {arch} model has {len(heads)} heads), "
-                          f"got {head}", field="head")
 
 
 def run_cells_slow(model, ids: torch.Tensor, corrupted: torch.Tensor, answer_id: Optional[int], cells: list) -> torch.Tensor:
