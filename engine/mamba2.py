@@ -69,7 +69,7 @@ from .sites import BLOCK, INPUT, OUTPUT, BlockHook, HookedLM, Site, call, site_t
 
 #: The intervention sites of Mamba-2 (design vocabulary). Width names a Config attribute. The per-head
 #: sites ``ssm.h<k>`` (``head_sites``) are added per model (their number is the config's); they are cell
-#: sites of the engine (``LM.CELL_SITES``), not yet of the wire protocol.
+#: sites of the engine (``LM.CELL_SITES``), on the wire a SITE_SSM cell with ``Cell.head`` (``wire.cells_from_pb``).
 SITES = site_table(
     Site("embed", INPUT, "d_model", "token embeddings, the input of layer 0"),
     Site("residual", OUTPUT, "d_model", "h: residual stream after block l", dtype="residual"),

@@ -21,6 +21,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from .errors import InvalidArgument
+
 INPUT, OUTPUT, BLOCK = "input", "output", "block"
 
 ModelHook = Callable[[str, int, torch.Tensor], torch.Tensor]
@@ -77,3 +79,19 @@ class HookedLM(nn.Module):
             kept.append(k)
             stream.append(h)
         return self.head(h), ((kept, stream) if keep else None)
+
+
+def refuse_head(model, sites: dict, i: int, name: str) -> None:
+    """A per-head site (``ssm.h<k>``) the model does not have: say which heads it has, or that it has none."""
+    site, dot, head = name.partition(".h")
+    if not dot or not head.isdigit():
+        return
+    arch = type(model).__module__.split('.')[-1]
+    if site not in sites:
+        raise InvalidArgument(f"cells[{i}].site: unknown site {site!r} for {arch}; valid: {list(model.SITES)}", field="site")
+    heads = sorted(int(n[len(site) + 2:]) for n in sites if n.startswith(site + ".h") and n[len(site) + 2:].isdigit())
+    if not heads:
+        raise InvalidArgument(f"cells[{i}].head: {arch} models have no per-head {site} restores (only Mamba-2's ssm); "
+                              "expected the cell without a head", field="head")
+    raise InvalidArgument(f"cells[{i}].head: expected 0..{heads[-1]} (this {arch} model has {len(heads)} heads), "
+                          f"got {head}", field="head")

@@ -33,7 +33,7 @@ from . import kernels
 from .cache import PromptRuns
 from .errors import InvalidArgument, NumericError
 from .prepare import answer_measures, record_clean
-from .sites import INPUT, OUTPUT
+from .sites import INPUT, OUTPUT, refuse_head
 
 
 @dataclass
@@ -87,6 +87,7 @@ def plan_cells(model, cells: list, num_tokens: int) -> Plans:
     names = [c.site for c in cells]
     bad = next((i for i, name in enumerate(names) if name not in code), None)
     if bad is not None:
+        refuse_head(model, sites, bad, names[bad])
         raise InvalidArgument(
             f"cells[{bad}].site: unknown site {names[bad]!r} for {type(model).__module__.split('.')[-1]}; valid: {list(sites)}",
             field="site",

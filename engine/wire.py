@@ -131,8 +131,14 @@ def explicit_noise(req, hidden_size: Dict[str, int]):
     return torch.from_numpy(array.astype(np.float32))  # native order, writable copy
 
 
+HEAD_SITES = ("ssm",)
+"""Sites a cell may restore one head of (``Cell.head``): Mamba-2's ``ssm``, the engine's ``ssm.h<k>``."""
+
+
 def cells_from_pb(cells) -> list:
-    """``RunCells.cells`` → ``CellSpec``s; an unset or unknown site is named by its index."""
+    """``RunCells.cells`` → ``CellSpec``s; an unset or unknown site is named by its index. A cell with
+    ``head`` set becomes the engine's per-head site ``<site>.h<head>`` (``mamba2.HEAD_SITE``); whether the
+    model has that head is checked against the model when the cells are planned (``trace.plan_cells``)."""
     from engine.runtime import CellSpec
 
     out = []
@@ -144,6 +150,14 @@ def cells_from_pb(cells) -> list:
                 f"expected one of {', '.join(f'SITE_{n.upper()}' for n in SITE_VALUES)}",
                 field=f"cells[{i}].site",
             )
+        if cell.HasField("head"):
+            if name not in HEAD_SITES:
+                raise errors.InvalidArgument(
+                    f"cells[{i}].head is {cell.head} on site {name}, which has no per-head restores; expected "
+                    f"head unset, or site {' / '.join(f'SITE_{n.upper()}' for n in HEAD_SITES)} (Mamba-2)",
+                    field=f"cells[{i}].head",
+                )
+            name = f"{name}.h{cell.head}"
         out.append(CellSpec(site=name, layer=cell.layer, token=cell.token, window=cell.window or 1))
     return out
 

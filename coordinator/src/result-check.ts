@@ -34,8 +34,9 @@ export interface Rejection {
 /** Largest `result_json` accepted (NATS's default max_payload is 1 MiB, so a message rarely holds more). */
 export const MAX_RESULT_JSON_BYTES = 1024 * 1024;
 
-/** Identity of a cell within a prompt. */
-export const cellKey = (c: { site: number; layer: number; token: number; window: number }): string => `${c.site}/${c.layer}/${c.token}/${c.window}`;
+/** Identity of a cell within a prompt; a per-head cell (engine.Cell.head) is another cell than its whole site. */
+export const cellKey = (c: { site: number; layer: number; token: number; window: number; head?: number | undefined }): string =>
+  `${c.site}/${c.layer}/${c.token}/${c.window}${c.head === undefined ? "" : `/h${c.head}`}`;
 
 const isProbability = (x: number): boolean => Number.isFinite(x) && x >= 0 && x <= 1;
 
@@ -77,7 +78,7 @@ export function checkResultContent(planned: sweep.Shard, r: sweep.ShardResult): 
   for (const c of r.cells) {
     if (!c.cell) return { reason: "cells_mismatch", detail: `shard ${id}: a cell outcome without its cell` };
     const k = cellKey(c.cell);
-    if (!want.has(k)) return { reason: "cells_mismatch", detail: `shard ${id}: cell ${k} (site/layer/token/window) was not planned in this shard` };
+    if (!want.has(k)) return { reason: "cells_mismatch", detail: `shard ${id}: cell ${k} (site/layer/token/window[/head]) was not planned in this shard` };
     if (seen.has(k)) return { reason: "cells_mismatch", detail: `shard ${id}: cell ${k} given twice` };
     seen.add(k);
     if (!isProbability(c.p) || !Number.isFinite(c.logit))

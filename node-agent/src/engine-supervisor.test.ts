@@ -99,7 +99,7 @@ test("an engine worker of another protocol version is a fatal error naming both 
     command: await engineCommand(),
     metrics: createAgentMetrics(),
     log: memoryLogger(),
-    protocolVersion: 99, // the real worker (version 2) must refuse this agent
+    protocolVersion: 99, // the real worker (version 3) must refuse this agent
     onFatal: (e) => fatal.push(e),
     restartInitialMs: 50,
   });

@@ -1,6 +1,8 @@
 /**
  * Incremental aggregation of a trace sweep's results: idempotent by shard id, sums per (site,
- * window, token group, layer), heatmaps, rows, a summary and a JSON state to resume from.
+ * window, token group, layer), heatmaps, rows, a summary and a JSON state to resume from. A per-head
+ * cell (engine.Cell.head) is aggregated under its site label `ssm.h<k>` (sites.ts `siteLabel`), so
+ * each head has its own heatmap beside the whole site's; its result rows keep `site` and `head`.
  */
 import type { control, sweep } from "@factsweep/proto";
 import {
@@ -15,7 +17,7 @@ import {
   type StoredShard,
 } from "./effects.js";
 import { ResultError } from "./errors.js";
-import { siteFromEnum, type SiteName } from "./sites.js";
+import { siteFromEnum, siteLabel, type SiteLabel, type SiteName } from "./sites.js";
 import { GROUPS_BY_SCHEME, tokenGroup, tokenGroups, type TokenGroup, type TokenGroupScheme } from "./token-groups.js";
 
 const SEP = "|";
@@ -96,6 +98,7 @@ export class ResultAggregator {
     const meta = this.prompts.get(result.promptIndex);
     if (!meta) throw new ResultError(`result of shard ${result.shardId} names prompt ${result.promptIndex}, which this sweep does not have`, result.shardId);
     const flat: number[] = [];
+    const heads: number[] = [];
     for (const c of result.cells) {
       const cell = c.cell;
       if (!cell || cell.token >= meta.numTokens) {
@@ -106,6 +109,7 @@ export class ResultAggregator {
       }
       siteFromEnum(cell.site); // validates
       flat.push(cell.site, cell.layer, cell.token, cell.window, c.p, c.logit);
+      heads.push(cell.head ?? NO_HEAD);
     }
     // Validated: now apply.
     this.shardIds.add(result.shardId);
@@ -115,15 +119,16 @@ export class ResultAggregator {
       pClean: result.pClean,
       pCorrupt: result.pCorrupt,
       cells: flat,
+      ...(heads.some((h) => h !== NO_HEAD) ? { heads } : {}),
     });
     if (!this.promptProbs.has(result.promptIndex)) this.promptProbs.set(result.promptIndex, [result.pClean, result.pCorrupt, result.answerId]);
     for (let i = 0; i < flat.length; i += 6) {
-      this.addCell(meta, siteFromEnum(flat[i]!), flat[i + 1]!, flat[i + 2]!, flat[i + 3]!, flat[i + 4]!, result.pClean, result.pCorrupt);
+      this.addCell(meta, labelOf(flat, heads, i), flat[i + 1]!, flat[i + 2]!, flat[i + 3]!, flat[i + 4]!, result.pClean, result.pCorrupt);
     }
     return true;
   }
 
-  private addCell(meta: PromptMeta, site: SiteName, layer: number, token: number, window: number, p: number, pClean: number, pCorrupt: number): void {
+  private addCell(meta: PromptMeta, site: SiteLabel, layer: number, token: number, window: number, p: number, pClean: number, pCorrupt: number): void {
     const ie = indirectEffect(p, pCorrupt, pClean);
     for (const g of tokenGroups(token, [meta.subjectStart, meta.subjectEnd], meta.numTokens, this.scheme)) {
       const key = [site, window, g, layer].join(SEP);
@@ -145,13 +150,13 @@ export class ResultAggregator {
   }
 
   /** The running sums of one bucket, or undefined when no cell fell in it. */
-  bucket(site: SiteName, window: number, group: TokenGroup, layer: number): Bucket | undefined {
+  bucket(site: SiteLabel, window: number, group: TokenGroup, layer: number): Bucket | undefined {
     const b = this.buckets.get([site, window, group, layer].join(SEP));
     return b ? { ...b } : undefined;
   }
 
-  /** Mean IE and AIE per token group × layer for one (site, window). */
-  heatmap(site: SiteName, window: number): Heatmap {
+  /** Mean IE and AIE per token group × layer for one (site, window); `site` is a site label (`ssm.h3` for a head). */
+  heatmap(site: SiteLabel, window: number): Heatmap {
     const layerSet = new Set<number>();
     const present = new Set<string>();
     for (const key of this.buckets.keys()) {
@@ -183,18 +188,18 @@ export class ResultAggregator {
     return { site, window, groups, layers, meanIE, aie, counts };
   }
 
-  /** The (site, window) pairs that have results. */
-  grids(): { site: SiteName; window: number }[] {
-    const seen = new Map<string, { site: SiteName; window: number }>();
+  /** The (site label, window) pairs that have results. */
+  grids(): { site: SiteLabel; window: number }[] {
+    const seen = new Map<string, { site: SiteLabel; window: number }>();
     for (const key of this.buckets.keys()) {
       const [s, w] = key.split(SEP);
-      seen.set(`${s}${SEP}${w}`, { site: s as SiteName, window: Number(w) });
+      seen.set(`${s}${SEP}${w}`, { site: s as SiteLabel, window: Number(w) });
     }
     return [...seen.values()];
   }
 
   /** One prompt's grid of p for (site, window): p[token][layer] (null where not run). */
-  promptGrid(promptIndex: number, site: SiteName, window: number): { layers: number[]; p: (number | null)[][]; pClean: number; pCorrupt: number } | undefined {
+  promptGrid(promptIndex: number, site: SiteLabel, window: number): { layers: number[]; p: (number | null)[][]; pClean: number; pCorrupt: number } | undefined {
     const meta = this.prompts.get(promptIndex);
     const probs = this.promptProbs.get(promptIndex);
     if (!meta || !probs) return undefined;
@@ -202,7 +207,7 @@ export class ResultAggregator {
     for (const sh of this.shards.values()) {
       if (sh.promptIndex !== promptIndex || !sh.cells) continue;
       for (let i = 0; i < sh.cells.length; i += 6) {
-        if (siteFromEnum(sh.cells[i]!) === site && sh.cells[i + 3] === window) cells.push([sh.cells[i + 2]!, sh.cells[i + 1]!, sh.cells[i + 4]!]);
+        if (labelOf(sh.cells, sh.heads, i) === site && sh.cells[i + 3] === window) cells.push([sh.cells[i + 2]!, sh.cells[i + 1]!, sh.cells[i + 4]!]);
       }
     }
     const layers = [...new Set(cells.map((c) => c[1]))].sort((a, b) => a - b);
@@ -217,14 +222,14 @@ export class ResultAggregator {
    * results, in prompt order. What a bootstrap over facts resamples. Empty when the state was
    * restored without cells (`toJSON({ cells: false })`).
    */
-  factRows(site: SiteName, window: number, group: TokenGroup): { layers: number[]; prompts: number[]; ie: (number | null)[][] } {
+  factRows(site: SiteLabel, window: number, group: TokenGroup): { layers: number[]; prompts: number[]; ie: (number | null)[][] } {
     const sums = new Map<number, Map<number, [number, number]>>(); // prompt -> layer -> [sum IE, n]
     const layerSet = new Set<number>();
     for (const sh of this.shards.values()) {
       const meta = this.prompts.get(sh.promptIndex);
       if (!sh.cells || !meta) continue;
       for (let i = 0; i < sh.cells.length; i += 6) {
-        if (siteFromEnum(sh.cells[i]!) !== site || sh.cells[i + 3] !== window) continue;
+        if (labelOf(sh.cells, sh.heads, i) !== site || sh.cells[i + 3] !== window) continue;
         const layer = sh.cells[i + 1]!;
         layerSet.add(layer);
         if (!tokenGroups(sh.cells[i + 2]!, [meta.subjectStart, meta.subjectEnd], meta.numTokens, this.scheme).includes(group)) continue;
@@ -260,6 +265,7 @@ export class ResultAggregator {
       for (let i = 0; i < sh.cells.length; i += 6) {
         const token = sh.cells[i + 2]!;
         const p = sh.cells[i + 4]!;
+        const head = sh.heads?.[i / 6];
         yield {
           sweepId: this.sweepId,
           model: this.model,
@@ -277,6 +283,7 @@ export class ResultAggregator {
           corruption: this.corruption,
           kind: "trace",
           fieldsJson: JSON.stringify({ answer_id: sh.answerId }), // provenance: the token whose p is measured
+          ...(head !== undefined && head !== NO_HEAD ? { head } : {}),
         };
       }
     }
@@ -332,7 +339,11 @@ export class ResultAggregator {
       shardIds: [...this.shardIds],
       cellCount: this.cellCount,
     };
-    if (opts.cells !== false) state.shards = [...this.shards.entries()].map(([k, s]) => [k, { ...s, cells: s.cells ? [...s.cells] : null }]);
+    if (opts.cells !== false)
+      state.shards = [...this.shards.entries()].map(([k, s]) => [
+        k,
+        { ...s, cells: s.cells ? [...s.cells] : null, ...(s.heads ? { heads: [...s.heads] } : {}) },
+      ]);
     return state;
   }
 
@@ -344,10 +355,19 @@ export class ResultAggregator {
     for (const [k, b] of s.buckets) agg.buckets.set(k, { ...b });
     for (const [i, c, x, a] of s.promptProbs) agg.promptProbs.set(i, [c, x, a]);
     for (const id of s.shardIds) agg.shardIds.add(id);
-    for (const [id, sh] of s.shards ?? []) agg.shards.set(id, { ...sh, cells: sh.cells ? [...sh.cells] : null });
+    for (const [id, sh] of s.shards ?? []) agg.shards.set(id, { ...sh, cells: sh.cells ? [...sh.cells] : null, ...(sh.heads ? { heads: [...sh.heads] } : {}) });
     agg.cellCount = s.cellCount;
     return agg;
   }
+}
+
+/** `StoredShard.heads` of a whole-site cell. */
+const NO_HEAD = -1;
+
+/** The site label of the cell whose sextet starts at `i` of `cells` (a head's `ssm.h<k>`, else the site). */
+function labelOf(cells: readonly number[], heads: readonly number[] | undefined, i: number): SiteLabel {
+  const head = heads?.[i / 6];
+  return siteLabel(siteFromEnum(cells[i]!), head === undefined || head === NO_HEAD ? undefined : head);
 }
 
 /** Order shard ids `<sweep>.<prompt>.<part>` numerically by prompt, then part. */

@@ -10,7 +10,7 @@
  */
 import type { control, sweep } from "@factsweep/proto";
 import { ResultError } from "./errors.js";
-import { siteFromEnum, type SiteName } from "./sites.js";
+import { siteFromEnum, type SiteLabel, type SiteName } from "./sites.js";
 import { GROUPS_BY_SCHEME, tokenGroup, tokenGroups, type TokenGroup, type TokenGroupScheme } from "./token-groups.js";
 
 /** |p_clean − p_corrupt| below this makes IE undefined (division by ~0). */
@@ -57,11 +57,14 @@ export interface StoredShard {
   pClean: number;
   pCorrupt: number;
   cells: number[] | null;
+  /** Per cell, its head (engine.Cell.head) or −1 for the whole site; absent when no cell has a head (states written before heads existed). */
+  heads?: number[];
 }
 
 /** A heatmap of one (site, window): mean IE and AIE per token group (rows) and layer (columns). */
 export interface Heatmap {
-  site: SiteName;
+  /** The site, or a head of it (`ssm.h3`). */
+  site: SiteLabel;
   window: number;
   groups: TokenGroup[];
   layers: number[];
@@ -86,7 +89,7 @@ export interface AggregateSummary {
   /** ROME's average total effect: mean(p_clean) − mean(p_corrupt) over prompts with results. */
   totalEffect: number;
   /** Per (site, window, group): the layer with the highest mean IE and its values. */
-  peaks: { site: SiteName; window: number; group: TokenGroup; layer: number; meanIE: number | null; aie: number; n: number }[];
+  peaks: { site: SiteLabel; window: number; group: TokenGroup; layer: number; meanIE: number | null; aie: number; n: number }[];
 }
 
 /** Serialized form of a {@link ResultAggregator} (JSON-safe). */

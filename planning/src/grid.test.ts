@@ -119,3 +119,61 @@ test("a site the model lacks and a layer beyond it are SpecErrors naming the fie
   assert.throws(() => planSweep(spec({ layers: [0, 4] }), "x"), /layers: expected layer numbers in 0\.\.3/);
   assert.throws(() => planSweep(spec({}), "bad.id"), /sweep_id: .*no dots/);
 });
+
+const GOLDEN_M2 = sharedPath("golden-mamba2/mamba2-tiny");
+const m2spec = (grid: unknown[]) =>
+  validateSweepSpec({
+    name: "h",
+    model: { id: "m2", path: GOLDEN_M2 ?? "/missing" },
+    dataset: { prompts: [{ input_ids: [1, 2, 3, 4, 5], subject: [1, 3], corrupted_ids: [1, 7, 8, 4, 5] }] },
+    grid,
+    layers: "all",
+    tokens: "all",
+  });
+
+test(
+  "heads: all plans one ssm cell per head of the Mamba-2 model, beside the whole-site cells without a head",
+  { skip: !GOLDEN_M2 && "shared/golden-mamba2 is not on this machine" },
+  () => {
+    const plan = planSweep(
+      m2spec([
+        { site: "ssm", window: 1 },
+        { site: "ssm", window: 1, heads: "all" },
+        { site: "ssm", window: 3, heads: [0, 7] },
+      ]),
+      "h",
+    );
+    const cells = plan.shards.flatMap((s) => s.cells);
+    assert.equal(cells.length, 5 * 4 * (1 + 8 + 2));
+    assert.equal(cells.filter((c) => c.head === undefined).length, 5 * 4);
+    assert.deepEqual([...new Set(cells.filter((c) => c.window === 1 && c.head !== undefined).map((c) => c.head))].sort(), [0, 1, 2, 3, 4, 5, 6, 7]);
+    assert.deepEqual([...new Set(cells.filter((c) => c.window === 3).map((c) => c.head))].sort(), [0, 7]);
+  },
+);
+
+test(
+  "heads are refused, naming grid[i].heads, past the model's heads, on a site without heads, twice, or on a model without heads",
+  { skip: !GOLDEN_M2 && "shared/golden-mamba2 is not on this machine" },
+  () => {
+    const refused = (grid: unknown[], re: RegExp) =>
+      assert.throws(
+        () => planSweep(m2spec(grid), "h"),
+        (e: unknown) => e instanceof SpecError && re.test(e.message),
+      );
+    refused([{ site: "ssm", heads: [8] }], /grid\[0\]\.heads: head 8 is outside this model's 8 heads; expected indices 0\.\.7/);
+    refused([{ site: "mixer", heads: "all" }], /grid\[0\]\.heads: site "mixer" of mamba2 has no heads: only ssm has per-head restores/);
+    refused([{ site: "ssm", heads: [1, 1] }], /grid\[0\]\.heads.*each head index once/);
+    refused([{ site: "ssm", heads: [] }], /grid\[0\]\.heads/);
+    refused(
+      [
+        { site: "ssm", heads: "all" },
+        { site: "ssm", heads: [2] },
+      ],
+      /grid\[1\]: same cells as grid\[0\]/,
+    );
+    assert.throws(
+      () => planSweep(spec({ grid: [{ site: "ssm", heads: "all" }] }), "h"),
+      (e: unknown) => e instanceof SpecError && /grid\[0\]\.heads: site "ssm" of mamba has no heads: mamba models have no per-head sites/.test(e.message),
+    );
+  },
+);

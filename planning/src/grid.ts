@@ -50,7 +50,8 @@ export function promptKey(sweepId: string, promptIndex: number): string {
 
 /** The spec fields the grid is made of (kinds/trace.ts validates them). */
 export interface GridSpec {
-  grid: readonly { site: SiteName; window: number }[];
+  /** `heads`: restore each of these heads of the site on its own (`"all"`: every head of the model) instead of the whole site. */
+  grid: readonly { site: SiteName; window: number; heads?: "all" | readonly number[] }[];
   layers: LayersSpec;
   /** "all", or token groups, `subject`, and indices (negative: from the end). */
   tokens: "all" | readonly (TokenGroup | "subject" | number)[];
@@ -78,23 +79,34 @@ export function effectiveWindow(window: number, numLayers: number): number {
   return Math.max(1, Math.min(window, 2 * numLayers));
 }
 
+/** The heads a grid entry restores one at a time (`"all"`: 0..numHeads−1); undefined: the whole site. */
+export function gridHeads(heads: "all" | readonly number[] | undefined, numHeads: number): readonly number[] | undefined {
+  return heads === "all" ? Array.from({ length: numHeads }, (_, k) => k) : heads;
+}
+
 /**
- * Every cell of one prompt: grid entries (site, window) × layers × selected tokens. `embed` has no
- * layers: one cell per token at layer 0.
+ * Every cell of one prompt: grid entries (site, window[, heads]) × layers × selected tokens. `embed`
+ * has no layers: one cell per token at layer 0. An entry with `heads` plans one cell per head (the
+ * cell's `head`; `"all"` is 0..numHeads−1), heads varying fastest; without, the whole site (no head).
  * @throws SpecError for layers outside the model, PromptError for token indices outside the prompt.
  */
-export function expandCells(prompt: sweep.PromptSpec, spec: GridSpec, numLayers: number): engine.Cell[] {
+export function expandCells(prompt: sweep.PromptSpec, spec: GridSpec, numLayers: number, numHeads = 0): engine.Cell[] {
   const layers = resolveLayers(spec.layers, numLayers);
   const tokens = selectTokens(spec, prompt);
   const cells: engine.Cell[] = [];
-  for (const { site, window } of spec.grid) {
+  for (const { site, window, heads } of spec.grid) {
     const s = siteToEnum(site);
     if (site === "embed") {
       for (const token of tokens) cells.push({ site: s, layer: 0, token, window: 1 });
       continue;
     }
     const w = effectiveWindow(window, numLayers);
-    for (const layer of layers) for (const token of tokens) cells.push({ site: s, layer, token, window: w });
+    const hs = gridHeads(heads, numHeads);
+    for (const layer of layers)
+      for (const token of tokens) {
+        if (hs === undefined) cells.push({ site: s, layer, token, window: w });
+        else for (const head of hs) cells.push({ site: s, layer, token, window: w, head });
+      }
   }
   return cells;
 }

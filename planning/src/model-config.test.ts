@@ -17,7 +17,7 @@ test("the golden Mamba and GPT-NeoX checkpoints report their shapes", { skip: !G
 
 test("a Mamba-2 config.json reports its shape, with time_step_limit as transformers 5 and as transformers 4 write it", () => {
   const golden2 = sharedPath("golden-mamba2", "mamba2-tiny");
-  if (golden2) assert.deepEqual(readModelConfig(golden2), { modelType: "mamba2", numLayers: 4, hiddenSize: 64, vocabSize: 1000, maxPositions: 0 });
+  if (golden2) assert.deepEqual(readModelConfig(golden2), { modelType: "mamba2", numLayers: 4, hiddenSize: 64, vocabSize: 1000, maxPositions: 0, numHeads: 8 });
   const dir = mkdtempSync(join(tmpdir(), "fs-model-"));
   try {
     const cfg = { model_type: "mamba2", num_hidden_layers: 3, hidden_size: 32, vocab_size: 64, note: "Infinity in a string stays" };

@@ -17,6 +17,8 @@ export interface ModelConfig {
   vocabSize: number;
   /** Longest prompt in tokens; 0 = no limit (Mamba). */
   maxPositions: number;
+  /** Mamba-2: heads of the SSM (`num_heads`), what a grid entry's `heads` may name; absent for other models. */
+  numHeads?: number;
 }
 
 /** Largest config.json read (real ones are a few KiB). */
@@ -100,11 +102,15 @@ export function readModelConfig(path: string, limits: Pick<PlanLimits, "maxLayer
   sane(numLayers, limits.maxLayers, "number of layers", "maxLayers");
   sane(hiddenSize, limits.maxHiddenSize, "hidden size", "maxHiddenSize");
   sane(vocabSize, MAX_VOCAB_SIZE, "vocabulary size", null);
+  // Mamba-2's heads: only a spec that names heads needs them (trace's check says so when they are missing).
+  const heads = modelType === "mamba2" && c.num_heads !== undefined ? pick(c, ["num_heads"], file, path, "number of heads") : undefined;
+  if (heads !== undefined) sane(heads, limits.maxHiddenSize, "number of heads", "maxHiddenSize");
   return {
     modelType: modelType as ModelType,
     numLayers,
     hiddenSize,
     vocabSize,
     maxPositions: modelType === "mamba" ? 0 : typeof maxPos === "number" && Number.isInteger(maxPos) && maxPos > 0 ? maxPos : 0,
+    ...(heads !== undefined ? { numHeads: heads } : {}),
   };
 }

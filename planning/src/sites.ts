@@ -27,6 +27,37 @@ export const SITES_BY_MODEL_TYPE = {
   mamba2: ["embed", "residual", "mixer", "ssm", "gate", "conv", "in_ssm"],
   gpt_neox: ["embed", "residual", "attn", "mlp"],
 } as const satisfies Record<string, readonly SiteName[]>;
+/**
+ * Sites that have per-head restores, by model type: a grid entry's `heads` and a cell's `head`
+ * (engine.Cell.head). Mamba-2's `ssm` is the scan output y of every head, so head k is its
+ * head_dim channels k·P..(k+1)·P. Mamba (one SSM over all channels) has no heads; GPT-NeoX's
+ * attention heads are not a site of the engine (it restores attention after the dense).
+ */
+export const HEAD_SITES_BY_MODEL_TYPE = {
+  mamba: [],
+  mamba2: ["ssm"],
+  gpt_neox: [],
+} as const satisfies Record<keyof typeof SITES_BY_MODEL_TYPE, readonly SiteName[]>;
+
+/**
+ * The name a per-head site is aggregated and reported under: `ssm.h3` for head 3 of `ssm` (the
+ * engine's cell site name), the plain site name for a whole site. Heatmaps, summaries and the
+ * report list sites by this label; result rows keep `site` and a separate `head`.
+ */
+export type SiteLabel = SiteName | `${SiteName}.h${number}`;
+
+/** `("ssm", 3)` → `"ssm.h3"`; `("ssm", undefined)` → `"ssm"`. */
+export function siteLabel(site: SiteName, head?: number): SiteLabel {
+  return head === undefined ? site : `${site}.h${head}`;
+}
+
+/** `"ssm.h3"` → `{ site: "ssm", head: 3 }`; `"ssm"` → `{ site: "ssm" }`; undefined for anything else. */
+export function parseSiteLabel(label: string): { site: SiteName; head?: number } | undefined {
+  const m = /^([a-z_]+)(?:\.h(\d{1,6}))?$/.exec(label);
+  if (!m || !isSiteName(m[1]!)) return undefined;
+  return m[2] === undefined ? { site: m[1] } : { site: m[1], head: Number(m[2]) };
+}
+
 /** A supported `model_type`. */
 export type ModelType = keyof typeof SITES_BY_MODEL_TYPE;
 /** Supported model types, for error messages and validation. */

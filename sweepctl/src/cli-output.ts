@@ -214,6 +214,7 @@ export const RESULT_COLUMNS = [
   "prompt_index",
   "subject",
   "site",
+  "head",
   "layer",
   "token",
   "window",
@@ -233,6 +234,7 @@ export function rowRecord(r: control.ResultRow): Record<(typeof RESULT_COLUMNS)[
     prompt_index: r.promptIndex,
     subject: r.subject,
     site: r.site,
+    head: r.head ?? "", // empty: the whole site
     layer: r.layer,
     token: r.token,
     window: r.window,

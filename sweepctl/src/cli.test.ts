@@ -56,7 +56,7 @@ test("launch --detach prints the sweep id and exits 0; watch follows it to done 
   const lines = readFileSync(out, "utf8").trim().split("\n");
   assert.equal(
     lines[0],
-    "sweep_id,model,prompt_index,subject,site,layer,token,window,token_group,p,p_clean,p_corrupt,ie,corruption,answer_id,answer,prompt,relation,object,token_str,swap_subject,corrupted_prompt",
+    "sweep_id,model,prompt_index,subject,site,head,layer,token,window,token_group,p,p_clean,p_corrupt,ie,corruption,answer_id,answer,prompt,relation,object,token_str,swap_subject,corrupted_prompt",
   );
   assert.equal(lines.length, 49);
   const pq = join(dirname(out), "r.parquet");

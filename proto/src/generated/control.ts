@@ -105,6 +105,8 @@ export interface ResultRow {
   kind: string;
   /** kinds other than trace: one per-shard row as a flat JSON object (snake_case) */
   fieldsJson: string;
+  /** trace: the restored head of `site` (engine.Cell.head); absent: the whole site */
+  head?: number | undefined;
 }
 
 export interface AgentsRequest {
@@ -1107,6 +1109,7 @@ function createBaseResultRow(): ResultRow {
     corruption: "",
     kind: "",
     fieldsJson: "",
+    head: undefined,
   };
 }
 
@@ -1159,6 +1162,9 @@ export const ResultRow: MessageFns<ResultRow> = {
     }
     if (message.fieldsJson !== "") {
       writer.uint32(130).string(message.fieldsJson);
+    }
+    if (message.head !== undefined) {
+      writer.uint32(136).uint32(message.head);
     }
     return writer;
   },
@@ -1304,6 +1310,14 @@ export const ResultRow: MessageFns<ResultRow> = {
             message.fieldsJson = reader.string();
             continue;
           }
+          case 17: {
+            if (tag !== 136) {
+              break;
+            }
+
+            message.head = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1358,6 +1372,7 @@ export const ResultRow: MessageFns<ResultRow> = {
         : isSet(object.fields_json)
         ? globalThis.String(object.fields_json)
         : "",
+      head: isSet(object.head) ? globalThis.Number(object.head) : undefined,
     };
   },
 
@@ -1411,6 +1426,9 @@ export const ResultRow: MessageFns<ResultRow> = {
     if (message.fieldsJson !== "") {
       obj.fieldsJson = message.fieldsJson;
     }
+    if (message.head !== undefined) {
+      obj.head = Math.round(message.head);
+    }
     return obj;
   },
 
@@ -1435,6 +1453,7 @@ export const ResultRow: MessageFns<ResultRow> = {
     message.corruption = object.corruption ?? "";
     message.kind = object.kind ?? "";
     message.fieldsJson = object.fieldsJson ?? "";
+    message.head = object.head ?? undefined;
     return message;
   },
 };

@@ -20,7 +20,8 @@ export const protobufFileName = "engine.proto";
 
 /**
  * Named states that a cell can restore. The design vocabulary, defined once here.
- * Mamba: embed, residual, mixer, ssm, gate, conv, in_ssm. GPT-NeoX: embed, residual, attn, mlp.
+ * Mamba and Mamba-2: embed, residual, mixer, ssm, gate, conv, in_ssm. GPT-NeoX: embed, residual, attn, mlp.
+ * Per-head restores (Mamba-2 ssm) are a Site with Cell.head set.
  */
 export enum Site {
   SITE_UNSPECIFIED = 0,
@@ -315,6 +316,11 @@ export interface Cell {
   token: number;
   /** 0 or 1: one layer; w: range(max(0, l - w//2), min(L, l - (-w//2))) */
   window: number;
+  /**
+   * Set: restore only head `head` of the site (Mamba-2 `ssm`: head k's head_dim channels of y, the
+   * engine's cell site ssm.h<k>); absent: the whole site. Other sites and models refuse it.
+   */
+  head?: number | undefined;
 }
 
 export interface RunCells {
@@ -2359,7 +2365,7 @@ export const PromptInfo: MessageFns<PromptInfo> = {
 };
 
 function createBaseCell(): Cell {
-  return { site: 0, layer: 0, token: 0, window: 0 };
+  return { site: 0, layer: 0, token: 0, window: 0, head: undefined };
 }
 
 export const Cell: MessageFns<Cell> = {
@@ -2375,6 +2381,9 @@ export const Cell: MessageFns<Cell> = {
     }
     if (message.window !== 0) {
       writer.uint32(32).uint32(message.window);
+    }
+    if (message.head !== undefined) {
+      writer.uint32(40).uint32(message.head);
     }
     return writer;
   },
@@ -2424,6 +2433,14 @@ export const Cell: MessageFns<Cell> = {
             message.window = reader.uint32();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.head = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2442,6 +2459,7 @@ export const Cell: MessageFns<Cell> = {
       layer: isSet(object.layer) ? globalThis.Number(object.layer) : 0,
       token: isSet(object.token) ? globalThis.Number(object.token) : 0,
       window: isSet(object.window) ? globalThis.Number(object.window) : 0,
+      head: isSet(object.head) ? globalThis.Number(object.head) : undefined,
     };
   },
 
@@ -2459,6 +2477,9 @@ export const Cell: MessageFns<Cell> = {
     if (message.window !== 0) {
       obj.window = Math.round(message.window);
     }
+    if (message.head !== undefined) {
+      obj.head = Math.round(message.head);
+    }
     return obj;
   },
 
@@ -2471,6 +2492,7 @@ export const Cell: MessageFns<Cell> = {
     message.layer = object.layer ?? 0;
     message.token = object.token ?? 0;
     message.window = object.window ?? 0;
+    message.head = object.head ?? undefined;
     return message;
   },
 };

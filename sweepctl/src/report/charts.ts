@@ -19,7 +19,13 @@ const SITE_COLOUR: Record<string, { scheme: ColorScheme; line: string }> = {
   in_ssm: { scheme: "browns", line: "#8c510a" },
 };
 const OTHER = { scheme: "viridis" as ColorScheme, line: "#35b779" };
-export const siteColour = (site: string): { scheme: ColorScheme; line: string } => SITE_COLOUR[site] ?? OTHER;
+/** A per-head site label (`ssm.h3`) as its site and head. */
+const splitHead = (site: string): [string, string | undefined] => {
+  const m = /^(.+)\.h(\d+)$/.exec(site);
+  return m ? [m[1]!, m[2]] : [site, undefined];
+};
+/** A head (`ssm.h3`) has its site's colour. */
+export const siteColour = (site: string): { scheme: ColorScheme; line: string } => SITE_COLOUR[splitHead(site)[0]] ?? OTHER;
 
 /** Heatmap size: wide enough to read 64 layers, rows tall enough to hover. */
 export const HEATMAP_WIDTH = 520;
@@ -37,7 +43,10 @@ const SITE_TITLE: Record<string, string> = {
   embed: "embedding",
 };
 
-export const siteTitle = (site: string, window: number): string => `${SITE_TITLE[site] ?? site}${window > 1 ? ` (window ${window})` : ""}`;
+export const siteTitle = (site: string, window: number): string => {
+  const [base, head] = splitHead(site);
+  return `${SITE_TITLE[base] ?? base}${head === undefined ? "" : `, head ${head}`}${window > 1 ? ` (window ${window})` : ""}`;
+};
 
 /** Token-group × layer heatmap of the mean indirect effect, like the paper's figures. */
 export function heatmapSpec(model: ModelTrace, h: HeatmapData, vmax: number): TopLevelSpec {
