@@ -1,3 +1,4 @@
+// long-file: one kind module (spec, planning, folding, rows) as the other kinds; its covariance and trace-layer parts already live in edit-covariance.ts and edit-trace.ts
 /**
  * The `edit` kind (paper §3, ROME; engine/experiments/rome/): a rank-one edit of one matrix at one
  * layer per (case, layer, matrix). Shard index = case, part = layer index × matrices + matrix;
