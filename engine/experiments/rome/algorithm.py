@@ -32,16 +32,24 @@ _COV: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _CTX: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def _cached(cache: OrderedDict, key: tuple):
+    """(C, summary marked cached) when the per-model cache holds key (now its newest entry), else None."""
+    if key not in cache:
+        return None
+    cache.move_to_end(key)
+    C, summary = cache[key]
+    return C, dict(summary, cached=True)
+
+
 def covariance(model, target: Target, corpus: List[List[int]], corpus_hash: str, max_len: int, batch_tokens: int):
     """(C = E[k kᵀ] float32 (dim, dim), summary dict) of the target's input over every corpus token,
     from the per-model cache when present."""
     device = target.module.weight.device
     cache = _COV.setdefault(model, OrderedDict())
     key = (target.name, corpus_hash, max_len)  # W_a and W_g share in_proj's input, hence one C
-    if key in cache:
-        cache.move_to_end(key)
-        C, summary = cache[key]
-        return C, dict(summary, cached=True)
+    hit = _cached(cache, key)
+    if hit:
+        return hit
     started = time.perf_counter()
     dim = target.module.in_features
     total = torch.zeros(dim, dim, dtype=torch.float32, device=device)
@@ -78,10 +86,9 @@ def load_covariance(model, target: Target, spec: dict):
     per model like a computed C, under the file's hash."""
     cache = _COV.setdefault(model, OrderedDict())
     key = (target.name, "sha256:" + spec["sha256"])
-    if key in cache:
-        cache.move_to_end(key)
-        C, summary = cache[key]
-        return C, dict(summary, cached=True)
+    hit = _cached(cache, key)
+    if hit:
+        return hit
     started = time.perf_counter()
     dim = target.module.in_features
     if spec["dim"] != dim:
