@@ -128,7 +128,7 @@ export function goldenSwapShard(sweepId: string, shardId = `${sweepId}.0.0`): { 
   const reference: number[][] = [];
   for (let l = 0; l < L; l++) {
     reference.push(grid.data.slice(l * T, (l + 1) * T));
-    for (let tok = 0; tok < T; tok++) cells.push({ site: engine.Site.SITE_RESIDUAL, layer: l, token: tok, window: 1 });
+    for (let tok = 0; tok < T; tok++) cells.push(engine.Cell.fromPartial({ site: engine.Site.SITE_RESIDUAL, layer: l, token: tok, window: 1 })); // as decoded: head undefined
   }
   const shard: sweep.Shard = {
     paramsJson: "",

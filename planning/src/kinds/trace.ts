@@ -131,9 +131,9 @@ export const traceKind: SweepKindModule<"trace", typeof traceFields, never> = {
         if (first !== undefined && first !== i) {
           const why =
             spec.grid[first]!.window === g.window
-              ? `both restore ${key.split("|")[0]} at window ${g.window} (heads "all" names every head of this ${modelConfig.numHeads ?? 0}-head model)`
-              : `on this ${modelConfig.numLayers}-layer model windows of ${2 * modelConfig.numLayers} or more all restore every layer`;
-          throw new SpecError(`grid[${i}]: same cells as grid[${first}]: ${why}; remove one`, {
+              ? `: both restore ${key.split("|")[0]} at window ${g.window} (heads "all" names every head of this ${modelConfig.numHeads ?? 0}-head model)`
+              : ` on this ${modelConfig.numLayers}-layer model (windows of ${2 * modelConfig.numLayers} or more all restore every layer)`;
+          throw new SpecError(`grid[${i}]: same cells as grid[${first}]${why}; remove one`, {
             path: `grid[${i}]`,
             expected: "distinct (site, window, head) entries",
             received: g,
