@@ -176,7 +176,8 @@ function fromTraceSummary(plan: SweepPlan): NonNullable<PlanSummary["fromTrace"]
   const t = plan.traceLayers!;
   const matrices = t.matrices.map((m) => ({ matrix: m.matrix, site: m.site, window: m.window, cases: {} as Record<number, number> }));
   for (const sh of plan.shards) {
-    const { matrix, layer } = JSON.parse(sh.paramsJson) as { matrix: string; layer: number };
+    const { matrix, layer, cov_only } = JSON.parse(sh.paramsJson) as { matrix: string; layer: number; cov_only?: boolean };
+    if (cov_only) continue; // a covariance shard computes C, it edits no case
     const m = matrices.find((x) => x.matrix === matrix);
     if (m) m.cases[layer] = (m.cases[layer] ?? 0) + 1;
   }

@@ -86,7 +86,7 @@ const evidence = (t: ReturnType<typeof syntheticTrace>, over: Partial<TraceEvide
 
 const editSpec = (layers: string, extra = "") =>
   spec(
-    `kind: edit\nmodel: { id: mamba-facts, path: ${MAMBA} }\ndataset: { relations: [${REL}] }\nedit: { cases: 6, max_corpus: 4${extra} }\nlayers: ${layers}\n`,
+    `kind: edit\nmodel: { id: mamba-facts, path: ${MAMBA} }\ndataset: { relations: [${REL}] }\nedit: { cases: 6, max_corpus: 4, cov_shards: 0${extra} }\nlayers: ${layers}\n`,
   );
 
 /** Each planned case's (matrix → layer) from its shards' params. */
@@ -317,7 +317,7 @@ test("NeoX: dense_4h_to_h takes its layer from the trace's mlp site; a trace of 
     });
   };
   const neoxEdit = spec(
-    `kind: edit\nmodel: { id: neox-facts, path: ${NEOX} }\ndataset: { relations: [${REL}], per_relation: 2 }\nedit: { cases: 2, max_corpus: 4 }\nlayers: { from_trace: nt }\n`,
+    `kind: edit\nmodel: { id: neox-facts, path: ${NEOX} }\ndataset: { relations: [${REL}], per_relation: 2 }\nedit: { cases: 2, max_corpus: 4, cov_shards: 0 }\nlayers: { from_trace: nt }\n`,
   );
   const plan = planSweep(neoxEdit, "ne", { traceEvidence: traced("mlp") });
   assert.deepEqual(

@@ -213,7 +213,10 @@ function planEdit(ctx: KindPlanContext<EditSpec>): KindPlan {
   }
   if (e.cov_shards > 0 && e.hparams.mom2_adjustment !== false && prompts.length > 0) {
     // C once per cluster: covariance shards after the edits (on the first case's prompt); each edit names its C.
-    const cov = planCovariance(ctx, prompts[0]!, layers.length * matrices.length, layers, matrices, corpus, e.hparams, e.cov_shards);
+    // From a trace each case has its own layers (part = matrix): C for every layer some case edits.
+    const covLayers = trace ? [...new Set(shards.map((sh) => (JSON.parse(sh.paramsJson) as { layer: number }).layer))].sort((a, b) => a - b) : layers;
+    const firstPart = trace ? matrices.length : layers.length * matrices.length;
+    const cov = planCovariance(ctx, prompts[0]!, firstPart, covLayers, matrices, corpus, e.hparams, e.cov_shards);
     for (const sh of shards) {
       const p = JSON.parse(sh.paramsJson) as { layer: number; matrix: string };
       sh.paramsJson = JSON.stringify({ ...p, covariance: { object: cov.objectOf.get(`${p.layer}|${p.matrix}`) } });
