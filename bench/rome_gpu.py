@@ -62,6 +62,8 @@ def main(argv=None) -> int:
     ap.add_argument("--corpus-len", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=16, help="generated tokens per evaluation prompt (0: none)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", default=None, metavar="FILE",
+                    help="run the edit under torch.profiler and write its busiest operators (self device and host time) to FILE")
     a = ap.parse_args(argv)
 
     device = torch.device(a.device)
@@ -99,8 +101,18 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t = time.perf_counter()
-    r = run(eng, "m", "edit", "bench", params)
-    total = time.perf_counter() - t
+    if a.profile:
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch.profiler.profile(activities=acts) as prof:
+            r = run(eng, "m", "edit", "bench", params)
+        total = time.perf_counter() - t
+        ka = prof.key_averages()
+        by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        with open(a.profile, "w", encoding="utf-8") as f:
+            f.write(ka.table(sort_by=by, row_limit=40) + "\n" + ka.table(sort_by="self_cpu_time_total", row_limit=25))
+    else:
+        r = run(eng, "m", "edit", "bench", params)
+        total = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
 
     name = "tiny" if a.tiny else "mamba-2.8b"

@@ -334,9 +334,9 @@ def ssd_scan(x, delta, A, B, C, h0=None, keep=False):
     dBx = (delta.unsqueeze(-1) * x).unsqueeze(-1) * B.unsqueeze(-2)  # (b, l, H, P, n)
     h = h0.float() if h0 is not None else x.new_zeros(b, H, P, B.shape[-1])  # (b, H, P, n)
     ys, hs = [], []
-    for i in range(l):
-        h = decay[:, i, :, None, None] * h + dBx[:, i]  # (b, H, P, n)
-        ys.append(torch.matmul(h, C[:, i].unsqueeze(-1)).squeeze(-1))  # (b, H, P)
+    for decay_i, dBx_i, C_i in zip(decay.unbind(1), dBx.unbind(1), C.unbind(1)):  # unbind: see mamba.selective_scan
+        h = decay_i[:, :, None, None] * h + dBx_i  # (b, H, P, n)
+        ys.append(torch.matmul(h, C_i.unsqueeze(-1)).squeeze(-1))  # (b, H, P)
         if keep:
             hs.append(h)
     return torch.stack(ys, dim=1), (torch.stack(hs, dim=1) if keep else None)

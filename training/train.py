@@ -44,12 +44,14 @@ PAD_ID = 0  # <|endoftext|>: also the end-of-sentence token
 # weights.
 ARCH_DEFAULTS = {
     "mamba": {"layers": 8, "d_model": 128, "lr": 3e-3, "steps": 2000},
-    "mamba2": {"layers": 8, "d_model": 128, "lr": 3e-3, "steps": 2000},
+    # chunk 16: the facts are ~20 tokens; transformers' PyTorch SSD pads each row to a whole chunk and
+    # builds (chunk x chunk) tensors per head, so its default 256 (or 64) spends most of a step on padding
+    "mamba2": {"layers": 8, "d_model": 128, "lr": 3e-3, "steps": 2000, "chunk": 16},
     "neox": {"layers": 6, "d_model": 128, "lr": 2e-3, "steps": 4000},
 }
 
 
-def build_model(arch: str, vocab_size: int, layers: int, d_model: int):
+def build_model(arch: str, vocab_size: int, layers: int, d_model: int, chunk: int = 64):
     """A freshly initialised HF causal LM with the project's shapes (float32)."""
     import transformers
 
@@ -64,7 +66,7 @@ def build_model(arch: str, vocab_size: int, layers: int, d_model: int):
     if arch == "mamba2":  # 8 heads of 32 (d_inner 256), one group, state 16: Mamba-1's widths
         cfg = transformers.Mamba2Config(
             vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=layers, state_size=16,
-            expand=2, num_heads=2 * d_model // 32, head_dim=32, n_groups=1, conv_kernel=4, chunk_size=64,
+            expand=2, num_heads=2 * d_model // 32, head_dim=32, n_groups=1, conv_kernel=4, chunk_size=chunk,
             use_bias=False, use_conv_bias=True, hidden_act="silu", residual_in_fp32=True, rms_norm=True,
             norm_before_gate=False, rescale_prenorm_residual=False, tie_word_embeddings=True,
             pad_token_id=PAD_ID, bos_token_id=PAD_ID, eos_token_id=PAD_ID,
@@ -240,6 +242,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--d-model", type=int, default=None)
+    ap.add_argument("--chunk-size", type=int, default=None, help="Mamba-2's SSD chunk (default per arch)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--max-minutes", type=float, default=None,
@@ -251,6 +254,7 @@ def main() -> None:
     args.d_model = args.d_model or d["d_model"]
     args.lr = args.lr or d["lr"]
     args.steps = args.steps or d["steps"]
+    args.chunk_size = args.chunk_size or d.get("chunk", 64)
     tag = f"[{args.arch}]"
 
     import transformers
@@ -272,7 +276,7 @@ def main() -> None:
     print(f"{tag} {len(fact_texts)} fact sentences + {len(filler)} filler, max {data.shape[1]} tokens, "
           f"mean {lens.mean():.1f}; {n_facts} facts", flush=True)
 
-    model = build_model(args.arch, tok.get_vocab_size(), args.layers, args.d_model).to(device)
+    model = build_model(args.arch, tok.get_vocab_size(), args.layers, args.d_model, args.chunk_size).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{tag} {n_params:,} parameters; config: {model.config.to_json_string(use_diff=True)}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
