@@ -1,4 +1,4 @@
-"""The shipped checkpoints (models/mamba-facts, models/neox-facts) load in the project's own engine
+"""The shipped checkpoints (models/mamba-facts, models/mamba2-facts, models/neox-facts) load in the project's own engine
 and recall the world's facts: the demo sweep depends on that."""
 
 import json
@@ -11,7 +11,7 @@ import torch
 from engine.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-MODELS = ["mamba-facts", "neox-facts"]
+MODELS = ["mamba-facts", "mamba2-facts", "neox-facts"]
 CASES = json.loads((ROOT / "models" / "world" / "tokenizer-cases.json").read_text())["cases"]
 
 
