@@ -3,9 +3,6 @@ block shapes against its PyTorch path and against the bytes it must move.
 
     python3 -m bench.ssd_kernels [--rows 1024] [--out $OUT]
 
-Both kernels (``ssd_kernels.SSD_KERNEL``): "chunk", 16 tokens a chunk in SSD's chunked form, and
-"step", one token a step.
-
 Sizes are one layer of the mamba2-2.7b grid (80 heads of 64, state 128, 1 group, 16 tokens, rows with
 first tokens spread over 0..15, so ~8.5 positions a row). "floor" = bytes that must move (each row's
 cached float32 state read once, the conv output and Δ read once, y written once) over the
@@ -68,16 +65,14 @@ def main(argv=None) -> int:
     scan = (cv, delta, A, D, H, h0, off, length)
     torch_scan = lambda: ssd_kernels.scan_packed_torch(*scan, T, nheads, G, N)  # noqa: E731
     ref = torch_scan()
-    default, kernel = ssd_kernels.SSD_CONFIG, ssd_kernels.SSD_KERNEL
-    for kind, cfgs in (("chunk", [(16, 2), (16, 4), (32, 4), (32, 8), (64, 4), (64, 8)]), ("step", [(32, 4)])):
-        ssd_kernels.SSD_KERNEL = kind
-        for cfg in cfgs:
-            ssd_kernels.SSD_CONFIG = cfg
-            record(f"ssd {kind} BLOCK_P={cfg[0]} warps={cfg[1]}", lambda: ssd_kernels.scan_packed_triton(*scan, nheads, G, N), ref)
-    ssd_kernels.SSD_CONFIG, ssd_kernels.SSD_KERNEL = default, kernel
+    default = ssd_kernels.SSD_CONFIG
+    for cfg in [(16, 2), (16, 4), (32, 2), (32, 4), (32, 8), (64, 4), (64, 8)]:
+        ssd_kernels.SSD_CONFIG = cfg
+        record(f"ssd BLOCK_P={cfg[0]} warps={cfg[1]}", lambda: ssd_kernels.scan_packed_triton(*scan, nheads, G, N), ref)
+    ssd_kernels.SSD_CONFIG = default
     record("ssd PyTorch path", torch_scan)
 
-    print(f"\ncopy rate {bw / 1e12:.2f} TB/s (read + write); positions {n}, rows {R}, default {kernel} {default}")
+    print(f"\ncopy rate {bw / 1e12:.2f} TB/s (read + write); positions {n}, rows {R}, default {default}")
     print(f"{'kernel':32} {'ms':>8} {'floor ms':>9} {'of floor':>9} {'rel err':>9}")
     for r in rows:
         err = "-" if r["rel_err"] is None else f"{r['rel_err']:.1e}"

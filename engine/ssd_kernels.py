@@ -25,11 +25,6 @@ if triton is not None:
 
 #: (head channels a program, warps) of the kernel; ``bench/ssd_kernels.py`` times the alternatives.
 SSD_CONFIG = (32, 4)
-#: "chunk": a row's tokens 16 at a time in SSD's chunked form (small matrix products, no per-token
-#: dependency chain); "step": one token a step (a chain of dependent loads a row: latency-bound).
-SSD_KERNEL = "chunk"
-#: Tokens a chunk of the chunked kernel (tl.dot's smallest dimension).
-CHUNK = 16
 
 
 def scan_packed(cv, delta, A, D, H, h0_idx, off, length, steps: int, nheads: int, ngroups: int, d_state: int):
@@ -88,17 +83,13 @@ def scan_packed_triton(cv, delta, A, D, H, h0_idx, off, length, nheads: int, ngr
     delta = delta.contiguous()
     H = H if H.is_contiguous() else H.contiguous()
     block_p, warps = SSD_CONFIG
-    chunked = SSD_KERNEL == "chunk" and d_state >= CHUNK
     block_p = min(block_p, triton.next_power_of_2(P))
-    if chunked:
-        block_p = max(block_p, CHUNK)
     grid = (R, nheads, triton.cdiv(P, block_p))
-    args = (cv, cv.stride(0), delta, delta.stride(0), A, D, H, h0_idx, off, length, out, out.stride(0),
-            d_in, P, nheads, nheads // ngroups, ngroups)
-    if chunked:
-        _ssd_chunk_kernel[grid](*args, NS=d_state, BLOCK_P=block_p, BLOCK_L=CHUNK, num_warps=warps)
-    else:
-        _ssd_scan_kernel[grid](*args, NS=d_state, BLOCK_P=block_p, num_warps=warps)
+    _ssd_scan_kernel[grid](
+        cv, cv.stride(0), delta, delta.stride(0), A, D, H, h0_idx, off, length, out, out.stride(0),
+        d_in, P, nheads, nheads // ngroups, ngroups,
+        NS=d_state, BLOCK_P=block_p, num_warps=warps,
+    )
     return out
 
 
@@ -143,51 +134,3 @@ if triton is not None:
             y = tl.sum(h * cc.to(tl.float32)[None, :], axis=1) + x32 * dv
             tl.store(out_ptr + p * so + ch, y.to(ty), mask=pm)
             xv, bv, cc, dl, p = xv_n, bv_n, cc_n, dl_n, q
-
-    @triton.jit
-    def _ssd_chunk_kernel(cv_ptr, scv, dl_ptr, sdl, A_ptr, D_ptr, H_ptr, h0i_ptr, off_ptr, len_ptr, out_ptr, so,
-                          DI, P, NH, PER, G, NS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_L: tl.constexpr):
-        # The same recurrence as _ssd_scan_kernel, BLOCK_L tokens at once (SSD's chunked form, as
-        # mamba2.ssd_chunked): y_t = exp(Σ_{r≤t} a_r) C_t·S + Σ_{s≤t} (C_t·B_s) exp(Σ_{s<r≤t} a_r) Δ_s x_s,
-        # a_r = Δ_r A, then S carried to the chunk's end. Products in IEEE float32 (no TF32), the decays
-        # summed as segments (a masked cumsum, not differences of a cumsum: no cancellation).
-        r = tl.program_id(0)
-        hd = tl.program_id(1)
-        pp = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
-        pm = pp < P
-        nn = tl.arange(0, NS)
-        tt = tl.arange(0, BLOCK_L)
-        ch = hd * P + pp
-        grp = hd // PER
-        b_col = DI + grp * NS + nn
-        c_col = DI + G * NS + grp * NS + nn
-        a = tl.load(A_ptr + hd).to(tl.float32)
-        dv = tl.load(D_ptr + hd).to(tl.float32)
-        hi = tl.load(h0i_ptr + r).to(tl.int64)
-        h = tl.load(H_ptr + (hi * NH + hd) * (P * NS) + pp[:, None] * NS + nn[None, :],
-                    mask=pm[:, None] & (hi >= 0), other=0.0)  # (BLOCK_P, NS)
-        p0 = tl.load(off_ptr + r).to(tl.int64)
-        ln = tl.load(len_ptr + r)
-        causal = tt[:, None] >= tt[None, :]  # [t, s]: s ≤ t
-        strict = tt[:, None] > tt[None, :]
-        ty = out_ptr.dtype.element_ty
-        for c0 in range(0, ln, BLOCK_L):
-            pos = p0 + c0 + tt  # (L,) int64
-            tm = (c0 + tt) < ln
-            X = tl.load(cv_ptr + pos[:, None] * scv + ch[None, :], mask=tm[:, None] & pm[None, :], other=0.0).to(tl.float32)
-            Bm = tl.load(cv_ptr + pos[:, None] * scv + b_col[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
-            Cm = tl.load(cv_ptr + pos[:, None] * scv + c_col[None, :], mask=tm[:, None], other=0.0).to(tl.float32)
-            dl = tl.load(dl_ptr + pos * sdl + hd, mask=tm, other=0.0)  # (L,) 0 past the row's end
-            la = dl * a
-            cum = tl.cumsum(la, 0)  # (L,) Σ_{r≤t} a_r
-            seg = tl.cumsum(tl.where(strict, la[:, None], 0.0), 0)  # (L, L) [t, s] = Σ_{s<r≤t} a_r
-            W = tl.where(causal, tl.exp(seg), 0.0)
-            U = X * dl[:, None]  # (L, BLOCK_P) Δ_s x_s, 0 past the end
-            CB = tl.dot(Cm, tl.trans(Bm), input_precision="ieee")  # (L, L)
-            y = tl.dot(CB * W, U, input_precision="ieee")
-            y += tl.dot(Cm, tl.trans(h), input_precision="ieee") * tl.exp(cum)[:, None]
-            y += X * dv
-            tl.store(out_ptr + pos[:, None] * so + ch[None, :], y.to(ty), mask=tm[:, None] & pm[None, :])
-            # the state after the chunk's last token (tokens past the row's end add nothing: a = 0, U = 0)
-            last = tl.sum(tl.where(tt[:, None] == BLOCK_L - 1, seg, 0.0), 0)  # (L,) Σ_{s<r≤end} a_r
-            h = h * tl.exp(tl.sum(la, 0)) + tl.dot(tl.trans(U * tl.exp(last)[:, None]), Bm, input_precision="ieee")

@@ -36,17 +36,14 @@ def packed_rows(S, T, rows, seed):
     return {k: v.to(DEVICE) for k, v in dict(off=off, length=length, h0=h0).items()}, int(length.sum())
 
 
-# (heads, head_dim, state, groups, tokens): one group, rows of up to 37 tokens (the chunked kernel's
-# state carried over two chunk ends); several groups with a head_dim that is no power of two (masked
-# channels); the mamba2-2.7b head (64 × 128) with two groups.
+# (heads, head_dim, state, groups, tokens): one group with rows of up to 37 tokens; several groups with a
+# head_dim that is no power of two (masked channels); the mamba2-2.7b head (64 × 128) with two groups.
 SHAPES = [(8, 16, 16, 1, 37), (6, 24, 32, 3, 9), (4, 64, 128, 2, 16)]
 
 
-@pytest.mark.parametrize("kernel", ["chunk", "step"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("nheads,P,N,G,T", SHAPES)
-def test_ssd_kernel_equals_pytorch_path(kernel, dtype, nheads, P, N, G, T, monkeypatch):
-    monkeypatch.setattr(ssd_kernels, "SSD_KERNEL", kernel)
+def test_ssd_kernel_equals_pytorch_path(dtype, nheads, P, N, G, T):
     S = 2
     ix, n = packed_rows(S, T, rows=7, seed=nheads + N)
     torch.manual_seed(P + G)
