@@ -427,8 +427,8 @@ class Mamba2Block(nn.Module):
 
     def forward_prepare(self, x: torch.Tensor, j: int, pp):
         """Block j on a prompt's clean and corrupted runs (``prepare.Prep``): x (rows·T, d), the corrupted
-        rows first, the clean row last. The block's own forward on each (its per-token scan: no Triton
-        kernel for Mamba-2); the clean row's site values go to ``pp``. Returns the block's output
+        rows first, the clean row last. The block's own forward on each (its chunked PyTorch scan on
+        every device); the clean row's site values go to ``pp``. Returns the block's output
         (rows·T, d) and the corrupted rows' kept states (xBC (S, T, e), S (S, T, H, P, n))."""
         S, T = pp.samples, pp.num_tokens
         x3 = x.view(pp.rows, T, -1)
