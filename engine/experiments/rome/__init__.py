@@ -129,6 +129,7 @@ import time
 
 import torch
 
+from ... import scan_grad
 from .. import register
 from .algorithm import (Edit, applied, compute_edit, compute_v, context_prefixes, covariance, load_covariance, read_key_value,
                         write_moment)
@@ -143,7 +144,13 @@ __all__ = ["run_edit", "parse_params", "HPARAMS", "GENERATION", "Case", "Prompt"
 
 @register("edit")
 def run_edit(engine, model_id: str, prompt_key: str, params: dict) -> dict:
-    """One ROME edit (or, with ``cov_only``, one covariance); see the module docstring."""
+    """One ROME edit (or, with ``cov_only``, one covariance); see the module docstring. Mamba's scans
+    take the fused Triton kernels on CUDA (``engine.scan_grad``)."""
+    with scan_grad.fused():
+        return _edit(engine, model_id, prompt_key, params)
+
+
+def _edit(engine, model_id: str, prompt_key: str, params: dict) -> dict:
     started = time.perf_counter()
     ck = engine.checkpoint(model_id)
     model = ck.model

@@ -241,6 +241,25 @@ def compute_v(model, target: Target, case: Case, prefixes: List[List[int]]):
     return (v_init + delta).detach(), stats
 
 
+@contextmanager
+def precision(mode: str, device: torch.device):
+    """The matrix precision of the v* optimisation (``hparams.v_precision``): TF32 matrix products on
+    CUDA, or bf16 autocast; CUDA's TF32 flags are put back afterwards."""
+    if mode == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            yield
+        return
+    if mode != "tf32":  # float32: the run's own setting (Engine.load_model turns TF32 off for float32)
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
 @dataclass
 class Edit:
     """A computed rank-one update of rows [lo, hi) of the target's weight: ΔW = right ⊗ u."""
@@ -295,7 +314,7 @@ def compute_edit(model, target: Target, case: Case, C: Optional[torch.Tensor], t
     times["key"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    with frozen(model):
+    with frozen(model), precision(hp["v_precision"], target.module.weight.device):
         v_star, vstats = compute_v(model, target, case, prefixes)
     if not bool(torch.isfinite(v_star).all()):
         raise NumericError("v* is not finite after the optimisation; lower hparams.v_lr", field="params.hparams.v_lr")
