@@ -159,12 +159,10 @@ if triton is not None:
             Bv = tl.load(B_ptr + row * NS + nn)
             Cv = tl.load(C_ptr + row * NS + nn)
             h = tl.load(H_ptr + row * DI * NS + dd[:, None] * NS + nn[None, :], mask=m2, other=0.0)
-            if t > 0:
-                hp = tl.load(H_ptr + (row - 1) * DI * NS + dd[:, None] * NS + nn[None, :], mask=m2, other=0.0)
-            elif HAS_H0:
-                hp = tl.load(h0_ptr + r * DI * NS + dd[:, None] * NS + nn[None, :], mask=m2, other=0.0)
-            else:
-                hp = tl.zeros((BLOCK, NS), dtype=tl.float32)
+            # h_{t-1}: the stored state, or at t = 0 the initial state (zeros without h0)
+            hp = tl.load(H_ptr + (row - 1) * DI * NS + dd[:, None] * NS + nn[None, :], mask=m2 & (t > 0), other=0.0)
+            if HAS_H0:
+                hp += tl.load(h0_ptr + r * DI * NS + dd[:, None] * NS + nn[None, :], mask=m2 & (t == 0), other=0.0)
             g += dy[:, None] * Cv[None, :]
             part = (row * NB + blk) * NS + nn
             tl.store(dC_ptr + part, tl.sum(dy[:, None] * h, axis=0))
