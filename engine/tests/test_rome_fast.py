@@ -82,12 +82,14 @@ def test_the_fused_scan_and_its_gradients_equal_the_loop_in_float64_within_float
 
 @cuda_triton
 def test_v_star_the_update_and_the_scores_through_the_fused_scan_equal_the_pytorch_loops(eng, fixture, monkeypatch):
-    """The same cases edited with the fused scan and with FACTSWEEP_NO_TRITON=1 (the PyTorch loop)."""
+    """The same cases edited with the fused scan and CUDA graphs, and with FACTSWEEP_NO_TRITON=1 and
+    FACTSWEEP_NO_CUDA_GRAPH=1 (the PyTorch loop, eagerly)."""
     model = eng.checkpoint("mamba").model
     for i in range(3):
         runs = {}
         for path in ("fused", "loop"):
             monkeypatch.setenv("FACTSWEEP_NO_TRITON", "1" if path == "loop" else "0")
+            monkeypatch.setenv("FACTSWEEP_NO_CUDA_GRAPH", "1" if path == "loop" else "0")
             ck = eng.checkpoint("mamba")
             case = rome.parse_params(ck.architecture, ck.config, dict(params(fixture, i), evaluate=True))
             target = rome.target_of(ck.architecture, model, "W_o", LAYER)
@@ -96,6 +98,7 @@ def test_v_star_the_update_and_the_scores_through_the_fused_scan_equal_the_pytor
                 edit, stats = rome.compute_edit(model, target, case, C, {})
                 with rome.applied(edit):
                     scores = rome.evaluate(model, case)
+            assert stats["v_star"]["cuda_graph"] == (path == "fused"), stats["v_star"]
             runs[path] = (stats["v_star_vector"], edit.delta(), scores)
         (v1, d1, s1), (v0, d0, s0) = runs["fused"], runs["loop"]
         assert rel(v1, v0) < 1e-4, f"case {i}: v* differs by {rel(v1, v0):.2e}"
@@ -104,6 +107,19 @@ def test_v_star_the_update_and_the_scores_through_the_fused_scan_equal_the_pytor
             assert s1[k] == s0[k], (i, k)
         for a, b in zip(s1["paraphrases"] + s1["neighbourhood"], s0["paraphrases"] + s0["neighbourhood"]):
             assert abs(a["nll_new"] - b["nll_new"]) < 1e-4 and abs(a["nll_true"] - b["nll_true"]) < 1e-4
+
+
+@cuda_triton
+def test_sampling_through_a_cuda_graph_draws_the_same_tokens_as_eager_steps(eng, monkeypatch):
+    model = eng.checkpoint("mamba").model
+    prompts = [[425, 897, 408, 964, 264], [290, 733, 369, 263, 1943, 408, 964, 264], [0], [425, 897, 408, 964, 221]]
+    got = {}
+    for graph in ("1", "0"):
+        monkeypatch.setenv("FACTSWEEP_NO_CUDA_GRAPH", graph)
+        with scan_grad.fused():
+            got[graph] = rome.sample(model, prompts, 12, 5, torch.Generator().manual_seed(3))
+    assert got["0"] == got["1"]
+    assert all(len(g) == len(p) + 12 for g, p in zip(got["0"], prompts))
 
 
 # -- the faster options ----------------------------------------------------------------------------

@@ -3,6 +3,7 @@ next-token log-probabilities and top-k sampling (used by the algorithm and the e
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -141,15 +142,30 @@ def sample(model, prompts: List[List[int]], new_tokens: int, top_k: int, gen: to
 
 def _draw(model, last: torch.Tensor, top_k: int, gen: torch.Generator) -> torch.Tensor:
     """One top-k draw per row from the final residual at the last token (b, d): (b,) ids on the host."""
+    return _pick(*_top(model, last, top_k), gen)
+
+
+def _top(model, last: torch.Tensor, top_k: int):
     top = torch.topk(torch.softmax(model.head(last), dim=-1), top_k, dim=-1)
-    probs = (top.values / top.values.sum(-1, keepdim=True)).double().cpu()
+    return top.values, top.indices
+
+
+def _pick(values: torch.Tensor, indices: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    probs = (values / values.sum(-1, keepdim=True)).double().cpu()
     pick = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-    return top.indices.cpu().gather(1, pick[:, None]).squeeze(1)
+    return indices.cpu().gather(1, pick[:, None]).squeeze(1)
+
+
+def use_cuda_graphs(device) -> bool:
+    """CUDA graphs for ROME's repeated fixed-shape steps (decoding, v*): on CUDA unless
+    ``FACTSWEEP_NO_CUDA_GRAPH=1``. A step replays as one launch, where eagerly it is ~35 launches a
+    layer, a host cost far over the GPU's work at mamba-2.8b (a decode step reads the weights once: 2.5 ms)."""
+    return torch.device(device).type == "cuda" and os.environ.get("FACTSWEEP_NO_CUDA_GRAPH", "") in ("", "0")
 
 
 def _sample_states(model, out: List[List[int]], groups, new_tokens: int, top_k: int, gen, device) -> None:
     """``sample`` for models with a fixed-size state: a prompt pass per length, then every row decodes
-    together from (conv window, SSM state) per layer."""
+    together from (conv window, SSM state) per layer; on CUDA each decode step is one graph replay."""
     order = [i for _, members in groups for i in members]
     lasts, states = [], [[] for _ in model.layers]
     for T, members in groups:
@@ -159,16 +175,41 @@ def _sample_states(model, out: List[List[int]], groups, new_tokens: int, top_k: 
             h, k = layer(h, keep=True)
             states[li].append(layer.resume_state(k, T, rows))
         lasts.append(h[:, -1])
-    state = [tuple(torch.cat(parts, 0) for parts in zip(*per)) for per in states]
-    last = torch.cat(lasts, 0)
-    for step in range(new_tokens):
-        new = _draw(model, last, top_k, gen)
-        for i, x in zip(order, new.tolist()):
-            out[i].append(x)
-        if step == new_tokens - 1:
-            break
-        h = embed(model, new[:, None].to(device))
+    state = [tuple(torch.cat(parts, 0).contiguous() for parts in zip(*per)) for per in states]
+
+    def step(ids, state):
+        """Embed the drawn tokens, every block from its state: the top-k of the next token, new states."""
+        h = embed(model, ids)
+        new = []
         for li, layer in enumerate(model.layers):
             h, k = layer(h, state=state[li], keep=True)
-            state[li] = layer.next_state(state[li], k)
-        last = h[:, -1]
+            new.append(layer.next_state(state[li], k))
+        return _top(model, h[:, -1], top_k), new
+
+    top = _top(model, torch.cat(lasts, 0), top_k)
+    graph = None
+    if use_cuda_graphs(device) and new_tokens > 2:
+        ids = torch.zeros(len(order), 1, dtype=torch.long, device=device)
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):  # warm-up off the capture: kernels compiled, workspaces made
+            step(ids, state)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            g_top, g_new = step(ids, state)
+            for (past, hs), (past_n, hs_n) in zip(state, g_new):  # the next step starts from the new states
+                past.copy_(past_n)
+                hs.copy_(hs_n)
+    for s in range(new_tokens):
+        new = _pick(*top, gen)
+        for i, x in zip(order, new.tolist()):
+            out[i].append(x)
+        if s == new_tokens - 1:
+            break
+        if graph is not None:
+            ids.copy_(new[:, None])
+            graph.replay()
+            top = g_top
+        else:
+            top, state = step(new[:, None].to(device), state)
