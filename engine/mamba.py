@@ -1,5 +1,7 @@
 """Mamba (S6) language model with named intervention sites, in plain PyTorch.
 
+long-file: the block's three call shapes (forward, packed rows, prepare) share their maths and sit together.
+
 The maths is that of Hugging Face ``MambaForCausalLM`` (its slow reference path) and of mamba-minimal
 (johnma2006/mamba-minimal, the implementation the paper's code uses); module and parameter names match
 the checkpoint keys, so loading is a rename of the original state-spaces embedding name plus a strict
@@ -122,7 +124,6 @@ class Config:
         )
 
 
-
 _int = functools.partial(config_int, model="Mamba")
 _rank = lambda cfg, key: 0 if cfg.get(key) in (None, "auto") else _int(cfg, key)  # noqa: E731 (0: __post_init__'s auto)
 
@@ -221,8 +222,7 @@ def selective_scan(u, delta, A, B, C, h0=None, keep=False):
     """h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t (ZOH for A, Euler for B);  y_t = h_t · C_t.
 
     u, delta: (b, l, d_in); A: (d_in, n); B, C: (b, l, n); h0: (b, d_in, n) or None (zeros).
-    Returns y (b, l, d_in) and, if keep, every h_t (b, l, d_in, n). Within ``scan_grad.fused()`` on
-    CUDA: one Triton launch forward and one backward (``scan_grad``); otherwise the loop below."""
+    Returns y (b, l, d_in) and, if keep, every h_t (b, l, d_in, n). In ``scan_grad.fused()``: Triton."""
     if scan_grad.applies(u, A, h0):
         return scan_grad.selective_scan(u, delta, A, B, C, h0, keep)
     b, l, d_in = u.shape
@@ -261,9 +261,7 @@ class MambaBlock(nn.Module):
         return MambaMixer.resume_state(kept, t, rows, self.c.d_conv)
 
     def next_state(self, state, kept):
-        """The state after a call that began in ``state`` (conv_past, H) and kept ``kept`` (a, H per
-        token): the last k-1 conv inputs and the last SSM state. Decoding from it costs the same at
-        every step (resume_state re-reads a growing per-token history)."""
+        """(conv_past, H) after a call begun in ``state`` that kept ``kept``: a fixed-size decode state."""
         window = torch.cat([state[0].to(kept[0].dtype), kept[0]], dim=1)
         return window[:, window.shape[1] - (self.c.d_conv - 1):], kept[1][:, -1]
 
