@@ -13,6 +13,25 @@ and handed to an ``Engine`` under a model id; the edit then goes through the wor
 templates, 20 steps, ...). Corpus and case are random token ids (``--corpus-seqs`` × ``--corpus-len``
 tokens for C). Phases (from the result's ``seconds``): covariance, key (context prefixes, k̄, u),
 v_star, update, eval (pre + post evaluation incl. generation). Prints one JSON line at the end.
+
+``--v-precision float32,tf32,bf16`` times one edit per option (``hparams.v_precision``) after one
+untimed warm-up edit (Triton compiles its kernels there); each timed edit starts with the per-model
+caches (C, context prefixes) emptied, so every phase is computed as a first edit computes it.
+``--json FILE`` writes one object per option (bench/results/rome-gpu.json).
+
+Share of the floor of a v* step. A step runs blocks layer..L-1 forward and, for δ's gradient only
+(the weights are frozen), backward, on the batch of R rewriting + K KL prompts padded to T tokens,
+and the head at the S scored positions. With P = d·2d_in + d_in·(r + 2n) + r·d_in + d_in·d the
+weights of one block's matrix products:
+
+    FLOPs = 4·(R+K)·T·(L − layer)·P + 4·S·d·V        (2 forward + 2 for the input gradient)
+    bytes = 2·(L − layer)·P·w + 2·V·d·w               (each weight read once forward, once backward)
+    floor = max(FLOPs / matmul rate, bytes / copy bandwidth)
+
+The scan, conv and elementwise work (O(tokens·d_in·n)) are left out: under 1% of the FLOPs. The rates
+are measured in the same call (8192³ products: float32 without TF32, TF32, bf16; a device copy of 4
+GiB counting bytes read plus written); the rate for an option is that of its matrix products.
+share = floor / (v_star seconds / steps).
 """
 
 from __future__ import annotations
@@ -27,7 +46,8 @@ import torch
 
 from engine import mamba
 from engine.checkpoint import DTYPES, Checkpoint
-from engine.experiments import run
+from engine.experiments import rome, run
+from engine.experiments.rome import algorithm as rome_algorithm
 from engine.runtime import Engine
 
 SHAPE_2P8B = dict(d_model=2560, n_layer=64, vocab_size=50280, d_state=16, d_conv=4, expand=2, dt_rank=160)
@@ -62,6 +82,9 @@ def main(argv=None) -> int:
     ap.add_argument("--corpus-len", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=16, help="generated tokens per evaluation prompt (0: none)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--v-precision", default="float32",
+                    help="comma-separated hparams.v_precision options to time, one edit each (float32, tf32, bf16)")
+    ap.add_argument("--json", default=None, metavar="FILE", help="write one object per option here")
     ap.add_argument("--profile", default=None, metavar="FILE",
                     help="run the edit under torch.profiler and write its busiest operators (self device and host time) to FILE")
     a = ap.parse_args(argv)
@@ -98,36 +121,116 @@ def main(argv=None) -> int:
         "corpus": [rnd(a.corpus_len) for _ in range(a.corpus_seqs)],
         "generation": {"max_new_tokens": a.gen_tokens} if a.gen_tokens else None,
     }
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t = time.perf_counter()
-    if a.profile:
-        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with torch.profiler.profile(activities=acts) as prof:
-            r = run(eng, "m", "edit", "bench", params)
-        total = time.perf_counter() - t
-        ka = prof.key_averages()
-        by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        with open(a.profile, "w", encoding="utf-8") as f:
-            f.write(ka.table(sort_by=by, row_limit=40) + "\n" + ka.table(sort_by="self_cpu_time_total", row_limit=25))
-    else:
-        r = run(eng, "m", "edit", "bench", params)
-        total = time.perf_counter() - t
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-
+    options = [o.strip() for o in a.v_precision.split(",") if o.strip()]
+    rates = measure_rates(device) if device.type == "cuda" else None
+    before = [p.detach().clone() for p in model.parameters()]  # every weight, to check the restore bit for bit
     name = "tiny" if a.tiny else "mamba-2.8b"
     print(f"{name} shape {shape}, {a.dtype} on {device}: weights {weights / 2**30:.2f} GiB, built in {build_s:.1f} s")
-    print(f"corpus {r['covariance']['tokens']} tokens, C {r['covariance']['dim']}², edit of {r['module']} rows {r['rows']}")
-    for phase in ("covariance", "key", "v_star", "update", "eval"):
-        print(f"  {phase:10s} {r['seconds'].get(phase, 0.0):8.2f} s")
-    print(f"  {'total':10s} {total:8.2f} s;  peak GPU memory {peak / 2**30:.2f} GiB" if peak else f"  {'total':10s} {total:8.2f} s")
-    print(f"v*: {r['v_star']['steps']} steps, loss {r['v_star']['loss']:.3f}, stopped by {r['v_star']['stopped']}; "
-          f"restored {r['restored']}; ES pre {r['pre']['ES']} post {r['post']['ES']}")
-    print(json.dumps({"bench": "rome_gpu", "shape": name, "dtype": a.dtype, "device": str(device), "layer": layer,
-                      "weights_bytes": weights, "build_s": build_s, "seconds": r["seconds"], "total_s": total,
-                      "peak_gpu_bytes": peak, "corpus_tokens": r["covariance"]["tokens"], "v_star": r["v_star"],
-                      "restored": r["restored"], "torch": torch.__version__}))
-    return 0 if r["restored"] else 1
+    if rates:
+        print("rates: " + ", ".join(f"{k} {v / 1e12:.1f} TFLOP/s" if k != "copy" else f"copy {v / 1e12:.2f} TB/s" for k, v in rates.items()))
+    run(eng, "m", "edit", "warm-up", dict(params, generation=None, hparams={"v_num_grad_steps": 2}))  # Triton compiles here
+    rows = []
+    for opt in options:
+        rome_algorithm._COV.clear()  # every phase computed as a first edit computes it
+        rome_algorithm._CTX.clear()
+        p = dict(params, hparams={"v_precision": opt})
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        t = time.perf_counter()
+        if a.profile:
+            acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with torch.profiler.profile(activities=acts) as prof:
+                r = run(eng, "m", "edit", "bench", p)
+            ka = prof.key_averages()
+            by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            with open(f"{a.profile}.{opt}", "w", encoding="utf-8") as f:
+                f.write(ka.table(sort_by=by, row_limit=40) + "\n" + ka.table(sort_by="self_cpu_time_total", row_limit=25))
+        else:
+            r = run(eng, "m", "edit", "bench", p)
+        total = time.perf_counter() - t
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+        intact = all(torch.equal(x, y) for x, y in zip(model.parameters(), before))
+        floor = step_floor(model, shape, layer, params, rates, opt, dtype) if rates else None
+        step_s = r["seconds"]["v_star"] / r["v_star"]["steps"]
+        share = floor["seconds"] / step_s if floor else None
+        print(f"v_precision {opt}: corpus {r['covariance']['tokens']} tokens, C {r['covariance']['dim']}², edit of {r['module']}")
+        for phase in ("covariance", "key", "v_star", "update", "eval"):
+            print(f"  {phase:10s} {r['seconds'].get(phase, 0.0):8.2f} s")
+        print(f"  {'total':10s} {total:8.2f} s" + (f";  peak GPU memory {peak / 2**30:.2f} GiB" if peak else ""))
+        print(f"  v*: {r['v_star']['steps']} steps of {step_s * 1e3:.1f} ms, loss {r['v_star']['loss']:.3f}, stopped by "
+              f"{r['v_star']['stopped']}" + (f"; floor of a step {floor['seconds'] * 1e3:.1f} ms ({floor['flops'] / 1e12:.2f} TFLOP, "
+                                                f"{floor['bytes'] / 1e9:.1f} GB), share {share:.3f}" if floor else ""))
+        print(f"  restored {r['restored']}, every weight bit-equal to before: {intact}; ES pre {r['pre']['ES']} post {r['post']['ES']}")
+        row = {"shape": name, "dtype": a.dtype, "v_precision": opt, "device": str(device),
+               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "layer": layer,
+               "seconds": dict({k: r["seconds"].get(k, 0.0) for k in ("covariance", "key", "v_star", "update", "eval")}, total=total),
+               "v_step_seconds": step_s, "v_step_floor": floor, "v_step_share_of_floor": share, "rates": rates,
+               "peak_gpu_bytes": peak, "corpus_tokens": r["covariance"]["tokens"], "v_star": r["v_star"],
+               "restored": r["restored"], "weights_bit_equal": intact, "post": {k: r["post"][k] for k in ("ES", "PS", "NS")},
+               "torch": torch.__version__}
+        rows.append(row)
+        print(json.dumps(dict(row, bench="rome_gpu")))
+        if not (r["restored"] and intact):
+            return 1
+    if a.json:
+        with open(a.json, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+def measure_rates(device) -> dict:
+    """Matrix-product rates (FLOP/s) of 8192³ products on random data, float32 without and with TF32
+    and bf16, and the device-copy bandwidth (bytes read + written per second): medians of 10."""
+    out = {}
+    n = 8192
+    old = torch.backends.cuda.matmul.allow_tf32
+    for key, dt, tf32 in (("float32", torch.float32, False), ("tf32", torch.float32, True), ("bf16", torch.bfloat16, False)):
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        x, y = torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
+        out[key] = 2 * n**3 / _median_s(lambda: x @ y, device)
+    torch.backends.cuda.matmul.allow_tf32 = old
+    src = torch.randn(1 << 30, device=device)  # 4 GiB
+    dst = torch.empty_like(src)
+    out["copy"] = 2 * src.numel() * 4 / _median_s(lambda: dst.copy_(src), device)
+    return out
+
+
+def _median_s(fn, device, reps: int = 10) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize(device)
+        times.append(s.elapsed_time(e) / 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def step_floor(model, shape: dict, layer: int, params: dict, rates: dict, opt: str, dtype: torch.dtype) -> dict:
+    """FLOPs, bytes and the floor (s) of one v* step (module docstring), from the shape and the case's
+    actual prompts (the context prefixes the edit sampled, still in the per-model cache)."""
+    hp = rome.HPARAMS
+    prefixes = rome.context_prefixes(model, 0, hp["context_template_length_params"], hp["context_seed"], hp["context_top_k"])
+    tnew = params["target_new_ids"]
+    lens = [len(params["rewrite"]["ids"]) + len(tnew) - 1] + [len(p) + len(params["rewrite"]["in_context"]["ids"]) + len(tnew) - 1
+                                                             for p in prefixes]
+    lens += [len(k["ids"]) for k in params["kl_prompts"]]
+    rows, T = len(lens), max(lens)
+    scored = (1 + len(prefixes)) * len(tnew) + len(params["kl_prompts"])
+    d, L, V, n, k = shape["d_model"], shape["n_layer"], shape["vocab_size"], shape["d_state"], shape["dt_rank"]
+    di = shape["expand"] * d
+    P = d * 2 * di + di * (k + 2 * n) + k * di + di * d
+    w = torch.finfo(dtype).bits // 8
+    flops = 4 * rows * T * (L - layer) * P + 4 * scored * d * V
+    nbytes = 2 * (L - layer) * P * w + 2 * V * d * w
+    rate = rates["bf16" if opt == "bf16" else opt]
+    return {"flops": flops, "bytes": nbytes, "rows": rows, "tokens": T, "scored": scored,
+            "seconds": max(flops / rate, nbytes / rates["copy"]),
+            "formula": "max((4*rows*T*(L-layer)*P + 4*scored*d*V)/rate, (2*(L-layer)*P + 2*V*d)*bytes/copy_bw)"}
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 Mamba (S6) language model with named intervention sites, in plain PyTorch.
 
+long-file: the block's three call shapes (forward, packed rows, prepare) share their maths and sit together.
+
 The maths is that of Hugging Face ``MambaForCausalLM`` (its slow reference path) and of mamba-minimal
 (johnma2006/mamba-minimal, the implementation the paper's code uses); module and parameter names match
 the checkpoint keys, so loading is a rename of the original state-spaces embedding name plus a strict
@@ -37,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import kernels
+from . import kernels, scan_grad
 from .architecture import (MAX_HIDDEN, MAX_INTERMEDIATE, MAX_LAYERS, MAX_SMALL, MAX_VOCAB, Architecture,
                            EditTarget, describe_value, config_bool, config_float, config_int, config_object)
 from .errors import CheckpointError
@@ -122,7 +124,6 @@ class Config:
             bias=config_bool(cfg, "use_bias", False), conv_bias=config_bool(cfg, "use_conv_bias", True),
             tie_embeddings=config_bool(cfg, "tie_word_embeddings", True),
         )
-
 
 
 _int = functools.partial(config_int, model="Mamba")
@@ -223,7 +224,9 @@ def selective_scan(u, delta, A, B, C, h0=None, keep=False):
     """h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t (ZOH for A, Euler for B);  y_t = h_t · C_t.
 
     u, delta: (b, l, d_in); A: (d_in, n); B, C: (b, l, n); h0: (b, d_in, n) or None (zeros).
-    Returns y (b, l, d_in) and, if keep, every h_t (b, l, d_in, n)."""
+    Returns y (b, l, d_in) and, if keep, every h_t (b, l, d_in, n). In ``scan_grad.fused()``: Triton."""
+    if scan_grad.applies(u, A, h0):
+        return scan_grad.selective_scan(u, delta, A, B, C, h0, keep)
     b, l, d_in = u.shape
     dA = torch.exp(delta.unsqueeze(-1) * A)  # (b, l, d_in, n)
     dBu = delta.unsqueeze(-1) * B.unsqueeze(2) * u.unsqueeze(-1)  # (b, l, d_in, n)
@@ -258,6 +261,11 @@ class MambaBlock(nn.Module):
     def resume_state(self, kept, t: int, rows: torch.Tensor):
         """The state entering token t of the given rows, from this layer's kept per-token states."""
         return MambaMixer.resume_state(kept, t, rows, self.c.d_conv)
+
+    def next_state(self, state, kept):
+        """(conv_past, H) after a call begun in ``state`` that kept ``kept``: a fixed-size decode state."""
+        window = torch.cat([state[0].to(kept[0].dtype), kept[0]], dim=1)
+        return window[:, window.shape[1] - (self.c.d_conv - 1):], kept[1][:, -1]
 
     def forward_packed(self, x: torch.Tensor, j: int, pk) -> torch.Tensor:
         """The block on packed rows (``trace.Pack``): x (n, d) is the residual entering block j at the

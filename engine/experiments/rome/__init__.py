@@ -43,6 +43,9 @@ Algorithm (defaults are the paper's Mamba hparams, ``mamba-3b.json``):
    ``v_weight_decay``·‖δ‖/‖v_init‖². Stops when loss < ``v_loss_stop``, at the last step, or (romba)
    when step > ``v_prob_stop_after`` and the mean target probability > ``v_prob_stop``; after each
    step ‖δ‖ ≤ ``clamp_norm_factor``·‖v_init‖. v_init is the first rewriting prompt's value.
+   ``v_precision`` (ours; default ``float32``): ``tf32`` or ``bf16`` (autocast) matrix products for
+   the optimisation only, about 2× faster at mamba-2.8b on an H200 with scores within a point of
+   float32 on the tiny models (``bench/RESULTS.md``, issue 17).
 5. **Update**: with k, W k (+ bias) the key and value on the bare rewrite prompt,
    right = (v\\* − W k) / (k·u);  W[rows] ← W[rows] + right ⊗ u  (rank one, float32 then the run dtype).
 6. **Evaluate** before and after: per-token-averaged NLL of ``target_new_ids`` and
@@ -99,7 +102,8 @@ Result (JSON object)::
                     | null,                      # null when mom2_adjustment is false
       "key": {"contexts": 21, "k_norm", "kbar_norm", "u_dot_k", "cosine_k_kbar"},
       "v_star": {"steps", "loss", "nll", "kl", "weight_decay", "avg_prob", "v_init_norm",
-                 "delta_norm", "clamped", "stopped": "loss"|"prob"|"steps"},
+                 "delta_norm", "clamped", "stopped": "loss"|"prob"|"steps",
+                 "cuda_graph": bool, "cuda_graph_error"?},   # the steps replayed a CUDA graph (CUDA only)
       "update": {"norm", "right_norm", "value_error"},   # value_error: ‖W'k − v*‖/‖v*‖ after the update
       "pre": EVAL, "post": EVAL,                # absent when evaluate is false
       "restored": true,                          # the touched rows equal the saved copy bit for bit
@@ -118,6 +122,11 @@ With ``cov_only`` the result is ``{"kind", "cov_only": true, "matrix", "layer", 
 ``NumericError``; all are raised before the weights change, and an error while they are changed
 restores them first.
 
+Speed on CUDA (Mamba): the scans run as one Triton launch forward and one backward
+(``engine/scan_grad.py``); v*'s steps and sampling's decode steps replay CUDA graphs
+(``FACTSWEEP_NO_CUDA_GRAPH=1`` turns them off, ``FACTSWEEP_NO_TRITON=1`` the kernels). The CPU runs
+the PyTorch loops as before.
+
 The weights are edited in place for the duration of one request (the worker runs one request at a
 time); cached causal-tracing runs stay valid because the restore is exact.
 """
@@ -129,6 +138,7 @@ import time
 
 import torch
 
+from ... import scan_grad
 from .. import register
 from .algorithm import (Edit, applied, compute_edit, compute_v, context_prefixes, covariance, load_covariance, read_key_value,
                         write_moment)
@@ -143,7 +153,13 @@ __all__ = ["run_edit", "parse_params", "HPARAMS", "GENERATION", "Case", "Prompt"
 
 @register("edit")
 def run_edit(engine, model_id: str, prompt_key: str, params: dict) -> dict:
-    """One ROME edit (or, with ``cov_only``, one covariance); see the module docstring."""
+    """One ROME edit (or, with ``cov_only``, one covariance); see the module docstring. Mamba's scans
+    take the fused Triton kernels on CUDA (``engine.scan_grad``)."""
+    with scan_grad.fused():
+        return _edit(engine, model_id, prompt_key, params)
+
+
+def _edit(engine, model_id: str, prompt_key: str, params: dict) -> dict:
     started = time.perf_counter()
     ck = engine.checkpoint(model_id)
     model = ck.model

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ...errors import InvalidArgument, NotFound, NumericError
 from .._common import embed, run_layers
-from .forward import Tap, Target, frozen, idx, log_probs_at, pad, sample
+from .forward import Tap, Target, frozen, idx, log_probs_at, pad, sample, use_cuda_graphs
 from .params import Case, Prompt
 
 #: Bytes of covariances kept per process (LRU); one mamba-2.8b W_o C is 105 MB.
@@ -201,12 +201,27 @@ def compute_v(model, target: Target, case: Case, prefixes: List[List[int]]):
     kl_init = None
     stats = {"clamped": False, "stopped": "steps"}
     step = 0
+    sel_b, sel_p = torch.cat([tb, kb]), torch.cat([tp, kp])
+
+    def scored(d: torch.Tensor) -> torch.Tensor:
+        """log-probabilities (scored positions, V) with δ added at the subject's last tokens."""
+        tap.add = (rows, lookup, d)
+        return log_probs_at(model, run_layers(model, h0, target.layer), sel_b, sel_p)
+
     with tap.attached():
+        forward = scored
+        stats["cuda_graph"] = False
+        if use_cuda_graphs(device) and hp["v_num_grad_steps"] > 3:
+            # Every step has the same shapes: its forward and backward captured once (after one warm-up
+            # step), each step then one replay of each. Where capture fails, the steps run eagerly.
+            try:
+                forward = torch.cuda.make_graphed_callables(scored, (delta,), num_warmup_iters=1)
+                stats["cuda_graph"] = True
+            except RuntimeError as e:
+                stats["cuda_graph_error"] = str(e)[:200]
         for step in range(hp["v_num_grad_steps"]):
             opt.zero_grad()
-            tap.add = (rows, lookup, delta)
-            h = run_layers(model, h0, target.layer)
-            lp = log_probs_at(model, h, torch.cat([tb, kb]), torch.cat([tp, kp]))
+            lp = forward(delta)
             tok_lp = lp[: tb.shape[0]].gather(1, tt[:, None]).squeeze(1).view(R, len(tnew))
             nll_each = -tok_lp.mean(1)  # (R,) token-averaged NLL of target_new
             nll = nll_each.mean()
@@ -239,6 +254,25 @@ def compute_v(model, target: Target, case: Case, prefixes: List[List[int]]):
     tap.add = None
     stats.update(steps=step + 1, v_init_norm=float(v_init.norm()), delta_norm=float(delta.norm()))
     return (v_init + delta).detach(), stats
+
+
+@contextmanager
+def precision(mode: str, device: torch.device):
+    """The matrix precision of the v* optimisation (``hparams.v_precision``): TF32 matrix products on
+    CUDA, or bf16 autocast; CUDA's TF32 flags are put back afterwards."""
+    if mode == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False):  # no cache: CUDA graphs
+            yield
+        return
+    if mode != "tf32":  # float32: the run's own setting (Engine.load_model turns TF32 off for float32)
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 @dataclass
@@ -295,7 +329,7 @@ def compute_edit(model, target: Target, case: Case, C: Optional[torch.Tensor], t
     times["key"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    with frozen(model):
+    with frozen(model), precision(hp["v_precision"], target.module.weight.device):
         v_star, vstats = compute_v(model, target, case, prefixes)
     if not bool(torch.isfinite(v_star).all()):
         raise NumericError("v* is not finite after the optimisation; lower hparams.v_lr", field="params.hparams.v_lr")

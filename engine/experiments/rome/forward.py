@@ -3,6 +3,7 @@ next-token log-probabilities and top-k sampling (used by the algorithm and the e
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -102,15 +103,22 @@ def frozen(model):
 def sample(model, prompts: List[List[int]], new_tokens: int, top_k: int, gen: torch.Generator) -> List[List[int]]:
     """Top-k sampling (ROME's generate_fast: softmax, keep the k best, renormalise, draw) of
     ``new_tokens`` tokens after each prompt; returns prompt + sampled ids. Prompts of one length
-    decode together, one token per step from the layers' kept states (Mamba: conv window and SSM
-    state; NeoX: keys and values). Draws on the host with ``gen``, so a seed gives the same samples
-    on every device."""
+    run their prompt pass together; then each step decodes one token from the layers' kept states
+    (Mamba: conv window and SSM state; NeoX: keys and values). Models whose state does not grow with
+    the tokens (their blocks have ``next_state``: Mamba) decode every prompt in one batch, and draw
+    each step for all rows at once (in prompt-length order); the others decode one length at a time.
+    Draws on the host with ``gen``, so a seed gives the same samples on every device."""
     device = next(model.parameters()).device
     out = [list(p) for p in prompts]
     groups: dict = {}
     for i, p in enumerate(prompts):
         groups.setdefault(len(p), []).append(i)
+    if new_tokens <= 0:
+        return out
     with torch.no_grad():
+        if all(hasattr(layer, "next_state") for layer in model.layers):
+            _sample_states(model, out, [(T, groups[T]) for T in sorted(groups)], new_tokens, top_k, gen, device)
+            return out
         for T, members in sorted(groups.items()):
             rows = idx(range(len(members)), device)
             h = embed(model, pad([prompts[i] for i in members], device))
@@ -119,10 +127,7 @@ def sample(model, prompts: List[List[int]], new_tokens: int, top_k: int, gen: to
                 h, k = layer(h, keep=True)
                 kept.append(k)
             for step in range(new_tokens):
-                top = torch.topk(torch.softmax(model.head(h[:, -1]), dim=-1), top_k, dim=-1)
-                probs = (top.values / top.values.sum(-1, keepdim=True)).double().cpu()
-                pick = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-                new = top.indices.cpu().gather(1, pick[:, None]).squeeze(1)
+                new = _draw(model, h[:, -1], top_k, gen)
                 for i, x in zip(members, new.tolist()):
                     out[i].append(x)
                 if step == new_tokens - 1:
@@ -133,3 +138,78 @@ def sample(model, prompts: List[List[int]], new_tokens: int, top_k: int, gen: to
                     h, k = layer(h, state=layer.resume_state(kept[li], t, rows), pos0=t, keep=True)
                     kept[li] = tuple(torch.cat([a, b], dim=1) for a, b in zip(kept[li], k))
     return out
+
+
+def _draw(model, last: torch.Tensor, top_k: int, gen: torch.Generator) -> torch.Tensor:
+    """One top-k draw per row from the final residual at the last token (b, d): (b,) ids on the host."""
+    return _pick(*_top(model, last, top_k), gen)
+
+
+def _top(model, last: torch.Tensor, top_k: int):
+    top = torch.topk(torch.softmax(model.head(last), dim=-1), top_k, dim=-1)
+    return top.values, top.indices
+
+
+def _pick(values: torch.Tensor, indices: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    probs = (values / values.sum(-1, keepdim=True)).double().cpu()
+    pick = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    return indices.cpu().gather(1, pick[:, None]).squeeze(1)
+
+
+def use_cuda_graphs(device) -> bool:
+    """CUDA graphs for ROME's repeated fixed-shape steps (decoding, v*): on CUDA unless
+    ``FACTSWEEP_NO_CUDA_GRAPH=1``. A step replays as one launch, where eagerly it is ~35 launches a
+    layer, a host cost far over the GPU's work at mamba-2.8b (a decode step reads the weights once: 2.5 ms)."""
+    return torch.device(device).type == "cuda" and os.environ.get("FACTSWEEP_NO_CUDA_GRAPH", "") in ("", "0")
+
+
+def _sample_states(model, out: List[List[int]], groups, new_tokens: int, top_k: int, gen, device) -> None:
+    """``sample`` for models with a fixed-size state: a prompt pass per length, then every row decodes
+    together from (conv window, SSM state) per layer; on CUDA each decode step is one graph replay."""
+    order = [i for _, members in groups for i in members]
+    lasts, states = [], [[] for _ in model.layers]
+    for T, members in groups:
+        h = embed(model, pad([out[i] for i in members], device))
+        rows = idx(range(len(members)), device)
+        for li, layer in enumerate(model.layers):
+            h, k = layer(h, keep=True)
+            states[li].append(layer.resume_state(k, T, rows))
+        lasts.append(h[:, -1])
+    state = [tuple(torch.cat(parts, 0).contiguous() for parts in zip(*per)) for per in states]
+
+    def step(ids, state):
+        """Embed the drawn tokens, every block from its state: the top-k of the next token, new states."""
+        h = embed(model, ids)
+        new = []
+        for li, layer in enumerate(model.layers):
+            h, k = layer(h, state=state[li], keep=True)
+            new.append(layer.next_state(state[li], k))
+        return _top(model, h[:, -1], top_k), new
+
+    top = _top(model, torch.cat(lasts, 0), top_k)
+    graph = None
+    if use_cuda_graphs(device) and new_tokens > 2:
+        ids = torch.zeros(len(order), 1, dtype=torch.long, device=device)
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):  # warm-up off the capture: kernels compiled, workspaces made
+            step(ids, state)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            g_top, g_new = step(ids, state)
+            for (past, hs), (past_n, hs_n) in zip(state, g_new):  # the next step starts from the new states
+                past.copy_(past_n)
+                hs.copy_(hs_n)
+    for s in range(new_tokens):
+        new = _pick(*top, gen)
+        for i, x in zip(order, new.tolist()):
+            out[i].append(x)
+        if s == new_tokens - 1:
+            break
+        if graph is not None:
+            ids.copy_(new[:, None])
+            graph.replay()
+            top = g_top
+        else:
+            top, state = step(new[:, None].to(device), state)

@@ -32,7 +32,13 @@ HPARAMS = {
     "mom2_max_len": 2048,  # ROME's npos: corpus sequences are truncated to this
     "mom2_batch_tokens": 6144,
     "cov_ridge": 0.0,  # C + ridge·mean(diag C)·I before solving; for corpora too small for the key's width
+    # Matrix products of the v* optimisation (ours): "float32" exactly; "tf32" lets CUDA's matrix units
+    # round their float32 inputs to TF32 (no effect on a CPU); "bf16" runs its forward and backward under
+    # bf16 autocast. The key, the update and the evaluation stay in the run dtype either way.
+    "v_precision": "float32",
 }
+
+V_PRECISIONS = ("float32", "tf32", "bf16")
 
 GENERATION = {"max_new_tokens": 32, "top_k": 5, "seed": 0, "return_ids": False}
 
@@ -136,6 +142,8 @@ def _hparams(raw) -> dict:
                   "[[length, count], ...] of non-negative integers (ROME: [[5, 10], [10, 10]])", ctx)
     if not isinstance(hp["mom2_adjustment"], bool):
         raise bad("hparams.mom2_adjustment", "true or false", hp["mom2_adjustment"])
+    if hp["v_precision"] not in V_PRECISIONS:
+        raise bad("hparams.v_precision", f"one of {list(V_PRECISIONS)}", hp["v_precision"], 'use "float32" for the paper\'s setting')
     return hp
 
 
