@@ -6,8 +6,9 @@
  */
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { after, before, test } from "node:test";
+import { GROUP_LABELS, parseSweepSpec, planSweep, tokenGroups } from "@factsweep/planning";
 import { assertCompleteAndEqual } from "./assertions.js";
 import { Cluster, engineReference, REPO } from "./cluster.js";
 
@@ -75,6 +76,14 @@ test("a Mamba-2 sweep with ssm heads: all has one row per head beside the whole 
   const html = readFileSync(join(out, "report.html"), "utf8");
   const sites = [...html.matchAll(/<figure class="heatmap" data-model="[^"]*" data-site="([a-z_.0-9]+)" data-window="(\d+)"/g)].map((m) => m[1]).sort();
   assert.deepEqual(sites, ["ssm", ...Array.from({ length: HEADS }, (_, h) => `ssm.h${h}`)].sort());
+  // A token counts in every ROME group it belongs to (the first and last subject token of a
+  // 2-token subject are both), so a row's groups come from its prompt's subject span.
+  const plan = await planSweep(parseSweepSpec(readFileSync(spec, "utf8"), { baseDir: dirname(spec) }), "groups");
+  const promptOf = new Map(plan.prompts.map((p) => [p.index, p]));
+  const groupsOf = (x: (typeof rows)[number]): string[] => {
+    const p = promptOf.get(x.prompt_index)!;
+    return tokenGroups(x.token, [p.subjectStart, p.subjectEnd], p.inputIds.length).map((g) => GROUP_LABELS[g]);
+  };
   const csv = readFileSync(join(out, "report.csv"), "utf8").trim().split("\n").slice(1);
   let checked = 0;
   for (const line of csv) {
@@ -82,9 +91,10 @@ test("a Mamba-2 sweep with ssm heads: all has one row per head beside the whole 
     const m = /^[^,]*,mamba2,[^,]*,swap,ssm\.h(\d+),(\d+),("[^"]*"),(\d+),([^,]*),[^,]*,(\d+)$/.exec(line);
     if (!m || m[5] === "") continue;
     const [head, group, layer] = [Number(m[1]), JSON.parse(m[3]!) as string, Number(m[4])];
-    const mine = rows.filter((x) => x.head === head && x.token_group === group && x.layer === layer && Number.isFinite(x.ie));
+    const mine = rows.filter((x) => x.head === head && x.layer === layer && groupsOf(x).includes(group));
     assert.equal(Number(m[6]), mine.length, `cells of ssm.h${head} ${group} L${layer}`);
-    const mean = mine.reduce((a, x) => a + x.ie, 0) / mine.length;
+    const finite = mine.filter((x) => Number.isFinite(x.ie));
+    const mean = finite.reduce((a, x) => a + x.ie, 0) / finite.length;
     assert.ok(Math.abs(Number(m[5]) - mean) <= 1e-9 * Math.max(1, Math.abs(mean)), `ssm.h${head} ${group} L${layer}: ${m[5]} vs ${mean}`);
     checked++;
   }
