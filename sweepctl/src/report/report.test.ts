@@ -143,7 +143,10 @@ test("a Mamba-2 is held to the paper's Mamba-1 findings and drawn between Mamba 
   const html = await renderReport({ title: "t", created: "now", models: [neox, mamba2, mamba] });
   assert.equal((html.match(/<tr><td>mamba2-facts<\/td>/g) ?? []).length, 4, "four findings rows for the Mamba-2");
   const at = (label: string) => html.indexOf(`<section class="model" data-model="${label}">`);
-  assert.ok(at("mamba-facts") >= 0 && at("mamba-facts") < at("mamba2-facts") && at("mamba2-facts") < at("neox-facts"), "Mamba, Mamba-2, NeoX from left to right");
+  assert.ok(
+    at("mamba-facts") >= 0 && at("mamba-facts") < at("mamba2-facts") && at("mamba2-facts") < at("neox-facts"),
+    "Mamba, Mamba-2, NeoX from left to right",
+  );
   assert.match(html, /\(mamba2, swap corruption/);
 });
 
