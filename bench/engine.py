@@ -55,6 +55,9 @@ SHAPES = {
     # mamba2-2.7b (state-spaces): 64 blocks, d 2560, 80 heads of 64, state 128, 1 group; vocab 50277 padded to 50288
     "mamba2-2.7b": dict(model_type="mamba2", hidden_size=2560, num_hidden_layers=64, num_heads=80, head_dim=64,
                         state_size=128, n_groups=1, conv_kernel=4, expand=2, chunk_size=256, vocab_size=50288),
+    # the mamba2-2.7b shape with 8 of its 64 layers: a profile of its PyTorch scan fits a device call
+    "mamba2-2.7b-l8": dict(model_type="mamba2", hidden_size=2560, num_hidden_layers=8, num_heads=80, head_dim=64,
+                           state_size=128, n_groups=1, conv_kernel=4, expand=2, chunk_size=256, vocab_size=50288),
     "pythia-2.8b": dict(model_type="gpt_neox", hidden_size=2560, num_hidden_layers=32, num_attention_heads=32,
                         intermediate_size=10240, rotary_pct=0.25, use_parallel_residual=True, vocab_size=50304,
                         max_position_embeddings=2048),

@@ -59,11 +59,21 @@ def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
-def use_triton(t: torch.Tensor, d_state: int = 16) -> bool:
-    """Triton kernels for CUDA tensors when Triton imports and the state size is a power of two
-    (``FACTSWEEP_NO_TRITON=1`` turns them off)."""
-    return (triton is not None and t.is_cuda and d_state & (d_state - 1) == 0
-            and os.environ.get("FACTSWEEP_NO_TRITON", "") in ("", "0"))
+#: Kernels ``FACTSWEEP_NO_TRITON`` can turn off by name.
+NAMED_KERNELS = {"ssd"}
+
+
+def use_triton(t: torch.Tensor, d_state: int = 16, kernel: str = "") -> bool:
+    """Triton kernels for CUDA tensors when Triton imports and the state size is a power of two.
+    ``FACTSWEEP_NO_TRITON=1`` (any value but 0) turns them all off; a comma-separated list of names
+    from ``NAMED_KERNELS`` turns those alone off (``ssd``: the Mamba-2 scan of ``engine/ssd_kernels.py``),
+    e.g. to time one against its PyTorch path inside the whole fast path."""
+    off = os.environ.get("FACTSWEEP_NO_TRITON", "")
+    if off not in ("", "0"):
+        names = set(off.split(","))
+        if not names <= NAMED_KERNELS or kernel in names:
+            return False
+    return triton is not None and t.is_cuda and d_state & (d_state - 1) == 0
 
 
 #: (channels a program, warps) of the scan kernel; bench/kernels.py times the alternatives.

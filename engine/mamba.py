@@ -1,4 +1,6 @@
-"""Mamba (S6) language model with named intervention sites, in plain PyTorch.
+"""long-file: one architecture, as mamba2.py: config parsing, the model, its packed fast path and prepare.
+
+Mamba (S6) language model with named intervention sites, in plain PyTorch.
 
 The maths is that of Hugging Face ``MambaForCausalLM`` (its slow reference path) and of mamba-minimal
 (johnma2006/mamba-minimal, the implementation the paper's code uses); module and parameter names match

@@ -6,9 +6,9 @@ The maths is that of Hugging Face ``Mamba2ForCausalLM`` (its PyTorch path) and o
 ``mamba_ssm.modules.mamba2.Mamba2``; module and parameter names match the checkpoint keys, so loading
 is a rename of the original state-spaces embedding name plus a strict load. Whole rows (the model's
 forward: prepare, the slow path) run SSD's chunked form (``ssd_chunked``, ``chunk_size`` tokens a
-chunk, no per-token loop); the packed fast path runs the per-token recurrence (``scan_packed``: rows
-of different lengths), whose plain form ``ssd_scan`` is the reference the tests hold the chunked one
-to. The golden check (``shared/golden-mamba2``, transformers' chunked path in float64) holds both to
+chunk, no per-token loop); the packed fast path runs the per-token recurrence (``ssd_kernels.scan_packed``:
+rows of different lengths; a Triton kernel on CUDA), whose plain form ``ssd_scan`` is the reference the
+tests hold the chunked one to. The golden check (``shared/golden-mamba2``, transformers' chunked path in float64) holds both to
 transformers.
 
 References:
@@ -44,8 +44,9 @@ Glossary of dimension letters:
     V: vocab_size
 
 Precision follows HF's ``residual_in_fp32``: the residual stream and the RMSNorms are float32 whatever
-the run dtype; the scan runs in float32 too. The CUDA Triton kernels of Mamba-1's fast path are not
-written for Mamba-2 (missing): on CUDA the fast path runs this file's PyTorch scan.
+the run dtype; the scan runs in float32 too. On CUDA the fast path's scan is a Triton kernel
+(``engine/ssd_kernels.py``) and its conv and block norm are Mamba-1's kernels; prepare runs this file's
+chunked scan.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import kernels
+from . import kernels, ssd_kernels
 from .architecture import (MAX_HIDDEN, MAX_INTERMEDIATE, MAX_LAYERS, MAX_SMALL, MAX_VOCAB, Architecture,
                            EditTarget, describe_value, config_bool, config_float, config_int, config_object)
 from .errors import CheckpointError
@@ -379,27 +380,6 @@ def ssd_chunked(x, delta, A, B, C, h0=None, keep=False, chunk: int = 64):
     return torch.cat(ys, dim=1), (torch.cat(hs, dim=1) if keep else None)
 
 
-def scan_packed(x, delta, A, B, C, H, h0_idx, off, length, steps: int):
-    """The SSD recurrence on packed rows (``trace.Pack``): row r holds positions off_r .. off_r+len_r−1 and
-    starts from the cached state H[h0_idx[r]] (−1: zeros). Step k of every row at once, ``steps`` (≥ the
-    longest row, a host int) steps: a row past its end repeats its last position with its update masked
-    off, so no step asks the device which rows are left (no host synchronisation on CUDA).
-
-    x: (n, H, P); delta: (n, H); A: (H,); B, C: (n, H, n_s) (all float32); H: (S·T, H, P, n_s) cached
-    states. Returns y (n, H, P) (without the D skip)."""
-    h = torch.where((h0_idx >= 0)[:, None, None, None], H[h0_idx.clamp(min=0)], H.new_zeros(()))  # (R, H, P, n)
-    y = x.new_empty(x.shape)
-    decay = torch.exp(delta * A)  # (n, H)
-    last = length - 1  # (R,)
-    for k in range(steps):
-        live = (last >= k)[:, None, None, None]  # (R, 1, 1, 1)
-        p = off + torch.minimum(last, torch.full_like(last, k))  # (R,) each row's position at step k (or its last)
-        dBx = (delta[p].unsqueeze(-1) * x[p]).unsqueeze(-1) * B[p].unsqueeze(-2)  # (R, H, P, n)
-        h = torch.where(live, decay[p][:, :, None, None] * h + dBx, h)
-        y[p] = torch.matmul(h, C[p].unsqueeze(-1)).squeeze(-1)  # a finished row writes its last y again
-    return y
-
-
 class Mamba2Block(nn.Module):
     """h ← h + mixer(RMSNorm(h)), the residual kept in float32 (HF ``residual_in_fp32``)."""
 
@@ -431,13 +411,10 @@ class Mamba2Block(nn.Module):
         xBC, dt = m.split_ssm_in(pk.patch("in_ssm", j, a.contiguous()))  # (n, e), (n, H)
         cv = kernels.conv_packed(xBC, cache_xbc, m.conv1d.weight, m.conv1d.bias, pk.pos_first, pk.pos_cache, pk.pos_token)
         cv = pk.patch("conv", j, cv)  # (n, e)
-        xs, B, C = cv.split([c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
-        xh = xs.float().view(n, c.nheads, c.head_dim)  # (n, H, P)
-        Bh, Ch = (m.by_head(t.float().view(n, c.ngroups, c.d_state)) for t in (B, C))  # (n, H, n_s)
         A = -torch.exp(m.A_log.float())  # (H,)
-        y = scan_packed(xh, m.delta(dt), A, Bh, Ch, Hc.reshape(-1, *Hc.shape[2:]), pk.h0_idx[:R],
-                        pk.row_off[:R], pk.row_len[:R], pk.runs.num_tokens)  # (n, H, P)
-        y = (y + xh * m.D.float()[:, None]).reshape(n, c.d_inner).to(cv.dtype)
+        # The scan plus the D skip (Triton on CUDA: engine/ssd_kernels.py): y (n, d_in) in the run dtype.
+        y = ssd_kernels.scan_packed(cv, m.delta(dt), A, m.D, Hc.reshape(-1, *Hc.shape[2:]), pk.h0_idx[:R],
+                                    pk.row_off[:R], pk.row_len[:R], pk.runs.num_tokens, c.nheads, c.ngroups, c.d_state)
         y = pk.patch("ssm", j, y)
         for k in range(c.nheads):  # per-head restores: head k's channels of the clean ssm
             p = pk.patches(HEAD_SITE.format(k), j)
@@ -450,8 +427,8 @@ class Mamba2Block(nn.Module):
 
     def forward_prepare(self, x: torch.Tensor, j: int, pp):
         """Block j on a prompt's clean and corrupted runs (``prepare.Prep``): x (rows·T, d), the corrupted
-        rows first, the clean row last. The block's own forward on each (its per-token scan: no Triton
-        kernel for Mamba-2); the clean row's site values go to ``pp``. Returns the block's output
+        rows first, the clean row last. The block's own forward on each (its chunked PyTorch scan on
+        every device); the clean row's site values go to ``pp``. Returns the block's output
         (rows·T, d) and the corrupted rows' kept states (xBC (S, T, e), S (S, T, H, P, n))."""
         S, T = pp.samples, pp.num_tokens
         x3 = x.view(pp.rows, T, -1)
@@ -491,13 +468,16 @@ class LM(HookedLM):
 
     def packed_bytes_per_position(self, dtype: torch.dtype, fused: bool, num_tokens: int) -> int:
         """Device bytes one packed position takes in the fast path (to size micro-batches): the residual
-        row, one block's temporaries and the PyTorch scan's float32 (H, P, n) update and state."""
+        row and one block's temporaries; without the Triton scan (``fused`` false) also the PyTorch
+        scan's float32 (H, P, n) update and state."""
         c = self.config
         b = torch.finfo(dtype).bits // 8
         per = residual_bytes(c, b) * c.d_model + 4 * c.d_model * 2  # residual + RMSNorm temporaries
         per += b * (2 * c.d_inner + 2 * c.conv_dim + c.nheads + 2 * c.d_inner + c.d_model)  # in_proj, conv, y, g, o
-        per += 4 * (3 * c.d_inner + 2 * c.nheads * c.d_state)  # x, y, gated norm; B, C by head (float32)
-        per += 3 * 4 * c.d_inner * c.d_state  # scan: ΔxB, the step's state and its copy
+        per += 4 * (3 * c.d_inner + c.nheads)  # y, gated norm (float32); Δ
+        fused = fused and kernels.use_triton(self.backbone.embeddings.weight, c.d_state, kernel="ssd")
+        if not fused:  # the PyTorch scan: x, B and C by head in float32; ΔxB, the step's state and its copy
+            per += 4 * (c.d_inner + 2 * c.nheads * c.d_state) + 3 * 4 * c.d_inner * c.d_state
         per += c.d_conv * c.conv_dim * 4  # conv windows
         return per
 

@@ -14,8 +14,10 @@ test(
   async (t) => {
     const cluster = await new Cluster({ agents: 2 }).start();
     try {
-      const heavy = cluster.writeSpec("heavy.yaml", spec("heavy", 48, "weight: 3\n"));
-      const light = cluster.writeSpec("light.yaml", spec("light", 48, "weight: 1\n"));
+      // Far more shards than the test lets run (both are cancelled at the end): with 48 prompts, heavy
+      // had only a few shards left after the share window and could finish before urgent was done.
+      const heavy = cluster.writeSpec("heavy.yaml", spec("heavy", 144, "weight: 3\n"));
+      const light = cluster.writeSpec("light.yaml", spec("light", 144, "weight: 1\n"));
       const urgent = cluster.writeSpec("urgent.yaml", spec("urgent", 4, "priority: 1\n"));
       for (const [file, id] of [
         [heavy, "heavy"],
