@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # npm start: the main job on the embedded default. Starts an embedded nats-server, a coordinator
 # and local node agents on the CPU (sweepctl local), runs the paper's causal trace on the shipped
-# tiny Mamba and GPT-NeoX with swap and noise corruption, and writes an HTML report and CSVs.
+# tiny Mamba, Mamba-2 and GPT-NeoX with swap and noise corruption, and writes an HTML report (the
+# three side by side, the paper's findings checked on each) and CSVs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -12,7 +13,7 @@ mkdir -p "$out"
 sweepctl() { node sweepctl/dist/cli.js "$@"; }
 started=$(date +%s)
 dirs=()
-for spec in mamba-swap neox-swap mamba-noise neox-noise; do
+for spec in mamba-swap mamba2-swap neox-swap mamba-noise mamba2-noise neox-noise; do
   echo "=== sweep $spec ($agents local agents, CPU)" >&2
   sweepctl local "examples/demo/$spec.yaml" --agents "$agents" --workers 1 --out "$out/$spec" --overwrite # the demo replaces its last run
   dirs+=("$out/$spec")

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# One command for the whole pipeline: the world (only if absent), the tokenizer, both models
-# (in parallel on one GPU; PARALLEL=0 runs them one after the other, e.g. on a CPU), their
-# evaluation and export. Settings come from the environment; the defaults made the shipped models.
+# One command for the whole pipeline: the world (only if absent), the tokenizer, the three models
+# Mamba, Mamba-2 and GPT-NeoX (in parallel on one GPU; PARALLEL=0 runs them one after the other,
+# e.g. on a CPU), their evaluation and export. Settings come from the environment; the defaults made the shipped models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 WORLD=${WORLD:-models/world}
 MODELS_DIR=${MODELS_DIR:-models}
 MAMBA_STEPS=${MAMBA_STEPS:-${STEPS:-2000}}
+MAMBA2_STEPS=${MAMBA2_STEPS:-${STEPS:-2000}}
 NEOX_STEPS=${NEOX_STEPS:-${STEPS:-4000}}
 BATCH=${BATCH:-1024}
 SEED=${SEED:-0}
@@ -21,14 +22,22 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 common=(--world "$WORLD" --tokenizer "$WORLD/tokenizer.json" --batch "$BATCH"
         --seed "$SEED" --eval-every "$EVAL_EVERY" ${MAX_MINUTES:+--max-minutes "$MAX_MINUTES"})
+# arch, steps, output folder of each model (Mamba-2's SSD chunk is train.py's default for it, 16)
+runs=("mamba $MAMBA_STEPS mamba-facts" "mamba2 $MAMBA2_STEPS mamba2-facts" "neox $NEOX_STEPS neox-facts")
+train() {
+  local arch steps out
+  read -r arch steps out <<<"$1"
+  "$PY" training/train.py --arch "$arch" --steps "$steps" --out "$MODELS_DIR/$out" "${common[@]}"
+}
 if [ "$PARALLEL" = 1 ]; then
-  "$PY" training/train.py --arch mamba --steps "$MAMBA_STEPS" --out "$MODELS_DIR/mamba-facts" "${common[@]}" & m=$!
-  "$PY" training/train.py --arch neox --steps "$NEOX_STEPS" --out "$MODELS_DIR/neox-facts" "${common[@]}" & n=$!
+  pids=()
+  for r in "${runs[@]}"; do
+    train "$r" &
+    pids+=($!)
+  done
   rc=0
-  wait "$m" || rc=$?
-  wait "$n" || rc=$?
+  for p in "${pids[@]}"; do wait "$p" || rc=$?; done
   exit "$rc"
 else
-  "$PY" training/train.py --arch mamba --steps "$MAMBA_STEPS" --out "$MODELS_DIR/mamba-facts" "${common[@]}"
-  "$PY" training/train.py --arch neox --steps "$NEOX_STEPS" --out "$MODELS_DIR/neox-facts" "${common[@]}"
+  for r in "${runs[@]}"; do train "$r"; done
 fi

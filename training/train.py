@@ -221,7 +221,7 @@ Command (from the repository root):
   ({info['step_ms']:.1f} ms a step), evaluation {info['eval_seconds']:.1f} s.
 - `eval.json` beside this card holds the same figures as JSON, and under `eval.first_template.missed` the facts
   (relation, subject) this model does not recall with the first template, to leave out of a sweep of known facts.
-- `bash training/run_all.sh` ran this for both models, after training the tokenizer (see `training/README.md`).
+- `bash training/run_all.sh` runs this for each of the three shipped models (Mamba, Mamba-2, GPT-NeoX), after training the tokenizer (see `training/README.md`).
 
 Held-out templates (new combinations of phrasings seen in training with other partners; listed in
 each relation file's `held_out_templates` field):

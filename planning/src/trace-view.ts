@@ -113,7 +113,7 @@ export interface FactRows {
 export interface ModelTrace {
   /** Display label, e.g. "mamba-facts". */
   label: string;
-  /** "mamba" | "gpt_neox". */
+  /** "mamba" | "mamba2" | "gpt_neox". */
   modelType: string;
   sweepId: string;
   /** "swap" | "noise". */

@@ -205,11 +205,18 @@ function evaluate(m: ModelTrace, check: Check): Finding {
   return { ...base, measured, verdict, support, intervals };
 }
 
+/**
+ * The checks of each model type. A Mamba-2 gets Mamba-1's: the paper studied only Mamba-1, and
+ * whether its findings carry over is the question; Mamba-2's o, s and g are the same tensors
+ * (out_proj's output, the scan output before the gate, silu(z); engine/mamba2.py).
+ */
+const CHECKS_BY_MODEL_TYPE: Record<string, Check[]> = { mamba: MAMBA_CHECKS, mamba2: MAMBA_CHECKS, gpt_neox: NEOX_CHECKS };
+/** Model types the findings table covers. */
+export const CHECKED_MODEL_TYPES: readonly string[] = Object.keys(CHECKS_BY_MODEL_TYPE);
+
 /** Checks the paper's headline findings (docs/methods.md) on each traced model whose spec did not turn them off. */
 export function findings(models: ModelTrace[]): Finding[] {
-  return models
-    .filter((m) => m.findings !== false)
-    .flatMap((m) => (m.modelType === "mamba" ? MAMBA_CHECKS : m.modelType === "gpt_neox" ? NEOX_CHECKS : []).map((c) => evaluate(m, c)));
+  return models.filter((m) => m.findings !== false).flatMap((m) => (CHECKS_BY_MODEL_TYPE[m.modelType] ?? []).map((c) => evaluate(m, c)));
 }
 
 /** A finding in one line of text (the CLI's output). */

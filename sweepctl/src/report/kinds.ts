@@ -13,14 +13,14 @@ import { existsSync, readFileSync, writeFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import type { TopLevelSpec } from "vega-lite";
 import { EXPERIMENT_KIND_MODULES, KIND_AGGREGATE_FILE, type ChartAxis, type ChartView, type KindAggregate, type KindReport } from "@factsweep/planning";
-import { renderSvg } from "./render.js";
+import { archName, modelRank, renderSvg } from "./render.js";
 
 const SCHEMA = "https://vega.github.io/schema/vega-lite/v6.json";
 const esc = (s: string): string => s.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c] ?? c);
-const label = (a: KindAggregate): string => `${a.model} (${a.modelType === "gpt_neox" ? "GPT-NeoX" : "Mamba"})`;
-/** Mamba first, then NeoX, as the paper's figures. */
+const label = (a: KindAggregate): string => `${a.model} (${archName(a.modelType)})`;
+/** Mamba first, then Mamba-2, then NeoX, as the paper's figures. */
 const byModel = (xs: KindAggregate[]): KindAggregate[] =>
-  [...xs].sort((a, b) => (a.modelType === b.modelType ? a.model.localeCompare(b.model) : a.modelType === "mamba" ? -1 : 1));
+  [...xs].sort((a, b) => modelRank(a.modelType) - modelRank(b.modelType) || a.model.localeCompare(b.model));
 
 /** A chart description of a kind module as a Vega-Lite spec. */
 function vegaSpec(c: ChartView): TopLevelSpec {

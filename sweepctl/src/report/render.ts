@@ -1,7 +1,7 @@
 import * as vega from "vega";
 import { compile, type TopLevelSpec } from "vega-lite";
 import { heatmapSpec, lineSpec } from "./charts.js";
-import { FINDINGS_RULES, findings, partialOf } from "./findings.js";
+import { CHECKED_MODEL_TYPES, FINDINGS_RULES, findings, partialOf } from "./findings.js";
 import type { Finding, ModelTrace, TraceReport } from "./types.js";
 
 /** Renders a Vega-Lite spec to an SVG string headless (no canvas, no browser). */
@@ -51,12 +51,20 @@ export function partialText(m: ModelTrace): string {
   return p ? `partial: ${p.done} of ${p.planned} facts${m.state && m.state !== "done" ? ` (sweep ${m.state})` : ""}` : "";
 }
 
-/** Rows of models to draw side by side: one row per corruption, Mamba before NeoX (as the paper's figures). */
+/** The order models are drawn in: Mamba-1 (the paper's), Mamba-2, GPT-NeoX, then any other. */
+const MODEL_ORDER = ["mamba", "mamba2", "gpt_neox"];
+export const modelRank = (modelType: string): number => {
+  const i = MODEL_ORDER.indexOf(modelType);
+  return i < 0 ? MODEL_ORDER.length : i;
+};
+/** The architecture's name as the page writes it. */
+export const archName = (modelType: string): string => ({ mamba: "Mamba", mamba2: "Mamba-2", gpt_neox: "GPT-NeoX" })[modelType] ?? modelType;
+
+/** Rows of models to draw side by side: one row per corruption, Mamba before Mamba-2 before NeoX (the paper's order, Mamba-2 beside its ancestor). */
 function pairs(models: ModelTrace[]): ModelTrace[][] {
   const rows = new Map<string, ModelTrace[]>();
   for (const m of models) rows.set(m.corruption, [...(rows.get(m.corruption) ?? []), m]);
-  const rank = (m: ModelTrace) => (m.modelType === "mamba" ? 0 : m.modelType === "gpt_neox" ? 1 : 2);
-  return [...rows.values()].map((r) => r.sort((a, b) => rank(a) - rank(b) || a.label.localeCompare(b.label)));
+  return [...rows.values()].map((r) => r.sort((a, b) => modelRank(a.modelType) - modelRank(b.modelType) || a.label.localeCompare(b.label)));
 }
 
 /** Rows of the CSV that goes with the report: every heatmap cell, mean IE and AIE. */
@@ -130,7 +138,7 @@ export async function renderReport(report: TraceReport, extraSections: string[] 
     );
   }
   const fs = findings(report.models);
-  const checked = report.models.filter((m) => m.findings !== false && (m.modelType === "mamba" || m.modelType === "gpt_neox"));
+  const checked = report.models.filter((m) => m.findings !== false && CHECKED_MODEL_TYPES.includes(m.modelType));
   const rules =
     `<p class="rules">How each check is judged: its rule (below, with its thresholds) is applied to the mean IE curves of the finished sweep; ` +
     `fewer than ${FINDINGS_RULES.minFacts} facts or ${FINDINGS_RULES.minLayers} traced layers gives no verdict ("too few facts" / "too few layers"), and so does a sweep not done ("partial"). ` +
@@ -138,7 +146,7 @@ export async function renderReport(report: TraceReport, extraSections: string[] 
     `"reproduced" needs the rule to hold on all facts and in ≥ ${Math.round(FINDINGS_RULES.support * 100)}% of resamples ("not reproduced": fails on all facts, holds in ≤ ${Math.round((1 - FINDINGS_RULES.support) * 100)}%; otherwise "inconclusive"). ` +
     `The thresholds are ours, set for the paper's qualitative claims; the published numbers are for the paper's 2.8B models. A sweep that is not a replication turns this table off with <code>findings: false</code> in its spec or <code>sweepctl report --findings off</code>.</p>`;
   const table = fs.length
-    ? `${rules}<table class="findings"><thead><tr><th>model</th><th>finding of the paper</th><th>published (mamba-2.8b / pythia-2.8b)</th><th>rule applied</th><th>facts</th><th>measured here</th><th>verdict</th></tr></thead><tbody>` +
+    ? `${rules}<table class="findings"><thead><tr><th>model</th><th>finding of the paper</th><th>published (mamba-2.8b / pythia-2.8b; a Mamba-2 is held to mamba-2.8b's)</th><th>rule applied</th><th>facts</th><th>measured here</th><th>verdict</th></tr></thead><tbody>` +
       fs
         .map(
           (f) =>
@@ -172,7 +180,7 @@ small{color:#666;font-weight:normal}
 ${banner}
 ${
   report.models.length
-    ? `<p>Indirect effect IE = (p[restored] − p[corrupt]) / (p[clean] − p[corrupt]) of the clean answer, averaged per token group and layer (Meng et al. 2022; Sen Sharma et al. 2024). Colour scale 0–${Math.min(1, vmax).toFixed(2)}, shared by all heatmaps; hover a cell for its values. Mamba and GPT-NeoX side by side, one row per corruption.</p>
+    ? `<p>Indirect effect IE = (p[restored] − p[corrupt]) / (p[clean] − p[corrupt]) of the clean answer, averaged per token group and layer (Meng et al. 2022; Sen Sharma et al. 2024). Colour scale 0–${Math.min(1, vmax).toFixed(2)}, shared by all heatmaps; hover a cell for its values. Mamba, Mamba-2 and GPT-NeoX side by side, one row per corruption. A Mamba-2 is checked against the paper's Mamba-1 findings with the same rules (its <code>mixer</code>, <code>ssm</code> and <code>gate</code> are the o, s and g of the paper's Mamba-1).</p>
 ${checked.length ? `<h2>Findings of the paper, checked</h2>\n${table}` : ""}
 ${rows}`
     : ""

@@ -122,6 +122,34 @@ test("the page of a partial sweep says so, and the rules are on the page", async
   assert.doesNotMatch(off, /Findings of the paper/);
 });
 
+test("a Mamba-2 is held to the paper's Mamba-1 findings and drawn between Mamba and NeoX", async () => {
+  // The Mamba-2 carries the early fact in s, not o: Mamba-1's o-vs-s finding must come out "not reproduced" for it alone.
+  const mamba2 = model("mamba2-facts", "mamba2", [
+    traced("residual", 1, 8, 2, 6),
+    traced("mixer", 2, 8, null, 6),
+    traced("ssm", 2, 8, 2, 6),
+    traced("gate", 2, 8, 3, null, 0.1),
+  ]);
+  const fs = findings([neox, mamba2, mamba]);
+  const of = (label: string) => fs.filter((f) => f.model === label);
+  assert.deepEqual(
+    of("mamba2-facts").map((f) => f.claim),
+    of("mamba-facts").map((f) => f.claim),
+  );
+  const oVsS = (label: string) => of(label).find((f) => f.claim.includes("mixer output o"))!.verdict;
+  assert.equal(oVsS("mamba-facts"), "reproduced");
+  assert.equal(oVsS("mamba2-facts"), "not reproduced");
+  assert.equal(of("mamba2-facts").find((f) => f.claim.startsWith("The residual stream"))!.verdict, "reproduced");
+  const html = await renderReport({ title: "t", created: "now", models: [neox, mamba2, mamba] });
+  assert.equal((html.match(/<tr><td>mamba2-facts<\/td>/g) ?? []).length, 4, "four findings rows for the Mamba-2");
+  const at = (label: string) => html.indexOf(`<section class="model" data-model="${label}">`);
+  assert.ok(
+    at("mamba-facts") >= 0 && at("mamba-facts") < at("mamba2-facts") && at("mamba2-facts") < at("neox-facts"),
+    "Mamba, Mamba-2, NeoX from left to right",
+  );
+  assert.match(html, /\(mamba2, swap corruption/);
+});
+
 test("the CSV has one row per heatmap cell with IE and AIE", () => {
   const csv = reportCsv({ title: "t", created: "now", models: [mamba] })
     .trim()

@@ -269,17 +269,21 @@ export interface ResultRowJson {
   sweep_id: string;
   prompt_index: number;
   site: string;
+  /** Head of a per-head cell; "" (the export's empty column) for the whole site. */
+  head?: number | "";
   layer: number;
   token: number;
   window: number;
+  token_group?: string;
   p: number;
   p_clean: number;
   p_corrupt: number;
   ie: number;
 }
 
-export const cellKey = (r: { prompt_index: number; site: string; layer: number; token: number; window: number }): string =>
-  `${r.prompt_index}|${r.site}|${r.layer}|${r.token}|${r.window}`;
+/** A cell's identity; a per-head cell's carries its head, so it never collides with the whole site's. */
+export const cellKey = (r: { prompt_index: number; site: string; head?: number | ""; layer: number; token: number; window: number }): string =>
+  `${r.prompt_index}|${r.site}|${r.layer}|${r.token}|${r.window}${typeof r.head === "number" ? `|h${r.head}` : ""}`;
 
 /**
  * The reference: the same planned cells computed by one engine worker alone, without coordinator,
@@ -309,7 +313,7 @@ export async function engineReference(specPath: string): Promise<Map<string, num
       await engine.preparePromptSpec("m", p.promptKey, p);
       const res = await engine.runCells({ modelId: "m", promptKey: p.promptKey, cells: shard.cells, slowPath: false });
       shard.cells.forEach((c, i) => {
-        out.set(cellKey({ prompt_index: p.index, site: siteFromEnum(c.site), layer: c.layer, token: c.token, window: c.window }), res.p[i]!);
+        out.set(cellKey({ prompt_index: p.index, site: siteFromEnum(c.site), head: c.head, layer: c.layer, token: c.token, window: c.window }), res.p[i]!);
       });
     }
     await engine.shutdown();
