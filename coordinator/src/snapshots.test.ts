@@ -24,7 +24,11 @@ after(async () => {
 });
 
 const bytes = (n: number, fill: number) => new Uint8Array(n).fill(fill);
-const same = (a: Uint8Array[], b: Uint8Array[]) => assert.deepEqual(a.map((x) => Buffer.from(x)), b.map((x) => Buffer.from(x)));
+const same = (a: Uint8Array[], b: Uint8Array[]) =>
+  assert.deepEqual(
+    a.map((x) => Buffer.from(x)),
+    b.map((x) => Buffer.from(x)),
+  );
 
 test("segments pack results under the size cap and unpack to the same results; a cut segment is refused", () => {
   const rs = [bytes(3, 1), bytes(SEGMENT_MAX_BYTES, 2), bytes(300_000, 3), bytes(300_000, 4), bytes(0, 5)];
@@ -75,7 +79,10 @@ test("a snapshot appended over two coordinators loads whole; the tail is what wa
   // A segment gone: the snapshot is refused (the sweep is then read from every stored result).
   const kv = await new Kvm(await conn()).open(SNAPSHOTS_BUCKET);
   await kv.purge(`sw.s.${b.epoch}.0`);
-  await assert.rejects(b.loadSnapshot("sw"), (e: Error) => e instanceof SnapshotError && /segment sw\.s\.\d+\.0 named by the manifest is missing/.test(e.message));
+  await assert.rejects(
+    b.loadSnapshot("sw"),
+    (e: Error) => e instanceof SnapshotError && /segment sw\.s\.\d+\.0 named by the manifest is missing/.test(e.message),
+  );
 
   const removed = await b.deleteSweep("sw");
   assert.equal(removed.results, 6);

@@ -264,14 +264,18 @@ export class StateStore {
     let run = runs[runs.length - 1];
     if (!run || run.epoch !== this.epoch) runs.push((run = { epoch: this.epoch, count: 0 }));
     const segs = packSegments(results);
-    for (let i = 0; i < segs.length; i += 8) await Promise.all(segs.slice(i, i + 8).map((seg, j) => this.snapshots.put(segmentKey(sweepId, this.epoch, run.count + i + j), seg)));
+    for (let i = 0; i < segs.length; i += 8)
+      await Promise.all(segs.slice(i, i + 8).map((seg, j) => this.snapshots.put(segmentKey(sweepId, this.epoch, run.count + i + j), seg)));
     run.count += segs.length;
     const next: SnapshotManifest = { seq: Math.max(seq, prev?.seq ?? 0), runs, results: (prev?.results ?? 0) + results.length };
     const revKey = `m:${sweepId}`;
     const rev = this.revisions.get(revKey);
     const value = this.encode(next);
     const key = manifestKey(sweepId);
-    this.revisions.set(revKey, rev ? await this.casUpdate(this.snapshots, revKey, key, value, rev) : await this.createOrAdopt(this.snapshots, revKey, key, value));
+    this.revisions.set(
+      revKey,
+      rev ? await this.casUpdate(this.snapshots, revKey, key, value, rev) : await this.createOrAdopt(this.snapshots, revKey, key, value),
+    );
     return next;
   }
 
@@ -314,8 +318,12 @@ export class StateStore {
   private async readBucket(bucket: string, filter = ">", fromSeq?: number): Promise<{ key: string; value: Uint8Array; revision: number }[]> {
     const prefix = `$KV.${bucket}.`;
     // fromSeq: every entry from that stream sequence on (a snapshot's tail); else the last of each key.
-    const deliver = fromSeq === undefined ? { deliver_policy: DeliverPolicy.LastPerSubject } : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: fromSeq };
-    const oc = await this.js.consumers.getPushConsumer(`KV_${bucket}`, { filter_subjects: prefix + filter, ...deliver } /* a string: filter_subject, nats-server 2.9 */);
+    const deliver =
+      fromSeq === undefined ? { deliver_policy: DeliverPolicy.LastPerSubject } : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: fromSeq };
+    const oc = await this.js.consumers.getPushConsumer(
+      `KV_${bucket}`,
+      { filter_subjects: prefix + filter, ...deliver } /* a string: filter_subject, nats-server 2.9 */,
+    );
     const out: { key: string; value: Uint8Array; revision: number }[] = [];
     if ((await oc.info(true)).num_pending === 0) return out;
     const iter = await oc.consume();

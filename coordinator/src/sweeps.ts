@@ -180,7 +180,9 @@ export class Sweeps extends EventEmitter implements ResultSink {
         snap.manifest = stored.manifest;
         snap.seq = stored.manifest.seq;
         tail = await this.d.store.loadResultsAfter(rec.sweepId, stored.manifest.seq);
-        this.d.log(`sweep ${rec.sweepId}: ${stored.results.length} result(s) from its snapshot (to sequence ${stored.manifest.seq}), ${tail.length} stored after it`);
+        this.d.log(
+          `sweep ${rec.sweepId}: ${stored.results.length} result(s) from its snapshot (to sequence ${stored.manifest.seq}), ${tail.length} stored after it`,
+        );
       }
     } catch (err) {
       // Unusable snapshot: every stored result is still in the aggregates bucket; a new snapshot replaces it.
@@ -418,7 +420,8 @@ export class Sweeps extends EventEmitter implements ResultSink {
         this.d.scheduler.resultConsumed(shardId);
       }
       await this.d.scheduler.shardsDurable(batch.map(([shardId]) => shardId));
-      const snapDue = s.snap.deltaBytes >= SEGMENT_MAX_BYTES || Date.now() - s.snap.lastMs >= (this.d.snapshotMs ?? DEFAULT_SNAPSHOT_MS) || s.rec.state !== "running";
+      const snapDue =
+        s.snap.deltaBytes >= SEGMENT_MAX_BYTES || Date.now() - s.snap.lastMs >= (this.d.snapshotMs ?? DEFAULT_SNAPSHOT_MS) || s.rec.state !== "running";
       if (s.snap.delta.length > 0 && snapDue) void this.snapshot(s);
     }
   }
