@@ -170,6 +170,7 @@ for (const shards of sizes) {
       }
       await c.stop();
       const counted = Number(info.counts?.doneCells ?? 0);
+      for (const l of c.log().split("\n")) if (/restart: .* shard record|result\(s\) from its snapshot/.test(l)) console.error(`  ${name}: ${l.trim()}`);
       console.error(`  ${name}: ready in ${c.readyS.toFixed(2)} s, RSS ${mb(c.rss)} MB, ${counted}/${info.counts?.plannedCells} cells counted`);
       if (counted !== spec.shards) throw new Error(`${name}: ${counted} cells counted after the restart, ${spec.shards} stored`);
       row[`${name}_restart_s`] = r2(c.readyS);

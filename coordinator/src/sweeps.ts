@@ -173,6 +173,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     let agg = newAggregator(spec, rec.sweepId, prompts, rec.traceLayers);
     const snap: SnapState = { manifest: undefined, delta: [], deltaBytes: 0, seq: 0, lastMs: Date.now() };
     let tail: { value: Uint8Array; seq: number }[] | undefined;
+    const t0 = Date.now();
     try {
       const stored = await this.d.store.loadSnapshot(rec.sweepId);
       if (stored) {
@@ -181,7 +182,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
         snap.seq = stored.manifest.seq;
         tail = await this.d.store.loadResultsAfter(rec.sweepId, stored.manifest.seq);
         this.d.log(
-          `sweep ${rec.sweepId}: ${stored.results.length} result(s) from its snapshot (to sequence ${stored.manifest.seq}), ${tail.length} stored after it`,
+          `sweep ${rec.sweepId}: ${stored.results.length} result(s) from its snapshot (to sequence ${stored.manifest.seq}), ${tail.length} stored after it (read and folded in ${Date.now() - t0} ms)`,
         );
       }
     } catch (err) {
@@ -212,7 +213,9 @@ export class Sweeps extends EventEmitter implements ResultSink {
    */
   async load(): Promise<void> {
     const held = (rec: SweepRecord) => rec.state === "running" || rec.summary === undefined;
+    const t0 = Date.now();
     const { sweeps, shards } = await this.d.store.loadAll(held);
+    this.d.log(`restart: ${sweeps.length} sweep record(s), ${shards.length} shard record(s) read in ${Date.now() - t0} ms`);
     for (const rec of sweeps) {
       if (held(rec)) await this.revive(rec);
       else this.finished.set(rec.sweepId, control.SweepInfo.fromJSON(rec.summary));
