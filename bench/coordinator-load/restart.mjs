@@ -40,6 +40,8 @@ const { values: opt } = parseArgs({
     baseline: { type: "string", default: "" },
     out: { type: "string", default: join(root, "bench/results/coordinator-restart-cpu.json") },
     note: { type: "string", default: "" },
+    // A nats-server already holding the seeded state of a run stopped after seeding (launch and seeding of 1M take minutes): only the restarts.
+    "nats-url": { type: "string", default: "" },
     // Profile this build's restart (stopped by SIGTERM so the profile is written).
     "cpu-prof-dir": { type: "string", default: "" },
   },
@@ -146,19 +148,22 @@ const rows = [];
 for (const shards of sizes) {
   const work = mkdtempSync(join(tmpdir(), "coord-restart-"));
   const spec = writeLoadSpec(work, join(root, "models/mamba-facts"), shards);
-  const nats = await startNatsServer({ readyTimeoutMs: 30_000 });
+  const nats = opt["nats-url"] ? { url: opt["nats-url"], stop: async () => undefined } : await startNatsServer({ readyTimeoutMs: 30_000 });
   try {
-    const first = await startCoordinator(current, nats.url, spec.shards);
-    const client = new control.SweepServiceClient(first.addr, grpc.credentials.createInsecure());
-    const tl = performance.now();
-    await call(client, client.launch, { spec: spec.text, specDir: work, sweepId: "restart" });
-    const launchS = (performance.now() - tl) / 1000;
-    client.close();
-    await first.stop();
-    console.error(`${spec.shards} shards: launched (durable) in ${launchS.toFixed(1)} s; seeding results`);
-    const seeded = await seedResults(nats.url, "restart", spec.shards);
-    console.error(`  ${seeded.shards} results and records written in ${seeded.seconds.toFixed(1)} s`);
-    const row = { shards: spec.shards, launch_s: r2(launchS) };
+    const row = { shards: spec.shards, launch_s: null };
+    if (!opt["nats-url"]) {
+      const first = await startCoordinator(current, nats.url, spec.shards);
+      const client = new control.SweepServiceClient(first.addr, grpc.credentials.createInsecure());
+      const tl = performance.now();
+      await call(client, client.launch, { spec: spec.text, specDir: work, sweepId: "restart" });
+      const launchS = (performance.now() - tl) / 1000;
+      client.close();
+      await first.stop();
+      console.error(`${spec.shards} shards: launched (durable) in ${launchS.toFixed(1)} s; seeding results`);
+      const seeded = await seedResults(nats.url, "restart", spec.shards);
+      console.error(`  ${seeded.shards} results and records written in ${seeded.seconds.toFixed(1)} s`);
+      row.launch_s = r2(launchS);
+    }
     for (const [name, main] of [...(baseline ? [["baseline", baseline]] : []), ["full", current], ["current", current]]) {
       const c = await startCoordinator(main, nats.url, spec.shards, name === "current" ? profDir : "");
       const cl = new control.SweepServiceClient(c.addr, grpc.credentials.createInsecure());
@@ -170,7 +175,7 @@ for (const shards of sizes) {
       }
       await c.stop();
       const counted = Number(info.counts?.doneCells ?? 0);
-      for (const l of c.log().split("\n")) if (/restart: .* shard record|result\(s\) from its snapshot/.test(l)) console.error(`  ${name}: ${l.trim()}`);
+      for (const l of c.log().split("\n")) if (/restart: .* shard record|snapshot/.test(l)) console.error(`  ${name}: ${l.trim()}`);
       console.error(`  ${name}: ready in ${c.readyS.toFixed(2)} s, RSS ${mb(c.rss)} MB, ${counted}/${info.counts?.plannedCells} cells counted`);
       if (counted !== spec.shards) throw new Error(`${name}: ${counted} cells counted after the restart, ${spec.shards} stored`);
       row[`${name}_restart_s`] = r2(c.readyS);

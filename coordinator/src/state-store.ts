@@ -264,8 +264,21 @@ export class StateStore {
     let run = runs[runs.length - 1];
     if (!run || run.epoch !== this.epoch) runs.push((run = { epoch: this.epoch, count: 0 }));
     const segs = packSegments(results);
-    for (let i = 0; i < segs.length; i += 8)
-      await Promise.all(segs.slice(i, i + 8).map((seg, j) => this.snapshots.put(segmentKey(sweepId, this.epoch, run.count + i + j), seg)));
+    // Two 512 KiB puts in flight, each tried 3 times: the first append of a restart over 1M results
+    // without a snapshot put eight at once and stopped after the first eight on a busy server.
+    const put = async (key: string, seg: Uint8Array): Promise<void> => {
+      for (let tries = 1; ; tries++) {
+        try {
+          await this.snapshots.put(key, seg);
+          return;
+        } catch (err) {
+          this.checkFence();
+          if (tries >= 3) throw err;
+        }
+      }
+    };
+    for (let i = 0; i < segs.length; i += 2)
+      await Promise.all(segs.slice(i, i + 2).map((seg, j) => put(segmentKey(sweepId, this.epoch, run.count + i + j), seg)));
     run.count += segs.length;
     const next: SnapshotManifest = { seq: Math.max(seq, prev?.seq ?? 0), runs, results: (prev?.results ?? 0) + results.length };
     const revKey = `m:${sweepId}`;

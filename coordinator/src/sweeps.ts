@@ -31,7 +31,15 @@ import type { Scheduler } from "./scheduler.js";
 import { isKvKey, type ShardRecord, type StateStore, type SweepRecord } from "./state-store.js";
 import { SEGMENT_MAX_BYTES, type SnapshotManifest } from "./snapshots.js";
 import { newAggregator, newSweepId, plan, resultRows, shardRecord, traceEvidence, type Aggregator } from "./sweep-runtime.js";
-import { InvalidSpecError, ModelNotFoundError, SweepExistsError, SweepNotFoundError, SweepStateError, UnavailableError } from "./errors.js";
+import {
+  InvalidSpecError,
+  ModelNotFoundError,
+  StaleCoordinatorError,
+  SweepExistsError,
+  SweepNotFoundError,
+  SweepStateError,
+  UnavailableError,
+} from "./errors.js";
 
 interface LiveSweep {
   rec: SweepRecord;
@@ -63,6 +71,8 @@ interface SnapState {
   deltaBytes: number;
   seq: number;
   lastMs: number;
+  /** Delay before retrying a failed append (0 after a success). */
+  retryMs: number;
 }
 
 /** A running sweep's snapshot is appended to at least this often while results arrive (and at its end, and at every SEGMENT_MAX_BYTES of results). */
@@ -146,7 +156,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
   private hold(rec: SweepRecord, spec: SweepSpec, agg: Aggregator, prompts: sweep.PromptSpec[], snap?: SnapState): void {
     const progress = new ProgressRate();
     if (rec.state === "running") progress.start(Date.now(), rec.doneCells); // launch, or a restart: the rate counts from now
-    snap ??= { manifest: undefined, delta: [], deltaBytes: 0, seq: 0, lastMs: Date.now() };
+    snap ??= { manifest: undefined, delta: [], deltaBytes: 0, seq: 0, lastMs: Date.now(), retryMs: 0 };
     this.live.set(rec.sweepId, { rec, spec, prompts, agg, progress, unpersisted: new Map(), lastEventMs: 0, lastEventState: "", lastSaveMs: 0, snap });
     this.d.table.setSweep(rec.sweepId, rec.state === "running", rec.maxAttempts, { priority: spec.priority, weight: spec.weight });
   }
@@ -171,7 +181,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     const prompts = rec.prompts.map((p) => sweep.PromptSpec.fromJSON(p));
     // The aggregate is the fold of the stored results (idempotent by shard id): snapshot, then its tail.
     let agg = newAggregator(spec, rec.sweepId, prompts, rec.traceLayers);
-    const snap: SnapState = { manifest: undefined, delta: [], deltaBytes: 0, seq: 0, lastMs: Date.now() };
+    const snap: SnapState = { manifest: undefined, delta: [], deltaBytes: 0, seq: 0, lastMs: Date.now(), retryMs: 0 };
     let tail: { value: Uint8Array; seq: number }[] | undefined;
     const t0 = Date.now();
     try {
@@ -446,12 +456,22 @@ export class Sweeps extends EventEmitter implements ResultSink {
         snap.delta = [];
         snap.deltaBytes = 0;
         try {
+          const t0 = Date.now();
           snap.manifest = await this.d.store.appendSnapshot(sweepId, snap.manifest, delta, seq);
           snap.lastMs = Date.now();
+          snap.retryMs = 0;
+          if (delta.length >= 10_000)
+            this.d.log(`sweep ${sweepId}: ${delta.length} result(s) appended to its snapshot in ${snap.lastMs - t0} ms (to sequence ${seq})`);
         } catch (err) {
           snap.delta = delta.concat(snap.delta);
           snap.deltaBytes = snap.delta.reduce((n, b) => n + b.length + 4, 0);
-          this.d.log(`sweep ${sweepId}: snapshot append of ${delta.length} result(s) failed (${(err as Error).message}); kept for the next`);
+          if (err instanceof StaleCoordinatorError) return; // fenced off: the newer coordinator snapshots
+          // Retried on a timer too: a sweep with no further results (finished, or all read at a restart) has no next persist.
+          snap.retryMs = Math.min(30_000, Math.max(1000, snap.retryMs * 2));
+          this.d.log(`sweep ${sweepId}: snapshot append of ${delta.length} result(s) failed (${(err as Error).message}); retrying in ${snap.retryMs} ms`);
+          setTimeout(() => {
+            if (this.live.get(sweepId) === s && s.snap.delta.length > 0) void this.snapshot(s);
+          }, snap.retryMs).unref();
           return;
         }
         if (snap.deltaBytes < SEGMENT_MAX_BYTES) return;
