@@ -13,7 +13,10 @@
 // coordinator's own StateStore; the sweep stays `running`, as after a crash a moment before its
 // last result, so a restart must load all of it. Then the baseline build (if given) and this build
 // are started in turn over that state; each reports the seconds from spawn to "ready", its RSS
-// then, and (this build) the sweep's counted cells, which must equal the planned ones.
+// then, and the sweep's counted cells, which must equal the planned ones. This build runs twice:
+// "full" finds no aggregate snapshot (the seeded state has none) and reads every stored result,
+// then appends them to the sweep's snapshot (the script waits until the manifest covers all S, the
+// seconds are `snapshot_write_s`); "current" then restarts from that snapshot and its tail.
 import { spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync, mkdirSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
@@ -22,6 +25,8 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { connect } from "@nats-io/transport-node";
+import { Kvm } from "@nats-io/kv";
+import { SNAPSHOTS_BUCKET } from "@factsweep/shared";
 import { control, sweep } from "@factsweep/proto";
 import { fakeEngine, freePort, startNatsServer } from "@factsweep/testing";
 import { StateStore } from "@factsweep/coordinator";
@@ -35,6 +40,8 @@ const { values: opt } = parseArgs({
     baseline: { type: "string", default: "" },
     out: { type: "string", default: join(root, "bench/results/coordinator-restart-cpu.json") },
     note: { type: "string", default: "" },
+    // A nats-server already holding the seeded state of a run stopped after seeding (launch and seeding of 1M take minutes): only the restarts.
+    "nats-url": { type: "string", default: "" },
     // Profile this build's restart (stopped by SIGTERM so the profile is written).
     "cpu-prof-dir": { type: "string", default: "" },
   },
@@ -120,36 +127,62 @@ async function seedResults(natsUrl, sweepId, shards) {
   return { shards: records.length, seconds: (performance.now() - t0) / 1000 };
 }
 
+/** Seconds until the sweep's snapshot manifest covers `results` results. */
+async function waitForSnapshot(natsUrl, sweepId, results, timeoutMs = 600_000) {
+  const nc = await connect({ servers: natsUrl });
+  const t0 = performance.now();
+  try {
+    const kv = await new Kvm(nc).open(SNAPSHOTS_BUCKET);
+    for (;;) {
+      const e = await kv.get(`${sweepId}.m`);
+      if (e?.operation === "PUT" && JSON.parse(e.string()).data.results >= results) return (performance.now() - t0) / 1000;
+      if (performance.now() - t0 > timeoutMs) throw new Error(`no snapshot of ${results} results within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  } finally {
+    await nc.close();
+  }
+}
+
 const rows = [];
 for (const shards of sizes) {
   const work = mkdtempSync(join(tmpdir(), "coord-restart-"));
   const spec = writeLoadSpec(work, join(root, "models/mamba-facts"), shards);
-  const nats = await startNatsServer({ readyTimeoutMs: 30_000 });
+  const nats = opt["nats-url"] ? { url: opt["nats-url"], stop: async () => undefined } : await startNatsServer({ readyTimeoutMs: 30_000 });
   try {
-    const first = await startCoordinator(current, nats.url, spec.shards);
-    const client = new control.SweepServiceClient(first.addr, grpc.credentials.createInsecure());
-    const tl = performance.now();
-    await call(client, client.launch, { spec: spec.text, specDir: work, sweepId: "restart" });
-    const launchS = (performance.now() - tl) / 1000;
-    client.close();
-    await first.stop();
-    console.error(`${spec.shards} shards: launched (durable) in ${launchS.toFixed(1)} s; seeding results`);
-    const seeded = await seedResults(nats.url, "restart", spec.shards);
-    console.error(`  ${seeded.shards} results and records written in ${seeded.seconds.toFixed(1)} s`);
-    const row = { shards: spec.shards, launch_s: r2(launchS) };
-    for (const [name, main] of [...(baseline ? [["baseline", baseline]] : []), ["current", current]]) {
+    const row = { shards: spec.shards, launch_s: null };
+    if (!opt["nats-url"]) {
+      const first = await startCoordinator(current, nats.url, spec.shards);
+      const client = new control.SweepServiceClient(first.addr, grpc.credentials.createInsecure());
+      const tl = performance.now();
+      await call(client, client.launch, { spec: spec.text, specDir: work, sweepId: "restart" });
+      const launchS = (performance.now() - tl) / 1000;
+      client.close();
+      await first.stop();
+      console.error(`${spec.shards} shards: launched (durable) in ${launchS.toFixed(1)} s; seeding results`);
+      const seeded = await seedResults(nats.url, "restart", spec.shards);
+      console.error(`  ${seeded.shards} results and records written in ${seeded.seconds.toFixed(1)} s`);
+      row.launch_s = r2(launchS);
+    }
+    for (const [name, main] of [...(baseline ? [["baseline", baseline]] : []), ["full", current], ["current", current]]) {
       const c = await startCoordinator(main, nats.url, spec.shards, name === "current" ? profDir : "");
       const cl = new control.SweepServiceClient(c.addr, grpc.credentials.createInsecure());
       const info = await call(cl, cl.get, { sweepId: "restart" });
       cl.close();
+      if (name === "full") {
+        row.snapshot_write_s = r2(await waitForSnapshot(nats.url, "restart", spec.shards));
+        console.error(`  full: snapshot of ${spec.shards} results stored ${row.snapshot_write_s} s after ready`);
+      }
       await c.stop();
       const counted = Number(info.counts?.doneCells ?? 0);
+      for (const l of c.log().split("\n")) if (/restart: .* shard record|snapshot/.test(l)) console.error(`  ${name}: ${l.trim()}`);
       console.error(`  ${name}: ready in ${c.readyS.toFixed(2)} s, RSS ${mb(c.rss)} MB, ${counted}/${info.counts?.plannedCells} cells counted`);
       if (counted !== spec.shards) throw new Error(`${name}: ${counted} cells counted after the restart, ${spec.shards} stored`);
       row[`${name}_restart_s`] = r2(c.readyS);
       row[`${name}_rss_mb`] = mb(c.rss);
     }
     if (baseline) row.speedup = r2(row.baseline_restart_s / row.current_restart_s);
+    row.snapshot_speedup = r2(row.full_restart_s / row.current_restart_s);
     rows.push(row);
   } finally {
     await nats.stop();

@@ -73,6 +73,8 @@ export interface CoordinatorOptions extends NatsConnectOptions {
   natsLimits?: Partial<NatsLimits>;
   /** Finished sweeps kept in memory (most recently used); older ones are loaded from the KV when asked for. Default 8. */
   keepFinished?: number;
+  /** How often a running sweep's new results are appended to its snapshot (Sweeps' snapshotMs). */
+  snapshotMs?: number;
   /** Longest one lease may be held, heartbeats or not, before it is revoked and re-queued; 0: no limit. Default 1 hour. */
   maxLeaseMs?: number;
   /** A running sweep left waiting for a grant gains one priority level per this many ms (0: never). Default 300,000. */
@@ -166,6 +168,7 @@ export class Coordinator extends EventEmitter implements SweepApi {
       dataRoots: normalizeRoots(o.dataRoots && o.dataRoots.length > 0 ? o.dataRoots : o.modelRoots),
       limits: planLimits(o.limits),
       keepFinished: o.keepFinished,
+      snapshotMs: o.snapshotMs,
       isReady: () => this.isReady(),
       publish: (subject, data) => this.nc.publish(subject, data),
       log: this.log,

@@ -88,6 +88,12 @@ const program = new Command("factsweep-coordinator")
     8,
   )
   .option(
+    "--snapshot-ms <ms>",
+    "how often a running sweep's newly counted results are appended to its aggregate snapshot (factsweep-snapshots; also at every 512 KiB of results and at its end): a restart reads the snapshot and only the results stored after it",
+    int("--snapshot-ms", 1),
+    5000,
+  )
+  .option(
     "--max-lease-ms <ms>",
     "longest one lease may be held however often heartbeats renew it; then it is revoked (CancelLease) and re-queued as a retry (0: no limit)",
     int("--max-lease-ms", 0),
@@ -205,6 +211,7 @@ const program = new Command("factsweep-coordinator")
       maxLeaseMs: o.maxLeaseMs,
       priorityAgingMs: o.priorityAgingMs,
       keepFinished: o.keepFinished,
+      snapshotMs: o.snapshotMs,
       natsLimits: {
         replicas: o.natsReplicas,
         resultsMaxBytes: o.resultsMaxBytes,

@@ -69,7 +69,7 @@ test("a new coordinator over the same KV loads identical sweep, shard and result
     { ...s1, state: "failed", attempts: 3, lastError: "boom" },
   ]);
   assert.deepEqual(
-    (await b.loadResults("sw1")).map((x) => Buffer.from(x)),
+    (await b.loadResults("sw1")).map((x) => Buffer.from(x.value)),
     [Buffer.from(r0), Buffer.from(r1)],
   );
   // the new coordinator writes over the old one's revisions

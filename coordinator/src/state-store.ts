@@ -13,11 +13,12 @@
 import type { KV } from "@nats-io/kv";
 import { DeliverPolicy, JetStreamApiError, JetStreamApiCodes, jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { AGGREGATES_BUCKET, SHARDS_BUCKET, SWEEPS_BUCKET } from "@factsweep/shared";
+import { AGGREGATES_BUCKET, SHARDS_BUCKET, SNAPSHOTS_BUCKET, SWEEPS_BUCKET } from "@factsweep/shared";
 import type { TraceLayers } from "@factsweep/planning";
 import { StaleCoordinatorError, SweepExistsError } from "./errors.js";
 import type { ShardEntry } from "./lease-table.js";
 import { DEFAULT_NATS_LIMITS, ensureBucket, type NatsLimits } from "./nats-limits.js";
+import { manifestKey, packSegments, parseManifest, segmentKey, SnapshotError, unpackSegment, type SnapshotManifest } from "./snapshots.js";
 
 /** Terminal and non-terminal states of a sweep. */
 export type SweepState = "running" | "done" | "failed" | "cancelled";
@@ -122,6 +123,7 @@ export class StateStore {
     private readonly sweeps: KV,
     private readonly shards: KV,
     private readonly aggregates: KV,
+    private readonly snapshots: KV,
     epoch: number,
     private readonly opts: StateStoreOptions,
   ) {
@@ -158,10 +160,11 @@ export class StateStore {
   static async open(nc: NatsConnection, opts: StateStoreOptions = {}): Promise<StateStore> {
     const limits = opts.limits ?? DEFAULT_NATS_LIMITS;
     const log = opts.log ?? (() => undefined);
-    const [sweeps, shards, aggregates] = await Promise.all([
+    const [sweeps, shards, aggregates, snapshots] = await Promise.all([
       ensureBucket(nc, SWEEPS_BUCKET, limits, log),
       ensureBucket(nc, SHARDS_BUCKET, limits, log),
       ensureBucket(nc, AGGREGATES_BUCKET, limits, log),
+      ensureBucket(nc, SNAPSHOTS_BUCKET, limits, log),
     ]);
     // Claim an epoch with CAS so two coordinators starting together get different ones.
     let epoch = 0;
@@ -179,7 +182,7 @@ export class StateStore {
     }
     // Bulk reads (readBucket) create a last-per-subject consumer over up to millions of keys: the
     // server may take longer than the API's default 5 s to answer (a 1M-result restart timed out).
-    return new StateStore(jetstream(nc, { timeout: 120_000 }), sweeps, shards, aggregates, epoch, opts);
+    return new StateStore(jetstream(nc, { timeout: 120_000 }), sweeps, shards, aggregates, snapshots, epoch, opts);
   }
 
   /** Creates a new sweep record; a sweep with this id already existing is refused. */
@@ -229,19 +232,94 @@ export class StateStore {
   }
 
   /**
-   * Stores an aggregated ShardResult (protobuf) under its shard id and resolves once it is
-   * durable. The aggregate of a sweep is the fold of its stored results, so each result is written
-   * once (O(1) per result, however large the sweep) instead of rewriting a growing snapshot.
+   * Stores an aggregated ShardResult (protobuf) under its shard id and resolves, once it is
+   * durable, with its sequence in the aggregates bucket's stream (what a snapshot covers). Each
+   * result is written once (O(1) per result, however large the sweep); snapshots gather them.
    */
-  async saveResult(shardId: string, result: Uint8Array): Promise<void> {
+  async saveResult(shardId: string, result: Uint8Array): Promise<number> {
     this.checkFence();
     if (!isKvKey(shardId)) throw new InvalidKeyError(shardId);
-    await this.aggregates.put(shardId, result);
+    return await this.aggregates.put(shardId, result);
   }
 
-  /** Every stored ShardResult of a sweep, in shard-id order. */
-  async loadResults(sweepId: string): Promise<Uint8Array[]> {
-    return (await this.readBucket(AGGREGATES_BUCKET, `${sweepId}.>`)).map((e) => e.value);
+  /** Every stored ShardResult of a sweep, in shard-id order, with its stream sequence. */
+  async loadResults(sweepId: string): Promise<{ value: Uint8Array; seq: number }[]> {
+    return (await this.readBucket(AGGREGATES_BUCKET, `${sweepId}.>`)).map((e) => ({ value: e.value, seq: e.revision }));
+  }
+
+  /** The stored ShardResults of a sweep above stream sequence `seq` (a snapshot's tail), in stream order. */
+  async loadResultsAfter(sweepId: string, seq: number): Promise<{ value: Uint8Array; seq: number }[]> {
+    return (await this.readBucket(AGGREGATES_BUCKET, `${sweepId}.>`, seq + 1)).map((e) => ({ value: e.value, seq: e.revision }));
+  }
+
+  /**
+   * Appends results to a sweep's snapshot: new segments under this epoch, then the manifest
+   * (CAS, fenced by epoch) saying they and everything before cover stream sequence `seq`. Resolves
+   * with the new manifest once both are durable; the caller keeps `prev` and `results` if it rejects.
+   */
+  async appendSnapshot(sweepId: string, prev: SnapshotManifest | undefined, results: Uint8Array[], seq: number): Promise<SnapshotManifest> {
+    this.checkFence();
+    if (!isKvKey(sweepId)) throw new InvalidKeyError(sweepId);
+    const runs = prev ? prev.runs.map((r) => ({ ...r })) : [];
+    let run = runs[runs.length - 1];
+    if (!run || run.epoch !== this.epoch) runs.push((run = { epoch: this.epoch, count: 0 }));
+    const segs = packSegments(results);
+    // Two 512 KiB puts in flight, each tried 3 times: the first append of a restart over 1M results
+    // without a snapshot put eight at once and stopped after the first eight on a busy server.
+    const put = async (key: string, seg: Uint8Array): Promise<void> => {
+      for (let tries = 1; ; tries++) {
+        try {
+          await this.snapshots.put(key, seg);
+          return;
+        } catch (err) {
+          this.checkFence();
+          if (tries >= 3) throw err;
+        }
+      }
+    };
+    for (let i = 0; i < segs.length; i += 2)
+      await Promise.all(segs.slice(i, i + 2).map((seg, j) => put(segmentKey(sweepId, this.epoch, run.count + i + j), seg)));
+    run.count += segs.length;
+    const next: SnapshotManifest = { seq: Math.max(seq, prev?.seq ?? 0), runs, results: (prev?.results ?? 0) + results.length };
+    const revKey = `m:${sweepId}`;
+    const rev = this.revisions.get(revKey);
+    const value = this.encode(next);
+    const key = manifestKey(sweepId);
+    this.revisions.set(
+      revKey,
+      rev ? await this.casUpdate(this.snapshots, revKey, key, value, rev) : await this.createOrAdopt(this.snapshots, revKey, key, value),
+    );
+    return next;
+  }
+
+  /**
+   * A sweep's snapshot: its manifest and every result in its segments, or undefined if it has none.
+   * Throws SnapshotError if it cannot be used (a segment missing or malformed, a wrong count).
+   */
+  async loadSnapshot(sweepId: string): Promise<{ manifest: SnapshotManifest; results: Uint8Array[] } | undefined> {
+    if (!isKvKey(sweepId)) throw new InvalidKeyError(sweepId);
+    const e = await this.snapshots.get(manifestKey(sweepId));
+    if (!e || e.operation !== "PUT") return undefined;
+    let data: unknown;
+    try {
+      data = (JSON.parse(e.string()) as Envelope<unknown>).data;
+    } catch {
+      throw new SnapshotError(sweepId, "manifest is not JSON");
+    }
+    const manifest = parseManifest(sweepId, data);
+    this.revisions.set(`m:${sweepId}`, e.revision);
+    const segs = new Map((await this.readBucket(SNAPSHOTS_BUCKET, `${sweepId}.s.>`)).map((x) => [x.key, x.value]));
+    const results: Uint8Array[] = [];
+    for (const run of manifest.runs) {
+      for (let n = 0; n < run.count; n++) {
+        const key = segmentKey(sweepId, run.epoch, n);
+        const seg = segs.get(key);
+        if (!seg) throw new SnapshotError(sweepId, `segment ${key} named by the manifest is missing`);
+        for (const r of unpackSegment(sweepId, key, seg)) results.push(r);
+      }
+    }
+    if (results.length !== manifest.results) throw new SnapshotError(sweepId, `segments hold ${results.length} results, the manifest says ${manifest.results}`);
+    return { manifest, results };
   }
 
   /**
@@ -250,11 +328,14 @@ export class StateStore {
    * record: a restart with 1M shard records and 1M results spent minutes there
    * (bench/coordinator-load/restart.mjs).
    */
-  private async readBucket(bucket: string, filter = ">"): Promise<{ key: string; value: Uint8Array; revision: number }[]> {
+  private async readBucket(bucket: string, filter = ">", fromSeq?: number): Promise<{ key: string; value: Uint8Array; revision: number }[]> {
     const prefix = `$KV.${bucket}.`;
+    // fromSeq: every entry from that stream sequence on (a snapshot's tail); else the last of each key.
+    const deliver =
+      fromSeq === undefined ? { deliver_policy: DeliverPolicy.LastPerSubject } : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: fromSeq };
     const oc = await this.js.consumers.getPushConsumer(
       `KV_${bucket}`,
-      { filter_subjects: prefix + filter, deliver_policy: DeliverPolicy.LastPerSubject } /* a string: filter_subject, nats-server 2.9 */,
+      { filter_subjects: prefix + filter, ...deliver } /* a string: filter_subject, nats-server 2.9 */,
     );
     const out: { key: string; value: Uint8Array; revision: number }[] = [];
     if ((await oc.info(true)).num_pending === 0) return out;
@@ -300,7 +381,7 @@ export class StateStore {
   }
 
   /**
-   * Removes a sweep from the KV: its record, its shard records and its stored results (each key
+   * Removes a sweep from the KV: its record, its shard records, its stored results and snapshot (each key
    * purged, so no history of it remains). Resolves with the counts removed. Queued writes of its
    * keys are dropped first, so none lands after the purge.
    */
@@ -312,7 +393,7 @@ export class StateStore {
       for await (const k of await kv.keys(`${sweepId}.>`)) out.push(k);
       return out;
     };
-    const [shardKeys, resultKeys] = await Promise.all([keysOf(this.shards), keysOf(this.aggregates)]);
+    const [shardKeys, resultKeys, snapshotKeys] = await Promise.all([keysOf(this.shards), keysOf(this.aggregates), keysOf(this.snapshots)]);
     for (const k of [`s:${sweepId}`, ...shardKeys.map((k) => `h:${k}`)]) {
       const w = this.writers.get(k);
       if (w) w.pending = undefined;
@@ -322,6 +403,8 @@ export class StateStore {
     }
     for (let i = 0; i < shardKeys.length; i += 64) await Promise.all(shardKeys.slice(i, i + 64).map((k) => this.shards.purge(k)));
     for (let i = 0; i < resultKeys.length; i += 64) await Promise.all(resultKeys.slice(i, i + 64).map((k) => this.aggregates.purge(k)));
+    for (let i = 0; i < snapshotKeys.length; i += 64) await Promise.all(snapshotKeys.slice(i, i + 64).map((k) => this.snapshots.purge(k)));
+    this.revisions.delete(`m:${sweepId}`);
     await this.sweeps.purge(sweepId);
     return { shards: shardKeys.length, results: resultKeys.length };
   }

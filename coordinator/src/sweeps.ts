@@ -29,8 +29,17 @@ import type { AddOutcome, ResultSink } from "./results-consumer.js";
 import { checkResultContent, type Rejection } from "./result-check.js";
 import type { Scheduler } from "./scheduler.js";
 import { isKvKey, type ShardRecord, type StateStore, type SweepRecord } from "./state-store.js";
+import { SEGMENT_MAX_BYTES, type SnapshotManifest } from "./snapshots.js";
 import { newAggregator, newSweepId, plan, resultRows, shardRecord, traceEvidence, type Aggregator } from "./sweep-runtime.js";
-import { InvalidSpecError, ModelNotFoundError, SweepExistsError, SweepNotFoundError, SweepStateError, UnavailableError } from "./errors.js";
+import {
+  InvalidSpecError,
+  ModelNotFoundError,
+  StaleCoordinatorError,
+  SweepExistsError,
+  SweepNotFoundError,
+  SweepStateError,
+  UnavailableError,
+} from "./errors.js";
 
 interface LiveSweep {
   rec: SweepRecord;
@@ -48,7 +57,26 @@ interface LiveSweep {
   lastSaveMs: number;
   lastSavedState?: string;
   saveTimer?: NodeJS.Timeout;
+  snap: SnapState;
 }
+
+/**
+ * A sweep's aggregate snapshot (snapshots.ts): the manifest stored last, the stored results not in
+ * a segment yet (whole persist batches only, so every result of the sweep stored at or below `seq`
+ * is in a segment or here) and the highest aggregates-stream sequence among both.
+ */
+interface SnapState {
+  manifest: SnapshotManifest | undefined;
+  delta: Uint8Array[];
+  deltaBytes: number;
+  seq: number;
+  lastMs: number;
+  /** Delay before retrying a failed append (0 after a success). */
+  retryMs: number;
+}
+
+/** A running sweep's snapshot is appended to at least this often while results arrive (and at its end, and at every SEGMENT_MAX_BYTES of results). */
+export const DEFAULT_SNAPSHOT_MS = 5000;
 
 /**
  * A running sweep's record is rewritten for its progress (doneCells) at most this often: the record
@@ -73,6 +101,8 @@ export interface SweepsDeps {
   isReady: () => boolean;
   /** Finished (done, failed, cancelled) sweeps kept in memory, most recently used; older ones are loaded on demand. Default 8. */
   keepFinished?: number;
+  /** How often a running sweep's new results are appended to its snapshot; default DEFAULT_SNAPSHOT_MS. */
+  snapshotMs?: number;
   /** ROME covariances once per cluster (edit sweeps); absent: each engine worker computes its own. */
   covariances?: Covariances;
   /** Publishes a core NATS message (best effort: may throw while disconnected). */
@@ -95,6 +125,8 @@ export class Sweeps extends EventEmitter implements ResultSink {
   /** Finished sweeps not held in memory: their last SweepInfo (the record's `summary`); `open` loads one. */
   private readonly finished = new Map<string, control.SweepInfo>();
   private readonly opening = new Map<string, Promise<void>>();
+  /** Snapshot appends running, per sweep (one at a time; delete waits for it). */
+  private readonly snapping = new Map<string, Promise<void>>();
 
   constructor(private readonly d: SweepsDeps) {
     super();
@@ -121,10 +153,11 @@ export class Sweeps extends EventEmitter implements ResultSink {
     }));
   }
 
-  private hold(rec: SweepRecord, spec: SweepSpec, agg: Aggregator, prompts: sweep.PromptSpec[]): void {
+  private hold(rec: SweepRecord, spec: SweepSpec, agg: Aggregator, prompts: sweep.PromptSpec[], snap?: SnapState): void {
     const progress = new ProgressRate();
     if (rec.state === "running") progress.start(Date.now(), rec.doneCells); // launch, or a restart: the rate counts from now
-    this.live.set(rec.sweepId, { rec, spec, prompts, agg, progress, unpersisted: new Map(), lastEventMs: 0, lastEventState: "", lastSaveMs: 0 });
+    snap ??= { manifest: undefined, delta: [], deltaBytes: 0, seq: 0, lastMs: Date.now(), retryMs: 0 };
+    this.live.set(rec.sweepId, { rec, spec, prompts, agg, progress, unpersisted: new Map(), lastEventMs: 0, lastEventState: "", lastSaveMs: 0, snap });
     this.d.table.setSweep(rec.sweepId, rec.state === "running", rec.maxAttempts, { priority: spec.priority, weight: spec.weight });
   }
 
@@ -133,7 +166,10 @@ export class Sweeps extends EventEmitter implements ResultSink {
     return this.live.get(sweepId)?.prompts[index];
   }
 
-  /** Holds a stored sweep: parses its spec and rebuilds its aggregate from the stored results. */
+  /**
+   * Holds a stored sweep: parses its spec and rebuilds its aggregate from its snapshot and the
+   * results stored after the sequence it covers (all stored results if it has none or it is unusable).
+   */
   private async revive(rec: SweepRecord): Promise<boolean> {
     let spec: SweepSpec;
     try {
@@ -143,10 +179,40 @@ export class Sweeps extends EventEmitter implements ResultSink {
       return false;
     }
     const prompts = rec.prompts.map((p) => sweep.PromptSpec.fromJSON(p));
-    // The aggregate is the fold of the stored results: rebuild it.
-    const agg = newAggregator(spec, rec.sweepId, prompts, rec.traceLayers);
-    for (const bytes of await this.d.store.loadResults(rec.sweepId)) agg.add(sweep.ShardResult.decode(bytes));
-    this.hold(rec, spec, agg, prompts);
+    // The aggregate is the fold of the stored results (idempotent by shard id): snapshot, then its tail.
+    let agg = newAggregator(spec, rec.sweepId, prompts, rec.traceLayers);
+    const snap: SnapState = { manifest: undefined, delta: [], deltaBytes: 0, seq: 0, lastMs: Date.now(), retryMs: 0 };
+    let tail: { value: Uint8Array; seq: number }[] | undefined;
+    const t0 = Date.now();
+    try {
+      const stored = await this.d.store.loadSnapshot(rec.sweepId);
+      if (stored) {
+        for (const bytes of stored.results) agg.add(sweep.ShardResult.decode(bytes));
+        snap.manifest = stored.manifest;
+        snap.seq = stored.manifest.seq;
+        tail = await this.d.store.loadResultsAfter(rec.sweepId, stored.manifest.seq);
+        this.d.log(
+          `sweep ${rec.sweepId}: ${stored.results.length} result(s) from its snapshot (to sequence ${stored.manifest.seq}), ${tail.length} stored after it (read and folded in ${Date.now() - t0} ms)`,
+        );
+      }
+    } catch (err) {
+      // Unusable snapshot: every stored result is still in the aggregates bucket; a new snapshot replaces it.
+      this.d.log(`sweep ${rec.sweepId}: ${(err as Error).message}; reading every stored result instead`);
+      agg = newAggregator(spec, rec.sweepId, prompts, rec.traceLayers);
+      snap.manifest = undefined;
+      snap.seq = 0;
+      tail = undefined;
+    }
+    // Without a snapshot everything stored is the tail: the first append makes one of it.
+    for (const e of tail ?? (await this.d.store.loadResults(rec.sweepId))) {
+      if (agg.add(sweep.ShardResult.decode(e.value))) {
+        snap.delta.push(e.value);
+        snap.deltaBytes += e.value.length + 4;
+      }
+      snap.seq = Math.max(snap.seq, e.seq);
+    }
+    this.hold(rec, spec, agg, prompts, snap);
+    if (snap.delta.length > 0) void this.snapshot(this.live.get(rec.sweepId)!);
     return true;
   }
 
@@ -157,7 +223,9 @@ export class Sweeps extends EventEmitter implements ResultSink {
    */
   async load(): Promise<void> {
     const held = (rec: SweepRecord) => rec.state === "running" || rec.summary === undefined;
+    const t0 = Date.now();
     const { sweeps, shards } = await this.d.store.loadAll(held);
+    this.d.log(`restart: ${sweeps.length} sweep record(s), ${shards.length} shard record(s) read in ${Date.now() - t0} ms`);
     for (const rec of sweeps) {
       if (held(rec)) await this.revive(rec);
       else this.finished.set(rec.sweepId, control.SweepInfo.fromJSON(rec.summary));
@@ -207,6 +275,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     let p = this.opening.get(sweepId);
     if (!p) {
       p = (async () => {
+        await this.snapping.get(sweepId); // its last append, if still running, is in the snapshot read next
         const rec = await this.d.store.loadSweep(sweepId);
         if (!rec || !this.finished.has(sweepId)) return; // deleted meanwhile
         if (!(await this.revive(rec))) return;
@@ -254,6 +323,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     if (s) this.d.scheduler.forgetSweep(sweepId);
     this.live.delete(sweepId);
     this.finished.delete(sweepId);
+    await this.snapping.get(sweepId); // no segment written after the purge
     const removed = await this.d.store.deleteSweep(sweepId);
     this.d.log(`sweep ${sweepId} deleted: ${removed.shards} shard record(s), ${removed.results} stored result(s)`);
     return { sweepId, shardsRemoved: removed.shards, resultsRemoved: removed.results };
@@ -344,13 +414,71 @@ export class Sweeps extends EventEmitter implements ResultSink {
       const s = this.live.get(id);
       if (!s) continue;
       const batch = [...s.unpersisted];
-      await Promise.all(batch.map(([shardId, r]) => (r ? this.d.store.saveResult(shardId, sweep.ShardResult.encode(r).finish()) : undefined)));
+      const stored = await Promise.all(
+        batch.map(async ([shardId, r]) => {
+          if (!r) return undefined;
+          const bytes = sweep.ShardResult.encode(r).finish();
+          return { bytes, seq: await this.d.store.saveResult(shardId, bytes) };
+        }),
+      );
+      // The whole batch is stored: it joins the snapshot's delta together (see SnapState).
+      for (const x of stored) {
+        if (!x) continue;
+        s.snap.delta.push(x.bytes);
+        s.snap.deltaBytes += x.bytes.length + 4;
+        s.snap.seq = Math.max(s.snap.seq, x.seq);
+      }
       for (const [shardId, r] of batch) {
         if (s.unpersisted.get(shardId) === r) s.unpersisted.delete(shardId);
         this.d.scheduler.resultConsumed(shardId);
       }
       await this.d.scheduler.shardsDurable(batch.map(([shardId]) => shardId));
+      const snapDue =
+        s.snap.deltaBytes >= SEGMENT_MAX_BYTES || Date.now() - s.snap.lastMs >= (this.d.snapshotMs ?? DEFAULT_SNAPSHOT_MS) || s.rec.state !== "running";
+      if (s.snap.delta.length > 0 && snapDue) void this.snapshot(s);
     }
+  }
+
+  /**
+   * Appends a sweep's stored results not yet in its snapshot (one append at a time per sweep; a
+   * failed one keeps them for the next). Never rejects: the results stay in the aggregates bucket,
+   * the tail a restart reads, so a missed snapshot costs restart time, not results.
+   */
+  private snapshot(s: LiveSweep): Promise<void> {
+    const sweepId = s.rec.sweepId;
+    const running = this.snapping.get(sweepId);
+    if (running) return running;
+    const snap = s.snap;
+    const p = (async () => {
+      while (snap.delta.length > 0) {
+        const delta = snap.delta;
+        const seq = snap.seq; // taken with the delta: it covers exactly what the segments will hold
+        snap.delta = [];
+        snap.deltaBytes = 0;
+        try {
+          const t0 = Date.now();
+          snap.manifest = await this.d.store.appendSnapshot(sweepId, snap.manifest, delta, seq);
+          snap.lastMs = Date.now();
+          snap.retryMs = 0;
+          if (delta.length >= 10_000)
+            this.d.log(`sweep ${sweepId}: ${delta.length} result(s) appended to its snapshot in ${snap.lastMs - t0} ms (to sequence ${seq})`);
+        } catch (err) {
+          snap.delta = delta.concat(snap.delta);
+          snap.deltaBytes = snap.delta.reduce((n, b) => n + b.length + 4, 0);
+          if (err instanceof StaleCoordinatorError) return; // fenced off: the newer coordinator snapshots
+          // Retried on a timer too: a sweep with no further results (finished, or all read at a restart) has no next persist.
+          snap.retryMs = Math.min(30_000, Math.max(1000, snap.retryMs * 2));
+          this.d.log(`sweep ${sweepId}: snapshot append of ${delta.length} result(s) failed (${(err as Error).message}); retrying in ${snap.retryMs} ms`);
+          setTimeout(() => {
+            if (this.live.get(sweepId) === s && s.snap.delta.length > 0) void this.snapshot(s);
+          }, snap.retryMs).unref();
+          return;
+        }
+        if (snap.deltaBytes < SEGMENT_MAX_BYTES) return;
+      }
+    })().finally(() => this.snapping.delete(sweepId));
+    this.snapping.set(sweepId, p);
+    return p;
   }
 
   /** A sweep's shards changed state: progress sample, end of the sweep, record written, events. */

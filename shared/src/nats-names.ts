@@ -22,4 +22,10 @@ export const SWEEPS_BUCKET = "factsweep-sweeps";
 export const SHARDS_BUCKET = "factsweep-shards";
 /** Aggregated per-sweep results (incremental sums), so a restarted coordinator does not re-read. */
 export const AGGREGATES_BUCKET = "factsweep-aggregates";
+/**
+ * Aggregate snapshots: per sweep a manifest `<sweep>.m` (the aggregates bucket's stream sequence it
+ * covers) and segments `<sweep>.s.<epoch>.<n>` of stored results, so a restart reads a few large
+ * values and only the results stored after that sequence (coordinator/README.md, "Snapshots").
+ */
+export const SNAPSHOTS_BUCKET = "factsweep-snapshots";
 /** The object store of ROME key covariances: `COVARIANCE_BUCKET` in covariance.ts. */

@@ -62,7 +62,7 @@ export class Cluster {
   agents: AgentProc[] = [];
   readonly dir = mkdtempSync(join(tmpdir(), "factsweep-e2e-"));
 
-  constructor(readonly opts: { agents: number; leaseTtlMs?: number; modelRoots?: string[] }) {}
+  constructor(readonly opts: { agents: number; leaseTtlMs?: number; modelRoots?: string[]; coordinatorArgs?: string[] }) {}
 
   get address(): string {
     return `127.0.0.1:${this.grpcPort}`;
@@ -97,6 +97,7 @@ export class Cluster {
       "--retry-backoff-ms",
       "200",
       ...roots.flatMap((r) => ["--model-root", r]),
+      ...(this.opts.coordinatorArgs ?? []),
     ];
     this.coordinator = execa("node", args, { reject: false, all: true, buffer: false });
     this.coordinator.all?.on("data", (b: Buffer) => this.coordinatorLog.push(b.toString()));
