@@ -10,13 +10,16 @@ ROME's 21 context prefixes that is 8 of 22 padded tokens a row (the steps' matri
 smaller). The other models (NeoX: the past grows with the tokens) run the whole prompts each step
 (``_whole``), as does ``compute_v(resume=False)``, the reference the tests compare against.
 
-A step reads its loss and statistics with one device sync, after its backward is launched (the GPU
-runs the backward while the host checks the stop rules); the norm clamp runs on the device.
+A step keeps all its effects on the device (its loss and statistics, δ as it used it, the clamp), so
+on CUDA the whole step (forward, loss, backward, Adam, clamp) is one graph replay after the first step,
+and the host checks step i's stop rules while the device runs step i+1: a stop at i puts δ back as
+step i used it, as the loop that checks before updating would have left it.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from contextlib import contextmanager
 from typing import Callable, List, Tuple
 
@@ -40,6 +43,7 @@ def compute_v(model, target: Target, case: Case, prefixes: List[List[int]], resu
     ``resume``: run the steps on the tokens from the subject's last one (where the model allows)."""
     hp = case.hp
     device = target.module.weight.device
+    clock = [_now(device)]  # sub-phases: the passes before the steps, the first step (and capture), the rest
     tnew = case.target_new
     rewriting = [Prompt(case.rewrite.ids + tnew[:-1], case.rewrite.last)] + [
         Prompt(pre + case.in_context.ids + tnew[:-1], len(pre) + case.in_context.last) for pre in prefixes]
@@ -50,6 +54,7 @@ def compute_v(model, target: Target, case: Case, prefixes: List[List[int]], resu
     tap = Tap(target)
     run = _resumed if resume and resumable(model) else _whole
     v_init, forward, first = run(model, target, tap, h0, prompts)
+    clock.append(_now(device))
     # positions whose next-token logits score the target (the last prompt token, then target[:-1]),
     # then the KL prompts' subject-last token; relative to each row's first computed token
     tb = idx([r for r in range(R) for _ in tnew], device)
@@ -59,67 +64,114 @@ def compute_v(model, target: Target, case: Case, prefixes: List[List[int]], resu
     sel_p = torch.cat([tp, idx([prompts[r].last - first[r] for r in range(R, R + K)], device)])
 
     delta = torch.zeros_like(v_init, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=hp["v_lr"])
-    max_norm = hp["clamp_norm_factor"] * v_init.norm()
-    clamped = torch.zeros((), dtype=torch.bool, device=device)
-    kl_init = None
-    stats = {"clamped": False, "stopped": "steps", "resumed": run is _resumed}
     steps = hp["v_num_grad_steps"]
-    step = 0
+    graphed = use_cuda_graphs(device) and steps > 3
+    opt = torch.optim.Adam([delta], lr=hp["v_lr"], capturable=graphed)  # capturable: its step count on the device
+    max_norm = hp["clamp_norm_factor"] * v_init.norm()
+    # per step, on the device: loss, nll, kl, weight decay, mean p(target); δ as the step used it; clamped
+    vals = torch.zeros(steps, 5, device=device)
+    hist = torch.zeros(steps, v_init.shape[0], device=device)
+    over = torch.zeros(steps, dtype=torch.bool, device=device)
+    at = torch.zeros(1, dtype=torch.long, device=device)  # the step's index, counted on the device
+    kl_init: list = []
 
-    def scored(d: torch.Tensor) -> torch.Tensor:
-        """log-probabilities (scored positions, V) with δ added at the subject's last tokens."""
-        return log_probs_at(model, forward(d), sel_b, sel_p)
+    def one_step() -> None:
+        """Forward, loss, backward, Adam, clamp: every effect on the device (recordable as one graph)."""
+        lp = log_probs_at(model, forward(delta), sel_b, sel_p)
+        tok_lp = lp[: tb.shape[0]].gather(1, tt[:, None]).squeeze(1).view(R, len(tnew))
+        nll_each = -tok_lp.mean(1)  # (R,) token-averaged NLL of target_new
+        nll = nll_each.mean()
+        kl = torch.zeros((), device=device)
+        if K:
+            kl_lp = lp[tb.shape[0]:]
+            if not kl_init:
+                kl_init.append(kl_lp.detach().clone())  # the first step's, before any update
+            kl = hp["kl_factor"] * F.kl_div(kl_init[0], kl_lp, log_target=True, reduction="batchmean")
+        wd = hp["v_weight_decay"] * (delta.norm() / v_init.norm() ** 2)
+        loss = nll + kl + wd
+        vals.index_copy_(0, at, torch.stack([t.detach().float() for t in (loss, nll, kl, wd, torch.exp(-nll_each).mean())])[None])
+        loss.backward()
+        with torch.no_grad():
+            hist.index_copy_(0, at, delta.detach()[None])
+        opt.step()
+        with torch.no_grad():  # ‖δ‖ ≤ max_norm: a factor of exactly 1 leaves δ as it is
+            norm = delta.norm()
+            big = norm > max_norm
+            delta.mul_(torch.where(big, max_norm / norm, torch.ones_like(norm)))
+            over.index_copy_(0, at, big[None])
+            at.add_(1)
 
+    stats = {"clamped": False, "stopped": "steps", "resumed": run is _resumed, "cuda_graph": False}
+    host, events = vals, None
+    if graphed:
+        host = torch.zeros(steps, 5, pin_memory=True)
+        events = [torch.cuda.Event() for _ in range(steps)]
+
+    def stop_at(i: int) -> bool:
+        """Step i's loss read on the host; whether a stop rule (or the step count) ends the loop there."""
+        if events is not None:
+            events[i].synchronize()
+        loss, _, _, _, avg_prob = host[i].tolist()
+        if not math.isfinite(loss):
+            raise NumericError(f"v* optimisation: loss became {loss} at step {i}", field="params.hparams.v_lr")
+        if loss < hp["v_loss_stop"]:
+            stats["stopped"] = "loss"
+        elif hp["v_prob_stop"] is not None and i > hp["v_prob_stop_after"] and avg_prob > hp["v_prob_stop"]:
+            stats["stopped"] = "prob"
+        return stats["stopped"] != "steps" or i == steps - 1
+
+    graph, lag, final = None, 0, None
     with tap.attached():
-        step_fn = scored
-        stats["cuda_graph"] = False
-        if use_cuda_graphs(device) and steps > 3:
-            # Every step has the same shapes: its forward and backward captured once (after one warm-up
-            # step), each step then one replay of each. Where capture fails, the steps run eagerly.
-            try:
-                step_fn = torch.cuda.make_graphed_callables(scored, (delta,), num_warmup_iters=1)
-                stats["cuda_graph"] = True
-            except RuntimeError as e:
-                stats["cuda_graph_error"] = str(e)[:200]
         for step in range(steps):
-            opt.zero_grad()
-            lp = step_fn(delta)
-            tok_lp = lp[: tb.shape[0]].gather(1, tt[:, None]).squeeze(1).view(R, len(tnew))
-            nll_each = -tok_lp.mean(1)  # (R,) token-averaged NLL of target_new
-            nll = nll_each.mean()
-            kl = torch.zeros((), device=device)
-            if K:
-                kl_lp = lp[tb.shape[0]:]
-                if kl_init is None:
-                    kl_init = kl_lp.detach().clone()
-                kl = hp["kl_factor"] * F.kl_div(kl_init, kl_lp, log_target=True, reduction="batchmean")
-            wd = hp["v_weight_decay"] * (delta.norm() / v_init.norm() ** 2)
-            loss = nll + kl + wd
-            last = step == steps - 1
-            if not last:
-                loss.backward()  # queued before the sync below; unused where a stop rule ends the loop here
-            values = torch.stack([t.detach().float() for t in (loss, nll, kl, wd, torch.exp(-nll_each).mean())]).tolist()
-            stats.update(zip(("loss", "nll", "kl", "weight_decay", "avg_prob"), values))
-            if not math.isfinite(stats["loss"]):
-                raise NumericError(f"v* optimisation: loss became {stats['loss']} at step {step}", field="params.hparams.v_lr")
-            if stats["loss"] < hp["v_loss_stop"]:
-                stats["stopped"] = "loss"
+            if step == 0 and graphed:
+                # The first step eagerly on a side stream (it is the capture's warm-up too), then the whole
+                # step captured once; each later step is one replay, and the host reads step i's loss
+                # while the device runs step i+1 (a stop at i puts δ back to hist[i]).
+                side = torch.cuda.Stream(device)
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):
+                    opt.zero_grad(set_to_none=True)
+                    one_step()
+                torch.cuda.current_stream(device).wait_stream(side)
+                try:
+                    opt.zero_grad(set_to_none=True)
+                    g = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(g):
+                        one_step()
+                    graph, lag = g, 1
+                    stats["cuda_graph"] = True
+                except RuntimeError as e:  # the later steps run eagerly
+                    stats["cuda_graph_error"] = str(e)[:200]
+            elif graph is not None:
+                graph.replay()
+            else:
+                opt.zero_grad(set_to_none=True)
+                one_step()
+            if step == 0:
+                clock.append(_now(device))
+            if events is not None:
+                host[step].copy_(vals[step], non_blocking=True)
+                events[step].record()
+            if step >= lag and stop_at(step - lag):
+                final = step - lag
                 break
-            if hp["v_prob_stop"] is not None and step > hp["v_prob_stop_after"] and stats["avg_prob"] > hp["v_prob_stop"]:
-                stats["stopped"] = "prob"
-                break
-            if last:
-                break
-            opt.step()
-            with torch.no_grad():  # ‖δ‖ ≤ max_norm, without a sync: a factor of exactly 1 leaves δ as it is
-                norm = delta.norm()
-                over = norm > max_norm
-                delta.mul_(torch.where(over, max_norm / norm, torch.ones_like(norm)))
-                clamped |= over
+        if final is None:
+            stop_at(steps - 1)
+            final = steps - 1
     tap.add = None
-    stats.update(clamped=bool(clamped), steps=step + 1, v_init_norm=float(v_init.norm()), delta_norm=float(delta.norm()))
+    clock.append(_now(device))
+    stats["seconds"] = dict(zip(("passes", "first_step", "steps"), (b - a for a, b in zip(clock, clock[1:]))))
+    delta = hist[final]  # δ as step `final` used it (the steps after it were not ROME's)
+    stats.update(zip(("loss", "nll", "kl", "weight_decay", "avg_prob"), host[final].tolist()))
+    stats.update(clamped=bool(over[:final].any()), steps=final + 1, v_init_norm=float(v_init.norm()), delta_norm=float(delta.norm()))
     return (v_init + delta).detach(), stats
+
+
+def _now(device) -> float:
+    """perf_counter once the device has done what was queued (the v* sub-phases' boundaries)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 Runner = Tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor], List[int]]
