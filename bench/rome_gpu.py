@@ -14,14 +14,18 @@ templates, 20 steps, ...). Corpus and case are random token ids (``--corpus-seqs
 tokens for C). Phases (from the result's ``seconds``): covariance, key (context prefixes, k̄, u),
 v_star, update, eval (pre + post evaluation incl. generation). Prints one JSON line at the end.
 
-``--v-precision float32,tf32,bf16`` times one edit per option (``hparams.v_precision``) after one
-untimed warm-up edit (Triton compiles its kernels there); each timed edit starts with the per-model
-caches (C, context prefixes) emptied, so every phase is computed as a first edit computes it.
-``--json FILE`` writes one object per option (bench/results/rome-gpu.json).
+``--v-precision float32,tf32,bf16`` times 1 + ``--further`` edits per option (``hparams.v_precision``) after one
+untimed warm-up edit (Triton compiles its kernels there). The first starts with the per-model caches
+(C, context prefixes, pre-edit evaluations, decode graphs) emptied, so every phase is computed as a
+fresh worker's first edit computes it (``seconds``); then ``--further`` (3) edits of the same case with
+them kept, as a sweep's further edits of a case run (``further_edit``, the median by wall time: C
+computed once per cluster, the pre-edit evaluation once per case). ``--json FILE`` writes one object per option
+(bench/results/rome-gpu.json); ``--profile FILE`` profiles a third edit per option.
 
 Share of the floor of a v* step. A step runs blocks layer..L-1 forward and, for δ's gradient only
-(the weights are frozen), backward, on the batch of R rewriting + K KL prompts padded to T tokens,
-and the head at the S scored positions. With P = d·2d_in + d_in·(r + 2n) + r·d_in + d_in·d the
+(the weights are frozen), backward, on the batch of R rewriting + K KL prompts, T tokens a row (from
+each prompt's subject-last token on: ``rome.vstar`` resumes there; ``tokens_whole`` the padded whole
+prompts, as before), and the head at the S scored positions. With P = d·2d_in + d_in·(r + 2n) + r·d_in + d_in·d the
 weights of one block's matrix products:
 
     FLOPs = 4·(R+K)·T·(L − layer)·P + 4·S·d·V        (2 forward + 2 for the input gradient)
@@ -37,6 +41,7 @@ share = floor / (v_star seconds / steps).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import sys
@@ -84,6 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--v-precision", default="float32",
                     help="comma-separated hparams.v_precision options to time, one edit each (float32, tf32, bf16)")
+    ap.add_argument("--further", type=int, default=3, help="further edits of the case per option (their median is reported)")
     ap.add_argument("--json", default=None, metavar="FILE", help="write one object per option here")
     ap.add_argument("--profile", default=None, metavar="FILE",
                     help="run the edit under torch.profiler and write its busiest operators (self device and host time) to FILE")
@@ -131,52 +137,85 @@ def main(argv=None) -> int:
     run(eng, "m", "edit", "warm-up", dict(params, generation=None, hparams={"v_num_grad_steps": 2}))  # Triton compiles here
     rows = []
     for opt in options:
-        rome_algorithm._COV.clear()  # every phase computed as a first edit computes it
-        rome_algorithm._CTX.clear()
         p = dict(params, hparams={"v_precision": opt})
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        t = time.perf_counter()
+        _forget(model)  # the first edit computes every phase as a fresh worker's first edit does
+        r, total, peak, intact = _timed(eng, model, before, p, device)
+        # a further edit of the same case: C, context prefixes, the pre-edit evaluation and the decode
+        # graphs cached (a sweep's other (layer, matrix) edits of the case, where C is computed once
+        # per cluster); v* is the edit's own, as always
+        further = sorted((_timed(eng, model, before, p, device) for _ in range(a.further)), key=lambda x: x[1])
+        r2, total2, _, intact2 = further[len(further) // 2]  # the median by wall time
+        intact2 = intact2 and all(x[3] and x[0]["restored"] for x in further)
         if a.profile:
             acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
-            with torch.profiler.profile(activities=acts) as prof:
-                r = run(eng, "m", "edit", "bench", p)
+            with torch.profiler.profile(activities=acts) as prof:  # one more further edit, profiled
+                run(eng, "m", "edit", "bench", p)
             ka = prof.key_averages()
             by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
             with open(f"{a.profile}.{opt}", "w", encoding="utf-8") as f:
                 f.write(ka.table(sort_by=by, row_limit=40) + "\n" + ka.table(sort_by="self_cpu_time_total", row_limit=25))
-        else:
-            r = run(eng, "m", "edit", "bench", p)
-        total = time.perf_counter() - t
-        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-        intact = all(torch.equal(x, y) for x, y in zip(model.parameters(), before))
         floor = step_floor(model, shape, layer, params, rates, opt, dtype) if rates else None
         step_s = r["seconds"]["v_star"] / r["v_star"]["steps"]
+        step2_s = r2["seconds"]["v_star"] / r2["v_star"]["steps"]
         share = floor["seconds"] / step_s if floor else None
         print(f"v_precision {opt}: corpus {r['covariance']['tokens']} tokens, C {r['covariance']['dim']}², edit of {r['module']}")
+        print(f"  {'phase':10s} {'first':>8s}   {'further':>8s}")
         for phase in ("covariance", "key", "v_star", "update", "eval"):
-            print(f"  {phase:10s} {r['seconds'].get(phase, 0.0):8.2f} s")
-        print(f"  {'total':10s} {total:8.2f} s" + (f";  peak GPU memory {peak / 2**30:.2f} GiB" if peak else ""))
-        print(f"  v*: {r['v_star']['steps']} steps of {step_s * 1e3:.1f} ms, loss {r['v_star']['loss']:.3f}, stopped by "
-              f"{r['v_star']['stopped']}" + (f"; floor of a step {floor['seconds'] * 1e3:.1f} ms ({floor['flops'] / 1e12:.2f} TFLOP, "
-                                                f"{floor['bytes'] / 1e9:.1f} GB), share {share:.3f}" if floor else ""))
-        print(f"  restored {r['restored']}, every weight bit-equal to before: {intact}; ES pre {r['pre']['ES']} post {r['post']['ES']}")
+            print(f"  {phase:10s} {r['seconds'].get(phase, 0.0):8.3f} s {r2['seconds'].get(phase, 0.0):8.3f} s")
+        print(f"  {'total':10s} {total:8.3f} s {total2:8.3f} s" + (f";  peak GPU memory {peak / 2**30:.2f} GiB" if peak else "")
+              + f"; further edits' totals {', '.join(f'{x[1]:.3f}' for x in further)} s (the median's phases shown)")
+        print(f"  v*: {r['v_star']['steps']} steps of {step_s * 1e3:.1f} ms (further edit {step2_s * 1e3:.1f} ms), loss {r['v_star']['loss']:.3f}, "
+              f"stopped by {r['v_star']['stopped']}, resumed {r['v_star'].get('resumed')}"
+              + (f"; floor of a step {floor['seconds'] * 1e3:.1f} ms ({floor['flops'] / 1e12:.2f} TFLOP, {floor['bytes'] / 1e9:.1f} GB, "
+                 f"{floor['tokens']} tokens a row), share {share:.3f}; with the whole prompts ({floor['tokens_whole']} tokens) "
+                 f"{floor['seconds_whole'] * 1e3:.1f} ms" if floor else ""))
+        for tag, x in (("first", r), ("further", r2)):
+            sub = x["v_star"].get("seconds", {})
+            print(f"  v* of the {tag} edit: " + ", ".join(f"{k} {v:.3f} s" for k, v in sub.items()) + f"; graph {x['v_star']['cuda_graph']}"
+                  + (f" ({x['v_star']['cuda_graph_error']})" if "cuda_graph_error" in x["v_star"] else ""))
+        print(f"  restored {r['restored']}/{r2['restored']}, every weight bit-equal to before: {intact}/{intact2}; "
+              f"ES pre {r['pre']['ES']} post {r['post']['ES']}; pre-edit evaluation cached in the further edit: {r2.get('pre_cached')}")
         row = {"shape": name, "dtype": a.dtype, "v_precision": opt, "device": str(device),
                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "layer": layer,
                "seconds": dict({k: r["seconds"].get(k, 0.0) for k in ("covariance", "key", "v_star", "update", "eval")}, total=total),
                "v_step_seconds": step_s, "v_step_floor": floor, "v_step_share_of_floor": share, "rates": rates,
                "peak_gpu_bytes": peak, "corpus_tokens": r["covariance"]["tokens"], "v_star": r["v_star"],
-               "restored": r["restored"], "weights_bit_equal": intact, "post": {k: r["post"][k] for k in ("ES", "PS", "NS")},
-               "torch": torch.__version__}
+               "restored": r["restored"] and r2["restored"], "weights_bit_equal": intact and intact2,
+               "post": {k: r["post"][k] for k in ("ES", "PS", "NS")}, "torch": torch.__version__,
+               "further_edit": {"seconds": dict({k: r2["seconds"].get(k, 0.0) for k in ("covariance", "key", "v_star", "update", "eval")},
+                                                total=total2),
+                                "v_step_seconds": step2_s, "pre_cached": r2.get("pre_cached"), "covariance_cached": r2["covariance"]["cached"],
+                                "v_star": r2["v_star"], "post": {k: r2["post"][k] for k in ("ES", "PS", "NS")},
+                                "totals": [x[1] for x in further]}}
         rows.append(row)
         print(json.dumps(dict(row, bench="rome_gpu")))
-        if not (r["restored"] and intact):
+        if not (r["restored"] and r2["restored"] and intact and intact2):
             return 1
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=1)
     return 0
+
+
+def _forget(model) -> None:
+    """Empty the per-model caches (C, context prefixes, pre-edit evaluations, decode graphs)."""
+    rome_algorithm._COV.clear()
+    rome_algorithm._CTX.clear()
+    importlib.import_module("engine.experiments.rome.evaluate")._PRE.clear()  # the module: rome.evaluate is its function
+    importlib.import_module("engine.experiments.rome.forward")._DECODE.clear()
+
+
+def _timed(eng, model, before, p: dict, device):
+    """One edit through the worker's entry point: (result, wall seconds, peak GPU bytes, every weight
+    bit-equal to ``before`` afterwards)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    t = time.perf_counter()
+    r = run(eng, "m", "edit", "bench", p)
+    total = time.perf_counter() - t
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    return r, total, peak, all(torch.equal(x, y) for x, y in zip(model.parameters(), before))
 
 
 def measure_rates(device) -> dict:
@@ -212,24 +251,28 @@ def _median_s(fn, device, reps: int = 10) -> float:
 
 def step_floor(model, shape: dict, layer: int, params: dict, rates: dict, opt: str, dtype: torch.dtype) -> dict:
     """FLOPs, bytes and the floor (s) of one v* step (module docstring), from the shape and the case's
-    actual prompts (the context prefixes the edit sampled, still in the per-model cache)."""
+    actual prompts (the context prefixes the edit sampled, still in the per-model cache). T is the
+    tokens a step runs per row: from the subject's last token on (``rome.vstar``: the earlier ones are
+    causally before δ); ``tokens_whole`` / ``seconds_whole`` the same with the whole padded prompts."""
     hp = rome.HPARAMS
     prefixes = rome.context_prefixes(model, 0, hp["context_template_length_params"], hp["context_seed"], hp["context_top_k"])
     tnew = params["target_new_ids"]
-    lens = [len(params["rewrite"]["ids"]) + len(tnew) - 1] + [len(p) + len(params["rewrite"]["in_context"]["ids"]) + len(tnew) - 1
-                                                             for p in prefixes]
-    lens += [len(k["ids"]) for k in params["kl_prompts"]]
-    rows, T = len(lens), max(lens)
+    rw, ic = params["rewrite"], params["rewrite"]["in_context"]
+    rows_ = [(len(rw["ids"]) + len(tnew) - 1, rw["subject"][1] - 1)]
+    rows_ += [(len(p) + len(ic["ids"]) + len(tnew) - 1, len(p) + ic["subject"][1] - 1) for p in prefixes]
+    rows_ += [(len(k["ids"]), k["subject"][1] - 1) for k in params["kl_prompts"]]
+    rows, T_whole = len(rows_), max(n for n, _ in rows_)
+    T = max(n - last for n, last in rows_)
     scored = (1 + len(prefixes)) * len(tnew) + len(params["kl_prompts"])
     d, L, V, n, k = shape["d_model"], shape["n_layer"], shape["vocab_size"], shape["d_state"], shape["dt_rank"]
     di = shape["expand"] * d
     P = d * 2 * di + di * (k + 2 * n) + k * di + di * d
     w = torch.finfo(dtype).bits // 8
-    flops = 4 * rows * T * (L - layer) * P + 4 * scored * d * V
     nbytes = 2 * (L - layer) * P * w + 2 * V * d * w
     rate = rates["bf16" if opt == "bf16" else opt]
-    return {"flops": flops, "bytes": nbytes, "rows": rows, "tokens": T, "scored": scored,
-            "seconds": max(flops / rate, nbytes / rates["copy"]),
+    floor = lambda t: max((4 * rows * t * (L - layer) * P + 4 * scored * d * V) / rate, nbytes / rates["copy"])  # noqa: E731
+    return {"flops": 4 * rows * T * (L - layer) * P + 4 * scored * d * V, "bytes": nbytes, "rows": rows, "tokens": T,
+            "scored": scored, "seconds": floor(T), "tokens_whole": T_whole, "seconds_whole": floor(T_whole),
             "formula": "max((4*rows*T*(L-layer)*P + 4*scored*d*V)/rate, (2*(L-layer)*P + 2*V*d)*bytes/copy_bw)"}
 
 

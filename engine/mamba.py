@@ -246,6 +246,10 @@ def selective_scan(u, delta, A, B, C, h0=None, keep=False):
 class MambaBlock(nn.Module):
     """h ← h + mixer(RMSNorm(h)), the residual kept in float32 (HF ``residual_in_fp32``)."""
 
+    #: The state entering a token (conv window, SSM state) has a fixed size and no position in it: a row
+    #: can resume at any of its tokens (ROME's v* resumes each prompt at its subject's last token).
+    fixed_state = True
+
     def __init__(self, c: Config):
         super().__init__()
         self.c = c

@@ -5,7 +5,8 @@ Paper §3 (``shared/reference/paper-methods.md``); the algorithm is ROME's (Meng
 One request edits one fact (a *case*) at one (layer, matrix), evaluates before and after, and
 restores the weights bit-identically (only the touched rows are kept aside).
 
-Files: ``params.py`` (the request's defaults and validation), ``algorithm.py`` (steps 1–5),
+Files: ``params.py`` (the request's defaults and validation), ``algorithm.py`` (steps 1–3 and 5),
+``vstar.py`` (step 4),
 ``evaluate.py`` (step 6 and ``summarize``), ``forward.py`` (the edit target, a hook on it, padded
 forwards, sampling); this file is the entry point. The edit targets are the model files' tables
 (``Architecture.edit_targets`` in ``mamba.py`` / ``gpt_neox.py``):
@@ -103,9 +104,13 @@ Result (JSON object)::
       "key": {"contexts": 21, "k_norm", "kbar_norm", "u_dot_k", "cosine_k_kbar"},
       "v_star": {"steps", "loss", "nll", "kl", "weight_decay", "avg_prob", "v_init_norm",
                  "delta_norm", "clamped", "stopped": "loss"|"prob"|"steps",
-                 "cuda_graph": bool, "cuda_graph_error"?},   # the steps replayed a CUDA graph (CUDA only)
+                 "cuda_graph": bool, "cuda_graph_error"?,    # the steps replayed a CUDA graph (CUDA only)
+                 "resumed": bool,                            # the steps ran from the subject's last token
+                 "seconds": {"passes", "first_step", "steps"}},  # before the steps; step 0 (+ capture); the rest
       "update": {"norm", "right_norm", "value_error"},   # value_error: ‖W'k − v*‖/‖v*‖ after the update
       "pre": EVAL, "post": EVAL,                # absent when evaluate is false
+      "pre_cached": bool,                        # pre came from this process's cache: an earlier edit
+                                                # of the same case (prompts, objects, generation) and weights
       "restored": true,                          # the touched rows equal the saved copy bit for bit
       "seconds": {"covariance", "key", "v_star", "update", "eval", "total"}
     }
@@ -122,10 +127,12 @@ With ``cov_only`` the result is ``{"kind", "cov_only": true, "matrix", "layer", 
 ``NumericError``; all are raised before the weights change, and an error while they are changed
 restores them first.
 
-Speed on CUDA (Mamba): the scans run as one Triton launch forward and one backward
-(``engine/scan_grad.py``); v*'s steps and sampling's decode steps replay CUDA graphs
-(``FACTSWEEP_NO_CUDA_GRAPH=1`` turns them off, ``FACTSWEEP_NO_TRITON=1`` the kernels). The CPU runs
-the PyTorch loops as before.
+Speed (Mamba, Mamba-2): v*'s steps run only the tokens from each prompt's subject-last token on,
+resumed from the states there (``vstar.py``). The pre-edit evaluation is cached per model and case
+(``pre_cached``): a sweep's further edits of a case skip it. On CUDA the scans run as one Triton launch
+forward and one backward (``engine/scan_grad.py``); v*'s steps and sampling's decode steps replay
+CUDA graphs, the decode graph kept per model and batch size (``FACTSWEEP_NO_CUDA_GRAPH=1`` turns them
+off, ``FACTSWEEP_NO_TRITON=1`` the kernels). The CPU runs the PyTorch loops.
 
 The weights are edited in place for the duration of one request (the worker runs one request at a
 time); cached causal-tracing runs stay valid because the restore is exact.
@@ -142,13 +149,13 @@ from ... import scan_grad
 from .. import register
 from .algorithm import (Edit, applied, compute_edit, compute_v, context_prefixes, covariance, load_covariance, read_key_value,
                         write_moment)
-from .evaluate import evaluate, hmean, ngram_entropy, summarize, target_nlls
+from .evaluate import evaluate, evaluate_unedited, forget_unedited, hmean, ngram_entropy, summarize, target_nlls
 from .forward import Tap, Target, sample, target_of
 from .params import GENERATION, HPARAMS, Case, Prompt, parse_params
 
 __all__ = ["run_edit", "parse_params", "HPARAMS", "GENERATION", "Case", "Prompt", "Target", "Tap", "target_of",
            "covariance", "load_covariance", "write_moment", "context_prefixes", "read_key_value", "compute_v", "compute_edit", "Edit", "applied",
-           "evaluate", "target_nlls", "sample", "ngram_entropy", "hmean", "summarize"]
+           "evaluate", "evaluate_unedited", "target_nlls", "sample", "ngram_entropy", "hmean", "summarize"]
 
 
 @register("edit")
@@ -192,7 +199,7 @@ def _edit(engine, model_id: str, prompt_key: str, params: dict) -> dict:
     result = dict(base, covariance=cov)
     if case.evaluate:
         t = time.perf_counter()
-        result["pre"] = evaluate(model, case)
+        result["pre"], result["pre_cached"] = evaluate_unedited(model, case)
         times["eval"] = time.perf_counter() - t
     edit, stats = compute_edit(model, target, case, C, times)
     v_star = stats.pop("v_star_vector")
@@ -209,5 +216,7 @@ def _edit(engine, model_id: str, prompt_key: str, params: dict) -> dict:
             result["post"] = evaluate(model, case)
             times["eval"] += time.perf_counter() - t
     result["restored"] = bool(torch.equal(target.module.weight.data[lo:hi], saved))
+    if not result["restored"]:
+        forget_unedited(model)  # its pre-edit evaluations were of the weights as they were
     result["seconds"] = dict(times, total=time.perf_counter() - started)
     return result

@@ -1,12 +1,12 @@
 """ROME's algorithm (Meng et al. 2022, ``kmeng01/rome``: ``compute_u``, ``compute_v``, ``rome_main``, as
-romba adapted it to Mamba): the key covariance C, the context prefixes, u, v* and the rank-one update,
-applied for the duration of a block and restored bit for bit. Steps 1–5 of ``rome/__init__.py``."""
+romba adapted it to Mamba): the key covariance C, the context prefixes, u, v* (``vstar.py``) and the
+rank-one update, applied for the duration of a block and restored bit for bit. Steps 1–5 of
+``rome/__init__.py``."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 import weakref
@@ -20,8 +20,9 @@ import torch.nn.functional as F
 
 from ...errors import InvalidArgument, NotFound, NumericError
 from .._common import embed, run_layers
-from .forward import Tap, Target, frozen, idx, log_probs_at, pad, sample, use_cuda_graphs
+from .forward import Tap, Target, frozen, idx, pad, sample
 from .params import Case, Prompt
+from .vstar import compute_v, precision
 
 #: Bytes of covariances kept per process (LRU); one mamba-2.8b W_o C is 105 MB.
 COV_CACHE_BYTES = 4 << 30
@@ -166,113 +167,6 @@ def read_key_value(model, target: Target, prompts: List[Prompt]) -> Tuple[torch.
     with torch.no_grad(), tap.attached():
         run_layers(model, embed(model, pad([p.ids for p in prompts], device)), 0, end=target.layer + 1)
     return tap.keys, tap.values
-
-
-def compute_v(model, target: Target, case: Case, prefixes: List[List[int]]):
-    """v* by optimising δ on the target's output at the subject's last token; returns (v*, stats)."""
-    hp = case.hp
-    device = target.module.weight.device
-    tnew = case.target_new
-    rewriting = [Prompt(case.rewrite.ids + tnew[:-1], case.rewrite.last)] + [
-        Prompt(pre + case.in_context.ids + tnew[:-1], len(pre) + case.in_context.last) for pre in prefixes]
-    prompts = rewriting + case.kl_prompts
-    R, K = len(rewriting), len(case.kl_prompts)
-    ids = pad([p.ids for p in prompts], device)
-    rows = idx(range(len(prompts)), device)
-    lookup = idx([p.last for p in prompts], device)
-    # positions whose next-token logits score the target: the last prompt token, then target[:-1]
-    tb = idx([r for r in range(R) for _ in tnew], device)
-    tp = idx([len(rewriting[r].ids) - len(tnew) + j for r in range(R) for j in range(len(tnew))], device)
-    tt = idx(tnew * R, device)
-    kb = idx(range(R, R + K), device)
-    kp = lookup[R:]
-
-    with torch.no_grad():
-        h0 = run_layers(model, embed(model, ids), 0, end=target.layer)  # the layers below the edit, once
-    tap = Tap(target)
-    tap.at = (rows[:1], lookup[:1])
-    with torch.no_grad(), tap.attached():
-        run_layers(model, h0, target.layer, end=target.layer + 1)
-    v_init = tap.values[0].clone()  # first rewriting prompt, before any δ
-    tap.at = None
-    delta = torch.zeros_like(v_init, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=hp["v_lr"])
-    max_norm = hp["clamp_norm_factor"] * v_init.norm()
-    kl_init = None
-    stats = {"clamped": False, "stopped": "steps"}
-    step = 0
-    sel_b, sel_p = torch.cat([tb, kb]), torch.cat([tp, kp])
-
-    def scored(d: torch.Tensor) -> torch.Tensor:
-        """log-probabilities (scored positions, V) with δ added at the subject's last tokens."""
-        tap.add = (rows, lookup, d)
-        return log_probs_at(model, run_layers(model, h0, target.layer), sel_b, sel_p)
-
-    with tap.attached():
-        forward = scored
-        stats["cuda_graph"] = False
-        if use_cuda_graphs(device) and hp["v_num_grad_steps"] > 3:
-            # Every step has the same shapes: its forward and backward captured once (after one warm-up
-            # step), each step then one replay of each. Where capture fails, the steps run eagerly.
-            try:
-                forward = torch.cuda.make_graphed_callables(scored, (delta,), num_warmup_iters=1)
-                stats["cuda_graph"] = True
-            except RuntimeError as e:
-                stats["cuda_graph_error"] = str(e)[:200]
-        for step in range(hp["v_num_grad_steps"]):
-            opt.zero_grad()
-            lp = forward(delta)
-            tok_lp = lp[: tb.shape[0]].gather(1, tt[:, None]).squeeze(1).view(R, len(tnew))
-            nll_each = -tok_lp.mean(1)  # (R,) token-averaged NLL of target_new
-            nll = nll_each.mean()
-            kl = torch.zeros((), device=device)
-            if K:
-                kl_lp = lp[tb.shape[0]:]
-                if kl_init is None:
-                    kl_init = kl_lp.detach().clone()
-                kl = hp["kl_factor"] * F.kl_div(kl_init, kl_lp, log_target=True, reduction="batchmean")
-            wd = hp["v_weight_decay"] * (delta.norm() / v_init.norm() ** 2)
-            loss = nll + kl + wd
-            avg_prob = float(torch.exp(-nll_each).mean())
-            stats.update(loss=float(loss), nll=float(nll), kl=float(kl), weight_decay=float(wd), avg_prob=avg_prob)
-            if not math.isfinite(stats["loss"]):
-                raise NumericError(f"v* optimisation: loss became {stats['loss']} at step {step}", field="params.hparams.v_lr")
-            if loss.item() < hp["v_loss_stop"]:
-                stats["stopped"] = "loss"
-                break
-            if hp["v_prob_stop"] is not None and step > hp["v_prob_stop_after"] and avg_prob > hp["v_prob_stop"]:
-                stats["stopped"] = "prob"
-                break
-            if step == hp["v_num_grad_steps"] - 1:
-                break
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                if delta.norm() > max_norm:
-                    delta.mul_(max_norm / delta.norm())
-                    stats["clamped"] = True
-    tap.add = None
-    stats.update(steps=step + 1, v_init_norm=float(v_init.norm()), delta_norm=float(delta.norm()))
-    return (v_init + delta).detach(), stats
-
-
-@contextmanager
-def precision(mode: str, device: torch.device):
-    """The matrix precision of the v* optimisation (``hparams.v_precision``): TF32 matrix products on
-    CUDA, or bf16 autocast; CUDA's TF32 flags are put back afterwards."""
-    if mode == "bf16":
-        with torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False):  # no cache: CUDA graphs
-            yield
-        return
-    if mode != "tf32":  # float32: the run's own setting (Engine.load_model turns TF32 off for float32)
-        yield
-        return
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 @dataclass

@@ -4,15 +4,22 @@ new and true objects after each prompt, ES/PS/NS/S, EM/PM/NM, generation entropy
 
 from __future__ import annotations
 
+import copy
+import json
 import math
-from collections import Counter
+import weakref
+from collections import Counter, OrderedDict
 from typing import List, Optional, Tuple
 
 import torch
 
 from .._common import embed, run_layers
-from .forward import idx, log_probs_at, pad, sample
+from .forward import idx, log_probs_at, pad, sample, weights_id
 from .params import Case
+
+#: Pre-edit evaluations kept per model (``evaluate_unedited``), least recently used dropped first.
+PRE_CACHE_CASES = 256
+_PRE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def target_nlls(model, prompts: List[List[int]], targets: List[List[int]]) -> Tuple[torch.Tensor, torch.Tensor]:
     """Token-averaged NLL (len(prompts), len(targets)) of each target after each prompt, and the
@@ -95,6 +102,29 @@ def evaluate(model, case: Case) -> dict:
         if g["return_ids"]:
             out["generation"]["ids"] = texts
     return out
+
+
+def evaluate_unedited(model, case: Case) -> Tuple[dict, bool]:
+    """(``evaluate`` of the unedited model, whether it came from the cache). It depends on the case's
+    prompts, objects and generation settings and on the weights alone, and an edit restores those bit
+    for bit: a sweep's further edits of one case (other layers, other matrices) reuse the first one's.
+    Cached per model, under where its weights live; ``forget_unedited`` empties a model's entries."""
+    key = (weights_id(model), json.dumps([case.rewrite.ids, case.paraphrases, case.neighbourhood, case.target_new,
+                                          case.target_true, case.generation], sort_keys=True))
+    cache = _PRE.setdefault(model, OrderedDict())
+    if key in cache:
+        cache.move_to_end(key)
+        return copy.deepcopy(cache[key]), True
+    out = evaluate(model, case)
+    cache[key] = copy.deepcopy(out)
+    while len(cache) > PRE_CACHE_CASES:
+        cache.popitem(last=False)
+    return out, False
+
+
+def forget_unedited(model) -> None:
+    """Drop the model's cached pre-edit evaluations (its weights are no longer the unedited ones)."""
+    _PRE.pop(model, None)
 
 
 def summarize(results: List[dict], which: str = "post") -> dict:
