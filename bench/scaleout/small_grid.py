@@ -93,7 +93,7 @@ def main(argv=None) -> None:
                         a = time.perf_counter()
                         eng.run_cells("m", keys[1], specs)
                         wall = time.perf_counter() - a
-                    kern = sum(getattr(e, "self_device_time_total", None) or e.self_cuda_time_total
+                    kern = sum((getattr(e, "self_device_time_total", None) if hasattr(e, "self_device_time_total") else e.self_cuda_time_total)
                                for e in prof.key_averages()) / 1e3
                     launches = sum(e.count for e in prof.key_averages() if getattr(getattr(e, "device_type", None), "name", "") == "CUDA")
                     row.update(kernel_ms=kern, profiled_ms=1e3 * wall, busy=kern / (1e3 * wall), kernels=launches)
