@@ -9,6 +9,7 @@ grid, the reference, k = 1 only). A call of
 k copies runs k times the rows and positions of one prompt's grid in one pass per layer, as k prompts
 packed into one pass would (same kernels, same launches, k times the work): its time over k is what a
 packed pass would cost a prompt, an upper bound of the gain (one prompt's cached runs serve all copies).
+``--packed``: k different prompts packed into one pass instead (``Engine.run_cells_packed_launch``).
 ``busy`` = the CUDA kernel time of one k = 1 call (torch.profiler) over its wall time: below 1, the
 host's launches, not the GPU, set the pace. Swap corruption, random prompts; medians over ``--prompts``.
 """
@@ -43,6 +44,7 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cuda:0")
     ap.add_argument("--prompts", type=int, default=6)
     ap.add_argument("--copies", default="1,4,16")
+    ap.add_argument("--packed", action="store_true", help="k different prompts packed into one pass instead of k copies of one")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     import os
@@ -66,7 +68,9 @@ def main(argv=None) -> None:
         for gname, T, cells in grids_of(cfg["model_type"], cfg["num_hidden_layers"]):
             specs = [CellSpec(*c) for c in cells]
             keys, prep = [], []
-            for i in range(args.prompts + 1):
+            ks = [int(x) for x in args.copies.split(",")]
+            n_keys = args.prompts + 1 + (max(ks) if args.packed else 0)
+            for i in range(n_keys):
                 ids = [rng.randrange(100, cfg["vocab_size"]) for _ in range(T)]
                 swap = ids[:SUBJECT[0]] + [rng.randrange(100, cfg["vocab_size"]) for _ in range(*SUBJECT)] + ids[SUBJECT[1]:]
                 sync()
@@ -75,15 +79,22 @@ def main(argv=None) -> None:
                 sync()
                 prep.append(time.perf_counter() - a)
                 keys.append(f"{gname}{i}")
-            for k in [1] if gname == "paper" else [int(x) for x in args.copies.split(",")]:  # paper: the reference
-                eng.run_cells("m", keys[0], specs * k)  # new sizes: allocator blocks, kernel variants
+            for k in [1] if gname == "paper" else ks:  # paper: the reference
+                if args.packed and k > 1:  # k different prompts in one pass (Engine.run_cells_packed_launch)
+                    def call(at, k=k):
+                        [p.array() for p in eng.run_cells_packed_launch("m", [(key, specs) for key in keys[at:at + k]])]
+                else:  # k copies of one prompt's cells in one call (the proxy; k = 1: the prompt alone)
+                    def call(at, k=k):
+                        eng.run_cells("m", keys[at], specs * k)  # returns host floats: synchronised
+                call(0)  # new sizes: allocator blocks, kernel variants
                 times = []
-                for key in keys[1:]:
+                for at in range(1, args.prompts + 1):
                     a = time.perf_counter()
-                    eng.run_cells("m", key, specs * k)  # returns host floats: synchronised
+                    call(at)
                     times.append(time.perf_counter() - a)
                 t = sorted(times)[len(times) // 2]
                 row = {"model": name, "grid": gname, "tokens": T, "cells": len(cells), "copies": k,
+                       "packed": bool(args.packed and k > 1),
                        "call_ms": 1e3 * t, "ms_a_prompt": 1e3 * t / k, "cells_per_s": k * len(cells) / t,
                        "prepare_ms": 1e3 * sorted(prep[1:])[len(prep[1:]) // 2]}
                 if cuda and k == 1:
@@ -98,7 +109,7 @@ def main(argv=None) -> None:
                     launches = sum(e.count for e in prof.key_averages() if getattr(getattr(e, "device_type", None), "name", "") == "CUDA")
                     row.update(kernel_ms=kern, profiled_ms=1e3 * wall, busy=kern / (1e3 * wall), kernels=launches)
                 rows.append(row)
-                log(f"small grid {name} {gname} (T {T}, {len(cells)} cells) x{k}: {row['call_ms']:.1f} ms a call, "
+                log(f"small grid {name} {gname} (T {T}, {len(cells)} cells) {'packed ' if row['packed'] else 'x'}{k}: {row['call_ms']:.1f} ms a call, "
                     f"{row['ms_a_prompt']:.1f} ms a prompt, {row['cells_per_s']:.0f} cells/s"
                     + (f"; kernels {row['kernel_ms']:.1f} of {row['profiled_ms']:.1f} ms ({row['kernels']} launches)"
                        if "busy" in row else ""))
