@@ -44,9 +44,14 @@ class PromptRuns:
     stream: torch.Tensor
     kept: list
     nbytes: int = 0
+    # Runs of several prompts packed into one pass (engine/packed.py): the samples each prompt has
+    # (0: num_samples, one prompt), and each prompt's answer id on the device.
+    cell_samples: int = 0
+    answers: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         self.nbytes = tensor_bytes([self.clean, self.stream, self.kept])
+        self.cell_samples = self.cell_samples or self.num_samples
 
 
 def tensor_bytes(obj) -> int:

@@ -22,7 +22,7 @@ from typing import Optional, Union
 
 import torch
 
-from . import prepare, trace
+from . import packed, prepare, trace
 from .cache import PromptCache, PromptRuns, prompt_cache_bytes
 from .checkpoint import Checkpoint, load_checkpoint
 from .corruption import NoiseSpec, SwapSpec, corrupted_embeddings, validate_ids
@@ -340,6 +340,19 @@ class Engine:
         else:
             out = trace.run_cells_fast(ck.model, self.prepared(model_id, prompt_key).runs, cells, self.trace_rows)
         return PendingCells(out, cells, prompt_key, begin, started, ck.device, self._count_cells)
+
+    def run_cells_packed_launch(self, model_id: str, prompts: list) -> list:
+        """Several prompts' cells in one pass (small grids keep the GPU busy; ``engine/packed.py``):
+        ``prompts`` is [(prompt_key, cells)]; returns a :class:`PendingCells` per prompt, whose values equal
+        :meth:`run_cells_launch` on that prompt alone. Prompts of other lengths or samples run apart."""
+        started = time.perf_counter()
+        ck = self.checkpoint(model_id)
+        keys = [self._spec(model_id, key) and key for key, _ in prompts]  # NotFound for an unprepared one
+        cells = [[CellSpec(c.site, int(c.layer), int(c.token), int(c.window) or 1) for c in cs] for _, cs in prompts]
+        with torch.no_grad(), on_device(ck.device):
+            begin = trace.device_clock(ck.device)
+            outs = packed.run_cells_packed(ck.model, [(self.prepared(model_id, k).runs, c) for k, c in zip(keys, cells)], self.trace_rows)
+            return [PendingCells(o, c, k, begin, started, ck.device, self._count_cells) for o, c, k in zip(outs, cells, keys)]
 
     def _count_cells(self, n: int) -> None:
         self.cells_run += n

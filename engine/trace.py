@@ -1,3 +1,4 @@
+# long-file: the fast path is one pipeline (plan, pack on the host, one transfer, layer pass, pending results); splitting it scatters its index conventions
 """Causal tracing cells: restore a clean site value into the corrupted run and measure p(answer).
 
 A cell (site, layer l, token t, window w) copies the clean run's value of ``site`` at token t into
@@ -65,6 +66,7 @@ class Plans:
     j0: np.ndarray
     nj: np.ndarray
     kinds: list
+    prompt: Optional[np.ndarray] = None  # cells of several prompts in one pass (engine/packed.py): each cell's prompt
 
     def __len__(self) -> int:
         return len(self.token)
@@ -203,7 +205,11 @@ def run_cells_fast(model, runs: PromptRuns, cells: list, max_rows: Optional[int]
     Every cell of the call runs in one pass over the layers per micro-batch (sized from free GPU
     memory, or ``max_rows`` rows); all index tensors are built on the host and sent to the device in
     one transfer before any compute is queued, so reading the results is the only synchronisation."""
-    plans = plan_cells(model, cells, runs.num_tokens)
+    return run_plans(model, runs, plan_cells(model, cells, runs.num_tokens), max_rows)
+
+
+def run_plans(model, runs: PromptRuns, plans: Plans, max_rows: Optional[int] = None) -> torch.Tensor:
+    """:func:`run_cells_fast` of planned cells (engine/packed.py plans several prompts' cells at once)."""
     device = runs.stream.device
     if not len(plans):
         return torch.zeros(0, 2, device=device)
@@ -305,7 +311,7 @@ def _micro_batches(model, runs: PromptRuns, tokens: np.ndarray, max_rows: Option
     """Sizes of consecutive micro-batches of the sorted cells (their tokens given): at most ``max_rows``
     rows and at most what half the free GPU memory holds (CPU: 256 MiB) at the model's bytes per
     packed position."""
-    S, T = runs.num_samples, runs.num_tokens
+    S, T = runs.cell_samples, runs.num_tokens
     device = runs.stream.device
     dtype = next(model.parameters()).dtype
     per_pos = model.packed_bytes_per_position(dtype, kernels.use_triton(runs.stream), T)
@@ -331,11 +337,13 @@ def _micro_batches(model, runs: PromptRuns, tokens: np.ndarray, max_rows: Option
 def _pack_host(model, runs: PromptRuns, plans: Plans, cells: np.ndarray):
     """Host (numpy) index arrays of one micro-batch of ``cells`` (indices into ``plans``, sorted by
     start layer); see :class:`Pack`."""
-    L, S, T = model.config.num_layers, runs.num_samples, runs.num_tokens
+    L, S, T = model.config.num_layers, runs.cell_samples, runs.num_tokens
     n_cells = len(cells)
     start, token = plans.start[cells], plans.token[cells]
+    prompt = np.zeros(n_cells, dtype=np.int64) if plans.prompt is None else plans.prompt[cells]
     row_cell = np.repeat(np.arange(n_cells), S)
-    row_sample = np.tile(np.arange(S, dtype=np.int64), n_cells)
+    # a cell's rows are its prompt's samples (prompts packed together are S samples each, in order)
+    row_sample = np.tile(np.arange(S, dtype=np.int64), n_cells) + prompt[row_cell] * S
     row_token, row_start = token[row_cell], start[row_cell]
     row_len = T - row_token
     row_off = np.concatenate([[0], np.cumsum(row_len)[:-1]]).astype(np.int64)
@@ -351,7 +359,8 @@ def _pack_host(model, runs: PromptRuns, plans: Plans, cells: np.ndarray):
     j = j0[c_rep] + np.arange(len(c_rep)) - np.repeat(np.cumsum(nj) - nj, nj)
     key = np.repeat(kind[c_rep] * (L + 1) + j, S)
     p_rows = (c_rep[:, None] * S + np.arange(S)).reshape(-1)
-    p_src = np.repeat(j * T + token[c_rep], S)
+    # the clean source row: prompt p's block of L (sites) or L + 1 (input: embed + residual) layers
+    p_src = np.repeat((prompt[c_rep] * np.where(kind[c_rep] == 0, L + 1, L) + j) * T + token[c_rep], S)
     by = np.argsort(key, kind="stable")
     key, p_rows, p_src = key[by], p_rows[by], p_src[by]
     uniq, first = np.unique(key, return_index=True)
@@ -363,7 +372,7 @@ def _pack_host(model, runs: PromptRuns, plans: Plans, cells: np.ndarray):
         "h0_idx": np.where(row_token > 0, row_sample * T + row_token - 1, -1),
         "last_pos": row_off + row_len - 1, "pos_first": pos_first, "pos_token": pos_token,
         "pos_cache": row_sample[pos_row] * T + pos_token, "pad_pos": pos_row * T + pos_token, "pos_row": pos_row,
-        "init_idx": (row_start[pos_row] * S + row_sample[pos_row]) * T + pos_token,
+        "init_idx": (row_start[pos_row] * runs.num_samples + row_sample[pos_row]) * T + pos_token,
         "patch_rows": p_rows, "patch_pos": row_off[p_rows], "patch_src": p_src,
     }
     return meta, {k: np.ascontiguousarray(v, dtype=np.int64) for k, v in arrays.items()}
@@ -380,10 +389,12 @@ def _make_pack(runs: PromptRuns, meta: dict, v: dict) -> Pack:
 def _run_pack(model, pk: Pack) -> torch.Tensor:
     """Layer by layer over the started prefix of the packed rows; (cells, 2) measures of the pack."""
     runs = pk.runs
-    L, S, T = model.config.num_layers, runs.num_samples, runs.num_tokens
+    L, S, T = model.config.num_layers, runs.cell_samples, runs.num_tokens
     d = runs.stream.shape[-1]
     h = runs.stream.reshape(-1, d)[pk.init_idx]  # (N, d) every row's input at its start layer
-    clean_in = torch.cat([runs.clean["embed"][:1].to(h.dtype), runs.clean["residual"]]).reshape(-1, d)  # (L+1)·T rows
+    P = runs.clean["embed"].shape[0]  # prompts packed together (their embeds stacked; 1 alone)
+    clean_in = torch.cat([runs.clean["embed"].to(h.dtype).view(P, 1, T, d), runs.clean["residual"].view(P, L, T, d)], 1)
+    clean_in = clean_in.reshape(-1, d)  # P·(L+1)·T rows
 
     def restore_input(j: int):
         p = pk.patches("input", j)
@@ -397,4 +408,10 @@ def _run_pack(model, pk: Pack) -> torch.Tensor:
             model.layers[j].forward_packed(h[:n], j, pk)  # updates h[:n] in place
     restore_input(L)
     logits = model.head(h[pk.last_pos])  # (R, V)
-    return answer_measures(logits, runs.answer_id).view(pk.n_cells, S, 2).mean(1)
+    if P > 1:  # each row's own prompt's answer
+        ans = runs.answers[pk.row_sample // S]
+        p = torch.softmax(logits.float(), dim=-1).gather(1, ans[:, None])[:, 0]
+        measures = torch.stack([p, logits.gather(1, ans[:, None])[:, 0].float()], dim=-1)
+    else:
+        measures = answer_measures(logits, runs.answer_id)
+    return measures.view(pk.n_cells, S, 2).mean(1)

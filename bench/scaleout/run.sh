@@ -204,10 +204,10 @@ for m in "${mlist[@]}"; do
   if ! skipped a && [ "$(left)" -gt 30 ]; then
     say "(a) in-process on $da$([ -n "$bg" ] && echo ', beside (b)')"
     if [ -n "$bg" ]; then
-      (timeout "$(step_t)" $PY -m bench.scaleout.engine_side inproc --work "$work" --model "$m" --device "$da" --out "$res/$m.inproc.json" 2>&1 | grep -v "^$" | tail -3) &
+      (timeout "$(step_t)" $PY -m bench.scaleout.engine_side inproc --work "$work" --model "$m" --device "$da" --out "$res/$m.inproc.json" 2>&1 | tee "$logs/$m.inproc.log" | grep -v "^$" | tail -3) &
       bgpid=$!
     else
-      timeout "$(step_t)" $PY -m bench.scaleout.engine_side inproc --work "$work" --model "$m" --device "$da" --out "$res/$m.inproc.json" 2>&1 | grep -v "^$" | tail -3
+      timeout "$(step_t)" $PY -m bench.scaleout.engine_side inproc --work "$work" --model "$m" --device "$da" --out "$res/$m.inproc.json" 2>&1 | tee "$logs/$m.inproc.log" | grep -v "^$" | tail -3
     fi
   fi
   if ! skipped b && [ "$(left)" -gt 30 ]; then

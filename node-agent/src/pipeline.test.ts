@@ -122,3 +122,60 @@ test(
     assert.ok(Number(busy) > 0 && Number(busy) <= 1, `busy ratio ${busy} in (0, 1]`);
   },
 );
+
+test("two workers in one agent: each worker's next shard is queued behind its running grid (both workers' lookahead counts high)", { skip }, async () => {
+  const coord = new ScriptedCoordinator();
+  const port = await coord.start();
+  const log = memoryLogger("two");
+  const agent = new Agent({
+    agentId: "agent-two",
+    coordinator: `127.0.0.1:${port}`,
+    natsUrl: env.nats.server.url,
+    slots: cpuSlots(2, 0), // GPU-sized calls: a shard is released as soon as its one RunCells is sent
+    engineCommand: await engineCommand(),
+    httpPort: 0,
+    httpHost: "127.0.0.1",
+    log,
+  });
+  await agent.start();
+  const total = 12;
+  try {
+    const s = await coord.nextStream(0);
+    await s.next("hello");
+    s.send({ $case: "welcome", welcome: { sessionId: "s1", leaseTtlMs: 30_000, heartbeatIntervalMs: 100, natsResultsSubjectPrefix: "" } });
+    const slots = (await s.next("credit")).credit.slots;
+    assert.equal(slots, 4, "one running and one more lease per worker");
+    // A grid long enough (the golden cells 12 times) that a lease granted when one ends arrives while the worker's next grid runs.
+    const lease = (i: number) => {
+      const { shard } = goldenSwapShard(`two-${i}`);
+      shard.cells = Array.from({ length: 12 }, () => shard.cells).flat();
+      s.send({ $case: "lease", lease: { leaseId: `L${i}`, shard, ttlMs: 30_000 } });
+    };
+    let sent = 0;
+    while (sent < slots) lease(sent++);
+    const done = new Set<string>();
+    while (done.size < total) {
+      const d = await s.next("done", (b) => !done.has(b.done.leaseId));
+      done.add(d.done.leaseId);
+      if (sent < total) lease(sent++); // as the coordinator does on the credit each ended lease returns
+    }
+  } finally {
+    await agent.stop(); // the workers log their lookahead counts at exit
+    coord.kill();
+  }
+  const counts = log.lines
+    .map((l) => /\[worker (cpu:\d)\].*prepare ran behind (\d+) of (\d+) grids/.exec(l))
+    .filter((m) => m !== null)
+    .map((m) => ({ worker: m[1]!, behind: Number(m[2]), grids: Number(m[3]) }));
+  assert.equal(counts.length, 2, `both workers log their lookahead at exit: ${JSON.stringify(counts)}`);
+  assert.equal(
+    counts.reduce((a, c) => a + c.grids, 0),
+    total,
+    "every shard is one grid",
+  );
+  for (const c of counts) {
+    assert.ok(c.grids >= 3, `${c.worker} ran ${c.grids} of ${total} shards: both workers share the work`);
+    // Only a worker's first grid has nothing queued behind it for sure; allow one more miss for timing.
+    assert.ok(c.behind >= c.grids - 2, `${c.worker}: the next prepare ran behind ${c.behind} of ${c.grids} grids`);
+  }
+});
