@@ -57,6 +57,11 @@ EXIT_PEER_GONE = 4  # stdout closed: responses can no longer be delivered
 # can always stop a worker cleanly.
 _BEFORE_HELLO = ("hello", "shutdown")
 
+# A packed pass holds at most this many cells and grids: a 4,096-cell grid alone keeps an H200
+# 91–94% busy, and four 1,024-cell grids already reach the rate of sixteen (bench/RESULTS.md, issue 14).
+_PACK_CELLS = 4096
+_PACK_PROMPTS = 16
+
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
@@ -93,6 +98,8 @@ class Worker:
         self._lookahead = lookahead_enabled()
         self.grids = 0  # RunCells requests begun, and how many of them had the next PreparePrompt run behind them
         self.looked_ahead = 0
+        self.packs = 0  # passes that ran several small RunCells together, and how many RunCells they held
+        self.packed_grids = 0
         self._engine = None
         self._greeted = False
         self._hidden_size: Dict[str, int] = {}  # model_id -> d, to shape explicit noise
@@ -149,9 +156,13 @@ class Worker:
             if payload is None:
                 log.info("stdin closed; exiting")
                 return EXIT_OK
-            started = self.start_payload(payload)
-            ahead = self._look_ahead(started)
-            responses = [self.finish_payload(started)] + [answer() for answer in ahead]
+            answers, grid, behind = self._start_pack(payload)
+            if behind:  # the next prepare was already taken behind this grid
+                self.grids += 1
+                ahead = []
+            else:
+                ahead = self._look_ahead(grid)
+            responses = [answer() for answer in answers] + [answer() for answer in ahead]
             for response, stop in responses:
                 try:
                     write_message(self._out, response)
@@ -202,6 +213,115 @@ class Worker:
             taken.append(lambda done=done: done)
             break
         return taken
+
+    def _small_run_cells(self, request, model_id: str, room: int) -> bool:
+        """Whether ``request`` is a RunCells that may join a pack on ``model_id`` with ``room`` cells left."""
+        if request.WhichOneof("body") != "run_cells":
+            return False
+        rc = request.run_cells
+        n = len(rc.cells)
+        return rc.model_id == model_id and not rc.slow_path and 0 < n < self.options.pack_below and n <= room
+
+    def _start_pack(self, payload: bytes) -> tuple:
+        """Starts the request of ``payload``; a small RunCells is packed with the small RunCells of the
+        same model behind it that have already arrived (issue 14: a grid under ``--pack-below`` cells
+        leaves the GPU waiting on kernel launches; ``Engine.run_cells_packed_launch`` runs several
+        prompts' cells in one pass). Frames are taken while they are PreparePrompt, Stats or such
+        RunCells, up to ``_PACK_CELLS`` cells and ``_PACK_PROMPTS`` grids. The prepares before the last
+        grid run first, then the grids in one launch, then the prepares after it (behind the running
+        pass, as the lookahead does). Returns (thunks giving every taken request's reply in request
+        order, the started grid to look ahead behind, whether a prepare already ran behind it). Each reply
+        is what the request sent alone gets (within float32 rounding on CUDA); if the packed launch fails,
+        each RunCells runs alone, so an error is its own request's."""
+        first = None
+        if self._greeted and self.options.pack_below > 0 and not self._stop_requested:
+            try:
+                first = pb.EngineRequest.FromString(payload)
+            except DecodeError:
+                first = None
+        if first is None or not self._small_run_cells(first, first.run_cells.model_id, _PACK_CELLS):
+            started = self.start_payload(payload)
+            return [lambda: self.finish_payload(started)], started, False
+        model_id = first.run_cells.model_id
+        taken, room = [(payload, first)], _PACK_CELLS - len(first.run_cells.cells)
+        while sum(r.WhichOneof("body") == "run_cells" for _, r in taken) < _PACK_PROMPTS:
+            nxt = self._in.ready_frame()
+            if nxt is None:
+                break
+            try:
+                request = pb.EngineRequest.FromString(nxt)
+            except DecodeError:
+                break  # the main loop answers it as usual
+            kind = request.WhichOneof("body")
+            if kind == "run_cells" and self._small_run_cells(request, model_id, room):
+                room -= len(request.run_cells.cells)
+            elif not (kind == "stats" or (kind == "prepare_prompt" and request.prepare_prompt.model_id == model_id)):
+                break
+            self._in.read_frame()
+            taken.append((nxt, request))
+        last = max(i for i, (_, r) in enumerate(taken) if r.WhichOneof("body") == "run_cells")
+        replies: dict = {}
+        for i, (p, request) in enumerate(taken[:last]):  # the prepares the grids need
+            if request.WhichOneof("body") == "prepare_prompt":
+                replies[i] = self.finish_payload(self.start_payload(p))
+        grids = [i for i in range(last + 1) if taken[i][1].WhichOneof("body") == "run_cells"]
+        started = self._launch_pack(model_id, [taken[i] for i in grids])
+        for i, s in zip(grids, started):
+            replies[i] = s
+        if len(grids) > 1:
+            self.packs += 1
+            self.packed_grids += len(grids)
+        answers = []
+        for i, (p, request) in enumerate(taken[:last + 1]):
+            if i not in replies:  # a Stats: answered in its place, after the grids before it
+                answers.append(lambda p=p: self.finish_payload(self.start_payload(p)))
+            elif len(replies[i]) == 5:  # a started grid
+                answers.append(lambda s=replies[i]: self.finish_payload(s))
+            else:
+                answers.append(lambda r=replies[i]: r)
+        # Frames taken after the last grid follow the lookahead's rules (a prepare runs behind the pass
+        # unless FACTSWEEP_LOOKAHEAD=0; a Stats is answered after it).
+        behind = False
+        for p, request in taken[last + 1:]:
+            if request.WhichOneof("body") == "prepare_prompt":
+                behind = True
+                if self._lookahead:
+                    self.looked_ahead += 1
+                    log.debug("request %d prepare_prompt looked ahead during request %d", request.request_id, started[-1][0])
+                    done = self.finish_payload(self.start_payload(p))
+                    answers.append(lambda done=done: done)
+                    continue
+            answers.append(lambda p=p: self.finish_payload(self.start_payload(p)))
+        return answers, started[-1], behind
+
+    def _launch_pack(self, model_id: str, grids: list) -> list:
+        """Started RunCells tuples (as :meth:`start_payload` gives them) for ``grids`` [(payload, request)],
+        launched as one pass when there are several; any failure of the packed launch runs each alone."""
+        if len(grids) > 1:
+            t0 = time.perf_counter()
+            try:
+                specs = [(r.run_cells.prompt_key, cells_from_pb(r.run_cells.cells)) for _, r in grids]
+                pending = self._engine.run_cells_packed_launch(model_id, specs)
+                if [len(x) for x in pending] != [len(c) for _, c in specs]:
+                    raise errors.EngineError("packed launch returned a result count unlike its cells")
+            except Exception as exc:  # each request then gets its own outcome
+                log.info("packed launch of %d grids failed (%s); running them one at a time", len(grids), exc)
+            else:
+                total = sum(len(x) for x in pending)
+                return [(r.request_id, self._cells_answer(r.run_cells.prompt_key, x, len(x) / total), False, "run_cells", t0)
+                        for (_, r), x in zip(grids, pending)]
+        return [self.start_payload(p) for p, _ in grids]
+
+    @staticmethod
+    def _cells_answer(prompt_key: str, pending, share: float = 1.0) -> _Deferred:
+        """The deferred CellResults of a launched grid; ``share``: its cells' part of a packed pass, so
+        each reply's ``seconds`` is its part of the pass's time."""
+        def finish():  # packed: one float64 array of each measure, not a message a cell
+            values = pending.array()
+            return pb.CellResults(prompt_key=prompt_key, seconds=pending.seconds * share,
+                                  p=values[:, 0].tolist(), logit=values[:, 1].tolist())
+
+        return _Deferred("cells", finish, pending.busy)
 
     def _try_send(self, response) -> None:
         try:
@@ -329,12 +449,7 @@ class Worker:
         if len(pending) != len(cells):
             raise errors.EngineError(f"engine returned {len(pending)} results for {len(cells)} cells")
 
-        def finish():  # packed: one float64 array of each measure, not a message a cell
-            values = pending.array()
-            return pb.CellResults(prompt_key=req.prompt_key, seconds=pending.seconds,
-                                  p=values[:, 0].tolist(), logit=values[:, 1].tolist())
-
-        return "cells", _Deferred("cells", finish, pending.busy)
+        return "cells", self._cells_answer(req.prompt_key, pending)
 
     def _evict(self, req):
         if not req.prompt_keys and not req.all:
@@ -415,6 +530,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-frame-bytes", type=_positive_int, default=DEFAULT_MAX_FRAME_BYTES,
                         help=f"largest request frame accepted; a longer length prefix ends the worker "
                         f"(default {DEFAULT_MAX_FRAME_BYTES})")
+    parser.add_argument("--pack-below", type=_non_negative_int, default=2048,
+                        help="RunCells of fewer cells that have arrived together run in one pass "
+                        f"(up to {_PACK_CELLS} cells, {_PACK_PROMPTS} prompts); 0: never (default 2048)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="stderr log level (default info)")
     return parser.parse_args(argv)
@@ -447,5 +565,7 @@ def main(argv=None) -> int:
         code = EXIT_INTERNAL
     if worker.grids:  # how often a prepare ran behind a grid (the agent's pipelining at work)
         log.info("the next prompt's prepare ran behind %d of %d grids", worker.looked_ahead, worker.grids)
+    if worker.packs:
+        log.info("%d small grids ran packed in %d passes", worker.packed_grids, worker.packs)
     log.info("exit %d", code)
     return code

@@ -28,6 +28,13 @@ import { createAgentMetrics, type AgentMetrics } from "./metrics.js";
 import { ResultPublisher, sleep } from "./result-publisher.js";
 import { promptKeyOf, runShard } from "./shard-runner.js";
 
+/** The engine worker's default --pack-below: trace grids of fewer cells it runs several in one pass. */
+const PACK_BELOW = 2048;
+
+function isSmall(shard: sweep.Shard): boolean {
+  return (shard.kind === "trace" || shard.kind === "") && shard.cells.length > 0 && shard.cells.length < PACK_BELOW;
+}
+
 /** Options of {@link Agent}. */
 export interface AgentOptions {
   agentId: string;
@@ -302,8 +309,17 @@ export class Agent {
   private pump(): void {
     while (this.queue.length > 0) {
       const held = new Map<EngineWorker, number>();
-      for (const l of this.leases.values()) if (l.worker) held.set(l.worker, (held.get(l.worker) ?? 0) + 1);
-      const free = this.supervisor.workers.filter((w) => !w.busy && (held.get(w) ?? 0) < 2 && w.state !== "fatal" && w.state !== "stopped");
+      const big = new Set<EngineWorker>();
+      for (const l of this.leases.values()) {
+        if (!l.worker) continue;
+        held.set(l.worker, (held.get(l.worker) ?? 0) + 1);
+        if (!isSmall(l.shard)) big.add(l.worker);
+      }
+      // Small trace grids (under the worker's --pack-below, 2048 cells) may stack up to 1 + prefetch on
+      // a worker, which packs those that arrive together into one pass (engine/worker.py, issue 14).
+      const small = isSmall(this.queue[0]!.shard);
+      const limit = (w: EngineWorker) => (small && !big.has(w) ? Math.max(2, 1 + (this.opts.prefetch ?? 1)) : 2);
+      const free = this.supervisor.workers.filter((w) => !w.busy && (held.get(w) ?? 0) < limit(w) && w.state !== "fatal" && w.state !== "stopped");
       if (free.length === 0) return;
       const lease = this.queue.shift()!;
       const key = promptKeyOf(lease.shard);

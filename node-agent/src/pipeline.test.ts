@@ -127,12 +127,14 @@ test("two workers in one agent: each worker's next shard is queued behind its ru
   const coord = new ScriptedCoordinator();
   const port = await coord.start();
   const log = memoryLogger("two");
+  const cmd = await engineCommand();
   const agent = new Agent({
     agentId: "agent-two",
     coordinator: `127.0.0.1:${port}`,
     natsUrl: env.nats.server.url,
     slots: cpuSlots(2, 0), // GPU-sized calls: a shard is released as soon as its one RunCells is sent
-    engineCommand: await engineCommand(),
+    // Grids as a GPU's big ones, one pass each: these tiny ones would otherwise be packed (tested below).
+    engineCommand: { ...cmd, args: [...cmd.args, "--pack-below", "0"] },
     httpPort: 0,
     httpHost: "127.0.0.1",
     log,
@@ -178,4 +180,49 @@ test("two workers in one agent: each worker's next shard is queued behind its ru
     // Only a worker's first grid has nothing queued behind it for sure; allow one more miss for timing.
     assert.ok(c.behind >= c.grids - 2, `${c.worker}: the next prepare ran behind ${c.behind} of ${c.grids} grids`);
   }
+});
+
+test("small grids stacked on one worker (--prefetch 7) are packed into one engine pass, and each shard's values are its own", { skip }, async () => {
+  const coord = new ScriptedCoordinator();
+  const port = await coord.start();
+  const log = memoryLogger("pack");
+  const agent = new Agent({
+    agentId: "agent-pack",
+    coordinator: `127.0.0.1:${port}`,
+    natsUrl: env.nats.server.url,
+    slots: cpuSlots(1, 0),
+    prefetch: 7,
+    engineCommand: await engineCommand(),
+    httpPort: 0,
+    httpHost: "127.0.0.1",
+    log,
+  });
+  await agent.start();
+  const shards = Array.from({ length: 8 }, (_, i) => goldenSwapShard(`pack-${i}`));
+  try {
+    const s = await coord.nextStream(0);
+    await s.next("hello");
+    s.send({ $case: "welcome", welcome: { sessionId: "s1", leaseTtlMs: 30_000, heartbeatIntervalMs: 100, natsResultsSubjectPrefix: "" } });
+    assert.equal((await s.next("credit")).credit.slots, 8, "one running and seven more leases on the worker");
+    shards.forEach(({ shard }, i) => s.send({ $case: "lease", lease: { leaseId: `P${i}`, shard, ttlMs: 30_000 } }));
+    const done = new Set<string>();
+    while (done.size < shards.length) done.add((await s.next("done", (b) => !done.has(b.done.leaseId))).done.leaseId);
+    for (const { shard, reference } of shards) {
+      const [stored] = await storedResults(env.nats.jsm, shard.sweepId);
+      const r = stored!.result;
+      assert.deepEqual(
+        r.cells.map((c) => c.cell),
+        shard.cells,
+        "every cell once, in the shard's order",
+      );
+      for (const c of r.cells)
+        assert.ok(Math.abs(c.p - reference[c.cell!.layer]![c.cell!.token]!) <= 1e-5, `${shard.shardId} p at (${c.cell!.layer}, ${c.cell!.token})`);
+    }
+  } finally {
+    await agent.stop(); // the worker logs its packed count at exit
+    coord.kill();
+  }
+  const packed = log.lines.map((l) => /(\d+) small grids ran packed in (\d+) passes/.exec(l)).find((m) => m !== null);
+  assert.ok(packed, `the worker packed grids that arrived together:\n${log.lines.filter((l) => l.includes("worker")).join("\n")}`);
+  assert.ok(Number(packed[1]) >= 2, `${packed[1]} grids in ${packed[2]} passes`);
 });
