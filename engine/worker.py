@@ -530,9 +530,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-frame-bytes", type=_positive_int, default=DEFAULT_MAX_FRAME_BYTES,
                         help=f"largest request frame accepted; a longer length prefix ends the worker "
                         f"(default {DEFAULT_MAX_FRAME_BYTES})")
-    parser.add_argument("--pack-below", type=_non_negative_int, default=2048,
+    parser.add_argument("--pack-below", type=_non_negative_int, default=os.environ.get("FACTSWEEP_PACK_BELOW", "2048"),
                         help="RunCells of fewer cells that have arrived together run in one pass "
-                        f"(up to {_PACK_CELLS} cells, {_PACK_PROMPTS} prompts); 0: never (default 2048)")
+                        f"(up to {_PACK_CELLS} cells, {_PACK_PROMPTS} prompts); 0: never (default: "
+                        "$FACTSWEEP_PACK_BELOW, else 2048)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="stderr log level (default info)")
     return parser.parse_args(argv)

@@ -61,9 +61,18 @@ def log(msg: str) -> None:
     print(f"[scaleout {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def cells_of(model_type: str, layers: int, tokens: int) -> list:
-    """(site, layer, token, window) in the planner's order: grid entry, then layer, then token."""
-    return [(s, l, t, w) for s, w in GRIDS[model_type] for l in range(layers) for t in range(tokens)]
+def cells_of(model_type: str, layers: int, tokens: int, grid: str = "paper") -> list:
+    """(site, layer, token, window) in the planner's order: grid entry, then layer, then token. ``grid``
+    "residual": the residual stream alone (w1), a small grid (issue 14's packing)."""
+    entries = GRIDS[model_type] if grid == "paper" else [("residual", 1)]
+    return [(s, l, t, w) for s, w in entries for l in range(layers) for t in range(tokens)]
+
+
+def spec_cells(spec: dict, cfg: dict) -> list:
+    """The cells a spec written by ``models`` plans for each prompt (its grid, its first layers)."""
+    grid = "residual" if [g["site"] for g in spec["grid"]] == ["residual"] else "paper"
+    layers = cfg["num_hidden_layers"] if spec["layers"] == "all" else len(spec["layers"])
+    return cells_of(cfg["model_type"], layers, TOKENS, grid)
 
 
 def make_prompts(vocab: int, n: int, seed: int) -> list:
@@ -119,7 +128,8 @@ def cmd_models(args) -> None:
         with open(os.path.join(out, "prompts.json"), "w") as f:
             json.dump(prompts, f)
         mt, L = cfg["model_type"], cfg["num_hidden_layers"]
-        per_prompt = len(cells_of(mt, L, TOKENS))
+        layers = min(args.layers or L, L)
+        per_prompt = len(cells_of(mt, layers, TOKENS, args.grid))
         spec = {
             "name": f"scaleout-{name}",
             "kind": "trace",
@@ -127,8 +137,8 @@ def cmd_models(args) -> None:
             "dataset": {"prompts": prompts},
             "corruption": ({"kind": "swap", "seed": 1} if args.corruption == "swap"
                            else {"kind": "noise", "scale": 3, "std": "auto", "samples": args.samples, "seed": 1}),
-            "grid": [{"site": s, "window": w} for s, w in GRIDS[mt]],
-            "layers": "all",
+            "grid": [{"site": s, "window": w} for s, w in (GRIDS[mt] if args.grid == "paper" else [("residual", 1)])],
+            "layers": "all" if layers == L else list(range(layers)),
             "tokens": "all",
             "shard_cells": args.shard_cells or per_prompt,
             "max_attempts": 3,
@@ -162,7 +172,7 @@ def _load(args):
     with open(os.path.join(spec["model"]["path"], "config.json")) as f:
         cfg = json.load(f)
     prompts = spec["dataset"]["prompts"][: args.limit or None]
-    cells = cells_of(cfg["model_type"], cfg["num_hidden_layers"], TOKENS)
+    cells = spec_cells(spec, cfg)
     return spec, cfg, prompts, cells
 
 
@@ -420,6 +430,9 @@ def main(argv=None) -> None:
     m.add_argument("--shard-cells", type=int, default=0, help="cells per shard (0: one shard per prompt)")
     m.add_argument("--corruption", choices=["swap", "noise"], default="swap")
     m.add_argument("--samples", type=int, default=10, help="noise samples (with --corruption noise)")
+    m.add_argument("--grid", choices=["paper", "residual"], default="paper",
+                   help="the paper's sites, or the residual stream alone (a small grid)")
+    m.add_argument("--layers", type=int, default=0, help="trace the first N layers only (0: all)")
     m.set_defaults(fn=cmd_models)
     for name, fn in (("inproc", cmd_inproc), ("protocol", cmd_protocol), ("overlap", cmd_overlap)):
         p = sub.add_parser(name)

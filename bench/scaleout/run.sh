@@ -19,12 +19,13 @@
 # --prefetch N (the agent's --prefetch: leases queued per worker beyond the running one)
 # --parallel (2 GPUs: rows a and o on the second GPU while b and c run on the first; fits 500 prompts in 10 minutes)
 # --corruption swap|noise (default swap)  --samples N (noise samples, default 10)
+# --grid paper|residual (default paper)  --layers N (the first N layers only; default all): small grids
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 shape=2.8b models="" prompts=500 gpus="" cpu=0 shard_cells=0 name="" work=/tmp/factsweep-scaleout
 deadline=100000 step_timeout=400 commit="" skip="" unpack=0 primer=1 overlap_prompts=40 parallel=0 prefetch=""
-corruption=swap samples=10
+corruption=swap samples=10 grid=paper layers=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --shape) shape=$2; shift 2 ;;
@@ -46,7 +47,9 @@ while [ $# -gt 0 ]; do
     --overlap-prompts) overlap_prompts=$2; shift 2 ;;
     --corruption) corruption=$2; shift 2 ;;
     --samples) samples=$2; shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --grid) grid=$2; shift 2 ;;
+    --layers) layers=$2; shift 2 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "run: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -110,7 +113,7 @@ say "host: $hw; node $(node --version); $(nats-server --version); python $($PY -
 # ---- 3. checkpoints, prompts, specs -------------------------------------------------------------------
 say "writing checkpoints ($models, $dtype, random weights) and $prompts prompts each under $work ($corruption corruption)"
 $PY -m bench.scaleout.engine_side models --shapes "$models" --prompts "$prompts" --work "$work" --device "$dev" \
-  --dtype "$dtype" --shard-cells "$shard_cells" --corruption "$corruption" --samples "$samples" > "$res/models.json" || { say "writing the models failed"; exit 1; }
+  --dtype "$dtype" --shard-cells "$shard_cells" --corruption "$corruption" --samples "$samples" --grid "$grid" --layers "$layers" > "$res/models.json" || { say "writing the models failed"; exit 1; }
 
 # ---- 4. nats-server and the coordinator (one each for the whole run) ------------------------------------
 base=$((20000 + RANDOM % 20000))

@@ -48,6 +48,9 @@ def agent_times(work: str, tag: str) -> dict:
     ahead = [m for m in ahead if m]
     if ahead:
         out["lookahead_grids"] = [sum(int(m.group(1)) for m in ahead), sum(int(m.group(2)) for m in ahead)]
+    # small grids the workers packed into one pass (engine/worker.py --pack-below), and in how many passes
+    packed = [m for m in (re.search(r"(\d+) small grids ran packed in (\d+) passes", l) for l in lines) if m]
+    out["packed_grids"] = [sum(int(m.group(1)) for m in packed), sum(int(m.group(2)) for m in packed)]
     return out
 
 
@@ -106,6 +109,7 @@ def main(argv=None) -> None:
             "system_1gpu_agent_first_shard_done_s": t1.get("agent_first_shard_done_s"),
             "system_1gpu_lookahead_grids": t1.get("lookahead_grids"),  # [grids with the next prepare behind, grids]
             "system_2gpu_lookahead_grids": t2.get("lookahead_grids"),
+            "system_1gpu_packed_grids": t1.get("packed_grids"),  # [grids packed, passes]
             "system_2gpu_steady_cells_per_s": s2.get("steady_cells_per_s"),
             "system_2gpu_done_s": s2.get("done_s"),
             "system_2gpu_state": s2.get("state"),
