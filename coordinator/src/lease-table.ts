@@ -370,6 +370,19 @@ export class LeaseTable {
     return this.byLease.size;
   }
 
+  /** Shards leased now or reported done with their result not yet counted (what the lease journal holds), by sweep. */
+  openLeases(): Map<string, ShardEntry[]> {
+    const out = new Map<string, ShardEntry[]>();
+    const add = (s: ShardEntry) => {
+      let l = out.get(s.sweepId);
+      if (!l) out.set(s.sweepId, (l = []));
+      l.push(s);
+    };
+    for (const s of this.byLease.values()) add(s);
+    for (const s of this.uncounted.values()) if (s.state === "done" && !s.resultConsumed) add(s);
+    return out;
+  }
+
   // ---- agents ---------------------------------------------------------------------------
 
   /** An agent said hello (or reconnected): its credit starts at zero until it sends Credit. */

@@ -1,6 +1,9 @@
 /**
  * The scheduler drives the lease table: it knows the agents' live streams, sends them lease
- * grants and revocations, expires leases on a timer, and persists every shard the table changes.
+ * grants and revocations, expires leases on a timer, and persists what a restart must know: a
+ * shard record when a shard leaves the plan's "pending, no failed attempt" (a failure, backoff,
+ * hold, cancel, resume), and each sweep's open leases as one lease journal per sweep, written on
+ * the timer — not a record write per grant, done and counted result (coordinator/README.md, "Shard state").
  * Decisions (who gets what, when a shard is retried or failed) are the lease table's; this class
  * is the wiring between it, the agents and the state store.
  */
@@ -8,7 +11,7 @@ import { EventEmitter } from "node:events";
 import { sweep, type agent, type control } from "@factsweep/proto";
 import type { AgentSession, AgentStreams } from "./agent-service.js";
 import { LeaseTable, type Changes, type ShardEntry } from "./lease-table.js";
-import type { ShardRecord, StateStore } from "./state-store.js";
+import type { JournalLease, ShardRecord, StateStore } from "./state-store.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import { AgentConnectedError } from "./errors.js";
 
@@ -36,6 +39,8 @@ export class Scheduler extends EventEmitter implements AgentStreams {
   private readonly tickMs: number;
   private readonly log: (msg: string) => void;
   private scheduled = false;
+  /** Sweeps whose open leases changed since their lease journal was last written. */
+  private readonly journalDirty = new Set<string>();
 
   constructor(opts: SchedulerOptions) {
     super();
@@ -67,6 +72,7 @@ export class Scheduler extends EventEmitter implements AgentStreams {
   forgetSweep(sweepId: string): void {
     for (const s of this.table.shardsOf(sweepId)) this.bodies.delete(s.shardId);
     this.table.forgetSweep(sweepId);
+    this.journalDirty.delete(sweepId);
   }
 
   /** Adds shards (new or loaded) to the table; `persist` writes new ones to the store. */
@@ -173,7 +179,7 @@ export class Scheduler extends EventEmitter implements AgentStreams {
       this.metrics?.leaseReportsIgnored.inc({ report: "done" });
       this.log(`agent ${session.agentId}: done for lease ${d.leaseId} (shard ${d.shardId}) it does not hold; ignored`);
     }
-    this.apply(ch);
+    this.apply(ch, false);
     this.kick();
   }
 
@@ -202,18 +208,13 @@ export class Scheduler extends EventEmitter implements AgentStreams {
 
   /** The results consumer aggregated a shard's result. */
   resultConsumed(shardId: string): void {
-    this.apply(this.table.resultConsumed(shardId));
+    this.apply(this.table.resultConsumed(shardId), false); // counted: the stored result says so, no record needed
   }
 
   /** The planned shard (as granted, attempt 0) by id, or undefined when no sweep here planned it. */
   plannedShard(shardId: string): sweep.Shard | undefined {
     const body = this.bodies.get(shardId);
     return body ? sweep.Shard.decode(Buffer.from(body, "base64")) : undefined;
-  }
-
-  /** Resolves once the shard records of these shards are durable in KV. */
-  async shardsDurable(shardIds: string[]): Promise<void> {
-    await this.store.shardsDurable(shardIds);
   }
 
   /** Held shards become grantable (or fail with `error`); see LeaseTable.release. */
@@ -251,10 +252,34 @@ export class Scheduler extends EventEmitter implements AgentStreams {
     });
   }
 
-  /** Expires leases, grants pending shards, sends the grants, persists the changes. */
+  /** Expires leases, grants pending shards, sends the grants, persists the changes and the lease journals. */
   tick(): void {
     this.apply(this.table.expire());
     this.grant();
+    this.writeJournals();
+  }
+
+  /**
+   * Writes the lease journal of every sweep whose open leases changed: a restart restores these
+   * leases (a fresh TTL for their agents, their results accepted). A grant newer than the last
+   * journal is re-queued by a restart; that costs a re-run, never a double count (README "Shard state").
+   */
+  writeJournals(): void {
+    if (this.journalDirty.size === 0) return;
+    const open = this.table.openLeases();
+    for (const id of this.journalDirty) {
+      const leases: JournalLease[] = (open.get(id) ?? []).map((e) => [
+        e.shardId,
+        e.state === "done" ? "d" : "l",
+        e.attempts,
+        e.leaseId,
+        e.agentId,
+        e.leasedMs ?? 0,
+        e.doneMs ?? 0,
+      ]);
+      this.store.saveLeases(id, leases);
+    }
+    this.journalDirty.clear();
   }
 
   /** Grants pending shards, sends the grants, persists the changes. */
@@ -271,11 +296,12 @@ export class Scheduler extends EventEmitter implements AgentStreams {
       session.send({ body: { $case: "lease", lease: { leaseId: g.leaseId, shard, ttlMs: g.ttlMs } } });
     }
     const entries = this.table.entriesOf(grants);
-    this.persist(entries);
+    for (const e of entries) this.journalDirty.add(e.sweepId); // a grant is journalled, not recorded
     for (const id of new Set(entries.map((e) => e.sweepId))) this.emit("shards", id);
   }
 
-  private apply(ch: Changes): void {
+  /** Sends revocations, counts, and persists the changes: shard records when `record` (a failure, hold, cancel, resume), the lease journal always. */
+  private apply(ch: Changes, record = true): void {
     for (const r of ch.revoked) {
       this.sessions.get(r.agentId)?.send({ body: { $case: "cancel", cancel: { leaseId: r.leaseId, reason: r.reason } } });
     }
@@ -288,13 +314,17 @@ export class Scheduler extends EventEmitter implements AgentStreams {
       const failedCells = ch.changed.filter((e) => e.state === "failed").reduce((n, e) => n + e.cells, 0);
       if (ch.newlyFailed > 0) this.metrics.cells.inc({ status: "failed" }, failedCells);
     }
-    this.persist(ch.changed);
+    if (record) this.persist(ch.changed);
+    for (const e of ch.changed) this.journalDirty.add(e.sweepId);
+    for (const r of ch.revoked) this.journalDirty.add(this.table.get(r.shardId)?.sweepId ?? "");
+    this.journalDirty.delete("");
     if (ch.overdue > 0) this.log(`${ch.overdue} lease(s) held past the maximum lease time revoked and re-queued`);
     if (ch.uncounted > 0) this.log(`${ch.uncounted} shard(s) reported done without a counted result re-queued`);
     for (const id of new Set(ch.changed.map((e) => e.sweepId))) this.emit("shards", id);
   }
 
   private persist(entries: ShardEntry[]): void {
-    for (const e of entries) this.store.saveShard({ ...e, shard: this.bodies.get(e.shardId) ?? "" });
+    const now = Date.now();
+    for (const e of entries) this.store.saveShard({ ...e, shard: this.bodies.get(e.shardId) ?? "", savedMs: now });
   }
 }

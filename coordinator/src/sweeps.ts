@@ -75,6 +75,15 @@ interface SnapState {
   retryMs: number;
 }
 
+/** Why two prompt lists differ (the first difference), or "" if they are the same. */
+function promptsDiffer(a: sweep.PromptSpec[], b: sweep.PromptSpec[]): string {
+  if (a.length !== b.length) return `${a.length} prompts, ${b.length} stored`;
+  for (let i = 0; i < a.length; i++) {
+    if (Buffer.compare(sweep.PromptSpec.encode(a[i]!).finish(), sweep.PromptSpec.encode(b[i]!).finish()) !== 0) return `prompt ${a[i]!.index} differs`;
+  }
+  return "";
+}
+
 /** A running sweep's snapshot is appended to at least this often while results arrive (and at its end, and at every SEGMENT_MAX_BYTES of results). */
 export const DEFAULT_SNAPSHOT_MS = 5000;
 
@@ -219,7 +228,6 @@ export class Sweeps extends EventEmitter implements ResultSink {
   /**
    * Loads the running sweeps (and finished ones stored before summaries existed) with their shards
    * and results; other finished sweeps are listed from their summary and loaded by `open`.
-   * Re-plans shards a crash during launch left unwritten.
    */
   async load(): Promise<void> {
     const held = (rec: SweepRecord) => rec.state === "running" || rec.summary === undefined;
@@ -230,34 +238,77 @@ export class Sweeps extends EventEmitter implements ResultSink {
       if (held(rec)) await this.revive(rec);
       else this.finished.set(rec.sweepId, control.SweepInfo.fromJSON(rec.summary));
     }
-    const known = shards.filter((s) => this.live.has(s.sweepId));
-    this.d.scheduler.addShards(known, false);
-    this.trackCovariances(known.filter((r) => this.live.get(r.sweepId)?.spec.kind === "edit"));
-    // A crash between storing a result and writing its shard record leaves the record short of
-    // "consumed": the stored result is the authority (the aggregate already holds it).
-    for (const r of known) {
-      if (r.resultConsumed || !this.live.get(r.sweepId)!.agg.has(r.shardId)) continue;
-      this.d.log(`shard ${r.shardId}: its result is stored but its record did not say so (a crash between the two); marked counted`);
-      this.d.scheduler.resultConsumed(r.shardId);
+    const bySweep = new Map<string, ShardRecord[]>();
+    for (const r of shards) {
+      let l = bySweep.get(r.sweepId);
+      if (!l) bySweep.set(r.sweepId, (l = []));
+      l.push(r);
     }
-    // A coordinator that died during a launch may have persisted fewer shards than planned:
-    // planning is deterministic, so re-plan and add the missing ones.
-    for (const s of this.live.values()) {
-      const have = new Set(known.filter((r) => r.sweepId === s.rec.sweepId).map((r) => r.shardId));
-      if (have.size >= s.rec.shardCount) continue;
-      try {
-        const missing = plan(s.spec, s.rec.sweepId, s.rec.traceLayers ? { traceLayers: s.rec.traceLayers } : {}).shards.filter((sh) => !have.has(sh.shardId));
-        this.d.log(`sweep ${s.rec.sweepId}: ${have.size}/${s.rec.shardCount} shards were persisted before a crash; re-planned ${missing.length}`);
-        this.d.scheduler.addShards(
-          missing.map((sh) => shardRecord(s.rec.sweepId, sh)),
-          true,
-        );
-      } catch (err) {
-        this.d.log(`sweep ${s.rec.sweepId}: cannot re-plan its missing shards: ${(err as Error).message}`);
-      }
-    }
+    for (const s of this.live.values()) await this.restoreShards(s, bySweep.get(s.rec.sweepId) ?? []);
     for (const id of this.live.keys()) this.shardsChanged(id);
     this.retireFinished();
+  }
+
+  /**
+   * A held sweep's shards to the scheduler (restart, `open`): the plan (deterministic from the
+   * sweep record's spec; the prompts must come out as stored), overlaid with the sweep's shard
+   * records (failed attempts, backoff, failed; or one per shard, as older coordinators and edit
+   * sweeps with pruned covariance shards wrote them), then with its lease journal where that is
+   * newer, and every shard whose result is in the aggregate counted (the stored result is the
+   * authority: no record says so).
+   */
+  private async restoreShards(s: LiveSweep, records: ShardRecord[]): Promise<void> {
+    const id = s.rec.sweepId;
+    const t0 = Date.now();
+    let all = records;
+    if (records.length < s.rec.shardCount) {
+      try {
+        const p = plan(s.spec, id, s.rec.traceLayers ? { traceLayers: s.rec.traceLayers } : {});
+        const changed = promptsDiffer(p.prompts, s.prompts);
+        if (changed) throw new Error(`re-planning gives other prompts than the sweep record's (${changed}): its dataset or tokenizer changed since launch`);
+        const byId = new Map(records.map((r) => [r.shardId, r]));
+        all = p.shards.map((sh) => byId.get(sh.shardId) ?? shardRecord(id, sh));
+        const planned = new Set(p.shards.map((sh) => sh.shardId));
+        for (const r of records) if (!planned.has(r.shardId)) this.d.log(`shard ${r.shardId}: stored but not planned; ignored`);
+        p.shards.length = 0; // the planned objects go; each shard is its record from here
+      } catch (err) {
+        // Without the plan only the recorded shards are known: the sweep cannot finish as planned.
+        this.d.log(
+          `sweep ${id}: cannot re-plan its ${s.rec.shardCount} shards (${(err as Error).message}); its stored results are kept and it is marked failed: restore its spec's files and resume it`,
+        );
+        if (s.rec.state === "running") {
+          s.rec.state = "failed";
+          s.rec.finishedMs = Date.now();
+          this.d.table.setSweep(id, false, s.rec.maxAttempts);
+        }
+      }
+    }
+    const journal = new Map((await this.d.store.loadLeases(id)).map((l) => [l[0], l]));
+    let counted = 0;
+    for (const r of all) {
+      const l = journal.get(r.shardId);
+      // The journal's lease is newer than the record (a grant after the failure the record holds).
+      if (l && Math.max(l[5], l[6]) >= (r.savedMs ?? 0) && r.state !== "failed") {
+        r.state = l[1] === "d" ? "done" : "leased";
+        r.attempts = l[2];
+        r.leaseId = l[3];
+        r.agentId = l[4];
+        r.leasedMs = l[5];
+        if (l[6] > 0) r.doneMs = l[6];
+        r.resultConsumed = false;
+      }
+      if (s.agg.has(r.shardId) && !(r.state === "done" && r.resultConsumed)) {
+        r.state = "done";
+        r.resultConsumed = true;
+        r.lastError = "";
+        counted++;
+      }
+    }
+    this.d.scheduler.addShards(all, false);
+    this.trackCovariances(all.filter(() => s.spec.kind === "edit"));
+    this.d.log(
+      `sweep ${id}: ${all.length} shard(s) restored in ${Date.now() - t0} ms (${records.length} record(s), ${journal.size} open lease(s), ${counted} counted from stored results)`,
+    );
   }
 
   /**
@@ -280,9 +331,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
         if (!rec || !this.finished.has(sweepId)) return; // deleted meanwhile
         if (!(await this.revive(rec))) return;
         this.finished.delete(sweepId);
-        const shards = await this.d.store.loadShards(sweepId);
-        this.d.scheduler.addShards(shards, false);
-        this.trackCovariances(shards.filter(() => rec.kind === "edit"));
+        await this.restoreShards(this.live.get(sweepId)!, await this.d.store.loadShards(sweepId));
         this.d.log(`sweep ${sweepId} loaded from the store on demand`);
         this.retireFinished(sweepId);
       })().finally(() => this.opening.delete(sweepId));
@@ -405,9 +454,8 @@ export class Sweeps extends EventEmitter implements ResultSink {
   }
 
   /**
-   * Stores the results, then marks the shards consumed and waits until those shard records are
-   * durable too, all before the consumer acks: neither a shard record claiming a result the KV
-   * lacks, nor an acked result whose shard still looks uncounted after a crash.
+   * Stores the results, then marks the shards consumed, before the consumer acks: an acked result
+   * is stored, and a restart counts a shard from its stored result alone.
    */
   async persist(ids: Set<string>): Promise<void> {
     for (const id of ids) {
@@ -428,11 +476,11 @@ export class Sweeps extends EventEmitter implements ResultSink {
         s.snap.deltaBytes += x.bytes.length + 4;
         s.snap.seq = Math.max(s.snap.seq, x.seq);
       }
+      // Stored: counted for good (a restart counts it from the stored result; no shard record is written).
       for (const [shardId, r] of batch) {
         if (s.unpersisted.get(shardId) === r) s.unpersisted.delete(shardId);
         this.d.scheduler.resultConsumed(shardId);
       }
-      await this.d.scheduler.shardsDurable(batch.map(([shardId]) => shardId));
       const snapDue =
         s.snap.deltaBytes >= SEGMENT_MAX_BYTES || Date.now() - s.snap.lastMs >= (this.d.snapshotMs ?? DEFAULT_SNAPSHOT_MS) || s.rec.state !== "running";
       if (s.snap.delta.length > 0 && snapDue) void this.snapshot(s);
@@ -615,25 +663,28 @@ export class Sweeps extends EventEmitter implements ResultSink {
       rec.plannedCells = rec.shardCount = p.shards.length;
     }
     const agg = newAggregator(spec, sweepId, p.prompts, p.traceLayers); // before anything is persisted
-    await this.d.store.createSweep(rec);
-    // The shard records are written before the shards are scheduled, in bounded batches awaited
-    // here: the sweep is durable before the caller learns its id. (Queued through the background
-    // writer, a 1M-shard launch held a million pending writes, and the store-wide flush it waited
-    // for need not end while agents keep other shards' records changing: bench/coordinator-load.)
+    // Durable once the sweep record is: its shards are the plan, which a restart makes again from
+    // the spec (no record per shard: a 1M-shard launch wrote 1M records, 74-178 s). Only an edit
+    // sweep whose covariance shards were pruned (or held) differs from its plan: its shards are recorded.
+    const pruned = spec.kind === "edit" && this.d.covariances !== undefined;
     const records = p.shards.map((sh) => ({ ...shardRecord(sweepId, sh), ...(held.has(sh.shardId) ? { notBeforeMs: HELD_MS } : {}) }));
+    p.shards.length = 0; // the planned objects go: each shard is its record from here
+    await this.d.store.createSweep(rec);
     let written = true;
-    try {
-      await this.d.store.createShards(records);
-    } catch (err) {
-      written = false; // NATS away: the background writer retries until it is back
-      this.d.log(`sweep ${sweepId}: writing its ${records.length} shard records failed (${(err as Error).message}); retrying in the background`);
+    if (pruned) {
+      try {
+        await this.d.store.createShards(records);
+      } catch (err) {
+        written = false; // NATS away: the background writer retries until it is back
+        this.d.log(`sweep ${sweepId}: writing its ${records.length} shard records failed (${(err as Error).message}); retrying in the background`);
+      }
     }
     this.hold(rec, spec, agg, p.prompts);
     this.d.scheduler.addShards(records, !written);
     if (held.size > 0) this.trackCovariances(records);
     if (!written) await this.d.store.flush();
     this.d.log(
-      `sweep ${sweepId} launched: ${p.prompts.length} prompts (${p.promptErrors.length} with errors), ${p.shards.length} shards, ${p.plannedCells} cells`,
+      `sweep ${sweepId} launched: ${p.prompts.length} prompts (${p.promptErrors.length} with errors), ${records.length} shards, ${p.plannedCells} cells`,
     );
     this.emit("sweep", sweepId);
     return this.info(sweepId);
