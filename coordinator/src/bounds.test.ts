@@ -49,7 +49,7 @@ function rowsOverGrpc(sweepId: string): Promise<control.ResultRow[]> {
   });
 }
 
-test("each prompt is stored once per sweep: no record per shard (the plan is the sweep record's), open leases in one journal, grants carry the whole prompt", async () => {
+test("each prompt is stored once per sweep: no record per shard (the plan is the sweep record's), open leases in a journal per agent, grants carry the whole prompt", async () => {
   h = await startHarness(Coordinator.start);
   const holder = await fleet.start(h, { agentId: "holder", hold: true, slots: 8, workers: 2 });
   // 4 layers x 6 tokens = 24 cells a prompt, 6 a shard: four shards share each prompt.
@@ -63,8 +63,9 @@ test("each prompt is stored once per sweep: no record per shard (the plan is the
     const shards = await kvm.open(SHARDS_BUCKET);
     const keys: string[] = [];
     for await (const k of await shards.keys("once.>")) keys.push(k);
-    assert.deepEqual(keys, ["once.leases"], "a launch and its grants write no shard record, only the sweep's lease journal");
-    const journal = JSON.parse((await shards.get("once.leases"))!.string()).data as [string, string, number, string, string][];
+    const key = `once.L.${Buffer.from("holder").toString("base64url")}`;
+    assert.deepEqual(keys, [key], "a launch and its grants write no shard record, only the agent's lease journal of the sweep");
+    const journal = JSON.parse((await shards.get(key))!.string()).data as [string, string, number, string, string][];
     assert.deepEqual(
       journal.map((l) => l[0]).sort(),
       holder

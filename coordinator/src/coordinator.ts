@@ -327,7 +327,6 @@ export class Coordinator extends EventEmitter implements SweepApi {
     if (this.stopping) return;
     this.halt();
     await this.consumer?.stop();
-    this.scheduler?.writeJournals(); // the leases agents keep, for the next coordinator
     await this.store?.flush().catch(() => undefined);
     this.store?.close();
     await new Promise<void>((res) => {

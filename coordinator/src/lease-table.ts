@@ -172,6 +172,8 @@ export class LeaseTable {
   private readonly promptHome = new Map<string, string>();
   /** Shards reported done whose result is not counted yet, by shard id. */
   private readonly uncounted = new Map<string, ShardEntry>();
+  /** The same by agent (an agent's lease journal lists them). */
+  private readonly uncountedByAgent = new Map<string, Set<ShardEntry>>();
   /** The lease each aggregated result came under, by shard id, until `resultConsumed` (see `resultFrom`). */
   private readonly resultLeases = new Map<string, string>();
   /** Each sweep's counts, updated by `tally` after every change (counts() was a scan per call: 61% of the coordinator's CPU at 1,000 agents). */
@@ -259,10 +261,10 @@ export class LeaseTable {
       this.addLease(e);
       this.promptHome.set(e.promptKey, e.agentId);
     }
-    this.uncounted.delete(e.shardId);
+    this.unsetUncounted(e.shardId);
     if (e.state === "done" && !e.resultConsumed) {
       e.doneMs = this.clock(); // a fresh timeout, as for restored leases
-      this.uncounted.set(e.shardId, e);
+      this.setUncounted(e);
     }
     if (e.state === "pending") this.enqueue(e);
     this.shards.set(e.shardId, e);
@@ -347,7 +349,7 @@ export class LeaseTable {
   forgetSweep(sweepId: string): void {
     for (const s of this.shardsOf(sweepId)) {
       this.shards.delete(s.shardId);
-      this.uncounted.delete(s.shardId);
+      this.unsetUncounted(s.shardId);
       this.dropLease(s);
       this.promptHome.delete(s.promptKey);
       this.resultLeases.delete(s.shardId);
@@ -370,17 +372,32 @@ export class LeaseTable {
     return this.byLease.size;
   }
 
-  /** Shards leased now or reported done with their result not yet counted (what the lease journal holds), by sweep. */
-  openLeases(): Map<string, ShardEntry[]> {
-    const out = new Map<string, ShardEntry[]>();
-    const add = (s: ShardEntry) => {
-      let l = out.get(s.sweepId);
-      if (!l) out.set(s.sweepId, (l = []));
-      l.push(s);
-    };
-    for (const s of this.byLease.values()) add(s);
-    for (const s of this.uncounted.values()) if (s.state === "done" && !s.resultConsumed) add(s);
+  /** The agent's open leases: held now, or reported done with the result not yet counted (what its lease journals hold). */
+  openLeasesOf(agentId: string): ShardEntry[] {
+    const out = [...(this.byAgent.get(agentId) ?? [])];
+    const done = this.uncountedByAgent.get(agentId);
+    for (const s of done ?? []) {
+      if (s.state === "done" && !s.resultConsumed && s.agentId === agentId && this.uncounted.get(s.shardId) === s) out.push(s);
+      else done!.delete(s);
+    }
+    if (done?.size === 0) this.uncountedByAgent.delete(agentId);
     return out;
+  }
+
+  /** The shard waits for its result to be counted (reported done by its agent). */
+  private setUncounted(s: ShardEntry): void {
+    this.uncounted.set(s.shardId, s);
+    let set = this.uncountedByAgent.get(s.agentId);
+    if (!set) this.uncountedByAgent.set(s.agentId, (set = new Set()));
+    set.add(s);
+  }
+
+  private unsetUncounted(shardId: string): void {
+    const s = this.uncounted.get(shardId);
+    if (!s) return;
+    this.uncounted.delete(shardId);
+    const set = this.uncountedByAgent.get(s.agentId);
+    if (set?.delete(s) && set.size === 0) this.uncountedByAgent.delete(s.agentId);
   }
 
   // ---- agents ---------------------------------------------------------------------------
@@ -605,7 +622,7 @@ export class LeaseTable {
     }
     for (const s of [...this.uncounted.values()]) {
       if (s.state !== "done" || s.resultConsumed) {
-        this.uncounted.delete(s.shardId);
+        this.unsetUncounted(s.shardId);
         continue;
       }
       if ((s.doneMs ?? 0) + this.uncountedTimeoutMs > now) continue;
@@ -651,7 +668,7 @@ export class LeaseTable {
     s.state = "done";
     s.lastError = "";
     s.doneMs = this.clock();
-    this.uncounted.set(s.shardId, s);
+    this.setUncounted(s);
     // The agent reports done only after JetStream acked the publication, so the result is durable
     // in the stream and the consumer will deliver it; a re-run would be dropped as a duplicate anyway.
     out.changed.push(s);
@@ -672,7 +689,7 @@ export class LeaseTable {
     // are consumed fast): the lease just ends, no CancelLease; the done that follows is accepted.
     if (s.state === "leased" && own !== undefined && own === s.leaseId) this.dropLease(s);
     else if (s.state === "leased") this.revoke(s, "result already received from another attempt", out);
-    this.uncounted.delete(shardId);
+    this.unsetUncounted(shardId);
     if (s.state !== "done" || !s.resultConsumed) {
       s.state = "done";
       s.resultConsumed = true;
@@ -727,7 +744,7 @@ export class LeaseTable {
 
   private retryOrFail(s: ShardEntry, error: string, out: Changes): void {
     this.dropLease(s);
-    this.uncounted.delete(s.shardId);
+    this.unsetUncounted(s.shardId);
     s.lastError = error;
     const max = this.sweeps.get(s.sweepId)?.maxAttempts ?? 3;
     if (s.attempts >= max) {
@@ -809,7 +826,7 @@ export class LeaseTable {
     const out = emptyChanges();
     const uncounted = this.activate(sweepId, true, "done").filter((s) => !s.resultConsumed);
     for (const s of [...this.activate(sweepId, true, "failed"), ...uncounted]) {
-      this.uncounted.delete(s.shardId);
+      this.unsetUncounted(s.shardId);
       this.requeue(s);
       s.attempts = 0;
       s.notBeforeMs = 0;

@@ -39,8 +39,6 @@ export class Scheduler extends EventEmitter implements AgentStreams {
   private readonly tickMs: number;
   private readonly log: (msg: string) => void;
   private scheduled = false;
-  /** Sweeps whose open leases changed since their lease journal was last written. */
-  private readonly journalDirty = new Set<string>();
 
   constructor(opts: SchedulerOptions) {
     super();
@@ -72,7 +70,6 @@ export class Scheduler extends EventEmitter implements AgentStreams {
   forgetSweep(sweepId: string): void {
     for (const s of this.table.shardsOf(sweepId)) this.bodies.delete(s.shardId);
     this.table.forgetSweep(sweepId);
-    this.journalDirty.delete(sweepId);
   }
 
   /** Adds shards (new or loaded) to the table; `persist` writes new ones to the store. */
@@ -252,34 +249,31 @@ export class Scheduler extends EventEmitter implements AgentStreams {
     });
   }
 
-  /** Expires leases, grants pending shards, sends the grants, persists the changes and the lease journals. */
+  /** Expires leases, grants pending shards, sends the grants, persists the changes. */
   tick(): void {
     this.apply(this.table.expire());
     this.grant();
-    this.writeJournals();
   }
 
   /**
-   * Writes the lease journal of every sweep whose open leases changed: a restart restores these
-   * leases (a fresh TTL for their agents, their results accepted). A grant newer than the last
-   * journal is re-queued by a restart; that costs a re-run, never a double count (README "Shard state").
+   * Writes the lease journal of each (sweep, agent) just granted to: the leases the agent holds
+   * there, and those it reported done whose result is not counted yet. A restart restores them (a
+   * fresh TTL for the agent, its result accepted). A lease that ended otherwise has a newer shard
+   * record (failure, hand back, cancel) or a stored result, which win over the journal; a grant not
+   * yet in a journal at a crash is re-queued: a re-run, never a double count (README "Shard state").
    */
-  writeJournals(): void {
-    if (this.journalDirty.size === 0) return;
-    const open = this.table.openLeases();
-    for (const id of this.journalDirty) {
-      const leases: JournalLease[] = (open.get(id) ?? []).map((e) => [
-        e.shardId,
-        e.state === "done" ? "d" : "l",
-        e.attempts,
-        e.leaseId,
-        e.agentId,
-        e.leasedMs ?? 0,
-        e.doneMs ?? 0,
-      ]);
-      this.store.saveLeases(id, leases);
+  private writeJournals(grants: { agentId: string; sweepId: string }[]): void {
+    const done = new Set<string>();
+    for (const { agentId, sweepId } of grants) {
+      const key = `${sweepId}\n${agentId}`;
+      if (done.has(key)) continue;
+      done.add(key);
+      const leases: JournalLease[] = this.table
+        .openLeasesOf(agentId)
+        .filter((e) => e.sweepId === sweepId)
+        .map((e) => [e.shardId, e.state === "done" ? "d" : "l", e.attempts, e.leaseId, e.agentId, e.leasedMs ?? 0, e.doneMs ?? 0]);
+      this.store.saveLeases(sweepId, agentId, leases);
     }
-    this.journalDirty.clear();
   }
 
   /** Grants pending shards, sends the grants, persists the changes. */
@@ -296,11 +290,11 @@ export class Scheduler extends EventEmitter implements AgentStreams {
       session.send({ body: { $case: "lease", lease: { leaseId: g.leaseId, shard, ttlMs: g.ttlMs } } });
     }
     const entries = this.table.entriesOf(grants);
-    for (const e of entries) this.journalDirty.add(e.sweepId); // a grant is journalled, not recorded
+    this.writeJournals(entries); // a grant is journalled per agent, not recorded per shard
     for (const id of new Set(entries.map((e) => e.sweepId))) this.emit("shards", id);
   }
 
-  /** Sends revocations, counts, and persists the changes: shard records when `record` (a failure, hold, cancel, resume), the lease journal always. */
+  /** Sends revocations, counts, and persists the changes as shard records when `record` (a failure, hold, cancel, resume; not a done or a counted result). */
   private apply(ch: Changes, record = true): void {
     for (const r of ch.revoked) {
       this.sessions.get(r.agentId)?.send({ body: { $case: "cancel", cancel: { leaseId: r.leaseId, reason: r.reason } } });
@@ -315,9 +309,6 @@ export class Scheduler extends EventEmitter implements AgentStreams {
       if (ch.newlyFailed > 0) this.metrics.cells.inc({ status: "failed" }, failedCells);
     }
     if (record) this.persist(ch.changed);
-    for (const e of ch.changed) this.journalDirty.add(e.sweepId);
-    for (const r of ch.revoked) this.journalDirty.add(this.table.get(r.shardId)?.sweepId ?? "");
-    this.journalDirty.delete("");
     if (ch.overdue > 0) this.log(`${ch.overdue} lease(s) held past the maximum lease time revoked and re-queued`);
     if (ch.uncounted > 0) this.log(`${ch.uncounted} shard(s) reported done without a counted result re-queued`);
     for (const id of new Set(ch.changed.map((e) => e.sweepId))) this.emit("shards", id);

@@ -66,13 +66,19 @@ export interface ShardRecord extends ShardEntry {
 }
 
 /**
- * One open lease of a sweep's lease journal (`<sweep>.leases`): [shard id, "l" leased | "d" done by
- * its agent and not yet counted, attempts, lease id, agent id, granted ms, done ms].
+ * One open lease in an agent's lease journal of a sweep: [shard id, "l" leased | "d" done by the
+ * agent and not yet counted, attempts, lease id, agent id, granted ms, done ms].
  */
 export type JournalLease = [string, "l" | "d", number, string, string, number, number];
 
-/** The lease journal's key of a sweep: two tokens, where shard records have three (`<sweep>.<prompt>.<part>`). */
-export const journalKey = (sweepId: string): string => `${sweepId}.leases`;
+/**
+ * The key of an agent's lease journal of a sweep: `<sweep>.L.<agent id, base64url>` (shard records
+ * are `<sweep>.<prompt>.<part>`, numbers; the agent id may hold characters a key may not).
+ */
+export const journalKey = (sweepId: string, agentId: string): string => `${sweepId}.L.${Buffer.from(agentId).toString("base64url") || "_"}`;
+
+/** Whether a key of the shards bucket is a lease journal's. */
+const isJournalKey = (key: string): boolean => key.split(".")[1] === "L";
 
 interface Envelope<T> {
   epoch: number;
@@ -389,34 +395,28 @@ export class StateStore {
     return (JSON.parse(e.string()) as Envelope<SweepRecord>).data;
   }
 
-  /** The shard records of one sweep (three-token keys: not its lease journal). */
+  /** The shard records of one sweep (not its lease journals). */
   async loadShards(sweepId: string): Promise<ShardRecord[]> {
     if (!isKvKey(sweepId)) throw new InvalidKeyError(sweepId);
-    return await this.loadBucket<ShardRecord>(SHARDS_BUCKET, "h:", `${sweepId}.*.*`);
+    return await this.loadBucket<ShardRecord>(SHARDS_BUCKET, "h:", `${sweepId}.>`, (k) => !isJournalKey(k));
   }
 
   /**
-   * Writes a sweep's lease journal: every lease open now (coalesced, CAS, retried in the
-   * background like a shard record). One value per sweep instead of a record write per grant.
+   * Writes an agent's lease journal of a sweep: the leases it holds there now (coalesced, CAS,
+   * retried in the background like a shard record). Written at each grant batch to the agent,
+   * instead of a record per shard granted, done and counted.
    */
-  saveLeases(sweepId: string, leases: JournalLease[]): void {
-    const key = journalKey(sweepId);
+  saveLeases(sweepId: string, agentId: string, leases: JournalLease[]): void {
+    const key = journalKey(sweepId, agentId);
     this.enqueue(this.shards, `h:${key}`, key, this.encode(leases));
   }
 
-  /** A sweep's lease journal as last written (empty if none or malformed: a lease it lacks is re-queued, never lost). */
+  /** Every lease in a sweep's lease journals (none if absent; a malformed entry is skipped: its shard is re-queued, never lost). */
   async loadLeases(sweepId: string): Promise<JournalLease[]> {
     if (!isKvKey(sweepId)) throw new InvalidKeyError(sweepId);
-    const key = journalKey(sweepId);
-    const e = await this.shards.get(key);
-    if (!e || e.operation !== "PUT") return [];
-    this.revisions.set(`h:${key}`, e.revision);
-    try {
-      const data = (JSON.parse(e.string()) as Envelope<unknown>).data;
-      return Array.isArray(data) ? data.filter(isJournalLease) : [];
-    } catch {
-      return [];
-    }
+    const out: JournalLease[] = [];
+    for (const data of await this.loadBucket<unknown>(SHARDS_BUCKET, "h:", `${sweepId}.L.*`)) if (Array.isArray(data)) out.push(...data.filter(isJournalLease));
+    return out;
   }
 
   /**
@@ -435,7 +435,7 @@ export class StateStore {
     };
     const [shardKeys, resultKeys, snapshotKeys] = await Promise.all([keysOf(this.shards), keysOf(this.aggregates), keysOf(this.snapshots)]);
     // Most shards have no record (the plan implies them): the count removed is the sweep's shards.
-    const shardCount = (await this.loadSweep(sweepId).catch(() => undefined))?.shardCount ?? shardKeys.filter((k) => k !== journalKey(sweepId)).length;
+    const shardCount = (await this.loadSweep(sweepId).catch(() => undefined))?.shardCount ?? shardKeys.filter((k) => !isJournalKey(k)).length;
     for (const k of [`s:${sweepId}`, ...shardKeys.map((k) => `h:${k}`)]) {
       const w = this.writers.get(k);
       if (w) w.pending = undefined;
@@ -451,11 +451,11 @@ export class StateStore {
     return { shards: shardCount, results: resultKeys.length };
   }
 
-  private async loadBucket<T>(bucket: string, prefix: string, filter?: string): Promise<T[]> {
+  private async loadBucket<T>(bucket: string, prefix: string, filter?: string, keep: (key: string) => boolean = () => true): Promise<T[]> {
     const out: T[] = [];
     const dec = new TextDecoder();
     for (const e of await this.readBucket(bucket, filter)) {
-      if (e.key.startsWith("_")) continue; // the epoch key
+      if (e.key.startsWith("_") || !keep(e.key)) continue; // the epoch key
       this.revisions.set(prefix + e.key, e.revision);
       out.push((JSON.parse(dec.decode(e.value)) as Envelope<T>).data);
     }

@@ -28,7 +28,7 @@ import { confineSweepSpec } from "./model-roots.js";
 import type { AddOutcome, ResultSink } from "./results-consumer.js";
 import { checkResultContent, type Rejection } from "./result-check.js";
 import type { Scheduler } from "./scheduler.js";
-import { isKvKey, type ShardRecord, type StateStore, type SweepRecord } from "./state-store.js";
+import { isKvKey, type JournalLease, type ShardRecord, type StateStore, type SweepRecord } from "./state-store.js";
 import { SEGMENT_MAX_BYTES, type SnapshotManifest } from "./snapshots.js";
 import { newAggregator, newSweepId, plan, resultRows, shardRecord, traceEvidence, type Aggregator } from "./sweep-runtime.js";
 import {
@@ -283,7 +283,9 @@ export class Sweeps extends EventEmitter implements ResultSink {
         }
       }
     }
-    const journal = new Map((await this.d.store.loadLeases(id)).map((l) => [l[0], l]));
+    // Every agent's journal: a shard granted again (to another agent) is in both; the newest grant holds.
+    const journal = new Map<string, JournalLease>();
+    for (const l of await this.d.store.loadLeases(id)) if ((journal.get(l[0])?.[5] ?? -1) < l[5]) journal.set(l[0], l);
     let counted = 0;
     for (const r of all) {
       const l = journal.get(r.shardId);
