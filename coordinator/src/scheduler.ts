@@ -14,6 +14,7 @@ import { LeaseTable, type Changes, type ShardEntry } from "./lease-table.js";
 import type { JournalLease, ShardRecord, StateStore } from "./state-store.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import { AgentConnectedError } from "./errors.js";
+import { ShardBodies } from "./shard-bodies.js";
 
 /** Options of {@link Scheduler}. */
 export interface SchedulerOptions {
@@ -34,7 +35,7 @@ export class Scheduler extends EventEmitter implements AgentStreams {
   private readonly metrics: CoordinatorMetrics | undefined;
   private readonly sessions = new Map<string, AgentSession>();
   /** Each shard's protobuf (base64), sent in its lease grants. */
-  private readonly bodies = new Map<string, string>();
+  private readonly bodies = new ShardBodies();
   private timer: NodeJS.Timeout | undefined;
   private readonly tickMs: number;
   private readonly log: (msg: string) => void;
@@ -68,16 +69,15 @@ export class Scheduler extends EventEmitter implements AgentStreams {
 
   /** Drops a sweep's shards and their bodies from memory (they stay in the state store). */
   forgetSweep(sweepId: string): void {
-    for (const s of this.table.shardsOf(sweepId)) this.bodies.delete(s.shardId);
+    this.bodies.forget(sweepId);
     this.table.forgetSweep(sweepId);
   }
 
   /** Adds shards (new or loaded) to the table; `persist` writes new ones to the store. */
   addShards(records: ShardRecord[], persist: boolean): void {
     for (const r of records) {
-      const { shard, ...entry } = r;
-      this.bodies.set(r.shardId, shard);
-      this.table.restore(entry);
+      if (r.shard) this.bodies.set(r.sweepId, r.shardId, r.shard);
+      this.table.restore(r); // the table keeps its own copy of the entry fields only
       if (persist) this.store.saveShard(r);
     }
     this.kick();
@@ -210,8 +210,9 @@ export class Scheduler extends EventEmitter implements AgentStreams {
 
   /** The planned shard (as granted, attempt 0) by id, or undefined when no sweep here planned it. */
   plannedShard(shardId: string): sweep.Shard | undefined {
-    const body = this.bodies.get(shardId);
-    return body ? sweep.Shard.decode(Buffer.from(body, "base64")) : undefined;
+    const sweepId = this.table.get(shardId)?.sweepId;
+    const body = sweepId === undefined ? undefined : this.bodies.get(sweepId, shardId);
+    return body ? sweep.Shard.decode(body) : undefined;
   }
 
   /** Held shards become grantable (or fail with `error`); see LeaseTable.release. */
@@ -281,9 +282,10 @@ export class Scheduler extends EventEmitter implements AgentStreams {
     const grants = this.table.schedule();
     for (const g of grants) {
       const session = this.sessions.get(g.agentId);
-      const body = this.bodies.get(g.shardId);
+      const sweepId = this.table.get(g.shardId)?.sweepId;
+      const body = sweepId === undefined ? undefined : this.bodies.get(sweepId, g.shardId);
       if (!session || !body) continue; // cannot happen: only connected agents get credit
-      const shard = sweep.Shard.decode(Buffer.from(body, "base64"));
+      const shard = sweep.Shard.decode(body);
       const prompt = shard.prompt && this.promptOf?.(shard.sweepId, shard.prompt.index);
       if (prompt) shard.prompt = prompt;
       shard.attempt = g.attempt;
@@ -316,6 +318,9 @@ export class Scheduler extends EventEmitter implements AgentStreams {
 
   private persist(entries: ShardEntry[]): void {
     const now = Date.now();
-    for (const e of entries) this.store.saveShard({ ...e, shard: this.bodies.get(e.shardId) ?? "", savedMs: now });
+    for (const e of entries) {
+      const body = this.bodies.get(e.sweepId, e.shardId);
+      this.store.saveShard({ ...e, shard: body ? Buffer.from(body).toString("base64") : "", savedMs: now });
+    }
   }
 }
