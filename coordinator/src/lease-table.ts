@@ -144,27 +144,46 @@ type Tallied = ShardEntry & { [TALLY]?: Tally; [RETRIES]?: number; [QPOS]?: numb
  * shape change per shard: 10% of the time of adding 1M shards went to `tally` alone.)
  */
 function ownEntry(r: ShardEntry): Tallied {
-  return {
-    shardId: r.shardId,
-    sweepId: r.sweepId,
-    promptKey: r.promptKey,
-    cells: r.cells,
-    state: r.state,
-    attempts: r.attempts,
-    leaseId: r.leaseId,
-    agentId: r.agentId,
-    leaseExpiresMs: r.leaseExpiresMs,
-    notBeforeMs: r.notBeforeMs,
-    lastError: r.lastError,
-    resultConsumed: r.resultConsumed,
-    leasedMs: r.leasedMs,
-    doneMs: r.doneMs,
-    disconnects: r.disconnects,
-    [TALLY]: undefined,
-    [RETRIES]: 0,
-    [QPOS]: -1,
-    [ORD]: -1,
-  };
+  return new OwnEntry(r);
+}
+
+class OwnEntry implements ShardEntry {
+  shardId: string;
+  sweepId: string;
+  promptKey: string;
+  cells: number;
+  state: ShardState;
+  attempts: number;
+  leaseId: string;
+  agentId: string;
+  leaseExpiresMs: number;
+  notBeforeMs: number;
+  lastError: string;
+  resultConsumed: boolean;
+  leasedMs: number | undefined;
+  doneMs: number | undefined;
+  disconnects: string[] | undefined;
+  [TALLY]: Tally | undefined = undefined;
+  [RETRIES] = 0;
+  [QPOS] = -1;
+  [ORD] = -1;
+  constructor(r: ShardEntry) {
+    this.shardId = r.shardId;
+    this.sweepId = r.sweepId;
+    this.promptKey = r.promptKey;
+    this.cells = r.cells;
+    this.state = r.state;
+    this.attempts = r.attempts;
+    this.leaseId = r.leaseId;
+    this.agentId = r.agentId;
+    this.leaseExpiresMs = r.leaseExpiresMs;
+    this.notBeforeMs = r.notBeforeMs;
+    this.lastError = r.lastError;
+    this.resultConsumed = r.resultConsumed;
+    this.leasedMs = r.leasedMs;
+    this.doneMs = r.doneMs;
+    this.disconnects = r.disconnects;
+  }
 }
 
 /**

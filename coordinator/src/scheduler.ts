@@ -74,11 +74,11 @@ export class Scheduler extends EventEmitter implements AgentStreams {
   }
 
   /** Adds shards (new or loaded) to the table; `persist` writes new ones to the store. */
-  addShards(records: ShardRecord[], persist: boolean): void {
+  addShards(records: (ShardEntry & { shard: string | Uint8Array })[], persist: boolean): void {
     for (const r of records) {
-      if (r.shard) this.bodies.set(r.sweepId, r.shardId, r.shard);
+      if (r.shard.length > 0) this.bodies.set(r.sweepId, r.shardId, r.shard);
       this.table.restore(r); // the table keeps its own copy of the entry fields only
-      if (persist) this.store.saveShard(r);
+      if (persist) this.store.saveShard({ ...r, shard: typeof r.shard === "string" ? r.shard : Buffer.from(r.shard).toString("base64") });
     }
     this.kick();
   }

@@ -19,14 +19,17 @@ class SweepBodies {
   private readonly byPrompt = new Map<number, number[]>();
   private readonly other = new Map<string, number>();
 
-  set(shardId: string, base64: string): void {
-    const n = Buffer.byteLength(base64, "base64");
+  set(shardId: string, body: string | Uint8Array): void {
+    const n = typeof body === "string" ? Buffer.byteLength(body, "base64") : body.length;
     if (this.used + n > CHUNK) {
       this.chunks.push(Buffer.allocUnsafeSlow(Math.max(CHUNK, n)));
       this.used = 0;
     }
     const c = this.chunks.length - 1;
-    const written = this.chunks[c]!.write(base64, this.used, "base64");
+    const chunk = this.chunks[c]!;
+    let written = n;
+    if (typeof body === "string") written = chunk.write(body, this.used, "base64");
+    else chunk.set(body, this.used);
     const slot = this.at.length;
     this.at.push(c * CHUNK + this.used);
     this.len.push(written);
@@ -68,10 +71,11 @@ function parseId(shardId: string): { prompt: number; part: number } | undefined 
 export class ShardBodies {
   private readonly sweeps = new Map<string, SweepBodies>();
 
-  set(sweepId: string, shardId: string, base64: string): void {
+  /** Stores a body, as base64 (a stored record's) or bytes. */
+  set(sweepId: string, shardId: string, body: string | Uint8Array): void {
     let s = this.sweeps.get(sweepId);
     if (!s) this.sweeps.set(sweepId, (s = new SweepBodies()));
-    s.set(shardId, base64);
+    s.set(shardId, body);
   }
 
   /** The body's bytes (a view into the sweep's buffer: decode, do not keep), or undefined. */

@@ -30,7 +30,7 @@ import { checkResultContent, type Rejection } from "./result-check.js";
 import type { Scheduler } from "./scheduler.js";
 import { isKvKey, type JournalLease, type ShardRecord, type StateStore, type SweepRecord } from "./state-store.js";
 import { SEGMENT_MAX_BYTES, type SnapshotManifest } from "./snapshots.js";
-import { newAggregator, newSweepId, plan, resultRows, shardRecord, traceEvidence, type Aggregator } from "./sweep-runtime.js";
+import { newAggregator, newSweepId, plan, plannedShard, resultRows, shardRecord, traceEvidence, type Aggregator, type PlannedShard } from "./sweep-runtime.js";
 import {
   InvalidSpecError,
   ModelNotFoundError,
@@ -260,14 +260,14 @@ export class Sweeps extends EventEmitter implements ResultSink {
   private async restoreShards(s: LiveSweep, records: ShardRecord[]): Promise<void> {
     const id = s.rec.sweepId;
     const t0 = Date.now();
-    let all = records;
+    let all: (ShardRecord | PlannedShard)[] = records;
     if (records.length < s.rec.shardCount) {
       try {
         const p = plan(s.spec, id, s.rec.traceLayers ? { traceLayers: s.rec.traceLayers } : {});
         const changed = promptsDiffer(p.prompts, s.prompts);
         if (changed) throw new Error(`re-planning gives other prompts than the sweep record's (${changed}): its dataset or tokenizer changed since launch`);
         const byId = new Map(records.map((r) => [r.shardId, r]));
-        all = p.shards.map((sh) => byId.get(sh.shardId) ?? shardRecord(id, sh));
+        all = p.shards.map((sh) => byId.get(sh.shardId) ?? plannedShard(id, sh));
         const planned = new Set(p.shards.map((sh) => sh.shardId));
         for (const r of records) if (!planned.has(r.shardId)) this.d.log(`shard ${r.shardId}: stored but not planned; ignored`);
         p.shards.length = 0; // the planned objects go; each shard is its record from here
@@ -290,7 +290,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     for (const r of all) {
       const l = journal.get(r.shardId);
       // The journal's lease is newer than the record (a grant after the failure the record holds).
-      if (l && Math.max(l[5], l[6]) >= (r.savedMs ?? 0) && r.state !== "failed") {
+      if (l && Math.max(l[5], l[6]) >= ("savedMs" in r ? (r.savedMs ?? 0) : 0) && r.state !== "failed") {
         r.state = l[1] === "d" ? "done" : "leased";
         r.attempts = l[2];
         r.leaseId = l[3];
@@ -669,13 +669,15 @@ export class Sweeps extends EventEmitter implements ResultSink {
     // the spec (no record per shard: a 1M-shard launch wrote 1M records, 74-178 s). Only an edit
     // sweep whose covariance shards were pruned (or held) differs from its plan: its shards are recorded.
     const pruned = spec.kind === "edit" && this.d.covariances !== undefined;
-    const records = p.shards.map((sh) => ({ ...shardRecord(sweepId, sh), ...(held.has(sh.shardId) ? { notBeforeMs: HELD_MS } : {}) }));
+    const records: (ShardRecord | PlannedShard)[] = pruned
+      ? p.shards.map((sh) => ({ ...shardRecord(sweepId, sh), ...(held.has(sh.shardId) ? { notBeforeMs: HELD_MS } : {}) }))
+      : p.shards.map((sh) => plannedShard(sweepId, sh));
     p.shards.length = 0; // the planned objects go: each shard is its record from here
     await this.d.store.createSweep(rec);
     let written = true;
     if (pruned) {
       try {
-        await this.d.store.createShards(records);
+        await this.d.store.createShards(records as ShardRecord[]);
       } catch (err) {
         written = false; // NATS away: the background writer retries until it is back
         this.d.log(`sweep ${sweepId}: writing its ${records.length} shard records failed (${(err as Error).message}); retrying in the background`);
@@ -708,9 +710,11 @@ export class Sweeps extends EventEmitter implements ResultSink {
   }
 
   /** Held edit shards wait for their ROME covariance (merged as soon as its parts are stored). */
-  private trackCovariances(records: ShardRecord[]): void {
+  private trackCovariances(records: (ShardRecord | PlannedShard)[]): void {
     if (!this.d.covariances || records.length === 0) return;
-    this.d.covariances.track(records.map((r) => ({ entry: r, shard: sweep.Shard.decode(Buffer.from(r.shard, "base64")) })));
+    this.d.covariances.track(
+      records.map((r) => ({ entry: r, shard: sweep.Shard.decode(typeof r.shard === "string" ? Buffer.from(r.shard, "base64") : r.shard) })),
+    );
   }
 
   /** The sweep's current SweepInfo. */
