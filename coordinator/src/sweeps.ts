@@ -75,6 +75,22 @@ interface SnapState {
   retryMs: number;
 }
 
+/**
+ * The planned shards as the table takes them: a stored record where there is one (taken out of
+ * `records`, so what is left there was not planned), else the planned entry; each planned object
+ * is let go as it is walked.
+ */
+function* planned(sweepId: string, shards: (sweep.Shard | undefined)[], records: Map<string, ShardRecord>): Generator<ShardRecord | PlannedShard> {
+  for (let i = 0; i < shards.length; i++) {
+    const sh = shards[i]!;
+    shards[i] = undefined;
+    const r = records.get(sh.shardId);
+    if (r) records.delete(sh.shardId);
+    yield r ?? plannedShard(sweepId, sh);
+  }
+  shards.length = 0;
+}
+
 /** Why two prompt lists differ (the first difference), or "" if they are the same. */
 function promptsDiffer(a: sweep.PromptSpec[], b: sweep.PromptSpec[]): string {
   if (a.length !== b.length) return `${a.length} prompts, ${b.length} stored`;
@@ -260,17 +276,17 @@ export class Sweeps extends EventEmitter implements ResultSink {
   private async restoreShards(s: LiveSweep, records: ShardRecord[]): Promise<void> {
     const id = s.rec.sweepId;
     const t0 = Date.now();
-    let all: (ShardRecord | PlannedShard)[] = records;
+    // Every agent's journal: a shard granted again (to another agent) is in both; the newest grant holds.
+    const journal = new Map<string, JournalLease>();
+    for (const l of await this.d.store.loadLeases(id)) if ((journal.get(l[0])?.[5] ?? -1) < l[5]) journal.set(l[0], l);
+    let source: Iterable<ShardRecord | PlannedShard> = records;
+    const unplanned = new Map(records.map((r) => [r.shardId, r]));
     if (records.length < s.rec.shardCount) {
       try {
         const p = plan(s.spec, id, s.rec.traceLayers ? { traceLayers: s.rec.traceLayers } : {});
         const changed = promptsDiffer(p.prompts, s.prompts);
         if (changed) throw new Error(`re-planning gives other prompts than the sweep record's (${changed}): its dataset or tokenizer changed since launch`);
-        const byId = new Map(records.map((r) => [r.shardId, r]));
-        all = p.shards.map((sh) => byId.get(sh.shardId) ?? plannedShard(id, sh));
-        const planned = new Set(p.shards.map((sh) => sh.shardId));
-        for (const r of records) if (!planned.has(r.shardId)) this.d.log(`shard ${r.shardId}: stored but not planned; ignored`);
-        p.shards.length = 0; // the planned objects go; each shard is its record from here
+        source = planned(id, p.shards, unplanned);
       } catch (err) {
         // Without the plan only the recorded shards are known: the sweep cannot finish as planned.
         this.d.log(
@@ -281,13 +297,21 @@ export class Sweeps extends EventEmitter implements ResultSink {
           s.rec.finishedMs = Date.now();
           this.d.table.setSweep(id, false, s.rec.maxAttempts);
         }
+        unplanned.clear();
       }
-    }
-    // Every agent's journal: a shard granted again (to another agent) is in both; the newest grant holds.
-    const journal = new Map<string, JournalLease>();
-    for (const l of await this.d.store.loadLeases(id)) if ((journal.get(l[0])?.[5] ?? -1) < l[5]) journal.set(l[0], l);
+    } else unplanned.clear();
     let counted = 0;
-    for (const r of all) {
+    let n = 0;
+    let batch: (ShardRecord | PlannedShard)[] = [];
+    const edits: (ShardRecord | PlannedShard)[] = [];
+    const flush = () => {
+      this.d.scheduler.addShards(batch, false);
+      if (s.spec.kind === "edit") edits.push(...batch);
+      n += batch.length;
+      batch = [];
+    };
+    // In batches, as the plan is walked: the planned objects go as their shards join the table.
+    for (const r of source) {
       const l = journal.get(r.shardId);
       // The journal's lease is newer than the record (a grant after the failure the record holds).
       if (l && Math.max(l[5], l[6]) >= ("savedMs" in r ? (r.savedMs ?? 0) : 0) && r.state !== "failed") {
@@ -305,11 +329,14 @@ export class Sweeps extends EventEmitter implements ResultSink {
         r.lastError = "";
         counted++;
       }
+      batch.push(r);
+      if (batch.length >= 8192) flush();
     }
-    this.d.scheduler.addShards(all, false);
-    this.trackCovariances(all.filter(() => s.spec.kind === "edit"));
+    flush();
+    for (const r of unplanned.keys()) this.d.log(`shard ${r}: stored but not planned; ignored`);
+    this.trackCovariances(edits);
     this.d.log(
-      `sweep ${id}: ${all.length} shard(s) restored in ${Date.now() - t0} ms (${records.length} record(s), ${journal.size} open lease(s), ${counted} counted from stored results)`,
+      `sweep ${id}: ${n} shard(s) restored in ${Date.now() - t0} ms (${records.length} record(s), ${journal.size} open lease(s), ${counted} counted from stored results)`,
     );
   }
 
@@ -669,27 +696,34 @@ export class Sweeps extends EventEmitter implements ResultSink {
     // the spec (no record per shard: a 1M-shard launch wrote 1M records, 74-178 s). Only an edit
     // sweep whose covariance shards were pruned (or held) differs from its plan: its shards are recorded.
     const pruned = spec.kind === "edit" && this.d.covariances !== undefined;
-    const records: (ShardRecord | PlannedShard)[] = pruned
-      ? p.shards.map((sh) => ({ ...shardRecord(sweepId, sh), ...(held.has(sh.shardId) ? { notBeforeMs: HELD_MS } : {}) }))
-      : p.shards.map((sh) => plannedShard(sweepId, sh));
-    p.shards.length = 0; // the planned objects go: each shard is its record from here
+    const shardCount = p.shards.length;
     await this.d.store.createSweep(rec);
-    let written = true;
     if (pruned) {
+      const records = p.shards.map((sh) => ({ ...shardRecord(sweepId, sh), ...(held.has(sh.shardId) ? { notBeforeMs: HELD_MS } : {}) }));
+      let written = true;
       try {
-        await this.d.store.createShards(records as ShardRecord[]);
+        await this.d.store.createShards(records);
       } catch (err) {
         written = false; // NATS away: the background writer retries until it is back
         this.d.log(`sweep ${sweepId}: writing its ${records.length} shard records failed (${(err as Error).message}); retrying in the background`);
       }
+      this.hold(rec, spec, agg, p.prompts);
+      this.d.scheduler.addShards(records, !written);
+      if (held.size > 0) this.trackCovariances(records);
+      if (!written) await this.d.store.flush();
+    } else {
+      this.hold(rec, spec, agg, p.prompts);
+      let batch: (ShardRecord | PlannedShard)[] = [];
+      for (const r of planned(sweepId, p.shards, new Map())) {
+        batch.push(r);
+        if (batch.length >= 8192) {
+          this.d.scheduler.addShards(batch, false);
+          batch = [];
+        }
+      }
+      this.d.scheduler.addShards(batch, false);
     }
-    this.hold(rec, spec, agg, p.prompts);
-    this.d.scheduler.addShards(records, !written);
-    if (held.size > 0) this.trackCovariances(records);
-    if (!written) await this.d.store.flush();
-    this.d.log(
-      `sweep ${sweepId} launched: ${p.prompts.length} prompts (${p.promptErrors.length} with errors), ${records.length} shards, ${p.plannedCells} cells`,
-    );
+    this.d.log(`sweep ${sweepId} launched: ${p.prompts.length} prompts (${p.promptErrors.length} with errors), ${shardCount} shards, ${p.plannedCells} cells`);
     this.emit("sweep", sweepId);
     return this.info(sweepId);
   }
