@@ -361,6 +361,18 @@ export class LeaseTable {
     this.tally(e);
   }
 
+  /**
+   * Counts `shards` shards of `cells` cells as done without an entry each: shards a restart finds
+   * counted (their results stored) need nothing more than their place in the sweep's counts.
+   */
+  addCounted(sweepId: string, shards: number, cells: number): void {
+    let t = this.tallies.get(sweepId);
+    if (!t) this.tallies.set(sweepId, (t = { total: 0, pending: 0, leased: 0, done: 0, failed: 0, doneCells: 0, retries: 0, failedShards: new Set() }));
+    t.total += shards;
+    t.done += shards;
+    t.doneCells += cells;
+  }
+
   /** Files the shard under its current tally in its sweep's counts (call after any change of state or resultConsumed). */
   private tally(s: ShardEntry): void {
     const e = s as Tallied;

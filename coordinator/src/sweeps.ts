@@ -15,6 +15,7 @@ import {
   modelTrace,
   parseSweepSpec,
   ProgressRate,
+  shardUnits,
   validateSweepId,
   type ModelTrace,
   type PlanLimits,
@@ -77,16 +78,22 @@ interface SnapState {
 
 /**
  * The planned shards as the table takes them: a stored record where there is one (taken out of
- * `records`, so what is left there was not planned), else the planned entry; each planned object
- * is let go as it is walked.
+ * `records`, so what is left there was not planned), else the planned entry unless `keep` says
+ * no; each planned object is let go as it is walked.
  */
-function* planned(sweepId: string, shards: (sweep.Shard | undefined)[], records: Map<string, ShardRecord>): Generator<ShardRecord | PlannedShard> {
+function* planned(
+  sweepId: string,
+  shards: (sweep.Shard | undefined)[],
+  records: Map<string, ShardRecord>,
+  keep?: (sh: sweep.Shard) => boolean,
+): Generator<ShardRecord | PlannedShard> {
   for (let i = 0; i < shards.length; i++) {
     const sh = shards[i]!;
     shards[i] = undefined;
     const r = records.get(sh.shardId);
     if (r) records.delete(sh.shardId);
-    yield r ?? plannedShard(sweepId, sh);
+    if (r) yield r;
+    else if (!keep || keep(sh)) yield plannedShard(sweepId, sh);
   }
   shards.length = 0;
 }
@@ -280,13 +287,23 @@ export class Sweeps extends EventEmitter implements ResultSink {
     const journal = new Map<string, JournalLease>();
     for (const l of await this.d.store.loadLeases(id)) if ((journal.get(l[0])?.[5] ?? -1) < l[5]) journal.set(l[0], l);
     let source: Iterable<ShardRecord | PlannedShard> = records;
+    let addCounted = 0;
+    let addCells = 0;
     const unplanned = new Map(records.map((r) => [r.shardId, r]));
     if (records.length < s.rec.shardCount) {
       try {
         const p = plan(s.spec, id, s.rec.traceLayers ? { traceLayers: s.rec.traceLayers } : {});
         const changed = promptsDiffer(p.prompts, s.prompts);
         if (changed) throw new Error(`re-planning gives other prompts than the sweep record's (${changed}): its dataset or tokenizer changed since launch`);
-        source = planned(id, p.shards, unplanned);
+        // A shard counted already needs no entry, body or scheduling: only its place in the counts
+        // (not an edit sweep's: its covariance tracking reads every shard).
+        const uncounted = (sh: sweep.Shard): boolean => {
+          if (!s.agg.has(sh.shardId)) return true;
+          addCounted++;
+          addCells += shardUnits(sh);
+          return false;
+        };
+        source = planned(id, p.shards, unplanned, s.spec.kind === "edit" ? undefined : uncounted);
       } catch (err) {
         // Without the plan only the recorded shards are known: the sweep cannot finish as planned.
         this.d.log(
@@ -333,6 +350,9 @@ export class Sweeps extends EventEmitter implements ResultSink {
       if (batch.length >= 8192) flush();
     }
     flush();
+    this.d.table.addCounted(id, addCounted, addCells);
+    counted += addCounted;
+    n += addCounted;
     for (const r of unplanned.keys()) this.d.log(`shard ${r}: stored but not planned; ignored`);
     this.trackCovariances(edits);
     this.d.log(
@@ -466,10 +486,12 @@ export class Sweeps extends EventEmitter implements ResultSink {
     }
     const s = this.live.get(r.sweepId);
     if (!s) return { reason: "unknown_sweep", detail: `result of shard ${r.shardId} for unknown sweep ${r.sweepId}` };
+    // A duplicate (ignored by the aggregator): only a planned shard's result was ever aggregated (a
+    // shard a restart found counted has no entry or body in memory).
+    if (s.agg.has(r.shardId)) return undefined;
     const entry = this.d.table.get(r.shardId);
     const planned = entry?.sweepId === r.sweepId ? this.d.scheduler.plannedShard(r.shardId) : undefined;
     if (!planned) return { reason: "unplanned_shard", detail: `sweep ${r.sweepId} planned no shard ${r.shardId}` };
-    if (s.agg.has(r.shardId)) return undefined; // a duplicate: ignored by the aggregator
     if (!this.d.table.holdsLease(r.shardId, r.agentId, r.leaseId)) {
       const why = r.leaseId
         ? `lease ${JSON.stringify(r.leaseId.slice(0, 100))} is not its current lease`
