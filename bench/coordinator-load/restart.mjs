@@ -8,9 +8,10 @@
 //
 // Per size: a fresh nats-server; the coordinator launches the load spec of S one-cell shards
 // (spec.mjs; the launch time is recorded: durable when the RPC returns) and is SIGKILLed; then every
-// shard gets its result as an agent would leave it (the `fakeEngine` test double's ShardResult in
-// the aggregates bucket, the shard record done and counted), written straight through the
-// coordinator's own StateStore; the sweep stays `running`, as after a crash a moment before its
+// shard gets its result as agents would leave it (the `fakeEngine` test double's ShardResult in
+// the aggregates bucket, no shard record: a counted shard needs none; `--legacy-records` also writes
+// one record per shard, done and counted, as coordinators before the plan-derived shard state did),
+// written straight through the coordinator's own StateStore; the sweep stays `running`, as after a crash a moment before its
 // last result, so a restart must load all of it. Then the baseline build (if given) and this build
 // are started in turn over that state; each reports the seconds from spawn to "ready", its RSS
 // then, and the sweep's counted cells, which must equal the planned ones. This build runs twice:
@@ -30,6 +31,7 @@ import { SNAPSHOTS_BUCKET } from "@factsweep/shared";
 import { control, sweep } from "@factsweep/proto";
 import { fakeEngine, freePort, startNatsServer } from "@factsweep/testing";
 import { StateStore } from "@factsweep/coordinator";
+import { DEFAULT_PLAN_LIMITS, parseSweepSpec, planSweep } from "@factsweep/planning";
 import { procSample } from "./procstat.mjs";
 import { writeLoadSpec } from "./spec.mjs";
 
@@ -44,6 +46,8 @@ const { values: opt } = parseArgs({
     "nats-url": { type: "string", default: "" },
     // Profile this build's restart (stopped by SIGTERM so the profile is written).
     "cpu-prof-dir": { type: "string", default: "" },
+    // Also seed one shard record per shard (done, counted): the state an older coordinator left.
+    "legacy-records": { type: "boolean", default: false },
   },
 });
 const sizes = opt.shards.split(",").map(Number);
@@ -89,7 +93,7 @@ async function startCoordinator(main, natsUrl, shards, prof = "") {
 }
 
 /** Every shard of the sweep done and counted, its result stored: what the agents would have left. */
-async function seedResults(natsUrl, sweepId, shards) {
+async function seedResults(natsUrl, sweepId, shards, specText, specDir) {
   const nc = await connect({ servers: natsUrl });
   // The bucket limits the coordinator runs with (a smaller one here would shrink the buckets).
   const big = shards > 200_000;
@@ -100,7 +104,11 @@ async function seedResults(natsUrl, sweepId, shards) {
     kvMaxBytes: (big ? 4096 : 1024) * 2 ** 20,
   };
   const store = await StateStore.open(nc, { limits });
-  const records = await store.loadShards(sweepId);
+  // The shards are the plan of the sweep's spec (the coordinator stores no record per shard).
+  const planned = planSweep(
+    parseSweepSpec(specText, { baseDir: specDir, limits: { ...DEFAULT_PLAN_LIMITS, maxShards: 2_000_000, maxSpecBytes: 8 * 2 ** 20 } }),
+    sweepId,
+  ).shards;
   const t0 = performance.now();
   const put = async (shardId, bytes) => {
     for (let tries = 1; ; tries++) {
@@ -111,20 +119,33 @@ async function seedResults(natsUrl, sweepId, shards) {
       }
     }
   };
-  for (let i = 0; i < records.length; i += 128) {
+  for (let i = 0; i < planned.length; i += 128) {
     await Promise.all(
-      records.slice(i, i + 128).map(async (rec) => {
-        const shard = sweep.Shard.decode(Buffer.from(rec.shard, "base64"));
+      planned.slice(i, i + 128).map(async (shard) => {
         const result = fakeEngine({ ...shard, sweepId, attempt: 1 }, "bench");
-        await put(rec.shardId, sweep.ShardResult.encode(result).finish());
-        store.saveShard({ ...rec, state: "done", attempts: 1, agentId: "bench", resultConsumed: true });
+        await put(shard.shardId, sweep.ShardResult.encode(result).finish());
+        if (opt["legacy-records"]) {
+          const entry = {
+            shardId: shard.shardId,
+            sweepId,
+            promptKey: shard.prompt.promptKey,
+            cells: shard.cells.length,
+            leaseId: "",
+            leaseExpiresMs: 0,
+            notBeforeMs: 0,
+            lastError: "",
+          };
+          const prompt = sweep.PromptSpec.fromPartial({ index: shard.prompt.index, promptKey: shard.prompt.promptKey });
+          const body = Buffer.from(sweep.Shard.encode({ ...shard, prompt }).finish()).toString("base64");
+          store.saveShard({ ...entry, shard: body, state: "done", attempts: 1, agentId: "bench", resultConsumed: true });
+        }
       }),
     );
     if (i % 65_536 === 0) await store.flush();
   }
   await store.flush();
   await nc.close();
-  return { shards: records.length, seconds: (performance.now() - t0) / 1000 };
+  return { shards: planned.length, seconds: (performance.now() - t0) / 1000 };
 }
 
 /** Seconds until the sweep's snapshot manifest covers `results` results. */
@@ -160,8 +181,8 @@ for (const shards of sizes) {
       client.close();
       await first.stop();
       console.error(`${spec.shards} shards: launched (durable) in ${launchS.toFixed(1)} s; seeding results`);
-      const seeded = await seedResults(nats.url, "restart", spec.shards);
-      console.error(`  ${seeded.shards} results and records written in ${seeded.seconds.toFixed(1)} s`);
+      const seeded = await seedResults(nats.url, "restart", spec.shards, spec.text, work);
+      console.error(`  ${seeded.shards} results written (and shard records with --legacy-records) in ${seeded.seconds.toFixed(1)} s`);
       row.launch_s = r2(launchS);
     }
     for (const [name, main] of [...(baseline ? [["baseline", baseline]] : []), ["full", current], ["current", current]]) {
@@ -175,7 +196,7 @@ for (const shards of sizes) {
       }
       await c.stop();
       const counted = Number(info.counts?.doneCells ?? 0);
-      for (const l of c.log().split("\n")) if (/restart: .* shard record|snapshot/.test(l)) console.error(`  ${name}: ${l.trim()}`);
+      for (const l of c.log().split("\n")) if (/restart: .* shard record|snapshot|restored in/.test(l)) console.error(`  ${name}: ${l.trim()}`);
       console.error(`  ${name}: ready in ${c.readyS.toFixed(2)} s, RSS ${mb(c.rss)} MB, ${counted}/${info.counts?.plannedCells} cells counted`);
       if (counted !== spec.shards) throw new Error(`${name}: ${counted} cells counted after the restart, ${spec.shards} stored`);
       row[`${name}_restart_s`] = r2(c.readyS);
@@ -190,7 +211,7 @@ for (const shards of sizes) {
 }
 const out = {
   bench: "coordinator-restart",
-  command: `node bench/coordinator-load/restart.mjs --shards ${sizes.join(",")}${baseline ? ` --baseline ${baseline}` : ""}`,
+  command: `node bench/coordinator-load/restart.mjs --shards ${sizes.join(",")}${baseline ? ` --baseline ${baseline}` : ""}${opt["legacy-records"] ? " --legacy-records" : ""}`,
   hardware: `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}`,
   date: new Date().toISOString(),
   note,

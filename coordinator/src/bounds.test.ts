@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { Kvm } from "@nats-io/kv";
 import { connect } from "@nats-io/transport-node";
-import { control, sweep } from "@factsweep/proto";
+import { control } from "@factsweep/proto";
 import { AGGREGATES_BUCKET, SHARDS_BUCKET, SWEEPS_BUCKET } from "@factsweep/shared";
 import { call, FakeAgents, goldenSpec, GOLDEN_DIR, startHarness, until, type Harness } from "@factsweep/testing";
 import { Coordinator, type CoordinatorOptions } from "./coordinator.js";
@@ -49,29 +49,33 @@ function rowsOverGrpc(sweepId: string): Promise<control.ResultRow[]> {
   });
 }
 
-test("each prompt is stored once per sweep: shard records hold its index and key only, grants carry the whole prompt", async () => {
+test("each prompt is stored once per sweep: no record per shard (the plan is the sweep record's), open leases in a journal per agent, grants carry the whole prompt", async () => {
   h = await startHarness(Coordinator.start);
   const holder = await fleet.start(h, { agentId: "holder", hold: true, slots: 8, workers: 2 });
   // 4 layers x 6 tokens = 24 cells a prompt, 6 a shard: four shards share each prompt.
   await launch(goldenSpec({ prompts: 2, shardCells: 6 }), "once");
   await until(() => holder.heldLeases().length === 8, "every shard granted");
   for (const l of holder.heldLeases()) assert.ok((l.shard?.prompt?.inputIds.length ?? 0) > 0, `grant of ${l.shard?.shardId} carries the prompt's tokens`);
-  await h.coord.stop(); // flush the records
+  await h.coord.stop(); // flush the journal
   const nc = await connect({ servers: h.nats.url });
   try {
     const kvm = new Kvm(nc);
     const shards = await kvm.open(SHARDS_BUCKET);
-    let n = 0;
-    for await (const k of await shards.keys("once.>")) {
-      const rec = JSON.parse((await shards.get(k))!.string()).data as { shard: string };
-      const body = sweep.Shard.decode(Buffer.from(rec.shard, "base64"));
-      assert.deepEqual(body.prompt?.inputIds, [], `${k}: no tokens in the shard record`);
-      assert.equal(body.prompt?.text, "");
-      assert.equal(body.prompt?.promptKey, `once/${body.prompt?.index}`);
-      assert.equal(body.cells.length, 6);
-      n++;
-    }
-    assert.equal(n, 8);
+    const keys: string[] = [];
+    for await (const k of await shards.keys("once.>")) keys.push(k);
+    const key = `once.L.${Buffer.from("holder").toString("base64url")}`;
+    assert.deepEqual(keys, [key], "a launch and its grants write no shard record, only the agent's lease journal of the sweep");
+    const journal = JSON.parse((await shards.get(key))!.string()).data as [string, string, number, string, string][];
+    assert.deepEqual(
+      journal.map((l) => l[0]).sort(),
+      holder
+        .heldLeases()
+        .map((l) => l.shard!.shardId)
+        .sort(),
+      "every open lease is in the journal",
+    );
+    for (const l of journal) assert.equal(l[4], "holder");
+    assert.ok(JSON.stringify(journal).length < 2000, "the journal holds no prompt");
     const rec = JSON.parse((await (await kvm.open(SWEEPS_BUCKET)).get("once"))!.string()).data as { prompts: { inputIds: number[] }[] };
     assert.equal(rec.prompts.length, 2, "the sweep record holds each prompt once");
     assert.ok(rec.prompts.every((p) => p.inputIds.length > 0));

@@ -1,6 +1,9 @@
 /**
  * The scheduler drives the lease table: it knows the agents' live streams, sends them lease
- * grants and revocations, expires leases on a timer, and persists every shard the table changes.
+ * grants and revocations, expires leases on a timer, and persists what a restart must know: a
+ * shard record when a shard leaves the plan's "pending, no failed attempt" (a failure, backoff,
+ * hold, cancel, resume), and each sweep's open leases as one lease journal per sweep, written on
+ * the timer — not a record write per grant, done and counted result (coordinator/README.md, "Shard state").
  * Decisions (who gets what, when a shard is retried or failed) are the lease table's; this class
  * is the wiring between it, the agents and the state store.
  */
@@ -8,9 +11,10 @@ import { EventEmitter } from "node:events";
 import { sweep, type agent, type control } from "@factsweep/proto";
 import type { AgentSession, AgentStreams } from "./agent-service.js";
 import { LeaseTable, type Changes, type ShardEntry } from "./lease-table.js";
-import type { ShardRecord, StateStore } from "./state-store.js";
+import type { JournalLease, ShardRecord, StateStore } from "./state-store.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import { AgentConnectedError } from "./errors.js";
+import { ShardBodies } from "./shard-bodies.js";
 
 /** Options of {@link Scheduler}. */
 export interface SchedulerOptions {
@@ -31,7 +35,7 @@ export class Scheduler extends EventEmitter implements AgentStreams {
   private readonly metrics: CoordinatorMetrics | undefined;
   private readonly sessions = new Map<string, AgentSession>();
   /** Each shard's protobuf (base64), sent in its lease grants. */
-  private readonly bodies = new Map<string, string>();
+  private readonly bodies = new ShardBodies();
   private timer: NodeJS.Timeout | undefined;
   private readonly tickMs: number;
   private readonly log: (msg: string) => void;
@@ -65,17 +69,16 @@ export class Scheduler extends EventEmitter implements AgentStreams {
 
   /** Drops a sweep's shards and their bodies from memory (they stay in the state store). */
   forgetSweep(sweepId: string): void {
-    for (const s of this.table.shardsOf(sweepId)) this.bodies.delete(s.shardId);
+    this.bodies.forget(sweepId);
     this.table.forgetSweep(sweepId);
   }
 
   /** Adds shards (new or loaded) to the table; `persist` writes new ones to the store. */
-  addShards(records: ShardRecord[], persist: boolean): void {
+  addShards(records: (ShardEntry & { shard: string | Uint8Array })[], persist: boolean): void {
     for (const r of records) {
-      const { shard, ...entry } = r;
-      this.bodies.set(r.shardId, shard);
-      this.table.restore(entry);
-      if (persist) this.store.saveShard(r);
+      if (r.shard.length > 0) this.bodies.set(r.sweepId, r.shardId, r.shard);
+      this.table.restore(r); // the table keeps its own copy of the entry fields only
+      if (persist) this.store.saveShard({ ...r, shard: typeof r.shard === "string" ? r.shard : Buffer.from(r.shard).toString("base64") });
     }
     this.kick();
   }
@@ -173,7 +176,7 @@ export class Scheduler extends EventEmitter implements AgentStreams {
       this.metrics?.leaseReportsIgnored.inc({ report: "done" });
       this.log(`agent ${session.agentId}: done for lease ${d.leaseId} (shard ${d.shardId}) it does not hold; ignored`);
     }
-    this.apply(ch);
+    this.apply(ch, false);
     this.kick();
   }
 
@@ -202,18 +205,14 @@ export class Scheduler extends EventEmitter implements AgentStreams {
 
   /** The results consumer aggregated a shard's result. */
   resultConsumed(shardId: string): void {
-    this.apply(this.table.resultConsumed(shardId));
+    this.apply(this.table.resultConsumed(shardId), false); // counted: the stored result says so, no record needed
   }
 
   /** The planned shard (as granted, attempt 0) by id, or undefined when no sweep here planned it. */
   plannedShard(shardId: string): sweep.Shard | undefined {
-    const body = this.bodies.get(shardId);
-    return body ? sweep.Shard.decode(Buffer.from(body, "base64")) : undefined;
-  }
-
-  /** Resolves once the shard records of these shards are durable in KV. */
-  async shardsDurable(shardIds: string[]): Promise<void> {
-    await this.store.shardsDurable(shardIds);
+    const sweepId = this.table.get(shardId)?.sweepId;
+    const body = sweepId === undefined ? undefined : this.bodies.get(sweepId, shardId);
+    return body ? sweep.Shard.decode(body) : undefined;
   }
 
   /** Held shards become grantable (or fail with `error`); see LeaseTable.release. */
@@ -257,25 +256,48 @@ export class Scheduler extends EventEmitter implements AgentStreams {
     this.grant();
   }
 
+  /**
+   * Writes the lease journal of each (sweep, agent) just granted to: the leases the agent holds
+   * there, and those it reported done whose result is not counted yet. A restart restores them (a
+   * fresh TTL for the agent, its result accepted). A lease that ended otherwise has a newer shard
+   * record (failure, hand back, cancel) or a stored result, which win over the journal; a grant not
+   * yet in a journal at a crash is re-queued: a re-run, never a double count (README "Shard state").
+   */
+  private writeJournals(grants: { agentId: string; sweepId: string }[]): void {
+    const done = new Set<string>();
+    for (const { agentId, sweepId } of grants) {
+      const key = `${sweepId}\n${agentId}`;
+      if (done.has(key)) continue;
+      done.add(key);
+      const leases: JournalLease[] = this.table
+        .openLeasesOf(agentId)
+        .filter((e) => e.sweepId === sweepId)
+        .map((e) => [e.shardId, e.state === "done" ? "d" : "l", e.attempts, e.leaseId, e.agentId, e.leasedMs ?? 0, e.doneMs ?? 0]);
+      this.store.saveLeases(sweepId, agentId, leases);
+    }
+  }
+
   /** Grants pending shards, sends the grants, persists the changes. */
   private grant(): void {
     const grants = this.table.schedule();
     for (const g of grants) {
       const session = this.sessions.get(g.agentId);
-      const body = this.bodies.get(g.shardId);
+      const sweepId = this.table.get(g.shardId)?.sweepId;
+      const body = sweepId === undefined ? undefined : this.bodies.get(sweepId, g.shardId);
       if (!session || !body) continue; // cannot happen: only connected agents get credit
-      const shard = sweep.Shard.decode(Buffer.from(body, "base64"));
+      const shard = sweep.Shard.decode(body);
       const prompt = shard.prompt && this.promptOf?.(shard.sweepId, shard.prompt.index);
       if (prompt) shard.prompt = prompt;
       shard.attempt = g.attempt;
       session.send({ body: { $case: "lease", lease: { leaseId: g.leaseId, shard, ttlMs: g.ttlMs } } });
     }
     const entries = this.table.entriesOf(grants);
-    this.persist(entries);
+    this.writeJournals(entries); // a grant is journalled per agent, not recorded per shard
     for (const id of new Set(entries.map((e) => e.sweepId))) this.emit("shards", id);
   }
 
-  private apply(ch: Changes): void {
+  /** Sends revocations, counts, and persists the changes as shard records when `record` (a failure, hold, cancel, resume; not a done or a counted result). */
+  private apply(ch: Changes, record = true): void {
     for (const r of ch.revoked) {
       this.sessions.get(r.agentId)?.send({ body: { $case: "cancel", cancel: { leaseId: r.leaseId, reason: r.reason } } });
     }
@@ -288,13 +310,17 @@ export class Scheduler extends EventEmitter implements AgentStreams {
       const failedCells = ch.changed.filter((e) => e.state === "failed").reduce((n, e) => n + e.cells, 0);
       if (ch.newlyFailed > 0) this.metrics.cells.inc({ status: "failed" }, failedCells);
     }
-    this.persist(ch.changed);
+    if (record) this.persist(ch.changed);
     if (ch.overdue > 0) this.log(`${ch.overdue} lease(s) held past the maximum lease time revoked and re-queued`);
     if (ch.uncounted > 0) this.log(`${ch.uncounted} shard(s) reported done without a counted result re-queued`);
     for (const id of new Set(ch.changed.map((e) => e.sweepId))) this.emit("shards", id);
   }
 
   private persist(entries: ShardEntry[]): void {
-    for (const e of entries) this.store.saveShard({ ...e, shard: this.bodies.get(e.shardId) ?? "" });
+    const now = Date.now();
+    for (const e of entries) {
+      const body = this.bodies.get(e.sweepId, e.shardId);
+      this.store.saveShard({ ...e, shard: body ? Buffer.from(body).toString("base64") : "", savedMs: now });
+    }
   }
 }

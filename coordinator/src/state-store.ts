@@ -54,10 +54,31 @@ export interface SweepRecord {
   traceLayers?: TraceLayers;
 }
 
-/** The persisted shard: its scheduling entry plus the shard itself (sweep.Shard, base64 protobuf). */
+/**
+ * The persisted shard: its scheduling entry plus the shard itself (sweep.Shard, base64 protobuf).
+ * Written only when a restart must know more than the plan says (a failed attempt, backoff, failed,
+ * held; every shard of an edit sweep whose covariance shards were pruned): see README "Shard state".
+ */
 export interface ShardRecord extends ShardEntry {
   shard: string;
+  /** When it was written (a lease journal written later wins over it). */
+  savedMs?: number;
 }
+
+/**
+ * One open lease in an agent's lease journal of a sweep: [shard id, "l" leased | "d" done by the
+ * agent and not yet counted, attempts, lease id, agent id, granted ms, done ms].
+ */
+export type JournalLease = [string, "l" | "d", number, string, string, number, number];
+
+/**
+ * The key of an agent's lease journal of a sweep: `<sweep>.L.<agent id, base64url>` (shard records
+ * are `<sweep>.<prompt>.<part>`, numbers; the agent id may hold characters a key may not).
+ */
+export const journalKey = (sweepId: string, agentId: string): string => `${sweepId}.L.${Buffer.from(agentId).toString("base64url") || "_"}`;
+
+/** Whether a key of the shards bucket is a lease journal's. */
+const isJournalKey = (key: string): boolean => key.split(".")[1] === "L";
 
 interface Envelope<T> {
   epoch: number;
@@ -361,7 +382,7 @@ export class StateStore {
     const picked = new Set(sweeps.filter(withShards).map((r) => r.sweepId));
     // Shard ids are `<sweep>.<prompt>.<part>` and sweep ids have no dot: one pass per picked sweep.
     const shards: ShardRecord[] = [];
-    for (const id of [...picked].sort()) for (const r of await this.loadBucket<ShardRecord>(SHARDS_BUCKET, "h:", `${id}.>`)) shards.push(r);
+    for (const id of [...picked].sort()) for (const r of await this.loadShards(id)) shards.push(r);
     return { sweeps, shards };
   }
 
@@ -374,15 +395,34 @@ export class StateStore {
     return (JSON.parse(e.string()) as Envelope<SweepRecord>).data;
   }
 
-  /** The shard records of one sweep. */
+  /** The shard records of one sweep (not its lease journals). */
   async loadShards(sweepId: string): Promise<ShardRecord[]> {
     if (!isKvKey(sweepId)) throw new InvalidKeyError(sweepId);
-    return await this.loadBucket<ShardRecord>(SHARDS_BUCKET, "h:", `${sweepId}.>`);
+    return await this.loadBucket<ShardRecord>(SHARDS_BUCKET, "h:", `${sweepId}.>`, (k) => !isJournalKey(k));
   }
 
   /**
-   * Removes a sweep from the KV: its record, its shard records, its stored results and snapshot (each key
-   * purged, so no history of it remains). Resolves with the counts removed. Queued writes of its
+   * Writes an agent's lease journal of a sweep: the leases it holds there now (coalesced, CAS,
+   * retried in the background like a shard record). Written at each grant batch to the agent,
+   * instead of a record per shard granted, done and counted.
+   */
+  saveLeases(sweepId: string, agentId: string, leases: JournalLease[]): void {
+    const key = journalKey(sweepId, agentId);
+    this.enqueue(this.shards, `h:${key}`, key, this.encode(leases));
+  }
+
+  /** Every lease in a sweep's lease journals (none if absent; a malformed entry is skipped: its shard is re-queued, never lost). */
+  async loadLeases(sweepId: string): Promise<JournalLease[]> {
+    if (!isKvKey(sweepId)) throw new InvalidKeyError(sweepId);
+    const out: JournalLease[] = [];
+    for (const data of await this.loadBucket<unknown>(SHARDS_BUCKET, "h:", `${sweepId}.L.*`)) if (Array.isArray(data)) out.push(...data.filter(isJournalLease));
+    return out;
+  }
+
+  /**
+   * Removes a sweep from the KV: its record, its shard records and lease journal, its stored results and
+   * snapshot (each key purged, so no history of it remains). Resolves with its shard count and the
+   * results removed. Queued writes of its
    * keys are dropped first, so none lands after the purge.
    */
   async deleteSweep(sweepId: string): Promise<{ shards: number; results: number }> {
@@ -394,6 +434,8 @@ export class StateStore {
       return out;
     };
     const [shardKeys, resultKeys, snapshotKeys] = await Promise.all([keysOf(this.shards), keysOf(this.aggregates), keysOf(this.snapshots)]);
+    // Most shards have no record (the plan implies them): the count removed is the sweep's shards.
+    const shardCount = (await this.loadSweep(sweepId).catch(() => undefined))?.shardCount ?? shardKeys.filter((k) => !isJournalKey(k)).length;
     for (const k of [`s:${sweepId}`, ...shardKeys.map((k) => `h:${k}`)]) {
       const w = this.writers.get(k);
       if (w) w.pending = undefined;
@@ -406,14 +448,14 @@ export class StateStore {
     for (let i = 0; i < snapshotKeys.length; i += 64) await Promise.all(snapshotKeys.slice(i, i + 64).map((k) => this.snapshots.purge(k)));
     this.revisions.delete(`m:${sweepId}`);
     await this.sweeps.purge(sweepId);
-    return { shards: shardKeys.length, results: resultKeys.length };
+    return { shards: shardCount, results: resultKeys.length };
   }
 
-  private async loadBucket<T>(bucket: string, prefix: string, filter?: string): Promise<T[]> {
+  private async loadBucket<T>(bucket: string, prefix: string, filter?: string, keep: (key: string) => boolean = () => true): Promise<T[]> {
     const out: T[] = [];
     const dec = new TextDecoder();
     for (const e of await this.readBucket(bucket, filter)) {
-      if (e.key.startsWith("_")) continue; // the epoch key
+      if (e.key.startsWith("_") || !keep(e.key)) continue; // the epoch key
       this.revisions.set(prefix + e.key, e.revision);
       out.push((JSON.parse(dec.decode(e.value)) as Envelope<T>).data);
     }
@@ -535,6 +577,21 @@ export class StateStore {
       return await kv.update(key, value, cur.revision);
     }
   }
+}
+
+function isJournalLease(x: unknown): x is JournalLease {
+  if (!Array.isArray(x) || x.length !== 7) return false;
+  const [id, st, att, lease, agent, at, done] = x as unknown[];
+  return (
+    typeof id === "string" &&
+    isKvKey(id) &&
+    (st === "l" || st === "d") &&
+    Number.isSafeInteger(att) &&
+    typeof lease === "string" &&
+    typeof agent === "string" &&
+    Number.isFinite(at) &&
+    Number.isFinite(done)
+  );
 }
 
 function isWrongSequence(err: unknown): boolean {

@@ -17,7 +17,7 @@ import {
   type TraceEvidence,
   type TraceLayers,
 } from "@factsweep/planning";
-import { LeaseTable } from "./lease-table.js";
+import { LeaseTable, type ShardEntry } from "./lease-table.js";
 import type { ShardRecord } from "./state-store.js";
 
 /** A planned sweep: prompts (with per-prompt errors) and shards. */
@@ -77,11 +77,24 @@ export function newSweepId(name: string): string {
  * shards is not stored with each); the scheduler puts the full prompt back into each grant.
  */
 export function shardRecord(sweepId: string, sh: sweep.Shard): ShardRecord {
+  const p = plannedShard(sweepId, sh);
+  return { ...p, shard: Buffer.from(p.shard).toString("base64") };
+}
+
+/** A planned shard with its body as bytes (what the scheduler packs; no base64 string per shard). */
+export type PlannedShard = ShardEntry & { shard: Uint8Array };
+
+/** A planned shard as a pending entry and its body (prompt cut to index and key, as in {@link shardRecord}). */
+export function plannedShard(sweepId: string, sh: sweep.Shard): PlannedShard {
   const prompt = sh.prompt ? sweep.PromptSpec.fromPartial({ index: sh.prompt.index, promptKey: sh.prompt.promptKey }) : undefined;
-  return {
-    ...LeaseTable.pending(sh.shardId, sweepId, sh.prompt?.promptKey ?? `${sweepId}/${sh.prompt?.index ?? 0}`, shardUnits(sh)),
-    shard: Buffer.from(sweep.Shard.encode({ ...sh, prompt }).finish()).toString("base64"),
-  };
+  const entry: PlannedShard = LeaseTable.pending(
+    sh.shardId,
+    sweepId,
+    sh.prompt?.promptKey ?? `${sweepId}/${sh.prompt?.index ?? 0}`,
+    shardUnits(sh),
+  ) as PlannedShard;
+  entry.shard = sweep.Shard.encode({ ...sh, prompt }).finish(); // one object per shard, not a spread copy
+  return entry;
 }
 
 /** The aggregator of one sweep (idempotent by shard id): tracing's, or the experiment kinds'. */

@@ -15,6 +15,7 @@ import {
   modelTrace,
   parseSweepSpec,
   ProgressRate,
+  shardUnits,
   validateSweepId,
   type ModelTrace,
   type PlanLimits,
@@ -28,9 +29,9 @@ import { confineSweepSpec } from "./model-roots.js";
 import type { AddOutcome, ResultSink } from "./results-consumer.js";
 import { checkResultContent, type Rejection } from "./result-check.js";
 import type { Scheduler } from "./scheduler.js";
-import { isKvKey, type ShardRecord, type StateStore, type SweepRecord } from "./state-store.js";
+import { isKvKey, type JournalLease, type ShardRecord, type StateStore, type SweepRecord } from "./state-store.js";
 import { SEGMENT_MAX_BYTES, type SnapshotManifest } from "./snapshots.js";
-import { newAggregator, newSweepId, plan, resultRows, shardRecord, traceEvidence, type Aggregator } from "./sweep-runtime.js";
+import { newAggregator, newSweepId, plan, plannedShard, resultRows, shardRecord, traceEvidence, type Aggregator, type PlannedShard } from "./sweep-runtime.js";
 import {
   InvalidSpecError,
   ModelNotFoundError,
@@ -73,6 +74,37 @@ interface SnapState {
   lastMs: number;
   /** Delay before retrying a failed append (0 after a success). */
   retryMs: number;
+}
+
+/**
+ * The planned shards as the table takes them: a stored record where there is one (taken out of
+ * `records`, so what is left there was not planned), else the planned entry unless `keep` says
+ * no; each planned object is let go as it is walked.
+ */
+function* planned(
+  sweepId: string,
+  shards: (sweep.Shard | undefined)[],
+  records: Map<string, ShardRecord>,
+  keep?: (sh: sweep.Shard) => boolean,
+): Generator<ShardRecord | PlannedShard> {
+  for (let i = 0; i < shards.length; i++) {
+    const sh = shards[i]!;
+    shards[i] = undefined;
+    const r = records.get(sh.shardId);
+    if (r) records.delete(sh.shardId);
+    if (r) yield r;
+    else if (!keep || keep(sh)) yield plannedShard(sweepId, sh);
+  }
+  shards.length = 0;
+}
+
+/** Why two prompt lists differ (the first difference), or "" if they are the same. */
+function promptsDiffer(a: sweep.PromptSpec[], b: sweep.PromptSpec[]): string {
+  if (a.length !== b.length) return `${a.length} prompts, ${b.length} stored`;
+  for (let i = 0; i < a.length; i++) {
+    if (Buffer.compare(sweep.PromptSpec.encode(a[i]!).finish(), sweep.PromptSpec.encode(b[i]!).finish()) !== 0) return `prompt ${a[i]!.index} differs`;
+  }
+  return "";
 }
 
 /** A running sweep's snapshot is appended to at least this often while results arrive (and at its end, and at every SEGMENT_MAX_BYTES of results). */
@@ -219,7 +251,6 @@ export class Sweeps extends EventEmitter implements ResultSink {
   /**
    * Loads the running sweeps (and finished ones stored before summaries existed) with their shards
    * and results; other finished sweeps are listed from their summary and loaded by `open`.
-   * Re-plans shards a crash during launch left unwritten.
    */
   async load(): Promise<void> {
     const held = (rec: SweepRecord) => rec.state === "running" || rec.summary === undefined;
@@ -230,34 +261,103 @@ export class Sweeps extends EventEmitter implements ResultSink {
       if (held(rec)) await this.revive(rec);
       else this.finished.set(rec.sweepId, control.SweepInfo.fromJSON(rec.summary));
     }
-    const known = shards.filter((s) => this.live.has(s.sweepId));
-    this.d.scheduler.addShards(known, false);
-    this.trackCovariances(known.filter((r) => this.live.get(r.sweepId)?.spec.kind === "edit"));
-    // A crash between storing a result and writing its shard record leaves the record short of
-    // "consumed": the stored result is the authority (the aggregate already holds it).
-    for (const r of known) {
-      if (r.resultConsumed || !this.live.get(r.sweepId)!.agg.has(r.shardId)) continue;
-      this.d.log(`shard ${r.shardId}: its result is stored but its record did not say so (a crash between the two); marked counted`);
-      this.d.scheduler.resultConsumed(r.shardId);
+    const bySweep = new Map<string, ShardRecord[]>();
+    for (const r of shards) {
+      let l = bySweep.get(r.sweepId);
+      if (!l) bySweep.set(r.sweepId, (l = []));
+      l.push(r);
     }
-    // A coordinator that died during a launch may have persisted fewer shards than planned:
-    // planning is deterministic, so re-plan and add the missing ones.
-    for (const s of this.live.values()) {
-      const have = new Set(known.filter((r) => r.sweepId === s.rec.sweepId).map((r) => r.shardId));
-      if (have.size >= s.rec.shardCount) continue;
-      try {
-        const missing = plan(s.spec, s.rec.sweepId, s.rec.traceLayers ? { traceLayers: s.rec.traceLayers } : {}).shards.filter((sh) => !have.has(sh.shardId));
-        this.d.log(`sweep ${s.rec.sweepId}: ${have.size}/${s.rec.shardCount} shards were persisted before a crash; re-planned ${missing.length}`);
-        this.d.scheduler.addShards(
-          missing.map((sh) => shardRecord(s.rec.sweepId, sh)),
-          true,
-        );
-      } catch (err) {
-        this.d.log(`sweep ${s.rec.sweepId}: cannot re-plan its missing shards: ${(err as Error).message}`);
-      }
-    }
+    for (const s of this.live.values()) await this.restoreShards(s, bySweep.get(s.rec.sweepId) ?? []);
     for (const id of this.live.keys()) this.shardsChanged(id);
     this.retireFinished();
+  }
+
+  /**
+   * A held sweep's shards to the scheduler (restart, `open`): the plan (deterministic from the
+   * sweep record's spec; the prompts must come out as stored), overlaid with the sweep's shard
+   * records (failed attempts, backoff, failed; or one per shard, as older coordinators and edit
+   * sweeps with pruned covariance shards wrote them), then with its lease journal where that is
+   * newer, and every shard whose result is in the aggregate counted (the stored result is the
+   * authority: no record says so).
+   */
+  private async restoreShards(s: LiveSweep, records: ShardRecord[]): Promise<void> {
+    const id = s.rec.sweepId;
+    const t0 = Date.now();
+    // Every agent's journal: a shard granted again (to another agent) is in both; the newest grant holds.
+    const journal = new Map<string, JournalLease>();
+    for (const l of await this.d.store.loadLeases(id)) if ((journal.get(l[0])?.[5] ?? -1) < l[5]) journal.set(l[0], l);
+    let source: Iterable<ShardRecord | PlannedShard> = records;
+    let addCounted = 0;
+    let addCells = 0;
+    const unplanned = new Map(records.map((r) => [r.shardId, r]));
+    if (records.length < s.rec.shardCount) {
+      try {
+        const p = plan(s.spec, id, s.rec.traceLayers ? { traceLayers: s.rec.traceLayers } : {});
+        const changed = promptsDiffer(p.prompts, s.prompts);
+        if (changed) throw new Error(`re-planning gives other prompts than the sweep record's (${changed}): its dataset or tokenizer changed since launch`);
+        // A shard counted already needs no entry, body or scheduling: only its place in the counts
+        // (not an edit sweep's: its covariance tracking reads every shard).
+        const uncounted = (sh: sweep.Shard): boolean => {
+          if (!s.agg.has(sh.shardId)) return true;
+          addCounted++;
+          addCells += shardUnits(sh);
+          return false;
+        };
+        source = planned(id, p.shards, unplanned, s.spec.kind === "edit" ? undefined : uncounted);
+      } catch (err) {
+        // Without the plan only the recorded shards are known: the sweep cannot finish as planned.
+        this.d.log(
+          `sweep ${id}: cannot re-plan its ${s.rec.shardCount} shards (${(err as Error).message}); its stored results are kept and it is marked failed: restore its spec's files and resume it`,
+        );
+        if (s.rec.state === "running") {
+          s.rec.state = "failed";
+          s.rec.finishedMs = Date.now();
+          this.d.table.setSweep(id, false, s.rec.maxAttempts);
+        }
+        unplanned.clear();
+      }
+    } else unplanned.clear();
+    let counted = 0;
+    let n = 0;
+    let batch: (ShardRecord | PlannedShard)[] = [];
+    const edits: (ShardRecord | PlannedShard)[] = [];
+    const flush = () => {
+      this.d.scheduler.addShards(batch, false);
+      if (s.spec.kind === "edit") edits.push(...batch);
+      n += batch.length;
+      batch = [];
+    };
+    // In batches, as the plan is walked: the planned objects go as their shards join the table.
+    for (const r of source) {
+      const l = journal.get(r.shardId);
+      // The journal's lease is newer than the record (a grant after the failure the record holds).
+      if (l && Math.max(l[5], l[6]) >= ("savedMs" in r ? (r.savedMs ?? 0) : 0) && r.state !== "failed") {
+        r.state = l[1] === "d" ? "done" : "leased";
+        r.attempts = l[2];
+        r.leaseId = l[3];
+        r.agentId = l[4];
+        r.leasedMs = l[5];
+        if (l[6] > 0) r.doneMs = l[6];
+        r.resultConsumed = false;
+      }
+      if (s.agg.has(r.shardId) && !(r.state === "done" && r.resultConsumed)) {
+        r.state = "done";
+        r.resultConsumed = true;
+        r.lastError = "";
+        counted++;
+      }
+      batch.push(r);
+      if (batch.length >= 8192) flush();
+    }
+    flush();
+    this.d.table.addCounted(id, addCounted, addCells);
+    counted += addCounted;
+    n += addCounted;
+    for (const r of unplanned.keys()) this.d.log(`shard ${r}: stored but not planned; ignored`);
+    this.trackCovariances(edits);
+    this.d.log(
+      `sweep ${id}: ${n} shard(s) restored in ${Date.now() - t0} ms (${records.length} record(s), ${journal.size} open lease(s), ${counted} counted from stored results)`,
+    );
   }
 
   /**
@@ -280,9 +380,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
         if (!rec || !this.finished.has(sweepId)) return; // deleted meanwhile
         if (!(await this.revive(rec))) return;
         this.finished.delete(sweepId);
-        const shards = await this.d.store.loadShards(sweepId);
-        this.d.scheduler.addShards(shards, false);
-        this.trackCovariances(shards.filter(() => rec.kind === "edit"));
+        await this.restoreShards(this.live.get(sweepId)!, await this.d.store.loadShards(sweepId));
         this.d.log(`sweep ${sweepId} loaded from the store on demand`);
         this.retireFinished(sweepId);
       })().finally(() => this.opening.delete(sweepId));
@@ -388,10 +486,12 @@ export class Sweeps extends EventEmitter implements ResultSink {
     }
     const s = this.live.get(r.sweepId);
     if (!s) return { reason: "unknown_sweep", detail: `result of shard ${r.shardId} for unknown sweep ${r.sweepId}` };
+    // A duplicate (ignored by the aggregator): only a planned shard's result was ever aggregated (a
+    // shard a restart found counted has no entry or body in memory).
+    if (s.agg.has(r.shardId)) return undefined;
     const entry = this.d.table.get(r.shardId);
     const planned = entry?.sweepId === r.sweepId ? this.d.scheduler.plannedShard(r.shardId) : undefined;
     if (!planned) return { reason: "unplanned_shard", detail: `sweep ${r.sweepId} planned no shard ${r.shardId}` };
-    if (s.agg.has(r.shardId)) return undefined; // a duplicate: ignored by the aggregator
     if (!this.d.table.holdsLease(r.shardId, r.agentId, r.leaseId)) {
       const why = r.leaseId
         ? `lease ${JSON.stringify(r.leaseId.slice(0, 100))} is not its current lease`
@@ -405,9 +505,8 @@ export class Sweeps extends EventEmitter implements ResultSink {
   }
 
   /**
-   * Stores the results, then marks the shards consumed and waits until those shard records are
-   * durable too, all before the consumer acks: neither a shard record claiming a result the KV
-   * lacks, nor an acked result whose shard still looks uncounted after a crash.
+   * Stores the results, then marks the shards consumed, before the consumer acks: an acked result
+   * is stored, and a restart counts a shard from its stored result alone.
    */
   async persist(ids: Set<string>): Promise<void> {
     for (const id of ids) {
@@ -428,11 +527,11 @@ export class Sweeps extends EventEmitter implements ResultSink {
         s.snap.deltaBytes += x.bytes.length + 4;
         s.snap.seq = Math.max(s.snap.seq, x.seq);
       }
+      // Stored: counted for good (a restart counts it from the stored result; no shard record is written).
       for (const [shardId, r] of batch) {
         if (s.unpersisted.get(shardId) === r) s.unpersisted.delete(shardId);
         this.d.scheduler.resultConsumed(shardId);
       }
-      await this.d.scheduler.shardsDurable(batch.map(([shardId]) => shardId));
       const snapDue =
         s.snap.deltaBytes >= SEGMENT_MAX_BYTES || Date.now() - s.snap.lastMs >= (this.d.snapshotMs ?? DEFAULT_SNAPSHOT_MS) || s.rec.state !== "running";
       if (s.snap.delta.length > 0 && snapDue) void this.snapshot(s);
@@ -615,26 +714,38 @@ export class Sweeps extends EventEmitter implements ResultSink {
       rec.plannedCells = rec.shardCount = p.shards.length;
     }
     const agg = newAggregator(spec, sweepId, p.prompts, p.traceLayers); // before anything is persisted
+    // Durable once the sweep record is: its shards are the plan, which a restart makes again from
+    // the spec (no record per shard: a 1M-shard launch wrote 1M records, 74-178 s). Only an edit
+    // sweep whose covariance shards were pruned (or held) differs from its plan: its shards are recorded.
+    const pruned = spec.kind === "edit" && this.d.covariances !== undefined;
+    const shardCount = p.shards.length;
     await this.d.store.createSweep(rec);
-    // The shard records are written before the shards are scheduled, in bounded batches awaited
-    // here: the sweep is durable before the caller learns its id. (Queued through the background
-    // writer, a 1M-shard launch held a million pending writes, and the store-wide flush it waited
-    // for need not end while agents keep other shards' records changing: bench/coordinator-load.)
-    const records = p.shards.map((sh) => ({ ...shardRecord(sweepId, sh), ...(held.has(sh.shardId) ? { notBeforeMs: HELD_MS } : {}) }));
-    let written = true;
-    try {
-      await this.d.store.createShards(records);
-    } catch (err) {
-      written = false; // NATS away: the background writer retries until it is back
-      this.d.log(`sweep ${sweepId}: writing its ${records.length} shard records failed (${(err as Error).message}); retrying in the background`);
+    if (pruned) {
+      const records = p.shards.map((sh) => ({ ...shardRecord(sweepId, sh), ...(held.has(sh.shardId) ? { notBeforeMs: HELD_MS } : {}) }));
+      let written = true;
+      try {
+        await this.d.store.createShards(records);
+      } catch (err) {
+        written = false; // NATS away: the background writer retries until it is back
+        this.d.log(`sweep ${sweepId}: writing its ${records.length} shard records failed (${(err as Error).message}); retrying in the background`);
+      }
+      this.hold(rec, spec, agg, p.prompts);
+      this.d.scheduler.addShards(records, !written);
+      if (held.size > 0) this.trackCovariances(records);
+      if (!written) await this.d.store.flush();
+    } else {
+      this.hold(rec, spec, agg, p.prompts);
+      let batch: (ShardRecord | PlannedShard)[] = [];
+      for (const r of planned(sweepId, p.shards, new Map())) {
+        batch.push(r);
+        if (batch.length >= 8192) {
+          this.d.scheduler.addShards(batch, false);
+          batch = [];
+        }
+      }
+      this.d.scheduler.addShards(batch, false);
     }
-    this.hold(rec, spec, agg, p.prompts);
-    this.d.scheduler.addShards(records, !written);
-    if (held.size > 0) this.trackCovariances(records);
-    if (!written) await this.d.store.flush();
-    this.d.log(
-      `sweep ${sweepId} launched: ${p.prompts.length} prompts (${p.promptErrors.length} with errors), ${p.shards.length} shards, ${p.plannedCells} cells`,
-    );
+    this.d.log(`sweep ${sweepId} launched: ${p.prompts.length} prompts (${p.promptErrors.length} with errors), ${shardCount} shards, ${p.plannedCells} cells`);
     this.emit("sweep", sweepId);
     return this.info(sweepId);
   }
@@ -655,9 +766,11 @@ export class Sweeps extends EventEmitter implements ResultSink {
   }
 
   /** Held edit shards wait for their ROME covariance (merged as soon as its parts are stored). */
-  private trackCovariances(records: ShardRecord[]): void {
+  private trackCovariances(records: (ShardRecord | PlannedShard)[]): void {
     if (!this.d.covariances || records.length === 0) return;
-    this.d.covariances.track(records.map((r) => ({ entry: r, shard: sweep.Shard.decode(Buffer.from(r.shard, "base64")) })));
+    this.d.covariances.track(
+      records.map((r) => ({ entry: r, shard: sweep.Shard.decode(typeof r.shard === "string" ? Buffer.from(r.shard, "base64") : r.shard) })),
+    );
   }
 
   /** The sweep's current SweepInfo. */

@@ -149,7 +149,7 @@ export interface ReportData {
 
 export interface DeleteReply {
   sweepId: string;
-  /** shard records removed */
+  /** the sweep's shards (their records and lease journals removed; most shards have no record) */
   shardsRemoved: number;
   /** aggregated shard results removed */
   resultsRemoved: number;
