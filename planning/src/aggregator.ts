@@ -40,7 +40,8 @@ export class ResultAggregator {
   private readonly prompts = new Map<number, PromptMeta>();
   private readonly buckets = new Map<string, Bucket>();
   private readonly promptProbs = new Map<number, [number, number, number]>();
-  private readonly shardIds = new Set<string>();
+  /** Every shard added, by id (one map: at 1M shards a second index of the ids cost a restart seconds); a shard
+   * restored from a state without cells maps to NO_CELLS. */
   private readonly shards = new Map<string, StoredShard>();
   private cellCount = 0;
 
@@ -67,7 +68,7 @@ export class ResultAggregator {
 
   /** Number of distinct shards added. */
   get shardCount(): number {
-    return this.shardIds.size;
+    return this.shards.size;
   }
 
   /** Number of prompts the sweep planned (the facts a finished sweep has results for, unless some failed). */
@@ -82,7 +83,7 @@ export class ResultAggregator {
 
   /** True if this shard id was already added. */
   has(shardId: string): boolean {
-    return this.shardIds.has(shardId);
+    return this.shards.has(shardId);
   }
 
   /**
@@ -91,14 +92,14 @@ export class ResultAggregator {
    * @throws ResultError for a result of another sweep, an unknown prompt or a token outside it.
    */
   add(result: sweep.ShardResult): boolean {
-    if (this.shardIds.has(result.shardId)) return false;
+    if (this.shards.has(result.shardId)) return false;
     if (result.sweepId !== this.sweepId) {
       throw new ResultError(`result of shard ${result.shardId} belongs to sweep "${result.sweepId}", not "${this.sweepId}"`, result.shardId);
     }
     const meta = this.prompts.get(result.promptIndex);
     if (!meta) throw new ResultError(`result of shard ${result.shardId} names prompt ${result.promptIndex}, which this sweep does not have`, result.shardId);
     const flat: number[] = [];
-    const heads: number[] = [];
+    let heads: number[] | undefined; // only when a cell names a head (Mamba-2 per-head sites)
     for (const c of result.cells) {
       const cell = c.cell;
       if (!cell || cell.token >= meta.numTokens) {
@@ -108,19 +109,14 @@ export class ResultAggregator {
         );
       }
       siteFromEnum(cell.site); // validates
+      if (cell.head !== undefined && cell.head !== NO_HEAD && !heads) heads = Array<number>(flat.length / 6).fill(NO_HEAD);
       flat.push(cell.site, cell.layer, cell.token, cell.window, c.p, c.logit);
-      heads.push(cell.head ?? NO_HEAD);
+      heads?.push(cell.head ?? NO_HEAD);
     }
     // Validated: now apply.
-    this.shardIds.add(result.shardId);
-    this.shards.set(result.shardId, {
-      promptIndex: result.promptIndex,
-      answerId: result.answerId,
-      pClean: result.pClean,
-      pCorrupt: result.pCorrupt,
-      cells: flat,
-      ...(heads.some((h) => h !== NO_HEAD) ? { heads } : {}),
-    });
+    const stored: StoredShard = { promptIndex: result.promptIndex, answerId: result.answerId, pClean: result.pClean, pCorrupt: result.pCorrupt, cells: flat };
+    if (heads) stored.heads = heads;
+    this.shards.set(result.shardId, stored);
     if (!this.promptProbs.has(result.promptIndex)) this.promptProbs.set(result.promptIndex, [result.pClean, result.pCorrupt, result.answerId]);
     for (let i = 0; i < flat.length; i += 6) {
       this.addCell(meta, labelOf(flat, heads, i), flat[i + 1]!, flat[i + 2]!, flat[i + 3]!, flat[i + 4]!, result.pClean, result.pCorrupt);
@@ -131,7 +127,7 @@ export class ResultAggregator {
   private addCell(meta: PromptMeta, site: SiteLabel, layer: number, token: number, window: number, p: number, pClean: number, pCorrupt: number): void {
     const ie = indirectEffect(p, pCorrupt, pClean);
     for (const g of tokenGroups(token, [meta.subjectStart, meta.subjectEnd], meta.numTokens, this.scheme)) {
-      const key = [site, window, g, layer].join(SEP);
+      const key = `${site}${SEP}${window}${SEP}${g}${SEP}${layer}`;
       let b = this.buckets.get(key);
       if (!b) {
         b = { n: 0, sumP: 0, sumPCorrupt: 0, sumPClean: 0, sumIE: 0, nIE: 0 };
@@ -312,7 +308,7 @@ export class ResultAggregator {
     }
     return {
       sweepId: this.sweepId,
-      shards: this.shardIds.size,
+      shards: this.shards.size,
       cells: this.cellCount,
       prompts: probs.length,
       meanPClean,
@@ -336,11 +332,11 @@ export class ResultAggregator {
       prompts: [...this.prompts.values()],
       buckets: [...this.buckets.entries()].map(([k, b]) => [k, { ...b }]),
       promptProbs: [...this.promptProbs.entries()].map(([i, [c, x, a]]) => [i, c, x, a]),
-      shardIds: [...this.shardIds],
+      shardIds: [...this.shards.keys()],
       cellCount: this.cellCount,
     };
     if (opts.cells !== false)
-      state.shards = [...this.shards.entries()].map(([k, s]) => [
+      state.shards = [...this.shards.entries()].filter(([, s]) => s !== NO_CELLS).map(([k, s]) => [
         k,
         { ...s, cells: s.cells ? [...s.cells] : null, ...(s.heads ? { heads: [...s.heads] } : {}) },
       ]);
@@ -354,7 +350,7 @@ export class ResultAggregator {
     const agg = new ResultAggregator({ sweepId: s.sweepId, prompts: s.prompts, scheme: s.scheme, model: s.model, corruption: s.corruption });
     for (const [k, b] of s.buckets) agg.buckets.set(k, { ...b });
     for (const [i, c, x, a] of s.promptProbs) agg.promptProbs.set(i, [c, x, a]);
-    for (const id of s.shardIds) agg.shardIds.add(id);
+    for (const id of s.shardIds) agg.shards.set(id, NO_CELLS);
     for (const [id, sh] of s.shards ?? []) agg.shards.set(id, { ...sh, cells: sh.cells ? [...sh.cells] : null, ...(sh.heads ? { heads: [...sh.heads] } : {}) });
     agg.cellCount = s.cellCount;
     return agg;
@@ -363,6 +359,9 @@ export class ResultAggregator {
 
 /** `StoredShard.heads` of a whole-site cell. */
 const NO_HEAD = -1;
+
+/** A shard known by id only (restored from `toJSON({ cells: false })`): no cells, no rows. */
+const NO_CELLS: StoredShard = Object.freeze({ promptIndex: -1, answerId: 0, pClean: Number.NaN, pCorrupt: Number.NaN, cells: null });
 
 /** The site label of the cell whose sextet starts at `i` of `cells` (a head's `ssm.h<k>`, else the site). */
 function labelOf(cells: readonly number[], heads: readonly number[] | undefined, i: number): SiteLabel {
