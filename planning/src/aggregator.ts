@@ -336,10 +336,9 @@ export class ResultAggregator {
       cellCount: this.cellCount,
     };
     if (opts.cells !== false)
-      state.shards = [...this.shards.entries()].filter(([, s]) => s !== NO_CELLS).map(([k, s]) => [
-        k,
-        { ...s, cells: s.cells ? [...s.cells] : null, ...(s.heads ? { heads: [...s.heads] } : {}) },
-      ]);
+      state.shards = [...this.shards.entries()]
+        .filter(([, s]) => s !== NO_CELLS)
+        .map(([k, s]) => [k, { ...s, cells: s.cells ? [...s.cells] : null, ...(s.heads ? { heads: [...s.heads] } : {}) }]);
     return state;
   }
 
