@@ -27,16 +27,9 @@ from engine.runtime import Engine
 from engine.testing import worker_session
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = Path(__file__).parent / "fixtures" / "edit_cases_world.json"
 MODELS = {"mamba": REPO_ROOT / "models" / "mamba-facts", "neox": REPO_ROOT / "models" / "neox-facts"}
 SMALL_CORPUS = 500  # sequences (about 6k tokens): enough for a full-rank C of the widest key (NeoX, 512)
 FEW_CONTEXTS = {"context_template_length_params": [[5, 2], [10, 2]]}
-
-
-@pytest.fixture(scope="module")
-def fixture():
-    with open(FIXTURE) as f:
-        return json.load(f)
 
 
 @pytest.fixture(scope="module")

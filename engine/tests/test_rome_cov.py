@@ -18,15 +18,8 @@ from engine.errors import InvalidArgument
 from engine.runtime import Engine
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = Path(__file__).parent / "fixtures" / "edit_cases_world.json"
 CORPUS = 300  # sequences: enough for a full-rank W_o key covariance (256) of the tiny Mamba
 HP = {"context_template_length_params": [[5, 2]], "v_num_grad_steps": 4}
-
-
-@pytest.fixture(scope="module")
-def fixture():
-    with open(FIXTURE) as f:
-        return json.load(f)
 
 
 @pytest.fixture(scope="module")

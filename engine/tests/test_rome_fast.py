@@ -8,7 +8,6 @@ CPU too (bf16 autocast; TF32 exists only on CUDA).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,6 @@ from engine.experiments import rome
 from engine.runtime import Engine
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = Path(__file__).parent / "fixtures" / "edit_cases_world.json"
 CORPUS = 500  # sequences, as test_rome.py: a full-rank C
 # cases the precision test edits: 20 on CUDA (one flipped ES is 5 points); 8 on the CPU, where bf16 is
 # emulated and 40 edits took a minute of CI (one flip is then 12.5 points, so the check is no weaker)
@@ -29,12 +27,6 @@ LAYER = 3
 
 cuda_triton = pytest.mark.skipif(not (torch.cuda.is_available() and kernels.triton is not None),
                                  reason="the fused scan needs CUDA and Triton (run on the GPU machine)")
-
-
-@pytest.fixture(scope="module")
-def fixture():
-    with open(FIXTURE) as f:
-        return json.load(f)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ The v* and evaluation tests run on the CPU (CI); the decode-graph test needs CUD
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,8 @@ from engine.experiments.rome import vstar
 from engine.runtime import Engine
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = Path(__file__).parent / "fixtures" / "edit_cases_world.json"
 DEVICE = "cuda:0" if torch.cuda.is_available() else "cpu"
 FEW = {"context_template_length_params": [[5, 2], [10, 2]]}
-
-
-@pytest.fixture(scope="module")
-def fixture():
-    with open(FIXTURE) as f:
-        return json.load(f)
 
 
 @pytest.fixture(scope="module")
