@@ -28,7 +28,7 @@ import signal
 import sys
 import json
 import time
-from typing import BinaryIO, Callable, Dict, Tuple
+from typing import BinaryIO, Callable, Dict, Optional, Tuple
 
 import engine as engine_pkg
 from engine import errors
@@ -202,14 +202,14 @@ class Worker:
             kind = request.WhichOneof("body")
             if kind == "stats" and self._greeted:
                 self._in.read_frame()  # the same frame, now consumed; answered after the grid
-                taken.append(lambda payload=payload: self.finish_payload(self.start_payload(payload)))
+                taken.append(lambda payload=payload, request=request: self.finish_payload(self.start_payload(payload, request)))
                 continue
             if kind != "prepare_prompt":
                 break
             self._in.read_frame()
             self.looked_ahead += 1
             log.debug("request %d prepare_prompt looked ahead during request %d", request.request_id, started[0])
-            done = self.finish_payload(self.start_payload(payload))
+            done = self.finish_payload(self.start_payload(payload, request))
             taken.append(lambda done=done: done)
             break
         return taken
@@ -240,11 +240,11 @@ class Worker:
             except DecodeError:
                 first = None
         if first is None or not self._small_run_cells(first, first.run_cells.model_id, _PACK_CELLS):
-            started = self.start_payload(payload)
+            started = self.start_payload(payload, first)
             return [lambda: self.finish_payload(started)], started, False
         model_id = first.run_cells.model_id
-        taken, room = [(payload, first)], _PACK_CELLS - len(first.run_cells.cells)
-        while sum(r.WhichOneof("body") == "run_cells" for _, r in taken) < _PACK_PROMPTS:
+        taken, room, grids = [(payload, first)], _PACK_CELLS - len(first.run_cells.cells), 1
+        while grids < _PACK_PROMPTS:
             nxt = self._in.ready_frame()
             if nxt is None:
                 break
@@ -255,6 +255,7 @@ class Worker:
             kind = request.WhichOneof("body")
             if kind == "run_cells" and self._small_run_cells(request, model_id, room):
                 room -= len(request.run_cells.cells)
+                grids += 1
             elif not (kind == "stats" or (kind == "prepare_prompt" and request.prepare_prompt.model_id == model_id)):
                 break
             self._in.read_frame()
@@ -263,18 +264,18 @@ class Worker:
         replies: dict = {}
         for i, (p, request) in enumerate(taken[:last]):  # the prepares the grids need
             if request.WhichOneof("body") == "prepare_prompt":
-                replies[i] = self.finish_payload(self.start_payload(p))
-        grids = [i for i in range(last + 1) if taken[i][1].WhichOneof("body") == "run_cells"]
-        started = self._launch_pack(model_id, [taken[i] for i in grids])
-        for i, s in zip(grids, started):
+                replies[i] = self.finish_payload(self.start_payload(p, request))
+        at = [i for i in range(last + 1) if taken[i][1].WhichOneof("body") == "run_cells"]
+        started = self._launch_pack(model_id, [taken[i] for i in at])
+        for i, s in zip(at, started):
             replies[i] = s
-        if len(grids) > 1:
+        if grids > 1:
             self.packs += 1
-            self.packed_grids += len(grids)
+            self.packed_grids += grids
         answers = []
         for i, (p, request) in enumerate(taken[:last + 1]):
             if i not in replies:  # a Stats: answered in its place, after the grids before it
-                answers.append(lambda p=p: self.finish_payload(self.start_payload(p)))
+                answers.append(lambda p=p, r=request: self.finish_payload(self.start_payload(p, r)))
             elif len(replies[i]) == 5:  # a started grid
                 answers.append(lambda s=replies[i]: self.finish_payload(s))
             else:
@@ -288,10 +289,10 @@ class Worker:
                 if self._lookahead:
                     self.looked_ahead += 1
                     log.debug("request %d prepare_prompt looked ahead during request %d", request.request_id, started[-1][0])
-                    done = self.finish_payload(self.start_payload(p))
+                    done = self.finish_payload(self.start_payload(p, request))
                     answers.append(lambda done=done: done)
                     continue
-            answers.append(lambda p=p: self.finish_payload(self.start_payload(p)))
+            answers.append(lambda p=p, r=request: self.finish_payload(self.start_payload(p, r)))
         return answers, started[-1], behind
 
     def _launch_pack(self, model_id: str, grids: list) -> list:
@@ -310,7 +311,7 @@ class Worker:
                 total = sum(len(x) for x in pending)
                 return [(r.request_id, self._cells_answer(r.run_cells.prompt_key, x, len(x) / total), False, "run_cells", t0)
                         for (_, r), x in zip(grids, pending)]
-        return [self.start_payload(p) for p, _ in grids]
+        return [self.start_payload(p, r) for p, r in grids]
 
     @staticmethod
     def _cells_answer(prompt_key: str, pending, share: float = 1.0) -> _Deferred:
@@ -336,12 +337,12 @@ class Worker:
         Never raises for a bad request: every failure becomes an error response."""
         return self.finish_payload(self.start_payload(payload))
 
-    def start_payload(self, payload: bytes) -> tuple:
-        """Decodes one request and runs its handler: (request_id, the response or a ``_Deferred``
-        whose device work is queued, whether to stop after it, kind, start time). Never raises for a
-        bad request: every failure becomes an error response."""
+    def start_payload(self, payload: bytes, request: Optional["pb.EngineRequest"] = None) -> tuple:
+        """Decodes one request (unless the caller already did: ``request``) and runs its handler:
+        (request_id, the response or a ``_Deferred`` whose device work is queued, whether to stop after
+        it, kind, start time). Never raises for a bad request: every failure becomes an error response."""
         try:
-            request = pb.EngineRequest.FromString(payload)
+            request = request if request is not None else pb.EngineRequest.FromString(payload)
         except DecodeError as exc:
             return 0, error_response(0, errors.ProtocolError(
                 f"frame of {len(payload)} bytes is not a valid EngineRequest ({exc}); expected a "
