@@ -61,6 +61,11 @@ _BEFORE_HELLO = ("hello", "shutdown")
 # 91–94% busy, and four 1,024-cell grids already reach the rate of sixteen (bench/RESULTS.md, issue 14).
 _PACK_CELLS = 4096
 _PACK_PROMPTS = 16
+# Grids of fewer cells are packed by default. A packed pass runs its prompts' prepares before it, where
+# unpacked each prepare hides behind the grid before it; through the whole system on an H200 packing
+# gained at 128 cells (mamba-2.8b 1.34x, pythia-2.8b 1.08x) and lost at 512 (pythia 0.85x) and at
+# 1,536, pythia's paper grid (0.88x) (bench/RESULTS.md, "Where packing pays").
+DEFAULT_PACK_BELOW = 512
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -531,10 +536,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-frame-bytes", type=_positive_int, default=DEFAULT_MAX_FRAME_BYTES,
                         help=f"largest request frame accepted; a longer length prefix ends the worker "
                         f"(default {DEFAULT_MAX_FRAME_BYTES})")
-    parser.add_argument("--pack-below", type=_non_negative_int, default=os.environ.get("FACTSWEEP_PACK_BELOW", "2048"),
+    parser.add_argument("--pack-below", type=_non_negative_int, default=os.environ.get("FACTSWEEP_PACK_BELOW", str(DEFAULT_PACK_BELOW)),
                         help="RunCells of fewer cells that have arrived together run in one pass "
                         f"(up to {_PACK_CELLS} cells, {_PACK_PROMPTS} prompts); 0: never (default: "
-                        "$FACTSWEEP_PACK_BELOW, else 2048)")
+                        f"$FACTSWEEP_PACK_BELOW, else {DEFAULT_PACK_BELOW})")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="stderr log level (default info)")
     return parser.parse_args(argv)

@@ -28,8 +28,9 @@ import { createAgentMetrics, type AgentMetrics } from "./metrics.js";
 import { ResultPublisher, sleep } from "./result-publisher.js";
 import { promptKeyOf, runShard } from "./shard-runner.js";
 
-/** The engine worker's default --pack-below: trace grids of fewer cells it runs several in one pass. */
-const PACK_BELOW = 2048;
+/** The engine worker's default --pack-below (engine/worker.py DEFAULT_PACK_BELOW): trace grids of fewer
+ * cells it runs several in one pass. */
+const PACK_BELOW = 512;
 
 function isSmall(shard: sweep.Shard): boolean {
   return (shard.kind === "trace" || shard.kind === "") && shard.cells.length > 0 && shard.cells.length < PACK_BELOW;
@@ -315,7 +316,7 @@ export class Agent {
         held.set(l.worker, (held.get(l.worker) ?? 0) + 1);
         if (!isSmall(l.shard)) big.add(l.worker);
       }
-      // Small trace grids (under the worker's --pack-below, 2048 cells) may stack up to 1 + prefetch on
+      // Small trace grids (under the worker's --pack-below, 512 cells) may stack up to 1 + prefetch on
       // a worker, which packs those that arrive together into one pass (engine/worker.py, issue 14).
       const small = isSmall(this.queue[0]!.shard);
       const limit = (w: EngineWorker) => (small && !big.has(w) ? Math.max(2, 1 + (this.opts.prefetch ?? 1)) : 2);
