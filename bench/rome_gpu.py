@@ -14,13 +14,25 @@ templates, 20 steps, ...). Corpus and case are random token ids (``--corpus-seqs
 tokens for C). Phases (from the result's ``seconds``): covariance, key (context prefixes, k̄, u),
 v_star, update, eval (pre + post evaluation incl. generation). Prints one JSON line at the end.
 
-``--v-precision float32,tf32,bf16`` times 1 + ``--further`` edits per option (``hparams.v_precision``) after one
-untimed warm-up edit (Triton compiles its kernels there). The first starts with the per-model caches
-(C, context prefixes, pre-edit evaluations, decode graphs) emptied, so every phase is computed as a
-fresh worker's first edit computes it (``seconds``); then ``--further`` (3) edits of the same case with
-them kept, as a sweep's further edits of a case run (``further_edit``, the median by wall time: C
-computed once per cluster, the pre-edit evaluation once per case). ``--json FILE`` writes one object per option
-(bench/results/rome-gpu.json); ``--profile FILE`` profiles a third edit per option.
+``--v-precision float32,tf32,bf16`` times, per option (``hparams.v_precision``) and after one untimed
+warm-up edit (Triton compiles its kernels there), three kinds of edit, by the scope of what they find
+cached in the worker:
+
+- **cold** (``seconds``): every cache emptied (C, context prefixes, pre-edit evaluations, decode
+  graphs), as a fresh worker's first edit;
+- **new case** (``new_case_edit``, the median of ``--new-cases`` (3) other random cases of the same
+  lengths): the first edit of a case on a warm worker, as every case after the first in a sweep. Kept:
+  per model the context prefixes and decode graphs, per (layer, key module) C. Done: the case's pre-edit
+  evaluation, its k̄ and v*;
+- **further** (``further_edit``, the median of ``--further`` (3)): another edit of the same case, as a
+  sweep's other (layer, matrix) edits of a case; the pre-edit evaluation (per case) is kept too.
+
+``sweep`` is the paper's sweep from those medians: each case edited at every layer × 3 matrices (192
+edits at mamba-2.8b), one new-case edit and 191 further edits a case: the amortised seconds an edit and
+the GPU-hours of ``--sweep-cases`` (2,000) cases, C (once per cluster) and the once-per-worker work
+(context prefixes, graph captures: cold − new case − covariance) apart. ``--json FILE`` writes one
+object per option (bench/results/rome-gpu.json); ``--profile FILE`` profiles one more new-case edit
+per option.
 
 Share of the floor of a v* step. A step runs blocks layer..L-1 forward and, for δ's gradient only
 (the weights are frozen), backward, on the batch of R rewriting + K KL prompts, T tokens a row (from
@@ -90,6 +102,8 @@ def main(argv=None) -> int:
     ap.add_argument("--v-precision", default="float32",
                     help="comma-separated hparams.v_precision options to time, one edit each (float32, tf32, bf16)")
     ap.add_argument("--further", type=int, default=3, help="further edits of the case per option (their median is reported)")
+    ap.add_argument("--new-cases", type=int, default=3, help="first edits of new cases on the warm worker per option (their median is reported)")
+    ap.add_argument("--sweep-cases", type=int, default=2000, help="cases of the paper's sweep for the GPU-hours estimate")
     ap.add_argument("--json", default=None, metavar="FILE", help="write one object per option here")
     ap.add_argument("--profile", default=None, metavar="FILE",
                     help="run the edit under torch.profiler and write its busiest operators (self device and host time) to FILE")
@@ -114,20 +128,13 @@ def main(argv=None) -> int:
 
     g = torch.Generator().manual_seed(a.seed + 1)
     V = shape["vocab_size"]
-    rnd = lambda n: torch.randint(1, V, (n,), generator=g).tolist()  # noqa: E731  (0 is the bos/eos id)
-    subject = rnd(3)
-    prompt = rnd(2) + subject + rnd(6)
-    params = {
-        "matrix": "W_o", "layer": layer, "subject_ids": subject,
-        "rewrite": {"ids": prompt, "subject": [2, 5], "in_context": {"ids": rnd(1) + prompt, "subject": [3, 6]}},
-        "target_new_ids": rnd(2), "target_true_ids": rnd(2),
-        "paraphrases": [rnd(4) + subject + rnd(5) for _ in range(2)],
-        "neighbourhood": [rnd(3) + rnd(6) for _ in range(2)],
-        "kl_prompts": [{"ids": subject + rnd(2), "subject": [0, 3]}],
-        "corpus": [rnd(a.corpus_len) for _ in range(a.corpus_seqs)],
-        "generation": {"max_new_tokens": a.gen_tokens} if a.gen_tokens else None,
-    }
     options = [o.strip() for o in a.v_precision.split(",") if o.strip()]
+    params = case_params(g, V, layer, None, a.gen_tokens)  # the ids of the earlier runs' one case (drawn first)
+    params["corpus"] = [torch.randint(1, V, (a.corpus_len,), generator=g).tolist() for _ in range(a.corpus_seqs)]
+    # the new cases: other random facts of the same token lengths (a sweep's cases differ in lengths too;
+    # equal ones keep the comparison with the first edit about the caches alone); one more per option
+    # for --profile
+    new_cases = [dict(case_params(g, V, layer, params["corpus"], a.gen_tokens)) for _ in range(len(options) * (a.new_cases + 1))]
     rates = measure_rates(device) if device.type == "cuda" else None
     before = [p.detach().clone() for p in model.parameters()]  # every weight, to check the restore bit for bit
     name = "tiny" if a.tiny else "mamba-2.8b"
@@ -136,20 +143,25 @@ def main(argv=None) -> int:
         print("rates: " + ", ".join(f"{k} {v / 1e12:.1f} TFLOP/s" if k != "copy" else f"copy {v / 1e12:.2f} TB/s" for k, v in rates.items()))
     run(eng, "m", "edit", "warm-up", dict(params, generation=None, hparams={"v_num_grad_steps": 2}))  # Triton compiles here
     rows = []
-    for opt in options:
+    for oi, opt in enumerate(options):
         p = dict(params, hparams={"v_precision": opt})
-        _forget(model)  # the first edit computes every phase as a fresh worker's first edit does
+        news = [dict(c, hparams={"v_precision": opt}) for c in new_cases[oi * (a.new_cases + 1):(oi + 1) * (a.new_cases + 1)]]
+        _forget(model)  # cold: every phase computed as a fresh worker's first edit computes it
         r, total, peak, intact = _timed(eng, model, before, p, device)
         # a further edit of the same case: C, context prefixes, the pre-edit evaluation and the decode
-        # graphs cached (a sweep's other (layer, matrix) edits of the case, where C is computed once
-        # per cluster); v* is the edit's own, as always
-        further = sorted((_timed(eng, model, before, p, device) for _ in range(a.further)), key=lambda x: x[1])
-        r2, total2, _, intact2 = further[len(further) // 2]  # the median by wall time
-        intact2 = intact2 and all(x[3] and x[0]["restored"] for x in further)
+        # graphs cached (a sweep's other (layer, matrix) edits of the case; C is computed once per
+        # cluster); v* is the edit's own, as always
+        further_runs = [_timed(eng, model, before, p, device) for _ in range(a.further)]
+        (r2, total2, _, _), intact2 = _median(further_runs)
+        further = sorted(x[1] for x in further_runs)
+        # the first edit of a new case on a warm worker: model- and (layer, module)-scope caches kept
+        # (C, context prefixes, decode graphs), the case's own work (pre-edit evaluation, k̄, v*) done
+        new_runs = [_timed(eng, model, before, c, device) for c in news[:a.new_cases]]
+        (r3, total3, _, _), intact3 = _median(new_runs)
         if a.profile:
             acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
-            with torch.profiler.profile(activities=acts) as prof:  # one more further edit, profiled
-                run(eng, "m", "edit", "bench", p)
+            with torch.profiler.profile(activities=acts) as prof:  # one more new case's edit, profiled
+                run(eng, "m", "edit", "bench", news[-1])
             ka = prof.key_averages()
             by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
             with open(f"{a.profile}.{opt}", "w", encoding="utf-8") as f:
@@ -158,38 +170,49 @@ def main(argv=None) -> int:
         step_s = r["seconds"]["v_star"] / r["v_star"]["steps"]
         step2_s = r2["seconds"]["v_star"] / r2["v_star"]["steps"]
         share = floor["seconds"] / step_s if floor else None
+        sweep = sweep_estimate(shape, total3, total2, r["seconds"].get("covariance", 0.0), total, a.sweep_cases)
         print(f"v_precision {opt}: corpus {r['covariance']['tokens']} tokens, C {r['covariance']['dim']}², edit of {r['module']}")
-        print(f"  {'phase':10s} {'first':>8s}   {'further':>8s}")
+        print(f"  {'phase':10s} {'cold':>8s}   {'new case':>8s}   {'further':>8s}")
         for phase in ("covariance", "key", "v_star", "update", "eval"):
-            print(f"  {phase:10s} {r['seconds'].get(phase, 0.0):8.3f} s {r2['seconds'].get(phase, 0.0):8.3f} s")
-        print(f"  {'total':10s} {total:8.3f} s {total2:8.3f} s" + (f";  peak GPU memory {peak / 2**30:.2f} GiB" if peak else "")
-              + f"; further edits' totals {', '.join(f'{x[1]:.3f}' for x in further)} s (the median's phases shown)")
+            print(f"  {phase:10s} " + "   ".join(f"{x['seconds'].get(phase, 0.0):8.3f} s" for x in (r, r3, r2)))
+        print(f"  {'total':10s} {total:8.3f} s   {total3:8.3f} s   {total2:8.3f} s" + (f";  peak GPU memory {peak / 2**30:.2f} GiB" if peak else ""))
+        print(f"  new cases' totals {', '.join(f'{x[1]:.3f}' for x in sorted(new_runs, key=lambda x: x[1]))} s; further edits' totals "
+              f"{', '.join(f'{x:.3f}' for x in further)} s (the medians' phases shown)")
         print(f"  v*: {r['v_star']['steps']} steps of {step_s * 1e3:.1f} ms (further edit {step2_s * 1e3:.1f} ms), loss {r['v_star']['loss']:.3f}, "
               f"stopped by {r['v_star']['stopped']}, resumed {r['v_star'].get('resumed')}"
               + (f"; floor of a step {floor['seconds'] * 1e3:.1f} ms ({floor['flops'] / 1e12:.2f} TFLOP, {floor['bytes'] / 1e9:.1f} GB, "
                  f"{floor['tokens']} tokens a row), share {share:.3f}; with the whole prompts ({floor['tokens_whole']} tokens) "
                  f"{floor['seconds_whole'] * 1e3:.1f} ms" if floor else ""))
-        for tag, x in (("first", r), ("further", r2)):
+        for tag, x in (("cold", r), ("new-case", r3), ("further", r2)):
             sub = x["v_star"].get("seconds", {})
             print(f"  v* of the {tag} edit: " + ", ".join(f"{k} {v:.3f} s" for k, v in sub.items()) + f"; graph {x['v_star']['cuda_graph']}"
                   + (f" ({x['v_star']['cuda_graph_error']})" if "cuda_graph_error" in x["v_star"] else ""))
-        print(f"  restored {r['restored']}/{r2['restored']}, every weight bit-equal to before: {intact}/{intact2}; "
-              f"ES pre {r['pre']['ES']} post {r['post']['ES']}; pre-edit evaluation cached in the further edit: {r2.get('pre_cached')}")
+        print(f"  restored {r['restored']}/{r3['restored']}/{r2['restored']}, every weight bit-equal to before: {intact}/{intact3}/{intact2}; "
+              f"ES pre {r['pre']['ES']} post {r['post']['ES']}; pre-edit evaluation cached: new case {r3.get('pre_cached')}, "
+              f"further edit {r2.get('pre_cached')}")
+        print(f"  paper's sweep ({sweep['edits_per_case']} edits a case: 1 new-case + {sweep['edits_per_case'] - 1} further): "
+              f"{sweep['per_edit_seconds']:.3f} s an edit, {sweep['cases']} cases {sweep['gpu_hours']:.1f} GPU-hours "
+              f"(+ once per cluster C, + once per worker {sweep['once_per_worker_seconds']:.2f} s)")
+        phases = lambda x, t: dict({k: x["seconds"].get(k, 0.0) for k in ("covariance", "key", "v_star", "update", "eval")}, total=t)  # noqa: E731
         row = {"shape": name, "dtype": a.dtype, "v_precision": opt, "device": str(device),
                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "layer": layer,
-               "seconds": dict({k: r["seconds"].get(k, 0.0) for k in ("covariance", "key", "v_star", "update", "eval")}, total=total),
+               "seconds": phases(r, total),
                "v_step_seconds": step_s, "v_step_floor": floor, "v_step_share_of_floor": share, "rates": rates,
                "peak_gpu_bytes": peak, "corpus_tokens": r["covariance"]["tokens"], "v_star": r["v_star"],
-               "restored": r["restored"] and r2["restored"], "weights_bit_equal": intact and intact2,
+               "restored": r["restored"] and r2["restored"] and r3["restored"], "weights_bit_equal": intact and intact2 and intact3,
                "post": {k: r["post"][k] for k in ("ES", "PS", "NS")}, "torch": torch.__version__,
-               "further_edit": {"seconds": dict({k: r2["seconds"].get(k, 0.0) for k in ("covariance", "key", "v_star", "update", "eval")},
-                                                total=total2),
+               "further_edit": {"seconds": phases(r2, total2),
                                 "v_step_seconds": step2_s, "pre_cached": r2.get("pre_cached"), "covariance_cached": r2["covariance"]["cached"],
                                 "v_star": r2["v_star"], "post": {k: r2["post"][k] for k in ("ES", "PS", "NS")},
-                                "totals": [x[1] for x in further]}}
+                                "totals": further},
+               "new_case_edit": {"seconds": phases(r3, total3),
+                                 "v_step_seconds": r3["seconds"]["v_star"] / r3["v_star"]["steps"], "pre_cached": r3.get("pre_cached"),
+                                 "covariance_cached": r3["covariance"]["cached"], "v_star": r3["v_star"],
+                                 "post": {k: r3["post"][k] for k in ("ES", "PS", "NS")}, "totals": sorted(x[1] for x in new_runs)},
+               "sweep": sweep}
         rows.append(row)
         print(json.dumps(dict(row, bench="rome_gpu")))
-        if not (r["restored"] and r2["restored"] and intact and intact2):
+        if not (row["restored"] and row["weights_bit_equal"]):
             return 1
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:
@@ -197,12 +220,51 @@ def main(argv=None) -> int:
     return 0
 
 
+def case_params(g: torch.Generator, V: int, layer: int, corpus, gen_tokens: int) -> dict:
+    """One random case (token ids 1..V-1; 0 is the bos/eos id) of fixed lengths: an 11-token rewrite
+    prompt with a 3-token subject, 2 paraphrases, 2 neighbourhood prompts, 2-token objects."""
+    rnd = lambda n: torch.randint(1, V, (n,), generator=g).tolist()  # noqa: E731
+    subject = rnd(3)
+    prompt = rnd(2) + subject + rnd(6)
+    return {
+        "matrix": "W_o", "layer": layer, "subject_ids": subject,
+        "rewrite": {"ids": prompt, "subject": [2, 5], "in_context": {"ids": rnd(1) + prompt, "subject": [3, 6]}},
+        "target_new_ids": rnd(2), "target_true_ids": rnd(2),
+        "paraphrases": [rnd(4) + subject + rnd(5) for _ in range(2)],
+        "neighbourhood": [rnd(3) + rnd(6) for _ in range(2)],
+        "kl_prompts": [{"ids": subject + rnd(2), "subject": [0, 3]}],
+        "corpus": corpus,
+        "generation": {"max_new_tokens": gen_tokens} if gen_tokens else None,
+    }
+
+
+def sweep_estimate(shape: dict, new_case_s: float, further_s: float, covariance_s: float, cold_s: float, cases: int) -> dict:
+    """The paper's sweep: each case edited at every layer × 3 matrices (W_a, W_g, W_o), a case's edits
+    one after another on a warm worker (planning sends them so; the cache affinity keeps them there):
+    its first edit a new-case edit, the rest further edits. Times are this run's (one layer, W_o); C is
+    once per cluster and (layer, key module), outside the per-edit figure; once per worker: the context
+    prefixes and the graph captures (cold − new case − covariance)."""
+    per_case = 3 * shape["n_layer"]
+    case_s = new_case_s + (per_case - 1) * further_s
+    return {"cases": cases, "edits_per_case": per_case, "per_case_seconds": case_s, "per_edit_seconds": case_s / per_case,
+            "gpu_hours": cases * case_s / 3600, "once_per_worker_seconds": cold_s - new_case_s - covariance_s,
+            "covariance_seconds_each": covariance_s, "covariances": 2 * shape["n_layer"],
+            "basis": "per_case_seconds = new_case_edit.total + (edits_per_case - 1) * further_edit.total (medians, this layer and W_o)"}
+
+
+def _median(runs: list):
+    """The run of median wall time (runs: _timed tuples), and whether every run restored every weight."""
+    runs = sorted(runs, key=lambda x: x[1])
+    return runs[len(runs) // 2], all(x[3] and x[0]["restored"] for x in runs)
+
+
 def _forget(model) -> None:
-    """Empty the per-model caches (C, context prefixes, pre-edit evaluations, decode graphs)."""
+    """Empty the per-model caches (C, context prefixes, pre-edit evaluations, decode graphs, case passes)."""
     rome_algorithm._COV.clear()
     rome_algorithm._CTX.clear()
     importlib.import_module("engine.experiments.rome.evaluate")._PRE.clear()  # the module: rome.evaluate is its function
     importlib.import_module("engine.experiments.rome.forward")._DECODE.clear()
+    importlib.import_module("engine.experiments.rome.vstar")._PASS.clear()
 
 
 def _timed(eng, model, before, p: dict, device):

@@ -6,6 +6,7 @@ The v* and evaluation tests run on the CPU (CI); the decode-graph test needs CUD
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,54 @@ def test_a_cached_decode_graph_samples_other_prompts_and_an_edited_model_as_eage
     with rome.applied(edit):
         after = both()
     assert after["0"] == after["1"] and after["0"] != before["0"]
+
+
+def test_v_star_from_the_cases_cached_pass_at_another_layer_and_matrix_equals_v_star_computed_afresh(eng, fixture):
+    """A sweep's edits of one case share its unedited pass over the v* prompts (``vstar.case_pass``):
+    an edit at another (layer, matrix) gives, bit for bit, the v* of a pass of its own; an edit at
+    another v_precision does not take a pass computed under another one."""
+    model = eng.checkpoint("mamba").model
+    vstar.forget(model)  # the earlier tests' cases
+    got = {}
+    for name, (matrix, layer, opt) in {"first": ("W_o", 3, "float32"), "cached": ("W_a", 1, "float32"),
+                                       "bf16": ("W_a", 1, "bf16"), "again": ("W_a", 1, "float32")}.items():
+        if name == "again":
+            vstar.forget(model)
+        _, target, case = case_of(eng, fixture, "mamba", 7, matrix, layer)
+        prefixes = rome.context_prefixes(model, case.bos_id, case.hp["context_template_length_params"], 0, 5)
+        with scan_grad.fused(), rome.algorithm.frozen(model), vstar.precision(opt, target.module.weight.device):
+            got[name] = vstar.compute_v(model, target, case, prefixes)
+        got[name] += (len(vstar._PASS[model]),)
+    assert [got[k][2] for k in ("first", "cached", "bf16", "again")] == [1, 1, 2, 1]  # the cached edit took the first's pass
+    assert torch.equal(got["cached"][0], got["again"][0]) and got["cached"][1]["loss"] == got["again"][1]["loss"]
+    assert not torch.equal(got["bf16"][0], got["again"][0])
+
+
+@pytest.mark.parametrize("edited", [False, True])
+def test_the_evaluation_in_one_pass_scores_and_samples_as_separate_prompt_passes_do(eng, fixture, edited):
+    """The generation starts from the NLL pass's states (``evaluate(one_pass=True)``): the same NLLs and
+    the same sampled ids as prompt passes of its own, with the default prompts (rewrite, paraphrases) and
+    with prompts the NLL pass does not score."""
+    model = eng.checkpoint("mamba").model
+    for i, prompts in ((8, None), (9, [[5, 6, 7], [425, 897, 408, 964, 264]])):
+        gen = dict({"max_new_tokens": 6, "return_ids": True}, **({"prompts": fixture["cases"][i]["params"]["paraphrases"][:1] + prompts}
+                                                                  if prompts else {}))
+        _, target, case = case_of(eng, fixture, "mamba", i, "W_o", 3, generation=gen)
+        with scan_grad.fused():
+            C, _ = rome.covariance(model, target, case.corpus, case.corpus_hash, 2048, 6144)
+            edit, _ = rome.compute_edit(model, target, case, C, {})
+            with rome.applied(edit) if edited else contextlib.nullcontext():
+                one, two = rome.evaluate(model, case), rome.evaluate(model, case, one_pass=False)
+        assert one["generation"]["ids"] == two["generation"]["ids"] and one["generation"]["entropy"] == two["generation"]["entropy"]
+        assert len(one["generation"]["ids"]) == len(case.generation["prompts"])
+        for a, b in zip([one["rewrite"]] + one["paraphrases"] + one["neighbourhood"], [two["rewrite"]] + two["paraphrases"] + two["neighbourhood"]):
+            assert abs(a["nll_new"] - b["nll_new"]) < 1e-5 and abs(a["nll_true"] - b["nll_true"]) < 1e-5
+        assert (one["ES"], one["PS"], one["NS"], one["rewrite"]["top1"]) == (two["ES"], two["PS"], two["NS"], two["rewrite"]["top1"])
+
+
+def test_the_covariance_cache_holds_every_c_of_a_mamba_2p8b_sweep():
+    """A sweep sends a worker every (layer, matrix) of a case in turn: an LRU smaller than all of a
+    model's Cs would drop each C before its layer comes again, and every edit would compute it anew."""
+    d_model, d_inner, layers = 2560, 5120, 64
+    every_c = layers * (d_inner**2 + d_model**2) * 4  # W_o's C and in_proj's (W_a and W_g share it), float32
+    assert every_c <= rome.algorithm.COV_CACHE_BYTES

@@ -128,8 +128,11 @@ With ``cov_only`` the result is ``{"kind", "cov_only": true, "matrix", "layer", 
 restores them first.
 
 Speed (Mamba, Mamba-2): v*'s steps run only the tokens from each prompt's subject-last token on,
-resumed from the states there (``vstar.py``). The pre-edit evaluation is cached per model and case
-(``pre_cached``): a sweep's further edits of a case skip it. On CUDA the scans run as one Triton launch
+resumed from the states there (``vstar.py``). Each piece of one-time work is kept in the worker at its
+scope: per model the context prefixes and decode graphs; per (layer, key module) C (an LRU that holds
+all of a 2.8B model's); per case the pre-edit evaluation (``pre_cached``) and v*'s pass over its
+prompts (``vstar.case_pass``), so a sweep's further edits of a case skip both. Mamba's evaluation
+samples from the states of its NLL pass (no prompt passes of its own). On CUDA the scans run as one Triton launch
 forward and one backward (``engine/scan_grad.py``); v*'s steps and sampling's decode steps replay
 CUDA graphs, the decode graph kept per model and batch size (``FACTSWEEP_NO_CUDA_GRAPH=1`` turns them
 off, ``FACTSWEEP_NO_TRITON=1`` the kernels). The CPU runs the PyTorch loops.
@@ -150,6 +153,7 @@ from .. import register
 from .algorithm import (Edit, applied, compute_edit, compute_v, context_prefixes, covariance, load_covariance, read_key_value,
                         write_moment)
 from .evaluate import evaluate, evaluate_unedited, forget_unedited, hmean, ngram_entropy, summarize, target_nlls
+from . import vstar
 from .forward import Tap, Target, sample, target_of
 from .params import GENERATION, HPARAMS, Case, Prompt, parse_params
 
@@ -217,6 +221,7 @@ def _edit(engine, model_id: str, prompt_key: str, params: dict) -> dict:
             times["eval"] += time.perf_counter() - t
     result["restored"] = bool(torch.equal(target.module.weight.data[lo:hi], saved))
     if not result["restored"]:
-        forget_unedited(model)  # its pre-edit evaluations were of the weights as they were
+        forget_unedited(model)  # its pre-edit evaluations and case passes were of the weights as they were
+        vstar.forget(model)
     result["seconds"] = dict(times, total=time.perf_counter() - started)
     return result

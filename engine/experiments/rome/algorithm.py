@@ -24,8 +24,11 @@ from .forward import Tap, Target, frozen, idx, pad, sample
 from .params import Case, Prompt
 from .vstar import compute_v, precision
 
-#: Bytes of covariances kept per process (LRU); one mamba-2.8b W_o C is 105 MB.
-COV_CACHE_BYTES = 4 << 30
+#: Bytes of covariances kept per process (LRU). C's scope is (model, layer, key module), and an edit
+#: sweep sends a worker every (layer, matrix) of a case before the next case: the cache must hold all of
+#: a model's Cs, or the LRU cycles and every edit computes (or fetches and hashes) its C again. mamba-2.8b
+#: has 64 × (5120² + 2560²) × 4 B = 8.4 GB of them (W_o's 105 MB, in_proj's 26 MB shared by W_a and W_g).
+COV_CACHE_BYTES = 12 << 30
 
 # Per model (weakly: a model loaded again under the same id gets fresh entries): covariances and
 # context prefixes.

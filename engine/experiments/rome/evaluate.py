@@ -14,16 +14,19 @@ from typing import List, Optional, Tuple
 import torch
 
 from .._common import embed, run_layers
-from .forward import idx, log_probs_at, pad, sample, weights_id
+from .forward import decode_order, decodes_from_states, idx, log_probs_at, pad, sample, states_at, weights_id
 from .params import Case
 
 #: Pre-edit evaluations kept per model (``evaluate_unedited``), least recently used dropped first.
 PRE_CACHE_CASES = 256
 _PRE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
-def target_nlls(model, prompts: List[List[int]], targets: List[List[int]]) -> Tuple[torch.Tensor, torch.Tensor]:
+def target_nlls(model, prompts: List[List[int]], targets: List[List[int]], starts: Optional[List[List[int]]] = None):
     """Token-averaged NLL (len(prompts), len(targets)) of each target after each prompt, and the
-    argmax next token after each prompt (len(prompts),)."""
+    argmax next token after each prompt (len(prompts),). With ``starts`` (fixed-state models): also
+    ``sample``'s start for those prompts (``sample(start=...)``), from the same pass: a start prompt
+    that is one of ``prompts`` is read from its row (prompt + target[0][:-1] begins with it), any other
+    one rides along as an extra row; the pass keeps each layer's states only at those rows' ends."""
     device = next(model.parameters()).device
     seqs = [p + t[:-1] for p in prompts for t in targets]
     T = len(targets)
@@ -35,16 +38,37 @@ def target_nlls(model, prompts: List[List[int]], targets: List[List[int]]) -> Tu
                 pos.append(len(p) - 1 + m)
                 tok.append(x)
                 owner.append(i * T + j)
+    s_rows, s_lens = [], []
+    if starts is not None:
+        row_of = {tuple(p): i * T for i, p in reversed(list(enumerate(prompts)))}
+        for i in decode_order(starts):
+            key = tuple(starts[i])
+            if key not in row_of:
+                row_of[key] = len(seqs)
+                seqs.append(list(starts[i]))
+            s_rows.append(row_of[key])
+            s_lens.append(len(starts[i]))
     with torch.no_grad():
-        h = run_layers(model, embed(model, pad(seqs, device)), 0)
+        h = embed(model, pad(seqs, device))
+        if starts is None:
+            h = run_layers(model, h, 0)
+        else:
+            state = []
+            for layer in model.layers:
+                h, kept = layer(h, keep=True)
+                state.append(states_at(layer, kept, s_rows, s_lens, device))  # entering each start's next token
+                del kept
+            start = (h[idx(s_rows, device), idx([n - 1 for n in s_lens], device)], state)
         lp = log_probs_at(model, h, idx(b, device), idx(pos, device))
         tok_lp = lp.gather(1, idx(tok, device)[:, None]).squeeze(1)
         own = idx(owner, device)
-        sums = torch.zeros(len(seqs), device=device).index_add_(0, own, -tok_lp)
-        counts = torch.zeros(len(seqs), device=device).index_add_(0, own, torch.ones_like(tok_lp))
+        n_scored = len(prompts) * T
+        sums = torch.zeros(n_scored, device=device).index_add_(0, own, -tok_lp)
+        counts = torch.zeros(n_scored, device=device).index_add_(0, own, torch.ones_like(tok_lp))
         first = idx([i * T for i in range(len(prompts))], device)
         top1 = log_probs_at(model, h, first, idx([len(p) - 1 for p in prompts], device)).argmax(-1)
-    return (sums / counts).view(len(prompts), T).cpu(), top1.cpu()
+    out = ((sums / counts).view(len(prompts), T).cpu(), top1.cpu())
+    return out if starts is None else out + (start,)
 
 
 def ngram_entropy(ids: List[int], ns=(2, 3), weights=(2 / 3, 4 / 3)) -> float:
@@ -71,10 +95,19 @@ def hmean(xs) -> Optional[float]:
     return len(xs) / sum(1 / x for x in xs)
 
 
-def evaluate(model, case: Case) -> dict:
-    """ES/PS/NS/S, EM/PM/NM and generation entropy of the model as it is now."""
+def evaluate(model, case: Case, one_pass: bool = True) -> dict:
+    """ES/PS/NS/S, EM/PM/NM and generation entropy of the model as it is now. ``one_pass`` (fixed-state
+    models): the generation starts from the NLL pass's states (``target_nlls(starts=...)``) instead of
+    prompt passes of its own, one model pass fewer per prompt length (the same numbers up to rounding;
+    ``False`` is the reference the tests compare against)."""
     prompts = [case.rewrite.ids] + case.paraphrases + case.neighbourhood
-    nll, top1 = target_nlls(model, prompts, [case.target_new, case.target_true])
+    g = case.generation
+    gen_prompts = g["prompts"] if g is not None and g["prompts"] else None
+    start = None
+    if one_pass and gen_prompts and g["max_new_tokens"] > 0 and decodes_from_states(model):
+        nll, top1, start = target_nlls(model, prompts, [case.target_new, case.target_true], starts=gen_prompts)
+    else:
+        nll, top1 = target_nlls(model, prompts, [case.target_new, case.target_true])
     rows = [{"nll_new": float(a), "nll_true": float(b)} for a, b in nll.tolist()]
     rw, para = rows[0], rows[1 : 1 + len(case.paraphrases)]
     neigh = rows[1 + len(case.paraphrases):]
@@ -94,10 +127,9 @@ def evaluate(model, case: Case) -> dict:
     }
     out["S"] = hmean([out["ES"], out["PS"], out["NS"]])
     out["generation"] = None
-    g = case.generation
-    if g is not None and g["prompts"]:
+    if gen_prompts:
         gen = torch.Generator().manual_seed(g["seed"])
-        texts = sample(model, g["prompts"], g["max_new_tokens"], g["top_k"], gen)
+        texts = sample(model, gen_prompts, g["max_new_tokens"], g["top_k"], gen, start=start)
         out["generation"] = {"entropy": _mean([ngram_entropy(t) for t in texts])}
         if g["return_ids"]:
             out["generation"]["ids"] = texts

@@ -109,14 +109,17 @@ def frozen(model):
             p.requires_grad_(f)
 
 
-def sample(model, prompts: List[List[int]], new_tokens: int, top_k: int, gen: torch.Generator) -> List[List[int]]:
+def sample(model, prompts: List[List[int]], new_tokens: int, top_k: int, gen: torch.Generator, start=None) -> List[List[int]]:
     """Top-k sampling (ROME's generate_fast: softmax, keep the k best, renormalise, draw) of
     ``new_tokens`` tokens after each prompt; returns prompt + sampled ids. Prompts of one length
     run their prompt pass together; then each step decodes one token from the layers' kept states
     (Mamba: conv window and SSM state; NeoX: keys and values). Models whose state does not grow with
     the tokens (their blocks have ``next_state``: Mamba) decode every prompt in one batch, and draw
     each step for all rows at once (in prompt-length order); the others decode one length at a time.
-    Draws on the host with ``gen``, so a seed gives the same samples on every device."""
+    Draws on the host with ``gen``, so a seed gives the same samples on every device. ``start``
+    (fixed-state models): (final residual at each prompt's last token (n, d), per-layer states entering
+    the next token), rows in ``decode_order(prompts)``, from a pass the caller ran anyway (the
+    evaluation's): the prompt passes are skipped."""
     device = next(model.parameters()).device
     out = [list(p) for p in prompts]
     groups: dict = {}
@@ -125,9 +128,11 @@ def sample(model, prompts: List[List[int]], new_tokens: int, top_k: int, gen: to
     if new_tokens <= 0:
         return out
     with torch.no_grad():
-        if all(hasattr(layer, "next_state") for layer in model.layers):
-            _sample_states(model, out, [(T, groups[T]) for T in sorted(groups)], new_tokens, top_k, gen, device)
+        if decodes_from_states(model):
+            _sample_states(model, out, [(T, groups[T]) for T in sorted(groups)], new_tokens, top_k, gen, device, start)
             return out
+        if start is not None:
+            raise ValueError("sample(start=...) needs a model whose blocks decode from a fixed-size state")
         for T, members in sorted(groups.items()):
             rows = idx(range(len(members)), device)
             h = embed(model, pad([prompts[i] for i in members], device))
@@ -172,19 +177,51 @@ def use_cuda_graphs(device) -> bool:
     return torch.device(device).type == "cuda" and os.environ.get("FACTSWEEP_NO_CUDA_GRAPH", "") in ("", "0")
 
 
-def _sample_states(model, out: List[List[int]], groups, new_tokens: int, top_k: int, gen, device) -> None:
-    """``sample`` for models with a fixed-size state: a prompt pass per length, then every row decodes
-    together from (conv window, SSM state) per layer; on CUDA each decode step is one graph replay."""
+def decodes_from_states(model) -> bool:
+    """Every block decodes from a fixed-size state (``next_state``: Mamba): ``sample`` decodes all rows
+    together, and can start from states a caller's pass kept (``start``)."""
+    return all(hasattr(layer, "next_state") for layer in model.layers)
+
+
+def decode_order(prompts: Sequence[Sequence[int]]) -> List[int]:
+    """The order of ``sample``'s rows for fixed-state models (by prompt length, then index): each step
+    draws for all rows at once from one host generator, so the order decides which draw a row gets."""
+    groups: dict = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(len(p), []).append(i)
+    return [i for T in sorted(groups) for i in groups[T]]
+
+
+def states_at(layer, kept, rows: Sequence[int], ts: Sequence[int], device) -> tuple:
+    """The block's state entering token ts[i] of batch row rows[i], for each i, from its kept
+    per-token states (``resume_state``, one call per distinct token)."""
+    groups: dict = {}
+    for i, t in enumerate(ts):
+        groups.setdefault(t, []).append(i)
+    order = [i for members in groups.values() for i in members]
+    parts = [layer.resume_state(kept, t, idx([rows[i] for i in members], device)) for t, members in groups.items()]
+    back = idx(sorted(range(len(order)), key=order.__getitem__), device)  # entry i's place in the concatenation
+    return tuple(torch.cat(p, 0)[back].contiguous() for p in zip(*parts))
+
+
+def _sample_states(model, out: List[List[int]], groups, new_tokens: int, top_k: int, gen, device, start=None) -> None:
+    """``sample`` for models with a fixed-size state: a prompt pass per length (or the caller's
+    ``start``), then every row decodes together from (conv window, SSM state) per layer; on CUDA each
+    decode step is one graph replay."""
     order = [i for _, members in groups for i in members]
-    lasts, states = [], [[] for _ in model.layers]
-    for T, members in groups:
-        h = embed(model, pad([out[i] for i in members], device))
-        rows = idx(range(len(members)), device)
-        for li, layer in enumerate(model.layers):
-            h, k = layer(h, keep=True)
-            states[li].append(layer.resume_state(k, T, rows))
-        lasts.append(h[:, -1])
-    state = [tuple(torch.cat(parts, 0).contiguous() for parts in zip(*per)) for per in states]
+    if start is None:
+        lasts, states = [], [[] for _ in model.layers]
+        for T, members in groups:
+            h = embed(model, pad([out[i] for i in members], device))
+            rows = idx(range(len(members)), device)
+            for li, layer in enumerate(model.layers):
+                h, k = layer(h, keep=True)
+                states[li].append(layer.resume_state(k, T, rows))
+            lasts.append(h[:, -1])
+        last = torch.cat(lasts, 0)
+        state = [tuple(torch.cat(parts, 0).contiguous() for parts in zip(*per)) for per in states]
+    else:
+        last, state = start
 
     def step(ids, state):
         """Embed the drawn tokens, every block from its state: the top-k of the next token, new states."""
@@ -195,7 +232,7 @@ def _sample_states(model, out: List[List[int]], groups, new_tokens: int, top_k: 
             new.append(layer.next_state(state[li], k))
         return _top(model, h[:, -1], top_k), new
 
-    top = _top(model, torch.cat(lasts, 0), top_k)
+    top = _top(model, last, top_k)
     graph = None
     n = len(order)
     if use_cuda_graphs(device) and new_tokens > 2:

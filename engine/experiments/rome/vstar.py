@@ -4,8 +4,10 @@ last token, through the layers at and above the edit; and ``hparams.v_precision`
 Models whose blocks keep a fixed-size state (``fixed_state``: Mamba and Mamba-2, a conv window and an
 SSM state) run each step on the tokens from each prompt's subject-last token on only (``_resumed``):
 every earlier token is causally before δ, so its part of every layer is the same in all steps. One
-pass without gradients over the whole prompts keeps, per layer from the edit up, each row's state
-entering its own subject-last token; the steps resume from those states. At the mamba-2.8b shape with
+pass without gradients over the whole prompts keeps, per layer, the block's input and each row's state
+entering its own subject-last token; the steps resume from those states. That pass depends only on the
+case and the unedited weights: it is kept per case (``case_pass``) and a sweep's edits of the case at
+every (layer, matrix) share it. At the mamba-2.8b shape with
 ROME's 21 context prefixes that is 8 of 22 padded tokens a row (the steps' matrix products 2.75×
 smaller). The other models (NeoX: the past grows with the tokens) run the whole prompts each step
 (``_whole``), as does ``compute_v(resume=False)``, the reference the tests compare against.
@@ -19,17 +21,27 @@ step i used it, as the loop that checks before updating would have left it.
 from __future__ import annotations
 
 import math
+import os
 import time
+import weakref
+from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Callable, List, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ... import scan_grad
 from ...errors import NumericError
 from .._common import embed, run_layers
-from .forward import Tap, Target, idx, log_probs_at, pad, use_cuda_graphs
+from .forward import Tap, Target, idx, log_probs_at, pad, states_at, use_cuda_graphs, weights_id
 from .params import Case, Prompt
+
+#: Cases whose pass over the v* prompts (``case_pass``) is kept per model, least recently used dropped
+#: first: at mamba-2.8b with ROME's 21 prefixes about 0.9 GB a case in float32 (22 rows of 22 tokens:
+#: the residual entering each of 64 blocks, 0.3 GB, and each block's state at the subject, 0.55 GB).
+CASE_PASSES = 2
+_PASS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def resumable(model) -> bool:
@@ -49,11 +61,14 @@ def compute_v(model, target: Target, case: Case, prefixes: List[List[int]], resu
         Prompt(pre + case.in_context.ids + tnew[:-1], len(pre) + case.in_context.last) for pre in prefixes]
     prompts = rewriting + case.kl_prompts
     R, K = len(rewriting), len(case.kl_prompts)
-    with torch.no_grad():
-        h0 = run_layers(model, embed(model, pad([p.ids for p in prompts], device)), 0, end=target.layer)  # below the edit, once
     tap = Tap(target)
-    run = _resumed if resume and resumable(model) else _whole
-    v_init, forward, first = run(model, target, tap, h0, prompts)
+    resumed = resume and resumable(model)
+    if resumed:
+        v_init, forward, first = _resumed(model, target, tap, prompts)
+    else:
+        with torch.no_grad():
+            h0 = run_layers(model, embed(model, pad([p.ids for p in prompts], device)), 0, end=target.layer)  # below the edit, once
+        v_init, forward, first = _whole(model, target, tap, h0, prompts)
     clock.append(_now(device))
     # positions whose next-token logits score the target (the last prompt token, then target[:-1]),
     # then the KL prompts' subject-last token; relative to each row's first computed token
@@ -101,7 +116,7 @@ def compute_v(model, target: Target, case: Case, prefixes: List[List[int]], resu
             over.index_copy_(0, at, big[None])
             at.add_(1)
 
-    stats = {"clamped": False, "stopped": "steps", "resumed": run is _resumed, "cuda_graph": False}
+    stats = {"clamped": False, "stopped": "steps", "resumed": resumed, "cuda_graph": False}
     host, events = vals, None
     if graphed:
         host = torch.zeros(steps, 5, pin_memory=True)
@@ -194,9 +209,12 @@ def _whole(model, target: Target, tap: Tap, h0: torch.Tensor, prompts: List[Prom
     return tap.values[0].clone(), forward, [0] * len(prompts)
 
 
-def _resumed(model, target: Target, tap: Tap, h0: torch.Tensor, prompts: List[Prompt]) -> Runner:
+def _resumed(model, target: Target, tap: Tap, prompts: List[Prompt]) -> Runner:
     """(v_init, forward(δ) → final residual of the tokens from each row's subject-last one (padded to
-    the longest such suffix), each row's first token = its subject-last token)."""
+    the longest such suffix), each row's first token = its subject-last token), from the case's pass
+    (``case_pass``)."""
+    ins, states = case_pass(model, prompts)
+    h0 = ins[target.layer]
     device = h0.device
     n, T = h0.shape[0], h0.shape[1]
     first = [p.last for p in prompts]
@@ -204,20 +222,14 @@ def _resumed(model, target: Target, tap: Tap, h0: torch.Tensor, prompts: List[Pr
     rows = idx(range(n), device)
     # beyond a row's own end the gather repeats padding; causal, so no scored token sees it
     x = h0[rows[:, None], torch.tensor([[min(t + j, T - 1) for j in range(S)] for t in first], device=device)]  # (n, S, d)
-    states = []
     tap.at = (rows[:1], idx(first[:1], device))
-    h = h0
-    with torch.no_grad(), tap.attached():
-        for j in range(target.layer, len(model.layers)):
-            layer = model.layers[j]
-            h, kept = layer(h, None, keep=True)
-            states.append(_entering(layer, kept, first, device))
-            tap.at = None
-            del kept
-    del h
+    with torch.no_grad(), tap.attached():  # v_init: the edited block once more, as the case's pass ran it
+        model.layers[target.layer](h0, None)
+    tap.at = None
     v_init = tap.values[0].clone()
     at_first = idx([0] * n, device)
     blocks = list(model.layers)[target.layer:]
+    states = states[target.layer:]
 
     def forward(d: torch.Tensor) -> torch.Tensor:
         tap.add = (rows, at_first, d)
@@ -229,16 +241,47 @@ def _resumed(model, target: Target, tap: Tap, h0: torch.Tensor, prompts: List[Pr
     return v_init, forward, first
 
 
-def _entering(layer, kept, first: List[int], device) -> tuple:
-    """The block's state entering token first[r] of each row r, from its kept per-token states
-    (``resume_state``, one call per distinct token)."""
-    groups: dict = {}
-    for r, t in enumerate(first):
-        groups.setdefault(t, []).append(r)
-    order = [r for members in groups.values() for r in members]
-    parts = [layer.resume_state(kept, t, idx(members, device)) for t, members in groups.items()]
-    back = idx(sorted(range(len(order)), key=order.__getitem__), device)  # row r's place in the concatenation
-    return tuple(torch.cat(p, 0)[back].contiguous() for p in zip(*parts))
+def case_pass(model, prompts: List[Prompt]) -> Tuple[List[torch.Tensor], List[tuple]]:
+    """(the residual entering each block (b, T, d), each block's state entering each row's subject-last
+    token) of the v* prompts on the unedited model, for every layer: one pass a case, from the per-model
+    cache after that. It depends on the case's prompts (and the model's context prefixes) and on the
+    weights alone, which every edit restores bit for bit, so a sweep's edits of one case at every
+    (layer, matrix) share it (``forget`` empties a model's entries)."""
+    device = next(model.parameters()).device
+    first = [p.last for p in prompts]
+    # the pass runs under the edit's v_precision and scan path: its numbers are theirs
+    key = (weights_id(model), tuple(tuple(p.ids) for p in prompts), tuple(first), torch.backends.cuda.matmul.allow_tf32,
+           _autocast(device),
+           scan_grad.enabled(), os.environ.get("FACTSWEEP_NO_TRITON", ""))
+    cache = _PASS.setdefault(model, OrderedDict())
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    ins, states = [], []
+    with torch.no_grad():
+        h = embed(model, pad([p.ids for p in prompts], device))
+        for layer in model.layers:
+            ins.append(h)
+            h, kept = layer(h, None, keep=True)
+            states.append(states_at(layer, kept, range(len(prompts)), first, device))  # entering each row's first token
+            del kept
+    cache[key] = (ins, states)
+    while len(cache) > CASE_PASSES:
+        cache.popitem(last=False)
+    return cache[key]
+
+
+def _autocast(device) -> bool:
+    """Autocast is on for the device's type (PyTorch 2 asks by type; 1.13 has a CPU-only call)."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except TypeError:
+        return torch.is_autocast_cpu_enabled() if device.type == "cpu" else torch.is_autocast_enabled()
+
+
+def forget(model) -> None:
+    """Drop the model's cached case passes (its weights are no longer the unedited ones)."""
+    _PASS.pop(model, None)
 
 
 @contextmanager
