@@ -11,10 +11,11 @@ import { Coordinator, DEFAULT_MAX_LEASE_MS } from "./coordinator.js";
 import { DEFAULT_NATS_LIMITS, natsLimits } from "./nats-limits.js";
 
 const int =
-  (name: string, min: number) =>
+  (name: string, min: number, max = Number.MAX_SAFE_INTEGER, why = "") =>
   (v: string): number => {
     const n = Number(v);
-    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`expected ${name} to be an integer >= ${min}, got "${v}"`);
+    if (!Number.isInteger(n) || n < min || n > max)
+      throw new InvalidArgumentError(`expected ${name} to be an integer >= ${min}${max < Number.MAX_SAFE_INTEGER ? ` and <= ${max}${why}` : ""}, got "${v}"`);
     return n;
   };
 const collect = (v: string, prev: string[]): string[] => [...prev, v];
@@ -41,7 +42,11 @@ const program = new Command("factsweep-coordinator")
   .option("--nats-pass-file <file>", "read --nats-pass from this file (a mounted secret; one trailing newline dropped)")
   .option("--model-root <dir>", "folder model checkpoints must lie in (repeatable)", collect, [] as string[])
   .option("--data-root <dir>", "folder dataset files, relation folders and corpora must lie in (repeatable; default: the model roots)", collect, [] as string[])
-  .option("--max-spec-bytes <n>", `largest sweep spec (default ${DEFAULT_PLAN_LIMITS.maxSpecBytes})`, int("--max-spec-bytes", 1))
+  .option(
+    "--max-spec-bytes <n>",
+    `largest sweep spec (default ${DEFAULT_PLAN_LIMITS.maxSpecBytes})`,
+    int("--max-spec-bytes", 1, 512 * 1024, " (the spec text is kept in its sweep record, one KV value under NATS' 1 MiB max_payload)"),
+  )
   .option("--max-file-bytes <n>", `largest dataset, corpus or tokenizer file (default ${DEFAULT_PLAN_LIMITS.maxFileBytes})`, int("--max-file-bytes", 1))
   .option("--max-prompt-tokens <n>", `most tokens of one prompt (default ${DEFAULT_PLAN_LIMITS.maxPromptTokens})`, int("--max-prompt-tokens", 1))
   .option("--max-cells <n>", `most planned cells of one sweep (default ${DEFAULT_PLAN_LIMITS.maxCells})`, int("--max-cells", 1))

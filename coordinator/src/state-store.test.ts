@@ -1,6 +1,8 @@
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
+import { Kvm } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { SWEEPS_BUCKET } from "@factsweep/shared";
 import { startNatsServer, type NatsServerHandle } from "@factsweep/testing";
 import { StateStore, type SweepRecord, type ShardRecord } from "./state-store.js";
 import { LeaseTable } from "./lease-table.js";
@@ -43,7 +45,8 @@ const shardRec = (sweepId: string, i: number): ShardRecord => ({ ...LeaseTable.p
 
 test("a new coordinator over the same KV loads identical sweep, shard and result state", async () => {
   const a = await StateStore.open(await conn());
-  await a.createSweep(sweepRec("sw1"));
+  const created = sweepRec("sw1");
+  await a.createSweep(created); // it notes where the prompts went (promptChunks), as a live sweep's record keeps
   const s0 = shardRec("sw1", 0);
   const s1 = shardRec("sw1", 1);
   a.saveShard(s0);
@@ -52,7 +55,7 @@ test("a new coordinator over the same KV loads identical sweep, shard and result
   a.saveShard({ ...s0, state: "leased", attempts: 1, leaseId: "L1", agentId: "ag" });
   a.saveShard({ ...s0, state: "done", attempts: 1, leaseId: "L1", agentId: "ag", resultConsumed: true });
   a.saveShard({ ...s1, state: "failed", attempts: 3, lastError: "boom" });
-  a.saveSweep({ ...sweepRec("sw1"), doneCells: 4, retries: 2 });
+  a.saveSweep({ ...created, doneCells: 4, retries: 2 });
   const r0 = new Uint8Array([1, 2, 3]);
   const r1 = new Uint8Array(200_000).fill(7);
   await a.saveResult("sw1.0.0", r0);
@@ -63,7 +66,9 @@ test("a new coordinator over the same KV loads identical sweep, shard and result
   const b = await StateStore.open(await conn());
   assert.ok(b.epoch > a.epoch, "each coordinator claims a newer epoch");
   const { sweeps, shards } = await b.loadAll();
-  assert.deepEqual(sweeps, [{ ...sweepRec("sw1"), doneCells: 4, retries: 2 }]);
+  // The prompts are stored beside the record, not in it (a record holding them capped a sweep at a few thousand).
+  assert.deepEqual(sweeps, [{ ...sweepRec("sw1"), prompts: [], promptChunks: 1, promptCount: 1, doneCells: 4, retries: 2 }]);
+  assert.deepEqual(await b.loadPrompts(sweeps[0]!), sweepRec("sw1").prompts);
   assert.deepEqual(shards, [
     { ...s0, state: "done", attempts: 1, leaseId: "L1", agentId: "ag", resultConsumed: true },
     { ...s1, state: "failed", attempts: 3, lastError: "boom" },
@@ -76,6 +81,24 @@ test("a new coordinator over the same KV loads identical sweep, shard and result
   b.saveShard({ ...s1, state: "pending", attempts: 0 });
   await b.flush();
   assert.equal((await b.loadAll()).shards[1]?.state, "pending");
+});
+
+test("prompts are stored in chunks under a KV value's size, and a record written before chunks (prompts inline) still loads", async () => {
+  const nc = await conn();
+  const a = await StateStore.open(nc);
+  const prompts = Array.from({ length: 5_000 }, (_, i) => ({ promptKey: `big/${i}`, inputIds: Array.from({ length: 40 }, (_, t) => 1000 + i + t) }));
+  await a.createSweep({ ...sweepRec("big"), prompts });
+  const b = await StateStore.open(await conn());
+  const rec = (await b.loadSweep("big"))!;
+  assert.ok(rec.promptChunks! >= 4, `${rec.promptChunks} chunks for ~1.3 MB of prompts`);
+  assert.deepEqual(await b.loadPrompts(rec), prompts);
+
+  const old = { ...sweepRec("old"), prompts: [{ promptKey: "old/0" }] };
+  const kv = await new Kvm(nc).open(SWEEPS_BUCKET);
+  await kv.put("old", JSON.stringify({ epoch: 0, data: old })); // as a coordinator before chunks wrote it
+  const loaded = (await b.loadSweep("old"))!;
+  assert.equal(loaded.promptChunks, undefined);
+  assert.deepEqual(await b.loadPrompts(loaded), [{ promptKey: "old/0" }]);
 });
 
 test("launching a sweep id that exists is refused", async () => {

@@ -33,8 +33,12 @@ export interface SweepRecord {
   specDir: string;
   /** sweep.ModelRef as proto JSON. */
   model: unknown;
-  /** sweep.PromptSpec[] as proto JSON. */
+  /** sweep.PromptSpec[] as proto JSON. In memory always; in the KV only in records written before
+   * `promptChunks` existed (a record holding them all capped a sweep at a few thousand prompts). */
   prompts: unknown[];
+  /** How many chunks the prompts are stored in beside the record (`promptsKey`), and how many prompts. */
+  promptChunks?: number;
+  promptCount?: number;
   promptErrors: { index: number; message: string }[];
   state: SweepState;
   plannedCells: number;
@@ -79,6 +83,45 @@ export const journalKey = (sweepId: string, agentId: string): string => `${sweep
 
 /** Whether a key of the shards bucket is a lease journal's. */
 const isJournalKey = (key: string): boolean => key.split(".")[1] === "L";
+
+/** The key of chunk `k` of a sweep's prompts in the shards bucket: `<sweep>.P.<k>` (deleted with the sweep's keys). */
+export const promptsKey = (sweepId: string, k: number): string => `${sweepId}.P.${k}`;
+const isPromptsKey = (key: string): boolean => key.split(".")[1] === "P";
+
+/** JSON bytes of prompts a chunk holds at most: well under NATS' default 1 MiB max_payload. */
+export const PROMPT_CHUNK_BYTES = 256 * 1024;
+
+/** Splits prompts (proto JSON) into chunks of at most `maxBytes` of JSON each (a larger prompt alone). */
+export function chunkPrompts(prompts: unknown[], maxBytes = PROMPT_CHUNK_BYTES): unknown[][] {
+  const chunks: unknown[][] = [];
+  let cur: unknown[] = [];
+  let bytes = 0;
+  for (const p of prompts) {
+    const n = Buffer.byteLength(JSON.stringify(p)) + 1;
+    if (cur.length > 0 && bytes + n > maxBytes) {
+      chunks.push(cur);
+      cur = [];
+      bytes = 0;
+    }
+    cur.push(p);
+    bytes += n;
+  }
+  if (cur.length > 0) chunks.push(cur);
+  return chunks;
+}
+
+/** A sweep's stored prompts are incomplete (a launch that died between its record and its prompts, or a removed key). */
+export class PromptsMissingError extends Error {
+  constructor(sweepId: string, detail: string) {
+    super(`sweep ${sweepId}: its stored prompts are incomplete (${detail}); launch it again`);
+    this.name = "PromptsMissingError";
+  }
+}
+
+/** The record as stored: with chunked prompts, without them (they are in memory for the live sweep). */
+function withoutPrompts(rec: SweepRecord): SweepRecord {
+  return rec.promptChunks === undefined ? rec : { ...rec, prompts: [] };
+}
 
 interface Envelope<T> {
   epoch: number;
@@ -209,13 +252,18 @@ export class StateStore {
   /** Creates a new sweep record; a sweep with this id already existing is refused. */
   async createSweep(rec: SweepRecord): Promise<void> {
     this.checkFence();
+    const chunks = chunkPrompts(rec.prompts);
+    rec.promptChunks = chunks.length;
+    rec.promptCount = rec.prompts.length;
     try {
-      const rev = await this.sweeps.create(rec.sweepId, this.encode(rec));
+      // The record first: its create decides which launch owns the id; then the prompts beside it.
+      const rev = await this.sweeps.create(rec.sweepId, this.encode(withoutPrompts(rec)));
       this.revisions.set(`s:${rec.sweepId}`, rev);
     } catch (err) {
       if (isWrongSequence(err)) throw new SweepExistsError(rec.sweepId);
       throw err;
     }
+    for (let k = 0; k < chunks.length; k++) await this.shards.put(promptsKey(rec.sweepId, k), this.encode(chunks[k]));
   }
 
   /** Whether a sweep record with this id exists. */
@@ -224,9 +272,30 @@ export class StateStore {
     return e !== null && e.operation === "PUT";
   }
 
-  /** Writes the sweep record (coalesced, CAS, retried in the background). */
+  /** Writes the sweep record (coalesced, CAS, retried in the background); its prompts are not rewritten. */
   saveSweep(rec: SweepRecord): void {
-    this.enqueue(this.sweeps, `s:${rec.sweepId}`, rec.sweepId, this.encode(rec));
+    this.enqueue(this.sweeps, `s:${rec.sweepId}`, rec.sweepId, this.encode(withoutPrompts(rec)));
+  }
+
+  /**
+   * A stored sweep's prompts (proto JSON), from its chunks, or from the record itself when it was written
+   * before chunks existed. Rejects with {@link PromptsMissingError} when a chunk is missing or they do not
+   * add up to the count the record gives.
+   */
+  async loadPrompts(rec: SweepRecord): Promise<unknown[]> {
+    if (rec.promptChunks === undefined) return rec.prompts;
+    const out: unknown[] = [];
+    for (let k = 0; k < rec.promptChunks; k++) {
+      const key = promptsKey(rec.sweepId, k);
+      const e = await this.shards.get(key);
+      if (!e || e.operation !== "PUT")
+        throw new PromptsMissingError(rec.sweepId, `chunk ${k} of ${rec.promptChunks}, key ${key} of ${SHARDS_BUCKET}, is missing`);
+      const data = (JSON.parse(e.string()) as Envelope<unknown>).data;
+      if (!Array.isArray(data)) throw new PromptsMissingError(rec.sweepId, `chunk ${k} holds no list`);
+      for (const p of data) out.push(p);
+    }
+    if (out.length !== rec.promptCount) throw new PromptsMissingError(rec.sweepId, `${out.length} prompts stored, ${rec.promptCount} launched`);
+    return out;
   }
 
   /**
@@ -398,7 +467,7 @@ export class StateStore {
   /** The shard records of one sweep (not its lease journals). */
   async loadShards(sweepId: string): Promise<ShardRecord[]> {
     if (!isKvKey(sweepId)) throw new InvalidKeyError(sweepId);
-    return await this.loadBucket<ShardRecord>(SHARDS_BUCKET, "h:", `${sweepId}.>`, (k) => !isJournalKey(k));
+    return await this.loadBucket<ShardRecord>(SHARDS_BUCKET, "h:", `${sweepId}.>`, (k) => !isJournalKey(k) && !isPromptsKey(k));
   }
 
   /**
@@ -435,7 +504,8 @@ export class StateStore {
     };
     const [shardKeys, resultKeys, snapshotKeys] = await Promise.all([keysOf(this.shards), keysOf(this.aggregates), keysOf(this.snapshots)]);
     // Most shards have no record (the plan implies them): the count removed is the sweep's shards.
-    const shardCount = (await this.loadSweep(sweepId).catch(() => undefined))?.shardCount ?? shardKeys.filter((k) => !isJournalKey(k)).length;
+    const shardCount =
+      (await this.loadSweep(sweepId).catch(() => undefined))?.shardCount ?? shardKeys.filter((k) => !isJournalKey(k) && !isPromptsKey(k)).length;
     for (const k of [`s:${sweepId}`, ...shardKeys.map((k) => `h:${k}`)]) {
       const w = this.writers.get(k);
       if (w) w.pending = undefined;

@@ -210,7 +210,14 @@ export class Sweeps extends EventEmitter implements ResultSink {
       this.d.log(`sweep ${rec.sweepId}: stored spec no longer parses (${(err as Error).message}); skipped`);
       return false;
     }
-    const prompts = rec.prompts.map((p) => sweep.PromptSpec.fromJSON(p));
+    let prompts: sweep.PromptSpec[];
+    try {
+      rec.prompts = await this.d.store.loadPrompts(rec);
+      prompts = rec.prompts.map((p) => sweep.PromptSpec.fromJSON(p));
+    } catch (err) {
+      this.d.log(`${(err as Error).message}; skipped`);
+      return false;
+    }
     // The aggregate is the fold of the stored results (idempotent by shard id): snapshot, then its tail.
     let agg = newAggregator(spec, rec.sweepId, prompts, rec.traceLayers);
     const snap: SnapState = { manifest: undefined, delta: [], deltaBytes: 0, seq: 0, lastMs: Date.now(), retryMs: 0 };
