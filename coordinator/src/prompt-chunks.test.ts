@@ -113,4 +113,8 @@ test("a sweep whose stored prompts lost a chunk is skipped at a restart with a m
     logs.filter((m) => m.includes("hurt")).join("\n"),
   );
   assert.equal(h.coord.get("whole").counts?.shardsTotal, FACTS, "the other sweep loads");
+  // What the message says to do works: the skipped sweep can be deleted, and its id launched again.
+  await h.coord.delete("hurt");
+  await h.coord.launch({ spec: spec("hurt"), sweepId: "hurt", specDir: dir });
+  assert.equal(h.coord.get("hurt").counts?.shardsTotal, FACTS);
 });

@@ -113,7 +113,7 @@ export function chunkPrompts(prompts: unknown[], maxBytes = PROMPT_CHUNK_BYTES):
 /** A sweep's stored prompts are incomplete (a launch that died between its record and its prompts, or a removed key). */
 export class PromptsMissingError extends Error {
   constructor(sweepId: string, detail: string) {
-    super(`sweep ${sweepId}: its stored prompts are incomplete (${detail}); launch it again`);
+    super(`sweep ${sweepId}: its stored prompts are incomplete (${detail}); delete it (sweepctl delete ${sweepId}) and launch it again`);
     this.name = "PromptsMissingError";
   }
 }
