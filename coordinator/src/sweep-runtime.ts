@@ -109,6 +109,11 @@ export function newAggregator(spec: SweepSpec, sweepId: string, prompts: sweep.P
   return new ResultAggregator({ sweepId, prompts, scheme: spec.token_groups, model: spec.model.id, corruption: spec.corruption.kind });
 }
 
+/** Adds a stored result (its protobuf): read in place by tracing's aggregator (a restart folds 1M of them), decoded for the kinds'. */
+export function addStored(agg: Aggregator, bytes: Uint8Array): boolean {
+  return agg instanceof ResultAggregator ? agg.addEncoded(bytes) : agg.add(sweep.ShardResult.decode(bytes));
+}
+
 /** The aggregator's per-cell rows as ResultRows of the Results RPC (lazily: a sweep may have millions). */
 export function resultRows(agg: Aggregator): Iterable<control.ResultRow> {
   return agg.rows();

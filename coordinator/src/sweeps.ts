@@ -31,7 +31,18 @@ import { checkResultContent, type Rejection } from "./result-check.js";
 import type { Scheduler } from "./scheduler.js";
 import { isKvKey, type JournalLease, type ShardRecord, type StateStore, type SweepRecord } from "./state-store.js";
 import { SEGMENT_MAX_BYTES, type SnapshotManifest } from "./snapshots.js";
-import { newAggregator, newSweepId, plan, plannedShard, resultRows, shardRecord, traceEvidence, type Aggregator, type PlannedShard } from "./sweep-runtime.js";
+import {
+  addStored,
+  newAggregator,
+  newSweepId,
+  plan,
+  plannedShard,
+  resultRows,
+  shardRecord,
+  traceEvidence,
+  type Aggregator,
+  type PlannedShard,
+} from "./sweep-runtime.js";
 import {
   InvalidSpecError,
   ModelNotFoundError,
@@ -219,7 +230,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     try {
       const stored = await this.d.store.loadSnapshot(rec.sweepId);
       if (stored) {
-        for (const bytes of stored.results) agg.add(sweep.ShardResult.decode(bytes));
+        for (const bytes of stored.results) addStored(agg, bytes);
         snap.manifest = stored.manifest;
         snap.seq = stored.manifest.seq;
         tail = await this.d.store.loadResultsAfter(rec.sweepId, stored.manifest.seq);
@@ -237,7 +248,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     }
     // Without a snapshot everything stored is the tail: the first append makes one of it.
     for (const e of tail ?? (await this.d.store.loadResults(rec.sweepId))) {
-      if (agg.add(sweep.ShardResult.decode(e.value))) {
+      if (addStored(agg, e.value)) {
         snap.delta.push(e.value);
         snap.deltaBytes += e.value.length + 4;
       }
