@@ -44,6 +44,8 @@ const { values: opt } = parseArgs({
     note: { type: "string", default: "" },
     // A nats-server already holding the seeded state of a run stopped after seeding (launch and seeding of 1M take minutes): only the restarts.
     "nats-url": { type: "string", default: "" },
+    // With --nats-url: launch and seed the sweep on that server and stop (later runs with --nats-url alone restart over it).
+    "seed-only": { type: "boolean", default: false },
     // Profile this build's restart (stopped by SIGTERM so the profile is written).
     "cpu-prof-dir": { type: "string", default: "" },
     // Also seed one shard record per shard (done, counted): the state an older coordinator left.
@@ -174,7 +176,7 @@ for (const shards of sizes) {
   const nats = opt["nats-url"] ? { url: opt["nats-url"], stop: async () => undefined } : await startNatsServer({ readyTimeoutMs: 30_000 });
   try {
     const row = { shards: spec.shards, launch_s: null };
-    if (!opt["nats-url"]) {
+    if (!opt["nats-url"] || opt["seed-only"]) {
       const first = await startCoordinator(current, nats.url, spec.shards);
       const client = new control.SweepServiceClient(first.addr, grpc.credentials.createInsecure());
       const tl = performance.now();
@@ -186,6 +188,7 @@ for (const shards of sizes) {
       const seeded = await seedResults(nats.url, "restart", spec.shards, spec.text, work);
       console.error(`  ${seeded.shards} results written (and shard records with --legacy-records) in ${seeded.seconds.toFixed(1)} s`);
       row.launch_s = r2(launchS);
+      if (opt["seed-only"]) continue;
     }
     // The baseline's first start reads every stored result (no snapshot yet); then this build's
     // ("full", which writes the snapshot); then from that snapshot, alternately, `--repeat` times each.

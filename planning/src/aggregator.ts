@@ -20,7 +20,7 @@ import { ResultError } from "./errors.js";
 import { WireShardResult } from "./shard-result-wire.js";
 import { NO_HEAD, ShardStore } from "./shard-store.js";
 import { siteFromEnum, siteLabel, type SiteLabel, type SiteName } from "./sites.js";
-import { GROUPS_BY_SCHEME, tokenGroup, tokenGroups, type TokenGroup, type TokenGroupScheme } from "./token-groups.js";
+import { GROUPS_BY_SCHEME, TOKEN_GROUPS, tokenGroup, tokenGroups, type TokenGroup, type TokenGroupScheme } from "./token-groups.js";
 
 const SEP = "|";
 
@@ -41,6 +41,11 @@ export class ResultAggregator {
   private readonly corruption: string;
   private readonly prompts = new Map<number, PromptMeta>();
   private readonly buckets = new Map<string, Bucket>();
+  /** The same buckets by a number of (site label, window, group, layer) where they fit: a cell's sums need no key string (1M at a restart). */
+  private readonly bucketByNum = new Map<number, Bucket>();
+  private readonly labelNum = new Map<SiteLabel, number>();
+  /** Token groups per prompt and token (tokenGroups' answer, which depends on nothing else). */
+  private readonly groupsOf = new Map<number, TokenGroup[][]>();
   private readonly promptProbs = new Map<number, [number, number, number]>();
   /** Every shard added, in columns found by the plan's shard id (no object or map entry per shard: shard-store.ts). */
   private readonly shards: ShardStore;
@@ -136,11 +141,15 @@ export class ResultAggregator {
     const w = WIRE;
     if (!w.read(bytes)) return this.add(sweep.ShardResult.decode(bytes));
     const store = this.shards;
-    if (store.slotOf(w.shardId) >= 0) return false;
+    // A plan-form id is found from its bytes (no string; its prompt number stays parsed for addSlotAt); any other from its string.
+    const part = store.parseBytes(bytes, w.shardIdStart, w.shardIdEnd);
+    const id = part < 0 ? w.shardId : "";
+    if ((part >= 0 ? store.slotAt(part) : store.slotOf(id)) >= 0) return false;
     const meta = w.sweepIdIs(this.sweepIdBytes) ? this.prompts.get(w.promptIndex) : undefined;
     if (!meta) return this.add(sweep.ShardResult.decode(bytes));
     for (let i = 0; i < w.cells; i++) if (w.token[i]! >= meta.numTokens || !isSiteEnum(w.site[i]!)) return this.add(sweep.ShardResult.decode(bytes));
-    const slot = store.addSlot(w.shardId, w.promptIndex, w.answerId, w.pClean, w.pCorrupt);
+    const slot =
+      part >= 0 ? store.addSlotAt(part, w.promptIndex, w.answerId, w.pClean, w.pCorrupt) : store.addSlot(id, w.promptIndex, w.answerId, w.pClean, w.pCorrupt);
     store.emptyCells(slot);
     if (!this.promptProbs.has(w.promptIndex)) this.promptProbs.set(w.promptIndex, [w.pClean, w.pCorrupt, w.answerId]);
     for (let i = 0; i < w.cells; i++) {
@@ -154,12 +163,23 @@ export class ResultAggregator {
 
   private addCell(meta: PromptMeta, site: SiteLabel, layer: number, token: number, window: number, p: number, pClean: number, pCorrupt: number): void {
     const ie = indirectEffect(p, pCorrupt, pClean);
-    for (const g of tokenGroups(token, [meta.subjectStart, meta.subjectEnd], meta.numTokens, this.scheme)) {
-      const key = `${site}${SEP}${window}${SEP}${g}${SEP}${layer}`;
-      let b = this.buckets.get(key);
+    let byToken = this.groupsOf.get(meta.index);
+    if (!byToken) this.groupsOf.set(meta.index, (byToken = []));
+    const groups = (byToken[token] ??= tokenGroups(token, [meta.subjectStart, meta.subjectEnd], meta.numTokens, this.scheme));
+    let label = this.labelNum.get(site);
+    if (label === undefined) this.labelNum.set(site, (label = this.labelNum.size));
+    const fits = label < 64 && window < 256 && layer < 8192; // the bucket's number stays a small integer
+    for (const g of groups) {
+      const num = fits ? ((label * 256 + window) * 16 + GROUP_NUM.get(g)!) * 8192 + layer : -1;
+      let b = fits ? this.bucketByNum.get(num) : undefined;
       if (!b) {
-        b = { n: 0, sumP: 0, sumPCorrupt: 0, sumPClean: 0, sumIE: 0, nIE: 0 };
-        this.buckets.set(key, b);
+        const key = `${site}${SEP}${window}${SEP}${g}${SEP}${layer}`;
+        b = this.buckets.get(key);
+        if (!b) {
+          b = { n: 0, sumP: 0, sumPCorrupt: 0, sumPClean: 0, sumIE: 0, nIE: 0 };
+          this.buckets.set(key, b);
+        }
+        if (fits) this.bucketByNum.set(num, b);
       }
       b.n++;
       b.sumP += p;
@@ -424,6 +444,9 @@ for (let v = 0; v < 64; v++) {
   }
 }
 const isSiteEnum = (v: number): boolean => WHOLE_SITE[v] !== undefined;
+
+/** A token group's number in a bucket's number (fewer than 16 groups). */
+const GROUP_NUM = new Map<TokenGroup, number>(TOKEN_GROUPS.map((g, i) => [g, i]));
 
 /** The reader of addEncoded (one: the fold is synchronous). */
 const WIRE = new WireShardResult();

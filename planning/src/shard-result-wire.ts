@@ -12,7 +12,9 @@
 export class WireShardResult {
   sweepIdStart = 0;
   sweepIdEnd = 0;
-  shardId = "";
+  /** Where the shard id's UTF-8 bytes are in `bytes` (a plan-form id is found from them, with no string). */
+  shardIdStart = 0;
+  shardIdEnd = 0;
   promptIndex = 0;
   answerId = 0;
   pClean = 0;
@@ -27,18 +29,31 @@ export class WireShardResult {
   p = new Float64Array(64);
   logit = new Float64Array(64);
 
-  private bytes: Uint8Array = new Uint8Array(0);
+  /** The encoding read last. */
+  bytes: Uint8Array = new Uint8Array(0);
+  /** Over the whole buffer `bytes` lies in (a snapshot's results are views of one segment: one DataView for all). */
   private view: DataView = new DataView(new ArrayBuffer(0));
+  private base = 0;
   private pos = 0;
   private static readonly utf8 = new TextDecoder();
+
+  /** The shard id as a string (decoded as the generated decoder does). */
+  get shardId(): string {
+    return WireShardResult.utf8.decode(this.bytes.subarray(this.shardIdStart, this.shardIdEnd));
+  }
+
+  /** The little-endian double at `pos`. */
+  private double(pos: number): number {
+    return this.view.getFloat64(this.base + pos, true);
+  }
 
   /** Reads `bytes`; false when it is not in the form read here. */
   read(bytes: Uint8Array): boolean {
     this.bytes = bytes;
-    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    if (this.view.buffer !== bytes.buffer) this.view = new DataView(bytes.buffer);
+    this.base = bytes.byteOffset;
     this.pos = 0;
-    this.sweepIdStart = this.sweepIdEnd = 0;
-    this.shardId = "";
+    this.sweepIdStart = this.sweepIdEnd = this.shardIdStart = this.shardIdEnd = 0;
     this.promptIndex = this.answerId = this.cells = 0;
     this.pClean = this.pCorrupt = 0;
     const end = bytes.length;
@@ -56,8 +71,8 @@ export class WireShardResult {
         case 18: {
           const n = this.len();
           if (n < 0) return false;
-          this.shardId = WireShardResult.utf8.decode(bytes.subarray(this.pos, this.pos + n));
-          this.pos += n;
+          this.shardIdStart = this.pos;
+          this.pos = this.shardIdEnd = this.pos + n;
           continue;
         }
         case 24:
@@ -68,12 +83,12 @@ export class WireShardResult {
           continue;
         case 57:
           if (this.pos + 8 > end) return false;
-          this.pClean = this.view.getFloat64(this.pos, true);
+          this.pClean = this.double(this.pos);
           this.pos += 8;
           continue;
         case 65:
           if (this.pos + 8 > end) return false;
-          this.pCorrupt = this.view.getFloat64(this.pos, true);
+          this.pCorrupt = this.double(this.pos);
           this.pos += 8;
           continue;
         case 74: {
@@ -103,10 +118,10 @@ export class WireShardResult {
         if (n < 0 || !this.cell(i, this.pos + n)) return false;
         cell = true;
       } else if (tag === 17 && this.pos + 8 <= end) {
-        p = this.view.getFloat64(this.pos, true);
+        p = this.double(this.pos);
         this.pos += 8;
       } else if (tag === 25 && this.pos + 8 <= end) {
-        logit = this.view.getFloat64(this.pos, true);
+        logit = this.double(this.pos);
         this.pos += 8;
       } else if (tag < 0 || tag >>> 3 <= 3 || !this.skip(tag & 7)) return false;
     }

@@ -47,16 +47,54 @@ export class ShardStore {
   /** Cell rows in use. */
   cells = 0;
 
+  /** `prefix` in UTF-8. */
+  private readonly prefixBytes: Uint8Array;
+
   constructor(sweepId: string) {
     this.prefix = `${sweepId}.`;
+    this.prefixBytes = new TextEncoder().encode(this.prefix);
+  }
+
+  /**
+   * The part number of a plan-form id given as its UTF-8 bytes `bytes[start, end)` (the prompt number
+   * left for `slotAt`/`addSlotAt`), or −1 for any other id: then use the id's string. Accepts exactly
+   * the ids `parse` accepts.
+   */
+  parseBytes(bytes: Uint8Array, start: number, end: number): number {
+    const pre = this.prefixBytes;
+    if (end - start < pre.length) return -1;
+    for (let k = 0; k < pre.length; k++) if (bytes[start + k] !== pre[k]) return -1;
+    let i = start + pre.length;
+    const s0 = i;
+    let prompt = 0;
+    for (; i < end; i++) {
+      const c = bytes[i]! - 48;
+      if (c < 0 || c > 9) break;
+      prompt = prompt * 10 + c;
+    }
+    if (i === s0 || i - s0 > 9 || (bytes[s0] === 48 && i - s0 > 1) || i >= end || bytes[i] !== 46) return -1;
+    const s1 = ++i;
+    let part = 0;
+    for (; i < end; i++) {
+      const c = bytes[i]! - 48;
+      if (c < 0 || c > 9) return -1;
+      part = part * 10 + c;
+    }
+    if (i === s1 || i - s1 > 9 || (bytes[s1] === 48 && i - s1 > 1)) return -1;
+    this.parsedPrompt = prompt;
+    return part;
+  }
+
+  /** The slot of the plan-form id just parsed (`part` from parseBytes), or −1. */
+  slotAt(part: number): number {
+    const parts = this.byPrompt.get(this.parsedPrompt) ?? EMPTY;
+    return part < parts.length ? parts[part]! - 1 : -1;
   }
 
   /** The slot of a shard id, or −1. */
   slotOf(id: string): number {
     const n = this.parse(id);
-    if (n < 0) return (this.odd.get(id) ?? 0) - 1;
-    const parts = this.byPrompt.get(this.parsedPrompt) ?? EMPTY;
-    return n < parts.length ? parts[n]! - 1 : -1;
+    return n < 0 ? (this.odd.get(id) ?? 0) - 1 : this.slotAt(n);
   }
 
   /** The prompt number of the last id `parse` accepted. */
@@ -92,26 +130,35 @@ export class ShardStore {
 
   /** A new slot for an id not held (the caller checked with `slotOf`), without cells yet. */
   addSlot(id: string, promptIndex: number, answerId: number, pClean: number, pCorrupt: number): number {
+    const part = this.parse(id);
+    if (part >= 0) return this.addSlotAt(part, promptIndex, answerId, pClean, pCorrupt);
+    const slot = this.newSlot(promptIndex, answerId, pClean, pCorrupt);
+    this.odd.set(id, slot + 1);
+    this.oddIds.set(slot, id);
+    this.idPrompt[slot] = -1;
+    this.idPart[slot] = -1;
+    return slot;
+  }
+
+  /** {@link addSlot} of the plan-form id just parsed (`part` from parseBytes or parse). */
+  addSlotAt(part: number, promptIndex: number, answerId: number, pClean: number, pCorrupt: number): number {
+    const prompt = this.parsedPrompt;
+    const slot = this.newSlot(promptIndex, answerId, pClean, pCorrupt);
+    let parts = this.byPrompt.get(prompt) ?? EMPTY;
+    if (part >= parts.length) {
+      const next = new Int32Array(Math.max(part + 1, parts.length * 2, 16));
+      next.set(parts);
+      this.byPrompt.set(prompt, (parts = next));
+    }
+    parts[part] = slot + 1;
+    this.idPrompt[slot] = prompt;
+    this.idPart[slot] = part;
+    return slot;
+  }
+
+  private newSlot(promptIndex: number, answerId: number, pClean: number, pCorrupt: number): number {
     const slot = this.size++;
     if (slot >= this.promptIndex.length) this.growSlots();
-    const part = this.parse(id);
-    if (part < 0) {
-      this.odd.set(id, slot + 1);
-      this.oddIds.set(slot, id);
-      this.idPrompt[slot] = -1;
-      this.idPart[slot] = -1;
-    } else {
-      const prompt = this.parsedPrompt;
-      let parts = this.byPrompt.get(prompt) ?? EMPTY;
-      if (part >= parts.length) {
-        const next = new Int32Array(Math.max(part + 1, parts.length * 2, 16));
-        next.set(parts);
-        this.byPrompt.set(prompt, (parts = next));
-      }
-      parts[part] = slot + 1;
-      this.idPrompt[slot] = prompt;
-      this.idPart[slot] = part;
-    }
     this.promptIndex[slot] = promptIndex;
     this.answerId[slot] = answerId;
     this.pClean[slot] = pClean;
