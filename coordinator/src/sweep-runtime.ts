@@ -84,7 +84,11 @@ export function shardRecord(sweepId: string, sh: sweep.Shard): ShardRecord {
 /** A planned shard with its body as bytes (what the scheduler packs; no base64 string per shard). */
 export type PlannedShard = ShardEntry & { shard: Uint8Array };
 
-/** A planned shard as a pending entry and its body (prompt cut to index and key, as in {@link shardRecord}). */
+/**
+ * A planned shard as a pending entry and its body: the prompt cut to index and key (as in
+ * {@link shardRecord}), and without the sweep id, shard id and model, which the entry and the sweep
+ * hold once (at 1M shards they were ~100 of a body's bytes); `shardOf` (shard-bodies.ts) puts them back.
+ */
 export function plannedShard(sweepId: string, sh: sweep.Shard): PlannedShard {
   const prompt = sh.prompt ? sweep.PromptSpec.fromPartial({ index: sh.prompt.index, promptKey: sh.prompt.promptKey }) : undefined;
   const entry: PlannedShard = LeaseTable.pending(
@@ -93,7 +97,7 @@ export function plannedShard(sweepId: string, sh: sweep.Shard): PlannedShard {
     sh.prompt?.promptKey ?? `${sweepId}/${sh.prompt?.index ?? 0}`,
     shardUnits(sh),
   ) as PlannedShard;
-  entry.shard = sweep.Shard.encode({ ...sh, prompt }).finish(); // one object per shard, not a spread copy
+  entry.shard = sweep.Shard.encode({ ...sh, sweepId: "", shardId: "", model: undefined, prompt }).finish();
   return entry;
 }
 

@@ -30,6 +30,7 @@ import type { AddOutcome, ResultSink } from "./results-consumer.js";
 import { checkResultContent, type Rejection } from "./result-check.js";
 import type { Scheduler } from "./scheduler.js";
 import { isKvKey, type JournalLease, type ShardRecord, type StateStore, type SweepRecord } from "./state-store.js";
+import { shardOf } from "./shard-bodies.js";
 import { SEGMENT_MAX_BYTES, type SnapshotManifest } from "./snapshots.js";
 import {
   addStored,
@@ -58,6 +59,8 @@ interface LiveSweep {
   spec: SweepSpec;
   /** The sweep's prompts, held once: shard bodies carry only the index (see sweep-runtime.ts shardRecord). */
   prompts: sweep.PromptSpec[];
+  /** Its model, held once: planned shard bodies leave it out (sweep-runtime.ts plannedShard). */
+  model: sweep.ModelRef;
   agg: Aggregator;
   /** Cells/s over the last 30 s and the ETA (planning's ProgressRate: 0 when no result arrives; time not running not counted). */
   progress: ProgressRate;
@@ -200,8 +203,25 @@ export class Sweeps extends EventEmitter implements ResultSink {
     const progress = new ProgressRate();
     if (rec.state === "running") progress.start(Date.now(), rec.doneCells); // launch, or a restart: the rate counts from now
     snap ??= { manifest: undefined, delta: [], deltaBytes: 0, seq: 0, lastMs: Date.now(), retryMs: 0 };
-    this.live.set(rec.sweepId, { rec, spec, prompts, agg, progress, unpersisted: new Map(), lastEventMs: 0, lastEventState: "", lastSaveMs: 0, snap });
+    this.live.set(rec.sweepId, {
+      rec,
+      spec,
+      prompts,
+      model: sweep.ModelRef.fromJSON(rec.model),
+      agg,
+      progress,
+      unpersisted: new Map(),
+      lastEventMs: 0,
+      lastEventState: "",
+      lastSaveMs: 0,
+      snap,
+    });
     this.d.table.setSweep(rec.sweepId, rec.state === "running", rec.maxAttempts, { priority: spec.priority, weight: spec.weight });
+  }
+
+  /** The model of a sweep held here (granted and planned shards carry it; stored bodies do not). */
+  modelOf(sweepId: string): sweep.ModelRef | undefined {
+    return this.live.get(sweepId)?.model;
   }
 
   /** The full prompt of a sweep held here (granted shards carry it; stored shards only its index). */
@@ -780,7 +800,10 @@ export class Sweeps extends EventEmitter implements ResultSink {
   private trackCovariances(records: (ShardRecord | PlannedShard)[]): void {
     if (!this.d.covariances || records.length === 0) return;
     this.d.covariances.track(
-      records.map((r) => ({ entry: r, shard: sweep.Shard.decode(typeof r.shard === "string" ? Buffer.from(r.shard, "base64") : r.shard) })),
+      records.map((r) => ({
+        entry: r,
+        shard: shardOf(typeof r.shard === "string" ? Buffer.from(r.shard, "base64") : r.shard, r.sweepId, r.shardId, this.live.get(r.sweepId)?.model),
+      })),
     );
   }
 
