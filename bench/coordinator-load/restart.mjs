@@ -4,7 +4,7 @@
 // and its RSS then, against a baseline coordinator build over the same NATS state.
 //
 //   node bench/coordinator-load/restart.mjs [--shards 100000,1000000] [--baseline <coordinator/dist/main.js>]
-//        [--out bench/results/coordinator-restart-cpu.json] [--note "..."]
+//        [--out bench/results/coordinator-restart-cpu.json] [--note "..."] [--repeat N]
 //
 // Per size: a fresh nats-server; the coordinator launches the load spec of S one-cell shards
 // (spec.mjs; the launch time is recorded: durable when the RPC returns) and is SIGKILLed; then every
@@ -44,10 +44,14 @@ const { values: opt } = parseArgs({
     note: { type: "string", default: "" },
     // A nats-server already holding the seeded state of a run stopped after seeding (launch and seeding of 1M take minutes): only the restarts.
     "nats-url": { type: "string", default: "" },
+    // With --nats-url: launch and seed the sweep on that server and stop (later runs with --nats-url alone restart over it).
+    "seed-only": { type: "boolean", default: false },
     // Profile this build's restart (stopped by SIGTERM so the profile is written).
     "cpu-prof-dir": { type: "string", default: "" },
     // Also seed one shard record per shard (done, counted): the state an older coordinator left.
     "legacy-records": { type: "boolean", default: false },
+    // Restarts from the snapshot per build: the baseline (if given) and this build alternate, so pairs share the machine's noise.
+    repeat: { type: "string", default: "1" },
   },
 });
 const sizes = opt.shards.split(",").map(Number);
@@ -172,7 +176,7 @@ for (const shards of sizes) {
   const nats = opt["nats-url"] ? { url: opt["nats-url"], stop: async () => undefined } : await startNatsServer({ readyTimeoutMs: 30_000 });
   try {
     const row = { shards: spec.shards, launch_s: null };
-    if (!opt["nats-url"]) {
+    if (!opt["nats-url"] || opt["seed-only"]) {
       const first = await startCoordinator(current, nats.url, spec.shards);
       const client = new control.SweepServiceClient(first.addr, grpc.credentials.createInsecure());
       const tl = performance.now();
@@ -184,8 +188,14 @@ for (const shards of sizes) {
       const seeded = await seedResults(nats.url, "restart", spec.shards, spec.text, work);
       console.error(`  ${seeded.shards} results written (and shard records with --legacy-records) in ${seeded.seconds.toFixed(1)} s`);
       row.launch_s = r2(launchS);
+      if (opt["seed-only"]) continue;
     }
-    for (const [name, main] of [...(baseline ? [["baseline", baseline]] : []), ["full", current], ["current", current]]) {
+    // The baseline's first start reads every stored result (no snapshot yet); then this build's
+    // ("full", which writes the snapshot); then from that snapshot, alternately, `--repeat` times each.
+    const starts = [...(baseline ? [["baseline", baseline]] : []), ["full", current]];
+    for (let i = 0; i < Number(opt.repeat); i++) starts.push(...(baseline ? [["baseline_snapshot", baseline]] : []), ["current", current]);
+    const runs = {};
+    for (const [name, main] of starts) {
       const c = await startCoordinator(main, nats.url, spec.shards, name === "current" ? profDir : "");
       const cl = new control.SweepServiceClient(c.addr, grpc.credentials.createInsecure());
       const info = await call(cl, cl.get, { sweepId: "restart" });
@@ -199,10 +209,17 @@ for (const shards of sizes) {
       for (const l of c.log().split("\n")) if (/restart: .* shard record|snapshot|restored in/.test(l)) console.error(`  ${name}: ${l.trim()}`);
       console.error(`  ${name}: ready in ${c.readyS.toFixed(2)} s, RSS ${mb(c.rss)} MB, ${counted}/${info.counts?.plannedCells} cells counted`);
       if (counted !== spec.shards) throw new Error(`${name}: ${counted} cells counted after the restart, ${spec.shards} stored`);
-      row[`${name}_restart_s`] = r2(c.readyS);
-      row[`${name}_rss_mb`] = mb(c.rss);
+      (runs[name] ??= []).push({ s: r2(c.readyS), rss: mb(c.rss) });
+    }
+    // One figure per build: the median of its runs (each run is in `<name>_restart_runs_s`).
+    const median = (xs) => [...xs].sort((a, b) => a - b)[(xs.length - 1) >> 1];
+    for (const [name, rs] of Object.entries(runs)) {
+      row[`${name}_restart_s`] = median(rs.map((r) => r.s));
+      row[`${name}_rss_mb`] = median(rs.map((r) => r.rss));
+      if (rs.length > 1) row[`${name}_restart_runs_s`] = rs.map((r) => r.s);
     }
     if (baseline) row.speedup = r2(row.baseline_restart_s / row.current_restart_s);
+    if (baseline) row.snapshot_restart_ratio = r2(row.current_restart_s / row.baseline_snapshot_restart_s);
     row.snapshot_speedup = r2(row.full_restart_s / row.current_restart_s);
     rows.push(row);
   } finally {
@@ -211,7 +228,7 @@ for (const shards of sizes) {
 }
 const out = {
   bench: "coordinator-restart",
-  command: `node bench/coordinator-load/restart.mjs --shards ${sizes.join(",")}${baseline ? ` --baseline ${baseline}` : ""}${opt["legacy-records"] ? " --legacy-records" : ""}`,
+  command: `node bench/coordinator-load/restart.mjs --shards ${sizes.join(",")}${baseline ? ` --baseline ${baseline}` : ""}${opt["legacy-records"] ? " --legacy-records" : ""}${opt.repeat !== "1" ? ` --repeat ${opt.repeat}` : ""}`,
   hardware: `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}`,
   date: new Date().toISOString(),
   note,

@@ -175,6 +175,7 @@ export class Coordinator extends EventEmitter implements SweepApi {
     });
     this.scheduler.on("shards", (id: string) => this.sweeps.shardsChanged(id));
     this.scheduler.promptOf = (sweepId, index) => this.sweeps.promptOf(sweepId, index);
+    this.scheduler.modelOf = (sweepId) => this.sweeps.modelOf(sweepId);
     this.sweeps.on("sweep", (id: string) => this.emit("sweep", id));
     void this.nc.closed().then(() => this.health.refresh());
 

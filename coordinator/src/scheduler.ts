@@ -14,7 +14,7 @@ import { LeaseTable, type Changes, type ShardEntry } from "./lease-table.js";
 import type { JournalLease, ShardRecord, StateStore } from "./state-store.js";
 import type { CoordinatorMetrics } from "./metrics.js";
 import { AgentConnectedError } from "./errors.js";
-import { ShardBodies } from "./shard-bodies.js";
+import { ShardBodies, shardOf } from "./shard-bodies.js";
 
 /** Options of {@link Scheduler}. */
 export interface SchedulerOptions {
@@ -66,6 +66,9 @@ export class Scheduler extends EventEmitter implements AgentStreams {
    * prompt is stored once per sweep, in its record); unset or unknown: the body's prompt as stored.
    */
   promptOf: ((sweepId: string, index: number) => sweep.PromptSpec | undefined) | undefined;
+
+  /** A sweep's model, which planned bodies leave out (held once per sweep); put back into every grant and planned shard. */
+  modelOf: ((sweepId: string) => sweep.ModelRef | undefined) | undefined;
 
   /** Drops a sweep's shards and their bodies from memory (they stay in the state store). */
   forgetSweep(sweepId: string): void {
@@ -212,7 +215,7 @@ export class Scheduler extends EventEmitter implements AgentStreams {
   plannedShard(shardId: string): sweep.Shard | undefined {
     const sweepId = this.table.get(shardId)?.sweepId;
     const body = sweepId === undefined ? undefined : this.bodies.get(sweepId, shardId);
-    return body ? sweep.Shard.decode(body) : undefined;
+    return body ? shardOf(body, sweepId!, shardId, this.modelOf?.(sweepId!)) : undefined;
   }
 
   /** Held shards become grantable (or fail with `error`); see LeaseTable.release. */
@@ -285,7 +288,7 @@ export class Scheduler extends EventEmitter implements AgentStreams {
       const sweepId = this.table.get(g.shardId)?.sweepId;
       const body = sweepId === undefined ? undefined : this.bodies.get(sweepId, g.shardId);
       if (!session || !body) continue; // cannot happen: only connected agents get credit
-      const shard = sweep.Shard.decode(body);
+      const shard = shardOf(body, sweepId!, g.shardId, this.modelOf?.(sweepId!));
       const prompt = shard.prompt && this.promptOf?.(shard.sweepId, shard.prompt.index);
       if (prompt) shard.prompt = prompt;
       shard.attempt = g.attempt;

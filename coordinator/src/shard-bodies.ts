@@ -5,6 +5,20 @@
  * Map per shard cost ~150 bytes of the ~1 KB a shard took in memory at 1M shards (bench/coordinator-load).
  */
 
+import { sweep } from "@factsweep/proto";
+
+/**
+ * A stored body as the shard it was planned as: the sweep id, shard id and model that planned bodies
+ * leave out (sweep-runtime.ts `plannedShard`) put back; bodies of older coordinators have them.
+ */
+export function shardOf(body: Uint8Array, sweepId: string, shardId: string, model: sweep.ModelRef | undefined): sweep.Shard {
+  const sh = sweep.Shard.decode(body);
+  if (!sh.sweepId) sh.sweepId = sweepId;
+  if (!sh.shardId) sh.shardId = shardId;
+  if (!sh.model && model) sh.model = model;
+  return sh;
+}
+
 /** Bytes of one buffer of bodies. */
 const CHUNK = 1 << 20;
 

@@ -84,7 +84,11 @@ export function shardRecord(sweepId: string, sh: sweep.Shard): ShardRecord {
 /** A planned shard with its body as bytes (what the scheduler packs; no base64 string per shard). */
 export type PlannedShard = ShardEntry & { shard: Uint8Array };
 
-/** A planned shard as a pending entry and its body (prompt cut to index and key, as in {@link shardRecord}). */
+/**
+ * A planned shard as a pending entry and its body: the prompt cut to index and key (as in
+ * {@link shardRecord}), and without the sweep id, shard id and model, which the entry and the sweep
+ * hold once (at 1M shards they were ~100 of a body's bytes); `shardOf` (shard-bodies.ts) puts them back.
+ */
 export function plannedShard(sweepId: string, sh: sweep.Shard): PlannedShard {
   const prompt = sh.prompt ? sweep.PromptSpec.fromPartial({ index: sh.prompt.index, promptKey: sh.prompt.promptKey }) : undefined;
   const entry: PlannedShard = LeaseTable.pending(
@@ -93,7 +97,7 @@ export function plannedShard(sweepId: string, sh: sweep.Shard): PlannedShard {
     sh.prompt?.promptKey ?? `${sweepId}/${sh.prompt?.index ?? 0}`,
     shardUnits(sh),
   ) as PlannedShard;
-  entry.shard = sweep.Shard.encode({ ...sh, prompt }).finish(); // one object per shard, not a spread copy
+  entry.shard = sweep.Shard.encode({ ...sh, sweepId: "", shardId: "", model: undefined, prompt }).finish();
   return entry;
 }
 
@@ -107,6 +111,11 @@ export function newAggregator(spec: SweepSpec, sweepId: string, prompts: sweep.P
     return new KindAggregator({ sweepId, spec, prompts, modelType: cfg.modelType, numLayers: cfg.numLayers, ...(traceLayers ? { traceLayers } : {}) });
   }
   return new ResultAggregator({ sweepId, prompts, scheme: spec.token_groups, model: spec.model.id, corruption: spec.corruption.kind });
+}
+
+/** Adds a stored result (its protobuf): read in place by tracing's aggregator (a restart folds 1M of them), decoded for the kinds'. */
+export function addStored(agg: Aggregator, bytes: Uint8Array): boolean {
+  return agg instanceof ResultAggregator ? agg.addEncoded(bytes) : agg.add(sweep.ShardResult.decode(bytes));
 }
 
 /** The aggregator's per-cell rows as ResultRows of the Results RPC (lazily: a sweep may have millions). */

@@ -30,8 +30,20 @@ import type { AddOutcome, ResultSink } from "./results-consumer.js";
 import { checkResultContent, type Rejection } from "./result-check.js";
 import type { Scheduler } from "./scheduler.js";
 import { isKvKey, type JournalLease, type ShardRecord, type StateStore, type SweepRecord } from "./state-store.js";
+import { shardOf } from "./shard-bodies.js";
 import { SEGMENT_MAX_BYTES, type SnapshotManifest } from "./snapshots.js";
-import { newAggregator, newSweepId, plan, plannedShard, resultRows, shardRecord, traceEvidence, type Aggregator, type PlannedShard } from "./sweep-runtime.js";
+import {
+  addStored,
+  newAggregator,
+  newSweepId,
+  plan,
+  plannedShard,
+  resultRows,
+  shardRecord,
+  traceEvidence,
+  type Aggregator,
+  type PlannedShard,
+} from "./sweep-runtime.js";
 import {
   InvalidSpecError,
   ModelNotFoundError,
@@ -47,6 +59,8 @@ interface LiveSweep {
   spec: SweepSpec;
   /** The sweep's prompts, held once: shard bodies carry only the index (see sweep-runtime.ts shardRecord). */
   prompts: sweep.PromptSpec[];
+  /** Its model, held once: planned shard bodies leave it out (sweep-runtime.ts plannedShard). */
+  model: sweep.ModelRef;
   agg: Aggregator;
   /** Cells/s over the last 30 s and the ETA (planning's ProgressRate: 0 when no result arrives; time not running not counted). */
   progress: ProgressRate;
@@ -189,8 +203,25 @@ export class Sweeps extends EventEmitter implements ResultSink {
     const progress = new ProgressRate();
     if (rec.state === "running") progress.start(Date.now(), rec.doneCells); // launch, or a restart: the rate counts from now
     snap ??= { manifest: undefined, delta: [], deltaBytes: 0, seq: 0, lastMs: Date.now(), retryMs: 0 };
-    this.live.set(rec.sweepId, { rec, spec, prompts, agg, progress, unpersisted: new Map(), lastEventMs: 0, lastEventState: "", lastSaveMs: 0, snap });
+    this.live.set(rec.sweepId, {
+      rec,
+      spec,
+      prompts,
+      model: sweep.ModelRef.fromJSON(rec.model),
+      agg,
+      progress,
+      unpersisted: new Map(),
+      lastEventMs: 0,
+      lastEventState: "",
+      lastSaveMs: 0,
+      snap,
+    });
     this.d.table.setSweep(rec.sweepId, rec.state === "running", rec.maxAttempts, { priority: spec.priority, weight: spec.weight });
+  }
+
+  /** The model of a sweep held here (granted and planned shards carry it; stored bodies do not). */
+  modelOf(sweepId: string): sweep.ModelRef | undefined {
+    return this.live.get(sweepId)?.model;
   }
 
   /** The full prompt of a sweep held here (granted shards carry it; stored shards only its index). */
@@ -226,7 +257,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     try {
       const stored = await this.d.store.loadSnapshot(rec.sweepId);
       if (stored) {
-        for (const bytes of stored.results) agg.add(sweep.ShardResult.decode(bytes));
+        for (const bytes of stored.results) addStored(agg, bytes);
         snap.manifest = stored.manifest;
         snap.seq = stored.manifest.seq;
         tail = await this.d.store.loadResultsAfter(rec.sweepId, stored.manifest.seq);
@@ -244,7 +275,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     }
     // Without a snapshot everything stored is the tail: the first append makes one of it.
     for (const e of tail ?? (await this.d.store.loadResults(rec.sweepId))) {
-      if (agg.add(sweep.ShardResult.decode(e.value))) {
+      if (addStored(agg, e.value)) {
         snap.delta.push(e.value);
         snap.deltaBytes += e.value.length + 4;
       }
@@ -743,9 +774,12 @@ export class Sweeps extends EventEmitter implements ResultSink {
     } else {
       this.hold(rec, spec, agg, p.prompts);
       let batch: (ShardRecord | PlannedShard)[] = [];
+      // Small batches: a batch's planned entries and bodies die young. At 8,192 they outlived the
+      // young generation, and with bodies under 64 bytes (kept in the heap) a 1M launch peaked at
+      // 1,150 MB RSS instead of ~750 (bench/coordinator-load/run.mjs --runs 10x1000000).
       for (const r of planned(sweepId, p.shards, new Map())) {
         batch.push(r);
-        if (batch.length >= 8192) {
+        if (batch.length >= 1024) {
           this.d.scheduler.addShards(batch, false);
           batch = [];
         }
@@ -776,7 +810,10 @@ export class Sweeps extends EventEmitter implements ResultSink {
   private trackCovariances(records: (ShardRecord | PlannedShard)[]): void {
     if (!this.d.covariances || records.length === 0) return;
     this.d.covariances.track(
-      records.map((r) => ({ entry: r, shard: sweep.Shard.decode(typeof r.shard === "string" ? Buffer.from(r.shard, "base64") : r.shard) })),
+      records.map((r) => ({
+        entry: r,
+        shard: shardOf(typeof r.shard === "string" ? Buffer.from(r.shard, "base64") : r.shard, r.sweepId, r.shardId, this.live.get(r.sweepId)?.model),
+      })),
     );
   }
 

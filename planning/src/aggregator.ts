@@ -1,10 +1,11 @@
+// long-file: one class holds a trace sweep's aggregate and every view of it (buckets, heatmaps, rows, per-fact rows, state); its storage is shard-store.ts, its in-place read shard-result-wire.ts.
 /**
  * Incremental aggregation of a trace sweep's results: idempotent by shard id, sums per (site,
  * window, token group, layer), heatmaps, rows, a summary and a JSON state to resume from. A per-head
  * cell (engine.Cell.head) is aggregated under its site label `ssm.h<k>` (sites.ts `siteLabel`), so
  * each head has its own heatmap beside the whole site's; its result rows keep `site` and `head`.
  */
-import type { control, sweep } from "@factsweep/proto";
+import { sweep, type control } from "@factsweep/proto";
 import {
   averageIndirectEffect,
   indirectEffect,
@@ -14,11 +15,12 @@ import {
   type Heatmap,
   type PromptMeta,
   type ResultRow,
-  type StoredShard,
 } from "./effects.js";
 import { ResultError } from "./errors.js";
+import { WireShardResult } from "./shard-result-wire.js";
+import { NO_HEAD, ShardStore } from "./shard-store.js";
 import { siteFromEnum, siteLabel, type SiteLabel, type SiteName } from "./sites.js";
-import { GROUPS_BY_SCHEME, tokenGroup, tokenGroups, type TokenGroup, type TokenGroupScheme } from "./token-groups.js";
+import { GROUPS_BY_SCHEME, TOKEN_GROUPS, tokenGroup, tokenGroups, type TokenGroup, type TokenGroupScheme } from "./token-groups.js";
 
 const SEP = "|";
 
@@ -39,10 +41,16 @@ export class ResultAggregator {
   private readonly corruption: string;
   private readonly prompts = new Map<number, PromptMeta>();
   private readonly buckets = new Map<string, Bucket>();
+  /** The same buckets by a number of (site label, window, group, layer) where they fit: a cell's sums need no key string (1M at a restart). */
+  private readonly bucketByNum = new Map<number, Bucket>();
+  private readonly labelNum = new Map<SiteLabel, number>();
+  /** Token groups per prompt and token (tokenGroups' answer, which depends on nothing else). */
+  private readonly groupsOf = new Map<number, TokenGroup[][]>();
   private readonly promptProbs = new Map<number, [number, number, number]>();
-  /** Every shard added, by id (one map: at 1M shards a second index of the ids cost a restart seconds); a shard
-   * restored from a state without cells maps to NO_CELLS. */
-  private readonly shards = new Map<string, StoredShard>();
+  /** Every shard added, in columns found by the plan's shard id (no object or map entry per shard: shard-store.ts). */
+  private readonly shards: ShardStore;
+  /** The sweep id's UTF-8 bytes, compared with a stored result's (addEncoded). */
+  private readonly sweepIdBytes: Uint8Array;
   private cellCount = 0;
 
   constructor(opts: {
@@ -55,6 +63,8 @@ export class ResultAggregator {
     corruption?: string;
   }) {
     this.sweepId = opts.sweepId;
+    this.shards = new ShardStore(opts.sweepId);
+    this.sweepIdBytes = new TextEncoder().encode(opts.sweepId);
     this.scheme = opts.scheme ?? "rome";
     this.model = opts.model ?? "";
     for (const p of opts.prompts) {
@@ -83,7 +93,7 @@ export class ResultAggregator {
 
   /** True if this shard id was already added. */
   has(shardId: string): boolean {
-    return this.shards.has(shardId);
+    return this.shards.slotOf(shardId) >= 0;
   }
 
   /**
@@ -92,14 +102,13 @@ export class ResultAggregator {
    * @throws ResultError for a result of another sweep, an unknown prompt or a token outside it.
    */
   add(result: sweep.ShardResult): boolean {
-    if (this.shards.has(result.shardId)) return false;
+    const store = this.shards;
+    if (store.slotOf(result.shardId) >= 0) return false;
     if (result.sweepId !== this.sweepId) {
       throw new ResultError(`result of shard ${result.shardId} belongs to sweep "${result.sweepId}", not "${this.sweepId}"`, result.shardId);
     }
     const meta = this.prompts.get(result.promptIndex);
     if (!meta) throw new ResultError(`result of shard ${result.shardId} names prompt ${result.promptIndex}, which this sweep does not have`, result.shardId);
-    const flat: number[] = [];
-    let heads: number[] | undefined; // only when a cell names a head (Mamba-2 per-head sites)
     for (const c of result.cells) {
       const cell = c.cell;
       if (!cell || cell.token >= meta.numTokens) {
@@ -109,29 +118,68 @@ export class ResultAggregator {
         );
       }
       siteFromEnum(cell.site); // validates
-      if (cell.head !== undefined && cell.head !== NO_HEAD && !heads) heads = Array<number>(flat.length / 6).fill(NO_HEAD);
-      flat.push(cell.site, cell.layer, cell.token, cell.window, c.p, c.logit);
-      heads?.push(cell.head ?? NO_HEAD);
     }
     // Validated: now apply.
-    const stored: StoredShard = { promptIndex: result.promptIndex, answerId: result.answerId, pClean: result.pClean, pCorrupt: result.pCorrupt, cells: flat };
-    if (heads) stored.heads = heads;
-    this.shards.set(result.shardId, stored);
+    const slot = store.addSlot(result.shardId, result.promptIndex, result.answerId, result.pClean, result.pCorrupt);
+    store.emptyCells(slot);
     if (!this.promptProbs.has(result.promptIndex)) this.promptProbs.set(result.promptIndex, [result.pClean, result.pCorrupt, result.answerId]);
-    for (let i = 0; i < flat.length; i += 6) {
-      this.addCell(meta, labelOf(flat, heads, i), flat[i + 1]!, flat[i + 2]!, flat[i + 3]!, flat[i + 4]!, result.pClean, result.pCorrupt);
+    for (const c of result.cells) {
+      const cell = c.cell!;
+      const head = cell.head ?? NO_HEAD;
+      store.addCell(slot, cell.site, cell.layer, cell.token, cell.window, head, c.p, c.logit);
+      this.addCell(meta, labelAt(cell.site, head), cell.layer, cell.token, cell.window, c.p, result.pClean, result.pCorrupt);
+    }
+    return true;
+  }
+
+  /**
+   * {@link add} of a stored result's protobuf encoding (a restart folds a snapshot of them): read in
+   * place where it has the usual form (shard-result-wire.ts), else decoded and added as by `add`,
+   * which also gives any error; same outcome either way.
+   */
+  addEncoded(bytes: Uint8Array): boolean {
+    const w = WIRE;
+    if (!w.read(bytes)) return this.add(sweep.ShardResult.decode(bytes));
+    const store = this.shards;
+    // A plan-form id is found from its bytes (no string; its prompt number stays parsed for addSlotAt); any other from its string.
+    const part = store.parseBytes(bytes, w.shardIdStart, w.shardIdEnd);
+    const id = part < 0 ? w.shardId : "";
+    if ((part >= 0 ? store.slotAt(part) : store.slotOf(id)) >= 0) return false;
+    const meta = w.sweepIdIs(this.sweepIdBytes) ? this.prompts.get(w.promptIndex) : undefined;
+    if (!meta) return this.add(sweep.ShardResult.decode(bytes));
+    for (let i = 0; i < w.cells; i++) if (w.token[i]! >= meta.numTokens || !isSiteEnum(w.site[i]!)) return this.add(sweep.ShardResult.decode(bytes));
+    const slot =
+      part >= 0 ? store.addSlotAt(part, w.promptIndex, w.answerId, w.pClean, w.pCorrupt) : store.addSlot(id, w.promptIndex, w.answerId, w.pClean, w.pCorrupt);
+    store.emptyCells(slot);
+    if (!this.promptProbs.has(w.promptIndex)) this.promptProbs.set(w.promptIndex, [w.pClean, w.pCorrupt, w.answerId]);
+    for (let i = 0; i < w.cells; i++) {
+      const site = w.site[i]!;
+      const head = w.head[i]!;
+      store.addCell(slot, site, w.layer[i]!, w.token[i]!, w.window[i]!, head, w.p[i]!, w.logit[i]!);
+      this.addCell(meta, labelAt(site, head), w.layer[i]!, w.token[i]!, w.window[i]!, w.p[i]!, w.pClean, w.pCorrupt);
     }
     return true;
   }
 
   private addCell(meta: PromptMeta, site: SiteLabel, layer: number, token: number, window: number, p: number, pClean: number, pCorrupt: number): void {
     const ie = indirectEffect(p, pCorrupt, pClean);
-    for (const g of tokenGroups(token, [meta.subjectStart, meta.subjectEnd], meta.numTokens, this.scheme)) {
-      const key = `${site}${SEP}${window}${SEP}${g}${SEP}${layer}`;
-      let b = this.buckets.get(key);
+    let byToken = this.groupsOf.get(meta.index);
+    if (!byToken) this.groupsOf.set(meta.index, (byToken = []));
+    const groups = (byToken[token] ??= tokenGroups(token, [meta.subjectStart, meta.subjectEnd], meta.numTokens, this.scheme));
+    let label = this.labelNum.get(site);
+    if (label === undefined) this.labelNum.set(site, (label = this.labelNum.size));
+    const fits = label < 64 && window < 256 && layer < 8192; // the bucket's number stays a small integer
+    for (const g of groups) {
+      const num = fits ? ((label * 256 + window) * 16 + GROUP_NUM.get(g)!) * 8192 + layer : -1;
+      let b = fits ? this.bucketByNum.get(num) : undefined;
       if (!b) {
-        b = { n: 0, sumP: 0, sumPCorrupt: 0, sumPClean: 0, sumIE: 0, nIE: 0 };
-        this.buckets.set(key, b);
+        const key = `${site}${SEP}${window}${SEP}${g}${SEP}${layer}`;
+        b = this.buckets.get(key);
+        if (!b) {
+          b = { n: 0, sumP: 0, sumPCorrupt: 0, sumPClean: 0, sumIE: 0, nIE: 0 };
+          this.buckets.set(key, b);
+        }
+        if (fits) this.bucketByNum.set(num, b);
       }
       b.n++;
       b.sumP += p;
@@ -200,10 +248,11 @@ export class ResultAggregator {
     const probs = this.promptProbs.get(promptIndex);
     if (!meta || !probs) return undefined;
     const cells: [number, number, number][] = [];
-    for (const sh of this.shards.values()) {
-      if (sh.promptIndex !== promptIndex || !sh.cells) continue;
-      for (let i = 0; i < sh.cells.length; i += 6) {
-        if (labelOf(sh.cells, sh.heads, i) === site && sh.cells[i + 3] === window) cells.push([sh.cells[i + 2]!, sh.cells[i + 1]!, sh.cells[i + 4]!]);
+    const st = this.shards;
+    for (let slot = 0; slot < st.size; slot++) {
+      if (st.promptIndex[slot] !== promptIndex) continue;
+      for (let i = st.cellStart[slot]!, end = i + st.cellCount[slot]!; i < end; i++) {
+        if (st.window[i] === window && labelAt(st.site[i]!, st.head[i]!) === site) cells.push([st.token[i]!, st.layer[i]!, st.p[i]!]);
       }
     }
     const layers = [...new Set(cells.map((c) => c[1]))].sort((a, b) => a - b);
@@ -221,18 +270,20 @@ export class ResultAggregator {
   factRows(site: SiteLabel, window: number, group: TokenGroup): { layers: number[]; prompts: number[]; ie: (number | null)[][] } {
     const sums = new Map<number, Map<number, [number, number]>>(); // prompt -> layer -> [sum IE, n]
     const layerSet = new Set<number>();
-    for (const sh of this.shards.values()) {
-      const meta = this.prompts.get(sh.promptIndex);
-      if (!sh.cells || !meta) continue;
-      for (let i = 0; i < sh.cells.length; i += 6) {
-        if (labelOf(sh.cells, sh.heads, i) !== site || sh.cells[i + 3] !== window) continue;
-        const layer = sh.cells[i + 1]!;
+    const st = this.shards;
+    for (let slot = 0; slot < st.size; slot++) {
+      const promptIndex = st.promptIndex[slot]!;
+      const meta = this.prompts.get(promptIndex);
+      if (!meta) continue;
+      for (let i = st.cellStart[slot]!, end = i + st.cellCount[slot]!; i < end; i++) {
+        if (st.window[i] !== window || labelAt(st.site[i]!, st.head[i]!) !== site) continue;
+        const layer = st.layer[i]!;
         layerSet.add(layer);
-        if (!tokenGroups(sh.cells[i + 2]!, [meta.subjectStart, meta.subjectEnd], meta.numTokens, this.scheme).includes(group)) continue;
-        const ie = indirectEffect(sh.cells[i + 4]!, sh.pCorrupt, sh.pClean);
+        if (!tokenGroups(st.token[i]!, [meta.subjectStart, meta.subjectEnd], meta.numTokens, this.scheme).includes(group)) continue;
+        const ie = indirectEffect(st.p[i]!, st.pCorrupt[slot]!, st.pClean[slot]!);
         if (ie === null) continue;
-        let byLayer = sums.get(sh.promptIndex);
-        if (!byLayer) sums.set(sh.promptIndex, (byLayer = new Map()));
+        let byLayer = sums.get(promptIndex);
+        if (!byLayer) sums.set(promptIndex, (byLayer = new Map()));
         const cur = byLayer.get(layer) ?? [0, 0];
         byLayer.set(layer, [cur[0] + ie, cur[1] + 1]);
       }
@@ -253,33 +304,37 @@ export class ResultAggregator {
    * from a state serialized with `{ cells: false }` have no rows.
    */
   *rows(): Generator<ResultRow> {
-    const ids = [...this.shards.keys()].sort(compareShardIds);
-    for (const id of ids) {
-      const sh = this.shards.get(id)!;
-      if (!sh.cells) continue;
-      const meta = this.prompts.get(sh.promptIndex)!;
-      for (let i = 0; i < sh.cells.length; i += 6) {
-        const token = sh.cells[i + 2]!;
-        const p = sh.cells[i + 4]!;
-        const head = sh.heads?.[i / 6];
+    const st = this.shards;
+    for (const slot of st.ordered()) {
+      const n = st.cellCount[slot]!;
+      if (n < 0) continue;
+      const promptIndex = st.promptIndex[slot]!;
+      const pClean = st.pClean[slot]!;
+      const pCorrupt = st.pCorrupt[slot]!;
+      const meta = this.prompts.get(promptIndex)!;
+      const fieldsJson = JSON.stringify({ answer_id: st.answerId[slot]! }); // provenance: the token whose p is measured
+      for (let i = st.cellStart[slot]!, end = i + n; i < end; i++) {
+        const token = st.token[i]!;
+        const p = st.p[i]!;
+        const head = st.head[i]!;
         yield {
           sweepId: this.sweepId,
           model: this.model,
-          promptIndex: sh.promptIndex,
+          promptIndex,
           subject: meta.subject,
-          site: siteFromEnum(sh.cells[i]!),
-          layer: sh.cells[i + 1]!,
+          site: siteFromEnum(st.site[i]!),
+          layer: st.layer[i]!,
           token,
-          window: sh.cells[i + 3]!,
+          window: st.window[i]!,
           tokenGroup: tokenGroup(token, [meta.subjectStart, meta.subjectEnd], meta.numTokens, this.scheme),
           p,
-          pClean: sh.pClean,
-          pCorrupt: sh.pCorrupt,
-          ie: indirectEffect(p, sh.pCorrupt, sh.pClean) ?? NaN,
+          pClean,
+          pCorrupt,
+          ie: indirectEffect(p, pCorrupt, pClean) ?? NaN,
           corruption: this.corruption,
           kind: "trace",
-          fieldsJson: JSON.stringify({ answer_id: sh.answerId }), // provenance: the token whose p is measured
-          ...(head !== undefined && head !== NO_HEAD ? { head } : {}),
+          fieldsJson,
+          ...(head !== NO_HEAD ? { head } : {}),
         };
       }
     }
@@ -323,6 +378,8 @@ export class ResultAggregator {
    * (small, enough to resume counting and heatmaps; rows() then covers only later shards).
    */
   toJSON(opts: { cells?: boolean } = {}): AggregatorState {
+    const st = this.shards;
+    const ids = Array.from({ length: st.size }, (_, slot) => st.idOf(slot));
     const state: AggregatorState = {
       version: 1,
       sweepId: this.sweepId,
@@ -332,13 +389,16 @@ export class ResultAggregator {
       prompts: [...this.prompts.values()],
       buckets: [...this.buckets.entries()].map(([k, b]) => [k, { ...b }]),
       promptProbs: [...this.promptProbs.entries()].map(([i, [c, x, a]]) => [i, c, x, a]),
-      shardIds: [...this.shards.keys()],
+      shardIds: ids,
       cellCount: this.cellCount,
     };
-    if (opts.cells !== false)
-      state.shards = [...this.shards.entries()]
-        .filter(([, s]) => s !== NO_CELLS)
-        .map(([k, s]) => [k, { ...s, cells: s.cells ? [...s.cells] : null, ...(s.heads ? { heads: [...s.heads] } : {}) }]);
+    if (opts.cells !== false) {
+      state.shards = [];
+      for (let slot = 0; slot < st.size; slot++) {
+        const sh = st.stored(slot);
+        if (sh) state.shards.push([ids[slot]!, sh]);
+      }
+    }
     return state;
   }
 
@@ -349,29 +409,44 @@ export class ResultAggregator {
     const agg = new ResultAggregator({ sweepId: s.sweepId, prompts: s.prompts, scheme: s.scheme, model: s.model, corruption: s.corruption });
     for (const [k, b] of s.buckets) agg.buckets.set(k, { ...b });
     for (const [i, c, x, a] of s.promptProbs) agg.promptProbs.set(i, [c, x, a]);
-    for (const id of s.shardIds) agg.shards.set(id, NO_CELLS);
-    for (const [id, sh] of s.shards ?? []) agg.shards.set(id, { ...sh, cells: sh.cells ? [...sh.cells] : null, ...(sh.heads ? { heads: [...sh.heads] } : {}) });
+    const st = agg.shards;
+    // A shard known by id only (serialized with `{ cells: false }`): a slot without cells, no rows.
+    for (const id of s.shardIds) if (st.slotOf(id) < 0) st.addSlot(id, -1, 0, Number.NaN, Number.NaN);
+    for (const [id, sh] of s.shards ?? []) {
+      let slot = st.slotOf(id);
+      if (slot < 0) slot = st.addSlot(id, sh.promptIndex, sh.answerId, sh.pClean, sh.pCorrupt);
+      else st.setShard(slot, sh.promptIndex, sh.answerId, sh.pClean, sh.pCorrupt);
+      if (!sh.cells) continue;
+      st.emptyCells(slot);
+      for (let i = 0; i < sh.cells.length; i += 6) {
+        const c = sh.cells;
+        st.addCell(slot, c[i]!, c[i + 1]!, c[i + 2]!, c[i + 3]!, sh.heads?.[i / 6] ?? NO_HEAD, c[i + 4]!, c[i + 5]!);
+      }
+    }
     agg.cellCount = s.cellCount;
     return agg;
   }
 }
 
-/** `StoredShard.heads` of a whole-site cell. */
-const NO_HEAD = -1;
-
-/** A shard known by id only (restored from `toJSON({ cells: false })`): no cells, no rows. */
-const NO_CELLS: StoredShard = Object.freeze({ promptIndex: -1, answerId: 0, pClean: Number.NaN, pCorrupt: Number.NaN, cells: null });
-
-/** The site label of the cell whose sextet starts at `i` of `cells` (a head's `ssm.h<k>`, else the site). */
-function labelOf(cells: readonly number[], heads: readonly number[] | undefined, i: number): SiteLabel {
-  const head = heads?.[i / 6];
-  return siteLabel(siteFromEnum(cells[i]!), head === undefined || head === NO_HEAD ? undefined : head);
+/** The site label of a cell of `site` (engine enum) and `head` (NO_HEAD: the whole site). */
+function labelAt(site: number, head: number): SiteLabel {
+  if (head === NO_HEAD) return WHOLE_SITE[site] ?? siteFromEnum(site);
+  return siteLabel(siteFromEnum(site), head);
 }
 
-/** Order shard ids `<sweep>.<prompt>.<part>` numerically by prompt, then part. */
-function compareShardIds(a: string, b: string): number {
-  const pa = a.split(".");
-  const pb = b.split(".");
-  const na = Number(pa[pa.length - 2]) - Number(pb[pb.length - 2]);
-  return na !== 0 ? na : Number(pa[pa.length - 1]) - Number(pb[pb.length - 1]);
+/** Whole-site labels by engine enum value, and whether a value is a site (siteFromEnum, without its throw). */
+const WHOLE_SITE: SiteLabel[] = [];
+for (let v = 0; v < 64; v++) {
+  try {
+    WHOLE_SITE[v] = siteFromEnum(v);
+  } catch {
+    // not a site
+  }
 }
+const isSiteEnum = (v: number): boolean => WHOLE_SITE[v] !== undefined;
+
+/** A token group's number in a bucket's number (fewer than 16 groups). */
+const GROUP_NUM = new Map<TokenGroup, number>(TOKEN_GROUPS.map((g, i) => [g, i]));
+
+/** The reader of addEncoded (one: the fold is synchronous). */
+const WIRE = new WireShardResult();
