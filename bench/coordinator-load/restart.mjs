@@ -73,7 +73,7 @@ async function startCoordinator(main, natsUrl, shards, prof = "") {
     ...(prof ? ["--cpu-prof", "--cpu-prof-dir", prof] : []),
     main,
     ...["--nats-url", natsUrl, "--grpc-port", String(grpcPort), "--http-port", "0", "--model-root", join(root, "models")],
-    ...["--max-shards", "2000000", "--max-spec-bytes", String(8 * 2 ** 20)],
+    ...["--max-shards", "2000000", "--max-spec-bytes", String(2 ** 19)], // the coordinator's highest: the 1M load spec is 431 KB
     ...["--results-max-bytes", String((big ? 4096 : 1024) * 2 ** 20), "--kv-max-bytes", String((big ? 4096 : 1024) * 2 ** 20)],
   ];
   const t0 = performance.now();

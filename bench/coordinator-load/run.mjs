@@ -82,7 +82,7 @@ async function startCoordinator(natsUrl, profDir, shards) {
     "--max-shards",
     "2000000",
     "--max-spec-bytes",
-    String(8 * 2 ** 20),
+    String(2 ** 19), // the coordinator's highest: the 1M load spec is 431 KB
     "--results-max-bytes",
     String((big ? 4096 : 1024) * 2 ** 20),
     "--kv-max-bytes",
