@@ -37,13 +37,10 @@ function bigRelation(dir: string): string {
   return file;
 }
 
-test(`a sweep of ${FACTS} prompts launches, restarts after a crash with every prompt as planned, and runs to the end`, async () => {
-  const dir = mkdtempSync(join(tmpdir(), "factsweep-many-"));
-  const relation = bigRelation(dir);
-  h = await startHarness(Coordinator.start, { modelRoots: [join(REPO_ROOT, "models")], dataRoots: [dir] });
-  const id = "many";
-  const spec = [
-    "name: many prompts",
+/** A trace spec over the relation file: one one-cell shard a fact. */
+const relationSpec = (name: string, relation: string): string =>
+  [
+    `name: ${name}`,
     "kind: trace",
     `model: { id: m, path: ${join(REPO_ROOT, "models/mamba-facts")} }`,
     `dataset: { relations: [${relation}], per_relation: ${FACTS} }`,
@@ -52,7 +49,13 @@ test(`a sweep of ${FACTS} prompts launches, restarts after a crash with every pr
     "layers: [0]",
     "tokens: [last]",
   ].join("\n");
-  await h.coord.launch({ spec, sweepId: id, specDir: dir });
+
+test(`a sweep of ${FACTS} prompts launches, restarts after a crash with every prompt as planned, and runs to the end`, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "factsweep-many-"));
+  const relation = bigRelation(dir);
+  h = await startHarness(Coordinator.start, { modelRoots: [join(REPO_ROOT, "models")], dataRoots: [dir] });
+  const id = "many";
+  await h.coord.launch({ spec: relationSpec("many prompts", relation), sweepId: id, specDir: dir });
   assert.equal(h.coord.get(id).counts?.shardsTotal, FACTS, "one one-cell shard a fact");
 
   const nc = await connect({ servers: h.nats.url });
@@ -88,19 +91,8 @@ test("a sweep whose stored prompts lost a chunk is skipped at a restart with a m
   const relation = bigRelation(dir);
   const logs: string[] = [];
   h = await startHarness(Coordinator.start, { modelRoots: [join(REPO_ROOT, "models")], dataRoots: [dir], log: (m) => logs.push(m) });
-  const spec = (name: string) =>
-    [
-      `name: ${name}`,
-      "kind: trace",
-      `model: { id: m, path: ${join(REPO_ROOT, "models/mamba-facts")} }`,
-      `dataset: { relations: [${relation}], per_relation: ${FACTS} }`,
-      "corruption: { kind: noise, samples: 2, seed: 3 }",
-      "grid: [{ site: residual, window: 1 }]",
-      "layers: [0]",
-      "tokens: [last]",
-    ].join("\n");
-  await h.coord.launch({ spec: spec("hurt"), sweepId: "hurt", specDir: dir });
-  await h.coord.launch({ spec: spec("whole"), sweepId: "whole", specDir: dir });
+  await h.coord.launch({ spec: relationSpec("hurt", relation), sweepId: "hurt", specDir: dir });
+  await h.coord.launch({ spec: relationSpec("whole", relation), sweepId: "whole", specDir: dir });
   const nc = await connect({ servers: h.nats.url });
   try {
     await (await new Kvm(nc).open(SHARDS_BUCKET)).purge(promptsKey("hurt", 1));
@@ -115,6 +107,6 @@ test("a sweep whose stored prompts lost a chunk is skipped at a restart with a m
   assert.equal(h.coord.get("whole").counts?.shardsTotal, FACTS, "the other sweep loads");
   // What the message says to do works: the skipped sweep can be deleted, and its id launched again.
   await h.coord.delete("hurt");
-  await h.coord.launch({ spec: spec("hurt"), sweepId: "hurt", specDir: dir });
+  await h.coord.launch({ spec: relationSpec("hurt", relation), sweepId: "hurt", specDir: dir });
   assert.equal(h.coord.get("hurt").counts?.shardsTotal, FACTS);
 });
