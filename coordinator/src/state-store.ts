@@ -264,6 +264,7 @@ export class StateStore {
       throw err;
     }
     for (let k = 0; k < chunks.length; k++) await this.shards.put(promptsKey(rec.sweepId, k), this.encode(chunks[k]));
+    rec.prompts = []; // stored; the live sweep holds them decoded, so the record need not hold them a second time
   }
 
   /** Whether a sweep record with this id exists. */

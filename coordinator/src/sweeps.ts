@@ -243,8 +243,8 @@ export class Sweeps extends EventEmitter implements ResultSink {
     }
     let prompts: sweep.PromptSpec[];
     try {
-      rec.prompts = await this.d.store.loadPrompts(rec);
-      prompts = rec.prompts.map((p) => sweep.PromptSpec.fromJSON(p));
+      // Decoded once; a record whose prompts are chunked does not keep their JSON beside them.
+      prompts = (await this.d.store.loadPrompts(rec)).map((p) => sweep.PromptSpec.fromJSON(p));
     } catch (err) {
       this.d.log(`${(err as Error).message}; skipped`);
       return false;
