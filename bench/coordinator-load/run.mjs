@@ -6,7 +6,11 @@
 //
 //   node bench/coordinator-load/run.mjs [--runs 10x10000,100x10000,...] [--max-seconds 90]
 //        [--split coord=1,nats=0,gen=0] [--cpu-prof 1000x100000] [--agents-per-nats 1]
-//        [--engine-ms 0] [--out bench/results/coordinator-load-cpu.json] [--note "..."]
+//        [--engine-ms 0] [--gen-procs 1] [--out bench/results/coordinator-load-cpu.json] [--note "..."]
+//
+// --split names the CPUs (taskset lists) of the coordinator, nats-server and generator; --gen-procs K
+// spreads the simulated agents over K child processes (generator.mjs) for hosts with more cores than
+// one generator process can use.
 //
 // Reported per run: shard results aggregated per second (the coordinator's own count of counted
 // shards, sampled each second; the rate from the first counted result to the last sample, or over
@@ -24,7 +28,7 @@ import * as grpc from "@grpc/grpc-js";
 import { control } from "@factsweep/proto";
 import { startNatsServer, freePort } from "@factsweep/testing";
 import { dirBytes, pin, procSample } from "./procstat.mjs";
-import { natsConnections, newStats, SimAgent } from "./sim-agent.mjs";
+import { generatorCpu, startGenerator } from "./generator.mjs";
 import { writeLoadSpec } from "./spec.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
@@ -46,6 +50,7 @@ const profileRun = flag("--cpu-prof", "");
 const profRoot = resolve(flag("--prof-dir", join(tmpdir(), "coordinator-load-prof")));
 const perNats = Number(flag("--agents-per-nats", "1"));
 const engineMs = Number(flag("--engine-ms", "0"));
+const genProcs = Number(flag("--gen-procs", "1"));
 const sites = Number(flag("--sites", "4"));
 const outPath = resolve(flag("--out", join(root, "bench/results/coordinator-load-cpu.json")));
 const note = flag("--note", "");
@@ -135,16 +140,8 @@ async function oneRun(agents, shards) {
   const total = info0.counts.shardsTotal;
   console.error(`  launched ${total} shards (${spec.prompts} prompts, spec ${mb(spec.bytes)} MB) in ${launchS.toFixed(2)} s`);
 
-  const stats = newStats();
-  const ncs = await natsConnections(nats.url, agents, perNats);
-  const sims = [];
-  for (let i = 0; i < agents; i++) {
-    sims.push(new SimAgent({ agentId: `sim-${i}`, coordinator: addr, nc: ncs[Math.floor(i / Math.max(1, perNats))], stats, engineMs }));
-  }
-  for (let i = 0; i < agents; i += 50) {
-    for (const s of sims.slice(i, i + 50)) s.start();
-    await sleep(20);
-  }
+  const gen = await startGenerator({ agents, procs: genProcs, coordinator: addr, natsUrl: nats.url, perNats, engineMs, cpus: split.gen });
+  const stats = gen.stats;
   const t0c = Date.now();
   while (stats.connected < agents && Date.now() - t0c < 60_000) await sleep(50);
   console.error(`  ${agents} agents connected in ${((Date.now() - t0c) / 1000).toFixed(1)} s`);
@@ -155,7 +152,7 @@ async function oneRun(agents, shards) {
   const tStart = performance.now();
   const c0 = procSample(coord.child.pid);
   const n0 = procSample(nats.pid);
-  const g0 = procSample(process.pid);
+  const g0 = generatorCpu(gen.pids());
   let peakRss = 0;
   let peakNatsRss = 0;
   let last;
@@ -177,7 +174,7 @@ async function oneRun(agents, shards) {
       state: info.state,
       c,
       n,
-      g: procSample(process.pid),
+      g: generatorCpu(gen.pids()),
     };
     samples.push(last);
     if (samples.length % 10 === 0) console.error(`  t=${t.toFixed(0)} s done ${last.done}/${total} leased ${last.leased} rss ${mb(c?.rss ?? 0)} MB`);
@@ -189,15 +186,14 @@ async function oneRun(agents, shards) {
   const wall = last.t;
   const coordCores = last.c && c0 ? (last.c.cpu - c0.cpu) / wall : null;
   const natsCores = last.n && n0 ? (last.n.cpu - n0.cpu) / wall : null;
-  const genCores = last.g && g0 ? (last.g.cpu - g0.cpu) / wall : null;
+  const genCores = (last.g - g0) / wall;
 
   // The coordinator's V8 heap in use (its default metrics), to tell live data from what RSS keeps.
   const heapUsed = await fetch(`http://127.0.0.1:${coord.httpPort}/metrics`)
     .then((r) => r.text())
     .then((t) => Number(/^factsweep_coordinator_nodejs_heap_size_used_bytes(?:\{[^}]*\})? (\S+)/m.exec(t)?.[1] ?? NaN))
     .catch(() => NaN);
-  await Promise.all(sims.map((s) => s.stop()));
-  await Promise.all(ncs.map((nc) => nc.close().catch(() => undefined)));
+  await gen.stop();
   client.close();
   coord.child.kill("SIGTERM");
   await Promise.race([coord.exited, sleep(30_000)]);
@@ -282,7 +278,14 @@ const out = {
   split: { coordinator: split.coord ?? "any", nats_server: split.nats ?? "any", generator: split.gen ?? "any" },
   label,
   coordinator: coordMain.startsWith(root) ? coordMain.slice(root.length + 1) : coordMain,
-  options: { max_seconds: maxSeconds, agents_per_nats_connection: perNats, engine_ms: engineMs, sites, coordinator_flags: coordFlags },
+  options: {
+    max_seconds: maxSeconds,
+    generator_processes: genProcs,
+    agents_per_nats_connection: perNats,
+    engine_ms: engineMs,
+    sites,
+    coordinator_flags: coordFlags,
+  },
   baseline: `${base.agents}x${base.shards}`,
   rows,
 };

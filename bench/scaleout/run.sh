@@ -75,24 +75,10 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/n
 trap cleanup EXIT
 
 # ---- 1. what the host lacks: Node, nats-server, node_modules + dist -----------------------------------
-bin=$work/bin
-mkdir -p "$bin"
-if [ $unpack = 1 ] || ! command -v node >/dev/null; then
-  [ -f .scaleout/node.xz ] || { say "no node here and no .scaleout/node.xz: run bash bench/scaleout/pack.sh where Node is, and carry .scaleout"; exit 1; }
-  xz -dc .scaleout/node.xz > "$bin/node" && chmod +x "$bin/node"
-  export PATH=$bin:$PATH
-  say "node $(node --version) unpacked from .scaleout/node.xz"
-fi
-if [ $unpack = 1 ] || ! command -v nats-server >/dev/null; then
-  xz -dc .scaleout/nats-server.xz > "$bin/nats-server" && chmod +x "$bin/nats-server"
-  export PATH=$bin:$PATH
-  say "nats-server $(nats-server --version) unpacked from .scaleout/nats-server.xz"
-fi
-if [ ! -d node_modules ] || [ ! -f coordinator/dist/main.js ] || [ ! -f node-agent/dist/main.js ] || [ ! -f sweepctl/dist/cli.js ]; then
-  [ -f .scaleout/app.tar.xz ] || { say "no node_modules/dist here and no .scaleout/app.tar.xz"; exit 1; }
-  tar -xJf .scaleout/app.tar.xz -C "$root"
-  say "node_modules and dist/ unpacked from .scaleout/app.tar.xz ($(sed -n 's/^typescript from: //p' .scaleout/MANIFEST 2>/dev/null))"
-fi
+. "$root/bench/scaleout/unpack.sh"
+# Not in a pipe or subshell: it extends PATH.
+scaleout_unpack "$root" "$work/bin" "$unpack" > "$work/unpack.log" || exit 1
+while read -r line; do say "$line"; done < "$work/unpack.log"
 PY=$(bash scripts/find-python.sh) || exit 1
 
 # ---- 2. devices -----------------------------------------------------------------------------------------
