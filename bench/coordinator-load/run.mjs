@@ -6,15 +6,16 @@
 //
 //   node bench/coordinator-load/run.mjs [--runs 10x10000,100x10000,...] [--max-seconds 90]
 //        [--split coord=1,nats=0,gen=0] [--cpu-prof 1000x100000] [--agents-per-nats 1]
-//        [--engine-ms 0] [--gen-procs 1] [--out bench/results/coordinator-load-cpu.json] [--note "..."]
+//        [--engine-ms 0] [--gen-procs 1] [--order connect-first|launch-first] [--sample-ms 250] [--out bench/results/coordinator-load-cpu.json] [--note "..."]
 //
 // --split names the CPUs (taskset lists) of the coordinator, nats-server and generator; --gen-procs K
 // spreads the simulated agents over K child processes (generator.mjs) for hosts with more cores than
 // one generator process can use.
 //
 // Reported per run: shard results aggregated per second (the coordinator's own count of counted
-// shards, sampled each second; the rate from the first counted result to the last sample, or over
-// the window when the sweep does not finish within --max-seconds), lease round trip (an agent's
+// shards, sampled every --sample-ms; over the window: from the launch call with every agent already
+// connected (--order connect-first) to the sweep's end or --max-seconds; "steady": the same from a
+// second after the launch returned), lease round trip (an agent's
 // Credit sent → the LeaseGrant that spends it, p50/p99), JetStream publish → ack, coordinator RSS
 // (peak) and CPU (cores busy over the window; results/s per coordinator core = rate / cores),
 // nats-server CPU and RSS, the generator's CPU, NATS storage (bytes of its store folder at the end).
@@ -51,6 +52,9 @@ const profRoot = resolve(flag("--prof-dir", join(tmpdir(), "coordinator-load-pro
 const perNats = Number(flag("--agents-per-nats", "1"));
 const engineMs = Number(flag("--engine-ms", "0"));
 const genProcs = Number(flag("--gen-procs", "1"));
+const order = flag("--order", "connect-first");
+if (order !== "connect-first" && order !== "launch-first") throw new Error(`--order: connect-first or launch-first, got ${order}`);
+const sampleMs = Number(flag("--sample-ms", "250"));
 const sites = Number(flag("--sites", "4"));
 const outPath = resolve(flag("--out", join(root, "bench/results/coordinator-load-cpu.json")));
 const note = flag("--note", "");
@@ -127,10 +131,25 @@ async function oneRun(agents, shards) {
   const coord = await startCoordinator(nats.url, profDir, spec.shards);
   const addr = `127.0.0.1:${coord.grpcPort}`;
   const client = new control.SweepServiceClient(addr, grpc.credentials.createInsecure());
-  // Launch before the agents connect: parse, plan, persist every shard record (the RPC returns once
-  // the sweep is durable). A launch while agents work waits for every state write of the store
-  // (Sweeps.launch → StateStore.flush), which under constant load may not end: see RESULTS.md.
+  // connect-first (default): every agent connected and idle, then the launch; the window runs from the
+  // launch call, so each result of the sweep is counted while all N agents are there (on a 16-core host
+  // the sweep of 100k ran out while 1,000 agents were still connecting). launch-first: the launch
+  // (parse, plan, durable) before the agents connect, the window from the last connect (the runs of
+  // 2026-11-30 and before).
+  let gen;
+  let connectS;
+  const connectAgents = async () => {
+    gen = await startGenerator({ agents, procs: genProcs, coordinator: addr, natsUrl: nats.url, perNats, engineMs, cpus: split.gen });
+    const t0c = Date.now();
+    while (gen.stats.connected < agents && Date.now() - t0c < 60_000) await sleep(50);
+    connectS = (Date.now() - t0c) / 1000;
+    console.error(`  ${gen.stats.connected} of ${agents} agents connected in ${connectS.toFixed(1)} s`);
+  };
+  if (order === "connect-first") await connectAgents();
   const rss0 = procSample(coord.child.pid)?.rss ?? 0;
+  const sampleCpu = () => ({ c: procSample(coord.child.pid), n: procSample(nats.pid), g: gen ? generatorCpu(gen.pids()) : 0 });
+  let start = sampleCpu();
+  let tStart = performance.now();
   const tl = performance.now();
   const info0 = await call(client, client.launch, { spec: spec.text, specDir: work, sweepId: "load" }).catch((err) => {
     console.error(`launch failed: ${err.message}\ncoordinator log (tail):\n${coord.log().slice(-3000)}`);
@@ -139,25 +158,24 @@ async function oneRun(agents, shards) {
   const launchS = (performance.now() - tl) / 1000;
   const total = info0.counts.shardsTotal;
   console.error(`  launched ${total} shards (${spec.prompts} prompts, spec ${mb(spec.bytes)} MB) in ${launchS.toFixed(2)} s`);
-
-  const gen = await startGenerator({ agents, procs: genProcs, coordinator: addr, natsUrl: nats.url, perNats, engineMs, cpus: split.gen });
-  const stats = gen.stats;
-  const t0c = Date.now();
-  while (stats.connected < agents && Date.now() - t0c < 60_000) await sleep(50);
-  console.error(`  ${agents} agents connected in ${((Date.now() - t0c) / 1000).toFixed(1)} s`);
-
   const rssLaunched = procSample(coord.child.pid)?.rss ?? 0;
-  const i0 = await call(client, client.get, { sweepId: "load" }, 60);
-  const samples = [{ t: 0, done: i0.counts.shardsDone }];
-  const tStart = performance.now();
-  const c0 = procSample(coord.child.pid);
-  const n0 = procSample(nats.pid);
-  const g0 = generatorCpu(gen.pids());
+  let doneAtStart = 0;
+  if (order === "launch-first") {
+    await connectAgents();
+    doneAtStart = (await call(client, client.get, { sweepId: "load" }, 60)).counts.shardsDone;
+    start = sampleCpu();
+    tStart = performance.now();
+  }
+  const stats = gen.stats;
+  const samples = [{ t: 0, done: doneAtStart }];
+  const c0 = start.c;
+  const n0 = start.n;
+  const g0 = start.g;
   let peakRss = 0;
   let peakNatsRss = 0;
   let last;
   for (;;) {
-    await sleep(1000);
+    await sleep(sampleMs);
     const info = await call(client, client.get, { sweepId: "load" }, 60);
     const t = (performance.now() - tStart) / 1000;
     const c = procSample(coord.child.pid);
@@ -177,12 +195,17 @@ async function oneRun(agents, shards) {
       g: generatorCpu(gen.pids()),
     };
     samples.push(last);
-    if (samples.length % 10 === 0) console.error(`  t=${t.toFixed(0)} s done ${last.done}/${total} leased ${last.leased} rss ${mb(c?.rss ?? 0)} MB`);
+    if (samples.length % Math.round(10_000 / sampleMs) === 0)
+      console.error(`  t=${t.toFixed(0)} s done ${last.done}/${total} leased ${last.leased} rss ${mb(c?.rss ?? 0)} MB`);
     if (info.state !== "running" || t >= maxSeconds) break;
   }
   // Rate: from all agents connected to the last sample (sweep ended, or the window's end).
   const window = last.t;
   const rate = (last.done - samples[0].done) / window;
+  // Steady: from the first sample a second after the launch returned (connect-first) or after the
+  // start (launch-first) to the last, so neither the launch nor the first grants weigh in.
+  const from = samples.find((x) => x.t >= (order === "connect-first" ? launchS : 0) + 1);
+  const steady = from && last.t > from.t ? (last.done - from.done) / (last.t - from.t) : null;
   const wall = last.t;
   const coordCores = last.c && c0 ? (last.c.cpu - c0.cpu) / wall : null;
   const natsCores = last.n && n0 ? (last.n.cpu - n0.cpu) / wall : null;
@@ -229,6 +252,8 @@ async function oneRun(agents, shards) {
     window_s: r3(window),
     shards_done: last.done,
     results_per_s: r3(rate),
+    results_per_s_steady: r3(steady),
+    connect_s: r3(connectS),
     lease_p50_ms: r3(stats.leaseRtt.quantile(0.5)),
     lease_p99_ms: r3(stats.leaseRtt.quantile(0.99)),
     publish_p50_ms: r3(stats.publishAck.quantile(0.5)),

@@ -141,7 +141,8 @@ test("delete removes a finished or cancelled sweep's record, shard records and s
   h.coord.cancel("busy");
   await h.restart("graceful"); // every record durable, then a fresh coordinator
   await fleet.killAll();
-  assert.deepEqual(await kvKeys(AGGREGATES_BUCKET, "gone.>"), ["gone.0.0", "gone.1.0"]);
+  const stored = await kvKeys(AGGREGATES_BUCKET, "gone.>");
+  assert.ok(stored.length > 0 && stored.every((k) => k.startsWith("gone.b.")), `results stored in batches: ${stored.join(", ")}`);
   const reply = await call(h.sweeps, h.sweeps.delete, { sweepId: "gone" });
   assert.deepEqual(reply, { sweepId: "gone", shardsRemoved: 2, resultsRemoved: 2 });
   const cancelled = (await call(h.sweeps, h.sweeps.delete, { sweepId: "busy" })) as control.DeleteReply;

@@ -189,6 +189,7 @@ const memoryStore = () =>
     saveSweep: () => undefined,
     saveShard: () => undefined,
     saveResult: async () => undefined,
+    saveResults: async () => 0,
     loadResults: async () => [],
     loadAll: async () => ({ sweeps: [], shards: [] }),
     flush: async () => undefined,

@@ -73,6 +73,36 @@ export function unpackSegment(sweepId: string, key: string, seg: Uint8Array): Ui
   return out;
 }
 
+/** Key of a batch of stored results in the aggregates bucket (`StateStore.saveResults`): segment framing. */
+export const batchKey = (sweepId: string, epoch: number, n: number): string => `${sweepId}.b.${epoch}.${n}`;
+
+/**
+ * Entries of a sweep's keys in the aggregates bucket as results with their stream sequence: a
+ * batch's segment unpacked (each of its results at the batch's sequence), a result stored under its
+ * shard id (before batches) as it is. A malformed batch is left out and logged: its shards have no
+ * stored result, so a restart leases them again rather than count what cannot be read.
+ */
+export function unpackBatches(
+  sweepId: string,
+  entries: { key: string; value: Uint8Array; revision: number }[],
+  log: (msg: string) => void = () => undefined,
+): { value: Uint8Array; seq: number }[] {
+  const out: { value: Uint8Array; seq: number }[] = [];
+  const batch = `${sweepId}.b.`;
+  for (const e of entries) {
+    if (!e.key.startsWith(batch)) {
+      out.push({ value: e.value, seq: e.revision });
+      continue;
+    }
+    try {
+      for (const value of unpackSegment(sweepId, e.key, e.value)) out.push({ value, seq: e.revision });
+    } catch (err) {
+      log(`stored result batch ${e.key} cannot be read (${(err as Error).message}): its results are left out, and their shards will be leased again`);
+    }
+  }
+  return out;
+}
+
 /** Checks a manifest read from the store (outside input) before it is used. */
 export function parseManifest(sweepId: string, data: unknown): SnapshotManifest {
   const m = data as Partial<SnapshotManifest> | null;

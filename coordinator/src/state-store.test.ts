@@ -2,7 +2,7 @@ import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 import { Kvm } from "@nats-io/kv";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { SWEEPS_BUCKET } from "@factsweep/shared";
+import { AGGREGATES_BUCKET, SWEEPS_BUCKET } from "@factsweep/shared";
 import { startNatsServer, type NatsServerHandle } from "@factsweep/testing";
 import { StateStore, type SweepRecord, type ShardRecord } from "./state-store.js";
 import { LeaseTable } from "./lease-table.js";
@@ -81,6 +81,42 @@ test("a new coordinator over the same KV loads identical sweep, shard and result
   b.saveShard({ ...s1, state: "pending", attempts: 0 });
   await b.flush();
   assert.equal((await b.loadAll()).shards[1]?.state, "pending");
+});
+
+test("results stored in batches load one by one beside results stored one per key, a batch that cannot be read is left out and named, and a tail starts after a batch's sequence", async () => {
+  const nc = await conn();
+  const logged: string[] = [];
+  const a = await StateStore.open(nc);
+  const old = new Uint8Array([5, 5]);
+  await a.saveResult("bt.7.0", old); // the form coordinators before batches wrote
+  // 40 results of 30,000 bytes: more than one 512 KiB segment, so one batch is several KV values.
+  const big = Array.from({ length: 40 }, (_, i) => new Uint8Array(30_000).fill(i + 1));
+  const seq1 = await a.saveResults("bt", big);
+  await a.saveResults("bt2", [new Uint8Array([9])]); // another sweep: not in bt's results
+  // A batch whose framing is cut (written by hand): outside input, refused without losing the others.
+  const kv = await new Kvm(nc).open(AGGREGATES_BUCKET);
+  await kv.put("bt.b.999.0", new Uint8Array([0, 0, 0, 50, 1, 2]));
+  const seq2 = await a.saveResults("bt", [new Uint8Array([1]), new Uint8Array([2])]);
+  assert.ok(seq2 > seq1);
+
+  const b = await StateStore.open(nc, { log: (m) => logged.push(m) });
+  const all = await b.loadResults("bt");
+  const values = all.map((x) => Buffer.from(x.value).toString("hex")).sort();
+  const want = [old, ...big, new Uint8Array([1]), new Uint8Array([2])].map((x) => Buffer.from(x).toString("hex")).sort();
+  assert.deepEqual(values, want);
+  assert.ok(
+    logged.some((m) => m.includes("bt.b.999.0") && m.includes("leased again")),
+    logged.join("\n"),
+  );
+  // A snapshot covering seq1 leaves the tail: the last batch only, each result at the batch's sequence.
+  const tail = await b.loadResultsAfter("bt", seq1);
+  assert.deepEqual(
+    tail.map((x) => [Buffer.from(x.value).toString("hex"), x.seq]),
+    [
+      ["01", seq2],
+      ["02", seq2],
+    ],
+  );
 });
 
 test("prompts are stored in chunks under a KV value's size, and a record written before chunks (prompts inline) still loads", async () => {

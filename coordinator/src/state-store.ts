@@ -18,7 +18,17 @@ import type { TraceLayers } from "@factsweep/planning";
 import { StaleCoordinatorError, SweepExistsError } from "./errors.js";
 import type { ShardEntry } from "./lease-table.js";
 import { DEFAULT_NATS_LIMITS, ensureBucket, type NatsLimits } from "./nats-limits.js";
-import { manifestKey, packSegments, parseManifest, segmentKey, SnapshotError, unpackSegment, type SnapshotManifest } from "./snapshots.js";
+import {
+  batchKey,
+  manifestKey,
+  packSegments,
+  parseManifest,
+  segmentKey,
+  SnapshotError,
+  unpackBatches,
+  unpackSegment,
+  type SnapshotManifest,
+} from "./snapshots.js";
 
 /** Terminal and non-terminal states of a sweep. */
 export type SweepState = "running" | "done" | "failed" | "cancelled";
@@ -181,6 +191,8 @@ export class StateStore {
   private slotWaiters: ((() => void) | undefined)[] = [];
   private slotHead = 0;
   private readonly maxInFlight: number;
+  /** Result batches stored by this epoch (their keys' last part). */
+  private batches = 0;
 
   private constructor(
     private readonly js: JetStreamClient,
@@ -324,8 +336,8 @@ export class StateStore {
 
   /**
    * Stores an aggregated ShardResult (protobuf) under its shard id and resolves, once it is
-   * durable, with its sequence in the aggregates bucket's stream (what a snapshot covers). Each
-   * result is written once (O(1) per result, however large the sweep); snapshots gather them.
+   * durable, with its sequence in the aggregates bucket's stream (what a snapshot covers). The form
+   * coordinators before batches wrote, and still read; {@link saveResults} is what the sweeps use.
    */
   async saveResult(shardId: string, result: Uint8Array): Promise<number> {
     this.checkFence();
@@ -333,14 +345,29 @@ export class StateStore {
     return await this.aggregates.put(shardId, result);
   }
 
-  /** Every stored ShardResult of a sweep, in shard-id order, with its stream sequence. */
-  async loadResults(sweepId: string): Promise<{ value: Uint8Array; seq: number }[]> {
-    return (await this.readBucket(AGGREGATES_BUCKET, `${sweepId}.>`)).map((e) => ({ value: e.value, seq: e.revision }));
+  /**
+   * Stores a batch of a sweep's aggregated ShardResults as segments (`<sweep>.b.<epoch>.<n>`, the
+   * snapshot's framing, ≤ 512 KiB each) and resolves, once all are durable, with the highest stream
+   * sequence. A request per batch segment, not per result: one KV put per result was the largest
+   * part of the coordinator's cost per result that is left (bench/RESULTS.md, issue 16). Keys cannot
+   * meet a shard id (`<sweep>.<prompt>.<part>`: digits, and sweep ids have no dot); a batch stored
+   * twice (a retried persist) only repeats results, which the fold counts once.
+   */
+  async saveResults(sweepId: string, results: Uint8Array[]): Promise<number> {
+    this.checkFence();
+    if (!isKvKey(sweepId)) throw new InvalidKeyError(sweepId);
+    const seqs = await Promise.all(packSegments(results).map((seg) => this.aggregates.put(batchKey(sweepId, this.epoch, this.batches++), seg)));
+    return Math.max(0, ...seqs);
   }
 
-  /** The stored ShardResults of a sweep above stream sequence `seq` (a snapshot's tail), in stream order. */
+  /** Every stored ShardResult of a sweep (batches unpacked), with the stream sequence it was stored at. */
+  async loadResults(sweepId: string): Promise<{ value: Uint8Array; seq: number }[]> {
+    return unpackBatches(sweepId, await this.readBucket(AGGREGATES_BUCKET, `${sweepId}.>`), this.opts.log);
+  }
+
+  /** The stored ShardResults of a sweep above stream sequence `seq` (a snapshot's tail). */
   async loadResultsAfter(sweepId: string, seq: number): Promise<{ value: Uint8Array; seq: number }[]> {
-    return (await this.readBucket(AGGREGATES_BUCKET, `${sweepId}.>`, seq + 1)).map((e) => ({ value: e.value, seq: e.revision }));
+    return unpackBatches(sweepId, await this.readBucket(AGGREGATES_BUCKET, `${sweepId}.>`, seq + 1), this.opts.log);
   }
 
   /**
@@ -504,6 +531,8 @@ export class StateStore {
       return out;
     };
     const [shardKeys, resultKeys, snapshotKeys] = await Promise.all([keysOf(this.shards), keysOf(this.aggregates), keysOf(this.snapshots)]);
+    // Results are stored in batches (several a key): the count removed is read from them.
+    const resultCount = (await this.loadResults(sweepId)).length;
     // Most shards have no record (the plan implies them): the count removed is the sweep's shards.
     const shardCount =
       (await this.loadSweep(sweepId).catch(() => undefined))?.shardCount ?? shardKeys.filter((k) => !isJournalKey(k) && !isPromptsKey(k)).length;
@@ -519,7 +548,7 @@ export class StateStore {
     for (let i = 0; i < snapshotKeys.length; i += 64) await Promise.all(snapshotKeys.slice(i, i + 64).map((k) => this.snapshots.purge(k)));
     this.revisions.delete(`m:${sweepId}`);
     await this.sweeps.purge(sweepId);
-    return { shards: shardCount, results: resultKeys.length };
+    return { shards: shardCount, results: resultCount };
   }
 
   private async loadBucket<T>(bucket: string, prefix: string, filter?: string, keep: (key: string) => boolean = () => true): Promise<T[]> {

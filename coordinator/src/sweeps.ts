@@ -551,19 +551,16 @@ export class Sweeps extends EventEmitter implements ResultSink {
       const s = this.live.get(id);
       if (!s) continue;
       const batch = [...s.unpersisted];
-      const stored = await Promise.all(
-        batch.map(async ([shardId, r]) => {
-          if (!r) return undefined;
-          const bytes = sweep.ShardResult.encode(r).finish();
-          return { bytes, seq: await this.d.store.saveResult(shardId, bytes) };
-        }),
-      );
-      // The whole batch is stored: it joins the snapshot's delta together (see SnapState).
-      for (const x of stored) {
-        if (!x) continue;
-        s.snap.delta.push(x.bytes);
-        s.snap.deltaBytes += x.bytes.length + 4;
-        s.snap.seq = Math.max(s.snap.seq, x.seq);
+      const encoded: Uint8Array[] = [];
+      for (const [, r] of batch) if (r) encoded.push(sweep.ShardResult.encode(r).finish());
+      // One batch, a few KV requests (StateStore.saveResults); once stored it joins the snapshot's delta (see SnapState).
+      if (encoded.length > 0) {
+        const seq = await this.d.store.saveResults(id, encoded);
+        for (const bytes of encoded) {
+          s.snap.delta.push(bytes);
+          s.snap.deltaBytes += bytes.length + 4;
+        }
+        s.snap.seq = Math.max(s.snap.seq, seq);
       }
       // Stored: counted for good (a restart counts it from the stored result; no shard record is written).
       for (const [shardId, r] of batch) {
