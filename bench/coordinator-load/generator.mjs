@@ -24,23 +24,26 @@ async function startAgents({ coordinator, natsUrl, from, to, perNats, engineMs, 
     for (const s of sims.slice(i, i + 50)) s.start();
     await sleep(20);
   }
-  return async () => {
-    await Promise.all(sims.map((s) => s.stop()));
-    await Promise.all(ncs.map((nc) => nc.close().catch(() => undefined)));
+  return {
+    untime: () => sims.forEach((s) => s.untimeCredits()),
+    stop: async () => {
+      await Promise.all(sims.map((s) => s.stop()));
+      await Promise.all(ncs.map((nc) => nc.close().catch(() => undefined)));
+    },
   };
 }
 
 /**
  * Starts `agents` simulated agents, in this process (`procs` ≤ 1) or over `procs` children pinned to
  * `cpus` (taskset list, or undefined). Returns the live stats (counters summed over the children,
- * refreshed every 200 ms; the latency reservoirs merged at `stop`), the pids to sample for CPU, and
- * `stop`.
+ * refreshed every 200 ms; the latency reservoirs merged at `stop`), the pids to sample for CPU,
+ * `untime` and `stop`.
  */
 export async function startGenerator({ agents, procs, coordinator, natsUrl, perNats, engineMs, cpus }) {
   const stats = newStats();
   if (procs <= 1) {
-    const stop = await startAgents({ coordinator, natsUrl, from: 0, to: agents, perNats, engineMs, stats });
-    return { stats, pids: () => [process.pid], stop };
+    const { untime, stop } = await startAgents({ coordinator, natsUrl, from: 0, to: agents, perNats, engineMs, stats });
+    return { stats, pids: () => [process.pid], untime, stop };
   }
   const children = [];
   const per = Math.ceil(agents / procs);
@@ -62,7 +65,9 @@ export async function startGenerator({ agents, procs, coordinator, natsUrl, perN
   return {
     stats,
     pids: () => [process.pid, ...children.map((c) => c.child.pid)],
-    /** CPU seconds of the children so far (sampled before they exit at stop). */
+    /** Leaves the credits sent so far out of the lease round trip (sent before the sweep was launched). */
+    untime: () => children.forEach((c) => c.child.send({ type: "untime" })),
+    /** Stops every agent; the children's final counters and latency samples land in `stats`. */
     stop: async () => {
       clearInterval(timer);
       await Promise.all(
@@ -97,14 +102,15 @@ export function generatorCpu(pids) {
 // Child: run a slice of the agents until the parent says stop.
 if (process.argv.includes("--child") && process.send) {
   const stats = newStats();
-  let stop;
+  let agents;
   const report = () => process.send({ type: "counters", counters: Object.fromEntries(COUNTERS.map((c) => [c, stats[c]])) });
   const timer = setInterval(report, 200);
   process.on("message", async (m) => {
-    if (m.type === "start") stop = await startAgents({ ...m, stats });
+    if (m.type === "start") agents = await startAgents({ ...m, stats });
+    if (m.type === "untime") agents?.untime();
     if (m.type === "stop") {
       clearInterval(timer);
-      await stop?.();
+      await agents?.stop();
       const counters = Object.fromEntries(COUNTERS.map((c) => [c, stats[c]]));
       process.send({ type: "final", counters, leaseRtt: stats.leaseRtt.xs, publishAck: stats.publishAck.xs }, () => process.exit(0));
     }

@@ -148,6 +148,8 @@ async function oneRun(agents, shards) {
   if (order === "connect-first") await connectAgents();
   const rss0 = procSample(coord.child.pid)?.rss ?? 0;
   const sampleCpu = () => ({ c: procSample(coord.child.pid), n: procSample(nats.pid), g: gen ? generatorCpu(gen.pids()) : 0 });
+  // Credits the idle agents sent before the launch wait for a sweep to exist, not for the coordinator.
+  gen?.untime();
   let start = sampleCpu();
   let tStart = performance.now();
   const tl = performance.now();

@@ -113,7 +113,7 @@ export class SimAgent {
 
   onLease(g) {
     const t = this.creditSentAt.shift();
-    if (t !== undefined) this.stats.leaseRtt.add(performance.now() - t);
+    if (t !== undefined && !Number.isNaN(t)) this.stats.leaseRtt.add(performance.now() - t);
     this.stats.granted++;
     const shard = g.shard;
     const existing = this.leases.get(shard.shardId);
@@ -126,6 +126,11 @@ export class SimAgent {
     this.leases.set(shard.shardId, lease);
     this.queue.push(lease);
     this.pump();
+  }
+
+  /** Credits sent so far wait for a sweep to exist, not for the coordinator: their grants are not timed. */
+  untimeCredits() {
+    this.creditSentAt.fill(NaN);
   }
 
   onCancel(c) {
