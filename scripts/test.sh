@@ -28,7 +28,9 @@ else
 fi
 step "TypeScript unit tests"
 units=$(find shared/dist planning/dist testing/dist coordinator/dist sweepctl/dist node-agent/dist -name '*.test.js' 2>/dev/null | sort)
-[ -z "$units" ] || node --test $units
+# Two files at a time (node's default is one on a 2-core machine): most of a unit test's time is
+# waiting on the processes it starts (nats-server, engine workers), so two share the cores.
+[ -z "$units" ] || node --test --test-concurrency=2 $units
 step "end-to-end tests"
 e2e=$(find test/dist -name '*.test.js' 2>/dev/null | sort)
 [ -z "$e2e" ] || node --test --test-concurrency=1 $e2e
