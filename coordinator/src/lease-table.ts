@@ -260,7 +260,8 @@ class GrantQueue {
 interface SweepShards {
   slots: SweepSlots;
   bySlot: Map<number, Tallied>;
-  others: Set<Tallied>;
+  /** By shard id: a restore over one keeps its place. */
+  others: Map<string, Tallied>;
 }
 
 function tallyOf(s: ShardEntry): Tally {
@@ -371,7 +372,7 @@ export class LeaseTable {
 
   private shardsIn(sweepId: string): SweepShards {
     let w = this.bySweep.get(sweepId);
-    if (!w) this.bySweep.set(sweepId, (w = { slots: new SweepSlots(sweepId), bySlot: new Map(), others: new Set() }));
+    if (!w) this.bySweep.set(sweepId, (w = { slots: new SweepSlots(sweepId), bySlot: new Map(), others: new Map() }));
     return w;
   }
 
@@ -381,10 +382,12 @@ export class LeaseTable {
     return t;
   }
 
-  /** The entry objects of a sweep (not its fresh or counted slots). */
+  /** The entry objects of a sweep (not its fresh or counted slots), in plan order, then the others in insertion order. */
   private entriesOfSweep(sweepId: string): Tallied[] {
     const w = this.bySweep.get(sweepId);
-    return w ? [...w.bySlot.values(), ...w.others] : [];
+    if (!w) return [];
+    const bySlot = [...w.bySlot].sort((a, b) => a[0] - b[0]);
+    return [...bySlot.map((x) => x[1]), ...w.others.values()];
   }
 
   /** Where a shard id's plan slot is, if it has one. */
@@ -442,7 +445,7 @@ export class LeaseTable {
   }
 
   /** Takes a shard out of the table (before `restore` replaces it); returns its slot if it had one. */
-  private remove(shardId: string): { w: SweepShards; slot: number } | undefined {
+  private remove(shardId: string, sweepId: string): { w: SweepShards; slot: number } | undefined {
     const prev = this.shards.get(shardId);
     if (prev) {
       this.dropLease(prev);
@@ -456,7 +459,7 @@ export class LeaseTable {
         w.slots.setMark(slot, GONE);
         return { w, slot };
       }
-      w?.others.delete(prev);
+      if (prev.sweepId !== sweepId) w?.others.delete(shardId); // else the new entry takes its place there
       return undefined;
     }
     const at = this.slotOf(shardId);
@@ -487,13 +490,14 @@ export class LeaseTable {
    * fresh TTL: its agent has that long to reconnect and heartbeat it before it is re-leased.
    */
   restore(entry: ShardEntry): void {
-    const was = this.remove(entry.shardId);
+    const was = this.remove(entry.shardId, entry.sweepId);
     const w = this.shardsIn(entry.sweepId);
     let slot = was && was.w === w ? was.slot : -1;
     if (slot < 0 && this.isPlain(entry)) {
       // A fresh pending shard, or a counted one with nothing open: a slot and no object.
       slot = w.slots.add(entry.shardId, entry.promptKey, entry.cells);
       if (slot >= 0) {
+        if (w.others.size > 0) w.others.delete(entry.shardId); // it had no slot before
         const t = this.tallyOf(entry.sweepId);
         t.total++;
         if (entry.state === "pending") {
@@ -524,10 +528,11 @@ export class LeaseTable {
     if (e.state === "pending") this.enqueue(e);
     this.shards.set(e.shardId, e);
     if (slot >= 0) {
+      if (w.others.size > 0) w.others.delete(e.shardId);
       e[SLOT] = slot;
       w.slots.setMark(slot, ENTRY);
       w.bySlot.set(slot, e);
-    } else w.others.add(e);
+    } else w.others.set(e.shardId, e);
     this.tally(e);
   }
 
@@ -640,7 +645,7 @@ export class LeaseTable {
       const e = w.bySlot.get(slot) ?? this.view(w, slot);
       if (e) out.push(e);
     }
-    return [...out, ...w.others];
+    return [...out, ...w.others.values()];
   }
 
   /** Drops a sweep's shards from memory (they stay in the state store). */
