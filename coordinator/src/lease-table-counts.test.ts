@@ -25,8 +25,8 @@ test("counts() kept up to date equal a scan after every operation of a seeded ra
   let n = 0;
   let seed = 12345;
   const rnd = (k: number) => {
-    seed = (seed * 1103515245 + 12345) >>> 0;
-    return seed % k;
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; // exact 32-bit arithmetic (a float product loses the low bits)
+    return (seed >>> 8) % k; // the low bits of this generator repeat with a short period
   };
   const t = new LeaseTable({ clock: () => now, leaseTtlMs: 1000, backoffBaseMs: 10, backoffMaxMs: 50, newLeaseId: () => `L${++n}` });
   t.setSweep("s1", true, 3);

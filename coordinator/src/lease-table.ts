@@ -7,6 +7,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { AgentHeap, AgentPool, type AgentInfo, type AgentSlot } from "./agent-pool.js";
+import { COUNTED, ENTRY, FRESH, GONE, parseShardId, SweepSlots } from "./shard-slots.js";
 
 /** Lifecycle of a shard: pending → leased → done, or back to pending (retry) or failed. */
 export type ShardState = "pending" | "leased" | "done" | "failed";
@@ -133,10 +134,21 @@ interface SweepTally {
 /** The tally a shard is counted under (hidden from JSON: the entry is persisted as it is). */
 const TALLY = Symbol("tally");
 const RETRIES = Symbol("retries");
-/** Its place in its sweep's grant queue (absolute; -1: not queued) and in its sweep's shard list. */
+/** Its place in its sweep's grant queue (absolute; -1: not queued; IN_RANGE: in the slot range of its plan slot). */
 const QPOS = Symbol("qpos");
-const ORD = Symbol("ord");
-type Tallied = ShardEntry & { [TALLY]?: Tally; [RETRIES]?: number; [QPOS]?: number; [ORD]?: number };
+/** Its slot in its sweep's {@link SweepSlots} (-1: its id has none, the entry alone holds it). */
+const SLOT = Symbol("slot");
+/** A copy made for a caller from a slot (not the table's: never tallied). */
+const VIEW = Symbol("view");
+type Tallied = ShardEntry & { [TALLY]?: Tally; [RETRIES]?: number; [QPOS]?: number; [SLOT]?: number; [VIEW]?: boolean };
+const IN_RANGE = -2;
+
+/** Where `schedule` is in a sweep's queue: item i, and slot j when item i is a slot range. */
+interface Cursor {
+  i: number;
+  j: number;
+  w: SweepShards;
+}
 
 /**
  * The table's own copy of an entry, every field (and the hidden ones) set at creation: one object of
@@ -166,7 +178,7 @@ class OwnEntry implements ShardEntry {
   [TALLY]: Tally | undefined = undefined;
   [RETRIES] = 0;
   [QPOS] = -1;
-  [ORD] = -1;
+  [SLOT] = -1;
   constructor(r: ShardEntry) {
     this.shardId = r.shardId;
     this.sweepId = r.sweepId;
@@ -186,41 +198,70 @@ class OwnEntry implements ShardEntry {
   }
 }
 
+/** Consecutive plan slots of a sweep queued in one place: those still FRESH, and entries made from them while `IN_RANGE`. */
+class SlotRange {
+  constructor(
+    public from: number,
+    public to: number,
+  ) {}
+}
+
 /**
- * A sweep's grant queue: the entries that may be pending, first in first out, in an array (a Set of
- * 1M entries cost ~30 bytes and a hash insert each). Each entry knows its place, so removal is a
- * slot cleared; cleared slots before the head are dropped once they are half the array.
+ * A sweep's grant queue: the shards that may be pending, first in first out, in an array (a Set of
+ * 1M entries cost ~30 bytes and a hash insert each). Fresh plan shards are queued as slot ranges (no
+ * object each); an entry knows its place, so removal is a slot cleared; cleared slots before the
+ * head are dropped once they are half the array.
  */
 class GrantQueue {
-  items: (Tallied | undefined)[] = [];
+  items: (Tallied | SlotRange | undefined)[] = [];
   /** Absolute position of items[0]. */
   base = 0;
   size = 0;
 
   add(e: Tallied): void {
-    if ((e[QPOS] ?? -1) >= 0) return;
+    const q = e[QPOS] ?? -1;
+    if (q >= 0 || q === IN_RANGE) return;
     e[QPOS] = this.base + this.items.length;
     this.items.push(e);
     this.size++;
   }
 
+  /** Queues a new FRESH slot (slots come in increasing order: the last range grows). */
+  addSlot(slot: number): void {
+    const last = this.items[this.items.length - 1];
+    if (last instanceof SlotRange && last.to === slot) last.to++;
+    else this.items.push(new SlotRange(slot, slot + 1));
+    this.size++;
+  }
+
   delete(e: Tallied): void {
     const p = e[QPOS] ?? -1;
-    if (p < 0) return;
+    if (p === -1) return;
     e[QPOS] = -1;
-    const i = p - this.base;
-    if (this.items[i] === e) this.items[i] = undefined;
+    if (p >= 0) {
+      const i = p - this.base;
+      if (this.items[i] === e) this.items[i] = undefined;
+    }
     this.size--;
   }
 
   /** Drops the cleared head (between schedule calls only: cursors are indexes into `items`). */
   compact(): void {
+    const cleared = (x: Tallied | SlotRange | undefined) => x === undefined || (x instanceof SlotRange && x.from >= x.to);
     let h = 0;
-    while (h < this.items.length && this.items[h] === undefined) h++;
+    while (h < this.items.length && cleared(this.items[h])) h++;
     if (h === 0 || (h < this.items.length && h * 2 < this.items.length)) return;
     this.items = this.items.slice(h);
     this.base += h;
   }
+}
+
+/** A sweep's shards: plan slots, the entries made from them (by slot), and entries of ids with no slot. */
+interface SweepShards {
+  slots: SweepSlots;
+  bySlot: Map<number, Tallied>;
+  /** By shard id: a restore over one keeps its place. */
+  others: Map<string, Tallied>;
 }
 
 function tallyOf(s: ShardEntry): Tally {
@@ -240,9 +281,10 @@ export class LeaseTable {
   private readonly backoffBaseMs: number;
   private readonly backoffMaxMs: number;
   private readonly newLeaseId: () => string;
-  private readonly shards = new Map<string, ShardEntry>();
-  /** Shards by sweep, so per-sweep counts do not scan every sweep's shards. */
-  private readonly bySweep = new Map<string, Tallied[]>();
+  /** Entry objects by shard id: shards granted, held, retried, failed, or not yet settled after counting (fresh and counted plan shards are slots). */
+  private readonly shards = new Map<string, Tallied>();
+  /** Shards by sweep: plan slots and entries. */
+  private readonly bySweep = new Map<string, SweepShards>();
   private readonly byLease = new Map<string, ShardEntry>();
   /** Leased shards by agent id, so an agent's load is a lookup, not a scan of every lease. */
   private readonly byAgent = new Map<string, Set<ShardEntry>>();
@@ -299,8 +341,8 @@ export class LeaseTable {
       // on the grants it did not get while away (nor a debt for the ones it had before).
       slot.pass = this.virtualTime;
       slot.servedMs = this.clock();
-      // Its pending shards (a queue is not walked while inactive, nor kept exact) queue again.
-      for (const s of this.bySweep.get(sweepId) ?? []) if (s.state === "pending") this.enqueue(s);
+      // Its pending entries (a queue is not walked while inactive, nor kept exact) queue again; fresh slots never leave their ranges.
+      for (const s of this.entriesOfSweep(sweepId)) if (s.state === "pending") this.enqueue(s);
     }
     this.sweeps.set(sweepId, slot);
   }
@@ -318,10 +360,124 @@ export class LeaseTable {
     return all === 0 ? 0 : (this.tallies.get(sweepId)?.leased ?? 0) / all;
   }
 
+  private queueOf(sweepId: string): GrantQueue {
+    let q = this.queues.get(sweepId);
+    if (!q) this.queues.set(sweepId, (q = new GrantQueue()));
+    return q;
+  }
+
   private enqueue(s: ShardEntry): void {
-    let q = this.queues.get(s.sweepId);
-    if (!q) this.queues.set(s.sweepId, (q = new GrantQueue()));
-    q.add(s);
+    this.queueOf(s.sweepId).add(s);
+  }
+
+  private shardsIn(sweepId: string): SweepShards {
+    let w = this.bySweep.get(sweepId);
+    if (!w) this.bySweep.set(sweepId, (w = { slots: new SweepSlots(sweepId), bySlot: new Map(), others: new Map() }));
+    return w;
+  }
+
+  private tallyOf(sweepId: string): SweepTally {
+    let t = this.tallies.get(sweepId);
+    if (!t) this.tallies.set(sweepId, (t = { total: 0, pending: 0, leased: 0, done: 0, failed: 0, doneCells: 0, retries: 0, failedShards: new Set() }));
+    return t;
+  }
+
+  /** The entry objects of a sweep (not its fresh or counted slots), in plan order, then the others in insertion order. */
+  private entriesOfSweep(sweepId: string): Tallied[] {
+    const w = this.bySweep.get(sweepId);
+    if (!w) return [];
+    const bySlot = [...w.bySlot].sort((a, b) => a[0] - b[0]);
+    return [...bySlot.map((x) => x[1]), ...w.others.values()];
+  }
+
+  /** Where a shard id's plan slot is, if it has one. */
+  private slotOf(shardId: string): { w: SweepShards; slot: number } | undefined {
+    const id = parseShardId(shardId);
+    const w = id && this.bySweep.get(id.sweepId);
+    if (!w) return undefined;
+    const slot = w.slots.find(id.prompt, id.part);
+    return slot < 0 ? undefined : { w, slot };
+  }
+
+  /** A FRESH slot's entry object, made when something happens to it (a grant, a hold); it keeps the slot's place in the queue. */
+  private materialize(w: SweepShards, slot: number): Tallied {
+    const e = ownEntry(LeaseTable.pending(w.slots.shardId(slot), w.slots.sweepId, w.slots.promptKey(slot), w.slots.cells(slot)));
+    e[TALLY] = "pending"; // counted as pending while a slot
+    e[QPOS] = IN_RANGE;
+    e[SLOT] = slot;
+    w.slots.setMark(slot, ENTRY);
+    w.bySlot.set(slot, e);
+    this.shards.set(e.shardId, e);
+    return e;
+  }
+
+  /**
+   * A counted shard's entry goes, its slot marked COUNTED, once nothing waits on it: its lease ended
+   * and its agent's done arrived (or never will: revoked, or counted from another attempt).
+   */
+  private settle(e: Tallied): void {
+    const slot = e[SLOT] ?? -1;
+    if (slot < 0 || e.state !== "done" || !e.resultConsumed || e.attempts > 255) return;
+    const w = this.bySweep.get(e.sweepId);
+    if (!w || w.bySlot.get(slot) !== e) return;
+    this.dropLease(e);
+    this.unsetUncounted(e.shardId);
+    this.resultLeases.delete(e.shardId);
+    this.queues.get(e.sweepId)?.delete(e);
+    w.slots.setAttempts(slot, e.attempts);
+    w.slots.setMark(slot, COUNTED);
+    w.bySlot.delete(slot);
+    this.shards.delete(e.shardId);
+  }
+
+  /** A copy of a slot's shard as an entry (fresh pending, or counted). */
+  private view(w: SweepShards, slot: number): ShardEntry | undefined {
+    const m = w.slots.mark(slot);
+    if (m !== FRESH && m !== COUNTED) return undefined;
+    const e: Tallied = LeaseTable.pending(w.slots.shardId(slot), w.slots.sweepId, w.slots.promptKey(slot), w.slots.cells(slot));
+    if (m === COUNTED) {
+      e.state = "done";
+      e.resultConsumed = true;
+      e.attempts = w.slots.attempts(slot);
+    }
+    e[VIEW] = true;
+    return e;
+  }
+
+  /** Takes a shard out of the table (before `restore` replaces it); returns its slot if it had one. */
+  private remove(shardId: string, sweepId: string): { w: SweepShards; slot: number } | undefined {
+    const prev = this.shards.get(shardId);
+    if (prev) {
+      this.dropLease(prev);
+      this.queues.get(prev.sweepId)?.delete(prev);
+      this.untally(prev);
+      this.shards.delete(shardId);
+      const w = this.bySweep.get(prev.sweepId);
+      const slot = prev[SLOT] ?? -1;
+      if (w && slot >= 0 && w.bySlot.get(slot) === prev) {
+        w.bySlot.delete(slot);
+        w.slots.setMark(slot, GONE);
+        return { w, slot };
+      }
+      if (prev.sweepId !== sweepId) w?.others.delete(shardId); // else the new entry takes its place there
+      return undefined;
+    }
+    const at = this.slotOf(shardId);
+    if (!at) return undefined;
+    const { w, slot } = at;
+    const m = w.slots.mark(slot);
+    const t = this.tallyOf(w.slots.sweepId);
+    if (m === FRESH) {
+      t.pending--;
+      t.total--;
+      this.queueOf(w.slots.sweepId).size--; // its range skips it from now on
+    } else if (m === COUNTED) {
+      this.count(t, w.slots.cells(slot), "done", -1);
+      t.total--;
+      t.retries -= Math.max(0, w.slots.attempts(slot) - 1);
+    } else return undefined;
+    w.slots.setMark(slot, GONE);
+    return at;
   }
 
   /** Whether the sweep is registered and active. */
@@ -334,13 +490,30 @@ export class LeaseTable {
    * fresh TTL: its agent has that long to reconnect and heartbeat it before it is re-leased.
    */
   restore(entry: ShardEntry): void {
+    const was = this.remove(entry.shardId, entry.sweepId);
+    const w = this.shardsIn(entry.sweepId);
+    let slot = was && was.w === w ? was.slot : -1;
+    if (slot < 0 && this.isPlain(entry)) {
+      // A fresh pending shard, or a counted one with nothing open: a slot and no object.
+      slot = w.slots.add(entry.shardId, entry.promptKey, entry.cells);
+      if (slot >= 0) {
+        if (w.others.size > 0) w.others.delete(entry.shardId); // it had no slot before
+        const t = this.tallyOf(entry.sweepId);
+        t.total++;
+        if (entry.state === "pending") {
+          w.slots.setMark(slot, FRESH);
+          this.queueOf(entry.sweepId).addSlot(slot);
+          t.pending++;
+        } else {
+          w.slots.setMark(slot, COUNTED);
+          w.slots.setAttempts(slot, entry.attempts);
+          this.count(t, entry.cells, "done", 1);
+          t.retries += Math.max(0, entry.attempts - 1);
+        }
+        return;
+      }
+    } else if (slot < 0) slot = w.slots.add(entry.shardId, entry.promptKey, entry.cells);
     const e = ownEntry(entry);
-    const prev = this.shards.get(e.shardId) as Tallied | undefined;
-    if (prev) {
-      this.dropLease(prev);
-      this.queues.get(prev.sweepId)?.delete(prev);
-      this.untally(prev);
-    }
     if (e.state === "leased") {
       e.leaseExpiresMs = this.clock() + this.leaseTtlMs;
       e.leasedMs ??= this.clock();
@@ -354,11 +527,29 @@ export class LeaseTable {
     }
     if (e.state === "pending") this.enqueue(e);
     this.shards.set(e.shardId, e);
-    let m = this.bySweep.get(e.sweepId);
-    if (!m) this.bySweep.set(e.sweepId, (m = []));
-    if (prev && prev.sweepId === e.sweepId && m[prev[ORD] ?? -1] === prev) m[(e[ORD] = prev[ORD]!)] = e;
-    else m[(e[ORD] = m.length)] = e;
+    if (slot >= 0) {
+      if (w.others.size > 0) w.others.delete(e.shardId);
+      e[SLOT] = slot;
+      w.slots.setMark(slot, ENTRY);
+      w.bySlot.set(slot, e);
+    } else w.others.set(e.shardId, e);
     this.tally(e);
+  }
+
+  /** Whether the entry is a fresh pending shard as planned, or a counted one with no lease, error or history: a slot holds all of it. */
+  private isPlain(e: ShardEntry): boolean {
+    const open =
+      e.state === "pending" ? !e.resultConsumed && e.attempts === 0 && e.notBeforeMs === 0 : e.state === "done" && e.resultConsumed && e.attempts <= 255;
+    return (
+      open &&
+      e.leaseId === "" &&
+      e.agentId === "" &&
+      e.lastError === "" &&
+      e.leaseExpiresMs === 0 &&
+      e.leasedMs === undefined &&
+      e.doneMs === undefined &&
+      (e.disconnects === undefined || e.disconnects.length === 0)
+    );
   }
 
   /**
@@ -366,8 +557,7 @@ export class LeaseTable {
    * counted (their results stored) need nothing more than their place in the sweep's counts.
    */
   addCounted(sweepId: string, shards: number, cells: number): void {
-    let t = this.tallies.get(sweepId);
-    if (!t) this.tallies.set(sweepId, (t = { total: 0, pending: 0, leased: 0, done: 0, failed: 0, doneCells: 0, retries: 0, failedShards: new Set() }));
+    const t = this.tallyOf(sweepId);
     t.total += shards;
     t.done += shards;
     t.doneCells += cells;
@@ -376,18 +566,18 @@ export class LeaseTable {
   /** Files the shard under its current tally in its sweep's counts (call after any change of state or resultConsumed). */
   private tally(s: ShardEntry): void {
     const e = s as Tallied;
+    if (e[VIEW]) return; // a slot's copy: the table counted its change itself
     const now = tallyOf(e);
     const was = e[TALLY];
     const retries = Math.max(0, e.attempts - 1);
     if (was === now && e[RETRIES] === retries) return;
-    let t = this.tallies.get(e.sweepId);
-    if (!t) this.tallies.set(e.sweepId, (t = { total: 0, pending: 0, leased: 0, done: 0, failed: 0, doneCells: 0, retries: 0, failedShards: new Set() }));
+    const t = this.tallyOf(e.sweepId);
     t.retries += retries - (e[RETRIES] ?? 0);
     e[RETRIES] = retries;
     if (was === now) return;
     if (was === undefined) t.total++;
-    else this.count(t, e, was, -1);
-    this.count(t, e, now, 1);
+    else this.count(t, e.cells, was, -1, e);
+    this.count(t, e.cells, now, 1, e);
     e[TALLY] = now;
   }
 
@@ -396,17 +586,17 @@ export class LeaseTable {
     const e = s as Tallied;
     const t = this.tallies.get(e.sweepId);
     if (!t || e[TALLY] === undefined) return;
-    this.count(t, e, e[TALLY], -1);
+    this.count(t, e.cells, e[TALLY], -1, e);
     t.total--;
     t.retries -= e[RETRIES] ?? 0;
     e[TALLY] = undefined;
     e[RETRIES] = 0;
   }
 
-  private count(t: SweepTally, e: ShardEntry, k: Tally, d: 1 | -1): void {
+  private count(t: SweepTally, cells: number, k: Tally, d: 1 | -1, e?: ShardEntry): void {
     t[k] += d;
-    if (k === "done") t.doneCells += d * e.cells;
-    if (k === "failed") {
+    if (k === "done") t.doneCells += d * cells;
+    if (k === "failed" && e) {
       if (d > 0) t.failedShards.add(e);
       else t.failedShards.delete(e);
     }
@@ -435,24 +625,39 @@ export class LeaseTable {
     };
   }
 
+  /**
+   * The shard's entry: the table's own object while it has one (granted, held, retried, failed, or
+   * just counted), else a copy made from its slot (fresh pending, or counted): read it, do not keep it.
+   */
   get(shardId: string): ShardEntry | undefined {
-    return this.shards.get(shardId);
+    const e = this.shards.get(shardId);
+    if (e) return e;
+    const at = this.slotOf(shardId);
+    return at && this.view(at.w, at.slot);
   }
 
-  /** Shards of one sweep, in insertion (plan) order. */
+  /** Shards of one sweep: those of plan slots in plan order, then the others in insertion order (copies for slots without an entry). */
   shardsOf(sweepId: string): ShardEntry[] {
-    return [...(this.bySweep.get(sweepId) ?? [])];
+    const w = this.bySweep.get(sweepId);
+    if (!w) return [];
+    const out: ShardEntry[] = [];
+    for (let slot = 0; slot < w.slots.length; slot++) {
+      const e = w.bySlot.get(slot) ?? this.view(w, slot);
+      if (e) out.push(e);
+    }
+    return [...out, ...w.others.values()];
   }
 
   /** Drops a sweep's shards from memory (they stay in the state store). */
   forgetSweep(sweepId: string): void {
-    for (const s of this.shardsOf(sweepId)) {
+    for (const s of this.entriesOfSweep(sweepId)) {
       this.shards.delete(s.shardId);
       this.unsetUncounted(s.shardId);
       this.dropLease(s);
       this.promptHome.delete(s.promptKey);
       this.resultLeases.delete(s.shardId);
     }
+    for (const key of this.bySweep.get(sweepId)?.slots.promptKeys() ?? []) this.promptHome.delete(key);
     this.bySweep.delete(sweepId);
     this.queues.delete(sweepId);
     this.sweeps.delete(sweepId);
@@ -462,6 +667,7 @@ export class LeaseTable {
   /** Shards waiting for a lease in active sweeps (the queue depth). */
   queueDepth(): number {
     let n = 0;
+    for (const [id, w] of this.bySweep) if (this.sweepActive(id)) n += w.slots.fresh;
     for (const s of this.shards.values()) if (s.state === "pending" && this.sweepActive(s.sweepId)) n++;
     return n;
   }
@@ -610,13 +816,13 @@ export class LeaseTable {
     for (const a of ready) heap.push(a);
     let withCredit = ready.length;
     // One cursor per competing sweep: each queue is walked at most once a call.
-    const competing: { slot: SweepSlot; queue: GrantQueue; cursor: { i: number }; rank: number }[] = [];
+    const competing: { slot: SweepSlot; queue: GrantQueue; cursor: Cursor; rank: number }[] = [];
     for (const [id, queue] of this.queues) {
       const slot = this.sweeps.get(id);
       if (!slot?.active || queue.size === 0) continue;
       slot.pass = Math.max(slot.pass, this.virtualTime); // idle a while (nothing to grant): no burst after
       queue.compact();
-      competing.push({ slot, queue, cursor: { i: 0 }, rank: this.rank(slot, now) });
+      competing.push({ slot, queue, cursor: { i: 0, j: -1, w: this.shardsIn(id) }, rank: this.rank(slot, now) });
     }
     while (withCredit > 0 && competing.length > 0) {
       let i = 0;
@@ -662,11 +868,36 @@ export class LeaseTable {
     return slot.priority + (this.priorityAgingMs > 0 ? Math.floor(Math.max(0, now - slot.servedMs) / this.priorityAgingMs) : 0);
   }
 
-  /** The queue's next shard that may be granted now, dropping those no longer pending; undefined at its end. */
-  private nextGrantable(queue: GrantQueue, cursor: { i: number }, now: number): Tallied | undefined {
+  /**
+   * The queue's next shard that may be granted now, dropping those no longer pending; undefined at
+   * its end. A fresh slot found gets its entry (in its range's place until the grant takes it).
+   */
+  private nextGrantable(queue: GrantQueue, cursor: Cursor, now: number): Tallied | undefined {
     const items = queue.items;
     while (cursor.i < items.length) {
-      const s = items[cursor.i++];
+      const it = items[cursor.i];
+      if (it instanceof SlotRange) {
+        const { slots, bySlot } = cursor.w;
+        if (cursor.j < it.from) cursor.j = it.from;
+        while (cursor.j < it.to) {
+          const k = cursor.j++;
+          const m = slots.mark(k);
+          if (m === FRESH) return this.materialize(cursor.w, k);
+          const e = m === ENTRY ? bySlot.get(k) : undefined;
+          if (e && e[QPOS] === IN_RANGE) {
+            if (e.state !== "pending") queue.delete(e);
+            else if (e.notBeforeMs <= now) return e;
+            else continue; // held or backing off: keeps its place
+          }
+          if (k === it.from) it.from++; // nothing of the range's is left up to here
+        }
+        if (it.from >= it.to) items[cursor.i] = undefined;
+        cursor.i++;
+        cursor.j = -1;
+        continue;
+      }
+      cursor.i++;
+      const s = it;
       if (!s) continue;
       if (s.state !== "pending") queue.delete(s);
       else if (s.notBeforeMs <= now) return s;
@@ -757,6 +988,7 @@ export class LeaseTable {
       // Its result, from this lease, was counted before this done arrived: nothing left to do.
       const a = this.agents.get(agentId);
       if (a) a.shardsDone++;
+      this.settle(s); // the done it waited for
       return this.tallyAll(out);
     }
     if (!s || s.leaseId !== leaseId || s.state !== "leased" || s.agentId !== agentId) {
@@ -786,10 +1018,25 @@ export class LeaseTable {
     const s = this.shards.get(shardId);
     const own = this.resultLeases.get(shardId);
     this.resultLeases.delete(shardId);
-    if (!s) return this.tallyAll(out);
+    if (!s) {
+      // A fresh slot counted (a result of a lease a restart did not know): counted as a slot, no entry.
+      const at = this.slotOf(shardId);
+      if (at && at.w.slots.mark(at.slot) === FRESH) {
+        const { w, slot } = at;
+        const t = this.tallyOf(w.slots.sweepId);
+        t.pending--;
+        this.count(t, w.slots.cells(slot), "done", 1);
+        this.queueOf(w.slots.sweepId).size--; // its range skips it from now on
+        w.slots.setAttempts(slot, 0);
+        w.slots.setMark(slot, COUNTED);
+        out.changed.push(this.view(w, slot)!);
+      }
+      return this.tallyAll(out);
+    }
     // Counted from its current lease before the holder's done arrived (the usual order when results
     // are consumed fast): the lease just ends, no CancelLease; the done that follows is accepted.
-    if (s.state === "leased" && own !== undefined && own === s.leaseId) this.dropLease(s);
+    const awaitingDone = s.state === "leased" && own !== undefined && own === s.leaseId;
+    if (awaitingDone) this.dropLease(s);
     else if (s.state === "leased") this.revoke(s, "result already received from another attempt", out);
     this.unsetUncounted(shardId);
     if (s.state !== "done" || !s.resultConsumed) {
@@ -798,7 +1045,9 @@ export class LeaseTable {
       s.lastError = "";
       out.changed.push(s);
     }
-    return this.tallyAll(out);
+    this.tallyAll(out);
+    if (!awaitingDone) this.settle(s);
+    return out;
   }
 
   /**
@@ -883,7 +1132,11 @@ export class LeaseTable {
   hold(shardIds: Iterable<string>): Changes {
     const out = emptyChanges();
     for (const id of shardIds) {
-      const s = this.shards.get(id);
+      let s = this.shards.get(id);
+      if (!s) {
+        const at = this.slotOf(id);
+        if (at && at.w.slots.mark(at.slot) === FRESH) s = this.materialize(at.w, at.slot); // held: state a slot cannot hold
+      }
       if (!s || s.state !== "pending" || s.notBeforeMs === HELD_MS) continue;
       s.notBeforeMs = HELD_MS;
       out.changed.push(s);
@@ -905,7 +1158,7 @@ export class LeaseTable {
   /** Marks a registered sweep active or not; returns its shards that are in `state`. */
   private activate(sweepId: string, active: boolean, state: ShardState): ShardEntry[] {
     this.setSweep(sweepId, active, this.sweeps.get(sweepId)?.maxAttempts ?? 3);
-    return this.shardsOf(sweepId).filter((s) => s.state === state);
+    return this.entriesOfSweep(sweepId).filter((s) => s.state === state); // fresh and counted slots are in neither state asked for
   }
 
   /** Cancels a sweep: no more grants, its leases are revoked and go back to pending (attempt not counted). */
