@@ -9,8 +9,10 @@
 // Per size: a fresh nats-server; the coordinator launches the load spec of S one-cell shards
 // (spec.mjs; the launch time is recorded: durable when the RPC returns) and is SIGKILLed; then every
 // shard gets its result as agents would leave it (the `fakeEngine` test double's ShardResult in
-// the aggregates bucket, no shard record: a counted shard needs none; `--legacy-records` also writes
-// one record per shard, done and counted, as coordinators before the plan-derived shard state did),
+// the aggregates bucket, in batches of 1,024 as the coordinator stores them, no shard record: a
+// counted shard needs none; `--legacy-records` stores one result a key and one record per shard,
+// done and counted, as coordinators before batches and the plan-derived shard state did; a
+// --baseline older than f5ccb83 reads no batches, so pair it with --legacy-records),
 // written straight through the coordinator's own StateStore; the sweep stays `running`, as after a crash a moment before its
 // last result, so a restart must load all of it. Then the baseline build (if given) and this build
 // are started in turn over that state; each reports the seconds from spawn to "ready", its RSS
@@ -114,35 +116,45 @@ async function seedResults(natsUrl, sweepId, shards, specText, specDir) {
     sweepId,
   ).shards;
   const t0 = performance.now();
-  const put = async (shardId, bytes) => {
+  // A busy machine: a KV put may time out; storing a result again is harmless (the fold counts it once).
+  const retry = async (f) => {
     for (let tries = 1; ; tries++) {
       try {
-        return await store.saveResult(shardId, bytes);
+        return await f();
       } catch (err) {
-        if (tries >= 5) throw err; // a busy machine: a KV put may time out; it is idempotent
+        if (tries >= 5) throw err;
       }
     }
   };
-  for (let i = 0; i < planned.length; i += 128) {
+  const encode = (shard) => sweep.ShardResult.encode(fakeEngine({ ...shard, sweepId, attempt: 1 }, "bench")).finish();
+  // As the coordinator stores them: a batch per consumer flush of 1,024 (StateStore.saveResults); with
+  // --legacy-records one put per result under its shard id and a record per shard, as coordinators did before.
+  if (!opt["legacy-records"]) {
+    for (let i = 0; i < planned.length; i += 8 * 1024) {
+      await Promise.all(
+        Array.from({ length: 8 }, (_, k) => planned.slice(i + k * 1024, i + (k + 1) * 1024))
+          .filter((b) => b.length > 0)
+          .map((b) => retry(() => store.saveResults(sweepId, b.map(encode)))),
+      );
+    }
+  }
+  for (let i = 0; opt["legacy-records"] && i < planned.length; i += 128) {
     await Promise.all(
       planned.slice(i, i + 128).map(async (shard) => {
-        const result = fakeEngine({ ...shard, sweepId, attempt: 1 }, "bench");
-        await put(shard.shardId, sweep.ShardResult.encode(result).finish());
-        if (opt["legacy-records"]) {
-          const entry = {
-            shardId: shard.shardId,
-            sweepId,
-            promptKey: shard.prompt.promptKey,
-            cells: shard.cells.length,
-            leaseId: "",
-            leaseExpiresMs: 0,
-            notBeforeMs: 0,
-            lastError: "",
-          };
-          const prompt = sweep.PromptSpec.fromPartial({ index: shard.prompt.index, promptKey: shard.prompt.promptKey });
-          const body = Buffer.from(sweep.Shard.encode({ ...shard, prompt }).finish()).toString("base64");
-          store.saveShard({ ...entry, shard: body, state: "done", attempts: 1, agentId: "bench", resultConsumed: true });
-        }
+        await retry(() => store.saveResult(shard.shardId, encode(shard)));
+        const entry = {
+          shardId: shard.shardId,
+          sweepId,
+          promptKey: shard.prompt.promptKey,
+          cells: shard.cells.length,
+          leaseId: "",
+          leaseExpiresMs: 0,
+          notBeforeMs: 0,
+          lastError: "",
+        };
+        const prompt = sweep.PromptSpec.fromPartial({ index: shard.prompt.index, promptKey: shard.prompt.promptKey });
+        const body = Buffer.from(sweep.Shard.encode({ ...shard, prompt }).finish()).toString("base64");
+        store.saveShard({ ...entry, shard: body, state: "done", attempts: 1, agentId: "bench", resultConsumed: true });
       }),
     );
     if (i % 65_536 === 0) await store.flush();
