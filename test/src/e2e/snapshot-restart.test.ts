@@ -31,6 +31,15 @@ async function waitForSnapshot(natsUrl: string, sweepId: string, timeoutMs = 60_
   }
 }
 
+/** Results in one stored value: a batch (`<sweep>.b.…`) frames several as `u32 length, bytes`; an older key holds one. */
+function resultsIn(sweepId: string, key: string, value: Uint8Array): number {
+  if (!key.startsWith(`${sweepId}.b.`)) return 1;
+  const view = new DataView(value.buffer, value.byteOffset, value.byteLength);
+  let n = 0;
+  for (let at = 0; at + 4 <= value.length; at += 4 + view.getUint32(at)) n++;
+  return n;
+}
+
 /** Waits until the aggregates bucket holds more than `than` stored results of the sweep; resolves with their number. */
 async function waitForStoredResults(natsUrl: string, sweepId: string, than: number, timeoutMs = 60_000): Promise<number> {
   const nc = await connect({ servers: natsUrl });
@@ -39,7 +48,10 @@ async function waitForStoredResults(natsUrl: string, sweepId: string, than: numb
     const end = Date.now() + timeoutMs;
     while (Date.now() < end) {
       let n = 0;
-      for await (const _ of await kv.keys(`${sweepId}.>`)) n++;
+      for await (const key of await kv.keys(`${sweepId}.>`)) {
+        const e = await kv.get(key);
+        if (e?.operation === "PUT") n += resultsIn(sweepId, key, e.value);
+      }
       if (n > than) return n;
       await new Promise((r) => setTimeout(r, 50));
     }
