@@ -1,17 +1,18 @@
 /**
  * Bridges to the planning and aggregation of @factsweep/planning: the only file that calls
- * `planSweep` and `ResultAggregator`, so a change of their shapes is adapted here alone; and what a
+ * `planSweepLazy` and `ResultAggregator`, so a change of their shapes is adapted here alone; and what a
  * planned sweep becomes in the coordinator (its id, its shards' pending records).
  */
 import { randomBytes } from "node:crypto";
 import { sweep, type control } from "@factsweep/proto";
 import {
   KindAggregator,
-  planSweep,
+  planSweepLazy,
   shardUnits,
   readModelConfig,
   ResultAggregator,
   traceEvidenceFromAggregator,
+  type ShardList,
   type SweepDeps,
   type SweepSpec,
   type TraceEvidence,
@@ -25,7 +26,8 @@ export interface Plan {
   model: sweep.ModelRef;
   prompts: sweep.PromptSpec[];
   promptErrors: { index: number; message: string }[];
-  shards: sweep.Shard[];
+  /** A trace sweep's are made a prompt at a time as they are iterated (walk them once). */
+  shards: ShardList;
   plannedCells: number;
   /** `layers: { from_trace }` of an edit sweep: the trace's peaks for the planned cases (kept in the sweep's record). */
   traceLayers?: TraceLayers;
@@ -33,7 +35,7 @@ export interface Plan {
 
 /** Plans the sweep (tokenization, subject spans, swap partners, grid, shards); `trace`: an edit's trace sweep, looked up or as recorded. */
 export function plan(spec: SweepSpec, sweepId: string, trace: Pick<SweepDeps, "traceEvidence" | "traceLayers"> = {}): Plan {
-  const p = planSweep(spec, sweepId, trace);
+  const p = planSweepLazy(spec, sweepId, trace);
   return {
     model: p.model,
     prompts: p.prompts,

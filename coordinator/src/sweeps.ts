@@ -93,23 +93,20 @@ interface SnapState {
 /**
  * The planned shards as the table takes them: a stored record where there is one (taken out of
  * `records`, so what is left there was not planned), else the planned entry unless `keep` says
- * no; each planned object is let go as it is walked.
+ * no. A trace plan's shards are made as this walks them, so only a batch is alive at once.
  */
 function* planned(
   sweepId: string,
-  shards: (sweep.Shard | undefined)[],
+  shards: Iterable<sweep.Shard>,
   records: Map<string, ShardRecord>,
   keep?: (sh: sweep.Shard) => boolean,
 ): Generator<ShardRecord | PlannedShard> {
-  for (let i = 0; i < shards.length; i++) {
-    const sh = shards[i]!;
-    shards[i] = undefined;
+  for (const sh of shards) {
     const r = records.get(sh.shardId);
     if (r) records.delete(sh.shardId);
     if (r) yield r;
     else if (!keep || keep(sh)) yield plannedShard(sweepId, sh);
   }
-  shards.length = 0;
 }
 
 /** Why two prompt lists differ (the first difference), or "" if they are the same. */
@@ -745,7 +742,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     let held = new Set<string>();
     if (spec.kind === "edit" && this.d.covariances) {
       // C already stored: no covariance shards; edits whose C is missing wait for it.
-      ({ shards: p.shards, held } = await this.d.covariances.prepare(p.shards));
+      ({ shards: p.shards, held } = await this.d.covariances.prepare([...p.shards])); // an edit's plan is an array: a copy
       rec.plannedCells = rec.shardCount = p.shards.length;
     }
     const agg = newAggregator(spec, sweepId, p.prompts, p.traceLayers); // before anything is persisted
@@ -756,7 +753,7 @@ export class Sweeps extends EventEmitter implements ResultSink {
     const shardCount = p.shards.length;
     await this.d.store.createSweep(rec);
     if (pruned) {
-      const records = p.shards.map((sh) => ({ ...shardRecord(sweepId, sh), ...(held.has(sh.shardId) ? { notBeforeMs: HELD_MS } : {}) }));
+      const records = Array.from(p.shards, (sh) => ({ ...shardRecord(sweepId, sh), ...(held.has(sh.shardId) ? { notBeforeMs: HELD_MS } : {}) }));
       let written = true;
       try {
         await this.d.store.createShards(records);

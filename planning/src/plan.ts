@@ -14,7 +14,8 @@ import { readModelConfig, type ModelConfig } from "./model-config.js";
 import type { PlanError } from "./prompts.js";
 import type { SweepSpec } from "./spec.js";
 import { loadTokenizer, type PromptTokenizer } from "./tokenizer.js";
-import { editMatrices, KIND_MODULES, planKind } from "./kinds/index.js";
+import { editMatrices, KIND_MODULES, planKind, planKindLazy } from "./kinds/index.js";
+import type { KindPlan, KindPlanContext, ShardList } from "./kinds/kind.js";
 import { traceLayersFor, traceLayersFrom, type TraceLayers } from "./kinds/edit-trace.js";
 import { isTraceFolder, traceEvidenceFromRunFolder, type TraceEvidence } from "./kinds/trace-evidence.js";
 
@@ -59,6 +60,22 @@ export function loadSpecTokenizer(spec: SweepSpec, maxBytes = limitsOf(spec).max
  *   TokenizerError, DatasetError for unusable paths. Per-prompt problems land in `promptErrors`.
  */
 export function planSweep(spec: SweepSpec, sweepId: string, deps: SweepDeps = {}): SweepPlan {
+  return planWith(spec, sweepId, deps, planKind);
+}
+
+/** A plan whose shards may be made as they are iterated (see {@link planSweepLazy}). */
+export type LazySweepPlan = Omit<SweepPlan, "shards"> & { shards: ShardList };
+
+/**
+ * As {@link planSweep}, but a trace sweep's shards are made a prompt at a time as `shards` is
+ * iterated (the coordinator's launch and restart: a million Shard objects at once were 331 MB of
+ * heap); the same count, limits, errors and shards. Other kinds' shards are an array.
+ */
+export function planSweepLazy(spec: SweepSpec, sweepId: string, deps: SweepDeps = {}): LazySweepPlan {
+  return planWith(spec, sweepId, deps, planKindLazy);
+}
+
+function planWith<P extends KindPlan<ShardList>>(spec: SweepSpec, sweepId: string, deps: SweepDeps, planKindWith: (ctx: KindPlanContext) => P) {
   validateSweepId(sweepId);
   const limits = deps.limits ?? limitsOf(spec);
   const modelConfig = deps.model ?? readModelConfig(spec.model.path, limits);
@@ -75,7 +92,7 @@ export function planSweep(spec: SweepSpec, sweepId: string, deps: SweepDeps = {}
     modelType: modelConfig.modelType,
     numLayers: modelConfig.numLayers,
   };
-  const plan = planKind({ spec, sweepId, modelConfig, model, tokenizer, limits, ...(traceLayers ? { traceLayers } : {}) });
+  const plan = planKindWith({ spec, sweepId, modelConfig, model, tokenizer, limits, ...(traceLayers ? { traceLayers } : {}) });
   if (plan.plannedCells > limits.maxCells) throw overLimit("", "the sweep's planned cells (work units)", plan.plannedCells, "maxCells", limits.maxCells);
   if (plan.shards.length > limits.maxShards) throw overLimit("shard_cells", "the sweep's shards", plan.shards.length, "maxShards", limits.maxShards);
   if (traceLayers && plan.prompts.length === 0)

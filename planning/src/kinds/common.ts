@@ -13,7 +13,7 @@ import { seededRandom } from "../random.js";
 import type { BaseSpec } from "../spec-base.js";
 import { GROUPS_BY_SCHEME, tokenGroups, type TokenGroup } from "../token-groups.js";
 import type { PromptTokenizer } from "../tokenizer.js";
-import type { KindPlan, KindPlanContext } from "./kind.js";
+import type { KindPlan, KindPlanContext, ShardList } from "./kind.js";
 
 /** Largest `params_json` of one shard: NATS' default max payload is 1 MiB and the shard travels inside a gRPC message and a KV record. */
 export const MAX_PARAMS_BYTES = 512 * 1024;
@@ -65,17 +65,35 @@ export const shardParams = <T>(sh: Pick<sweep.Shard, "paramsJson">): T => JSON.p
 
 /**
  * Every planned prompt's cells cut into shards (trace, sever): a prompt whose cells cannot be made
- * (a PromptError) is reported and skipped; errors come back sorted by prompt.
+ * (a PromptError) is reported and skipped; errors come back sorted by prompt. `lazy`: the shards
+ * are counted here and made again, a prompt at a time, when the list is iterated (so a
+ * million-shard plan is never alive at once); they are the same shards in the same order.
  */
 export function planCellsPerPrompt<C>(
   plan: PromptPlan,
   cellsOf: (p: sweep.PromptSpec) => C[],
   shardsOf: (p: sweep.PromptSpec, cells: C[]) => sweep.Shard[],
+  limits?: Pick<PlanLimits, "maxCells" | "maxShards">,
+  lazy?: false,
+): KindPlan;
+export function planCellsPerPrompt<C>(
+  plan: PromptPlan,
+  cellsOf: (p: sweep.PromptSpec) => C[],
+  shardsOf: (p: sweep.PromptSpec, cells: C[]) => sweep.Shard[],
+  limits: Pick<PlanLimits, "maxCells" | "maxShards">,
+  lazy: boolean,
+): KindPlan<ShardList>;
+export function planCellsPerPrompt<C>(
+  plan: PromptPlan,
+  cellsOf: (p: sweep.PromptSpec) => C[],
+  shardsOf: (p: sweep.PromptSpec, cells: C[]) => sweep.Shard[],
   limits: Pick<PlanLimits, "maxCells" | "maxShards"> = DEFAULT_PLAN_LIMITS,
-): KindPlan {
+  lazy = false,
+): KindPlan<ShardList> {
   const prompts: sweep.PromptSpec[] = [];
   const promptErrors: PlanError[] = [...plan.errors];
   const shards: sweep.Shard[] = [];
+  let shardCount = 0;
   let plannedCells = 0;
   for (const p of plan.prompts) {
     let cells: C[];
@@ -93,11 +111,21 @@ export function planCellsPerPrompt<C>(
     // Checked as the plan grows, so a huge grid fails before it fills the heap.
     if (plannedCells > limits.maxCells)
       throw overLimit("", `the sweep's planned cells (at least; ${prompts.length} prompts so far)`, plannedCells, "maxCells", limits.maxCells);
-    shards.push(...shardsOf(p, cells));
-    if (shards.length > limits.maxShards) throw overLimit("shard_cells", `the sweep's shards (at least)`, shards.length, "maxShards", limits.maxShards);
+    const made = shardsOf(p, cells);
+    shardCount += made.length;
+    if (!lazy) shards.push(...made);
+    if (shardCount > limits.maxShards) throw overLimit("shard_cells", `the sweep's shards (at least)`, shardCount, "maxShards", limits.maxShards);
   }
   promptErrors.sort((a, b) => a.index - b.index);
-  return { prompts, promptErrors, shards, plannedCells };
+  if (!lazy) return { prompts, promptErrors, shards, plannedCells };
+  const kept = prompts.slice(); // the plan's prompts belong to the caller; the list re-plans these
+  const list: ShardList = {
+    length: shardCount,
+    *[Symbol.iterator]() {
+      for (const p of kept) yield* shardsOf(p, cellsOf(p));
+    },
+  };
+  return { prompts, promptErrors, shards: list, plannedCells };
 }
 
 /** The prompt fields token selection needs. */

@@ -7,7 +7,7 @@
 import type { sweep } from "@factsweep/proto";
 import type { z } from "zod";
 import { editKind } from "./edit.js";
-import type { KindPlan, KindPlanContext, SweepKindModule } from "./kind.js";
+import type { KindPlan, KindPlanContext, ShardList, SweepKindModule } from "./kind.js";
 import { knockoutKind } from "./knockout.js";
 import { lreKind } from "./lre.js";
 import { severKind } from "./sever.js";
@@ -79,6 +79,26 @@ export function planKind(ctx: KindPlanContext): KindPlan {
   const plan = k.plan(ctx);
   for (const sh of plan.shards) sh.units = k.units(sh);
   return plan;
+}
+
+/** As {@link planKind}, with the shards made as they are iterated where the kind can (trace); the others' arrays. */
+export function planKindLazy(ctx: KindPlanContext): KindPlan<ShardList> {
+  const k = kindModule(ctx.spec.kind);
+  if (!k?.planLazy) return planKind(ctx);
+  const plan = k.planLazy(ctx);
+  const shards = plan.shards;
+  return {
+    ...plan,
+    shards: {
+      length: shards.length,
+      *[Symbol.iterator]() {
+        for (const sh of shards) {
+          sh.units = k.units(sh);
+          yield sh;
+        }
+      },
+    },
+  };
 }
 
 /** Work units of a shard, for progress: its cells (trace), or the experiment's rows. */

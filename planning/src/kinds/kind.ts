@@ -30,11 +30,16 @@ export interface KindPlanContext<S extends BaseSpec = BaseSpec> {
   traceLayers?: TraceLayers;
 }
 
+/** Shards in plan order, their number known before any is made (an array, or made as iterated). */
+export interface ShardList extends Iterable<sweep.Shard> {
+  readonly length: number;
+}
+
 /** The plan of a sweep of one kind (`plannedCells` counts the kind's work units). */
-export interface KindPlan {
+export interface KindPlan<Shards extends ShardList = sweep.Shard[]> {
   prompts: sweep.PromptSpec[];
   promptErrors: PlanError[];
-  shards: sweep.Shard[];
+  shards: Shards;
   plannedCells: number;
 }
 
@@ -115,6 +120,8 @@ export interface SweepKindModule<Name extends string = string, Fields extends z.
   resolvePaths?(spec: SpecOf<Fields>, resolvePath: (p: string) => string): void;
   /** Prompts → shards (`params_json` in the engine's schema). @throws SpecError for values the model cannot take. */
   plan(ctx: KindPlanContext<SpecOf<Fields>>): KindPlan;
+  /** As `plan`, the shards made again per prompt as they are iterated (trace: a million at once were 346 bytes each). */
+  planLazy?(ctx: KindPlanContext<SpecOf<Fields>>): KindPlan<ShardList>;
   /** Work units of one shard, for progress (trace: cells; the others: the experiment's rows). */
   units(shard: Pick<sweep.Shard, "cells" | "paramsJson">): number;
   /** CSV columns of the kind's exported rows (after sweep_id, model, kind). */

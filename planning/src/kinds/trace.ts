@@ -11,7 +11,7 @@ import type { ModelConfig } from "../model-config.js";
 import { HEAD_SITES_BY_MODEL_TYPE, SITE_NAMES, SITES_BY_MODEL_TYPE, type SiteName } from "../sites.js";
 import { TOKEN_GROUPS } from "../token-groups.js";
 import { planCellsPerPrompt, planKindPrompts } from "./common.js";
-import type { SweepKindModule } from "./kind.js";
+import type { KindPlan, KindPlanContext, ShardList, SpecOf, SweepKindModule } from "./kind.js";
 
 /** Token selectors: a group name, `subject` (every subject token), or a token index (negative: from the end). */
 export const TOKEN_SELECTORS = [...TOKEN_GROUPS, "subject"] as const;
@@ -107,6 +107,22 @@ function checkHeads(g: { site: SiteName; heads?: "all" | readonly number[] }, i:
   }
 }
 
+type TraceContext = KindPlanContext<SpecOf<typeof traceFields>>;
+
+/** Prompts → cells → shards; `lazy`: shards made per prompt as they are iterated (see planCellsPerPrompt). */
+function planTrace(ctx: TraceContext, lazy: false): KindPlan;
+function planTrace(ctx: TraceContext, lazy: true): KindPlan<ShardList>;
+function planTrace(ctx: TraceContext, lazy: boolean): KindPlan<ShardList> {
+  const { spec, sweepId, modelConfig, model } = ctx;
+  return planCellsPerPrompt(
+    planKindPrompts(ctx),
+    (p) => expandCells(p, spec, modelConfig.numLayers, modelConfig.numHeads ?? 0),
+    (p, cells) => shardPrompt(p, cells, { sweepId, shardCells: spec.shard_cells, model, kind: spec.kind }),
+    ctx.limits,
+    lazy,
+  );
+}
+
 /** Causal tracing: cells of (site, window, layer, token) restored one at a time. */
 export const traceKind: SweepKindModule<"trace", typeof traceFields, never> = {
   name: "trace",
@@ -143,15 +159,8 @@ export const traceKind: SweepKindModule<"trace", typeof traceFields, never> = {
       }
     });
   },
-  plan(ctx) {
-    const { spec, sweepId, modelConfig, model } = ctx;
-    return planCellsPerPrompt(
-      planKindPrompts(ctx),
-      (p) => expandCells(p, spec, modelConfig.numLayers, modelConfig.numHeads ?? 0),
-      (p, cells) => shardPrompt(p, cells, { sweepId, shardCells: spec.shard_cells, model, kind: spec.kind }),
-      ctx.limits,
-    );
-  },
+  plan: (ctx) => planTrace(ctx, false),
+  planLazy: (ctx) => planTrace(ctx, true),
   units: (sh) => sh.cells.length,
   /** Trace rows are control.ResultRow's own fields (sweepctl's RESULT_COLUMNS), not `fields_json`. */
   columns: [],
