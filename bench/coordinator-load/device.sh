@@ -11,7 +11,9 @@ cd "$root"
 script=run.mjs
 case "${1:-}" in run.mjs|restart.mjs) script=$1; shift ;; esac
 OUT=${OUT:-$root/out/coordinator-load}
-work=$(mktemp -d /tmp/coordinator-load.XXXXXX)
+# Scratch for the unpacked binaries and raw CPU profiles (their summaries go to $OUT): removed at exit.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 mkdir -p "$OUT"
 . bench/scaleout/unpack.sh
 scaleout_unpack "$root" "$work/bin" 0
