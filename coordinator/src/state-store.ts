@@ -530,9 +530,14 @@ export class StateStore {
       for await (const k of await kv.keys(`${sweepId}.>`)) out.push(k);
       return out;
     };
-    const [shardKeys, resultKeys, snapshotKeys] = await Promise.all([keysOf(this.shards), keysOf(this.aggregates), keysOf(this.snapshots)]);
-    // Results are stored in batches (several a key): the count removed is read from them.
-    const resultCount = (await this.loadResults(sweepId)).length;
+    const [shardKeys, stored, snapshotKeys] = await Promise.all([
+      keysOf(this.shards),
+      this.readBucket(AGGREGATES_BUCKET, `${sweepId}.>`),
+      keysOf(this.snapshots),
+    ]);
+    // One read of the stored results gives their keys and, batches unpacked, the count removed.
+    const resultKeys = stored.map((e) => e.key);
+    const resultCount = unpackBatches(sweepId, stored, this.opts.log).length;
     // Most shards have no record (the plan implies them): the count removed is the sweep's shards.
     const shardCount =
       (await this.loadSweep(sweepId).catch(() => undefined))?.shardCount ?? shardKeys.filter((k) => !isJournalKey(k) && !isPromptsKey(k)).length;
